@@ -1,0 +1,1 @@
+"""imgsign: sign OpenStack VM images and verify them before they boot."""

@@ -1,0 +1,184 @@
+"""Every error imgsign raises, in one flat module.
+
+Each class carries the CLI exit code it maps to (``exit_code``), so the
+command line, the libvirt hook and library callers agree on what failed.
+The codes are grouped by tens: 1x input, 2x certificate, 3x signature,
+4x crypto backend, 5x key manager.  ``0`` is success, ``1`` an internal
+error (a bug), ``2`` a command-line usage error.
+"""
+
+from __future__ import annotations
+
+
+class ImgsignError(Exception):
+    """Base class of every error imgsign raises on purpose."""
+
+    exit_code = 1
+    #: Short machine-readable name, printed by ``--json`` and the hook.
+    reason = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- 1x: input ---------------------------------------------------------------
+
+class InputError(ImgsignError):
+    """A file is missing or unreadable, or a JSON document is malformed."""
+
+    exit_code = 10
+    reason = "input-error"
+
+
+class PropertiesError(ImgsignError):
+    """An ``img_signature*`` property is missing or malformed."""
+
+    exit_code = 11
+    reason = "invalid-properties"
+
+
+class UnsupportedAlgorithm(ImgsignError):
+    """Unknown hash method or key type, or a key OpenStack cannot express."""
+
+    exit_code = 12
+    reason = "unsupported-algorithm"
+
+
+class KeyTypeMismatch(ImgsignError):
+    """The declared key type does not match the actual key or certificate."""
+
+    exit_code = 13
+    reason = "key-type-mismatch"
+
+
+class PrivateKeyError(ImgsignError):
+    """A private key cannot be loaded (unreadable, encrypted, wrong passphrase)."""
+
+    exit_code = 14
+    reason = "private-key-error"
+
+
+class WeakKey(ImgsignError):
+    """A key is below the minimum size enforced by policy."""
+
+    exit_code = 15
+    reason = "weak-key"
+
+
+# --- 2x: certificate -----------------------------------------------------------
+
+class CertificateError(ImgsignError):
+    """A certificate is unreadable or not usable for image signing."""
+
+    exit_code = 20
+    reason = "certificate-error"
+
+
+class CertificateExpired(ImgsignError):
+    """The certificate's notAfter is in the past."""
+
+    exit_code = 21
+    reason = "certificate-expired"
+
+
+class CertificateNotYetValid(ImgsignError):
+    """The certificate's notBefore is in the future."""
+
+    exit_code = 22
+    reason = "certificate-not-yet-valid"
+
+
+class CertificateKeyMismatch(ImgsignError):
+    """The private key does not belong to the certificate."""
+
+    exit_code = 23
+    reason = "certificate-key-mismatch"
+
+
+class UntrustedCertificate(ImgsignError):
+    """The certificate does not chain to a trusted certificate."""
+
+    exit_code = 24
+    reason = "untrusted-certificate"
+
+
+class CertificateRevoked(ImgsignError):
+    """A certificate in the chain is revoked by a CRL."""
+
+    exit_code = 25
+    reason = "certificate-revoked"
+
+
+# --- 3x: signature -------------------------------------------------------------
+
+class MalformedSignature(ImgsignError):
+    """The signature value is not a well-formed signature for the key."""
+
+    exit_code = 30
+    reason = "malformed-signature"
+
+
+class InvalidSignature(ImgsignError):
+    """The signature does not match the data: the image is not what was signed."""
+
+    exit_code = 31
+    reason = "invalid-signature"
+
+
+class IncompleteVerification(ImgsignError):
+    """A verifying stream was closed before its end: nothing was verified."""
+
+    exit_code = 32
+    reason = "incomplete-verification"
+
+
+# --- 4x: crypto backend -----------------------------------------------------------
+
+class BackendUnavailable(ImgsignError):
+    """No crypto backend can handle the algorithm (e.g. no OpenSSL with binary curves)."""
+
+    exit_code = 40
+    reason = "backend-unavailable"
+
+
+# --- 5x: key manager ------------------------------------------------------------
+
+class KeyManagerError(ImgsignError):
+    """The key manager is unreachable, misconfigured or refused the request."""
+
+    exit_code = 50
+    reason = "key-manager-error"
+
+
+class ObjectNotFound(ImgsignError):
+    """No object with that id exists in the key manager (for this project)."""
+
+    exit_code = 51
+    reason = "not-found"
+
+
+ALL_ERRORS: tuple[type[ImgsignError], ...] = (
+    ImgsignError,
+    InputError,
+    PropertiesError,
+    UnsupportedAlgorithm,
+    KeyTypeMismatch,
+    PrivateKeyError,
+    WeakKey,
+    CertificateError,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateKeyMismatch,
+    UntrustedCertificate,
+    CertificateRevoked,
+    MalformedSignature,
+    InvalidSignature,
+    IncompleteVerification,
+    BackendUnavailable,
+    KeyManagerError,
+    ObjectNotFound,
+)

@@ -1,0 +1,1 @@
+"""Key managers: castellan adapters and the embedded SQLite backend."""
