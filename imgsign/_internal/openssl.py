@@ -1,0 +1,203 @@
+"""The system OpenSSL as a fallback backend for the binary ``ECC_SECT*`` curves.
+
+``cryptography`` >= 47 cannot load sect409k1/r1 or sect571k1/r1 keys at all.
+imgsign still hashes in-process and hands only the digest to
+``openssl pkeyutl``.  Keys, digests and signatures reach the child through
+pipes (``/dev/fd/N``), never through temporary files or argv; the child has
+no controlling terminal and no stdin, so it can never prompt.
+
+The executable is ``$IMGSIGN_OPENSSL`` or ``openssl`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from imgsign.algorithms import HashMethod, KeyType
+from imgsign.errors import BackendUnavailable, InvalidSignature, PrivateKeyError, UnsupportedAlgorithm
+from imgsign.keys import PrivateKey, PublicKey, spki_algorithm
+
+_TIMEOUT_SECONDS = 60
+_PIPE_LIMIT = 60 * 1024  # every input must fit in one pipe buffer (64 KiB on Linux)
+_CURVE_BITS = {"sect409k1": 409, "sect409r1": 409, "sect571k1": 571, "sect571r1": 571}
+
+
+def executable() -> str:
+    """Path of the openssl binary to use, or raise :class:`BackendUnavailable`."""
+    name = os.environ.get("IMGSIGN_OPENSSL") or "openssl"
+    path = shutil.which(name)
+    if path is None:
+        raise BackendUnavailable(
+            f"the ECC_SECT* key types need the openssl command line (OpenSSL with binary "
+            f"EC curves), but {name!r} was not found (set IMGSIGN_OPENSSL or install openssl)"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _supported_curves(path: str) -> frozenset[str]:
+    result = subprocess.run(
+        [path, "ecparam", "-list_curves"], capture_output=True, stdin=subprocess.DEVNULL,
+        timeout=_TIMEOUT_SECONDS, check=False,
+    )
+    names = set()
+    for line in result.stdout.decode("ascii", "replace").splitlines():
+        head = line.split(":", 1)[0].strip()
+        if head:
+            names.add(head)
+    return frozenset(names)
+
+
+def require_curve(key_type: KeyType) -> str:
+    """Return the openssl path if it supports ``key_type``'s curve, else raise."""
+    path = executable()
+    curve = key_type.curve_name or ""
+    if curve not in _supported_curves(path):
+        raise BackendUnavailable(
+            f"{key_type.value} needs OpenSSL with binary EC curves, but {path} does not "
+            f"support {curve} (it was built without EC2M); use an OpenSSL that has it "
+            f"(IMGSIGN_OPENSSL=/path/to/openssl)"
+        )
+    return path
+
+
+def run(path: str, args: Sequence[str], inputs: Sequence[bytes] = ()) -> subprocess.CompletedProcess[bytes]:
+    """Run ``openssl *args`` with ``inputs`` fed through pipes.
+
+    In ``args``, ``{0}``, ``{1}``... become ``/dev/fd/N`` paths of those pipes and
+    ``{fds[0]}``... their bare descriptor numbers (for ``-passin fd:N``).
+    """
+    read_fds: list[int] = []
+    try:
+        for data in inputs:
+            if len(data) > _PIPE_LIMIT:
+                raise ValueError("openssl pipe input too large")
+            read_fd, write_fd = os.pipe()
+            read_fds.append(read_fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_fd, view):]
+            finally:
+                os.close(write_fd)
+        paths = [f"/dev/fd/{fd}" for fd in read_fds]
+        argv = [path, *(arg.format(*paths, fds=read_fds) for arg in args)]
+        try:
+            return subprocess.run(
+                argv, pass_fds=read_fds, capture_output=True, stdin=subprocess.DEVNULL,
+                start_new_session=True, timeout=_TIMEOUT_SECONDS, check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BackendUnavailable(f"could not run {path}: {exc}") from None
+    finally:
+        for fd in read_fds:
+            os.close(fd)
+
+
+def _first_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    text = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
+    return text.splitlines()[0][:200] if text else f"exit status {result.returncode}"
+
+
+def _binary_curve_key_type(spki_der: bytes) -> KeyType:
+    _, curve_oid = spki_algorithm(spki_der)
+    if curve_oid is None:
+        raise UnsupportedAlgorithm("the key is not on a named EC curve")
+    return KeyType.for_curve_oid(curve_oid)
+
+
+class OpenSSLPublicKey(PublicKey):
+    """A binary-curve public key, verified with ``openssl pkeyutl -verify``."""
+
+    def __init__(self, spki_der: bytes, key_type: KeyType) -> None:
+        self._spki = spki_der
+        self._key_type = key_type
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._key_type
+
+    @property
+    def key_size(self) -> int:
+        return _CURVE_BITS.get(self._key_type.curve_name or "", 0)
+
+    def describe(self) -> str:
+        return f"EC {self._key_type.curve_name} (via OpenSSL)"
+
+    def spki_der(self) -> bytes:
+        return self._spki
+
+    def verify_digest(self, signature: bytes, digest: bytes, hash_method: HashMethod) -> None:
+        path = require_curve(self._key_type)
+        result = run(
+            path,
+            ["pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "{0}", "-in", "{1}", "-sigfile", "{2}"],
+            [self._spki, digest, signature],
+        )
+        if result.returncode == 0 and b"Signature Verified Successfully" in result.stdout:
+            return
+        if b"Signature Verification Failure" in result.stdout or result.returncode == 1:
+            raise InvalidSignature(
+                "signature verification failed: the image data does not match the signature"
+            )
+        raise BackendUnavailable(f"openssl could not verify: {_first_error_line(result)}")
+
+
+class OpenSSLPrivateKey(PrivateKey):
+    """A binary-curve private key, signed with ``openssl pkeyutl -sign``.
+
+    Holds the unencrypted PKCS#8 DER in memory only (as an in-process key would).
+    """
+
+    def __init__(self, pkcs8_der: bytes, spki_der: bytes, key_type: KeyType) -> None:
+        self._der = pkcs8_der
+        self._public = OpenSSLPublicKey(spki_der, key_type)
+
+    def __repr__(self) -> str:  # never show key material
+        return f"<OpenSSLPrivateKey {self._public.describe()}>"
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._public.key_type
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def public_key(self) -> PublicKey:
+        return self._public
+
+    def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
+        path = require_curve(self.key_type)
+        result = run(path, ["pkeyutl", "-sign", "-keyform", "DER", "-inkey", "{0}", "-in", "{1}"], [self._der, digest])
+        if result.returncode != 0 or not result.stdout:
+            raise BackendUnavailable(f"openssl could not sign: {_first_error_line(result)}")
+        return result.stdout
+
+
+def load_private_key(data: bytes, passphrase: bytes | None, *, pem: bool) -> OpenSSLPrivateKey:
+    """Load a key ``cryptography`` refused; only binary-curve EC keys are accepted."""
+    path = executable()
+    inform = "PEM" if pem else "DER"
+    # -passin fd:N reads the first line of its own pipe; an empty line for a plain key.
+    secret = (passphrase or b"") + b"\n"
+    result = run(path, ["pkey", "-inform", inform, "-in", "{0}", "-passin", "fd:{fds[1]}", "-outform", "DER"],
+                 [data, secret])
+    if result.returncode != 0 or not result.stdout:
+        detail = _first_error_line(result)
+        if passphrase is not None and ("decrypt" in detail.lower() or "bad" in detail.lower()):
+            raise PrivateKeyError("cannot decrypt the private key: wrong passphrase")
+        raise PrivateKeyError(f"not a readable {inform} private key (openssl: {detail})")
+    pkcs8 = result.stdout
+    pub = run(path, ["pkey", "-inform", "DER", "-in", "{0}", "-pubout", "-outform", "DER"], [pkcs8])
+    if pub.returncode != 0 or not pub.stdout:
+        raise PrivateKeyError(f"openssl could not derive the public key ({_first_error_line(pub)})")
+    key_type = _binary_curve_key_type(pub.stdout)
+    if not key_type.is_binary_curve:
+        raise UnsupportedAlgorithm(f"{key_type.value} key could not be loaded by cryptography")
+    require_curve(key_type)
+    return OpenSSLPrivateKey(pkcs8, pub.stdout, key_type)

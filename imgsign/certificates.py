@@ -1,0 +1,84 @@
+"""The signing certificate: loading it, its public key, and its own checks.
+
+Chain validation against trusted certificates lives in its own module; this
+one answers "may this certificate's key sign images right now?".
+"""
+
+from __future__ import annotations
+
+from cryptography import exceptions as crypto_exceptions
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from pyasn1.codec.der import decoder, encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1_modules import rfc5280
+
+from imgsign.errors import CertificateError, CertificateExpired, CertificateNotYetValid, UnsupportedAlgorithm
+from imgsign.keys import CryptographyPublicKey, PublicKey, is_pem, public_key_from_spki
+from imgsign.policy import DEFAULT_POLICY, Policy
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """Parse one X.509 certificate, PEM or DER; raise :class:`CertificateError` if unreadable."""
+    pem = is_pem(data)
+    try:
+        if pem:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else "parse error"
+        raise CertificateError(f"not a readable {'PEM' if pem else 'DER'} X.509 certificate ({first})") from None
+
+
+def describe(cert: x509.Certificate) -> str:
+    """Short human name: the subject, RFC 4514."""
+    return cert.subject.rfc4514_string() or f"serial {cert.serial_number:#x}"
+
+
+def certificate_public_key(cert: x509.Certificate) -> PublicKey:
+    """The certificate's key; binary-curve keys are handed to the OpenSSL backend."""
+    try:
+        return CryptographyPublicKey(cert.public_key())
+    except (crypto_exceptions.UnsupportedAlgorithm, ValueError):
+        pass
+    try:
+        return public_key_from_spki(certificate_spki_der(cert))
+    except UnsupportedAlgorithm as exc:
+        raise UnsupportedAlgorithm(f"certificate {describe(cert)}: {exc}") from None
+
+
+def certificate_spki_der(cert: x509.Certificate) -> bytes:
+    """DER SubjectPublicKeyInfo of ``cert``, read without asking ``cryptography`` to load the key."""
+    try:
+        parsed, _ = decoder.decode(cert.public_bytes(Encoding.DER), asn1Spec=rfc5280.Certificate())
+    except PyAsn1Error as exc:
+        raise CertificateError(f"cannot read the certificate's public key info ({str(exc)[:120]})") from None
+    return encoder.encode(parsed["tbsCertificate"]["subjectPublicKeyInfo"])
+
+
+def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_POLICY) -> None:
+    """Refuse a certificate that may not sign images now.
+
+    Dates (unless ``policy.ignore_certificate_dates``), and keyUsage: when the
+    extension is present it must allow digitalSignature.  (A certificate with no
+    keyUsage, as ``openssl x509 -req`` makes by default, is unrestricted per RFC 5280.)
+    """
+    name = describe(cert)
+    if not policy.ignore_certificate_dates:
+        now = policy.now()
+        if now < cert.not_valid_before_utc:
+            raise CertificateNotYetValid(
+                f"certificate {name} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        if now > cert.not_valid_after_utc:
+            raise CertificateExpired(
+                f"certificate {name} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+            )
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    except ValueError as exc:
+        raise CertificateError(f"certificate {name} has malformed extensions ({str(exc)[:120]})") from None
+    if not usage.digital_signature:
+        raise CertificateError(f"certificate {name} may not sign: its keyUsage does not allow digitalSignature")

@@ -1,0 +1,240 @@
+"""The ``imgsign`` command line: a thin layer over the library.
+
+Every failure is one :class:`~imgsign.errors.ImgsignError` subclass and exits
+with that class's code (see README "Exit codes"); no traceback reaches the user
+unless ``IMGSIGN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from imgsign import certificates, errors, keygen
+from imgsign._internal.files import atomic_write, open_image, read_small_file
+from imgsign.algorithms import HashMethod, KeyType
+from imgsign.keys import PrivateKey, load_private_key
+from imgsign.policy import Policy
+from imgsign.properties import SignatureProperties, properties_from_document
+from imgsign.sign import Signer
+from imgsign.verify import Verifier
+
+HASH_CHOICE = click.Choice([h.value for h in HashMethod])
+KEY_TYPE_CHOICE = click.Choice([k.value for k in KeyType])
+
+
+class _Group(click.Group):
+    """Turns imgsign errors into a one-line message and the class's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.ImgsignError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("imgsign: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+            if os.environ.get("IMGSIGN_DEBUG"):
+                raise
+            click.echo(f"imgsign: internal error: {type(exc).__name__}: {exc} (IMGSIGN_DEBUG=1 shows details)", err=True)
+            sys.exit(1)
+
+
+def _fail(exc: errors.ImgsignError) -> None:
+    click.echo(f"imgsign: error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imgsign")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Sign OpenStack VM images and verify them (img_signature* properties)."""
+    ctx.obj = {"quiet": quiet}
+
+
+def _quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")(func)
+
+
+def _policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--allow-weak-keys", is_flag=True, help="Accept RSA/DSA keys under 2048 bits (Glance/Nova accept them)."
+    )(func)
+    return click.option(
+        "--ignore-cert-dates", is_flag=True, help="Do not check the certificate's notBefore/notAfter."
+    )(func)
+
+
+def _is_quiet(ctx: click.Context, quiet: bool) -> bool:
+    return quiet or bool(ctx.obj and ctx.obj.get("quiet"))
+
+
+@contextlib.contextmanager
+def _progress(size: int, label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr, only when stderr is a terminal and not quiet."""
+    if quiet or not sys.stderr.isatty() or size < 64 * 1024 * 1024:
+        yield None
+        return
+    with click.progressbar(length=size, label=label, file=sys.stderr, show_pos=False, show_percent=True) as bar:
+        yield bar.update
+
+
+def _read_passphrase(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    data = read_small_file(path, "passphrase file")
+    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+
+
+def _load_key(path: str, passphrase_file: str | None, what: str = "private key") -> tuple[PrivateKey, bytes | None]:
+    data = read_small_file(path, what)
+    passphrase = _read_passphrase(passphrase_file)
+    try:
+        return load_private_key(data, passphrase), passphrase
+    except errors.PrivateKeyError as exc:
+        if passphrase is None and "encrypted" in exc.message and sys.stdin.isatty():
+            passphrase = click.prompt(f"Passphrase for {path}", hide_input=True).encode()
+            return load_private_key(data, passphrase), passphrase
+        raise
+
+
+# --- keygen -------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--key-type", "key_type", type=KEY_TYPE_CHOICE, required=True, help="OpenStack key type.")
+@click.option("--out-key", required=True, type=click.Path(dir_okay=False), help="Private key to write (PEM, mode 0600).")
+@click.option("--out-cert", required=True, type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
+@click.option("--ca-cert", type=click.Path(dir_okay=False), help="Issue the certificate from this CA (else self-signed).")
+@click.option("--ca-key", type=click.Path(dir_okay=False), help="The CA's private key.")
+@click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key.")
+@click.option("--days", type=int, default=keygen.DEFAULT_DAYS, show_default=True, help="Validity in days.")
+@click.option("--subject", default=keygen.DEFAULT_SUBJECT, show_default=True, help="RFC 4514 subject name.")
+@click.option("--bits", type=int, default=keygen.DEFAULT_BITS, show_default=True, help="RSA/DSA key size.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def keygen_command(**opts: Any) -> None:
+    """Make a signing key and certificate."""
+    if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
+        raise errors.InputError("--ca-cert and --ca-key go together")
+    for out in (opts["out_key"], opts["out_cert"]):
+        if os.path.exists(out) and not opts["force"]:
+            raise errors.InputError(f"{out} exists; use --force to overwrite it")
+    issuer = None
+    if opts["ca_cert"]:
+        issuer = keygen.Issuer(
+            read_small_file(opts["ca_cert"], "CA certificate"),
+            read_small_file(opts["ca_key"], "CA private key"),
+            _read_passphrase(opts["ca_passphrase_file"]),
+        )
+    identity = keygen.generate(
+        KeyType.parse(opts["key_type"]), subject=opts["subject"], days=opts["days"], bits=opts["bits"],
+        issuer=issuer, passphrase=_read_passphrase(opts["passphrase_file"]),
+    )
+    atomic_write(opts["out_key"], identity.key_pem, mode=0o600)
+    atomic_write(opts["out_cert"], identity.cert_pem, mode=0o644)
+    click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
+
+
+cli.add_command(keygen_command, "keygen")
+
+
+# --- sign ---------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=True))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key, PEM or DER.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="File holding the key's passphrase.")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False), help="Signing certificate (checked against the key).")
+@click.option("--cert-uuid", help="img_signature_certificate_uuid: the certificate's id in the key manager.")
+@click.option("--hash-method", type=HASH_CHOICE, default="SHA-256", show_default=True)
+@click.option("--key-type", type=KEY_TYPE_CHOICE, help="Expected key type (default: derived from the key).")
+@click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
+@_policy_options
+@_quiet_option
+@click.pass_context
+def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
+         cert_uuid: str | None, hash_method: str, key_type: str | None, fmt: str, output: str | None,
+         allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+    """Sign IMAGE and print its img_signature* properties."""
+    if cert_uuid is None:
+        raise errors.InputError("give --cert-uuid: the certificate's id in your key manager (--cert alone is not enough)")
+    policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+    certificate = certificates.load_certificate(read_small_file(cert_path, "certificate")) if cert_path else None
+    key, _ = _load_key(key_path, passphrase_file)
+    signer = Signer(
+        key, cert_uuid, HashMethod.parse(hash_method),
+        key_type=KeyType.parse(key_type) if key_type else None, certificate=certificate, policy=policy,
+    )
+    with open_image(image) as (handle, size), _progress(size, "signing", _is_quiet(ctx, quiet)) as progress:
+        properties = signer.sign(handle, progress)
+    text = {"json": properties.to_json, "openstack": properties.to_openstack, "env": properties.to_env}[fmt]()
+    if output:
+        atomic_write(output, text.encode())
+    else:
+        click.echo(text, nl=False)
+
+
+# --- verify -------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=True))
+@click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
+              help="JSON: the properties, or `openstack image show -f json` output.")
+@click.option("--cert", "cert_path", required=True, type=click.Path(dir_okay=False), help="Signing certificate, PEM or DER.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
+@_policy_options
+@_quiet_option
+@click.pass_context
+def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str, as_json: bool,
+           allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+    """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
+    quiet = _is_quiet(ctx, quiet)
+    result: dict[str, Any] = {"image": image, "valid": False}
+    try:
+        properties = SignatureProperties.from_mapping(_load_properties(properties_path))
+        result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
+        certificate = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+        result["certificate_subject"] = certificates.describe(certificate)
+        policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+        verifier = Verifier.for_certificate(properties, certificate, policy=policy)
+        with open_image(image) as (handle, size), _progress(size, "verifying", quiet or as_json) as progress:
+            verifier.verify_data(handle, progress)
+    except errors.ImgsignError as exc:
+        if as_json:
+            result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
+            click.echo(json.dumps(result, indent=2))
+        _fail(exc)
+    result.update({"valid": True, "reason": "ok", "exit_code": 0})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not quiet:
+        click.echo(
+            f"OK: {image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
+            f"certificate {result['certificate_subject']})"
+        )
+
+
+def _load_properties(path: str) -> Any:
+    data = read_small_file(path, "properties file")
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
+    return properties_from_document(document)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="imgsign")

@@ -1,0 +1,153 @@
+"""Make a signing key and its certificate (self-signed or issued by a CA).
+
+Returns PEM bytes; writing them to disk is the caller's job.  Binary-curve
+keys and their certificates are made by the system OpenSSL, because
+``cryptography`` cannot represent them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from imgsign.algorithms import KeyType
+from imgsign.errors import CertificateError, CertificateKeyMismatch, InputError, PrivateKeyError, UnsupportedAlgorithm
+
+DEFAULT_DAYS = 365
+DEFAULT_BITS = 3072
+DEFAULT_SUBJECT = "CN=imgsign image signer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Issuer:
+    """A CA that issues the new certificate: its PEM certificate and PEM key."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    passphrase: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningIdentity:
+    """A freshly made private key (PEM, encrypted if a passphrase was given) and certificate (PEM)."""
+
+    key_pem: bytes
+    cert_pem: bytes
+
+    def __repr__(self) -> str:  # never show key material
+        return "SigningIdentity(key_pem=<redacted>, cert_pem=<%d bytes>)" % len(self.cert_pem)
+
+
+def parse_subject(subject: str) -> x509.Name:
+    """An RFC 4514 string such as ``CN=signer,O=Example`` as an X.509 name."""
+    try:
+        name = x509.Name.from_rfc4514_string(subject)
+    except ValueError as exc:
+        raise InputError(f"invalid --subject {subject!r}: {exc}") from None
+    if not list(name):
+        raise InputError("the --subject is empty")
+    return name
+
+
+def generate(
+    key_type: KeyType,
+    *,
+    subject: str = DEFAULT_SUBJECT,
+    days: int = DEFAULT_DAYS,
+    bits: int = DEFAULT_BITS,
+    issuer: Issuer | None = None,
+    passphrase: bytes | None = None,
+) -> SigningIdentity:
+    """Generate a key of ``key_type`` and a code-signing certificate for it."""
+    if days < 1:
+        raise InputError("--days must be at least 1")
+    name = parse_subject(subject)
+    if key_type.is_binary_curve:
+        from imgsign._internal import openssl_keygen
+
+        return openssl_keygen.generate(key_type, name, days, issuer, passphrase)
+    key = _new_key(key_type, bits)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    if issuer is None:
+        issuer_name, issuer_key, issuer_ski = name, key, None
+    else:
+        ca_cert, issuer_key = _load_issuer(issuer)
+        issuer_name = ca_cert.subject
+        issuer_ski = _ski_of(ca_cert)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer_ski is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
+        )
+    cert = builder.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return SigningIdentity(key_pem, cert.public_bytes(serialization.Encoding.PEM))
+
+
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+    key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+)
+
+
+def _new_key(key_type: KeyType, bits: int) -> rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey:
+    if key_type is KeyType.RSA_PSS:
+        if bits < 1024:
+            raise InputError("--bits must be at least 1024")
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    if key_type is KeyType.DSA:
+        if bits not in (1024, 2048, 3072, 4096):
+            raise InputError("DSA --bits must be 1024, 2048, 3072 or 4096")
+        return dsa.generate_private_key(key_size=bits)
+    curve = {KeyType.ECC_SECP384R1: ec.SECP384R1, KeyType.ECC_SECP521R1: ec.SECP521R1}[key_type]
+    return ec.generate_private_key(curve())
+
+
+def _load_issuer(issuer: Issuer) -> tuple[x509.Certificate, object]:
+    from imgsign.certificates import certificate_spki_der, describe, load_certificate
+    from imgsign.keys import CryptographyPrivateKey, load_private_key
+
+    ca_cert = load_certificate(issuer.cert_pem)
+    try:
+        constraints = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = constraints.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise CertificateError(f"--ca-cert {describe(ca_cert)} is not a CA (basicConstraints CA:TRUE missing)")
+    ca_key = load_private_key(issuer.key_pem, issuer.passphrase)
+    if ca_key.public_key().spki_der() != certificate_spki_der(ca_cert):
+        raise CertificateKeyMismatch(f"--ca-key does not belong to --ca-cert {describe(ca_cert)}")
+    if not isinstance(ca_key, CryptographyPrivateKey):
+        raise UnsupportedAlgorithm("a binary-curve CA key can only issue binary-curve certificates")
+    return ca_cert, ca_key._key  # noqa: SLF001 - same package
+
+
+def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        try:
+            return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - any key cryptography cannot load
+            raise PrivateKeyError("cannot compute the CA's key identifier") from None
