@@ -1,0 +1,91 @@
+"""Shared fixtures: the test PKI, a CLI runner, sample images."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PKI = REPO / "certs-test"
+
+#: Leaf certificate file stem per OpenStack key type (certs-test/manifest.json has them all).
+LEAVES = {
+    "RSA-PSS": "leaf-rsa-pss",
+    "DSA": "leaf-dsa",
+    "ECC_SECP384R1": "leaf-ecc-secp384r1",
+    "ECC_SECP521R1": "leaf-ecc-secp521r1",
+    "ECC_SECT409K1": "leaf-ecc-sect409k1",
+    "ECC_SECT409R1": "leaf-ecc-sect409r1",
+    "ECC_SECT571K1": "leaf-ecc-sect571k1",
+    "ECC_SECT571R1": "leaf-ecc-sect571r1",
+}
+HASHES = ("SHA-224", "SHA-256", "SHA-384", "SHA-512")
+CERT_UUID = "0b6e3e1c-6a43-4bde-9a5e-3d1f6d1b8c2a"
+
+
+def pki(name: str) -> Path:
+    """Path of a file in certs-test/."""
+    path = PKI / name
+    assert path.exists(), f"missing test PKI file {path}: run certs-test/generate.py"
+    return path
+
+
+def cert_of(key_type: str) -> Path:
+    return pki(LEAVES[key_type] + ".pem")
+
+
+def key_of(key_type: str) -> Path:
+    return pki(LEAVES[key_type] + ".key")
+
+
+def openssl() -> str:
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.fail("the openssl command is required for these tests (.ci/run installs it)")
+    return path
+
+
+class CLIResult:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr}>"
+
+
+def run_cli(*args: object, input: str | None = None, env: dict | None = None) -> CLIResult:
+    """Run ``imgsign ARGS`` in a subprocess, as a user would; never a traceback."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("IMGSIGN_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsign", *map(str, args)],
+        capture_output=True, text=True, input=input, env=full_env, timeout=300,
+    )
+    result = CLIResult(proc)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, result
+    return result
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def sample_image(tmp_path_factory) -> Path:
+    """A few MiB of non-trivial bytes (not a multiple of any chunk size)."""
+    path = tmp_path_factory.mktemp("images") / "sample.img"
+    with open(path, "wb") as handle:
+        handle.write(os.urandom(3 * 1024 * 1024 + 12345))
+    return path
