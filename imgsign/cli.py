@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties, properties_from_document
 from imgsign.sign import Signer
 from imgsign.verify import Verifier
+
+if TYPE_CHECKING:
+    from imgsign.keymanager.castellan_store import CastellanStore
 
 HASH_CHOICE = click.Choice([h.value for h in HashMethod])
 KEY_TYPE_CHOICE = click.Choice([k.value for k in KeyType])
@@ -57,10 +60,22 @@ def _fail(exc: errors.ImgsignError) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imgsign")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+              help="imgsign.conf (default: $IMGSIGN_CONFIG, /etc/imgsign/imgsign.conf, ~/.config/imgsign/imgsign.conf).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool) -> None:
+def cli(ctx: click.Context, quiet: bool, config_file: str | None) -> None:
     """Sign OpenStack VM images and verify them (img_signature* properties)."""
-    ctx.obj = {"quiet": quiet}
+    ctx.obj = {"quiet": quiet, "config_file": config_file}
+
+
+def open_store(ctx: click.Context) -> CastellanStore:
+    """The configured key manager (embedded SQLite store unless configured otherwise)."""
+    from imgsign import config  # castellan/oslo load only when a key manager is used
+
+    root = ctx.find_root()
+    if "store" not in root.obj:
+        root.obj["store"] = config.open_store(config.load(root.obj.get("config_file")))
+    return root.obj["store"]
 
 
 def _quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,8 +170,10 @@ cli.add_command(keygen_command, "keygen")
 @click.argument("image", type=click.Path(dir_okay=True))
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key, PEM or DER.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="File holding the key's passphrase.")
-@click.option("--cert", "cert_path", type=click.Path(dir_okay=False), help="Signing certificate (checked against the key).")
-@click.option("--cert-uuid", help="img_signature_certificate_uuid: the certificate's id in the key manager.")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+              help="Signing certificate: checked against the key; its id is looked up in the key manager.")
+@click.option("--cert-uuid", help="img_signature_certificate_uuid to emit (skips the key manager lookup).")
+@click.option("--store-cert", is_flag=True, help="Store --cert in the key manager unless an identical one is there.")
 @click.option("--hash-method", type=HASH_CHOICE, default="SHA-256", show_default=True)
 @click.option("--key-type", type=KEY_TYPE_CHOICE, help="Expected key type (default: derived from the key).")
 @click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
@@ -165,14 +182,22 @@ cli.add_command(keygen_command, "keygen")
 @_quiet_option
 @click.pass_context
 def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
-         cert_uuid: str | None, hash_method: str, key_type: str | None, fmt: str, output: str | None,
-         allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+         cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
+         output: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Sign IMAGE and print its img_signature* properties."""
-    if cert_uuid is None:
-        raise errors.InputError("give --cert-uuid: the certificate's id in your key manager (--cert alone is not enough)")
+    if cert_path is None and cert_uuid is None:
+        raise errors.InputError("give --cert (looked up in, or with --store-cert stored into, the key manager) or --cert-uuid")
+    if store_cert and cert_path is None:
+        raise errors.InputError("--store-cert needs --cert")
+    if store_cert and cert_uuid is not None:
+        raise errors.InputError("--store-cert and --cert-uuid exclude each other: the key manager assigns the id")
     policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
     certificate = certificates.load_certificate(read_small_file(cert_path, "certificate")) if cert_path else None
     key, _ = _load_key(key_path, passphrase_file)
+    if cert_uuid is None:
+        # Check key and certificate before storing anything.
+        Signer(key, "pending", HashMethod.parse(hash_method), certificate=certificate, policy=policy)
+        cert_uuid = _certificate_id(ctx, certificate, store_cert)  # type: ignore[arg-type]
     signer = Signer(
         key, cert_uuid, HashMethod.parse(hash_method),
         key_type=KeyType.parse(key_type) if key_type else None, certificate=certificate, policy=policy,
@@ -186,18 +211,37 @@ def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | N
         click.echo(text, nl=False)
 
 
+def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = certificate.public_bytes(Encoding.DER)
+    km = open_store(ctx)
+    found = km.find_certificate(der)
+    if found is not None:
+        return found
+    if not store:
+        raise errors.ObjectNotFound(
+            f"certificate {certificates.describe(certificate)} is not in the {km.description}: "
+            f"add --store-cert to store it, or give --cert-uuid"
+        )
+    cert_id = km.store_certificate(der, certificates.describe(certificate))
+    click.echo(f"stored certificate {certificates.describe(certificate)} as {cert_id} in the {km.description}", err=True)
+    return cert_id
+
+
 # --- verify -------------------------------------------------------------------------
 
 @cli.command()
 @click.argument("image", type=click.Path(dir_okay=True))
 @click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
               help="JSON: the properties, or `openstack image show -f json` output.")
-@click.option("--cert", "cert_path", required=True, type=click.Path(dir_okay=False), help="Signing certificate, PEM or DER.")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+              help="Signing certificate, PEM or DER (default: fetched from the key manager by img_signature_certificate_uuid).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
 @_policy_options
 @_quiet_option
 @click.pass_context
-def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str, as_json: bool,
+def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str | None, as_json: bool,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
     quiet = _is_quiet(ctx, quiet)
@@ -205,7 +249,11 @@ def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str,
     try:
         properties = SignatureProperties.from_mapping(_load_properties(properties_path))
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
-        certificate = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+        if cert_path is not None:
+            cert_data = read_small_file(cert_path, "certificate")
+        else:
+            cert_data = open_store(ctx).get_certificate(properties.certificate_uuid)
+        certificate = certificates.load_certificate(cert_data)
         result["certificate_subject"] = certificates.describe(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
         verifier = Verifier.for_certificate(properties, certificate, policy=policy)
@@ -233,6 +281,12 @@ def _load_properties(path: str) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
     return properties_from_document(document)
+
+
+from imgsign.cli_store import cert_group, key_group  # noqa: E402 - commands register on cli
+
+cli.add_command(cert_group, "cert")
+cli.add_command(key_group, "key")
 
 
 def main() -> None:

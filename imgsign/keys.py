@@ -71,6 +71,10 @@ class PrivateKey(abc.ABC):
     def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
         """Sign an already computed digest: RSA-PSS (MGF1, maximum salt) or DER DSA/ECDSA."""
 
+    @abc.abstractmethod
+    def export_pkcs8_der(self) -> bytes:
+        """The unencrypted PKCS#8 DER key, only to hand it to a key manager."""
+
 
 # --- in-process keys (cryptography) ----------------------------------------------
 
@@ -163,6 +167,14 @@ class CryptographyPrivateKey(PrivateKey):
     def public_key(self) -> PublicKey:
         return CryptographyPublicKey(self._key.public_key())
 
+    def __repr__(self) -> str:  # never show key material
+        return f"<CryptographyPrivateKey {self.public_key().describe()}>"
+
+    def export_pkcs8_der(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
     def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
         prehashed = utils.Prehashed(hash_method.algorithm)
         key = self._key
@@ -209,8 +221,6 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         text = str(exc)
         if passphrase is not None and ("decrypt" in text.lower() or "password" in text.lower()):
             raise PrivateKeyError("cannot decrypt the private key: wrong passphrase") from None
-        if passphrase is None and "encrypted" in text.lower():
-            raise PrivateKeyError("the private key is encrypted: give its passphrase") from None
         raise PrivateKeyError(
             f"not a readable {'PEM' if pem else 'DER'} private key ({text.splitlines()[0] if text else 'parse error'})"
         ) from None

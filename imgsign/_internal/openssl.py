@@ -171,6 +171,9 @@ class OpenSSLPrivateKey(PrivateKey):
     def public_key(self) -> PublicKey:
         return self._public
 
+    def export_pkcs8_der(self) -> bytes:
+        return self._der
+
     def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
         path = require_curve(self.key_type)
         result = run(path, ["pkeyutl", "-sign", "-keyform", "DER", "-inkey", "{0}", "-in", "{1}"], [self._der, digest])

@@ -1,0 +1,134 @@
+"""``imgsign cert …`` and ``imgsign key …``: certificates and keys in the key manager."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from imgsign import certificates, errors
+from imgsign._internal.files import read_small_file
+from imgsign.cli import _load_key, open_store
+
+
+@click.group("cert")
+def cert_group() -> None:
+    """Signing certificates in the key manager."""
+
+
+@cert_group.command("store")
+@click.argument("cert_path", metavar="CERT", type=click.Path(dir_okay=False))
+@click.option("--name", help="A name for the certificate (default: its subject).")
+@click.pass_context
+def cert_store(ctx: click.Context, cert_path: str, name: str | None) -> None:
+    """Store CERT (PEM or DER) and print its UUID (an identical stored one is reused)."""
+    cert = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+    der = cert.public_bytes(Encoding.DER)
+    store = open_store(ctx)
+    existing = store.find_certificate(der)
+    if existing is not None:
+        click.echo(f"identical certificate already stored in the {store.description}", err=True)
+        click.echo(existing)
+        return
+    click.echo(store.store_certificate(der, name or certificates.describe(cert)))
+
+
+def _summary(cert_id: str, cert: x509.Certificate) -> dict[str, Any]:
+    try:
+        key = certificates.certificate_public_key(cert)
+        key_text = key.describe() + (f" ({key.key_type.value})" if key.key_type else " (no OpenStack key type)")
+    except errors.ImgsignError as exc:
+        key_text = f"unusable: {exc.message}"
+    return {
+        "id": cert_id,
+        "subject": certificates.describe(cert),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": f"{cert.serial_number:#x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "key": key_text,
+        "sha256_fingerprint": cert.fingerprint(hashes.SHA256()).hex(":"),
+    }
+
+
+@cert_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def cert_list(ctx: click.Context, as_json: bool) -> None:
+    """List stored certificates."""
+    store = open_store(ctx)
+    rows = []
+    for item in store.list_objects("certificate"):
+        cert = certificates.load_certificate(store.get_certificate(item.id))
+        rows.append(_summary(item.id, cert))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['id']}  {row['not_after'][:10]}  {row['subject']}")
+
+
+@cert_group.command("show")
+@click.argument("cert_id")
+@click.option("--pem", is_flag=True, help="Print the certificate as PEM instead.")
+@click.pass_context
+def cert_show(ctx: click.Context, cert_id: str, pem: bool) -> None:
+    """Show one stored certificate."""
+    cert = certificates.load_certificate(open_store(ctx).get_certificate(cert_id))
+    if pem:
+        click.echo(cert.public_bytes(Encoding.PEM).decode(), nl=False)
+    else:
+        click.echo(json.dumps(_summary(cert_id, cert), indent=2))
+
+
+@cert_group.command("delete")
+@click.argument("cert_id")
+@click.pass_context
+def cert_delete(ctx: click.Context, cert_id: str) -> None:
+    """Delete a stored certificate (images signed with it will no longer verify)."""
+    store = open_store(ctx)
+    store.get_certificate(cert_id)  # refuse to delete something that is not a certificate
+    store.delete(cert_id)
+    click.echo(f"deleted {cert_id}", err=True)
+
+
+@click.group("key")
+def key_group() -> None:
+    """Signing keys in the key manager (optional: keys may stay in files)."""
+
+
+@key_group.command("store")
+@click.argument("key_path", metavar="KEY", type=click.Path(dir_okay=False))
+@click.option("--name", help="A name for the key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of an encrypted KEY.")
+@click.pass_context
+def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_file: str | None) -> None:
+    """Store a private key and print its UUID (the key is never printed)."""
+    key, _ = _load_key(key_path, passphrase_file)
+    if key.key_type is None:
+        raise errors.UnsupportedAlgorithm("this key has no OpenStack key type; it cannot sign images")
+    algorithm = {"RSA-PSS": "RSA", "DSA": "DSA"}.get(key.key_type.value, "EC")
+    click.echo(open_store(ctx).store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name))
+
+
+@key_group.command("list")
+@click.pass_context
+def key_list(ctx: click.Context) -> None:
+    """List stored private keys (metadata only)."""
+    for item in open_store(ctx).list_objects("private-key"):
+        click.echo(f"{item.id}  {item.algorithm or '?'}-{item.bit_length or '?'}  {item.name or ''}".rstrip())
+
+
+@key_group.command("delete")
+@click.argument("key_id")
+@click.pass_context
+def key_delete(ctx: click.Context, key_id: str) -> None:
+    """Delete a stored private key."""
+    store = open_store(ctx)
+    store.get_private_key(key_id)  # only delete what is a private key
+    store.delete(key_id)
+    click.echo(f"deleted {key_id}", err=True)

@@ -1,0 +1,91 @@
+"""``imgsign.conf``: which key manager to use, in castellan's own terms.
+
+One oslo.config file with castellan's sections (``[key_manager]``, ``[vault]``,
+``[barbican]``) plus ``[imgsign]`` and ``[imgsign_embedded]``.  With nothing
+configured the embedded SQLite backend is used.  The file is the first of:
+``--config``, ``$IMGSIGN_CONFIG``, ``/etc/imgsign/imgsign.conf``,
+``~/.config/imgsign/imgsign.conf``.  ``$IMGSIGN_KEYSTORE`` overrides the
+embedded store's path when the file does not set it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from castellan import key_manager, options as castellan_options
+from oslo_config import cfg
+
+from imgsign.errors import InputError, KeyManagerError
+from imgsign.keymanager.castellan_store import CastellanStore
+
+EMBEDDED = "imgsign"
+SEARCH_PATH = ("/etc/imgsign/imgsign.conf", "~/.config/imgsign/imgsign.conf")
+
+_IMGSIGN_OPTS = [
+    cfg.StrOpt("project_id", default="default",
+               help="Project (owner) under which imgsign stores and reads objects in the key manager."),
+]
+
+
+def find_config_file(explicit: str | None = None) -> str | None:
+    """The configuration file to read, or None to run on defaults."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise InputError(f"configuration file {explicit} does not exist")
+        return explicit
+    from_env = os.environ.get("IMGSIGN_CONFIG")
+    if from_env:
+        if not os.path.isfile(from_env):
+            raise InputError(f"IMGSIGN_CONFIG names {from_env}, which does not exist")
+        return from_env
+    for candidate in SEARCH_PATH:
+        path = os.path.expanduser(candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load(config_file: str | None = None) -> cfg.ConfigOpts:
+    """Read the configuration into a private ConfigOpts (never the global one)."""
+    conf = cfg.ConfigOpts()
+    conf.register_opts(_IMGSIGN_OPTS, group="imgsign")
+    castellan_options.set_defaults(conf, backend=EMBEDDED)
+    path = find_config_file(config_file)
+    try:
+        conf(args=[], project="imgsign", default_config_files=[path] if path else [], validate_default_values=True)
+    except cfg.Error as exc:
+        raise InputError(f"cannot read configuration {path}: {exc}") from None
+    conf.imgsign_config_file = path  # type: ignore[attr-defined]
+    return conf
+
+
+def backend_name(conf: cfg.ConfigOpts) -> str:
+    return str(conf.key_manager.backend)
+
+
+def open_store(conf: cfg.ConfigOpts) -> CastellanStore:
+    """The configured key manager, for the configured project."""
+    from oslo_context import context as oslo_context
+
+    name = backend_name(conf)
+    where = f"(config {conf.imgsign_config_file})" if getattr(conf, "imgsign_config_file", None) else "(defaults)"
+    try:
+        manager = key_manager.API(conf)
+    except Exception as exc:  # noqa: BLE001 - stevedore/import/backend construction errors
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise KeyManagerError(
+            f"cannot start key manager backend {name!r} set by [key_manager] backend {where}: {detail}"
+        ) from None
+    context = oslo_context.RequestContext(project_id=conf.imgsign.project_id)
+    return CastellanStore(manager, context, describe_backend(conf, manager))
+
+
+def describe_backend(conf: cfg.ConfigOpts, manager: object) -> str:
+    name = backend_name(conf)
+    if name == EMBEDDED:
+        return f"embedded key manager ({getattr(manager, 'path', '?')})"
+    if name == "vault":
+        return f"vault key manager ({conf.vault.vault_url}, [vault] settings)"
+    if name == "barbican":
+        return f"barbican key manager ({conf.barbican.barbican_endpoint or 'endpoint from the catalog'}, [barbican] settings)"
+    return f"{name} key manager"

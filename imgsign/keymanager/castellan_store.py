@@ -1,0 +1,82 @@
+"""A :class:`CertificateStore` over any castellan key manager."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from castellan.common import exception as castellan_errors
+from castellan.common.objects import private_key, public_key, x_509
+
+from imgsign.errors import KeyManagerError, ObjectNotFound
+from imgsign.keymanager import CertificateStore, StoredObject
+
+_KINDS: dict[str, type] = {"certificate": x_509.X509, "private-key": private_key.PrivateKey,
+                           "public-key": public_key.PublicKey}
+
+
+class CastellanStore(CertificateStore):
+    """Certificates and keys in a castellan backend, for one request context (project)."""
+
+    def __init__(self, manager: Any, context: Any, description: str) -> None:
+        self._manager = manager
+        self._context = context
+        self.description = description
+
+    @contextlib.contextmanager
+    def _calling(self, action: str, object_id: str | None = None) -> Iterator[None]:
+        """Map castellan and transport errors to imgsign's, naming the backend, never a secret."""
+        try:
+            yield
+        except castellan_errors.ManagedObjectNotFoundError:
+            raise ObjectNotFound(f"no object {object_id} in {self.description} (for this project)") from None
+        except castellan_errors.Forbidden:
+            raise KeyManagerError(f"{self.description} refused to {action}: forbidden") from None
+        except (ObjectNotFound, KeyManagerError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any backend/transport failure
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise KeyManagerError(f"{self.description}: cannot {action}: {detail}") from None
+
+    def get_certificate(self, cert_id: str) -> bytes:
+        with self._calling("get the certificate", cert_id):
+            obj = self._manager.get(self._context, cert_id)
+        if not isinstance(obj, x_509.X509) or obj.format != "X.509":
+            raise ObjectNotFound(f"object {cert_id} in {self.description} is not an X.509 certificate")
+        return bytes(obj.get_encoded())
+
+    def store_certificate(self, der: bytes, name: str | None = None) -> str:
+        with self._calling("store the certificate"):
+            return str(self._manager.store(self._context, x_509.X509(der, name=name)))
+
+    def find_certificate(self, der: bytes) -> str | None:
+        """The id of a stored certificate with exactly these DER bytes, if any."""
+        with self._calling("list certificates"):
+            for obj in self._manager.list(self._context, object_type=x_509.X509):
+                if bytes(obj.get_encoded()) == der:
+                    return str(obj.id)
+        return None
+
+    def store_private_key(self, pkcs8_der: bytes, algorithm: str, bits: int, name: str | None = None) -> str:
+        with self._calling("store the private key"):
+            return str(self._manager.store(self._context, private_key.PrivateKey(algorithm, bits, pkcs8_der, name=name)))
+
+    def get_private_key(self, key_id: str) -> bytes:
+        with self._calling("get the private key", key_id):
+            obj = self._manager.get(self._context, key_id)
+        if not isinstance(obj, private_key.PrivateKey):
+            raise ObjectNotFound(f"object {key_id} in {self.description} is not a private key")
+        return bytes(obj.get_encoded())
+
+    def list_objects(self, kind: str) -> list[StoredObject]:
+        with self._calling(f"list {kind}s"):
+            objects = self._manager.list(self._context, object_type=_KINDS[kind], metadata_only=True)
+        return [
+            StoredObject(str(o.id), kind, o.name, o.created, getattr(o, "algorithm", None), getattr(o, "bit_length", None))
+            for o in objects
+        ]
+
+    def delete(self, object_id: str) -> None:
+        with self._calling("delete", object_id):
+            self._manager.delete(self._context, object_id)
