@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's first command: install imgsign into .venv, make a signing key,
+# sign a sample image (storing the certificate in the embedded key manager, the
+# default backend) and verify it, fetching the certificate back by its uuid.
+# Safe to re-run; image and key live in a scratch folder that is removed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q -e .
+imgsign=.venv/bin/imgsign
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/imgsign-quickstart.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+if command -v qemu-img >/dev/null 2>&1; then
+    qemu-img create -q -f qcow2 "$work/sample.qcow2" 1G
+    image="$work/sample.qcow2"
+else
+    head -c 64M /dev/urandom > "$work/sample.img"
+    image="$work/sample.img"
+fi
+
+$imgsign keygen --key-type RSA-PSS --out-key "$work/signer.key" --out-cert "$work/signer.pem" \
+    --subject "CN=imgsign quickstart signer"
+$imgsign sign "$image" --key "$work/signer.key" --cert "$work/signer.pem" --store-cert \
+    | tee "$work/properties.json"
+echo
+$imgsign verify "$image" --properties "$work/properties.json"

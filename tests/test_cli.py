@@ -1,0 +1,261 @@
+"""The imgsign command line: contract, every negative case with its message and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+
+import pytest
+
+from imgsign import errors
+from tests.conftest import CERT_UUID, cert_of, key_of, pki, run_cli
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """An image and its properties, signed with the RSA-PSS leaf."""
+    work = tmp_path_factory.mktemp("cli")
+    image = work / "disk.img"
+    image.write_bytes(os.urandom(2 * 1024 * 1024 + 3))
+    result = run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert", cert_of("RSA-PSS"), "--cert-uuid", CERT_UUID)
+    assert result.code == 0, result
+    props = work / "props.json"
+    props.write_text(result.stdout)
+    return work, image, props
+
+
+def verify(image, props, cert=None, *extra):
+    return run_cli("verify", image, "--properties", props, "--cert", cert or cert_of("RSA-PSS"), *extra)
+
+
+def write_props(tmp_path, props_path, **changes):
+    data = json.loads(props_path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    out = tmp_path / "changed.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_sign_json_has_exactly_the_four_properties(signed):
+    _, _, props = signed
+    data = json.loads(props.read_text())
+    assert sorted(data) == sorted(["img_signature", "img_signature_hash_method", "img_signature_key_type",
+                                   "img_signature_certificate_uuid"])
+    assert data["img_signature_key_type"] == "RSA-PSS" and data["img_signature_hash_method"] == "SHA-256"
+
+
+def test_verify_ok(signed):
+    _, image, props = signed
+    result = verify(image, props)
+    assert result.code == 0, result
+    assert result.stdout.startswith("OK:") and result.stderr == ""  # no progress bar when not a TTY
+    assert verify(image, props, None, "--quiet").stdout == ""
+
+
+def test_verify_json(signed):
+    _, image, props = signed
+    result = verify(image, props, None, "--json")
+    assert result.code == 0 and result.json()["valid"] is True and result.json()["reason"] == "ok"
+
+
+def test_openstack_and_env_formats(signed, tmp_path):
+    _, image, _ = signed
+    result = run_cli("sign", image, "--key", key_of("ECC_SECP384R1"), "--cert-uuid", CERT_UUID,
+                     "--format", "openstack", "--hash-method", "SHA-512")
+    assert result.code == 0, result
+    args = shlex.split(result.stdout)
+    props = dict(a.split("=", 1) for a in args[1::2])
+    assert args[0::2] == ["--property"] * 4 and props["img_signature_hash_method"] == "SHA-512"
+    env = run_cli("sign", image, "--key", key_of("ECC_SECP384R1"), "--cert-uuid", CERT_UUID, "--format", "env")
+    assert "IMG_SIGNATURE_KEY_TYPE=ECC_SECP384R1" in env.stdout
+    # properties as `openstack image show -f json` prints them verify too
+    show = tmp_path / "show.json"
+    show.write_text(json.dumps({"id": "abc", "name": "img", "properties": props}))
+    assert verify(image, show, cert_of("ECC_SECP384R1")).code == 0
+
+
+def test_output_file_is_written_atomically(signed, tmp_path):
+    _, image, _ = signed
+    out = tmp_path / "p.json"
+    assert run_cli("sign", image, "--key", key_of("DSA"), "--cert-uuid", CERT_UUID, "-o", out).code == 0
+    assert json.loads(out.read_text())["img_signature_key_type"] == "DSA"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".imgsign-")]
+
+
+# --- negative cases: (what, expected exception class, message fragment) ---------------
+
+def test_flipped_byte(signed, tmp_path):
+    _, image, props = signed
+    bad = tmp_path / "flipped.img"
+    data = bytearray(image.read_bytes())
+    data[1234567] ^= 0x80
+    bad.write_bytes(data)
+    result = verify(bad, props)
+    assert result.code == errors.InvalidSignature.exit_code == 31, result
+    assert "does not match" in result.stderr
+
+
+@pytest.mark.parametrize("change", ["truncate", "extend"])
+def test_truncated_and_extended(signed, tmp_path, change):
+    _, image, props = signed
+    data = image.read_bytes()
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(data[:-4096] if change == "truncate" else data + b"\0" * 512)
+    result = verify(bad, props)
+    assert result.code == errors.InvalidSignature.exit_code, result
+
+
+@pytest.mark.parametrize(
+    "changes, error, fragment",
+    [
+        ({"img_signature": "not*base64"}, errors.PropertiesError, "not valid base64"),
+        ({"img_signature_key_type": "RSA"}, errors.UnsupportedAlgorithm, "unknown key type 'RSA'"),
+        ({"img_signature_key_type": "DSA"}, errors.KeyTypeMismatch, "DSA is declared"),
+        ({"img_signature_hash_method": "SHA-1"}, errors.UnsupportedAlgorithm, "unknown hash method 'SHA-1'"),
+        ({"img_signature_certificate_uuid": None}, errors.PropertiesError, "missing image property: img_signature_certificate_uuid"),
+        ({"img_signature": None}, errors.PropertiesError, "missing image property: img_signature"),
+        ({"img_signature": "AAAA"}, errors.MalformedSignature, "RSA-PSS signature"),
+    ],
+)
+def test_bad_properties(signed, tmp_path, changes, error, fragment):
+    _, image, props = signed
+    result = verify(image, write_props(tmp_path, props, **changes))
+    assert result.code == error.exit_code, result
+    assert fragment in result.stderr
+
+
+def test_bad_properties_json_output(signed, tmp_path):
+    _, image, props = signed
+    result = verify(image, write_props(tmp_path, props, img_signature_hash_method="MD5"), None, "--json")
+    assert result.code == errors.UnsupportedAlgorithm.exit_code
+    assert result.json()["valid"] is False and result.json()["reason"] == "unsupported-algorithm"
+
+
+def test_wrong_certificate(signed):
+    _, image, props = signed
+    result = verify(image, props, pki("leaf-under-pss-intermediate.pem"))  # another RSA-3072 key
+    assert result.code == errors.InvalidSignature.exit_code, result
+    smaller = verify(image, props, pki("leaf-untrusted.pem"))  # RSA-2048: the signature cannot even fit
+    assert smaller.code == errors.MalformedSignature.exit_code and "384 bytes" in smaller.stderr, smaller
+
+
+@pytest.mark.parametrize("stem, error", [("leaf-expired", errors.CertificateExpired),
+                                         ("leaf-not-yet-valid", errors.CertificateNotYetValid)])
+def test_certificate_dates(tmp_path, stem, error, signed):
+    _, image, _ = signed
+    signed_props = run_cli("sign", image, "--key", pki(stem + ".key"), "--cert-uuid", CERT_UUID)
+    assert signed_props.code == 0, signed_props
+    props = tmp_path / "p.json"
+    props.write_text(signed_props.stdout)
+    result = verify(image, props, pki(stem + ".pem"))
+    assert result.code == error.exit_code, result
+    assert verify(image, props, pki(stem + ".pem"), "--ignore-cert-dates").code == 0
+    refused = run_cli("sign", image, "--key", pki(stem + ".key"), "--cert", pki(stem + ".pem"), "--cert-uuid", CERT_UUID)
+    assert refused.code == error.exit_code, refused
+
+
+def test_missing_files(signed, tmp_path):
+    _, image, props = signed
+    for result in (verify(tmp_path / "nope.img", props), verify(image, tmp_path / "nope.json"),
+                   verify(image, props, tmp_path / "nope.pem"),
+                   run_cli("sign", tmp_path / "nope.img", "--key", key_of("DSA"), "--cert-uuid", CERT_UUID),
+                   run_cli("sign", image, "--key", tmp_path / "nope.key", "--cert-uuid", CERT_UUID)):
+        assert result.code == errors.InputError.exit_code, result
+        assert "nope" in result.stderr and "No such file" in result.stderr
+
+
+def test_directory_and_bad_json(signed, tmp_path):
+    _, image, props = signed
+    assert verify(tmp_path, props).code == errors.InputError.exit_code
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    result = verify(image, garbage)
+    assert result.code == errors.InputError.exit_code and "not valid JSON" in result.stderr
+
+
+def test_unreadable_and_encrypted_keys(signed, tmp_path):
+    _, image, _ = signed
+    garbage = tmp_path / "garbage.key"
+    garbage.write_bytes(b"this is not a key")
+    base = ("sign", image, "--cert-uuid", CERT_UUID, "--key")
+    result = run_cli(*base, garbage)
+    assert result.code == errors.PrivateKeyError.exit_code and "private key" in result.stderr, result
+    encrypted = pki("leaf-rsa-pss-encrypted.key")
+    result = run_cli(*base, encrypted)  # stdin is not a TTY: no prompt, a clear error
+    assert result.code == errors.PrivateKeyError.exit_code and "encrypted" in result.stderr, result
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("nope\n")
+    result = run_cli(*base, encrypted, "--passphrase-file", wrong)
+    assert result.code == errors.PrivateKeyError.exit_code and "wrong passphrase" in result.stderr, result
+    ok = run_cli(*base, encrypted, "--passphrase-file", pki("leaf-rsa-pss-encrypted.passphrase"))
+    assert ok.code == 0, ok
+    assert "test-passphrase" not in ok.stdout + ok.stderr
+
+
+def test_key_and_certificate_mismatch(signed):
+    _, image, _ = signed
+    result = run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert", cert_of("DSA"), "--cert-uuid", CERT_UUID)
+    assert result.code == errors.CertificateKeyMismatch.exit_code, result
+    result = run_cli("sign", image, "--key", key_of("RSA-PSS"), "--key-type", "DSA", "--cert-uuid", CERT_UUID)
+    assert result.code == errors.KeyTypeMismatch.exit_code, result
+
+
+def test_weak_key_opt_out(signed):
+    _, image, _ = signed
+    result = run_cli("sign", image, "--key", pki("leaf-rsa-1024.key"), "--cert-uuid", CERT_UUID)
+    assert result.code == errors.WeakKey.exit_code and "--allow-weak-keys" in result.stderr, result
+    assert run_cli("sign", image, "--key", pki("leaf-rsa-1024.key"), "--cert-uuid", CERT_UUID,
+                   "--allow-weak-keys").code == 0
+
+
+def test_usage_errors_exit_2(signed):
+    _, image, props = signed
+    assert run_cli("sign", image, "--bogus").code == 2
+    assert run_cli("verify", image).code == 2
+    assert run_cli("sign", image, "--key", key_of("DSA"), "--hash-method", "MD5", "--cert-uuid", "x").code == 2
+    result = run_cli("sign", image, "--key", key_of("DSA"))
+    assert result.code == errors.InputError.exit_code and "--cert-uuid" in result.stderr
+
+
+@pytest.mark.parametrize("key_type", ["RSA-PSS", "ECC_SECP384R1", "ECC_SECT571R1"])
+def test_keygen_self_signed_and_issued(tmp_path, key_type, signed):
+    _, image, _ = signed
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    result = run_cli("keygen", "--key-type", key_type, "--out-key", key, "--out-cert", cert,
+                     "--ca-cert", pki("intermediate-ca.pem"), "--ca-key", pki("intermediate-ca.key"),
+                     "--days", 30, "--subject", "CN=Image Signer/One,O=Example")
+    assert result.code == 0, result
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in key.read_bytes() and b"PRIVATE" not in (result.stdout + result.stderr).encode()
+    again = run_cli("keygen", "--key-type", key_type, "--out-key", key, "--out-cert", cert)
+    assert again.code == errors.InputError.exit_code and "--force" in again.stderr
+    sig = run_cli("sign", image, "--key", key, "--cert", cert, "--cert-uuid", CERT_UUID)
+    assert sig.code == 0, sig
+    props = tmp_path / "p.json"
+    props.write_text(sig.stdout)
+    assert verify(image, props, cert).code == 0
+
+
+def test_keygen_encrypted_key(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    assert run_cli("keygen", "--key-type", "RSA-PSS", "--out-key", key, "--out-cert", cert, "--passphrase-file", pw).code == 0
+    assert b"ENCRYPTED" in key.read_bytes()
+    image = tmp_path / "i"
+    image.write_bytes(b"x" * 1000)
+    assert run_cli("sign", image, "--key", key, "--cert-uuid", "x").code == errors.PrivateKeyError.exit_code
+    assert run_cli("sign", image, "--key", key, "--cert-uuid", "x", "--passphrase-file", pw).code == 0
+
+
+def test_keygen_refuses_non_ca_issuer(tmp_path):
+    result = run_cli("keygen", "--key-type", "RSA-PSS", "--out-key", tmp_path / "k", "--out-cert", tmp_path / "c",
+                     "--ca-cert", pki("not-a-ca.pem"), "--ca-key", pki("not-a-ca.key"))
+    assert result.code == errors.CertificateError.exit_code and "not a CA" in result.stderr, result
+    assert not (tmp_path / "k").exists()
