@@ -69,6 +69,12 @@ def open_store(conf: cfg.ConfigOpts) -> CastellanStore:
 
     name = backend_name(conf)
     where = f"(config {conf.imgsign_config_file})" if getattr(conf, "imgsign_config_file", None) else "(defaults)"
+    known = installed_backends()
+    if name not in known and "." not in name:
+        raise KeyManagerError(
+            f"no castellan key manager backend {name!r}, set by [key_manager] backend {where}; "
+            f"installed: {', '.join(sorted(known))}"
+        )
     try:
         manager = key_manager.API(conf)
     except Exception as exc:  # noqa: BLE001 - stevedore/import/backend construction errors
@@ -78,6 +84,13 @@ def open_store(conf: cfg.ConfigOpts) -> CastellanStore:
         ) from None
     context = oslo_context.RequestContext(project_id=conf.imgsign.project_id)
     return CastellanStore(manager, context, describe_backend(conf, manager))
+
+
+def installed_backends() -> set[str]:
+    """Names registered in castellan's ``castellan.drivers`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="castellan.drivers")}
 
 
 def describe_backend(conf: cfg.ConfigOpts, manager: object) -> str:

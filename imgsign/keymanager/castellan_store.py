@@ -36,7 +36,7 @@ class CastellanStore(CertificateStore):
         except (ObjectNotFound, KeyManagerError):
             raise
         except Exception as exc:  # noqa: BLE001 - any backend/transport failure
-            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            detail = _summarise(exc)
             raise KeyManagerError(f"{self.description}: cannot {action}: {detail}") from None
 
     def get_certificate(self, cert_id: str) -> bytes:
@@ -80,3 +80,14 @@ class CastellanStore(CertificateStore):
     def delete(self, object_id: str) -> None:
         with self._calling("delete", object_id):
             self._manager.delete(self._context, object_id)
+
+
+def _summarise(exc: Exception) -> str:
+    """A short, secret-free description of a backend failure."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    if names & {"ConnectionError", "NewConnectionError", "ConnectTimeout", "ConnectFailure"}:
+        return "cannot connect to the server (is it running, and is the URL right?)"
+    if names & {"Timeout", "ReadTimeout", "ConnectTimeout"}:
+        return "the server did not answer in time"
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
