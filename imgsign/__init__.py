@@ -9,6 +9,7 @@ Every error is an :class:`imgsign.errors.ImgsignError` subclass with a CLI exit 
 """
 
 from imgsign.algorithms import HashMethod, KeyType
+from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.certificates import certificate_public_key, check_signing_certificate, load_certificate
 from imgsign.errors import ImgsignError
 from imgsign.keys import PrivateKey, PublicKey, load_private_key, public_key_from_spki
@@ -26,6 +27,7 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "SignatureProperties",
+    "TrustAnchors",
     "Signer",
     "Verifier",
     "VerifyingReader",
@@ -36,6 +38,7 @@ __all__ = [
     "properties_from_document",
     "public_key_from_spki",
     "sign",
+    "validate_chain",
     "verify_digest",
     "verifying_iter",
 ]

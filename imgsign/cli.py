@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imgsign import certificates, errors, keygen
+from imgsign import certificates, chain, errors, keygen
 from imgsign._internal.files import atomic_write, open_image, read_small_file
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.keys import PrivateKey, load_private_key
@@ -68,13 +68,34 @@ def cli(ctx: click.Context, quiet: bool, config_file: str | None) -> None:
     ctx.obj = {"quiet": quiet, "config_file": config_file}
 
 
+def _has_config(ctx: click.Context) -> bool:
+    """Is there a configuration file (--config, $IMGSIGN_CONFIG or a default location)?"""
+    from imgsign import config
+
+    return config.find_config_file(ctx.find_root().obj.get("config_file")) is not None
+
+
+def _config(ctx: click.Context) -> Any:
+    """imgsign.conf, read once (castellan and oslo load only when it is needed)."""
+    from imgsign import config
+
+    root = ctx.find_root()
+    if "conf" not in root.obj:
+        root.obj["conf"] = config.load(root.obj.get("config_file"))
+    return root.obj["conf"]
+
+
+def _store_is_open(ctx: click.Context) -> bool:
+    return "store" in ctx.find_root().obj
+
+
 def open_store(ctx: click.Context) -> CastellanStore:
     """The configured key manager (embedded SQLite store unless configured otherwise)."""
-    from imgsign import config  # castellan/oslo load only when a key manager is used
+    from imgsign import config
 
     root = ctx.find_root()
     if "store" not in root.obj:
-        root.obj["store"] = config.open_store(config.load(root.obj.get("config_file")))
+        root.obj["store"] = config.open_store(_config(ctx))
     return root.obj["store"]
 
 
@@ -237,11 +258,24 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
               help="JSON: the properties, or `openstack image show -f json` output.")
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate, PEM or DER (default: fetched from the key manager by img_signature_certificate_uuid).")
+@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID",
+              help="Require a chain to this trusted CA certificate in the key manager (repeatable; "
+                   "default: [imgsign] trusted_certificate_ids).")
+@click.option("--trusted-file", "trusted_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Require a chain to a trusted CA certificate in this PEM file (repeatable, bundles allowed).")
+@click.option("--intermediate", "intermediate_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Untrusted intermediate CA certificates (PEM bundle) to build the chain with.")
+@click.option("--crl", "crl_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Certificate revocation list, PEM or DER (repeatable; stored CRLs are used too).")
+@click.option("--require-crl", is_flag=True, default=None, help="Refuse when an issuer on the chain has no CRL.")
+@click.option("--max-chain-depth", type=click.IntRange(0, 255), help="Most intermediate CAs (default 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
 @_policy_options
 @_quiet_option
 @click.pass_context
-def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str | None, as_json: bool,
+def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
+           trusted_files: tuple[str, ...], intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
+           require_crl: bool | None, max_chain_depth: int | None, as_json: bool,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
     quiet = _is_quiet(ctx, quiet)
@@ -256,6 +290,11 @@ def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str 
         certificate = certificates.load_certificate(cert_data)
         result["certificate_subject"] = certificates.describe(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+        anchors = _trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
+                                 require_crl, max_chain_depth)
+        if anchors is not None:
+            path = chain.validate_chain(certificate, anchors, policy)
+            result["chain"] = [certificates.describe(c) for c in path]
         verifier = Verifier.for_certificate(properties, certificate, policy=policy)
         with open_image(image) as (handle, size), _progress(size, "verifying", quiet or as_json) as progress:
             verifier.verify_data(handle, progress)
@@ -268,10 +307,40 @@ def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str 
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not quiet:
+        trust = f", chain to trusted {result['chain'][-1]}" if "chain" in result else ""
         click.echo(
             f"OK: {image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
-            f"certificate {result['certificate_subject']})"
+            f"certificate {result['certificate_subject']}{trust})"
         )
+
+
+def _trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
+                   intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
+                   require_crl: bool | None, max_chain_depth: int | None) -> chain.TrustAnchors | None:
+    """What to validate the signing certificate's chain against; None when no trust is configured."""
+    settings = _config(ctx).imgsign if _has_config(ctx) else None
+    ids = list(trusted_ids)
+    if not ids and not trusted_files and settings is not None:
+        ids = list(settings.trusted_certificate_ids)
+    if not ids and not trusted_files:
+        if intermediate_files or crl_files or require_crl:
+            raise errors.InputError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")
+        return None
+    store = open_store(ctx) if ids or _store_is_open(ctx) else None
+    trusted = [certificates.load_certificate(store.get_certificate(i)) for i in ids] if store else []
+    for path in trusted_files:
+        trusted += chain.load_certificates(read_small_file(path, "trusted certificates"))
+    intermediates = [c for path in intermediate_files
+                     for c in chain.load_certificates(read_small_file(path, "intermediate certificates"))]
+    crls = [chain.load_crl(read_small_file(path, "CRL")) for path in crl_files]
+    if store is not None:
+        crls += [chain.load_crl(der) for _, der in store.get_crls()]
+    return chain.TrustAnchors(
+        trusted, intermediates, crls,
+        require_crls=require_crl if require_crl is not None else bool(settings and settings.require_crls),
+        max_depth=max_chain_depth if max_chain_depth is not None else (
+            settings.max_chain_depth if settings else chain.DEFAULT_MAX_DEPTH),
+    )
 
 
 def _load_properties(path: str) -> Any:
@@ -283,10 +352,11 @@ def _load_properties(path: str) -> Any:
     return properties_from_document(document)
 
 
-from imgsign.cli_store import cert_group, key_group  # noqa: E402 - commands register on cli
+from imgsign.cli_store import cert_group, crl_group, key_group  # noqa: E402 - commands register on cli
 
 cli.add_command(cert_group, "cert")
 cli.add_command(key_group, "key")
+cli.add_command(crl_group, "crl")
 
 
 def main() -> None:

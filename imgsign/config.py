@@ -12,19 +12,35 @@ from __future__ import annotations
 
 import os
 
-from castellan import key_manager, options as castellan_options
-from oslo_config import cfg
+from typing import TYPE_CHECKING
 
 from imgsign.errors import InputError, KeyManagerError
-from imgsign.keymanager.castellan_store import CastellanStore
+
+if TYPE_CHECKING:  # castellan and oslo load only when a key manager or a config file is used
+    from oslo_config import cfg
+
+    from imgsign.keymanager.castellan_store import CastellanStore
 
 EMBEDDED = "imgsign"
 SEARCH_PATH = ("/etc/imgsign/imgsign.conf", "~/.config/imgsign/imgsign.conf")
 
-_IMGSIGN_OPTS = [
-    cfg.StrOpt("project_id", default="default",
-               help="Project (owner) under which imgsign stores and reads objects in the key manager."),
-]
+
+
+def _imgsign_opts() -> list[cfg.Opt]:
+    from oslo_config import cfg
+
+    return [
+        cfg.StrOpt("project_id", default="default",
+                   help="Project (owner) under which imgsign stores and reads objects in the key manager."),
+        cfg.ListOpt("trusted_certificate_ids", default=[],
+                    help="Key-manager ids of trusted CA certificates: when set, `imgsign verify` requires the "
+                         "signing certificate to chain to one of them (like Nova's "
+                         "default_trusted_certificate_ids). --trusted replaces the list."),
+        cfg.IntOpt("max_chain_depth", default=8, min=0, max=255,
+                   help="Most intermediate CAs between the signing and a trusted certificate."),
+        cfg.BoolOpt("require_crls", default=False,
+                    help="Refuse a chain when an issuer on it has no CRL (files or stored ones)."),
+    ]
 
 
 def find_config_file(explicit: str | None = None) -> str | None:
@@ -47,8 +63,11 @@ def find_config_file(explicit: str | None = None) -> str | None:
 
 def load(config_file: str | None = None) -> cfg.ConfigOpts:
     """Read the configuration into a private ConfigOpts (never the global one)."""
+    from castellan import options as castellan_options
+    from oslo_config import cfg
+
     conf = cfg.ConfigOpts()
-    conf.register_opts(_IMGSIGN_OPTS, group="imgsign")
+    conf.register_opts(_imgsign_opts(), group="imgsign")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
     path = find_config_file(config_file)
     try:
@@ -65,7 +84,10 @@ def backend_name(conf: cfg.ConfigOpts) -> str:
 
 def open_store(conf: cfg.ConfigOpts) -> CastellanStore:
     """The configured key manager, for the configured project."""
+    from castellan import key_manager
     from oslo_context import context as oslo_context
+
+    from imgsign.keymanager.castellan_store import CastellanStore
 
     name = backend_name(conf)
     where = f"(config {conf.imgsign_config_file})" if getattr(conf, "imgsign_config_file", None) else "(defaults)"

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from cryptography import x509
 
 from imgsign import certificates
+from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.errors import IncompleteVerification, KeyTypeMismatch
 from imgsign.keys import PublicKey
 from imgsign.policy import DEFAULT_POLICY, Policy, check_key_strength
@@ -49,9 +50,13 @@ class Verifier:
 
     @classmethod
     def for_certificate(
-        cls, properties: SignatureProperties, certificate: x509.Certificate, *, policy: Policy = DEFAULT_POLICY
+        cls, properties: SignatureProperties, certificate: x509.Certificate, *, policy: Policy = DEFAULT_POLICY,
+        anchors: TrustAnchors | None = None,
     ) -> Verifier:
-        """A verifier using the signing certificate's key, after checking the certificate itself."""
+        """A verifier using the signing certificate's key, after checking the certificate itself
+        and, with ``anchors``, its chain to a trusted certificate (:func:`imgsign.chain.validate_chain`)."""
+        if anchors is not None:
+            validate_chain(certificate, anchors, policy)
         certificates.check_signing_certificate(certificate, policy)
         return cls(properties, certificates.certificate_public_key(certificate), policy=policy)
 

@@ -7,10 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from castellan.common import exception as castellan_errors
-from castellan.common.objects import private_key, public_key, x_509
+from castellan.common.objects import opaque_data, private_key, public_key, x_509
 
 from imgsign.errors import KeyManagerError, ObjectNotFound
 from imgsign.keymanager import CertificateStore, StoredObject
+
+#: Name prefix that marks opaque data holding a certificate revocation list.
+CRL_NAME_PREFIX = "X.509 CRL: "
 
 _KINDS: dict[str, type] = {"certificate": x_509.X509, "private-key": private_key.PrivateKey,
                            "public-key": public_key.PublicKey}
@@ -68,6 +71,17 @@ class CastellanStore(CertificateStore):
         if not isinstance(obj, private_key.PrivateKey):
             raise ObjectNotFound(f"object {key_id} in {self.description} is not a private key")
         return bytes(obj.get_encoded())
+
+    def store_crl(self, der: bytes, issuer: str) -> str:
+        """Store a CRL (castellan has no CRL type: opaque data named ``X.509 CRL: <issuer>``)."""
+        with self._calling("store the CRL"):
+            return str(self._manager.store(self._context, opaque_data.OpaqueData(der, name=CRL_NAME_PREFIX + issuer)))
+
+    def get_crls(self) -> list[tuple[str, bytes]]:
+        """Every stored CRL as (id, DER)."""
+        with self._calling("list CRLs"):
+            objects = self._manager.list(self._context, object_type=opaque_data.OpaqueData)
+        return [(str(o.id), bytes(o.get_encoded())) for o in objects if (o.name or "").startswith(CRL_NAME_PREFIX)]
 
     def list_objects(self, kind: str) -> list[StoredObject]:
         with self._calling(f"list {kind}s"):

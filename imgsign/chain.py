@@ -1,0 +1,182 @@
+"""Certificate chain validation: does the signing certificate chain to a trusted one?
+
+The same question Nova asks with ``trusted_image_certificates`` (cursive's
+``verify_certificate``), answered with ``cryptography``'s own RFC 5280 path
+builder (``cryptography.x509.verification``) and stricter than cursive:
+
+* every issuer is a CA (basicConstraints cA, keyCertSign when keyUsage is
+  present), path lengths hold, and every certificate is valid at the
+  evaluation time, trusted ones included;
+* issuers signed with RSA-PSS or ECDSA both work;
+* the path has a depth limit, so cross-signed CAs that point at each other end
+  with an error at once instead of looping (cursive's builder spins forever);
+* revocation: every certificate on the path, and a trusted intermediate
+  itself, is looked up in the CRLs of its issuer.  A CRL that names a known
+  issuer must carry that issuer's valid signature and be current, or the
+  check fails closed.
+
+Like every check here it takes objects, never paths or key-manager ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.x509 import verification
+
+from imgsign.certificates import describe
+from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
+from imgsign.policy import DEFAULT_POLICY, Policy
+
+#: Most intermediate CA certificates allowed between the signing and the trusted certificate.
+DEFAULT_MAX_DEPTH = 8
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """A PEM or DER certificate revocation list."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """All certificates in a PEM bundle, or the one DER certificate."""
+    try:
+        if b"-----BEGIN" in data:
+            found = x509.load_pem_x509_certificates(data)
+        else:
+            found = [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise CertificateError(f"not a readable certificate or PEM bundle ({str(exc)[:120]})") from None
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustAnchors:
+    """What a signing certificate is validated against.
+
+    ``trusted``: the trusted certificates (roots or intermediates, as Nova's
+    trusted certificate ids); ``intermediates``: untrusted helpers for path
+    building; ``crls``: revocation lists; ``require_crls``: refuse when an issuer
+    on the path has no CRL; ``max_depth``: most intermediates between the signing
+    and the trusted certificate.
+    """
+
+    trusted: Sequence[x509.Certificate]
+    intermediates: Sequence[x509.Certificate] = ()
+    crls: Sequence[x509.CertificateRevocationList] = ()
+    require_crls: bool = False
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+def validate_chain(
+    certificate: x509.Certificate, anchors: TrustAnchors, policy: Policy = DEFAULT_POLICY
+) -> list[x509.Certificate]:
+    """The validated path ``[certificate, ..., trusted]``, or raise.
+
+    Raises :class:`UntrustedCertificate` when no valid path to a trusted
+    certificate exists (the reason names what broke it),
+    :class:`CertificateRevoked` for a revoked certificate on the path and
+    :class:`CertificateError` for an unusable CRL.
+    """
+    if not anchors.trusted:
+        raise UntrustedCertificate("no trusted certificates to validate the signing certificate against")
+    if not 0 <= anchors.max_depth <= 255:
+        raise CertificateError("the maximum chain depth must be between 0 and 255")
+    now = policy.now()
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(anchors.trusted)))
+        .time(now)
+        .max_chain_depth(anchors.max_depth)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+            # The signing certificate's own usage is imgsign's check (check_signing_certificate),
+            # so that certificates with no EKU, or binary-curve keys, are judged by imgsign's rules.
+            ee_policy=verification.ExtensionPolicy.permit_all(),
+        )
+    )
+    try:
+        verified = builder.build_client_verifier().verify(certificate, list(anchors.intermediates))
+    except verification.VerificationError as exc:
+        raise UntrustedCertificate(_explain(certificate, anchors, str(exc))) from None
+    path = list(verified.chain)
+    _check_revocation(path, anchors, now)
+    return path
+
+
+def _explain(certificate: x509.Certificate, anchors: TrustAnchors, detail: str) -> str:
+    detail = detail.removeprefix("validation failed: ").removeprefix("candidates exhausted: ")
+    if "exceeds max depth" in detail:
+        detail = (f"no trusted certificate within {anchors.max_depth} intermediate level(s) "
+                  "(a chain that long, or cross-signed CAs that issue each other)")
+    elif "no interior errors" in detail:
+        detail = "no issuer among the trusted certificates and intermediates (missing intermediate or untrusted CA)"
+    return (f"certificate {describe(certificate)} does not chain to any of the "
+            f"{len(anchors.trusted)} trusted certificate(s): {detail}")
+
+
+def _issuer_candidates(cert: x509.Certificate, anchors: TrustAnchors) -> list[x509.Certificate]:
+    pool = [*anchors.trusted, *anchors.intermediates]
+    return [c for c in pool if c.subject == cert.issuer and c != cert]
+
+
+def _check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: datetime.datetime) -> None:
+    pairs = list(zip(path, path[1:]))
+    anchor = path[-1]
+    if anchor.issuer != anchor.subject:  # a trusted intermediate: its issuer may have revoked it
+        pairs += [(anchor, issuer) for issuer in _issuer_candidates(anchor, anchors)][:1]
+    for cert, issuer in pairs:
+        crls = _crls_of(issuer, anchors.crls, now)
+        if not crls and anchors.require_crls:
+            raise CertificateError(f"no certificate revocation list from {describe(issuer)} (CRLs are required)")
+        for crl in crls:
+            revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if revoked is not None:
+                raise CertificateRevoked(
+                    f"certificate {describe(cert)} (serial {cert.serial_number:#x}) was revoked by "
+                    f"{describe(issuer)} on {revoked.revocation_date_utc:%Y-%m-%d}{_reason(revoked)}"
+                )
+
+
+def _crls_of(
+    issuer: x509.Certificate, crls: Sequence[x509.CertificateRevocationList], now: datetime.datetime
+) -> list[x509.CertificateRevocationList]:
+    """The CRLs ``issuer`` signed; any doubt about one that claims to be its is an error."""
+    found = []
+    for crl in crls:
+        if crl.issuer != issuer.subject:
+            continue
+        try:
+            valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - unsupported key or algorithm: cannot trust the CRL
+            valid = False
+        if not valid:
+            raise CertificateError(f"a CRL claiming to be from {describe(issuer)} does not carry its signature")
+        try:
+            usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not usage.crl_sign:
+                raise CertificateError(f"{describe(issuer)} may not sign CRLs (keyUsage lacks cRLSign)")
+        except x509.ExtensionNotFound:
+            pass
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            raise CertificateError(
+                f"the CRL from {describe(issuer)} is out of date (next update was due "
+                f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC); fetch a current one"
+            )
+        found.append(crl)
+    return found
+
+
+def _reason(revoked: x509.RevokedCertificate) -> str:
+    try:
+        reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except (x509.ExtensionNotFound, ValueError):
+        return ""
+    return f" (reason: {reason.name})"
