@@ -358,6 +358,10 @@ cli.add_command(cert_group, "cert")
 cli.add_command(key_group, "key")
 cli.add_command(crl_group, "crl")
 
+from imgsign.cli_boot import boot_group  # noqa: E402
+
+cli.add_command(boot_group, "boot")
+
 
 def main() -> None:
     """Console-script entry point."""

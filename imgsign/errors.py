@@ -161,6 +161,29 @@ class ObjectNotFound(ImgsignError):
     reason = "not-found"
 
 
+# --- 6x: images in a compute host's cache ------------------------------------------
+
+class UnsignedImage(ImgsignError):
+    """No trust record: the image was not verified when it was downloaded (or is not signed)."""
+
+    exit_code = 60
+    reason = "unsigned-image"
+
+
+class TrustRecordError(ImgsignError):
+    """A trust record or the verified-digest state is damaged, forged or inconsistent."""
+
+    exit_code = 61
+    reason = "trust-record-error"
+
+
+class UnsafeImage(ImgsignError):
+    """A disk image that could read host files (qcow2 external data file, backing file outside the cache)."""
+
+    exit_code = 62
+    reason = "unsafe-image"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -181,4 +204,7 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     BackendUnavailable,
     KeyManagerError,
     ObjectNotFound,
+    UnsignedImage,
+    TrustRecordError,
+    UnsafeImage,
 )

@@ -75,7 +75,17 @@ class Verifier:
         if self._done:
             raise RuntimeError("this Verifier is already finalized")
         self._done = True
-        self._key.verify_digest(self._properties.signature, self._hasher.digest(), self._properties.hash_method)
+        digest = self._hasher.digest()
+        self._key.verify_digest(self._properties.signature, digest, self._properties.hash_method)
+        self._verified_digest = digest
+
+    @property
+    def verified_digest(self) -> bytes:
+        """The image digest the signature was verified over (only after :meth:`verify` succeeded)."""
+        digest = getattr(self, "_verified_digest", None)
+        if digest is None:
+            raise RuntimeError("nothing has been verified yet")
+        return digest
 
     def verify_data(self, data: ImageData, progress: Progress | None = None) -> None:
         """Stream a whole image (file object or iterable of bytes) through, then verify."""

@@ -1,0 +1,129 @@
+"""Compute side: may an instance boot from this cached base file?
+
+:func:`verify_for_boot` checks a base file in Nova's image cache against the
+trust record written when the image was verified at download
+(:mod:`imgsign.image_cache`), offline:
+
+1. there is a record for the file (else: unsigned, or never verified);
+2. the signer is trusted: its certificate id, or a trusted certificate its
+   chain was validated against at download, is in ``trusted_certificate_ids``;
+3. the record's signed digest carries a valid signature of the recorded
+   certificate (microseconds; a record cannot be made up without the signer);
+4. the file is the one that was verified: same size and SHA-256 as recorded
+   (and, when it was not converted, its digest is the signed digest itself).
+   The SHA-256 is read from the verified-digest cache when the file's
+   identity (device, inode, size, mtime, ctime) is unchanged since the last
+   full check; otherwise the whole file is read.
+
+Under ``enforce`` any failure refuses the boot; under ``warn`` it is allowed and
+the reason is reported as a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import os
+
+from imgsign import errors
+from imgsign.certificates import certificate_public_key, load_certificate
+from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
+from imgsign.policy import Policy
+from imgsign.stream import CHUNK_SIZE
+from imgsign.trust_record import RecordStore, TrustRecord
+from imgsign.verified_cache import FileIdentity, VerifiedCache
+from imgsign.verify import verify_digest
+
+
+class Mode(str, enum.Enum):
+    ENFORCE = "enforce"
+    WARN = "warn"
+
+
+@dataclasses.dataclass(frozen=True)
+class BootPolicy:
+    """``mode``: refuse (enforce) or only report (warn); ``trusted_certificate_ids``: when not
+    empty, the signer must be one of them or chain to one of them (Nova's
+    ``default_trusted_certificate_ids``)."""
+
+    mode: Mode = Mode.ENFORCE
+    trusted_certificate_ids: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class BootDecision:
+    """The answer for one base file: ``code`` is 0 or the failure's exit code."""
+
+    allowed: bool
+    code: int
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        return self.allowed and self.code != 0
+
+
+#: Verifying a record's signature must not depend on the signer certificate still being valid
+#: today: the signature was checked against a valid certificate when the image was downloaded.
+_RECORD_POLICY = Policy(ignore_certificate_dates=True, allow_weak_keys=True)
+
+
+def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
+               cache: VerifiedCache | None = None) -> str:
+    """Raise unless ``path`` is exactly the verified file of ``record``; returns how it was checked."""
+    name = os.path.basename(path)
+    if record is None:
+        raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
+                            "downloaded, or is not signed")
+    if policy.trusted_certificate_ids:
+        trusted = set(policy.trusted_certificate_ids)
+        if record.properties.certificate_uuid not in trusted and not trusted & set(record.trusted_ids):
+            raise UntrustedCertificate(
+                f"image {record.image_id} is signed by certificate {record.properties.certificate_uuid}, "
+                "which is not among the trusted certificate ids and was not validated against any of them"
+            )
+    key = certificate_public_key(load_certificate(record.certificate_der))
+    verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise errors.InputError(f"cannot open base file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        identity = FileIdentity.of(handle.fileno())
+        if identity.size != record.cached_size:
+            raise InvalidSignature(f"base file {path} is {identity.size} bytes, the verified one was "
+                                   f"{record.cached_size}: it changed since image {record.image_id} was verified")
+        if cache is not None and cache.lookup(name, identity) == record.cached_sha256:
+            return "unchanged since its last verification"
+        converted = record.cached_format != record.source_format
+        sha256 = hashlib.sha256()
+        signed = None if converted else record.properties.hash_method.new()
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
+        while count := handle.readinto(buffer):
+            sha256.update(view[:count])
+            if signed is not None:
+                signed.update(view[:count])
+    if sha256.digest() != record.cached_sha256 or (signed is not None and signed.digest() != record.signed_digest):
+        if cache is not None:
+            cache.forget(name)
+        raise InvalidSignature(f"base file {path} changed since image {record.image_id} was verified "
+                               "(its digest differs)")
+    if cache is not None:
+        cache.store(name, identity, sha256.digest())
+    return "read and verified in full"
+
+
+def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
+                    cache: VerifiedCache | None = None, *, name: str | None = None) -> BootDecision:
+    """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError)."""
+    try:
+        record = records.get_by_name(name or os.path.basename(path))
+        how = check_base(path, record, policy, cache)
+    except ImgsignError as exc:
+        return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)
+    assert record is not None
+    return BootDecision(True, 0, "ok", f"image {record.image_id} ({path}): signature valid, {how}")

@@ -1,0 +1,85 @@
+"""``imgsign boot …``: the compute side (image cache with trust records, pre-boot check)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from imgsign import boot, certificates, image_cache
+from imgsign._internal.files import open_image, read_small_file
+from imgsign.cli import _config, _has_config, _load_properties, _trust_anchors, open_store
+from imgsign.policy import Policy
+from imgsign.properties import SignatureProperties
+from imgsign.trust_record import RecordStore
+from imgsign.verified_cache import VerifiedCache
+
+DEFAULT_STATE_DIR = "/var/lib/imgsign/boot"
+DEFAULT_INSTANCES = "/var/lib/nova/instances"
+
+
+@click.group("boot")
+def boot_group() -> None:
+    """Compute host: verified image cache and pre-boot checks (used by hooks/libvirt-qemu)."""
+
+
+@boot_group.command("cache")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--image-id", required=True, help="Glance image id (the cache file is sha1 of it).")
+@click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
+              help="The image's img_signature* properties (JSON or `openstack image show -f json`).")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+              help="Signing certificate (default: from the key manager by img_signature_certificate_uuid).")
+@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID",
+              help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook).")
+@click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--keep-format", is_flag=True, help="Do not convert qcow2 to raw (Nova's force_raw_images = False).")
+@click.pass_context
+def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
+               trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, keep_format: bool) -> None:
+    """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
+    properties = SignatureProperties.from_mapping(_load_properties(properties_path))
+    if cert_path:
+        cert_data = read_small_file(cert_path, "certificate")
+    else:
+        cert_data = open_store(ctx).get_certificate(properties.certificate_uuid)
+    certificate = certificates.load_certificate(cert_data)
+    anchors = _trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    recorded_ids = tuple(trusted_ids) or tuple(_configured_ids(ctx))
+    with open_image(image) as (handle, _size):
+        record = image_cache.add_to_cache(
+            handle, image_id, properties, certificate, RecordStore(state_dir), instances_path=instances_path,
+            anchors=anchors, trusted_ids=recorded_ids if anchors is not None else (), policy=Policy(),
+            force_raw=not keep_format,
+        )
+    click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
+
+
+def _configured_ids(ctx: click.Context) -> list[str]:
+    return list(_config(ctx).imgsign.trusted_certificate_ids) if _has_config(ctx) else []
+
+
+@boot_group.command("check")
+@click.argument("base_file", type=click.Path(dir_okay=False))
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--trusted-id", "trusted_ids", multiple=True, metavar="UUID", help="Trusted certificate id (repeatable).")
+@click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool) -> None:
+    """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes)."""
+    decision = boot.verify_for_boot(base_file, RecordStore(state_dir), boot.BootPolicy(trusted_certificate_ids=trusted_ids),
+                                    None if no_cache else VerifiedCache(state_dir))
+    result: dict[str, Any] = {"file": base_file, "allowed": decision.allowed, "reason": decision.reason,
+                              "message": decision.message, "exit_code": decision.code}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif decision.allowed:
+        click.echo(f"OK: {decision.message}")
+    if not decision.allowed:
+        if not as_json:
+            click.echo(f"imgsign: error: {decision.message}", err=True)
+        sys.exit(decision.code)
+
