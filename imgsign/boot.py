@@ -27,6 +27,7 @@ import hashlib
 import os
 
 from imgsign import errors
+from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key, load_certificate
 from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
 from imgsign.policy import Policy
@@ -99,15 +100,17 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         if cache is not None and cache.lookup(name, identity) == record.cached_sha256:
             return "unchanged since its last verification"
         converted = record.cached_format != record.source_format
+        same_hash = record.properties.hash_method is HashMethod.SHA256
         sha256 = hashlib.sha256()
-        signed = None if converted else record.properties.hash_method.new()
+        signed = None if converted or same_hash else record.properties.hash_method.new()
         buffer = bytearray(CHUNK_SIZE)
         view = memoryview(buffer)
         while count := handle.readinto(buffer):
             sha256.update(view[:count])
             if signed is not None:
                 signed.update(view[:count])
-    if sha256.digest() != record.cached_sha256 or (signed is not None and signed.digest() != record.signed_digest):
+    signed_digest = signed.digest() if signed is not None else (sha256.digest() if not converted else None)
+    if sha256.digest() != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):
         if cache is not None:
             cache.forget(name)
         raise InvalidSignature(f"base file {path} changed since image {record.image_id} was verified "
