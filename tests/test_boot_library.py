@@ -1,0 +1,81 @@
+"""The compute-side library: add_to_cache from a stream, verify_for_boot decisions, sealed state."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from imgsign import errors, load_certificate, load_private_key, sign
+from imgsign.algorithms import HashMethod
+from imgsign.boot import BootPolicy, Mode, verify_for_boot
+from imgsign.image_cache import add_to_cache
+from imgsign.trust_record import RecordStore, cache_name
+from imgsign.verified_cache import FileIdentity, VerifiedCache
+from tests.conftest import CERT_UUID, cert_of, key_of
+
+DATA = os.urandom(5 * 1024 * 1024 + 3)
+
+
+def chunks(data: bytes, size: int = 1 << 20):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+@pytest.fixture
+def signed():
+    props = sign([DATA], load_private_key(key_of("ECC_SECP521R1").read_bytes()), CERT_UUID, HashMethod.SHA512)
+    return props, load_certificate(cert_of("ECC_SECP521R1").read_bytes())
+
+
+def test_stream_into_cache_then_boot(tmp_path, signed):
+    props, cert = signed
+    records = RecordStore(str(tmp_path / "state"))
+    record = add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path))
+    base = tmp_path / "_base" / cache_name("img-1")
+    assert base.read_bytes() == DATA and record.cached_format == record.source_format == "raw"
+    cache = VerifiedCache(records.state_dir)
+    first = verify_for_boot(str(base), records, BootPolicy(), cache)
+    assert first.allowed and first.code == 0 and "in full" in first.message
+    second = verify_for_boot(str(base), records, BootPolicy(), cache)
+    assert second.allowed and "unchanged" in second.message
+
+
+def test_stream_that_does_not_verify_leaves_nothing(tmp_path, signed):
+    props, cert = signed
+    records = RecordStore(str(tmp_path / "state"))
+    with pytest.raises(errors.InvalidSignature):
+        add_to_cache(chunks(DATA[:-1]), "img-1", props, cert, records, instances_path=str(tmp_path))
+    assert list((tmp_path / "_base").iterdir()) == []
+    assert records.get("img-1") is None
+
+
+def test_warn_mode_allows_with_the_reason(tmp_path):
+    records = RecordStore(str(tmp_path / "state"))
+    base = tmp_path / "unknown"
+    base.write_bytes(b"x")
+    decision = verify_for_boot(str(base), records, BootPolicy(mode=Mode.WARN))
+    assert decision.allowed and decision.warning and decision.code == errors.UnsignedImage.exit_code
+    refused = verify_for_boot(str(base), records, BootPolicy())
+    assert not refused.allowed and refused.reason == "unsigned-image"
+
+
+def test_record_of_another_image_is_refused(tmp_path, signed):
+    props, cert = signed
+    records = RecordStore(str(tmp_path / "state"))
+    add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path))
+    sealed = tmp_path / "state" / "records"
+    os.rename(sealed / f"{cache_name('img-1')}.json", sealed / f"{cache_name('img-2')}.json")
+    with pytest.raises(errors.TrustRecordError):
+        records.get("img-2")
+
+
+def test_cache_entry_is_bound_to_file_identity(tmp_path):
+    cache = VerifiedCache(str(tmp_path / "state"))
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    identity = FileIdentity.of(str(path))
+    cache.store("f", identity, b"\x01" * 32)
+    assert cache.lookup("f", identity) == b"\x01" * 32
+    os.chmod(path, 0o600)  # ctime moves
+    assert cache.lookup("f", FileIdentity.of(str(path))) is None
