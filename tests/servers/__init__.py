@@ -1,0 +1,15 @@
+"""Real key-manager servers for the castellan conformance tests.
+
+Each module starts one server on 127.0.0.1 only, in a scratch directory, and
+always stops it again (its whole process group):
+
+- :mod:`tests.servers.openbao` — an OpenBao dev server (Vault API), used through
+  castellan's ``vault`` backend;
+- :mod:`tests.servers.barbican` — a keystone-less Barbican API, used through
+  castellan's ``barbican`` backend.
+
+The server software is installed on first use into virtualenvs kept under a cache
+directory (``$IMGSIGN_TEST_CACHE``, else ``$XDG_CACHE_HOME/imgsign-tests``, else
+``~/.cache/imgsign-tests``), never into the project's own venv: Barbican pins
+dependencies that would clash with it. See :mod:`tests.servers.common`.
+"""
