@@ -33,3 +33,7 @@ class CertificateStore(abc.ABC):
     @abc.abstractmethod
     def get_certificate(self, cert_id: str) -> bytes:
         """DER bytes of the certificate ``cert_id``; raise ObjectNotFound or KeyManagerError."""
+
+    def get_crls(self) -> list[tuple[str, bytes]]:
+        """Stored certificate revocation lists as (id, DER); none by default."""
+        return []
