@@ -8,37 +8,62 @@ Signatures are the ``img_signature*`` image properties that Glance and Nova
 Every error is an :class:`imgsign.errors.ImgsignError` subclass with a CLI exit code.
 """
 
-from imgsign.algorithms import HashMethod, KeyType
-from imgsign.chain import TrustAnchors, validate_chain
-from imgsign.certificates import certificate_public_key, check_signing_certificate, load_certificate
-from imgsign.errors import ImgsignError
-from imgsign.keys import PrivateKey, PublicKey, load_private_key, public_key_from_spki
-from imgsign.policy import DEFAULT_POLICY, Policy
-from imgsign.properties import SignatureProperties, properties_from_document
-from imgsign.sign import Signer, sign
-from imgsign.verify import Verifier, VerifyingReader, verify_digest, verifying_iter
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_POLICY",
-    "HashMethod",
-    "ImgsignError",
-    "KeyType",
-    "Policy",
-    "PrivateKey",
-    "PublicKey",
-    "SignatureProperties",
-    "TrustAnchors",
-    "Signer",
-    "Verifier",
-    "VerifyingReader",
-    "certificate_public_key",
-    "check_signing_certificate",
-    "load_certificate",
-    "load_private_key",
-    "properties_from_document",
-    "public_key_from_spki",
-    "sign",
-    "validate_chain",
-    "verify_digest",
-    "verifying_iter",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> module that defines it.  Loaded on first use (PEP 562), so a short CLI run
+#: imports only what it needs.
+_EXPORTS = {
+    "HashMethod": "imgsign.algorithms",
+    "KeyType": "imgsign.algorithms",
+    "TrustAnchors": "imgsign.chain",
+    "validate_chain": "imgsign.chain",
+    "certificate_public_key": "imgsign.certificates",
+    "check_signing_certificate": "imgsign.certificates",
+    "load_certificate": "imgsign.certificates",
+    "ImgsignError": "imgsign.errors",
+    "PrivateKey": "imgsign.keys",
+    "PublicKey": "imgsign.keys",
+    "load_private_key": "imgsign.keys",
+    "public_key_from_spki": "imgsign.keys",
+    "DEFAULT_POLICY": "imgsign.policy",
+    "Policy": "imgsign.policy",
+    "SignatureProperties": "imgsign.properties",
+    "properties_from_document": "imgsign.properties",
+    "Verifier": "imgsign.verify",
+    "VerifyingReader": "imgsign.verify",
+    "verify_digest": "imgsign.verify",
+    "verifying_iter": "imgsign.verify",
+}
+
+__all__ = sorted([*_EXPORTS, "Signer", "sign"])
+
+# Bound eagerly: the function ``sign`` shares its name with the module ``imgsign.sign``, and
+# importing that module would otherwise replace the attribute with the module.
+from imgsign.sign import Signer, sign  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgsign' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from imgsign.algorithms import HashMethod, KeyType
+    from imgsign.certificates import certificate_public_key, check_signing_certificate, load_certificate
+    from imgsign.chain import TrustAnchors, validate_chain
+    from imgsign.errors import ImgsignError
+    from imgsign.keys import PrivateKey, PublicKey, load_private_key, public_key_from_spki
+    from imgsign.policy import DEFAULT_POLICY, Policy
+    from imgsign.properties import SignatureProperties, properties_from_document
+    from imgsign.verify import Verifier, VerifyingReader, verify_digest, verifying_iter

@@ -9,9 +9,6 @@ from __future__ import annotations
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from pyasn1.codec.der import decoder, encoder
-from pyasn1.error import PyAsn1Error
-from pyasn1_modules import rfc5280
 
 from imgsign.errors import CertificateError, CertificateExpired, CertificateNotYetValid, UnsupportedAlgorithm
 from imgsign.keys import CryptographyPublicKey, PublicKey, is_pem, public_key_from_spki
@@ -49,6 +46,10 @@ def certificate_public_key(cert: x509.Certificate) -> PublicKey:
 
 def certificate_spki_der(cert: x509.Certificate) -> bytes:
     """DER SubjectPublicKeyInfo of ``cert``, read without asking ``cryptography`` to load the key."""
+    from pyasn1.codec.der import decoder, encoder
+    from pyasn1.error import PyAsn1Error
+    from pyasn1_modules import rfc5280
+
     try:
         parsed, _ = decoder.decode(cert.public_bytes(Encoding.DER), asn1Spec=rfc5280.Certificate())
     except PyAsn1Error as exc:

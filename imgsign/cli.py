@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from imgsign import certificates, chain, errors, keygen
+from imgsign import errors
 from imgsign._internal.files import atomic_write, open_image, read_small_file
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.keys import PrivateKey, load_private_key
@@ -26,14 +26,39 @@ from imgsign.sign import Signer
 from imgsign.verify import Verifier
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgsign import chain
     from imgsign.keymanager.castellan_store import CastellanStore
 
 HASH_CHOICE = click.Choice([h.value for h in HashMethod])
 KEY_TYPE_CHOICE = click.Choice([k.value for k in KeyType])
 
 
+#: Commands defined in other modules, imported only when used (keeps `sign`/`verify` start-up lean).
+_LAZY_COMMANDS = {
+    "keygen": "imgsign.cli_keygen:keygen_command",
+    "cert": "imgsign.cli_store:cert_group",
+    "key": "imgsign.cli_store:key_group",
+    "crl": "imgsign.cli_store:crl_group",
+    "boot": "imgsign.cli_boot:boot_group",
+}
+
+
 class _Group(click.Group):
-    """Turns imgsign errors into a one-line message and the class's exit code."""
+    """Turns imgsign errors into a one-line message and the class's exit code; loads the
+    less common commands lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS:
+            import importlib
+
+            module, attr = _LAZY_COMMANDS[cmd_name].split(":")
+            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -145,46 +170,6 @@ def _load_key(path: str, passphrase_file: str | None, what: str = "private key")
         raise
 
 
-# --- keygen -------------------------------------------------------------------------
-
-@cli.command()
-@click.option("--key-type", "key_type", type=KEY_TYPE_CHOICE, required=True, help="OpenStack key type.")
-@click.option("--out-key", required=True, type=click.Path(dir_okay=False), help="Private key to write (PEM, mode 0600).")
-@click.option("--out-cert", required=True, type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
-@click.option("--ca-cert", type=click.Path(dir_okay=False), help="Issue the certificate from this CA (else self-signed).")
-@click.option("--ca-key", type=click.Path(dir_okay=False), help="The CA's private key.")
-@click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key.")
-@click.option("--days", type=int, default=keygen.DEFAULT_DAYS, show_default=True, help="Validity in days.")
-@click.option("--subject", default=keygen.DEFAULT_SUBJECT, show_default=True, help="RFC 4514 subject name.")
-@click.option("--bits", type=int, default=keygen.DEFAULT_BITS, show_default=True, help="RSA/DSA key size.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def keygen_command(**opts: Any) -> None:
-    """Make a signing key and certificate."""
-    if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
-        raise errors.InputError("--ca-cert and --ca-key go together")
-    for out in (opts["out_key"], opts["out_cert"]):
-        if os.path.exists(out) and not opts["force"]:
-            raise errors.InputError(f"{out} exists; use --force to overwrite it")
-    issuer = None
-    if opts["ca_cert"]:
-        issuer = keygen.Issuer(
-            read_small_file(opts["ca_cert"], "CA certificate"),
-            read_small_file(opts["ca_key"], "CA private key"),
-            _read_passphrase(opts["ca_passphrase_file"]),
-        )
-    identity = keygen.generate(
-        KeyType.parse(opts["key_type"]), subject=opts["subject"], days=opts["days"], bits=opts["bits"],
-        issuer=issuer, passphrase=_read_passphrase(opts["passphrase_file"]),
-    )
-    atomic_write(opts["out_key"], identity.key_pem, mode=0o600)
-    atomic_write(opts["out_cert"], identity.cert_pem, mode=0o644)
-    click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
-
-
-cli.add_command(keygen_command, "keygen")
-
-
 # --- sign ---------------------------------------------------------------------------
 
 @cli.command()
@@ -206,6 +191,8 @@ def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | N
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
          output: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Sign IMAGE and print its img_signature* properties."""
+    from imgsign import certificates
+
     if cert_path is None and cert_uuid is None:
         raise errors.InputError("give --cert (looked up in, or with --store-cert stored into, the key manager) or --cert-uuid")
     if store_cert and cert_path is None:
@@ -234,6 +221,8 @@ def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | N
 
 def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
     from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign import certificates
 
     der = certificate.public_bytes(Encoding.DER)
     km = open_store(ctx)
@@ -278,6 +267,8 @@ def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str 
            require_crl: bool | None, max_chain_depth: int | None, as_json: bool,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
+    from imgsign import certificates, chain
+
     quiet = _is_quiet(ctx, quiet)
     result: dict[str, Any] = {"image": image, "valid": False}
     try:
@@ -318,6 +309,8 @@ def _trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_fil
                    intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
                    require_crl: bool | None, max_chain_depth: int | None) -> chain.TrustAnchors | None:
     """What to validate the signing certificate's chain against; None when no trust is configured."""
+    from imgsign import certificates, chain
+
     settings = _config(ctx).imgsign if _has_config(ctx) else None
     ids = list(trusted_ids)
     if not ids and not trusted_files and settings is not None:
@@ -350,17 +343,6 @@ def _load_properties(path: str) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
     return properties_from_document(document)
-
-
-from imgsign.cli_store import cert_group, crl_group, key_group  # noqa: E402 - commands register on cli
-
-cli.add_command(cert_group, "cert")
-cli.add_command(key_group, "key")
-cli.add_command(crl_group, "crl")
-
-from imgsign.cli_boot import boot_group  # noqa: E402
-
-cli.add_command(boot_group, "boot")
 
 
 def main() -> None:

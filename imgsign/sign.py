@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from cryptography import x509
+from typing import TYPE_CHECKING
 
-from imgsign import certificates
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import CertificateKeyMismatch, KeyTypeMismatch, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey
 from imgsign.policy import DEFAULT_POLICY, Policy, check_key_strength
 from imgsign.properties import SignatureProperties, check_certificate_id
 from imgsign.stream import ImageData, Progress, iter_chunks
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 class Signer:
@@ -40,6 +42,8 @@ class Signer:
             raise KeyTypeMismatch(f"key type {key_type.value} was requested but the key is {actual.value}")
         check_key_strength(policy, actual.value, key.key_size, key.public_key().describe())
         if certificate is not None:
+            from imgsign import certificates
+
             cert_key = certificates.certificate_public_key(certificate)
             if cert_key.spki_der() != key.public_key().spki_der():
                 raise CertificateKeyMismatch(

@@ -8,10 +8,6 @@ that is well formed but does not match the data.
 
 from __future__ import annotations
 
-from pyasn1.codec.der import decoder, encoder
-from pyasn1.error import PyAsn1Error
-from pyasn1_modules import rfc3279
-
 from imgsign.algorithms import KeyType
 from imgsign.errors import MalformedSignature
 
@@ -40,6 +36,10 @@ def check_signature_value(signature: bytes, key_type: KeyType, key_size: int) ->
 
 def decode_dss_signature_strict(signature: bytes) -> tuple[int, int]:
     """Decode a DER ``Dss-Sig-Value``/``ECDSA-Sig-Value``; refuse anything non-canonical."""
+    from pyasn1.codec.der import decoder, encoder  # loaded only for DSA/ECDSA signatures
+    from pyasn1.error import PyAsn1Error
+    from pyasn1_modules import rfc3279
+
     spec = rfc3279.ECDSA_Sig_Value()  # same shape as Dss_Sig_Value
     try:
         value, rest = decoder.decode(signature, asn1Spec=spec)

@@ -8,8 +8,9 @@ from typing import BinaryIO, Union
 
 from imgsign.algorithms import HashMethod
 
-#: Bytes read per chunk.  Large enough that per-chunk overhead vanishes next to hashing.
-CHUNK_SIZE = 4 * 1024 * 1024
+#: Bytes read per chunk: large enough that per-chunk overhead vanishes next to hashing, small
+#: enough to stay in the CPU's L2 cache (measured: 1 MiB beats 4 MiB; benchmarks/README.md).
+CHUNK_SIZE = 1024 * 1024
 
 #: Image data: a binary file object, or any iterable of bytes-like chunks.
 ImageData = Union[BinaryIO, Iterable[bytes]]

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from cryptography import x509
-
-from imgsign import certificates
-from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.errors import IncompleteVerification, KeyTypeMismatch
 from imgsign.keys import PublicKey
 from imgsign.policy import DEFAULT_POLICY, Policy, check_key_strength
 from imgsign.properties import SignatureProperties
 from imgsign.signature_value import check_signature_value
 from imgsign.stream import ImageData, Progress, iter_chunks
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgsign.chain import TrustAnchors
 
 
 def check_key_matches(properties: SignatureProperties, public_key: PublicKey, policy: Policy = DEFAULT_POLICY) -> None:
@@ -55,7 +56,11 @@ class Verifier:
     ) -> Verifier:
         """A verifier using the signing certificate's key, after checking the certificate itself
         and, with ``anchors``, its chain to a trusted certificate (:func:`imgsign.chain.validate_chain`)."""
+        from imgsign import certificates
+
         if anchors is not None:
+            from imgsign.chain import validate_chain
+
             validate_chain(certificate, anchors, policy)
         certificates.check_signing_certificate(certificate, policy)
         return cls(properties, certificates.certificate_public_key(certificate), policy=policy)
