@@ -225,14 +225,19 @@ class EmbeddedKeyManager(key_manager.KeyManager):
             rows = conn.execute(query + " ORDER BY created, id", args).fetchall()
         return [self._build(row, metadata_only) for row in rows]
 
+    @staticmethod
+    def _consumers_of(conn: sqlite3.Connection, object_id: str, owner: str) -> list[dict[str, str]]:
+        """The object's consumers; not found unless it exists for this owner."""
+        row = conn.execute("SELECT consumers FROM objects WHERE id = ? AND owner = ?",
+                           (str(object_id), owner)).fetchone()
+        if row is None:
+            raise exception.ManagedObjectNotFoundError(uuid=object_id)
+        return list(json.loads(row[0]))
+
     def delete(self, context: Any, managed_object_id: str, force: bool = False) -> None:
         owner = _owner(context)
         with self._connect(write=True) as conn:
-            row = conn.execute("SELECT consumers FROM objects WHERE id = ? AND owner = ?",
-                               (str(managed_object_id), owner)).fetchone()
-            if row is None:
-                raise exception.ManagedObjectNotFoundError(uuid=managed_object_id)
-            if json.loads(row[0]) and not force:
+            if self._consumers_of(conn, managed_object_id, owner) and not force:
                 raise exception.KeyManagerError(
                     reason=f"object {managed_object_id} has consumers; delete it with force=True")
             conn.execute("DELETE FROM objects WHERE id = ? AND owner = ?", (str(managed_object_id), owner))
@@ -274,11 +279,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
     def _update_consumers(self, context: Any, managed_object_id: str, consumer: dict[str, str], add: bool) -> None:
         owner = _owner(context)
         with self._connect(write=True) as conn:
-            row = conn.execute("SELECT consumers FROM objects WHERE id = ? AND owner = ?",
-                               (str(managed_object_id), owner)).fetchone()
-            if row is None:
-                raise exception.ManagedObjectNotFoundError(uuid=managed_object_id)
-            consumers = [c for c in json.loads(row[0]) if c != consumer]
+            consumers = [c for c in self._consumers_of(conn, managed_object_id, owner) if c != consumer]
             if add:
                 consumers.append(dict(consumer))
             conn.execute("UPDATE objects SET consumers = ? WHERE id = ?",
