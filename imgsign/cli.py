@@ -191,8 +191,6 @@ def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | N
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
          output: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Sign IMAGE and print its img_signature* properties."""
-    from imgsign import certificates
-
     if cert_path is None and cert_uuid is None:
         raise errors.InputError("give --cert (looked up in, or with --store-cert stored into, the key manager) or --cert-uuid")
     if store_cert and cert_path is None:
@@ -200,7 +198,11 @@ def sign(ctx: click.Context, image: str, key_path: str, passphrase_file: str | N
     if store_cert and cert_uuid is not None:
         raise errors.InputError("--store-cert and --cert-uuid exclude each other: the key manager assigns the id")
     policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-    certificate = certificates.load_certificate(read_small_file(cert_path, "certificate")) if cert_path else None
+    certificate = None
+    if cert_path is not None:  # x509 loads only when a certificate is involved
+        from imgsign import certificates
+
+        certificate = certificates.load_certificate(read_small_file(cert_path, "certificate"))
     key, _ = _load_key(key_path, passphrase_file)
     if cert_uuid is None:
         # Check key and certificate before storing anything.
