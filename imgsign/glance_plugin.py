@@ -1,0 +1,507 @@
+"""Glance image-import plugins: verify staged image data, re-sign converted data.
+
+Two taskflow plugins for Glance's interoperable image import (``glance-direct``,
+``web-download``, ``glance-download``), registered in the entry-point group
+``glance.image_import.plugins`` and enabled in ``glance-image-import.conf`` (or
+``glance-api.conf``)::
+
+    [image_import_opts]
+    image_import_plugins = ['imgsign_verify', 'image_conversion', 'imgsign_resign']
+
+This module imports Glance and taskflow; it is only ever loaded inside a Glance
+process.
+
+``imgsign_verify``
+    Verifies the *staged* bytes (the file in Glance's staging area, before any
+    conversion and before anything is written to a store) against the image's
+    ``img_signature*`` properties with :func:`imgsign.pipeline.verify_image`.
+    Certificates come from the key manager Glance already uses for its own
+    signature check: ``castellan.key_manager.API(CONF)`` with the importing user's
+    request context, so ``[key_manager] backend = imgsign`` (or ``barbican``,
+    ``vault``) needs no further configuration.  With
+    ``[imgsign_import] trusted_certificate_ids`` the signer's certificate must also
+    chain to one of those certificates (imgsign's path validation, CRLs from the
+    key manager).  An unsigned image passes unless ``require_signature = True``;
+    an image with only some of the four properties never passes.  On failure the
+    import task fails with a message ``imgsign_verify refused image <id>:
+    <reason>: <detail>`` (visible in the image's task list, ``GET
+    /v2/images/<id>/tasks``, and in Glance's log), the staged data is deleted, the
+    image goes back to ``queued`` and nothing reaches a store.  It must come
+    *before* ``image_conversion`` (and ``image_decompression``): those rewrite the
+    bytes, after which the uploader's signature can no longer match.
+
+``imgsign_resign`` (optional, after ``image_conversion``)
+    Glance's ``image_conversion`` changes the bytes, so the uploader's signature
+    no longer matches and Glance's own cursive check at store time (and Nova's at
+    boot) would fail.  This task signs the converted bytes with a deployment
+    service key held in the key manager (``[imgsign_import] service_key_id``,
+    ``service_certificate_id``, both owned by ``service_project_id``), replaces
+    the four ``img_signature*`` properties and keeps the uploader's in
+    ``imgsign_original_*``.  The service certificate is copied (once; an identical
+    copy is reused) into the importing project so that key managers that isolate
+    projects (imgsign's embedded store, Barbican without ACLs) let Glance's and
+    Nova's checks, which fetch the certificate with the user's context, find it;
+    ``copy_certificate_to_project = False`` uses ``service_certificate_id`` as is.
+
+    It re-signs only data whose original signature ``imgsign_verify`` verified
+    earlier in the same import flow, for the same image, with the
+    ``img_signature*`` properties unchanged since: with no ``imgsign_verify`` result
+    a signed image is refused (an unsigned one passes through unsigned).  If the
+    bytes are unchanged (the image already had the target format) the original
+    signature is kept.  If a later step fails, the original properties are put
+    back so the image can be staged and imported again.
+
+Trust implications of re-signing
+    A re-signed image no longer proves "these are the bytes the uploader
+    signed"; it proves "Glance's import pipeline produced these bytes from data
+    whose signature by the uploader's certificate it verified".  Whoever trusts
+    the service certificate (Nova ``default_trusted_certificate_ids``,
+    ``trusted_image_certificates``) therefore trusts this Glance deployment, its
+    ``qemu-img`` conversion and everyone who can read the service key in the key
+    manager, exactly as much as the original signers.  Keep the service key in a
+    project of its own that only Glance can read, give the service certificate
+    its own CA or name so it can be trusted (or not) separately, and enable
+    ``trusted_certificate_ids`` here: without it, any certificate the uploader can
+    put into their project is accepted as the original signer, and re-signing
+    launders a self-signed signature into one by the deployment.
+    ``imgsign_original_*`` records who signed the source but cannot be verified
+    against the stored (converted) bytes; it is an audit trail, not a proof.  An
+    attacker who can write Glance's staging directory or replace ``qemu-img`` can
+    get their bytes re-signed; so can anyone with the service key.
+
+Certificates are looked up with the importing user's context first, then (when
+``service_project_id`` is set, or ``[key_manager] auth_type`` gives service
+credentials) with the service context, so trusted CA certificates may live in
+the service project.  Key-manager ids are assigned by the key manager, so a
+user cannot shadow a service certificate id with an object of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from oslo_config import cfg
+from oslo_context import context as oslo_context
+from taskflow import task
+from taskflow.patterns import linear_flow
+from taskflow.types import failure
+
+from glance.common import exception as glance_exception
+
+from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
+from imgsign.keymanager import CertificateStore
+from imgsign.pipeline import ORIGINAL_PREFIX, is_signed
+from imgsign.properties import NAMES as SIGNATURE_PROPERTIES, SignatureProperties
+
+LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+
+GROUP = "imgsign_import"
+#: Name under which imgsign_verify hands its result to imgsign_resign in the flow.
+VERIFIED = "imgsign_verified"
+SERVICE_CERTIFICATE_NAME = "imgsign import service certificate"
+
+OPTS = [
+    cfg.ListOpt("trusted_certificate_ids", default=[],
+                help="Key-manager ids of trusted (CA) certificates. When set, imgsign_verify also requires the "
+                     "signing certificate to chain to one of them. Looked up with the importing user's context, "
+                     "then with the service context."),
+    cfg.BoolOpt("require_signature", default=False,
+                help="Refuse images that have no img_signature* properties (default: they pass unchecked)."),
+    cfg.BoolOpt("require_crls", default=False,
+                help="With trusted_certificate_ids: refuse a chain when an issuer on it has no CRL in the key manager."),
+    cfg.StrOpt("service_key_id",
+               help="imgsign_resign: key-manager id of the deployment's private signing key."),
+    cfg.StrOpt("service_certificate_id",
+               help="imgsign_resign: key-manager id of the certificate of service_key_id."),
+    cfg.StrOpt("service_project_id",
+               help="Project that owns service_key_id and service_certificate_id in the key manager (ignored when "
+                    "[key_manager] auth_type gives castellan service credentials)."),
+    cfg.BoolOpt("copy_certificate_to_project", default=True,
+                help="imgsign_resign: store a copy of the service certificate in the importing project and put that "
+                     "copy's id in img_signature_certificate_uuid, so checks made with the user's context (Glance, "
+                     "Nova) find it. False: use service_certificate_id as is (it must be readable by every project)."),
+]
+
+CONF.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """The plugins' options, for documentation and oslo-config-generator."""
+    return [(GROUP, OPTS)]
+
+
+class ImgsignImportRefused(glance_exception.UploadException):
+    """The import was refused by an imgsign plugin.
+
+    An ``UploadException`` so that Glance's task executor records the message
+    itself as the task's failure message (anything else becomes "Internal Error").
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --- key manager access ---------------------------------------------------------------
+
+
+class _FirstFound(CertificateStore):
+    """Certificates from the first store that has them; CRLs from all of them."""
+
+    def __init__(self, stores: list[CertificateStore]) -> None:
+        self._stores = stores
+        self.description = stores[0].description
+
+    def get_certificate(self, cert_id: str) -> bytes:
+        missing: ObjectNotFound | None = None
+        for store in self._stores:
+            try:
+                return store.get_certificate(cert_id)
+            except ObjectNotFound as exc:
+                missing = missing or exc
+        assert missing is not None
+        raise missing
+
+    def get_crls(self) -> list[tuple[str, bytes]]:
+        seen: dict[str, bytes] = {}
+        for store in self._stores:
+            for crl_id, der in store.get_crls():
+                seen.setdefault(crl_id, der)
+        return list(seen.items())
+
+
+def _key_manager() -> Any:
+    from castellan import key_manager
+
+    try:
+        return key_manager.API(CONF)
+    except Exception as exc:  # noqa: BLE001 - stevedore/import/backend construction errors
+        raise KeyManagerError(f"cannot start the castellan key manager ([key_manager] backend): "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+
+
+def _describe(manager: Any, whose: str) -> str:
+    from imgsign.config import describe_backend
+
+    try:
+        backend = describe_backend(CONF, manager)
+    except Exception:  # noqa: BLE001 - description only
+        backend = "castellan key manager"
+    return f"{backend} ({whose})"
+
+
+class _ServiceContext(oslo_context.RequestContext):
+    """A request context for the service project that never becomes the thread's current context.
+
+    (A new oslo.context context installs itself as the current one when there is none, as in
+    Glance's task threads; Glance's logging and notifications would then name the service project.)
+    """
+
+    def update_store(self) -> None:
+        pass
+
+
+def _service_context(required: bool) -> Any | None:
+    """The context that reaches the service project's objects, or None if none is configured.
+
+    With ``[key_manager] auth_type`` set, castellan's own credentials from Glance's configuration
+    (e.g. ``keystone_password`` for Glance's service user, as a Barbican deployment needs);
+    otherwise a request context for ``[imgsign_import] service_project_id`` (enough for key managers
+    that trust the context's project, like imgsign's embedded store).
+    """
+    from castellan.common import utils as castellan_utils
+
+    CONF.register_opts(castellan_utils.credential_opts, group=castellan_utils.OPT_GROUP)
+    if CONF[castellan_utils.OPT_GROUP].auth_type:
+        return castellan_utils.credential_factory(conf=CONF)
+    project = CONF[GROUP].service_project_id
+    if project:
+        return _ServiceContext(project_id=project)
+    if required:
+        raise KeyManagerError(f"[{GROUP}] service_project_id is not set (nor [key_manager] auth_type): imgsign_resign "
+                              f"cannot reach the service key")
+    return None
+
+
+def _stores(user_context: Any, require_service: bool = False) -> tuple[Any, Any]:
+    """(the importing user's store, the service project's store or None)."""
+    from imgsign.keymanager.castellan_store import CastellanStore
+
+    manager = _key_manager()
+    project = getattr(user_context, "project_id", None) or "?"
+    user = CastellanStore(manager, user_context, _describe(manager, f"project {project}"))
+    service_context = _service_context(required=require_service)
+    service = None
+    if service_context is not None:
+        service_project = getattr(service_context, "project_id", None) or CONF[GROUP].service_project_id or "service"
+        service = CastellanStore(manager, service_context, _describe(manager, f"service project {service_project}"))
+    return user, service
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _local_path(file_uri: str) -> str:
+    if not file_uri.startswith("file://"):
+        raise ImgsignImportRefused(f"imgsign: staged data at {file_uri!r} is not a local file (file:// staging "
+                                   f"is required)", "input-error")
+    return file_uri[len("file://"):]
+
+
+def _signature_properties(properties: Mapping[str, Any]) -> dict[str, str]:
+    return {name: properties[name] for name in SIGNATURE_PROPERTIES if name in properties}
+
+
+def _remove_quietly(path: str | None) -> None:
+    if not path:
+        return
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        LOG.error("imgsign: cannot remove staged data %s: %s", path, exc)
+
+
+def _stores_list(stores: Any) -> list[str]:
+    return [store for store in (stores or []) if store]
+
+
+def _refusal(plugin: str, image_id: str, error: ImgsignError) -> ImgsignImportRefused:
+    return ImgsignImportRefused(f"{plugin} refused image {image_id}: {error.reason}: {error.message}", error.reason)
+
+
+def _hashing(chunks: Iterator[Any], hasher: Any) -> Iterator[Any]:
+    for chunk in chunks:
+        hasher.update(chunk)
+        yield chunk
+
+
+# --- imgsign_verify --------------------------------------------------------------------
+
+
+class _VerifyStaged(task.Task):
+    """Verify the staged data against the image's img_signature* properties."""
+
+    default_provides = VERIFIED
+
+    def __init__(self, context: Any, task_id: str, task_type: str, action_wrapper: Any, stores: Any) -> None:
+        self.context = context
+        self.task_id = task_id
+        self.task_type = task_type
+        self.action_wrapper = action_wrapper
+        self.stores = _stores_list(stores)
+        self.image_id = action_wrapper.image_id
+        self.staged_path: str | None = None
+        super().__init__(name=f"{task_type}-Imgsign_Verify-{task_id}")
+
+    def execute(self, file_path: str) -> dict[str, Any]:
+        from imgsign.pipeline import verify_image
+
+        self.staged_path = _local_path(file_path)
+        with self.action_wrapper as action:
+            properties = action.image_extra_properties
+        if not is_signed(properties):
+            if CONF[GROUP].require_signature:
+                refusal = _refusal("imgsign_verify", self.image_id, UnsignedImage(
+                    f"the image has no img_signature* properties and [{GROUP}] require_signature is set"))
+                LOG.error("%s", refusal.msg)
+                raise refusal
+            LOG.info("imgsign_verify: image %s is not signed; passing it unchecked", self.image_id)
+            return {"image_id": self.image_id, "task_id": self.task_id, "signed": False}
+        refusal = None
+        try:
+            user, service = _stores(self.context)
+            store = _FirstFound([user, service] if service is not None else [user])
+            with open(self.staged_path, "rb") as data:
+                verified = verify_image(data, properties, store, trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
+                                        require_crls=CONF[GROUP].require_crls)
+        except ImgsignError as error:
+            refusal = _refusal("imgsign_verify", self.image_id, error)
+        except OSError as error:
+            refusal = ImgsignImportRefused(f"imgsign_verify refused image {self.image_id}: input-error: cannot read "
+                                           f"the staged data: {error.strerror or error}", "input-error")
+        if refusal is not None:
+            LOG.error("%s", refusal.msg)
+            raise refusal
+        from imgsign.certificates import describe
+
+        LOG.info("imgsign_verify: image %s: signature by %s verified over %d staged bytes%s", self.image_id,
+                 describe(verified.certificate), verified.size,
+                 f" (chain to {describe(verified.chain[-1])})" if verified.chain else "")
+        return {
+            "image_id": self.image_id,
+            "task_id": self.task_id,
+            "signed": True,
+            # As the image has them (not re-encoded), to compare with the image's later.
+            "properties": _signature_properties(properties),
+            "digest": verified.digest.hex(),
+            "size": verified.size,
+            "signer": describe(verified.certificate),
+        }
+
+    def revert(self, result: Any = None, **kwargs: Any) -> None:
+        if not isinstance(result, failure.Failure):
+            return  # a later step failed: Glance and that step clean up
+        # This task refused the image: nothing else ran, so drop the staged data and put the image
+        # back the way Glance does after a failed conversion.
+        _remove_quietly(self.staged_path)
+        try:
+            with self.action_wrapper as action:
+                action.set_image_attribute(status="queued")
+                if self.stores:
+                    action.remove_importing_stores(self.stores)
+                    action.add_failed_stores(self.stores)
+        except Exception as exc:  # noqa: BLE001 - revert must not mask the refusal
+            LOG.warning("imgsign_verify: could not reset image %s after refusing it: %s", self.image_id, exc)
+
+
+def get_verify_flow(**kwargs: Any) -> linear_flow.Flow:
+    """Glance plugin ``imgsign_verify``: verify the staged data before anything else touches it.
+
+    :param context: request context of the import
+    :param task_id: the import task's id
+    :param task_type: the import task's type
+    :param action_wrapper: glance's ImportActionWrapper for the image
+    :param backend: the target stores
+    """
+    task_type = kwargs.get("task_type")
+    return linear_flow.Flow(task_type).add(
+        _VerifyStaged(kwargs.get("context"), kwargs.get("task_id"), task_type, kwargs.get("action_wrapper"),
+                      kwargs.get("backend")))
+
+
+# --- imgsign_resign --------------------------------------------------------------------
+
+
+class _ResignConverted(task.Task):
+    """Re-sign the (converted) data that goes to the stores with the deployment's service key."""
+
+    def __init__(self, context: Any, task_id: str, task_type: str, action_wrapper: Any) -> None:
+        self.context = context
+        self.task_id = task_id
+        self.task_type = task_type
+        self.action_wrapper = action_wrapper
+        self.image_id = action_wrapper.image_id
+        super().__init__(name=f"{task_type}-Imgsign_Resign-{task_id}")
+
+    def _refuse(self, message: str, reason: str = "not-verified") -> ImgsignImportRefused:
+        refusal = ImgsignImportRefused(f"imgsign_resign refused image {self.image_id}: {reason}: {message}", reason)
+        LOG.error("%s", refusal.msg)
+        return refusal
+
+    def execute(self, file_path: str, imgsign_verified: dict[str, Any] | None = None) -> dict[str, str] | None:
+        with self.action_wrapper as action:
+            current = _signature_properties(action.image_extra_properties)
+        verified = imgsign_verified
+        if verified is None:
+            if current:
+                raise self._refuse("imgsign_verify did not run earlier in this import, so the original signature "
+                                   "was not verified (list imgsign_verify before image_conversion and imgsign_resign "
+                                   "in [image_import_opts] image_import_plugins)")
+            LOG.info("imgsign_resign: image %s is not signed; nothing to re-sign", self.image_id)
+            return None
+        if verified.get("image_id") != self.image_id or verified.get("task_id") != self.task_id:
+            raise self._refuse("the imgsign_verify result belongs to another image or import")
+        if not verified.get("signed"):
+            if current:
+                raise self._refuse("img_signature* properties appeared after imgsign_verify passed the image as "
+                                   "unsigned")
+            LOG.info("imgsign_resign: image %s is not signed; nothing to re-sign", self.image_id)
+            return None
+        if current != verified["properties"]:
+            raise self._refuse("the img_signature* properties changed after imgsign_verify checked them")
+
+        original = SignatureProperties.from_mapping(verified["properties"])
+        try:
+            new = self._sign(_local_path(file_path), original, bytes.fromhex(verified["digest"]))
+        except ImgsignError as error:
+            raise self._refuse(error.message, error.reason) from None
+        except OSError as error:
+            raise self._refuse(f"cannot read the converted data: {error.strerror or error}", "input-error") from None
+        if new is None:
+            LOG.info("imgsign_resign: image %s: the data is unchanged since imgsign_verify; keeping the original "
+                     "signature", self.image_id)
+            return None
+
+        with self.action_wrapper as action:
+            if _signature_properties(action.image_extra_properties) != verified["properties"]:
+                raise self._refuse("the img_signature* properties changed while re-signing")
+            previous = {name: value for name, value in action.image_extra_properties.items()
+                        if name in SIGNATURE_PROPERTIES or name.startswith(ORIGINAL_PREFIX)}
+            action.set_image_extra_properties(new)
+        LOG.info("imgsign_resign: image %s re-signed with service certificate %s (as %s); original signer %s kept in "
+                 "%s* properties", self.image_id, CONF[GROUP].service_certificate_id,
+                 new["img_signature_certificate_uuid"], verified.get("signer"), ORIGINAL_PREFIX)
+        return previous
+
+    def _sign(self, path: str, original: SignatureProperties, verified_digest: bytes) -> dict[str, str] | None:
+        """New properties for the data at ``path``, or None if it is still exactly the verified data."""
+        from imgsign.certificates import load_certificate
+        from imgsign.keys import load_private_key
+        from imgsign.pipeline import resign
+        from imgsign.stream import iter_chunks
+
+        options = CONF[GROUP]
+        if not options.service_key_id or not options.service_certificate_id:
+            raise PropertiesError(f"[{GROUP}] service_key_id and service_certificate_id must be set to re-sign "
+                                  f"converted images")
+        user, service = _stores(self.context, require_service=True)
+        certificate_der = service.get_certificate(options.service_certificate_id)
+        certificate = load_certificate(certificate_der)
+        key = load_private_key(service.get_private_key(options.service_key_id))
+
+        hasher = original.hash_method.new()
+        with open(path, "rb") as data:
+            # The signer fails fast (key/certificate mismatch, dates, key size) before reading any data.
+            new = resign(_hashing(iter_chunks(data), hasher), key, options.service_certificate_id, original,
+                         certificate=certificate)
+        if hasher.digest() == verified_digest:
+            return None
+        if options.copy_certificate_to_project:
+            new["img_signature_certificate_uuid"] = self._certificate_for_project(user, certificate_der)
+        return new
+
+    def _certificate_for_project(self, user: Any, certificate_der: bytes) -> str:
+        """The id of the service certificate as the importing project sees it (stored there once if needed)."""
+        user_project = getattr(self.context, "project_id", None)
+        if user_project and user_project == CONF[GROUP].service_project_id:
+            return CONF[GROUP].service_certificate_id
+        found = user.find_certificate(certificate_der)
+        if found:
+            return found
+        stored = user.store_certificate(certificate_der, name=SERVICE_CERTIFICATE_NAME)
+        LOG.info("imgsign_resign: stored a copy of the service certificate in project %s as %s", user_project, stored)
+        return stored
+
+    def revert(self, result: Any = None, **kwargs: Any) -> None:
+        if not isinstance(result, dict):
+            return  # refused, or nothing was changed
+        # A later step (a store upload) failed: put the uploader's signature back, so the original data can
+        # be staged and imported again.
+        try:
+            with self.action_wrapper as action:
+                for name in action.image_extra_properties:
+                    if name.startswith(ORIGINAL_PREFIX) and name not in result:
+                        action.pop_extra_property(name)
+                action.set_image_extra_properties(result)
+        except Exception as exc:  # noqa: BLE001 - revert must not mask the original failure
+            LOG.warning("imgsign_resign: could not restore the original signature of image %s: %s",
+                        self.image_id, exc)
+
+
+def get_resign_flow(**kwargs: Any) -> linear_flow.Flow:
+    """Glance plugin ``imgsign_resign``: re-sign converted data whose original signature was verified.
+
+    :param context: request context of the import
+    :param task_id: the import task's id
+    :param task_type: the import task's type
+    :param action_wrapper: glance's ImportActionWrapper for the image
+    """
+    task_type = kwargs.get("task_type")
+    return linear_flow.Flow(task_type).add(
+        _ResignConverted(kwargs.get("context"), kwargs.get("task_id"), task_type, kwargs.get("action_wrapper")))

@@ -1,0 +1,243 @@
+"""A keystone-less Glance 33 with imgsign's import plugins and castellan backend.
+
+Server side
+    Glance 33.0.0 from PyPI, installed into its own cached venv (its pinned
+    OpenStack dependencies would clash with the project's venv; the versions are
+    fixed by ``glance_app/constraints.txt``), together with imgsign's own runtime
+    dependencies that Glance lacks (pyasn1, pyasn1-modules, click).
+
+    imgsign itself is not installed into that venv: the venv is shared by every
+    checkout and pytest-xdist worker, while imgsign's code and entry points belong
+    to the checkout under test. Each server instead gets a ``pylib`` directory on
+    its ``PYTHONPATH`` holding a symlink to this checkout's ``imgsign`` package and
+    a minimal ``imgsign-<version>.dist-info`` whose ``entry_points.txt`` is
+    generated from this checkout's ``pyproject.toml``. Glance (stevedore) and
+    castellan find the ``glance.image_import.plugins`` and ``castellan.drivers``
+    entry points there, exactly as after ``pip install``, with no shared state to
+    race on and no install step.
+
+    The API runs under a threaded wsgiref server (``glance_app/serve.py``; Glance
+    33 has no standalone server) on 127.0.0.1 with SQLite (``glance-manage
+    db_sync``), the ``file`` store, ``glance-direct`` imports with a staging
+    directory, castellan ``[key_manager] backend = imgsign`` on a given embedded
+    store, and the paste pipeline of ``glance_app/glance-api-paste.ini``: Glance's
+    ``context`` middleware without ``authtoken``, so the request context (project,
+    roles) comes from the ``X-Project-Id``/``X-Roles`` headers the client sends
+    (:meth:`GlanceServer.headers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.servers.common import ServerError, clean_env, ensure_venv, run_server, start_with_port_retry, tail
+
+GLANCE = "glance==33.0.0"
+#: imgsign's runtime dependencies that Glance does not already bring.
+IMGSIGN_DEPENDENCIES = ("pyasn1", "pyasn1-modules", "click")
+VENV_NAME = "glance-33.0.0-venv"
+APP_DIR = Path(__file__).resolve().with_name("glance_app")
+CONSTRAINTS = APP_DIR / "constraints.txt"
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 90.0
+ROLES = ("admin", "member")
+
+
+def glance_venv() -> Path:
+    """The cached venv holding Glance, built on first use."""
+    return ensure_venv(VENV_NAME, [GLANCE, *IMGSIGN_DEPENDENCIES], constraints=CONSTRAINTS,
+                       check="import glance.common.wsgi_app, glance.async_.flows.api_image_import, taskflow, cursive, "
+                             "castellan, pyasn1_modules, click")
+
+
+def imgsign_pylib(target: Path) -> Path:
+    """A directory that makes this checkout's imgsign importable, entry points included."""
+    import tomllib  # Python 3.11+, like Glance 33 itself
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    target.mkdir(parents=True, exist_ok=True)
+    link = target / "imgsign"
+    if not link.exists():
+        link.symlink_to(REPO / "imgsign", target_is_directory=True)
+    info = target / f"imgsign-{project['version']}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: imgsign\nVersion: {project['version']}\n")
+    lines = []
+    for group, entries in project.get("entry-points", {}).items():
+        lines.append(f"[{group}]")
+        lines += [f"{name} = {value}" for name, value in entries.items()]
+        lines.append("")
+    (info / "entry_points.txt").write_text("\n".join(lines))
+    return target
+
+
+@dataclass
+class GlanceServer:
+    url: str
+    workdir: Path
+    #: The server process's output (request lines, tracebacks before logging is set up).
+    log: Path
+    #: Glance's own log (oslo.log), where the import flows log.
+    api_log: Path
+    staging_dir: Path
+    images_dir: Path
+    keystore: Path
+    pid: int
+
+    @staticmethod
+    def headers(project: str, roles: Sequence[str] = ROLES, **extra: str) -> dict[str, str]:
+        """What keystonemiddleware would set for a user of ``project``; the pipeline trusts it."""
+        return {"X-Identity-Status": "Confirmed", "X-Project-Id": project, "X-User-Id": f"user-of-{project}",
+                "X-Roles": ",".join(roles), **extra}
+
+    def castellan_config(self) -> str:
+        """castellan config-file text for the key manager this Glance uses."""
+        return f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {self.keystore}\n"
+
+    def dump_threads(self) -> str:
+        """Every server thread's stack (faulthandler, see serve.py) and the end of the logs, for a stuck import."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR1)
+            time.sleep(1)
+        return f"--- {self.log} (tail) ---\n{tail(self.log, 300)}\n--- {self.api_log} (tail) ---\n{tail(self.api_log)}"
+
+    def glance_log_text(self) -> str:
+        try:
+            return self.api_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _api_conf(workdir: Path, keystore: Path) -> str:
+    # Multi-store configuration (the single-store [glance_store] stores/default_store options are
+    # deprecated for removal): one file store "fs"; staging in Glance's reserved staging store.
+    return f"""\
+[DEFAULT]
+log_file = {workdir / "glance-api.log"}
+use_stderr = False
+enabled_backends = fs:file
+enabled_import_methods = [glance-direct]
+
+[database]
+connection = sqlite:///{workdir / "glance.sqlite"}
+
+[glance_store]
+default_backend = fs
+
+[fs]
+filesystem_store_datadir = {workdir / "images"}
+
+[os_glance_staging_store]
+filesystem_store_datadir = {workdir / "staging"}
+
+[os_glance_tasks_store]
+filesystem_store_datadir = {workdir / "tasks"}
+
+[paste_deploy]
+config_file = {APP_DIR / "glance-api-paste.ini"}
+
+[key_manager]
+backend = imgsign
+
+[imgsign_embedded]
+path = {keystore}
+"""
+
+
+def _ini(sections: Mapping[str, Mapping[str, str]]) -> str:
+    return "".join(f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in options.items()) + "\n"
+                   for name, options in sections.items())
+
+
+def _ready(url: str) -> bool:
+    # A real /v2 call through the pipeline and the database, so a broken set-up fails start-up.
+    request = urllib.request.Request(f"{url}/v2/images?limit=1", headers=GlanceServer.headers("readiness-probe"))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as error:
+        raise ServerError(f"GET /v2/images answered HTTP {error.code}") from None
+
+
+@contextlib.contextmanager
+def glance_server(workdir: Path | None = None, *, keystore: Path, plugins: Sequence[str] = (),
+                  import_options: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[GlanceServer]:
+    """Install Glance (if needed) and run it on a free 127.0.0.1 port until the block ends.
+
+    ``plugins`` is ``[image_import_opts] image_import_plugins``; ``import_options``
+    more sections for ``glance-image-import.conf`` (e.g. ``imgsign_import``,
+    ``image_conversion``). ``keystore`` is the embedded key manager's SQLite file,
+    shared with the tests that store certificates and keys in it. ``workdir``
+    (default: a temporary directory, removed afterwards) holds the configuration
+    (``etc/``), database, staging and store directories, ``HOME`` and the logs.
+    """
+    python = glance_venv() / "bin" / "python"
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgsign-glance-")))
+        workdir = Path(workdir)
+        etc, home = workdir / "etc", workdir / "home"
+        for directory in (etc, home, workdir / "staging", workdir / "images", workdir / "tasks"):
+            directory.mkdir(parents=True, exist_ok=True)
+        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore))
+        plugin_list = ", ".join(f"'{name}'" for name in plugins)
+        (etc / "glance-image-import.conf").write_text(_ini({
+            "image_import_opts": {"image_import_plugins": f"[{plugin_list}]"}, **(import_options or {})}))
+
+        env = clean_env(home, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+        env["OS_GLANCE_CONFIG_DIR"] = str(etc)
+        env["PYTHONPATH"] = str(imgsign_pylib(workdir / "pylib"))
+        env["PYTHONWARNINGS"] = "ignore"
+        env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+
+        manage_log = workdir / "glance-manage.log"
+        with open(manage_log, "wb") as out:
+            sync = subprocess.run([str(python.parent / "glance-manage"), "--config-file", str(etc / "glance-api.conf"),
+                                   "db_sync"], cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=300)
+        if sync.returncode != 0:
+            raise ServerError(f"glance-manage db_sync failed ({sync.returncode})\n--- {manage_log} (tail) ---\n"
+                              f"{tail(manage_log)}")
+
+        def start(port: int):
+            url = f"http://127.0.0.1:{port}"
+            return run_server("glance", [str(python), str(APP_DIR / "serve.py"), str(port), str(os.getpid())],
+                              workdir=workdir, env=env, ready=lambda: _ready(url), timeout=START_TIMEOUT,
+                              other_logs=[workdir / "glance-api.log"])
+
+        port, proc = start_with_port_retry(start, stack)
+        yield GlanceServer(f"http://127.0.0.1:{port}", workdir, workdir / "glance.log", workdir / "glance-api.log",
+                           workdir / "staging", workdir / "images", Path(keystore), proc.pid)
+
+
+def wait_for(what: str, probe, timeout: float = 60.0, interval: float = 0.2, on_timeout=None):
+    """Poll ``probe()`` until it returns something truthy; return that, or fail naming ``what``
+    (and adding what ``on_timeout()`` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = f"\n{on_timeout()}" if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+if __name__ == "__main__":  # manual use: python -m tests.servers.glance KEYSTORE [PLUGIN ...]
+    with glance_server(keystore=Path(sys.argv[1]).resolve(), plugins=sys.argv[2:]) as server:
+        print(server.url, server.workdir, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
