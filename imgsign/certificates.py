@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign.errors import CertificateError, CertificateExpired, CertificateNotYetValid, UnsupportedAlgorithm
@@ -60,9 +61,10 @@ def certificate_spki_der(cert: x509.Certificate) -> bytes:
 def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_POLICY) -> None:
     """Refuse a certificate that may not sign images now.
 
-    Dates (unless ``policy.ignore_certificate_dates``), and keyUsage: when the
-    extension is present it must allow digitalSignature.  (A certificate with no
-    keyUsage, as ``openssl x509 -req`` makes by default, is unrestricted per RFC 5280.)
+    Dates (unless ``policy.ignore_certificate_dates``); keyUsage, when present, must
+    allow digitalSignature; extendedKeyUsage, when present, must allow codeSigning (or
+    anyExtendedKeyUsage).  A certificate without these extensions, as ``openssl x509
+    -req`` makes by default, is unrestricted per RFC 5280.
     """
     name = describe(cert)
     if not policy.ignore_certificate_dates:
@@ -76,10 +78,22 @@ def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_P
                 f"certificate {name} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
             )
     try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
+        extensions = cert.extensions
     except ValueError as exc:
         raise CertificateError(f"certificate {name} has malformed extensions ({str(exc)[:120]})") from None
-    if not usage.digital_signature:
-        raise CertificateError(f"certificate {name} may not sign: its keyUsage does not allow digitalSignature")
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if not usage.digital_signature:
+            raise CertificateError(f"certificate {name} may not sign: its keyUsage does not allow digitalSignature")
+    try:
+        purposes = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(purposes):
+        names = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in purposes)
+        raise CertificateError(
+            f"certificate {name} may not sign code: its extendedKeyUsage ({names}) lacks codeSigning"
+        )

@@ -9,7 +9,9 @@ import os
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, utils
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgsign import (
     HashMethod, KeyType, Policy, SignatureProperties, Signer, Verifier, VerifyingReader, errors,
@@ -230,3 +232,30 @@ def test_private_key_repr_has_no_secret():
     for key_type in ("RSA-PSS", "ECC_SECT571K1"):
         key = signing_key(key_type)
         assert "PRIVATE" not in repr(key) and len(repr(key)) < 120
+
+
+@pytest.mark.parametrize("purposes, allowed", [
+    ([ExtendedKeyUsageOID.CODE_SIGNING], True),
+    ([ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE], True),
+    (None, True),  # no extendedKeyUsage: unrestricted (RFC 5280)
+    ([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], False),
+])
+def test_extended_key_usage_must_allow_code_signing(purposes, allowed):
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "eku test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if purposes is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
+    cert = builder.sign(key, hashes.SHA384())
+    signing = CryptographyPrivateKey(key)
+    if allowed:
+        Signer(signing, CERT_UUID, certificate=cert)
+        return
+    with pytest.raises(errors.CertificateError, match="serverAuth.*lacks codeSigning"):
+        Signer(signing, CERT_UUID, certificate=cert)
+    props = sign([DATA], signing, CERT_UUID)
+    with pytest.raises(errors.CertificateError, match="codeSigning"):
+        Verifier.for_certificate(props, cert)
