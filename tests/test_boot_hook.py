@@ -323,3 +323,28 @@ def test_download_that_fails_verification_leaves_nothing(host):
     assert result.code == errors.InvalidSignature.exit_code, result
     assert list((host.instances / "_base").iterdir()) == []
     assert not (host.state / "records").exists() or list((host.state / "records").iterdir()) == []
+
+
+def test_signer_validated_against_a_trusted_ca_at_download_is_trusted_at_boot(host, tmp_path):
+    """The record keeps the trusted CA ids the chain was validated against: the hook's trusted list
+    may name the CA instead of every signer certificate."""
+    env = {"IMGSIGN_KEYSTORE": str(tmp_path / "keystore.sqlite3"), "IMGSIGN_CONFIG": "", "HOME": str(tmp_path)}
+    root = run_cli("cert", "store", REPO / "certs-test" / "root-ca.pem", env=env).stdout.strip()
+    image_id = str(uuid.uuid4())
+    source = host.tmp / "src.qcow2"
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", source, "64M")
+    signed = run_cli("sign", source, "--key", key_of("RSA-PSS"), "--cert", cert_of("RSA-PSS"), "--store-cert", env=env)
+    props = host.tmp / "p.json"
+    props.write_text(signed.stdout)
+    untrusted = run_cli("boot", "cache", source, "--image-id", image_id, "--properties", props,
+                        "--trusted", root, "--instances-path", host.instances, "--state-dir", host.state, env=env)
+    assert untrusted.code == errors.UntrustedCertificate.exit_code, untrusted  # intermediate missing
+    intermediate = run_cli("cert", "store", REPO / "certs-test" / "intermediate-ca.pem", env=env).stdout.strip()
+    cached = run_cli("boot", "cache", source, "--image-id", image_id, "--properties", props, "--trusted", root,
+                     "--trusted", intermediate, "--instances-path", host.instances, "--state-dir", host.state, env=env)
+    assert cached.code == 0, cached
+    instance, disk = host.instance(image_id)
+    host.configure("enforce", trusted=root)
+    assert host.boot(image_id, disk, instance).returncode == 0
+    host.configure("enforce", trusted=str(uuid.uuid4()))
+    assert host.boot(image_id, disk, instance).returncode == errors.UntrustedCertificate.exit_code
