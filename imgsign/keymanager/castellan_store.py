@@ -12,6 +12,9 @@ from castellan.common.objects import opaque_data, private_key, public_key, x_509
 from imgsign.errors import KeyManagerError, ObjectNotFound
 from imgsign.keymanager import CertificateStore, StoredObject
 
+#: castellan's Barbican driver returns only barbicanclient's first page of a listing.
+BARBICAN_LIST_LIMIT = 10
+
 #: Name prefix that marks opaque data holding a certificate revocation list.
 CRL_NAME_PREFIX = "X.509 CRL: "
 
@@ -22,10 +25,15 @@ _KINDS: dict[str, type] = {"certificate": x_509.X509, "private-key": private_key
 class CastellanStore(CertificateStore):
     """Certificates and keys in a castellan backend, for one request context (project)."""
 
-    def __init__(self, manager: Any, context: Any, description: str) -> None:
+    def __init__(self, manager: Any, context: Any, description: str, list_limit: int | None = None) -> None:
+        """``list_limit``: the most objects the backend's ``list()`` can return (castellan's Barbican
+        driver returns only the first page of 10); a full page means "maybe more"."""
         self._manager = manager
         self._context = context
         self.description = description
+        if list_limit is None and type(manager).__name__ == "BarbicanKeyManager":
+            list_limit = BARBICAN_LIST_LIMIT
+        self.list_limit = list_limit
 
     @contextlib.contextmanager
     def _calling(self, action: str, object_id: str | None = None) -> Iterator[None]:
@@ -78,9 +86,14 @@ class CastellanStore(CertificateStore):
             return str(self._manager.store(self._context, opaque_data.OpaqueData(der, name=CRL_NAME_PREFIX + issuer)))
 
     def get_crls(self) -> list[tuple[str, bytes]]:
-        """Every stored CRL as (id, DER)."""
+        """Every stored CRL as (id, DER); fails closed when the backend cannot list them all."""
         with self._calling("list CRLs"):
             objects = self._manager.list(self._context, object_type=opaque_data.OpaqueData)
+        if self.list_limit is not None and len(objects) >= self.list_limit:
+            raise KeyManagerError(
+                f"{self.description} lists only {self.list_limit} opaque objects through castellan, so some "
+                "stored CRLs may be missed: give the CRLs as files (--crl) instead"
+            )
         return [(str(o.id), bytes(o.get_encoded())) for o in objects if (o.name or "").startswith(CRL_NAME_PREFIX)]
 
     def list_objects(self, kind: str) -> list[StoredObject]:
