@@ -31,7 +31,7 @@ from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key, load_certificate
 from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
 from imgsign.policy import Policy
-from imgsign.stream import CHUNK_SIZE
+from imgsign.stream import iter_chunks
 from imgsign.trust_record import RecordStore, TrustRecord
 from imgsign.verified_cache import FileIdentity, VerifiedCache
 from imgsign.verify import verify_digest
@@ -103,12 +103,10 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         same_hash = record.properties.hash_method is HashMethod.SHA256
         sha256 = hashlib.sha256()
         signed = None if converted or same_hash else record.properties.hash_method.new()
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
-        while count := handle.readinto(buffer):
-            sha256.update(view[:count])
+        for chunk in iter_chunks(handle):
+            sha256.update(chunk)
             if signed is not None:
-                signed.update(view[:count])
+                signed.update(chunk)
     signed_digest = signed.digest() if signed is not None else (sha256.digest() if not converted else None)
     if sha256.digest() != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):
         if cache is not None:

@@ -11,20 +11,20 @@ trust record written.  When anything fails nothing is left behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign._internal import qemu_img
+from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors
 from imgsign.errors import InputError, UnsafeImage
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import SignatureProperties
-from imgsign.stream import ImageData, iter_chunks
+from imgsign.stream import ImageData, digest, iter_chunks
 from imgsign.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.verified_cache import VerifiedCache
 from imgsign.verify import Verifier
@@ -47,16 +47,13 @@ def _temporary(directory: str, prefix: str) -> Iterator[str]:
 
 
 def _sha256_of(path: str) -> tuple[bytes, int]:
-    digest, size = hashlib.sha256(), 0
+    """SHA-256 and size of the file at ``path``."""
     with open(path, "rb") as handle:
-        for chunk in iter_chunks(handle):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.digest(), size
+        return digest(handle, HashMethod.SHA256), os.fstat(handle.fileno()).st_size
 
 
 def add_to_cache(
-    data: ImageData | Iterable[bytes],
+    data: ImageData,
     image_id: str,
     properties: SignatureProperties,
     certificate: x509.Certificate,
