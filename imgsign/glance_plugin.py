@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from oslo_config import cfg
@@ -275,12 +275,6 @@ def _refusal(plugin: str, image_id: str, error: ImgsignError) -> ImgsignImportRe
     return ImgsignImportRefused(f"{plugin} refused image {image_id}: {error.reason}: {error.message}", error.reason)
 
 
-def _hashing(chunks: Iterator[Any], hasher: Any) -> Iterator[Any]:
-    for chunk in chunks:
-        hasher.update(chunk)
-        yield chunk
-
-
 # --- imgsign_verify --------------------------------------------------------------------
 
 
@@ -444,7 +438,6 @@ class _ResignConverted(task.Task):
         from imgsign.certificates import load_certificate
         from imgsign.keys import load_private_key
         from imgsign.pipeline import resign
-        from imgsign.stream import iter_chunks
 
         options = CONF[GROUP]
         if not options.service_key_id or not options.service_certificate_id:
@@ -455,12 +448,11 @@ class _ResignConverted(task.Task):
         certificate = load_certificate(certificate_der)
         key = load_private_key(service.get_private_key(options.service_key_id))
 
-        hasher = original.hash_method.new()
         with open(path, "rb") as data:
-            # The signer fails fast (key/certificate mismatch, dates, key size) before reading any data.
-            new = resign(_hashing(iter_chunks(data), hasher), key, options.service_certificate_id, original,
-                         certificate=certificate)
-        if hasher.digest() == verified_digest:
+            # resign fails fast (key/certificate mismatch, dates, key size) before reading any data.
+            new = resign(data, key, options.service_certificate_id, original, certificate=certificate,
+                         verified_digest=verified_digest)
+        if new is None:
             return None
         if options.copy_certificate_to_project:
             new["img_signature_certificate_uuid"] = self._certificate_for_project(user, certificate_der)

@@ -26,7 +26,7 @@ from imgsign.keys import PrivateKey
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import NAMES as PROPERTY_NAMES, SignatureProperties
 from imgsign.sign import Signer
-from imgsign.stream import ImageData, iter_chunks
+from imgsign.stream import ImageData, digest, iter_chunks
 from imgsign.verify import Verifier
 
 #: Prefix of the properties that keep the original signature after a re-signing.
@@ -92,13 +92,23 @@ def resign(
     hash_method: HashMethod | None = None,
     certificate: x509.Certificate | None = None,
     policy: Policy = DEFAULT_POLICY,
-) -> dict[str, str]:
+    verified_digest: bytes | None = None,
+) -> dict[str, str] | None:
     """New ``img_signature*`` properties for ``data`` (e.g. the converted image), signed with a
-    service key, plus ``imgsign_original_<property>`` for each original property."""
+    service key, plus ``imgsign_original_<property>`` for each original property.
+
+    ``verified_digest``: the digest the original signature was verified over; when ``data``
+    still has it (the conversion changed nothing), the original signature stands and None is
+    returned.  Checks that need no data (key, certificate) run before the first byte is read.
+    """
     if not certificate_id:
         raise PropertiesError("the service key's certificate id is empty")
-    signer = Signer(key, certificate_id, hash_method or original.hash_method, certificate=certificate, policy=policy)
-    new = signer.sign(data).as_dict()
+    method = hash_method or original.hash_method
+    signer = Signer(key, certificate_id, method, certificate=certificate, policy=policy)
+    data_digest = digest(data, method)
+    if verified_digest is not None and method is original.hash_method and data_digest == verified_digest:
+        return None
+    new = signer.sign_digest(data_digest).as_dict()
     for name, value in original.as_dict().items():
         new[ORIGINAL_PREFIX + name] = value
     return new
