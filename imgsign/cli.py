@@ -276,11 +276,7 @@ def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str 
     try:
         properties = SignatureProperties.from_mapping(_load_properties(properties_path))
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
-        if cert_path is not None:
-            cert_data = read_small_file(cert_path, "certificate")
-        else:
-            cert_data = open_store(ctx).get_certificate(properties.certificate_uuid)
-        certificate = certificates.load_certificate(cert_data)
+        certificate = signing_certificate(ctx, cert_path, properties)
         result["certificate_subject"] = certificates.describe(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
         anchors = _trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
@@ -307,6 +303,24 @@ def verify(ctx: click.Context, image: str, properties_path: str, cert_path: str 
         )
 
 
+def signing_certificate(ctx: click.Context, cert_path: str | None, properties: SignatureProperties) -> x509.Certificate:
+    """``--cert``, else the certificate the key manager holds under img_signature_certificate_uuid."""
+    from imgsign import certificates
+
+    if cert_path is not None:
+        data = read_small_file(cert_path, "certificate")
+    else:
+        data = open_store(ctx).get_certificate(properties.certificate_uuid)
+    return certificates.load_certificate(data)
+
+
+def effective_trusted_ids(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...]) -> list[str]:
+    """``--trusted``, else (when no ``--trusted-file`` either) ``[imgsign] trusted_certificate_ids``."""
+    if trusted_ids or trusted_files or not _has_config(ctx):
+        return list(trusted_ids)
+    return list(_config(ctx).imgsign.trusted_certificate_ids)
+
+
 def _trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
                    intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
                    require_crl: bool | None, max_chain_depth: int | None) -> chain.TrustAnchors | None:
@@ -314,9 +328,7 @@ def _trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_fil
     from imgsign import certificates, chain
 
     settings = _config(ctx).imgsign if _has_config(ctx) else None
-    ids = list(trusted_ids)
-    if not ids and not trusted_files and settings is not None:
-        ids = list(settings.trusted_certificate_ids)
+    ids = effective_trusted_ids(ctx, trusted_ids, trusted_files)
     if not ids and not trusted_files:
         if intermediate_files or crl_files or require_crl:
             raise errors.InputError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")

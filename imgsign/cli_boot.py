@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from imgsign import boot, certificates, image_cache
-from imgsign._internal.files import open_image, read_small_file
-from imgsign.cli import _config, _has_config, _load_properties, _trust_anchors, open_store
+from imgsign import boot, image_cache
+from imgsign._internal.files import open_image
+from imgsign.cli import _load_properties, _trust_anchors, effective_trusted_ids, signing_certificate
 from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties
 from imgsign.trust_record import RecordStore
@@ -42,24 +42,15 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
                trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
     properties = SignatureProperties.from_mapping(_load_properties(properties_path))
-    if cert_path:
-        cert_data = read_small_file(cert_path, "certificate")
-    else:
-        cert_data = open_store(ctx).get_certificate(properties.certificate_uuid)
-    certificate = certificates.load_certificate(cert_data)
+    certificate = signing_certificate(ctx, cert_path, properties)
     anchors = _trust_anchors(ctx, trusted_ids, (), (), (), None, None)
-    recorded_ids = tuple(trusted_ids) or tuple(_configured_ids(ctx))
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
             handle, image_id, properties, certificate, RecordStore(state_dir), instances_path=instances_path,
-            anchors=anchors, trusted_ids=recorded_ids if anchors is not None else (), policy=Policy(),
+            anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())), policy=Policy(),
             force_raw=not keep_format,
         )
     click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
-
-
-def _configured_ids(ctx: click.Context) -> list[str]:
-    return list(_config(ctx).imgsign.trusted_certificate_ids) if _has_config(ctx) else []
 
 
 @boot_group.command("check")
