@@ -3,7 +3,7 @@
 
 TEST ONLY - NOT FOR PRODUCTION.  Every private key written here is public.
 
-Run ``python certs-test/generate.py [--out DIR]`` (from any directory; the
+Run ``.venv/bin/python certs-test/generate.py [--out DIR]`` (imgsign installed; from any directory; the
 default output directory is the one holding this script).  Keys are fresh on
 every run; names, serial numbers, validity dates and extensions are fixed, so a
 rerun changes only keys, certificates and CRLs.
@@ -32,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from imgsign._internal.files import atomic_write  # the project's own: temp file, fsync, rename
 
 ORGANIZATION = "imgsign test PKI - NOT FOR PRODUCTION"
 PASSPHRASE = b"test-passphrase-not-secret"
@@ -164,21 +166,6 @@ CRLS: tuple[CrlSpec, ...] = (
 
 
 # --- output -----------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pem_key(key: PrivateKey, encryption: serialization.KeySerializationEncryption | None = None) -> bytes:
@@ -379,7 +366,7 @@ def make_binary_curve_leaves(specs: list[CertSpec], keys: dict[str, PrivateKey],
         (tmp / "newcerts").mkdir()
         (tmp / "index.txt").write_text("")
         (tmp / "openssl.cnf").write_text(OPENSSL_CONFIG.format(tmp=tmp))
-        write_atomic(tmp / "issuer.key", pem_key(keys[issuer]), 0o600)
+        atomic_write(str(tmp / "issuer.key"), pem_key(keys[issuer]), 0o600)
         (tmp / "issuer.pem").write_bytes(certs[issuer].public_bytes(serialization.Encoding.PEM))
         (tmp / "root.pem").write_bytes(certs[root].public_bytes(serialization.Encoding.PEM))
         for spec in specs:
@@ -438,7 +425,7 @@ def generate(out: Path) -> None:
     openssl_made = make_binary_curve_leaves([spec for spec in SPECS if spec.binary_curve], keys, certs)
 
     def emit(name: str, data: bytes, mode: int = 0o644) -> None:
-        write_atomic(out / name, data, mode)
+        atomic_write(str(out / name), data, mode)
 
     for spec in SPECS:
         if spec.stem in openssl_made:
