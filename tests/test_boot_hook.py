@@ -288,7 +288,8 @@ def test_unreadable_base_is_a_clear_refusal(host):
     host.base(image_id).unlink()
     host.base(image_id).mkdir()  # not a file any more
     result = host.boot(image_id, disk, instance)
-    assert result.returncode != 0 and "Traceback" not in result.stderr and result.stderr.strip()
+    assert result.returncode == errors.InputError.exit_code, result.stderr
+    assert f"qemu-img cannot read {host.base(image_id)}" in result.stderr
 
 
 def test_root_image_not_backing_any_disk_is_refused(host):

@@ -197,6 +197,13 @@ class API:
 
         return wait_for(f"the import task of image {image_id}", finished, on_timeout=self.server.dump_threads)
 
+    def import_image(self, path: Path, properties: dict[str, str] | None = None,
+                     disk_format: str = "qcow2") -> tuple[str, dict]:
+        """Create an image, stage ``path`` and import it: (image id, the finished import task)."""
+        image_id = self.create(properties, disk_format)
+        self.stage(image_id, path)
+        return image_id, self.import_staged(image_id)
+
     def download(self, image_id: str, dest: Path) -> Path:
         with requests.get(self._url(f"/{image_id}/file"), headers=self.headers, stream=True,
                           timeout=TIMEOUT) as response:
@@ -282,9 +289,7 @@ def test_import_converts_and_resigns_so_glance_imgsign_and_cursive_verify(glance
     image = make_qcow2(tmp_path / "disk.qcow2")
     original = sign(deployment, image)
     api = API(glance)
-    image_id = api.create(original)
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image, original)
     assert task["status"] == "success", task
 
     shown = api.show(image_id)
@@ -323,9 +328,7 @@ def test_import_that_needs_no_conversion_keeps_the_original_signature(glance, de
     qemu("qemu-io", "-f", "raw", "-c", "write -P 0x3c 1M 2M", image)
     original = sign(deployment, image)
     api = API(glance)
-    image_id = api.create(original, disk_format="raw")
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image, original, disk_format="raw")
     assert task["status"] == "success", task
     shown = api.show(image_id)
     assert shown["status"] == "active", shown
@@ -343,9 +346,7 @@ def test_signer_outside_the_trusted_ids_is_refused_on_import_though_glance_alone
     assert api.upload(uploaded, image).status_code == 204  # cursive has no notion of trust anchors
     assert api.show(uploaded)["status"] == "active"
 
-    image_id = api.create(properties)
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image, properties)
     assert_refused_before_any_store(glance, api, image_id, task,
                                     f"imgsign_verify refused image {image_id}: untrusted-certificate:")
 
@@ -353,9 +354,7 @@ def test_signer_outside_the_trusted_ids_is_refused_on_import_though_glance_alone
 def test_unsigned_image_is_imported_and_converted_unsigned(glance, tmp_path):
     image = make_qcow2(tmp_path / "disk.qcow2")
     api = API(glance)
-    image_id = api.create()
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image)
     assert task["status"] == "success", task
     shown = api.show(image_id)
     assert shown["status"] == "active" and shown["disk_format"] == "raw", shown
@@ -366,9 +365,7 @@ def test_require_signature_refuses_unsigned_images(glance_instances, tmp_path):
     strict = glance_instances("strict")
     image = make_qcow2(tmp_path / "disk.qcow2")
     api = API(strict)
-    image_id = api.create()
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image)
     assert_refused_before_any_store(strict, api, image_id, task,
                                     f"imgsign_verify refused image {image_id}: {errors.UnsignedImage.reason}:")
 
@@ -378,9 +375,7 @@ def test_resign_without_verify_refuses_signed_images(glance_instances, deploymen
     image = make_qcow2(tmp_path / "disk.qcow2")
     properties = sign(deployment, image)
     api = API(unverified)
-    image_id = api.create(properties)
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image, properties)
     assert task["status"] == "failure", task
     assert f"imgsign_resign refused image {image_id}: not-verified: imgsign_verify did not run" in task["message"]
     shown = api.show(image_id)
@@ -397,9 +392,7 @@ def test_failed_store_upload_after_resigning_restores_the_original_signature(gla
     image = make_qcow2(tmp_path / "disk.qcow2")
     properties = sign(deployment, image)
     api = API(server)
-    image_id = api.create(properties)
-    api.stage(image_id, image)
-    task = api.import_staged(image_id)
+    image_id, task = api.import_image(image, properties)
     assert task["status"] == "failure", task
     log = server.glance_log_text()
     assert f"imgsign_resign: image {image_id} re-signed with service certificate {deployment.service_cert_id} " \

@@ -10,28 +10,12 @@ test run cannot leave the server behind.
 
 import os
 import sys
-import threading
-import time
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# tests/servers/child/ holds only wsgi_child (tests/servers/ itself would shadow the barbican package)
+sys.path.append(os.path.join(os.path.dirname(HERE), "child"))
 
-
-class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class Handler(WSGIRequestHandler):
-    def address_string(self):  # no reverse DNS look-ups
-        return self.client_address[0]
-
-
-def exit_with_parent(parent_pid):
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(0)
-        time.sleep(1)
+import wsgi_child  # noqa: E402
 
 
 def main():
@@ -39,10 +23,8 @@ def main():
     from paste import deploy
 
     app = deploy.loadapp("config:" + os.path.join(HERE, "api-paste.ini"))
-    httpd = make_server("127.0.0.1", port, app, server_class=ThreadingWSGIServer, handler_class=Handler)
-    threading.Thread(target=exit_with_parent, args=(parent_pid,), daemon=True).start()
-    print(f"barbican listening on http://127.0.0.1:{port}", flush=True)
-    httpd.serve_forever()
+    wsgi_child.exit_with_parent(parent_pid)
+    wsgi_child.serve("barbican", app, port)
 
 
 if __name__ == "__main__":

@@ -17,23 +17,12 @@ import faulthandler
 import os
 import signal
 import sys
-import threading
-import time
 import traceback
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+# tests/servers/child/ holds only wsgi_child (tests/servers/ itself would shadow the glance package)
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "child"))
 
-class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class Handler(WSGIRequestHandler):
-    def address_string(self):  # no reverse DNS look-ups
-        return self.client_address[0]
-
-    def log_message(self, format, *args):  # one line per request on stderr (the server log)
-        sys.stderr.write("%s %s\n" % (self.client_address[0], format % args))
+import wsgi_child  # noqa: E402
 
 
 def log_lost_exceptions():
@@ -92,25 +81,16 @@ def serialize_sqlite_transactions():
         return statement, parameters
 
 
-def exit_with_parent(parent_pid):
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(0)
-        time.sleep(1)
-
-
 def main():
     port, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack to the log
     log_lost_exceptions()
     serialize_sqlite_transactions()
-    threading.Thread(target=exit_with_parent, args=(parent_pid,), daemon=True).start()
+    wsgi_child.exit_with_parent(parent_pid)
     from glance.common import wsgi_app
 
     app = wsgi_app.init_app()
-    httpd = make_server("127.0.0.1", port, app, server_class=ThreadingWSGIServer, handler_class=Handler)
-    print(f"glance-api listening on http://127.0.0.1:{port}", flush=True)
-    httpd.serve_forever()
+    wsgi_child.serve("glance-api", app, port)
 
 
 if __name__ == "__main__":
