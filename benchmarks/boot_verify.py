@@ -4,7 +4,7 @@ Usage: python benchmarks/boot_verify.py [--size 10G] [--dense-size 2G] [--dir DI
 
 * A ``--size`` sparse raw base file (default 10 GiB, like a large cached image) is
   verified into a temporary image cache with a trust record, then checked with
-  ``imgsign.boot.verify_for_boot``: once with an empty verified-digest cache
+  ``imgsign.compute.boot.verify_for_boot``: once with an empty verified-digest cache
   (reads the whole file) and ``--runs`` times with the cache warm (target:
   < 50 ms for an unchanged 10 GiB base).
 * A ``--dense-size`` file of random-looking data gives the first-boot throughput
@@ -31,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imgsign import boot, image_cache, load_certificate, load_private_key, sign  # noqa: E402
+from imgsign.compute import boot, image_cache, load_certificate, load_private_key, sign  # noqa: E402
 from imgsign.algorithms import HashMethod  # noqa: E402
-from imgsign.trust_record import RecordStore, cache_name  # noqa: E402
-from imgsign.verified_cache import VerifiedCache  # noqa: E402
+from imgsign.compute.trust_record import RecordStore, cache_name  # noqa: E402
+from imgsign.compute.verified_cache import VerifiedCache  # noqa: E402
 
 MIB = 1024 * 1024
 PKI = REPO / "certs-test"

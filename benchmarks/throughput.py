@@ -37,11 +37,11 @@ from typing import Any
 
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.certificates import load_certificate
-from imgsign.keys import load_private_key
+from imgsign.keys.loading import load_private_key
 from imgsign.properties import SignatureProperties
-from imgsign.sign import Signer
+from imgsign.signer import Signer
 from imgsign.stream import digest
-from imgsign.verify import Verifier
+from imgsign.verifier import Verifier
 
 MIB = 1024 * 1024
 WRITE_BLOCK = 16 * MIB

@@ -26,23 +26,44 @@ _EXPORTS = {
     "ImgsignError": "imgsign.errors",
     "PrivateKey": "imgsign.keys",
     "PublicKey": "imgsign.keys",
-    "load_private_key": "imgsign.keys",
-    "public_key_from_spki": "imgsign.keys",
+    "load_private_key": "imgsign.keys.loading",
+    "public_key_from_spki": "imgsign.keys.loading",
     "DEFAULT_POLICY": "imgsign.policy",
     "Policy": "imgsign.policy",
     "SignatureProperties": "imgsign.properties",
     "properties_from_document": "imgsign.properties",
-    "Verifier": "imgsign.verify",
-    "VerifyingReader": "imgsign.verify",
-    "verify_digest": "imgsign.verify",
-    "verifying_iter": "imgsign.verify",
+    "Signer": "imgsign.signer",
+    "sign": "imgsign.signer",
+    "Verifier": "imgsign.verifier",
+    "VerifyingReader": "imgsign.verifier",
+    "verify_digest": "imgsign.verifier",
+    "verifying_iter": "imgsign.verifier",
 }
 
-__all__ = sorted([*_EXPORTS, "Signer", "sign"])
-
-# Bound eagerly: the function ``sign`` shares its name with the module ``imgsign.sign``, and
-# importing that module would otherwise replace the attribute with the module.
-from imgsign.sign import Signer, sign  # noqa: E402
+__all__ = [
+    "DEFAULT_POLICY",
+    "HashMethod",
+    "ImgsignError",
+    "KeyType",
+    "Policy",
+    "PrivateKey",
+    "PublicKey",
+    "SignatureProperties",
+    "Signer",
+    "TrustAnchors",
+    "Verifier",
+    "VerifyingReader",
+    "certificate_public_key",
+    "check_signing_certificate",
+    "load_certificate",
+    "load_private_key",
+    "properties_from_document",
+    "public_key_from_spki",
+    "sign",
+    "validate_chain",
+    "verify_digest",
+    "verifying_iter",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -63,7 +84,9 @@ if TYPE_CHECKING:
     from imgsign.certificates import certificate_public_key, check_signing_certificate, load_certificate
     from imgsign.chain import TrustAnchors, validate_chain
     from imgsign.errors import ImgsignError
-    from imgsign.keys import PrivateKey, PublicKey, load_private_key, public_key_from_spki
+    from imgsign.keys import PrivateKey, PublicKey
+    from imgsign.keys.loading import load_private_key, public_key_from_spki
     from imgsign.policy import DEFAULT_POLICY, Policy
     from imgsign.properties import SignatureProperties, properties_from_document
-    from imgsign.verify import Verifier, VerifyingReader, verify_digest, verifying_iter
+    from imgsign.signer import Signer, sign
+    from imgsign.verifier import Verifier, VerifyingReader, verify_digest, verifying_iter

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgsign.errors import CertificateError, CertificateExpired, CertificateNotYetValid, UnsupportedAlgorithm
-from imgsign.keys import CryptographyPublicKey, PublicKey, is_pem, public_key_from_spki
+from imgsign.keys import PublicKey
+from imgsign.keys.inprocess import CryptographyPublicKey
+from imgsign.keys.loading import is_pem, public_key_from_spki
 from imgsign.policy import DEFAULT_POLICY, Policy
 
 
@@ -55,7 +57,8 @@ def certificate_spki_der(cert: x509.Certificate) -> bytes:
         parsed, _ = decoder.decode(cert.public_bytes(Encoding.DER), asn1Spec=rfc5280.Certificate())
     except PyAsn1Error as exc:
         raise CertificateError(f"cannot read the certificate's public key info ({str(exc)[:120]})") from None
-    return encoder.encode(parsed["tbsCertificate"]["subjectPublicKeyInfo"])
+    spki: bytes = encoder.encode(parsed["tbsCertificate"]["subjectPublicKeyInfo"])
+    return spki
 
 
 def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_POLICY) -> None:

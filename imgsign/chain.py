@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -128,7 +129,7 @@ def _issuer_candidates(cert: x509.Certificate, anchors: TrustAnchors) -> list[x5
 
 
 def _check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: datetime.datetime) -> None:
-    pairs = list(zip(path, path[1:]))
+    pairs = list(itertools.pairwise(path))
     anchor = path[-1]
     if anchor.issuer != anchor.subject:  # a trusted intermediate: its issuer may have revoked it
         pairs += [(anchor, issuer) for issuer in _issuer_candidates(anchor, anchors)][:1]

@@ -13,6 +13,7 @@ import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgsign.algorithms import KeyType
@@ -40,7 +41,7 @@ class SigningIdentity:
     cert_pem: bytes
 
     def __repr__(self) -> str:  # never show key material
-        return "SigningIdentity(key_pem=<redacted>, cert_pem=<%d bytes>)" % len(self.cert_pem)
+        return f"SigningIdentity(key_pem=<redacted>, cert_pem=<{len(self.cert_pem)} bytes>)"
 
 
 def parse_subject(subject: str) -> x509.Name:
@@ -70,12 +71,13 @@ def generate(
     if key_type.is_binary_curve:
         from imgsign._internal import openssl_keygen
 
-        return openssl_keygen.generate(key_type, name, days, issuer, passphrase)
+        ca = None if issuer is None else openssl_keygen.CA(issuer.cert_pem, issuer.key_pem, issuer.passphrase)
+        return SigningIdentity(*openssl_keygen.generate(key_type, name, days, ca, passphrase))
     key = _new_key(key_type, bits)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    if issuer is None:
-        issuer_name, issuer_key, issuer_ski = name, key, None
-    else:
+    issuer_key: CertificateIssuerPrivateKeyTypes = key
+    issuer_name, issuer_ski = name, None
+    if issuer is not None:
         ca_cert, issuer_key = _load_issuer(issuer)
         issuer_name = ca_cert.subject
         issuer_ski = _ski_of(ca_cert)
@@ -96,7 +98,7 @@ def generate(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
         )
-    cert = builder.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+    cert = builder.sign(issuer_key, hashes.SHA256())
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
@@ -123,9 +125,10 @@ def _new_key(key_type: KeyType, bits: int) -> rsa.RSAPrivateKey | dsa.DSAPrivate
     return ec.generate_private_key(curve())
 
 
-def _load_issuer(issuer: Issuer) -> tuple[x509.Certificate, object]:
+def _load_issuer(issuer: Issuer) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
     from imgsign.certificates import certificate_spki_der, describe, load_certificate
-    from imgsign.keys import CryptographyPrivateKey, load_private_key
+    from imgsign.keys.inprocess import CryptographyPrivateKey
+    from imgsign.keys.loading import load_private_key
 
     ca_cert = load_certificate(issuer.cert_pem)
     try:
@@ -140,7 +143,7 @@ def _load_issuer(issuer: Issuer) -> tuple[x509.Certificate, object]:
         raise CertificateKeyMismatch(f"--ca-key does not belong to --ca-cert {describe(ca_cert)}")
     if not isinstance(ca_key, CryptographyPrivateKey):
         raise UnsupportedAlgorithm("a binary-curve CA key can only issue binary-curve certificates")
-    return ca_cert, ca_key._key  # noqa: SLF001 - same package
+    return ca_cert, ca_key.pyca_key
 
 
 def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
@@ -148,6 +151,9 @@ def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
         try:
-            return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type]
+            key = cert.public_key()
+            if not isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey, ec.EllipticCurvePublicKey)):
+                raise TypeError(type(key).__name__)
+            return x509.SubjectKeyIdentifier.from_public_key(key)
         except Exception:  # noqa: BLE001 - any key cryptography cannot load
             raise PrivateKeyError("cannot compute the CA's key identifier") from None

@@ -103,7 +103,7 @@ def decode_signature(text: str) -> bytes:
     """Decode ``img_signature``: standard base64, whitespace tolerated, nothing else."""
     compact = _WHITESPACE.sub("", text)
     if not _BASE64.fullmatch(compact):
-        bad = next((c for c in compact if not (c.isascii() and c.isalnum() or c in "+/=")), None)
+        bad = next((c for c in compact if not ((c.isascii() and c.isalnum()) or c in "+/=")), None)
         if bad is None:
             raise PropertiesError(f"{SIGNATURE} is not valid base64: misplaced '=' padding")
         hint = " (URL-safe base64 is not accepted)" if bad in ("-", "_") else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from imgsign.algorithms import HashMethod
 
@@ -13,7 +13,7 @@ from imgsign.algorithms import HashMethod
 CHUNK_SIZE = 1024 * 1024
 
 #: Image data: a binary file object, or any iterable of bytes-like chunks.
-ImageData = Union[BinaryIO, Iterable[bytes]]
+ImageData = BinaryIO | Iterable[bytes]
 
 #: Called with the number of bytes just processed.
 Progress = Callable[[int], None]
@@ -36,10 +36,10 @@ def iter_chunks(data: ImageData, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes
                 return
             yield view[:n]
     elif hasattr(data, "read"):
-        while chunk := data.read(chunk_size):  # type: ignore[union-attr]
+        while chunk := data.read(chunk_size):
             yield chunk
     else:
-        yield from data  # type: ignore[misc]
+        yield from data
 
 
 def digest(data: ImageData, hash_method: HashMethod, progress: Progress | None = None) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from imgsign import errors
-from imgsign.trust_record import cache_name
+from imgsign.compute.trust_record import cache_name
 from tests.conftest import CERT_UUID, REPO, cert_of, key_of, run_cli
 from tests.test_real_images import qemu
 

@@ -8,10 +8,10 @@ import pytest
 
 from imgsign import errors, load_certificate, load_private_key, sign
 from imgsign.algorithms import HashMethod
-from imgsign.boot import BootPolicy, Mode, verify_for_boot
-from imgsign.image_cache import add_to_cache
-from imgsign.trust_record import RecordStore, cache_name
-from imgsign.verified_cache import FileIdentity, VerifiedCache
+from imgsign.compute.boot import BootPolicy, Mode, verify_for_boot
+from imgsign.compute.image_cache import add_to_cache
+from imgsign.compute.trust_record import RecordStore, cache_name
+from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from tests.conftest import CERT_UUID, cert_of, key_of
 
 DATA = os.urandom(5 * 1024 * 1024 + 3)

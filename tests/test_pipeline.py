@@ -1,4 +1,4 @@
-"""imgsign.pipeline: verify_image and resign, over an in-memory certificate store."""
+"""imgsign.glance.pipeline: verify_image and resign, over an in-memory certificate store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imgsign import Verifier, errors, load_certificate, load_private_key, sign
 from imgsign.algorithms import HashMethod
 from imgsign.keymanager import CertificateStore
-from imgsign.pipeline import ORIGINAL_PREFIX, is_signed, resign, verify_image
+from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed, resign, verify_image
 from imgsign.properties import SignatureProperties
 from tests.conftest import cert_of, key_of, pki
 

@@ -18,7 +18,7 @@ from imgsign import (
     load_certificate, load_private_key, sign, verify_digest, verifying_iter,
 )
 from imgsign.certificates import certificate_public_key
-from imgsign.keys import CryptographyPrivateKey
+from imgsign.keys.inprocess import CryptographyPrivateKey
 from tests.conftest import CERT_UUID, HASHES, LEAVES, cert_of, key_of, pki
 
 DATA = os.urandom(1024 * 1024 + 7)

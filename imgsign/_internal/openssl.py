@@ -17,9 +17,10 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
+from imgsign._internal.asn1 import spki_algorithm
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import BackendUnavailable, InvalidSignature, PrivateKeyError, UnsupportedAlgorithm
-from imgsign.keys import PrivateKey, PublicKey, spki_algorithm
+from imgsign.keys import PrivateKey, PublicKey
 
 _TIMEOUT_SECONDS = 60
 _PIPE_LIMIT = 60 * 1024  # every input must fit in one pipe buffer (64 KiB on Linux)
@@ -98,7 +99,7 @@ def run(path: str, args: Sequence[str], inputs: Sequence[bytes] = ()) -> subproc
             os.close(fd)
 
 
-def _first_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+def first_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     text = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
     return text.splitlines()[0][:200] if text else f"exit status {result.returncode}"
 
@@ -144,7 +145,7 @@ class OpenSSLPublicKey(PublicKey):
             raise InvalidSignature(
                 "signature verification failed: the image data does not match the signature"
             )
-        raise BackendUnavailable(f"openssl could not verify: {_first_error_line(result)}")
+        raise BackendUnavailable(f"openssl could not verify: {first_error_line(result)}")
 
 
 class OpenSSLPrivateKey(PrivateKey):
@@ -178,7 +179,7 @@ class OpenSSLPrivateKey(PrivateKey):
         path = require_curve(self.key_type)
         result = run(path, ["pkeyutl", "-sign", "-keyform", "DER", "-inkey", "{0}", "-in", "{1}"], [self._der, digest])
         if result.returncode != 0 or not result.stdout:
-            raise BackendUnavailable(f"openssl could not sign: {_first_error_line(result)}")
+            raise BackendUnavailable(f"openssl could not sign: {first_error_line(result)}")
         return result.stdout
 
 
@@ -191,14 +192,14 @@ def load_private_key(data: bytes, passphrase: bytes | None, *, pem: bool) -> Ope
     result = run(path, ["pkey", "-inform", inform, "-in", "{0}", "-passin", "fd:{fds[1]}", "-outform", "DER"],
                  [data, secret])
     if result.returncode != 0 or not result.stdout:
-        detail = _first_error_line(result)
+        detail = first_error_line(result)
         if passphrase is not None and ("decrypt" in detail.lower() or "bad" in detail.lower()):
             raise PrivateKeyError("cannot decrypt the private key: wrong passphrase")
         raise PrivateKeyError(f"not a readable {inform} private key (openssl: {detail})")
     pkcs8 = result.stdout
     pub = run(path, ["pkey", "-inform", "DER", "-in", "{0}", "-pubout", "-outform", "DER"], [pkcs8])
     if pub.returncode != 0 or not pub.stdout:
-        raise PrivateKeyError(f"openssl could not derive the public key ({_first_error_line(pub)})")
+        raise PrivateKeyError(f"openssl could not derive the public key ({first_error_line(pub)})")
     key_type = _binary_curve_key_type(pub.stdout)
     if not key_type.is_binary_curve:
         raise UnsupportedAlgorithm(f"{key_type.value} key could not be loaded by cryptography")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
+import subprocess
 
 from cryptography import x509
 
@@ -37,15 +39,25 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("/", "\\/").replace("+", "\\+")
 
 
-def _check(result: object, what: str) -> bytes:
-    if result.returncode != 0 or not result.stdout:  # type: ignore[attr-defined]
-        raise BackendUnavailable(f"openssl could not {what}: {openssl._first_error_line(result)}")  # type: ignore[arg-type]
-    return result.stdout  # type: ignore[attr-defined,no-any-return]
+def _check(result: subprocess.CompletedProcess[bytes], what: str) -> bytes:
+    if result.returncode != 0 or not result.stdout:
+        raise BackendUnavailable(f"openssl could not {what}: {openssl.first_error_line(result)}")
+    return result.stdout
 
 
-def generate(key_type: KeyType, name: x509.Name, days: int, issuer: object, passphrase: bytes | None):  # noqa: ANN201
-    from imgsign.keygen import SigningIdentity
+@dataclasses.dataclass(frozen=True)
+class CA:
+    """The issuing CA: its PEM certificate, its PEM key and the key's passphrase."""
 
+    cert_pem: bytes
+    key_pem: bytes
+    passphrase: bytes | None = None
+
+
+def generate(
+    key_type: KeyType, name: x509.Name, days: int, issuer: CA | None, passphrase: bytes | None
+) -> tuple[bytes, bytes]:
+    """A new binary-curve key (PEM, encrypted with ``passphrase`` if given) and its certificate (PEM)."""
     path = openssl.require_curve(key_type)
     curve = key_type.curve_name
     key_der = _check(
@@ -72,10 +84,10 @@ def generate(key_type: KeyType, name: x509.Name, days: int, issuer: object, pass
             path,
             ["x509", "-req", "-in", "{0}", "-CA", "{1}", "-CAkey", "{2}", "-passin", "fd:{fds[3]}",
              "-extfile", "{4}", "-extensions", "v3_leaf", "-days", str(days), "-set_serial", serial, "-sha256"],
-            [csr, issuer.cert_pem, issuer.key_pem, (issuer.passphrase or b"") + b"\n", _CONFIG],  # type: ignore[attr-defined]
+            [csr, issuer.cert_pem, issuer.key_pem, (issuer.passphrase or b"") + b"\n", _CONFIG],
         )
         if result.returncode != 0:
-            detail = openssl._first_error_line(result)
+            detail = openssl.first_error_line(result)
             if "match" in detail.lower():
                 raise CertificateError(f"--ca-key does not belong to --ca-cert ({detail})")
             if "decrypt" in detail.lower() or "pass" in detail.lower():
@@ -90,4 +102,4 @@ def generate(key_type: KeyType, name: x509.Name, days: int, issuer: object, pass
         )
     else:
         key_pem = _check(openssl.run(path, ["pkey", "-inform", "DER", "-in", "{0}"], [key_der]), "write the key")
-    return SigningIdentity(key_pem, cert_pem)
+    return key_pem, cert_pem

@@ -55,7 +55,7 @@ class CastellanStore(CertificateStore):
             obj = self._manager.get(self._context, cert_id)
         if not isinstance(obj, x_509.X509) or obj.format != "X.509":
             raise ObjectNotFound(f"object {cert_id} in {self.description} is not an X.509 certificate")
-        return bytes(obj.get_encoded())
+        return _payload(obj, cert_id, self.description)
 
     def store_certificate(self, der: bytes, name: str | None = None) -> str:
         with self._calling("store the certificate"):
@@ -71,14 +71,15 @@ class CastellanStore(CertificateStore):
 
     def store_private_key(self, pkcs8_der: bytes, algorithm: str, bits: int, name: str | None = None) -> str:
         with self._calling("store the private key"):
-            return str(self._manager.store(self._context, private_key.PrivateKey(algorithm, bits, pkcs8_der, name=name)))
+            key = private_key.PrivateKey(algorithm, bits, pkcs8_der, name=name)
+            return str(self._manager.store(self._context, key))
 
     def get_private_key(self, key_id: str) -> bytes:
         with self._calling("get the private key", key_id):
             obj = self._manager.get(self._context, key_id)
         if not isinstance(obj, private_key.PrivateKey):
             raise ObjectNotFound(f"object {key_id} in {self.description} is not a private key")
-        return bytes(obj.get_encoded())
+        return _payload(obj, key_id, self.description)
 
     def store_crl(self, der: bytes, issuer: str) -> str:
         """Store a CRL (castellan has no CRL type: opaque data named ``X.509 CRL: <issuer>``)."""
@@ -100,13 +101,22 @@ class CastellanStore(CertificateStore):
         with self._calling(f"list {kind}s"):
             objects = self._manager.list(self._context, object_type=_KINDS[kind], metadata_only=True)
         return [
-            StoredObject(str(o.id), kind, o.name, o.created, getattr(o, "algorithm", None), getattr(o, "bit_length", None))
+            StoredObject(str(o.id), kind, o.name, o.created, getattr(o, "algorithm", None),
+                         getattr(o, "bit_length", None))
             for o in objects
         ]
 
     def delete(self, object_id: str) -> None:
         with self._calling("delete", object_id):
             self._manager.delete(self._context, object_id)
+
+
+def _payload(obj: Any, object_id: str, where: str) -> bytes:
+    """The object's bytes; a metadata-only answer is a key-manager error, never empty data."""
+    encoded = obj.get_encoded()
+    if encoded is None:
+        raise KeyManagerError(f"object {object_id} in {where} came back without its data")
+    return bytes(encoded)
 
 
 def _summarise(exc: Exception) -> str:

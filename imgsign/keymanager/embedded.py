@@ -23,13 +23,14 @@ the file 0600.  Secrets are never logged or put into error messages.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from castellan.common import exception
@@ -54,7 +55,7 @@ ENV_PATH = "IMGSIGN_KEYSTORE"
 SYSTEM_PATH = "/var/lib/imgsign/keystore.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
 
-_OPTS = [
+_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("path", help="SQLite file of the embedded key manager "
                             f"(default: ${ENV_PATH}, {SYSTEM_PATH} for root, else $XDG_DATA_HOME/imgsign/)."),
 ]
@@ -118,7 +119,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
 
     # --- storage ------------------------------------------------------------
 
-    def _fail(self, what: str, exc: BaseException) -> exception.KeyManagerError:
+    def _fail(self, what: str, exc: BaseException | str) -> exception.KeyManagerError:
         return exception.KeyManagerError(
             reason=f"embedded key manager ({BACKEND}) cannot {what} {self.path} (from {self._setting}): {exc}"
         )
@@ -178,7 +179,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         return object_id
 
     @staticmethod
-    def _build(row: sqlite3.Row | tuple, metadata_only: bool) -> managed_object.ManagedObject:
+    def _build(row: sqlite3.Row | tuple[Any, ...], metadata_only: bool) -> managed_object.ManagedObject:
         object_id, type_, name, created, algorithm, bit_length, consumers, value = row
         cls = _CLASSES.get(type_)
         if cls is None:
@@ -189,7 +190,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
             fields.update(algorithm=algorithm, bit_length=bit_length)
         return cls.from_dict(fields, id=object_id, metadata_only=metadata_only, consumers=fields["consumers"])
 
-    _COLUMNS = "id, type, name, created, algorithm, bit_length, consumers, value"
+    _SELECT = "SELECT id, type, name, created, algorithm, bit_length, consumers, value FROM objects WHERE owner = ?"
 
     # --- castellan KeyManager API ---------------------------------------------
 
@@ -205,16 +206,16 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         if managed_object_id is None:
             raise exception.KeyManagerError(reason="object id is None")
         with self._connect(write=False) as conn:
-            row = conn.execute(f"SELECT {self._COLUMNS} FROM objects WHERE id = ? AND owner = ?",
-                               (str(managed_object_id), owner)).fetchone()
+            row = conn.execute(self._SELECT + " AND id = ?",
+                               (owner, str(managed_object_id))).fetchone()
         if row is None:
             raise exception.ManagedObjectNotFoundError(uuid=managed_object_id)
         return self._build(row, metadata_only)
 
     def list(self, context: Any, object_type: type[managed_object.ManagedObject] | None = None,
-             metadata_only: bool = False) -> list[managed_object.ManagedObject]:
+             metadata_only: bool = False) -> builtins.list[managed_object.ManagedObject]:
         owner = _owner(context)
-        query = f"SELECT {self._COLUMNS} FROM objects WHERE owner = ?"
+        query = self._SELECT
         args: list[Any] = [owner]
         if object_type is not None:
             if object_type.managed_type() not in _CLASSES:
@@ -226,7 +227,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         return [self._build(row, metadata_only) for row in rows]
 
     @staticmethod
-    def _consumers_of(conn: sqlite3.Connection, object_id: str, owner: str) -> list[dict[str, str]]:
+    def _consumers_of(conn: sqlite3.Connection, object_id: str, owner: str) -> builtins.list[dict[str, str]]:
         """The object's consumers; not found unless it exists for this owner."""
         row = conn.execute("SELECT consumers FROM objects WHERE id = ? AND owner = ?",
                            (str(object_id), owner)).fetchone()
@@ -260,7 +261,8 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         elif algorithm_name == "DSA":
             pair = dsa.generate_private_key(key_size=length)
         elif algorithm_name in ("EC", "ECDSA"):
-            curves = {256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}
+            curves: dict[int, Callable[[], ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384R1,
+                                                                 521: ec.SECP521R1}
             if length not in curves:
                 raise exception.KeyManagerError(reason=f"no EC curve of {length} bits (256, 384 or 521)")
             pair = ec.generate_private_key(curves[length]())

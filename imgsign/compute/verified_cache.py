@@ -15,7 +15,7 @@ import dataclasses
 import os
 from typing import Any
 
-from imgsign._internal.sealed import Damaged, SealedStore
+from imgsign.compute.sealed import Damaged, SealedStore
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,11 @@ from imgsign.errors import PropertiesError
 from imgsign.keymanager import CertificateStore
 from imgsign.keys import PrivateKey
 from imgsign.policy import DEFAULT_POLICY, Policy
-from imgsign.properties import NAMES as PROPERTY_NAMES, SignatureProperties
-from imgsign.sign import Signer
+from imgsign.properties import NAMES as PROPERTY_NAMES
+from imgsign.properties import SignatureProperties
+from imgsign.signer import Signer
 from imgsign.stream import ImageData, digest, iter_chunks
-from imgsign.verify import Verifier
+from imgsign.verifier import Verifier
 
 #: Prefix of the properties that keep the original signature after a re-signing.
 ORIGINAL_PREFIX = "imgsign_original_"

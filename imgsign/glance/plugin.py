@@ -14,7 +14,7 @@ process.
 ``imgsign_verify``
     Verifies the *staged* bytes (the file in Glance's staging area, before any
     conversion and before anything is written to a store) against the image's
-    ``img_signature*`` properties with :func:`imgsign.pipeline.verify_image`.
+    ``img_signature*`` properties with :func:`imgsign.glance.pipeline.verify_image`.
     Certificates come from the key manager Glance already uses for its own
     signature check: ``castellan.key_manager.API(CONF)`` with the importing user's
     request context, so ``[key_manager] backend = imgsign`` (or ``barbican``,
@@ -83,18 +83,18 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from glance.common import exception as glance_exception
 from oslo_config import cfg
 from oslo_context import context as oslo_context
 from taskflow import task
 from taskflow.patterns import linear_flow
 from taskflow.types import failure
 
-from glance.common import exception as glance_exception
-
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
+from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
-from imgsign.pipeline import ORIGINAL_PREFIX, is_signed
-from imgsign.properties import NAMES as SIGNATURE_PROPERTIES, SignatureProperties
+from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
+from imgsign.properties import SignatureProperties
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -112,7 +112,8 @@ OPTS = [
     cfg.BoolOpt("require_signature", default=False,
                 help="Refuse images that have no img_signature* properties (default: they pass unchecked)."),
     cfg.BoolOpt("require_crls", default=False,
-                help="With trusted_certificate_ids: refuse a chain when an issuer on it has no CRL in the key manager."),
+                help="With trusted_certificate_ids: refuse a chain when an issuer on it has no CRL in the key "
+                     "manager."),
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
     cfg.StrOpt("service_certificate_id",
@@ -163,8 +164,7 @@ class _FirstFound(CertificateStore):
                 return store.get_certificate(cert_id)
             except ObjectNotFound as exc:
                 missing = missing or exc
-        assert missing is not None
-        raise missing
+        raise missing or ObjectNotFound(f"no certificate {cert_id}: no key manager configured")
 
     def get_crls(self) -> list[tuple[str, bytes]]:
         seen: dict[str, bytes] = {}
@@ -185,7 +185,7 @@ def _key_manager() -> Any:
 
 
 def _describe(manager: Any, whose: str) -> str:
-    from imgsign.config import describe_backend
+    from imgsign.keymanager.config import describe_backend
 
     try:
         backend = describe_backend(CONF, manager)
@@ -294,20 +294,20 @@ class _VerifyStaged(task.Task):
         super().__init__(name=f"{task_type}-Imgsign_Verify-{task_id}")
 
     def execute(self, file_path: str) -> dict[str, Any]:
-        from imgsign.pipeline import verify_image
+        from imgsign.glance.pipeline import verify_image
 
         self.staged_path = _local_path(file_path)
         with self.action_wrapper as action:
             properties = action.image_extra_properties
         if not is_signed(properties):
             if CONF[GROUP].require_signature:
-                refusal = _refusal("imgsign_verify", self.image_id, UnsignedImage(
+                unsigned = _refusal("imgsign_verify", self.image_id, UnsignedImage(
                     f"the image has no img_signature* properties and [{GROUP}] require_signature is set"))
-                LOG.error("%s", refusal.msg)
-                raise refusal
+                LOG.error("%s", unsigned.msg)
+                raise unsigned
             LOG.info("imgsign_verify: image %s is not signed; passing it unchecked", self.image_id)
             return {"image_id": self.image_id, "task_id": self.task_id, "signed": False}
-        refusal = None
+        refusal: ImgsignImportRefused | None = None
         try:
             user, service = _stores(self.context)
             store = _FirstFound([user, service] if service is not None else [user])
@@ -365,7 +365,7 @@ def get_verify_flow(**kwargs: Any) -> linear_flow.Flow:
     """
     task_type = kwargs.get("task_type")
     return linear_flow.Flow(task_type).add(
-        _VerifyStaged(kwargs.get("context"), kwargs.get("task_id"), task_type, kwargs.get("action_wrapper"),
+        _VerifyStaged(kwargs.get("context"), str(kwargs["task_id"]), str(task_type), kwargs.get("action_wrapper"),
                       kwargs.get("backend")))
 
 
@@ -436,8 +436,8 @@ class _ResignConverted(task.Task):
     def _sign(self, path: str, original: SignatureProperties, verified_digest: bytes) -> dict[str, str] | None:
         """New properties for the data at ``path``, or None if it is still exactly the verified data."""
         from imgsign.certificates import load_certificate
-        from imgsign.keys import load_private_key
-        from imgsign.pipeline import resign
+        from imgsign.glance.pipeline import resign
+        from imgsign.keys.loading import load_private_key
 
         options = CONF[GROUP]
         if not options.service_key_id or not options.service_certificate_id:
@@ -462,13 +462,13 @@ class _ResignConverted(task.Task):
         """The id of the service certificate as the importing project sees it (stored there once if needed)."""
         user_project = getattr(self.context, "project_id", None)
         if user_project and user_project == CONF[GROUP].service_project_id:
-            return CONF[GROUP].service_certificate_id
+            return str(CONF[GROUP].service_certificate_id)
         found = user.find_certificate(certificate_der)
         if found:
-            return found
+            return str(found)
         stored = user.store_certificate(certificate_der, name=SERVICE_CERTIFICATE_NAME)
         LOG.info("imgsign_resign: stored a copy of the service certificate in project %s as %s", user_project, stored)
-        return stored
+        return str(stored)
 
     def revert(self, result: Any = None, **kwargs: Any) -> None:
         if not isinstance(result, dict):
@@ -496,4 +496,4 @@ def get_resign_flow(**kwargs: Any) -> linear_flow.Flow:
     """
     task_type = kwargs.get("task_type")
     return linear_flow.Flow(task_type).add(
-        _ResignConverted(kwargs.get("context"), kwargs.get("task_id"), task_type, kwargs.get("action_wrapper")))
+        _ResignConverted(kwargs.get("context"), str(kwargs["task_id"]), str(task_type), kwargs.get("action_wrapper")))

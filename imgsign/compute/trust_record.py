@@ -25,7 +25,7 @@ import datetime
 import hashlib
 from typing import Any
 
-from imgsign._internal.sealed import Damaged, SealedStore
+from imgsign.compute.sealed import Damaged, SealedStore
 from imgsign.errors import TrustRecordError
 from imgsign.properties import SignatureProperties
 

@@ -9,7 +9,7 @@ anything).
 For ``prepare begin`` the hook reads Nova's ``<nova:instance>`` metadata, follows
 each file-backed disk's backing chain (checking every layer for host-file
 references) and verifies every base file in ``$instances_path/_base/`` against
-its trust record (:mod:`imgsign.boot`).  Policy comes from ``boot.conf``
+its trust record (:mod:`imgsign.compute.boot`).  Policy comes from ``boot.conf``
 (``$IMGSIGN_BOOT_CONFIG``, default ``/etc/imgsign/boot.conf``)::
 
     [boot]
@@ -31,11 +31,14 @@ import sys
 import xml.etree.ElementTree as ET
 from typing import IO, Any
 
-from imgsign._internal import qemu_img
-from imgsign.boot import BootDecision, BootPolicy, Mode, verify_for_boot
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as defused_fromstring
+
+from imgsign.compute import qemu_img
+from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
+from imgsign.compute.trust_record import RecordStore, cache_name
+from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UnsignedImage
-from imgsign.trust_record import RecordStore, cache_name
-from imgsign.verified_cache import VerifiedCache
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -94,9 +97,11 @@ class Domain:
 def parse_domain(xml_text: str) -> Domain:
     """The instance uuid, Nova's root image id and the file-backed disks of a domain XML."""
     try:
-        root = ET.fromstring(xml_text)
+        root = defused_fromstring(xml_text, forbid_dtd=True)
     except ET.ParseError as exc:
         raise InputError(f"the domain XML is malformed ({exc})") from None
+    except DefusedXmlException as exc:
+        raise InputError(f"the domain XML is refused: it declares a DTD or entities ({exc})") from None
     if root.tag != "domain":
         raise InputError(f"expected a <domain> document, got <{root.tag}>")
     image_id = None
@@ -146,10 +151,10 @@ def decide(domain: Domain, config: HookConfig) -> list[tuple[str, str | None, Bo
         record_id = domain.image_id if domain.image_id and cache_name(domain.image_id) == name else None
         results.append((bottom.path, record_id, decision))
     if domain.image_id and cache_name(domain.image_id) not in bases_seen:
-        exc = UnsignedImage(f"root image {domain.image_id} is not the base of any disk in {base}: "
-                            "its boot cannot be verified")
+        unverified = UnsignedImage(f"root image {domain.image_id} is not the base of any disk in {base}: "
+                                   "its boot cannot be verified")
         results.append((os.path.join(base, cache_name(domain.image_id)), domain.image_id,
-                        BootDecision(not refuse, exc.exit_code, exc.reason, exc.message)))
+                        BootDecision(not refuse, unverified.exit_code, unverified.reason, unverified.message)))
     return results
 
 

@@ -83,7 +83,8 @@ class SealedStore:
     def write(self, name: str, body: dict[str, Any]) -> None:
         """Seal and write ``body`` atomically (the name is bound into the HMAC)."""
         key = self.key(create=True)
-        assert key is not None
+        if key is None:
+            raise TrustRecordError(f"the state key in {self.state_dir} could not be created")
         document = {"body": body, "hmac": self._mac(key, name, body)}
         atomic_write(self._path(name), json.dumps(document, sort_keys=True, indent=1).encode(), mode=0o600)
 

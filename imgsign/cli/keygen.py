@@ -10,14 +10,16 @@ import click
 from imgsign import errors, keygen
 from imgsign._internal.files import atomic_write, read_small_file
 from imgsign.algorithms import KeyType
-from imgsign.cli import KEY_TYPE_CHOICE, _read_passphrase
+from imgsign.cli._common import key_type_choice, read_passphrase
 
 
 @click.command("keygen")
-@click.option("--key-type", "key_type", type=KEY_TYPE_CHOICE, required=True, help="OpenStack key type.")
-@click.option("--out-key", required=True, type=click.Path(dir_okay=False), help="Private key to write (PEM, mode 0600).")
+@click.option("--key-type", "key_type", type=key_type_choice(), required=True, help="OpenStack key type.")
+@click.option("--out-key", required=True, type=click.Path(dir_okay=False),
+              help="Private key to write (PEM, mode 0600).")
 @click.option("--out-cert", required=True, type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
-@click.option("--ca-cert", type=click.Path(dir_okay=False), help="Issue the certificate from this CA (else self-signed).")
+@click.option("--ca-cert", type=click.Path(dir_okay=False),
+              help="Issue the certificate from this CA (else self-signed).")
 @click.option("--ca-key", type=click.Path(dir_okay=False), help="The CA's private key.")
 @click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key.")
 @click.option("--days", type=int, default=keygen.DEFAULT_DAYS, show_default=True, help="Validity in days.")
@@ -37,11 +39,11 @@ def keygen_command(**opts: Any) -> None:
         issuer = keygen.Issuer(
             read_small_file(opts["ca_cert"], "CA certificate"),
             read_small_file(opts["ca_key"], "CA private key"),
-            _read_passphrase(opts["ca_passphrase_file"]),
+            read_passphrase(opts["ca_passphrase_file"]),
         )
     identity = keygen.generate(
         KeyType.parse(opts["key_type"]), subject=opts["subject"], days=opts["days"], bits=opts["bits"],
-        issuer=issuer, passphrase=_read_passphrase(opts["passphrase_file"]),
+        issuer=issuer, passphrase=read_passphrase(opts["passphrase_file"]),
     )
     atomic_write(opts["out_key"], identity.key_pem, mode=0o600)
     atomic_write(opts["out_cert"], identity.cert_pem, mode=0o644)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from typing import Any
 
 from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
 
@@ -39,7 +40,7 @@ def _qemu_img() -> str:
     return path
 
 
-def _info(path: str, fmt: str) -> dict:
+def _info(path: str, fmt: str) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             [_qemu_img(), "info", "--output=json", "-U", "-f", fmt, path],
@@ -78,9 +79,9 @@ def backing_chain(path: str, fmt: str, allowed_dir: str) -> list[Layer]:
     """The chain ``[top, ..., base]``; every backing file must lie inside ``allowed_dir``."""
     allowed = os.path.realpath(allowed_dir) + os.sep
     chain = [inspect(path, fmt)]
-    while chain[-1].backing is not None:
+    while (backing := chain[-1].backing) is not None:
         layer = chain[-1]
-        real = os.path.realpath(layer.backing)  # type: ignore[arg-type]
+        real = os.path.realpath(backing)
         if not real.startswith(allowed):
             raise UnsafeImage(f"{layer.path}: backing file {layer.backing} is outside the image cache {allowed_dir}")
         if layer.backing_format is None:

@@ -42,7 +42,9 @@ def check_key_matches(properties: SignatureProperties, public_key: PublicKey, po
 class Verifier:
     """Verify one image incrementally: ``update()`` with its bytes, then ``verify()``."""
 
-    def __init__(self, properties: SignatureProperties, public_key: PublicKey, *, policy: Policy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self, properties: SignatureProperties, public_key: PublicKey, *, policy: Policy = DEFAULT_POLICY
+    ) -> None:
         check_key_matches(properties, public_key, policy)
         self._properties = properties
         self._key = public_key
@@ -87,7 +89,7 @@ class Verifier:
     @property
     def verified_digest(self) -> bytes:
         """The image digest the signature was verified over (only after :meth:`verify` succeeded)."""
-        digest = getattr(self, "_verified_digest", None)
+        digest: bytes | None = getattr(self, "_verified_digest", None)
         if digest is None:
             raise RuntimeError("nothing has been verified yet")
         return digest

@@ -2,7 +2,7 @@
 
 :func:`verify_for_boot` checks a base file in Nova's image cache against the
 trust record written when the image was verified at download
-(:mod:`imgsign.image_cache`), offline:
+(:mod:`imgsign.compute.image_cache`), offline:
 
 1. there is a record for the file (else: unsigned, or never verified);
 2. the signer is trusted: its certificate id, or a trusted certificate its
@@ -29,12 +29,12 @@ import os
 from imgsign import errors
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key, load_certificate
+from imgsign.compute.trust_record import RecordStore, TrustRecord
+from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
 from imgsign.policy import Policy
 from imgsign.stream import iter_chunks
-from imgsign.trust_record import RecordStore, TrustRecord
-from imgsign.verified_cache import FileIdentity, VerifiedCache
-from imgsign.verify import verify_digest
+from imgsign.verifier import verify_digest
 
 
 class Mode(str, enum.Enum):
@@ -126,5 +126,5 @@ def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
         how = check_base(path, record, policy, cache)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)
-    assert record is not None
-    return BootDecision(True, 0, "ok", f"image {record.image_id} ({path}): signature valid, {how}")
+    image = record.image_id if record is not None else "?"
+    return BootDecision(True, 0, "ok", f"image {image} ({path}): signature valid, {how}")

@@ -1,4 +1,4 @@
-"""``imgsign cert …`` and ``imgsign key …``: certificates and keys in the key manager."""
+"""``imgsign cert …``: signing certificates in the key manager."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from imgsign import certificates, chain, errors
+from imgsign import certificates, errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli import _load_key, open_store
+from imgsign.cli._common import open_store
 
 
 @click.group("cert")
@@ -94,77 +94,3 @@ def cert_delete(ctx: click.Context, cert_id: str) -> None:
     store.get_certificate(cert_id)  # refuse to delete something that is not a certificate
     store.delete(cert_id)
     click.echo(f"deleted {cert_id}", err=True)
-
-
-@click.group("key")
-def key_group() -> None:
-    """Signing keys in the key manager (optional: keys may stay in files)."""
-
-
-@key_group.command("store")
-@click.argument("key_path", metavar="KEY", type=click.Path(dir_okay=False))
-@click.option("--name", help="A name for the key.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of an encrypted KEY.")
-@click.pass_context
-def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_file: str | None) -> None:
-    """Store a private key and print its UUID (the key is never printed)."""
-    key, _ = _load_key(key_path, passphrase_file)
-    if key.key_type is None:
-        raise errors.UnsupportedAlgorithm("this key has no OpenStack key type; it cannot sign images")
-    algorithm = {"RSA-PSS": "RSA", "DSA": "DSA"}.get(key.key_type.value, "EC")
-    click.echo(open_store(ctx).store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name))
-
-
-@key_group.command("list")
-@click.pass_context
-def key_list(ctx: click.Context) -> None:
-    """List stored private keys (metadata only)."""
-    for item in open_store(ctx).list_objects("private-key"):
-        click.echo(f"{item.id}  {item.algorithm or '?'}-{item.bit_length or '?'}  {item.name or ''}".rstrip())
-
-
-@key_group.command("delete")
-@click.argument("key_id")
-@click.pass_context
-def key_delete(ctx: click.Context, key_id: str) -> None:
-    """Delete a stored private key."""
-    store = open_store(ctx)
-    store.get_private_key(key_id)  # only delete what is a private key
-    store.delete(key_id)
-    click.echo(f"deleted {key_id}", err=True)
-
-
-@click.group("crl")
-def crl_group() -> None:
-    """Certificate revocation lists in the key manager (checked by every chain validation)."""
-
-
-@crl_group.command("store")
-@click.argument("crl_path", metavar="CRL", type=click.Path(dir_okay=False))
-@click.pass_context
-def crl_store(ctx: click.Context, crl_path: str) -> None:
-    """Store CRL (PEM or DER) and print its UUID."""
-    crl = chain.load_crl(read_small_file(crl_path, "CRL"))
-    click.echo(open_store(ctx).store_crl(crl.public_bytes(Encoding.DER), crl.issuer.rfc4514_string()))
-
-
-@crl_group.command("list")
-@click.pass_context
-def crl_list(ctx: click.Context) -> None:
-    """List stored CRLs: id, next update, issuer, number of revoked certificates."""
-    for crl_id, der in open_store(ctx).get_crls():
-        crl = chain.load_crl(der)
-        due = f"{crl.next_update_utc:%Y-%m-%d}" if crl.next_update_utc else "-"
-        click.echo(f"{crl_id}  {due}  {crl.issuer.rfc4514_string()}  ({len(list(crl))} revoked)")
-
-
-@crl_group.command("delete")
-@click.argument("crl_id")
-@click.pass_context
-def crl_delete(ctx: click.Context, crl_id: str) -> None:
-    """Delete a stored CRL."""
-    store = open_store(ctx)
-    if crl_id not in {i for i, _ in store.get_crls()}:
-        raise errors.ObjectNotFound(f"no CRL {crl_id} in the {store.description}")
-    store.delete(crl_id)
-    click.echo(f"deleted {crl_id}", err=True)

@@ -11,7 +11,6 @@ embedded store's path when the file does not set it.
 from __future__ import annotations
 
 import os
-
 from typing import TYPE_CHECKING
 
 from imgsign.errors import InputError, KeyManagerError
@@ -122,5 +121,6 @@ def describe_backend(conf: cfg.ConfigOpts, manager: object) -> str:
     if name == "vault":
         return f"vault key manager ({conf.vault.vault_url}, [vault] settings)"
     if name == "barbican":
-        return f"barbican key manager ({conf.barbican.barbican_endpoint or 'endpoint from the catalog'}, [barbican] settings)"
+        endpoint = conf.barbican.barbican_endpoint or "endpoint from the catalog"
+        return f"barbican key manager ({endpoint}, [barbican] settings)"
     return f"{name} key manager"

@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from imgsign import boot, image_cache
 from imgsign._internal.files import open_image
-from imgsign.cli import _load_properties, _trust_anchors, effective_trusted_ids, signing_certificate
+from imgsign.cli._common import effective_trusted_ids, load_properties, signing_certificate, trust_anchors
+from imgsign.compute import boot, image_cache
+from imgsign.compute.trust_record import RecordStore
+from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties
-from imgsign.trust_record import RecordStore
-from imgsign.verified_cache import VerifiedCache
 
 DEFAULT_STATE_DIR = "/var/lib/imgsign/boot"
 DEFAULT_INSTANCES = "/var/lib/nova/instances"
@@ -41,9 +41,9 @@ def boot_group() -> None:
 def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
                trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
-    properties = SignatureProperties.from_mapping(_load_properties(properties_path))
+    properties = SignatureProperties.from_mapping(load_properties(properties_path))
     certificate = signing_certificate(ctx, cert_path, properties)
-    anchors = _trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
             handle, image_id, properties, certificate, RecordStore(state_dir), instances_path=instances_path,
@@ -61,7 +61,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool) -> None:
     """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes)."""
-    decision = boot.verify_for_boot(base_file, RecordStore(state_dir), boot.BootPolicy(trusted_certificate_ids=trusted_ids),
+    policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids)
+    decision = boot.verify_for_boot(base_file, RecordStore(state_dir), policy,
                                     None if no_cache else VerifiedCache(state_dir))
     result: dict[str, Any] = {"file": base_file, "allowed": decision.allowed, "reason": decision.reason,
                               "message": decision.message, "exit_code": decision.code}

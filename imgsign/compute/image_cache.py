@@ -18,16 +18,16 @@ from collections.abc import Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from imgsign._internal import qemu_img
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors
+from imgsign.compute import qemu_img
+from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
+from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import InputError, UnsafeImage
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import SignatureProperties
 from imgsign.stream import ImageData, digest, iter_chunks
-from imgsign.trust_record import RecordStore, TrustRecord, cache_name
-from imgsign.verified_cache import VerifiedCache
-from imgsign.verify import Verifier
+from imgsign.verifier import Verifier
 
 
 def base_dir(instances_path: str) -> str:

@@ -1,0 +1,82 @@
+"""The ``imgsign`` command line: a thin layer over the library.
+
+One module per command or command group (``sign``, ``verify``, ``keygen``,
+``cert``, ``key``, ``crl``, ``boot``), each imported only when its command
+runs, so a short run loads only what it needs; helpers they share are in
+:mod:`imgsign.cli._common`.  Every failure is one
+:class:`~imgsign.errors.ImgsignError` subclass and exits with that class's code
+(see README "Exit codes"); no traceback reaches the user unless
+``IMGSIGN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from imgsign import errors
+from imgsign.cli._common import fail
+
+#: Every command, as "module:attribute"; a module is imported only when its command runs.
+COMMANDS = {
+    "sign": "imgsign.cli.sign:sign_command",
+    "verify": "imgsign.cli.verify:verify_command",
+    "keygen": "imgsign.cli.keygen:keygen_command",
+    "cert": "imgsign.cli.cert:cert_group",
+    "key": "imgsign.cli.key:key_group",
+    "crl": "imgsign.cli.crl:crl_group",
+    "boot": "imgsign.cli.boot:boot_group",
+}
+
+
+class _Group(click.Group):
+    """Loads commands lazily; turns imgsign errors into a one-line message and the class's exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.ImgsignError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("imgsign: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("IMGSIGN_DEBUG"):
+                raise
+            click.echo(f"imgsign: internal error: {type(exc).__name__}: {exc} (IMGSIGN_DEBUG=1 shows details)",
+                       err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imgsign")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+              help="imgsign.conf (default: $IMGSIGN_CONFIG, /etc/imgsign/imgsign.conf, "
+                   "~/.config/imgsign/imgsign.conf).")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, config_file: str | None) -> None:
+    """Sign OpenStack VM images and verify them (img_signature* properties)."""
+    ctx.obj = {"quiet": quiet, "config_file": config_file}
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="imgsign")

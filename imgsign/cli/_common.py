@@ -1,0 +1,185 @@
+"""Helpers shared by the command modules: configuration, key manager, keys, progress, trust."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from imgsign import errors
+from imgsign._internal.files import read_small_file
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgsign import chain
+    from imgsign.keymanager.castellan_store import CastellanStore
+    from imgsign.keys import PrivateKey
+    from imgsign.properties import SignatureProperties
+
+
+def hash_choice() -> click.Choice[str]:
+    """The ``img_signature_hash_method`` names, for an option."""
+    from imgsign.algorithms import HashMethod
+
+    return click.Choice([h.value for h in HashMethod])
+
+
+def key_type_choice() -> click.Choice[str]:
+    """The ``img_signature_key_type`` names, for an option."""
+    from imgsign.algorithms import KeyType
+
+    return click.Choice([k.value for k in KeyType])
+
+
+def fail(exc: errors.ImgsignError) -> None:
+    """Print ``exc`` as one line and exit with its class's code."""
+    click.echo(f"imgsign: error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def has_config(ctx: click.Context) -> bool:
+    """Is there a configuration file (--config, $IMGSIGN_CONFIG or a default location)?"""
+    from imgsign.keymanager import config as config_file
+
+    return config_file.find_config_file(ctx.find_root().obj.get("config_file")) is not None
+
+
+def config(ctx: click.Context) -> Any:
+    """imgsign.conf, read once (castellan and oslo load only when it is needed)."""
+    from imgsign.keymanager import config as config_file
+
+    root = ctx.find_root()
+    if "conf" not in root.obj:
+        root.obj["conf"] = config_file.load(root.obj.get("config_file"))
+    return root.obj["conf"]
+
+
+def store_is_open(ctx: click.Context) -> bool:
+    return "store" in ctx.find_root().obj
+
+
+def open_store(ctx: click.Context) -> CastellanStore:
+    """The configured key manager (embedded SQLite store unless configured otherwise)."""
+    from imgsign.keymanager import config as config_file
+
+    root = ctx.find_root()
+    if "store" not in root.obj:
+        root.obj["store"] = config_file.open_store(config(ctx))
+    store: CastellanStore = root.obj["store"]
+    return store
+
+
+def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")(func)
+
+
+def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--allow-weak-keys", is_flag=True, help="Accept RSA/DSA keys under 2048 bits (Glance/Nova accept them)."
+    )(func)
+    return click.option(
+        "--ignore-cert-dates", is_flag=True, help="Do not check the certificate's notBefore/notAfter."
+    )(func)
+
+
+def is_quiet(ctx: click.Context, quiet: bool) -> bool:
+    return quiet or bool(ctx.obj and ctx.obj.get("quiet"))
+
+
+@contextlib.contextmanager
+def progress_bar(size: int, label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr, only when stderr is a terminal and not quiet."""
+    if quiet or not sys.stderr.isatty() or size < 64 * 1024 * 1024:
+        yield None
+        return
+    with click.progressbar(length=size, label=label, file=sys.stderr, show_pos=False, show_percent=True) as bar:
+        yield bar.update
+
+
+def read_passphrase(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    data = read_small_file(path, "passphrase file")
+    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+
+
+def load_key(path: str, passphrase_file: str | None, what: str = "private key") -> tuple[PrivateKey, bytes | None]:
+    """Load a private key file, asking for its passphrase on a terminal when it needs one."""
+    from imgsign.keys.loading import load_private_key
+
+    data = read_small_file(path, what)
+    passphrase = read_passphrase(passphrase_file)
+    try:
+        return load_private_key(data, passphrase), passphrase
+    except errors.PrivateKeyError as exc:
+        if passphrase is None and "encrypted" in exc.message and sys.stdin.isatty():
+            passphrase = click.prompt(f"Passphrase for {path}", hide_input=True).encode()
+            return load_private_key(data, passphrase), passphrase
+        raise
+
+
+
+def signing_certificate(ctx: click.Context, cert_path: str | None, properties: SignatureProperties) -> x509.Certificate:
+    """``--cert``, else the certificate the key manager holds under img_signature_certificate_uuid."""
+    from imgsign import certificates
+
+    if cert_path is not None:
+        data = read_small_file(cert_path, "certificate")
+    else:
+        data = open_store(ctx).get_certificate(properties.certificate_uuid)
+    return certificates.load_certificate(data)
+
+
+def effective_trusted_ids(
+    ctx: click.Context, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...]
+) -> list[str]:
+    """``--trusted``, else (when no ``--trusted-file`` either) ``[imgsign] trusted_certificate_ids``."""
+    if trusted_ids or trusted_files or not has_config(ctx):
+        return list(trusted_ids)
+    return list(config(ctx).imgsign.trusted_certificate_ids)
+
+
+def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
+                   intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
+                   require_crl: bool | None, max_chain_depth: int | None) -> chain.TrustAnchors | None:
+    """What to validate the signing certificate's chain against; None when no trust is configured."""
+    from imgsign import certificates, chain
+
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    ids = effective_trusted_ids(ctx, trusted_ids, trusted_files)
+    if not ids and not trusted_files:
+        if intermediate_files or crl_files or require_crl:
+            raise errors.InputError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")
+        return None
+    store = open_store(ctx) if ids or store_is_open(ctx) else None
+    trusted = [certificates.load_certificate(store.get_certificate(i)) for i in ids] if store else []
+    for path in trusted_files:
+        trusted += chain.load_certificates(read_small_file(path, "trusted certificates"))
+    intermediates = [c for path in intermediate_files
+                     for c in chain.load_certificates(read_small_file(path, "intermediate certificates"))]
+    crls = [chain.load_crl(read_small_file(path, "CRL")) for path in crl_files]
+    if store is not None:
+        crls += [chain.load_crl(der) for _, der in store.get_crls()]
+    return chain.TrustAnchors(
+        trusted, intermediates, crls,
+        require_crls=require_crl if require_crl is not None else bool(settings and settings.require_crls),
+        max_depth=max_chain_depth if max_chain_depth is not None else (
+            settings.max_chain_depth if settings else chain.DEFAULT_MAX_DEPTH),
+    )
+
+
+def load_properties(path: str) -> Any:
+    """The properties mapping in a JSON file (the properties, or ``openstack image show -f json``)."""
+    from imgsign.properties import properties_from_document
+
+    data = read_small_file(path, "properties file")
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
+    return properties_from_document(document)

@@ -1,0 +1,46 @@
+"""``imgsign key …``: signing keys in the key manager (optional: keys may stay in files)."""
+
+from __future__ import annotations
+
+import click
+
+from imgsign import errors
+from imgsign.cli._common import load_key, open_store
+
+
+@click.group("key")
+def key_group() -> None:
+    """Signing keys in the key manager (optional: keys may stay in files)."""
+
+
+@key_group.command("store")
+@click.argument("key_path", metavar="KEY", type=click.Path(dir_okay=False))
+@click.option("--name", help="A name for the key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of an encrypted KEY.")
+@click.pass_context
+def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_file: str | None) -> None:
+    """Store a private key and print its UUID (the key is never printed)."""
+    key, _ = load_key(key_path, passphrase_file)
+    if key.key_type is None:
+        raise errors.UnsupportedAlgorithm("this key has no OpenStack key type; it cannot sign images")
+    algorithm = {"RSA-PSS": "RSA", "DSA": "DSA"}.get(key.key_type.value, "EC")
+    click.echo(open_store(ctx).store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name))
+
+
+@key_group.command("list")
+@click.pass_context
+def key_list(ctx: click.Context) -> None:
+    """List stored private keys (metadata only)."""
+    for item in open_store(ctx).list_objects("private-key"):
+        click.echo(f"{item.id}  {item.algorithm or '?'}-{item.bit_length or '?'}  {item.name or ''}".rstrip())
+
+
+@key_group.command("delete")
+@click.argument("key_id")
+@click.pass_context
+def key_delete(ctx: click.Context, key_id: str) -> None:
+    """Delete a stored private key."""
+    store = open_store(ctx)
+    store.get_private_key(key_id)  # only delete what is a private key
+    store.delete(key_id)
+    click.echo(f"deleted {key_id}", err=True)
