@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
-
-from cryptography.hazmat.primitives import hashes
+from typing import TYPE_CHECKING
 
 from imgsign.errors import UnsupportedAlgorithm
+
+if TYPE_CHECKING:  # cryptography loads only when a key or certificate is used, not to name a hash
+    from cryptography.hazmat.primitives import hashes
 
 
 class HashMethod(enum.Enum):
@@ -35,23 +37,18 @@ class HashMethod(enum.Enum):
     @property
     def algorithm(self) -> hashes.HashAlgorithm:
         """The matching ``cryptography`` hash algorithm object."""
-        return _CRYPTOGRAPHY_HASHES[self]()
+        from cryptography.hazmat.primitives import hashes
+
+        algorithm: hashes.HashAlgorithm = getattr(hashes, self.name)()
+        return algorithm
 
     @property
     def digest_size(self) -> int:
-        return self.algorithm.digest_size
+        return hashlib.new(self.openssl_name).digest_size
 
     def new(self) -> hashlib._Hash:
         """A fresh incremental hash object (OpenSSL-backed hashlib, releases the GIL)."""
         return hashlib.new(self.openssl_name)
-
-
-_CRYPTOGRAPHY_HASHES: dict[HashMethod, type[hashes.HashAlgorithm]] = {
-    HashMethod.SHA224: hashes.SHA224,
-    HashMethod.SHA256: hashes.SHA256,
-    HashMethod.SHA384: hashes.SHA384,
-    HashMethod.SHA512: hashes.SHA512,
-}
 
 
 class KeyType(enum.Enum):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
@@ -58,3 +60,57 @@ def _advise_sequential(data: object) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         pass
+
+
+class BackgroundDigest:
+    """The digest of a file object, computed in a background thread while the caller works on.
+
+    Reading a file and ``hashlib``'s hashing of a large buffer both release the GIL, so on a
+    second core the image is hashed while the caller imports modules, loads a key or checks a
+    certificate; :meth:`result` waits for the digest.  An error while reading is raised by
+    :meth:`result` in the caller's thread, never lost in the background one.  For the short
+    time both threads run Python code the interpreter's switch interval is lowered, so that
+    the hashing thread gets the GIL back quickly between chunks; :meth:`result` restores it.
+    """
+
+    #: Switch interval while both threads are busy (the default, 5 ms, would stall the hashing).
+    OVERLAP_SWITCH_INTERVAL = 0.0002
+
+    def __init__(self, source: BinaryIO, hash_method: HashMethod, progress: Progress | None = None) -> None:
+        self._hasher = hash_method.new()
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._saved_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._saved_interval, self.OVERLAP_SWITCH_INTERVAL))
+        self._thread = threading.Thread(target=self._run, args=(source, progress), name="imgsign-digest",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, source: BinaryIO, progress: Progress | None) -> None:
+        try:
+            for chunk in iter_chunks(source):
+                if self._cancelled.is_set():
+                    return
+                self._hasher.update(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> bytes:
+        """The digest of everything the source held; raises what reading it raised."""
+        self._thread.join()
+        sys.setswitchinterval(self._saved_interval)
+        if self._cancelled.is_set():
+            raise RuntimeError("this BackgroundDigest was cancelled")
+        if self._error is not None:
+            raise self._error
+        return self._hasher.digest()
+
+    def cancel(self) -> None:
+        """Stop reading (after the chunk in hand) and wait for the thread: call it before the
+        source is closed, so the thread never reads a closed, or worse a reused, descriptor."""
+        if self._thread.is_alive():
+            self._cancelled.set()
+        self._thread.join()
+        sys.setswitchinterval(self._saved_interval)

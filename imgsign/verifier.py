@@ -94,6 +94,17 @@ class Verifier:
             raise RuntimeError("nothing has been verified yet")
         return digest
 
+    def verify_precomputed(self, digest: bytes) -> None:
+        """Verify an already computed digest of the whole image, instead of ``update()``/``verify()``."""
+        if self._done:
+            raise RuntimeError("this Verifier is already finalized")
+        if len(digest) != self._properties.hash_method.digest_size:
+            raise ValueError(f"a {self._properties.hash_method.value} digest is "
+                             f"{self._properties.hash_method.digest_size} bytes")
+        self._done = True
+        self._key.verify_digest(self._properties.signature, digest, self._properties.hash_method)
+        self._verified_digest = digest
+
     def verify_data(self, data: ImageData, progress: Progress | None = None) -> None:
         """Stream a whole image (file object or iterable of bytes) through, then verify."""
         for chunk in iter_chunks(data):

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from imgsign import errors
-from imgsign._internal.files import read_small_file
+from imgsign._internal.files import open_image, read_small_file
 
 if TYPE_CHECKING:
     from cryptography import x509
 
     from imgsign import chain
+    from imgsign.algorithms import HashMethod
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
     from imgsign.properties import SignatureProperties
@@ -183,3 +184,30 @@ def load_properties(path: str) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
     return properties_from_document(document)
+
+
+@contextlib.contextmanager
+def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) -> Iterator[Callable[[], bytes]]:
+    """Start hashing the image at ``path`` now, on a second core; the yielded call returns the digest.
+
+    The command does its data-free work (imports, key, certificate, key manager) meanwhile.
+    An image that cannot be opened or read is reported when the digest is asked for, where
+    reading it in one go would have reported it, so errors keep their order and exit codes.
+    """
+    from imgsign.stream import BackgroundDigest
+
+    with contextlib.ExitStack() as stack:
+        try:
+            handle, size = stack.enter_context(open_image(path))
+        except errors.InputError as exc:
+            unreadable = exc
+
+            def refuse() -> bytes:
+                raise unreadable
+
+            yield refuse
+            return
+        progress = stack.enter_context(progress_bar(size, label, quiet))
+        digest = BackgroundDigest(handle, hash_method, progress)
+        stack.callback(digest.cancel)
+        yield digest.result

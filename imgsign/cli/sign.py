@@ -7,20 +7,18 @@ from typing import Any
 import click
 
 from imgsign import errors
-from imgsign._internal.files import atomic_write, open_image, read_small_file
+from imgsign._internal.files import atomic_write, read_small_file
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.cli._common import (
     hash_choice,
+    image_digest,
     is_quiet,
     key_type_choice,
     load_key,
     open_store,
     policy_options,
-    progress_bar,
     quiet_option,
 )
-from imgsign.policy import Policy
-from imgsign.signer import Signer
 
 
 @click.command("sign")
@@ -50,23 +48,28 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         raise errors.InputError("--store-cert needs --cert")
     if store_cert and cert_uuid is not None:
         raise errors.InputError("--store-cert and --cert-uuid exclude each other: the key manager assigns the id")
-    policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-    certificate = None
-    if cert_path is not None:  # x509 loads only when a certificate is involved
-        from imgsign import certificates
+    method = HashMethod.parse(hash_method)
+    with image_digest(image, method, "signing", is_quiet(ctx, quiet)) as digest:
+        # Everything below until digest() runs while the image is hashed on another core.
+        from imgsign.policy import Policy
+        from imgsign.signer import Signer
 
-        certificate = certificates.load_certificate(read_small_file(cert_path, "certificate"))
-    key, _ = load_key(key_path, passphrase_file)
-    if cert_uuid is None:
-        # Check key and certificate before storing anything.
-        Signer(key, "pending", HashMethod.parse(hash_method), certificate=certificate, policy=policy)
-        cert_uuid = _certificate_id(ctx, certificate, store_cert)
-    signer = Signer(
-        key, cert_uuid, HashMethod.parse(hash_method),
-        key_type=KeyType.parse(key_type) if key_type else None, certificate=certificate, policy=policy,
-    )
-    with open_image(image) as (handle, size), progress_bar(size, "signing", is_quiet(ctx, quiet)) as progress:
-        properties = signer.sign(handle, progress)
+        policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+        certificate = None
+        if cert_path is not None:  # x509 loads only when a certificate is involved
+            from imgsign import certificates
+
+            certificate = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+        key, _ = load_key(key_path, passphrase_file)
+        if cert_uuid is None:
+            # Check key and certificate before storing anything.
+            Signer(key, "pending", method, certificate=certificate, policy=policy)
+            cert_uuid = _certificate_id(ctx, certificate, store_cert)
+        signer = Signer(
+            key, cert_uuid, method,
+            key_type=KeyType.parse(key_type) if key_type else None, certificate=certificate, policy=policy,
+        )
+        properties = signer.sign_digest(digest())
     text = {"json": properties.to_json, "openstack": properties.to_openstack, "env": properties.to_env}[fmt]()
     if output:
         atomic_write(output, text.encode())

@@ -8,20 +8,17 @@ from typing import Any
 import click
 
 from imgsign import errors
-from imgsign._internal.files import open_image
 from imgsign.cli._common import (
     fail,
+    image_digest,
     is_quiet,
     load_properties,
     policy_options,
-    progress_bar,
     quiet_option,
     signing_certificate,
     trust_anchors,
 )
-from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties
-from imgsign.verifier import Verifier
 
 
 @click.command("verify")
@@ -51,24 +48,27 @@ def verify_command(ctx: click.Context, image: str, properties_path: str, cert_pa
            crl_files: tuple[str, ...], require_crl: bool | None, max_chain_depth: int | None, as_json: bool,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
-    from imgsign import certificates, chain
-
     quiet = is_quiet(ctx, quiet)
     result: dict[str, Any] = {"image": image, "valid": False}
     try:
         properties = SignatureProperties.from_mapping(load_properties(properties_path))
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
-        certificate = signing_certificate(ctx, cert_path, properties)
-        result["certificate_subject"] = certificates.describe(certificate)
-        policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-        anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
-                                 require_crl, max_chain_depth)
-        if anchors is not None:
-            path = chain.validate_chain(certificate, anchors, policy)
-            result["chain"] = [certificates.describe(c) for c in path]
-        verifier = Verifier.for_certificate(properties, certificate, policy=policy)
-        with open_image(image) as (handle, size), progress_bar(size, "verifying", quiet or as_json) as progress:
-            verifier.verify_data(handle, progress)
+        with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
+            # Everything below until digest() runs while the image is hashed on another core.
+            from imgsign import certificates, chain
+            from imgsign.policy import Policy
+            from imgsign.verifier import Verifier
+
+            certificate = signing_certificate(ctx, cert_path, properties)
+            result["certificate_subject"] = certificates.describe(certificate)
+            policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+            anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
+                                    require_crl, max_chain_depth)
+            if anchors is not None:
+                path = chain.validate_chain(certificate, anchors, policy)
+                result["chain"] = [certificates.describe(c) for c in path]
+            verifier = Verifier.for_certificate(properties, certificate, policy=policy)
+            verifier.verify_precomputed(digest())
     except errors.ImgsignError as exc:
         if as_json:
             result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})

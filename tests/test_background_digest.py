@@ -1,0 +1,90 @@
+"""Hashing on a second core while the command does its data-free work (stream.BackgroundDigest)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import threading
+
+import pytest
+
+from imgsign.algorithms import HashMethod
+from imgsign.stream import CHUNK_SIZE, BackgroundDigest
+from tests.conftest import CERT_UUID, cert_of, key_of, run_cli
+
+
+class _SlowSource(io.RawIOBase):
+    """A readable stream that blocks on every read until the test lets it go on."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self.gate = threading.Event()
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.gate.wait(5)
+        self.reads += 1
+        return self._data.readinto(buffer)
+
+
+@pytest.mark.parametrize("method", list(HashMethod))
+def test_digest_matches_hashlib(method: HashMethod) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 12345)
+    seen: list[int] = []
+    digest = BackgroundDigest(io.BytesIO(data), method, seen.append)
+    assert digest.result() == hashlib.new(method.openssl_name, data).digest()
+    assert sum(seen) == len(data)
+
+
+def test_read_error_is_raised_in_the_callers_thread() -> None:
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+            raise OSError(5, "Input/output error")
+
+    digest = BackgroundDigest(Broken(), HashMethod.SHA256)
+    with pytest.raises(OSError, match="Input/output error"):
+        digest.result()
+
+
+def test_cancel_stops_reading_and_restores_the_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    source = _SlowSource(os.urandom(8 * CHUNK_SIZE))
+    digest = BackgroundDigest(source, HashMethod.SHA256)
+    assert sys.getswitchinterval() < before  # lowered while both threads run
+    source.gate.set()
+    digest.cancel()
+    assert sys.getswitchinterval() == before
+    assert source.reads < 9  # it stopped after the chunk in hand, not at the end of the data
+    with pytest.raises(RuntimeError, match="cancelled"):
+        digest.result()
+
+
+def test_sign_reports_a_bad_key_before_a_missing_image(tmp_path: object) -> None:
+    """Hashing starts first, but errors keep the order of a one-pass run: key, then image."""
+    bad_key = os.path.join(str(tmp_path), "bad.key")
+    with open(bad_key, "wb") as handle:
+        handle.write(b"not a key")
+    result = run_cli("sign", os.path.join(str(tmp_path), "missing.img"), "--key", bad_key, "--cert-uuid", CERT_UUID)
+    assert result.code == 14, result
+    result = run_cli("sign", os.path.join(str(tmp_path), "missing.img"), "--key", key_of("RSA-PSS"),
+                     "--cert-uuid", CERT_UUID)
+    assert result.code == 10 and "missing.img" in result.stderr, result
+
+
+def test_verify_of_a_directory_is_an_input_error(tmp_path: object) -> None:
+    props = os.path.join(str(tmp_path), "p.json")
+    image = os.path.join(str(tmp_path), "image")
+    with open(image, "wb") as handle:
+        handle.write(os.urandom(1000))
+    signed = run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert-uuid", CERT_UUID, "-o", props)
+    assert signed.code == 0, signed
+    result = run_cli("verify", str(tmp_path), "--properties", props, "--cert", cert_of("RSA-PSS"))
+    assert result.code == 10 and "is a directory" in result.stderr, result
