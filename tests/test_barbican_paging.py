@@ -63,3 +63,41 @@ def test_every_crl_is_seen_and_the_last_one_revokes(store):
     anchors = TrustAnchors([cert("root-ca")], [cert("intermediate-ca")], [load_crl(d) for _, d in crls])
     with pytest.raises(errors.CertificateRevoked, match="leaf-revoked"):
         validate_chain(cert("leaf-revoked"), anchors)
+
+
+def test_empty_project_lists_nothing(store):
+    assert store.list_objects("certificate") == [] and store.get_crls() == []
+    assert store.find_certificate(der(UNSTORED)) is None
+
+
+def test_listing_while_secrets_are_deleted_never_skips_one(store, monkeypatch):
+    """A second thread deletes the oldest secrets while pages of 3 are read: every listing either
+    holds every secret that existed throughout, or is refused; never a silent gap."""
+    import threading
+
+    from imgsign.keymanager import castellan_store
+
+    monkeypatch.setattr(castellan_store, "BARBICAN_PAGE_SIZE", 3)
+    ids = [store.store_certificate(der(path), name=path.stem) for path in CERTIFICATES]
+    doomed, survivors = ids[:8], set(ids[8:])
+    done = threading.Event()
+
+    def delete_oldest():
+        for object_id in doomed:
+            store.delete(object_id)
+        done.set()
+
+    deleter = threading.Thread(target=delete_oldest)
+    deleter.start()
+    outcomes = []
+    while not done.is_set() or len(outcomes) < 2:
+        try:
+            listed = {item.id for item in store.list_objects("certificate")}
+        except errors.KeyManagerError as exc:
+            outcomes.append("refused")
+            assert "kept changing" in exc.message
+            continue
+        assert survivors <= listed, f"skipped {survivors - listed}"
+        outcomes.append("complete")
+    deleter.join()
+    assert outcomes[-1] == "complete" and {i.id for i in store.list_objects("certificate")} == survivors

@@ -16,6 +16,8 @@ from imgsign.keymanager import CertificateStore, StoredObject
 #: Secrets per page when listing Barbican (castellan's driver asks for barbicanclient's default
 #: first page of 10 only; Barbican's default ``max_limit_paging`` is 100).
 BARBICAN_PAGE_SIZE = 100
+#: Listings of Barbican tried before giving up when secrets keep changing meanwhile.
+BARBICAN_LIST_ATTEMPTS = 3
 
 #: Name prefix that marks opaque data holding a certificate revocation list.
 CRL_NAME_PREFIX = "X.509 CRL: "
@@ -122,22 +124,32 @@ def _barbican_list_all(manager: Any, context: Any, object_type: type, metadata_o
     castellan's ``BarbicanKeyManager.list`` returns barbicanclient's first page (10 secrets) and
     drops secrets it cannot read.  This pages with the barbicanclient castellan builds for the
     context (castellan's session, auth and endpoint) until an empty page, converts each secret
-    with castellan's own conversion, and lets any failure propagate.  Pages are ordered by
-    creation time, so secrets stored meanwhile come last instead of shifting the pages.
+    with castellan's own conversion and lets any failure propagate.  Offset paging can skip a
+    secret when another one is deleted meanwhile, so the listing must account for Barbican's
+    ``total`` before and after it, or it is repeated (then a KeyManagerError).
     """
     client = manager._get_barbican_client(context)
     secret_type = manager._secret_type_dict[object_type]
-    found: dict[str, Any] = {}
-    offset = 0
-    while True:
-        page = client.secrets.list(limit=BARBICAN_PAGE_SIZE, offset=offset, secret_type=secret_type,
-                                   sort="created:asc")
-        if not page:
+    for _ in range(BARBICAN_LIST_ATTEMPTS):
+        before = _barbican_total(client, secret_type)
+        found: dict[str, Any] = {}
+        offset = 0
+        while page := client.secrets.list(limit=BARBICAN_PAGE_SIZE, offset=offset, secret_type=secret_type,
+                                          sort="created:asc"):
+            for secret in page:
+                obj = manager._get_castellan_object(secret, metadata_only)
+                found.setdefault(str(obj.id), obj)
+            offset += len(page)
+        if len(found) == before == _barbican_total(client, secret_type):
             return list(found.values())
-        for secret in page:
-            obj = manager._get_castellan_object(secret, metadata_only)
-            found.setdefault(str(obj.id), obj)
-        offset += len(page)
+    raise KeyManagerError(f"the {secret_type} secrets kept changing while they were listed "
+                          f"({BARBICAN_LIST_ATTEMPTS} attempts); try again")
+
+
+def _barbican_total(client: Any, secret_type: str) -> int:
+    """How many secrets of ``secret_type`` Barbican says there are (its listing's ``total``)."""
+    body = client.client.get("secrets", params={"limit": 1, "offset": 0, "secret_type": secret_type})
+    return int(body["total"])
 
 
 def _payload(obj: Any, object_id: str, where: str) -> bytes:
