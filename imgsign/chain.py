@@ -168,10 +168,54 @@ def _check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: 
             )
 
 
-#: CRL extensions whose meaning :func:`_scope_gaps` takes into account (RFC 5280 §5.2).
+#: CRL extensions whose meaning :func:`crl_limits` takes into account (RFC 5280 §5.2).
 _PROCESSED_CRL_EXTENSIONS = (x509.IssuingDistributionPoint, x509.DeltaCRLIndicator)
 #: CRL entry extensions whose meaning :func:`_entry_for` takes into account (RFC 5280 §5.3).
 _PROCESSED_ENTRY_EXTENSIONS = (x509.CRLReason, x509.InvalidityDate)
+
+#: What limits a CRL's scope (:func:`crl_limits`), and how each reads in a message.
+CRL_LIMITS = {
+    "delta": "delta CRL",
+    "only-ca-certs": "only CA certificates",
+    "only-user-certs": "only end-entity certificates",
+    "only-attribute-certs": "only attribute certificates",
+    "only-some-reasons": "only some revocation reasons",
+    "indirect": "indirect CRL",
+    "distribution-point": "a distribution point the certificate does not name",
+    "certificate-issuer": "entries for other issuers (certificateIssuer)",
+    "critical-extension": "an unprocessed critical extension",
+}
+
+
+def crl_limits(crl: x509.CertificateRevocationList) -> list[str]:
+    """What keeps ``crl`` from being a complete CRL (keys of :data:`CRL_LIMITS`); empty: complete.
+
+    RFC 5280 §5.2, §6.3.3: a delta CRL, a CRL limited by its issuingDistributionPoint (to CA,
+    end-entity or attribute certificates, to some reasons, to a distribution point, or indirect),
+    and a CRL with a critical extension of the CRL or of an entry that imgsign does not process.
+    ``only-ca-certs``, ``only-user-certs`` and ``distribution-point`` still leave it complete for
+    the certificates in that scope.  Raises ValueError for a malformed extension.
+    """
+    limits: set[str] = set()
+    for extension in crl.extensions:
+        if isinstance(extension.value, x509.DeltaCRLIndicator):
+            limits.add("delta")
+        elif isinstance(extension.value, x509.IssuingDistributionPoint):
+            point = extension.value
+            flags = {"only-ca-certs": point.only_contains_ca_certs, "only-user-certs": point.only_contains_user_certs,
+                     "only-attribute-certs": point.only_contains_attribute_certs,
+                     "only-some-reasons": bool(point.only_some_reasons), "indirect": point.indirect_crl,
+                     "distribution-point": bool(point.full_name or point.relative_name)}
+            limits.update(name for name, on in flags.items() if on)
+        elif extension.critical and not isinstance(extension.value, _PROCESSED_CRL_EXTENSIONS):
+            limits.add("critical-extension")
+    for entry in crl:
+        for extension in entry.extensions:
+            if isinstance(extension.value, x509.CertificateIssuer):
+                limits.add("certificate-issuer")
+            elif extension.critical and not isinstance(extension.value, _PROCESSED_ENTRY_EXTENSIONS):
+                limits.add("critical-extension")
+    return sorted(limits)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -182,40 +226,14 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 def _scope_gaps(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> list[str]:
-    """Why ``crl`` is not the complete CRL for ``cert``; empty when it is.
-
-    RFC 5280 §6.3.3: a delta CRL, a CRL for other kinds of certificate (CA vs end entity,
-    attribute certificates) or for another distribution point, one that covers only some
-    reasons, an indirect CRL, and one with a critical extension (of the CRL or of an entry)
-    that is not processed here never establish that a certificate is not revoked.
-    """
-    gaps: set[str] = set()
-    for extension in crl.extensions:
-        if isinstance(extension.value, x509.DeltaCRLIndicator):
-            gaps.add("delta CRL")
-        elif isinstance(extension.value, x509.IssuingDistributionPoint):
-            point = extension.value
-            if point.only_contains_attribute_certs:
-                gaps.add("only attribute certificates")
-            if point.only_contains_ca_certs and not _is_ca(cert):
-                gaps.add("only CA certificates")
-            if point.only_contains_user_certs and _is_ca(cert):
-                gaps.add("only end-entity certificates")
-            if point.only_some_reasons:
-                gaps.add("only some revocation reasons")
-            if point.indirect_crl:
-                gaps.add("indirect CRL")
-            if (point.full_name or point.relative_name) and not _names_distribution_point(cert, point.full_name):
-                gaps.add("a distribution point the certificate does not name")
-        elif extension.critical and not isinstance(extension.value, _PROCESSED_CRL_EXTENSIONS):
-            gaps.add(f"unprocessed critical extension {extension.oid.dotted_string}")
-    for entry in crl:
-        for extension in entry.extensions:
-            if isinstance(extension.value, x509.CertificateIssuer):
-                gaps.add("entries for other issuers (certificateIssuer)")
-            elif extension.critical and not isinstance(extension.value, _PROCESSED_ENTRY_EXTENSIONS):
-                gaps.add(f"unprocessed critical entry extension {extension.oid.dotted_string}")
-    return sorted(gaps)
+    """Why ``crl`` is not the complete CRL for ``cert`` (readable :data:`CRL_LIMITS`); empty when it is."""
+    limits = set(crl_limits(crl))
+    limits.discard("only-ca-certs" if _is_ca(cert) else "only-user-certs")
+    if "distribution-point" in limits:
+        point = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+        if _names_distribution_point(cert, point.full_name):
+            limits.discard("distribution-point")
+    return sorted(CRL_LIMITS[name] for name in limits)
 
 
 def _names_distribution_point(cert: x509.Certificate, names: Sequence[x509.GeneralName] | None) -> bool:
