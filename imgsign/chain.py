@@ -13,13 +13,18 @@ builder (``cryptography.x509.verification``) and stricter than cursive:
 * revocation: every certificate on the path, and a trusted intermediate
   itself, is looked up in the CRLs of its issuer.  A CRL that names a known
   issuer must carry that issuer's valid signature and be current, or the
-  check fails closed.
+  check fails closed.  An entry for the certificate in any such CRL whose
+  scope includes it means "revoked"; but only a *complete* CRL in scope
+  (RFC 5280 §6.3: not a delta CRL, not limited to some reasons, not indirect,
+  no unprocessed critical extension, for a CA or an end-entity certificate as
+  the issuingDistributionPoint says) satisfies ``require_crls``.
 
 Like every check here it takes objects, never paths or key-manager ids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -39,9 +44,14 @@ DEFAULT_MAX_DEPTH = 8
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
     """A PEM or DER certificate revocation list."""
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
+        pem = data.lstrip().startswith(b"-----BEGIN")
+        crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
+        for _ in crl.extensions:  # cryptography parses extensions lazily: find bad ones now
+            pass
+        for entry in crl:
+            for _ in entry.extensions:
+                pass
+        return crl
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None
 
@@ -134,16 +144,127 @@ def _check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: 
     if anchor.issuer != anchor.subject:  # a trusted intermediate: its issuer may have revoked it
         pairs += [(anchor, issuer) for issuer in _issuer_candidates(anchor, anchors)][:1]
     for cert, issuer in pairs:
-        crls = _crls_of(issuer, anchors.crls, now)
-        if not crls and anchors.require_crls:
-            raise CertificateError(f"no certificate revocation list from {describe(issuer)} (CRLs are required)")
-        for crl in crls:
-            revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        complete = False
+        incomplete: set[str] = set()
+        for crl in _crls_of(issuer, anchors.crls, now):
+            try:
+                revoked = _entry_for(crl, cert)
+                gaps = _scope_gaps(crl, cert)
+            except ValueError as exc:  # cryptography parses extensions lazily
+                raise CertificateError(f"the CRL from {describe(issuer)} has a malformed extension "
+                                       f"({str(exc)[:120]})") from None
             if revoked is not None:
                 raise CertificateRevoked(
                     f"certificate {describe(cert)} (serial {cert.serial_number:#x}) was revoked by "
                     f"{describe(issuer)} on {revoked.revocation_date_utc:%Y-%m-%d}{_reason(revoked)}"
                 )
+            complete = complete or not gaps
+            incomplete.update(gaps)
+        if anchors.require_crls and not complete:
+            seen = f"; its CRLs here are not complete for it: {', '.join(sorted(incomplete))}" if incomplete else ""
+            raise CertificateError(
+                f"no complete certificate revocation list from {describe(issuer)} covering {describe(cert)} "
+                f"(CRLs are required{seen})"
+            )
+
+
+#: CRL extensions whose meaning :func:`crl_limits` takes into account (RFC 5280 §5.2).
+_PROCESSED_CRL_EXTENSIONS = (x509.IssuingDistributionPoint, x509.DeltaCRLIndicator)
+#: CRL entry extensions whose meaning :func:`_entry_for` takes into account (RFC 5280 §5.3).
+_PROCESSED_ENTRY_EXTENSIONS = (x509.CRLReason, x509.InvalidityDate)
+
+#: What limits a CRL's scope (:func:`crl_limits`), and how each reads in a message.
+CRL_LIMITS = {
+    "delta": "delta CRL",
+    "only-ca-certs": "only CA certificates",
+    "only-user-certs": "only end-entity certificates",
+    "only-attribute-certs": "only attribute certificates",
+    "only-some-reasons": "only some revocation reasons",
+    "indirect": "indirect CRL",
+    "distribution-point": "a distribution point the certificate does not name",
+    "certificate-issuer": "entries for other issuers (certificateIssuer)",
+    "critical-extension": "an unprocessed critical extension",
+}
+
+
+def crl_limits(crl: x509.CertificateRevocationList) -> list[str]:
+    """What keeps ``crl`` from being a complete CRL (keys of :data:`CRL_LIMITS`); empty: complete.
+
+    RFC 5280 §5.2, §6.3.3: a delta CRL, a CRL limited by its issuingDistributionPoint (to CA,
+    end-entity or attribute certificates, to some reasons, to a distribution point, or indirect),
+    and a CRL with a critical extension of the CRL or of an entry that imgsign does not process.
+    ``only-ca-certs``, ``only-user-certs`` and ``distribution-point`` still leave it complete for
+    the certificates in that scope.  Raises ValueError for a malformed extension.
+    """
+    limits: set[str] = set()
+    for extension in crl.extensions:
+        if isinstance(extension.value, x509.DeltaCRLIndicator):
+            limits.add("delta")
+        elif isinstance(extension.value, x509.IssuingDistributionPoint):
+            point = extension.value
+            flags = {"only-ca-certs": point.only_contains_ca_certs, "only-user-certs": point.only_contains_user_certs,
+                     "only-attribute-certs": point.only_contains_attribute_certs,
+                     "only-some-reasons": bool(point.only_some_reasons), "indirect": point.indirect_crl,
+                     "distribution-point": bool(point.full_name or point.relative_name)}
+            limits.update(name for name, on in flags.items() if on)
+        elif extension.critical and not isinstance(extension.value, _PROCESSED_CRL_EXTENSIONS):
+            limits.add("critical-extension")
+    for entry in crl:
+        for extension in entry.extensions:
+            if isinstance(extension.value, x509.CertificateIssuer):
+                limits.add("certificate-issuer")
+            elif extension.critical and not isinstance(extension.value, _PROCESSED_ENTRY_EXTENSIONS):
+                limits.add("critical-extension")
+    return sorted(limits)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _scope_gaps(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> list[str]:
+    """Why ``crl`` is not the complete CRL for ``cert`` (readable :data:`CRL_LIMITS`); empty when it is."""
+    limits = set(crl_limits(crl))
+    limits.discard("only-ca-certs" if _is_ca(cert) else "only-user-certs")
+    if "distribution-point" in limits:
+        point = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+        if _names_distribution_point(cert, point.full_name):
+            limits.discard("distribution-point")
+    return sorted(CRL_LIMITS[name] for name in limits)
+
+
+def _names_distribution_point(cert: x509.Certificate, names: Sequence[x509.GeneralName] | None) -> bool:
+    """Does ``cert``'s cRLDistributionPoints name one of ``names`` (a full name, RFC 5280 §6.3.3 b.2.i)?"""
+    if not names:
+        return False
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return False
+    return any(set(point.full_name or ()) & set(names) for point in points)
+
+
+def _entry_for(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> x509.RevokedCertificate | None:
+    """The entry of ``crl`` that revokes ``cert`` (the CRL issuer's own serial number), if any.
+
+    Entries after a certificateIssuer extension are about another CA's serial numbers (an
+    indirect CRL, RFC 5280 §5.3.3) and do not count; removeFromCRL (a delta CRL lifting a
+    hold) is not a revocation.  Any other entry counts, whatever scope or extensions the CRL
+    has: serial numbers are unique per issuer, so an entry the issuer signed can only mean
+    this certificate, and honouring it can only refuse more, never accept more.
+    """
+    own = x509.DirectoryName(crl.issuer)
+    entry_issuer: set[x509.GeneralName] = {own}
+    for entry in crl:
+        with contextlib.suppress(x509.ExtensionNotFound):
+            entry_issuer = set(entry.extensions.get_extension_for_class(x509.CertificateIssuer).value)
+        if (entry.serial_number == cert.serial_number and own in entry_issuer
+                and _reason_flag(entry) is not x509.ReasonFlags.remove_from_crl):
+            return entry
+    return None
 
 
 def _crls_of(
@@ -175,9 +296,13 @@ def _crls_of(
     return found
 
 
-def _reason(revoked: x509.RevokedCertificate) -> str:
+def _reason_flag(revoked: x509.RevokedCertificate) -> x509.ReasonFlags | None:
     try:
-        reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
-    except (x509.ExtensionNotFound, ValueError):
-        return ""
-    return f" (reason: {reason.name})"
+        return revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _reason(revoked: x509.RevokedCertificate) -> str:
+    reason = _reason_flag(revoked)
+    return "" if reason is None else f" (reason: {reason.name})"

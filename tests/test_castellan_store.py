@@ -30,23 +30,13 @@ def test_crls_are_listed_by_name():
     assert store.get_crls() == [("id-2", b"x")]
 
 
-def test_a_full_page_fails_closed():
-    """castellan's Barbican driver returns one page of 10: a CRL beyond it would go unchecked."""
-    store = CastellanStore(FakeManager([opaque(i) for i in range(10)]), None, "barbican key manager", list_limit=10)
-    with pytest.raises(errors.KeyManagerError, match="--crl"):
-        store.get_crls()
-    assert CastellanStore(FakeManager([opaque(i) for i in range(9)]), None, "b", list_limit=10).get_crls() == []
+def test_unreadable_crl_object_is_an_error_not_skipped():
+    metadata_only = opaque_data.OpaqueData(None, name=CRL_NAME_PREFIX + "x", id="id-x")
+    with pytest.raises(errors.KeyManagerError, match="without its data"):
+        CastellanStore(FakeManager([metadata_only]), None, "fake key manager").get_crls()
 
 
 def test_not_found_names_the_backend():
     store = CastellanStore(FakeManager([]), None, "fake key manager")
     with pytest.raises(errors.ObjectNotFound, match="fake key manager"):
         store.get_certificate("abc")
-
-
-def test_barbican_driver_gets_the_page_limit():
-    class BarbicanKeyManager(FakeManager):
-        pass
-
-    assert CastellanStore(BarbicanKeyManager([]), None, "b").list_limit == 10
-    assert CastellanStore(FakeManager([]), None, "f").list_limit is None

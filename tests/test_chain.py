@@ -129,7 +129,7 @@ def test_no_trusted_certificates():
 
 def test_required_crls():
     validate_chain(cert("leaf-rsa-pss"), anchors(["root-ca"], ["intermediate-ca"], require_crls=True))
-    with pytest.raises(errors.CertificateError, match="no certificate revocation list"):
+    with pytest.raises(errors.CertificateError, match="no complete certificate revocation list"):
         validate_chain(cert("leaf-rsa-pss"), anchors(["root-ca"], ["intermediate-ca"], crls=(), require_crls=True))
 
 
@@ -163,3 +163,132 @@ def test_loaders():
         load_certificates(b"junk")
     with pytest.raises(errors.CertificateError):
         load_crl(b"junk")
+
+
+# --- CRL scope (RFC 5280 §6.3): delta, partitioned and indirect CRLs are never the complete CRL ----------
+
+DAY = datetime.timedelta(days=1)
+IDP = dict(full_name=None, relative_name=None, only_contains_user_certs=False, only_contains_ca_certs=False,
+           only_some_reasons=None, indirect_crl=False, only_contains_attribute_certs=False)
+#: An extension no one processes (a private OID), to mark critical.
+UNKNOWN = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+
+
+def scoped_crl(issuer_stem, *, revoke=(), extensions=(), entry_extensions=()):
+    """A current CRL signed by ``issuer_stem`` with CRL ``extensions`` ((value, critical) pairs),
+    revoking the serials of the ``revoke`` stems; ``entry_extensions`` go on each entry."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = serialization.load_pem_private_key(pki(issuer_stem + ".key").read_bytes(), None)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(cert(issuer_stem).subject)
+               .last_update(now - DAY).next_update(now + 30 * DAY)
+               .add_extension(x509.CRLNumber(7), critical=False))
+    for value, critical in extensions:
+        builder = builder.add_extension(value, critical=critical)
+    for serial in revoke:
+        entry = (x509.RevokedCertificateBuilder()
+                 .serial_number(serial if isinstance(serial, int) else cert(serial).serial_number)
+                 .revocation_date(now - DAY))
+        for value, critical in entry_extensions:
+            entry = entry.add_extension(value, critical=critical)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(key, hashes.SHA256())
+
+
+def idp(**kw):
+    return x509.IssuingDistributionPoint(**{**IDP, **kw}), True
+
+
+NOT_COMPLETE = {
+    "delta": [(x509.DeltaCRLIndicator(6), True)],
+    "only-ca-certs": [idp(only_contains_ca_certs=True)],
+    "only-attribute-certs": [idp(only_contains_attribute_certs=True)],
+    "only-some-reasons": [idp(only_some_reasons=frozenset({x509.ReasonFlags.key_compromise}))],
+    "indirect": [idp(indirect_crl=True)],
+    "other-distribution-point": [idp(full_name=[x509.UniformResourceIdentifier("http://crl.example/p1.crl")])],
+    "unknown-critical-extension": [(UNKNOWN, True)],
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_COMPLETE))
+def test_scoped_or_delta_crl_is_not_the_complete_crl_of_a_leaf(kind):
+    """Base commit: any CRL with the issuer's name and signature satisfied require_crls, so with
+    only such a CRL the revoked leaf (revoked in the real, complete CRL) validated."""
+    only = scoped_crl("intermediate-ca", extensions=NOT_COMPLETE[kind])
+    trust = ([cert("root-ca")], [cert("intermediate-ca")])
+    no_complete = r"no complete certificate revocation list from .*intermediate-ca"
+    with pytest.raises(errors.CertificateError, match=no_complete):
+        validate_chain(cert("leaf-revoked"), TrustAnchors(*trust, [only, crl("root-ca")], require_crls=True))
+    # The complete CRL alongside it still decides: revoked.
+    with pytest.raises(errors.CertificateRevoked):
+        validate_chain(cert("leaf-revoked"), TrustAnchors(*trust, [only, crl("root-ca"), crl("intermediate-ca")],
+                                                          require_crls=True))
+
+
+def test_user_only_crl_does_not_cover_a_ca_and_ca_only_crl_covers_it():
+    user_only = scoped_crl("root-ca", extensions=[idp(only_contains_user_certs=True)])
+    ca_only = scoped_crl("root-ca", extensions=[idp(only_contains_ca_certs=True)])
+    trust = ([cert("root-ca")], [cert("intermediate-ca")])
+    leaf_crl = crl("intermediate-ca")
+    with pytest.raises(errors.CertificateError, match="no complete .* covering .*intermediate-ca.*only end-entity"):
+        validate_chain(cert("leaf-rsa-pss"), TrustAnchors(*trust, [user_only, leaf_crl], require_crls=True))
+    validate_chain(cert("leaf-rsa-pss"), TrustAnchors(*trust, [ca_only, leaf_crl], require_crls=True))
+    # and a leaf's issuer with a user-only CRL is covered
+    validate_chain(cert("leaf-rsa-pss"), TrustAnchors(
+        *trust, [ca_only, scoped_crl("intermediate-ca", extensions=[idp(only_contains_user_certs=True)])],
+        require_crls=True))
+
+
+def test_distribution_point_crl_covers_only_the_certificates_that_name_it():
+    url = x509.UniformResourceIdentifier("http://crl.example/p1.crl")
+    partition = scoped_crl("intermediate-ca", extensions=[idp(full_name=[url])])
+    # leaf-rsa-pss has no cRLDistributionPoints, so the partition is not its CRL
+    with pytest.raises(errors.CertificateError, match="distribution point"):
+        validate_chain(cert("leaf-rsa-pss"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")],
+                                                          [partition, crl("root-ca")], require_crls=True))
+
+
+@pytest.mark.parametrize("entry_extension", [
+    pytest.param((UNKNOWN, True), id="unknown-critical-entry-extension"),
+    pytest.param((x509.CertificateIssuer([x509.DirectoryName(x509.Name.from_rfc4514_string("CN=other CA"))]), True),
+                 id="certificate-issuer"),
+])
+def test_crl_with_unprocessed_entry_extensions_is_not_complete(entry_extension):
+    other = scoped_crl("intermediate-ca", revoke=[0x7777], entry_extensions=[entry_extension])
+    with pytest.raises(errors.CertificateError, match="no complete certificate revocation list"):
+        validate_chain(cert("leaf-revoked"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")],
+                                                          [other, crl("root-ca")], require_crls=True))
+
+
+@pytest.mark.parametrize("kind", list(NOT_COMPLETE))
+def test_revocation_in_a_scoped_or_delta_crl_still_counts(kind):
+    """Decision: an entry the issuer signed for the certificate's serial means revoked, whatever the
+    CRL's scope (serials are unique per issuer; this can only refuse more)."""
+    scoped = scoped_crl("intermediate-ca", revoke=["leaf-rsa-pss"], extensions=NOT_COMPLETE[kind])
+    with pytest.raises(errors.CertificateRevoked, match="leaf-rsa-pss"):
+        validate_chain(cert("leaf-rsa-pss"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")], [scoped]))
+
+
+def test_indirect_crl_entries_for_other_issuers_are_theirs():
+    """After a certificateIssuer entry extension the serials are another CA's (RFC 5280 §5.3.3)."""
+    other = x509.CertificateIssuer([x509.DirectoryName(x509.Name.from_rfc4514_string("CN=other CA"))])
+    indirect = scoped_crl("intermediate-ca", revoke=["leaf-rsa-pss"], extensions=[idp(indirect_crl=True)],
+                          entry_extensions=[(other, True)])
+    validate_chain(cert("leaf-rsa-pss"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")], [indirect]))
+    own = x509.CertificateIssuer([x509.DirectoryName(cert("intermediate-ca").subject)])
+    mine = scoped_crl("intermediate-ca", revoke=["leaf-rsa-pss"], extensions=[idp(indirect_crl=True)],
+                      entry_extensions=[(own, True)])
+    with pytest.raises(errors.CertificateRevoked):
+        validate_chain(cert("leaf-rsa-pss"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")], [mine]))
+
+
+def test_remove_from_crl_is_not_a_revocation():
+    lifted = scoped_crl("intermediate-ca", revoke=["leaf-rsa-pss"], extensions=NOT_COMPLETE["delta"],
+                        entry_extensions=[(x509.CRLReason(x509.ReasonFlags.remove_from_crl), False)])
+    validate_chain(cert("leaf-rsa-pss"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")], [lifted]))
+
+
+def test_complete_crl_with_reasons_and_noncritical_extensions_is_complete():
+    complete = scoped_crl("intermediate-ca", revoke=[0x7777], extensions=[(UNKNOWN, False)],
+                          entry_extensions=[(x509.CRLReason(x509.ReasonFlags.superseded), False)])
+    validate_chain(cert("leaf-rsa-pss"), TrustAnchors([cert("root-ca")], [cert("intermediate-ca")],
+                                                      [complete, crl("root-ca")], require_crls=True))

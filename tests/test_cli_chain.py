@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -123,3 +124,79 @@ def test_chain_options_need_a_trust_anchor(env, sample_image, tmp_path):
     result = verify(env, sample_image, props, "--crl", pki("intermediate-ca.crl.pem"))
     assert result.code == errors.InputError.exit_code and "--trusted" in result.json()["message"]
     assert json.loads(result.stdout)["valid"] is False
+
+
+# --- stored CRLs count however the certificates are given (issue 10, item 7a) -------------------------
+
+
+def store_crl(env, path):
+    result = run_cli("crl", "store", path, env=env)
+    assert result.code == 0, result
+    return result.stdout.strip()
+
+
+def test_stored_crl_counts_with_cert_and_trusted_file(env, sample_image, tmp_path):
+    """Base commit: with --trusted-file the key manager was never opened, so the stored CRL was
+    skipped and the revoked signer verified (exit 0)."""
+    props = sign(env, sample_image, "leaf-revoked", tmp_path)
+    store_crl(env, pki("intermediate-ca.crl.pem"))
+    result = verify(env, sample_image, props, "--cert", pki("leaf-revoked.pem"), "--trusted-file", pki("chain.pem"))
+    assert result.code == errors.CertificateRevoked.exit_code, result
+    assert "leaf-revoked" in result.json()["message"] and "key_compromise" in result.json()["message"]
+
+
+def test_stored_crl_satisfies_require_crl_with_trusted_file(env, sample_image, tmp_path):
+    props = sign(env, sample_image, "leaf-rsa-pss", tmp_path)
+    trust = ("--cert", pki("leaf-rsa-pss.pem"), "--trusted-file", pki("root-ca.pem"),
+             "--intermediate", pki("intermediate-ca.pem"), "--require-crl")
+    assert verify(env, sample_image, props, *trust).code == errors.CertificateError.exit_code
+    store_crl(env, pki("root-ca.crl.pem"))
+    store_crl(env, pki("intermediate-ca.crl.pem"))
+    ok = verify(env, sample_image, props, *trust)
+    assert ok.code == 0, ok
+
+
+def test_unreachable_key_manager_refuses_instead_of_skipping_stored_crls(env, sample_image, tmp_path):
+    """Base commit: exit 0 — the chain was validated without the (unreachable) key manager's CRLs."""
+    props = sign(env, sample_image, "leaf-rsa-pss", tmp_path)
+    vault = tmp_path / "vault.conf"
+    vault.write_text("[key_manager]\nbackend = vault\n[vault]\nvault_url = http://127.0.0.1:9\n"
+                     "root_token_id = s.not-a-real-token\nkv_mountpoint = secret\n")
+    result = run_cli("-c", vault, "verify", sample_image, "--properties", props, "--json", "--cert",
+                     pki("leaf-rsa-pss.pem"), "--trusted-file", pki("chain.pem"), env=env)
+    assert result.code == errors.KeyManagerError.exit_code, result
+    assert "vault" in result.json()["message"] and "CRL" in result.json()["message"]
+    without_trust = run_cli("-c", vault, "verify", sample_image, "--properties", props, "--cert",
+                            pki("leaf-rsa-pss.pem"), env=env)
+    assert without_trust.code == 0, without_trust  # no chain to validate: no CRLs needed
+
+
+def test_boot_cache_consults_stored_crls(env, tmp_path):
+    image = tmp_path / "src.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    props = sign(env, image, "leaf-revoked", tmp_path)
+    root, intermediate = store(env, "root-ca"), store(env, "intermediate-ca")
+    store_crl(env, pki("intermediate-ca.crl.pem"))
+    (tmp_path / "instances").mkdir()
+    result = run_cli("boot", "cache", image, "--image-id", "img-1", "--properties", props, "--trusted", root,
+                     "--trusted", intermediate, "--instances-path", tmp_path / "instances",
+                     "--state-dir", tmp_path / "state", env=env)
+    assert result.code == errors.CertificateRevoked.exit_code, result
+    assert not list((tmp_path / "instances").rglob("*"))  # nothing cached
+
+
+@pytest.mark.parametrize("kind", ["delta", "only-ca-certs", "indirect", "unknown-critical-extension"])
+def test_stored_scoped_crl_does_not_satisfy_require_crl(env, sample_image, tmp_path, kind):
+    """Base commit: exit 0 for the revoked signer — the stored delta/scoped CRL passed as complete."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.test_chain import NOT_COMPLETE, scoped_crl
+
+    props = sign(env, sample_image, "leaf-revoked", tmp_path)
+    scoped = tmp_path / f"{kind}.crl.der"
+    scoped.write_bytes(scoped_crl("intermediate-ca", extensions=NOT_COMPLETE[kind]).public_bytes(Encoding.DER))
+    store_crl(env, scoped)
+    result = verify(env, sample_image, props, "--trusted-file", pki("root-ca.pem"),
+                    "--intermediate", pki("intermediate-ca.pem"), "--crl", pki("root-ca.crl.pem"), "--require-crl")
+    assert result.code == errors.CertificateError.exit_code, result
+    assert "no complete certificate revocation list" in result.json()["message"]

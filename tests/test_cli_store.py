@@ -122,3 +122,39 @@ def test_misconfigured_backends_name_the_backend_and_setting(env, tmp_path, samp
 def test_missing_config_file_is_an_input_error(env):
     result = run_cli("-c", "/nonexistent/imgsign.conf", "cert", "list", env=env)
     assert result.code == errors.InputError.exit_code and "/nonexistent/imgsign.conf" in result.stderr
+
+
+def test_list_commands_have_json_and_a_header(env, tmp_path):
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.test_chain import NOT_COMPLETE, scoped_crl
+
+    cert_id = cli(env, "cert", "store", cert_of("RSA-PSS")).stdout.strip()
+    key_id = cli(env, "key", "store", key_of("ECC_SECP384R1"), "--name", "ci key").stdout.strip()
+    delta = tmp_path / "delta.crl.der"
+    delta.write_bytes(scoped_crl("intermediate-ca", revoke=[0x4242], extensions=NOT_COMPLETE["delta"])
+                      .public_bytes(Encoding.DER))
+    full_id = cli(env, "crl", "store", pki("intermediate-ca.crl.pem")).stdout.strip()
+    delta_id = cli(env, "crl", "store", delta).stdout.strip()
+
+    certs = cli(env, "cert", "list")
+    assert certs.stdout.splitlines()[0].split() == ["ID", "NOT", "AFTER", "SUBJECT"]
+    assert certs.stdout.splitlines()[1].startswith(cert_id)
+
+    keys = cli(env, "key", "list")
+    assert keys.stdout.splitlines()[0].split() == ["ID", "ALGORITHM", "NAME"]
+    assert keys.stdout.splitlines()[1].split() == [key_id, "EC-384", "ci", "key"]
+    key_rows = cli(env, "key", "list", "--json").json()
+    assert key_rows == [{"id": key_id, "name": "ci key", "algorithm": "EC", "bit_length": 384,
+                         "created": key_rows[0]["created"]}]
+    assert isinstance(key_rows[0]["created"], int)
+
+    crls = cli(env, "crl", "list")
+    assert crls.stdout.splitlines()[0].split() == ["ID", "NEXT", "UPDATE", "ISSUER", "(REVOKED)", "SCOPE"]
+    lines = dict(line.split(None, 1) for line in crls.stdout.splitlines()[1:])
+    assert lines[full_id].endswith("(1 revoked)  complete") and lines[delta_id].endswith("(1 revoked)  delta")
+    rows = {row["id"]: row for row in cli(env, "crl", "list", "--json").json()}
+    assert set(rows[full_id]) == {"id", "issuer", "last_update", "next_update", "crl_number", "revoked", "limits"}
+    assert rows[full_id]["limits"] == [] and rows[full_id]["revoked"] == 1 and rows[full_id]["crl_number"] == 1
+    assert rows[delta_id]["limits"] == ["delta"] and rows[delta_id]["crl_number"] == 7
+    assert "intermediate-ca" in rows[delta_id]["issuer"] and rows[delta_id]["next_update"].startswith("20")

@@ -148,7 +148,12 @@ def effective_trusted_ids(
 def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
                    intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
                    require_crl: bool | None, max_chain_depth: int | None) -> chain.TrustAnchors | None:
-    """What to validate the signing certificate's chain against; None when no trust is configured."""
+    """What to validate the signing certificate's chain against; None when no trust is configured.
+
+    The key manager is opened whenever a chain is to be validated, however the certificates were
+    given: its stored CRLs always count, and a key manager that cannot be reached is an error
+    (KeyManagerError), never a chain validated without them.
+    """
     from imgsign import certificates, chain
 
     settings = config(ctx).imgsign if has_config(ctx) else None
@@ -157,15 +162,14 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
         if intermediate_files or crl_files or require_crl:
             raise errors.InputError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")
         return None
-    store = open_store(ctx) if ids or store_is_open(ctx) else None
-    trusted = [certificates.load_certificate(store.get_certificate(i)) for i in ids] if store else []
+    store = open_store(ctx)
+    trusted = [certificates.load_certificate(store.get_certificate(i)) for i in ids]
     for path in trusted_files:
         trusted += chain.load_certificates(read_small_file(path, "trusted certificates"))
     intermediates = [c for path in intermediate_files
                      for c in chain.load_certificates(read_small_file(path, "intermediate certificates"))]
     crls = [chain.load_crl(read_small_file(path, "CRL")) for path in crl_files]
-    if store is not None:
-        crls += [chain.load_crl(der) for _, der in store.get_crls()]
+    crls += [chain.load_crl(der) for _, der in store.get_crls()]
     return chain.TrustAnchors(
         trusted, intermediates, crls,
         require_crls=require_crl if require_crl is not None else bool(settings and settings.require_crls),

@@ -56,10 +56,12 @@ def _summary(cert_id: str, cert: x509.Certificate) -> dict[str, Any]:
 
 
 @cert_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of objects: id, subject, issuer, serial, not_before, not_after, key, "
+                   "sha256_fingerprint.")
 @click.pass_context
 def cert_list(ctx: click.Context, as_json: bool) -> None:
-    """List stored certificates."""
+    """List stored certificates: id, expiry date, subject (or --json)."""
     store = open_store(ctx)
     rows = []
     for item in store.list_objects("certificate"):
@@ -68,8 +70,9 @@ def cert_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    click.echo(f"{'ID':36}  {'NOT AFTER':10}  SUBJECT")
     for row in rows:
-        click.echo(f"{row['id']}  {row['not_after'][:10]}  {row['subject']}")
+        click.echo(f"{row['id']:36}  {row['not_after'][:10]:10}  {row['subject']}")
 
 
 @cert_group.command("show")

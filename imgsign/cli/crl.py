@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import click
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import chain, errors
@@ -25,13 +29,38 @@ def crl_store(ctx: click.Context, crl_path: str) -> None:
 
 
 @crl_group.command("list")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of objects: id, issuer, last_update, next_update (null if none), "
+                   "crl_number (null if none), revoked (count), limits (what keeps it from being a complete "
+                   "CRL; empty: complete).")
 @click.pass_context
-def crl_list(ctx: click.Context) -> None:
-    """List stored CRLs: id, next update, issuer, number of revoked certificates."""
-    for crl_id, der in open_store(ctx).get_crls():
-        crl = chain.load_crl(der)
-        due = f"{crl.next_update_utc:%Y-%m-%d}" if crl.next_update_utc else "-"
-        click.echo(f"{crl_id}  {due}  {crl.issuer.rfc4514_string()}  ({len(list(crl))} revoked)")
+def crl_list(ctx: click.Context, as_json: bool) -> None:
+    """List stored CRLs: id, next update, issuer, number revoked, scope (or --json)."""
+    rows = [_summary(crl_id, chain.load_crl(der)) for crl_id, der in open_store(ctx).get_crls()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'ID':36}  {'NEXT UPDATE':11}  ISSUER  (REVOKED)  SCOPE")
+    for row in rows:
+        due = row["next_update"][:10] if row["next_update"] else "-"
+        scope = ", ".join(row["limits"]) or "complete"
+        click.echo(f"{row['id']:36}  {due:11}  {row['issuer']}  ({row['revoked']} revoked)  {scope}")
+
+
+def _summary(crl_id: str, crl: x509.CertificateRevocationList) -> dict[str, Any]:
+    try:
+        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    return {
+        "id": crl_id,
+        "issuer": crl.issuer.rfc4514_string(),
+        "last_update": crl.last_update_utc.isoformat(),
+        "next_update": crl.next_update_utc.isoformat() if crl.next_update_utc else None,
+        "crl_number": number,
+        "revoked": len(crl),
+        "limits": chain.crl_limits(crl),
+    }
 
 
 @crl_group.command("delete")

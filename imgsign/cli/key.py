@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from imgsign import errors
@@ -28,11 +30,20 @@ def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_fi
 
 
 @key_group.command("list")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of objects: id, name, algorithm, bit_length, created (Unix time).")
 @click.pass_context
-def key_list(ctx: click.Context) -> None:
-    """List stored private keys (metadata only)."""
-    for item in open_store(ctx).list_objects("private-key"):
-        click.echo(f"{item.id}  {item.algorithm or '?'}-{item.bit_length or '?'}  {item.name or ''}".rstrip())
+def key_list(ctx: click.Context, as_json: bool) -> None:
+    """List stored private keys, metadata only: id, algorithm-bits, name (or --json)."""
+    items = open_store(ctx).list_objects("private-key")
+    if as_json:
+        click.echo(json.dumps([{"id": i.id, "name": i.name, "algorithm": i.algorithm, "bit_length": i.bit_length,
+                                "created": i.created} for i in items], indent=2))
+        return
+    click.echo(f"{'ID':36}  {'ALGORITHM':10}  NAME")
+    for item in items:
+        kind = f"{item.algorithm or '?'}-{item.bit_length or '?'}"
+        click.echo(f"{item.id:36}  {kind:10}  {item.name or ''}".rstrip())
 
 
 @key_group.command("delete")

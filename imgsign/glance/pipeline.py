@@ -65,7 +65,10 @@ def verify_image(
 
     The signer's certificate is fetched from ``certificates`` by
     ``img_signature_certificate_uuid``.  With ``trusted_ids`` it must chain to
-    one of those certificates (CRLs from ``crls`` and from the store are checked).
+    one of those certificates (CRLs from ``crls`` and every CRL the store holds are checked; a store
+    that cannot list its CRLs raises :class:`~imgsign.errors.KeyManagerError`, never a chain
+    validated without them; ``require_crls`` needs a complete CRL in scope from every issuer,
+    see :func:`imgsign.chain.validate_chain`).
     All checks that need no data run before the first byte is read.
     """
     parsed = SignatureProperties.from_mapping(properties)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +13,11 @@ from castellan.common.objects import opaque_data, private_key, public_key, x_509
 from imgsign.errors import KeyManagerError, ObjectNotFound
 from imgsign.keymanager import CertificateStore, StoredObject
 
-#: castellan's Barbican driver returns only barbicanclient's first page of a listing.
-BARBICAN_LIST_LIMIT = 10
+#: Secrets per page when listing Barbican (castellan's driver asks for barbicanclient's default
+#: first page of 10 only; Barbican's default ``max_limit_paging`` is 100).
+BARBICAN_PAGE_SIZE = 100
+#: Listings of Barbican tried before giving up when secrets keep changing meanwhile.
+BARBICAN_LIST_ATTEMPTS = 3
 
 #: Name prefix that marks opaque data holding a certificate revocation list.
 CRL_NAME_PREFIX = "X.509 CRL: "
@@ -25,15 +29,10 @@ _KINDS: dict[str, type] = {"certificate": x_509.X509, "private-key": private_key
 class CastellanStore(CertificateStore):
     """Certificates and keys in a castellan backend, for one request context (project)."""
 
-    def __init__(self, manager: Any, context: Any, description: str, list_limit: int | None = None) -> None:
-        """``list_limit``: the most objects the backend's ``list()`` can return (castellan's Barbican
-        driver returns only the first page of 10); a full page means "maybe more"."""
+    def __init__(self, manager: Any, context: Any, description: str) -> None:
         self._manager = manager
         self._context = context
         self.description = description
-        if list_limit is None and type(manager).__name__ == "BarbicanKeyManager":
-            list_limit = BARBICAN_LIST_LIMIT
-        self.list_limit = list_limit
 
     @contextlib.contextmanager
     def _calling(self, action: str, object_id: str | None = None) -> Iterator[None]:
@@ -64,7 +63,7 @@ class CastellanStore(CertificateStore):
     def find_certificate(self, der: bytes) -> str | None:
         """The id of a stored certificate with exactly these DER bytes, if any."""
         with self._calling("list certificates"):
-            for obj in self._manager.list(self._context, object_type=x_509.X509):
+            for obj in self._list(x_509.X509):
                 if bytes(obj.get_encoded()) == der:
                     return str(obj.id)
         return None
@@ -87,19 +86,15 @@ class CastellanStore(CertificateStore):
             return str(self._manager.store(self._context, opaque_data.OpaqueData(der, name=CRL_NAME_PREFIX + issuer)))
 
     def get_crls(self) -> list[tuple[str, bytes]]:
-        """Every stored CRL as (id, DER); fails closed when the backend cannot list them all."""
+        """Every stored CRL as (id, DER); any object that cannot be read is an error, never skipped."""
         with self._calling("list CRLs"):
-            objects = self._manager.list(self._context, object_type=opaque_data.OpaqueData)
-        if self.list_limit is not None and len(objects) >= self.list_limit:
-            raise KeyManagerError(
-                f"{self.description} lists only {self.list_limit} opaque objects through castellan, so some "
-                "stored CRLs may be missed: give the CRLs as files (--crl) instead"
-            )
-        return [(str(o.id), bytes(o.get_encoded())) for o in objects if (o.name or "").startswith(CRL_NAME_PREFIX)]
+            objects = self._list(opaque_data.OpaqueData)
+            return [(str(o.id), _payload(o, str(o.id), self.description))
+                    for o in objects if (o.name or "").startswith(CRL_NAME_PREFIX)]
 
     def list_objects(self, kind: str) -> list[StoredObject]:
         with self._calling(f"list {kind}s"):
-            objects = self._manager.list(self._context, object_type=_KINDS[kind], metadata_only=True)
+            objects = self._list(_KINDS[kind], metadata_only=True)
         return [
             StoredObject(str(o.id), kind, o.name, o.created, getattr(o, "algorithm", None),
                          getattr(o, "bit_length", None))
@@ -109,6 +104,52 @@ class CastellanStore(CertificateStore):
     def delete(self, object_id: str) -> None:
         with self._calling("delete", object_id):
             self._manager.delete(self._context, object_id)
+
+    def _list(self, object_type: type, metadata_only: bool = False) -> list[Any]:
+        """All objects of ``object_type`` (call inside :meth:`_calling`)."""
+        if _is_barbican(self._manager):
+            return _barbican_list_all(self._manager, self._context, object_type, metadata_only)
+        return list(self._manager.list(self._context, object_type=object_type, metadata_only=metadata_only))
+
+
+def _is_barbican(manager: Any) -> bool:
+    """Is ``manager`` castellan's Barbican driver (checked without importing it)?"""
+    module = sys.modules.get("castellan.key_manager.barbican_key_manager")
+    return module is not None and isinstance(manager, module.BarbicanKeyManager)
+
+
+def _barbican_list_all(manager: Any, context: Any, object_type: type, metadata_only: bool) -> list[Any]:
+    """Every page of a Barbican listing, as castellan objects.
+
+    castellan's ``BarbicanKeyManager.list`` returns barbicanclient's first page (10 secrets) and
+    drops secrets it cannot read.  This pages with the barbicanclient castellan builds for the
+    context (castellan's session, auth and endpoint) until an empty page, converts each secret
+    with castellan's own conversion and lets any failure propagate.  Offset paging can skip a
+    secret when another one is deleted meanwhile, so the listing must account for Barbican's
+    ``total`` before and after it, or it is repeated (then a KeyManagerError).
+    """
+    client = manager._get_barbican_client(context)
+    secret_type = manager._secret_type_dict[object_type]
+    for _ in range(BARBICAN_LIST_ATTEMPTS):
+        before = _barbican_total(client, secret_type)
+        found: dict[str, Any] = {}
+        offset = 0
+        while page := client.secrets.list(limit=BARBICAN_PAGE_SIZE, offset=offset, secret_type=secret_type,
+                                          sort="created:asc"):
+            for secret in page:
+                obj = manager._get_castellan_object(secret, metadata_only)
+                found.setdefault(str(obj.id), obj)
+            offset += len(page)
+        if len(found) == before == _barbican_total(client, secret_type):
+            return list(found.values())
+    raise KeyManagerError(f"the {secret_type} secrets kept changing while they were listed "
+                          f"({BARBICAN_LIST_ATTEMPTS} attempts); try again")
+
+
+def _barbican_total(client: Any, secret_type: str) -> int:
+    """How many secrets of ``secret_type`` Barbican says there are (its listing's ``total``)."""
+    body = client.client.get("secrets", params={"limit": 1, "offset": 0, "secret_type": secret_type})
+    return int(body["total"])
 
 
 def _payload(obj: Any, object_id: str, where: str) -> bytes:
