@@ -60,10 +60,6 @@ def config(ctx: click.Context) -> Any:
     return root.obj["conf"]
 
 
-def store_is_open(ctx: click.Context) -> bool:
-    return "store" in ctx.find_root().obj
-
-
 def open_store(ctx: click.Context) -> CastellanStore:
     """The configured key manager (embedded SQLite store unless configured otherwise)."""
     from imgsign.keymanager import config as config_file

@@ -112,8 +112,8 @@ OPTS = [
     cfg.BoolOpt("require_signature", default=False,
                 help="Refuse images that have no img_signature* properties (default: they pass unchecked)."),
     cfg.BoolOpt("require_crls", default=False,
-                help="With trusted_certificate_ids: refuse a chain when an issuer on it has no CRL in the key "
-                     "manager."),
+                help="With trusted_certificate_ids: refuse a chain when an issuer on it has no complete CRL "
+                     "in scope (RFC 5280: no delta, partitioned or indirect CRL) in the key manager."),
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
     cfg.StrOpt("service_certificate_id",

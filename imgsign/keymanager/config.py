@@ -38,7 +38,8 @@ def _imgsign_opts() -> list[cfg.Opt]:
         cfg.IntOpt("max_chain_depth", default=8, min=0, max=255,
                    help="Most intermediate CAs between the signing and a trusted certificate."),
         cfg.BoolOpt("require_crls", default=False,
-                    help="Refuse a chain when an issuer on it has no CRL (files or stored ones)."),
+                    help="Refuse a chain when an issuer on it has no complete CRL in scope "
+                         "(files or stored ones; delta, partitioned and indirect CRLs do not count)."),
     ]
 
 
