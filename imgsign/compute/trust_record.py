@@ -118,6 +118,9 @@ class TrustRecord:
             )
             if cached["name"] != cache_name(record.image_id):
                 raise TrustRecordError("trust record names another image's cache file")
+            if len(record.signed_digest) != record.properties.hash_method.digest_size \
+                    or len(record.cached_sha256) != hashlib.sha256().digest_size:
+                raise TrustRecordError("trust record has a digest of the wrong length")
         except TrustRecordError:
             raise
         except Exception as exc:  # noqa: BLE001 - any malformed field
