@@ -375,6 +375,17 @@ def test_misinstalled_state_is_refused(tmp_path, misinstall):
     assert not decision.allowed and decision.code == INSECURE_STATE, decision
 
 
+def test_the_expected_owner_is_a_parameter(tmp_path):
+    state = tmp_path / "state"
+    SealedStore(str(state), "records").write("x", {"a": 1})
+    for path in [state, *state.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+    assert SealedStore(str(state), "records", owner=NOBODY).read("x") == {"a": 1}
+    with pytest.raises(errors.ImgsignError) as refused:
+        SealedStore(str(state), "records").read("x")
+    assert refused.value.exit_code == INSECURE_STATE and "owned by uid 65534, not 0" in refused.value.message
+
+
 def test_nova_forges_a_record_in_a_state_directory_it_owns(tmp_path):
     """The exploit behind the ownership checks: with the state directory owned by nova, nova replaces
     the key with its own and seals a record for its own bytes."""

@@ -92,7 +92,7 @@ def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) 
         f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
         f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
         f"(trust is decided on the certificate these ids were fetched as, not on the claimed id "
-        f"{record.properties.certificate_uuid}; the signer's was {fetched})"
+        f"{record.properties.certificate_uuid}; the signing certificate was {fetched})"
     )
 
 
@@ -100,8 +100,8 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
                cache: VerifiedCache | None = None, records: RecordStore | None = None) -> str:
     """Raise unless ``path`` is exactly the verified file of ``record``; returns how it was checked.
 
-    ``records`` (for the trusted-certificate bindings and the expected owner of the state) is
-    required when the policy names trusted certificate ids.
+    ``records`` (for the trusted-certificate bindings) is required when the policy names trusted
+    certificate ids.
     """
     name = os.path.basename(path)
     if record is None:

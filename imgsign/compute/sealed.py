@@ -51,7 +51,7 @@ def check_owner(info: os.stat_result, path: str, owner: int, what: str, *, priva
     (``private``: and read) it."""
     if info.st_uid != owner:
         raise InsecureState(f"{what} {path} is owned by uid {info.st_uid}, not {owner}: whoever owns it can "
-                            f"forge trust records (chown {owner} it, or remove it)")
+                            f"forge trust records (give it to uid {owner}, or remove it)")
     if info.st_mode & 0o022:
         raise InsecureState(f"{what} {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}, "
                             "or a POSIX ACL granting write): anyone who can write it can forge trust records")
@@ -133,7 +133,10 @@ class SealedStore:
 
     def _create_key(self, state_fd: int) -> None:
         """Write a new key under a unique name and link it to ``hmac.key``: the first link wins."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=self.state_dir)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=self.state_dir)
+        except OSError as exc:
+            raise TrustRecordError(f"cannot create the state key in {self.state_dir}: {exc.strerror}") from None
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, os.urandom(KEY_SIZE))
