@@ -481,3 +481,15 @@ def test_state_file_names_are_checked_before_any_path_is_built(tmp_path):
     for bad in ("", "../x", ".hidden", "a/b", "nul\0"):
         with pytest.raises(errors.InputError):
             store.read(bad)
+
+
+def test_boot_cache_into_an_insecure_state_directory_writes_nothing(tmp_path):
+    source, props, _ = signed_qcow2(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, NOBODY, NOBODY)
+    with pytest.raises(errors.ImgsignError) as refused:
+        add_to_cache(chunks(source), "img-1", props, rsa_cert(), RecordStore(str(state)),
+                     instances_path=str(tmp_path / "instances"))
+    assert refused.value.exit_code == INSECURE_STATE
+    assert not (tmp_path / "instances" / "_base").exists() or not os.listdir(tmp_path / "instances" / "_base")

@@ -186,6 +186,7 @@ def add_to_cache(
     Each is sealed as an id -> fingerprint binding for the offline boot hook
     (:class:`~imgsign.compute.trust_record.AnchorStore`).
     """
+    records.prepare()  # an insecure state directory stops us before anything is written
     trusted: tuple[x509.Certificate, ...] = ()
     if anchors is not None:
         if len(trusted_ids) > len(anchors.trusted):
@@ -233,5 +234,11 @@ def add_to_cache(
             cached_format=cached_format, cached_sha256=sha256, cached_size=size, source_format=source_format,
             cached_identity=identity,
         )
-        records.put(record)
+        try:
+            records.put(record)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a base without a record is refused anyway; tidy up
+                if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == identity.inode:
+                    os.unlink(name, dir_fd=dir_fd)
+            raise
     return record

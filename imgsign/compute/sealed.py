@@ -163,6 +163,13 @@ class SealedStore:
         self._key = key
         return key
 
+    def prepare(self) -> None:
+        """Create the directories and the key if missing and check them (before any other work)."""
+        if self.key(create=True) is None:
+            raise TrustRecordError(f"the state key in {self.state_dir} could not be created")
+        with self._dirs(create=True):
+            pass
+
     # --- documents -----------------------------------------------------------------------
 
     def _name(self, name: str) -> str:

@@ -168,6 +168,9 @@ class AnchorStore:
     def _name(certificate_id: str) -> str:
         return hashlib.sha256(certificate_id.encode("utf-8", "surrogatepass")).hexdigest()
 
+    def prepare(self) -> None:
+        self._sealed.prepare()
+
     def bind(self, certificate_id: str, certificate_der: bytes) -> None:
         """Record that the key manager returned ``certificate_der`` for ``certificate_id``."""
         self._sealed.write(self._name(certificate_id), {"id": certificate_id,
@@ -200,6 +203,11 @@ class RecordStore:
         self.state_dir = state_dir
         self.owner = self._sealed.owner
         self.anchors = AnchorStore(state_dir, owner=self.owner)
+
+    def prepare(self) -> None:
+        """Make sure the state directory, its key and subdirectories exist and are secure (or raise)."""
+        self._sealed.prepare()
+        self.anchors.prepare()
 
     def put(self, record: TrustRecord) -> None:
         self._sealed.write(cache_name(record.image_id), record.to_body())
