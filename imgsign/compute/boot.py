@@ -134,10 +134,13 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         same_hash = record.properties.hash_method is HashMethod.SHA256
         sha256 = hashlib.sha256()
         signed = None if converted or same_hash else record.properties.hash_method.new()
-        for chunk in iter_chunks(handle):
-            sha256.update(chunk)
-            if signed is not None:
-                signed.update(chunk)
+        try:
+            for chunk in iter_chunks(handle):
+                sha256.update(chunk)
+                if signed is not None:
+                    signed.update(chunk)
+        except OSError as exc:
+            raise errors.InputError(f"cannot read base file {path}: {exc.strerror}") from None
         after = FileIdentity.of(handle.fileno())
     signed_digest = signed.digest() if signed is not None else (sha256.digest() if not converted else None)
     if sha256.digest() != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):

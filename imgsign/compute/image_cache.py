@@ -71,10 +71,12 @@ def _private_file(dir_fd: int) -> Iterator[int]:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise InputError(f"cannot create a file in the image cache: {exc.strerror}") from None
         name = f".imgsign-{secrets.token_hex(8)}.part"
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            raise InputError(f"cannot create a file in the image cache: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask
         yield fd
     finally:
         os.close(fd)
@@ -116,9 +118,12 @@ def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=dir_fd)
         raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
-    os.fsync(dir_fd)
-    mine = os.fstat(fd)
-    there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    try:
+        os.fsync(dir_fd)
+        mine = os.fstat(fd)
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
     if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
         raise InputError(f"_base/{name} was replaced while it was being placed; nothing was recorded")
     return FileIdentity.from_stat(mine)
@@ -151,18 +156,14 @@ def validated_anchors(certificate: x509.Certificate, anchors: TrustAnchors,
     return tuple(found)
 
 
-def _qemu(step: str, image_id: str, fd: int) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def _qemu(step: str, image_id: str, fd: int) -> Iterator[None]:
     """Name the image, not ``/proc/<pid>/fd/N``, in a qemu-img error."""
-
-    @contextlib.contextmanager
-    def renamed() -> Iterator[None]:
-        try:
-            yield
-        except ImgsignError as exc:
-            exc.message = exc.message.replace(fd_path(fd), f"image {image_id} ({step})")
-            raise
-
-    return renamed()
+    try:
+        yield
+    except ImgsignError as exc:
+        exc.message = exc.message.replace(fd_path(fd), f"image {image_id} ({step})")
+        raise
 
 
 def add_to_cache(
@@ -217,9 +218,12 @@ def add_to_cache(
             with _qemu("convert", image_id, download):
                 qemu_img.convert_to_raw(fd_path(download), source_format, fd_path(cached))
             cached_format = "raw"
-        sha256, size = _digest_of(cached, HashMethod.SHA256)
-        os.fchmod(cached, 0o644)
-        os.fsync(cached)
+        try:
+            sha256, size = _digest_of(cached, HashMethod.SHA256)
+            os.fchmod(cached, 0o644)
+            os.fsync(cached)
+        except OSError as exc:
+            raise InputError(f"cannot read back image {image_id} in the image cache: {exc.strerror}") from None
         fetched = anchors.trusted if anchors is not None else ()
         for certificate_key, bound in zip(trusted_ids, fetched, strict=False):  # the ids name the first ones
             records.anchors.bind(certificate_key, bound.public_bytes(Encoding.DER))

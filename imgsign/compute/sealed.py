@@ -234,5 +234,10 @@ class SealedStore:
         return self.unseal(name, raw, path)
 
     def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.directory, self._name(name)))
+        path = os.path.join(self.directory, self._name(name))
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise TrustRecordError(f"cannot remove {path}: {exc.strerror}") from None
