@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from imgsign.compute.boot import BootPolicy, check_base
 from imgsign.compute.sealed import SealedStore
-from imgsign.compute.trust_record import VERSION, RecordStore, TrustRecord, cache_name
+from imgsign.compute.trust_record import VERSION, AnchorStore, RecordStore, TrustRecord, cache_name
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError
 from tests.conftest import CERT_UUID, cert_of
@@ -114,13 +114,21 @@ def test_sealed_store_read_of_arbitrary_bytes(state, raw):
 
 
 @FUZZ_IO
+@example({"id": "ca", "sha256": ["not", "hex"]})
+@example({"id": "ca", "sha256": "AB" * 32})
+@example({"identity": {"device": 1, "inode": 2, "size": 3, "mtime_ns": 4, "ctime_ns": 5}, "sha256": "00",
+          "verified_at": 1e308})
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=5))
 def test_sealed_bodies_that_pass_their_seal(state, body):
     """What a root process sealed but an older or buggy imgsign wrote: parsed or refused, never a crash."""
     SealedStore(state, "records").write(cache_name("img-1"), body)
     SealedStore(state, "verified").write("x", body)
+    SealedStore(state, "anchors").write(AnchorStore._name("ca"), body)
     with contextlib.suppress(ImgsignError):
         RecordStore(state).get("img-1")
+    with contextlib.suppress(ImgsignError):
+        found_anchor = AnchorStore(state).fingerprint("ca")
+        assert found_anchor is None or len(found_anchor) == 64
     found = VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5))
     assert found is None or len(found) == 32
 
