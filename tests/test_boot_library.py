@@ -107,3 +107,26 @@ def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):
                              (("never",), False)):
         decision = verify_for_boot(base, records, BootPolicy(trusted_certificate_ids=trusted))
         assert decision.allowed is allowed, (trusted, decision)
+
+
+def test_shared_mappers_reads_proc_maps(tmp_path):
+    """A fake /proc: shared mappings of the file count (any permissions), private ones do not; an
+    unreadable process not running as root makes the answer unknown."""
+    from imgsign.compute.verified_cache import shared_mappers
+
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    info = target.stat()
+    dev = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+    proc = tmp_path / "proc"
+    for pid, perms in (("10", "rw-p"), ("11", "r--s"), ("12", "rw-s")):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "maps").write_text(f"7f00-7f01 {perms} 00000000 {dev} {info.st_ino}  {target}\n"
+                                         f"7f02-7f03 rw-s 00000000 {dev} {info.st_ino + 1}  /other\n")
+    (proc / "self").mkdir()
+    assert sorted(shared_mappers(info, str(proc)) or []) == [11, 12]
+    (proc / "13" / "maps").mkdir(parents=True)  # unreadable as a file
+    (proc / "13" / "status").write_text("Name:\tx\nUid:\t0\t0\t0\t0\n")
+    assert sorted(shared_mappers(info, str(proc))) == [11, 12]  # root's: trusted
+    (proc / "13" / "status").write_text("Name:\tx\nUid:\t65534\t65534\t65534\t65534\n")
+    assert shared_mappers(info, str(proc)) is None

@@ -35,7 +35,7 @@ from imgsign import errors
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key, load_certificate
 from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
-from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache, unsealed_reason
+from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache, shared_mappers, unsealed_reason
 from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
 from imgsign.policy import Policy
 from imgsign.stream import iter_chunks
@@ -126,10 +126,16 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         if identity.size != record.cached_size:
             raise InvalidSignature(f"base file {path} is {identity.size} bytes, the verified one was "
                                    f"{record.cached_size}: it changed since image {record.image_id} was verified")
-        unsealed = unsealed_reason(info, record.cached_identity, cache.owner) if cache is not None else None
+        unsealed = unsealed_reason(info, cache.owner) if cache is not None else None
         if cache is not None and unsealed is None and \
                 cache.lookup(name, identity, policy.max_fast_path_age) == record.cached_sha256:
             return "unchanged since its last verification"
+        if cache is not None and unsealed is None:  # before the read: see imgsign.compute.verified_cache
+            mappers = shared_mappers(info)
+            if mappers is None:
+                unsealed = "the memory mappings of every process could not be read"
+            elif mappers:
+                unsealed = f"mapped shared by process {', '.join(map(str, mappers))}"
         converted = record.cached_format != record.source_format
         same_hash = record.properties.hash_method is HashMethod.SHA256
         sha256 = hashlib.sha256()
@@ -154,7 +160,7 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         cache.store(name, identity, sha256.digest())
         return "read and verified in full"
     cache.forget(name)
-    return f"read and verified in full (it will be read in full at every boot: {unsealed or 'it changed meanwhile'})"
+    return f"read and verified in full (not remembered: {unsealed or 'it changed while it was read'})"
 
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,

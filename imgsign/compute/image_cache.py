@@ -10,7 +10,7 @@ continue.  qemu-img inspects (refusing backing and external data files) and,
 like ``force_raw_images``, converts to raw through ``/proc/<pid>/fd/N``, into a
 second anonymous file; the result is hashed through its descriptor, made 0644,
 linked into ``_base`` and renamed to ``_base/<sha1(image_id)>``, and the trust
-record binds the digest and the identity of exactly that file.  When anything
+record binds the digest of exactly that file.  When anything
 fails, nothing is recorded.
 """
 
@@ -236,7 +236,6 @@ def add_to_cache(
             signed_digest=verifier.verified_digest, certificate_id=certificate_id,
             anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
             cached_format=cached_format, cached_sha256=sha256, cached_size=size, source_format=source_format,
-            cached_identity=identity,
         )
         try:
             records.put(record)

@@ -13,7 +13,7 @@ key manager:
 * the SHA-256 fingerprints of the trusted certificates the signer's chain was
   validated against (trust is decided on certificates, never on ids: the hook
   maps its trusted ids to fingerprints through the sealed :class:`AnchorStore`);
-* the cached file as written: its format, SHA-256 and identity at creation.
+* the cached file as written: its format and SHA-256.
   Nova converts qcow2 to raw (``force_raw_images``), so the cached file is not
   the signed bytes; the record binds "verified original -> converted file ->
   this digest".
@@ -31,12 +31,10 @@ import hashlib
 from typing import Any
 
 from imgsign.compute.sealed import Damaged, SealedStore
-from imgsign.compute.verified_cache import FileIdentity
 from imgsign.errors import TrustRecordError
 from imgsign.properties import SignatureProperties
 
-#: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint,
-#: the cached file's identity at creation is kept.
+#: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint.
 VERSION = 2
 
 
@@ -66,8 +64,6 @@ class TrustRecord:
     cached_sha256: bytes
     cached_size: int
     source_format: str
-    #: the cached file right after imgsign created it (see :mod:`imgsign.compute.verified_cache`)
-    cached_identity: FileIdentity | None = None
     recorded_at: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     )
@@ -82,9 +78,7 @@ class TrustRecord:
             "certificate_id": self.certificate_id,
             "anchor_fingerprints": list(self.anchor_fingerprints),
             "cached_file": {"name": cache_name(self.image_id), "format": self.cached_format,
-                            "sha256": self.cached_sha256.hex(), "size": self.cached_size,
-                            "identity": (dataclasses.asdict(self.cached_identity)
-                                         if self.cached_identity is not None else None)},
+                            "sha256": self.cached_sha256.hex(), "size": self.cached_size},
             "source_format": self.source_format,
             "recorded_at": self.recorded_at,
         }
@@ -100,7 +94,6 @@ class TrustRecord:
                     "older records do not bind the signer certificate to a trusted id): cache the image again "
                     "with `imgsign boot cache`")
             cached = body["cached_file"]
-            identity = cached["identity"]
             record = cls(
                 image_id=_text(body["image_id"]),
                 properties=SignatureProperties.from_mapping(body["properties"]),
@@ -112,8 +105,6 @@ class TrustRecord:
                 cached_sha256=bytes.fromhex(_text(cached["sha256"])),
                 cached_size=_int(cached["size"]),
                 source_format=_text(body["source_format"]),
-                cached_identity=None if identity is None else FileIdentity(
-                    **{field: _int(identity[field]) for field in FileIdentity.FIELDS}),
                 recorded_at=_text(body["recorded_at"]),
             )
             if cached["name"] != cache_name(record.image_id):

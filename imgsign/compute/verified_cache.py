@@ -1,36 +1,36 @@
 """The verified-digest cache: skip re-reading a base file that cannot have changed.
 
-Metadata alone does not prove that content is unchanged: a write through a
-shared writable mapping (``mmap(MAP_SHARED, PROT_WRITE)``) to a page that is
-already dirty changes neither mtime nor ctime.  So an entry is only written,
-and only used, for a base file that no process other than root can have
-written since imgsign created it:
+Metadata alone does not prove that content is unchanged.  Every ``write()``
+(whatever the descriptor, however old) and every first write to a page of a
+shared mapping (a page fault) updates ctime; but later writes to a page that a
+shared writable mapping already holds dirty change no timestamp at all.  So an
+entry is only written, and only used, for a base file:
 
-* it is owned by imgsign's user (root), is a regular file and has no group or
-  other write bit (with POSIX ACLs the group bits are the ACL mask, so no ACL
-  entry grants write either): nobody else can open it for writing now;
-* its identity ``(device, inode, size, mtime_ns, ctime_ns)`` is exactly the one
-  recorded when ``imgsign boot cache`` created it (an anonymous root-owned 0600
-  file, made 0644 only when complete): every ``chown``, ``chmod``, ACL change,
-  link, rename or write changes ctime, so an unchanged identity means it was
-  never writable by anyone else, and so no other process holds a writable
-  descriptor or mapping of it (permissions are checked only at open time).
+* owned by imgsign's user (root), regular, with no group or other write bit
+  (with POSIX ACLs the group bits are the ACL mask, so no ACL entry grants
+  write either): nobody else can open it for writing, or map it writable, now;
+* that no process had mapped shared (``/proc/*/maps``; any shared mapping, as
+  ``mprotect`` can make a read-only view of a writable mapping writable again
+  without a fault) when its full read began, and whose identity ``(device,
+  inode, size, mtime_ns, ctime_ns)`` did not change during that read: a mapping
+  made afterwards needs a page fault to write, which moves ctime.
 
-After a full read matched the record, such a file's identity, SHA-256 and the
-time are sealed into ``state_dir/verified/<name>.json``.  A later boot accepts
-the file without reading it when the entry is intact, its identity is the
-file's current one, the two conditions above still hold and the entry is not
-older than ``max_age`` seconds; otherwise the whole file is read.  A damaged or
-forged entry is ignored: it can only cost a re-verification.
+After such a full read matched the record, the identity, SHA-256 and time are
+sealed into ``state_dir/verified/<name>.json``.  A later boot accepts the file
+without reading it when the entry is intact, its identity is the file's current
+one, the first condition still holds and the entry is not older than
+``max_age`` seconds; otherwise the whole file is read.  A damaged or forged
+entry is ignored: it can only cost a re-verification.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from imgsign.compute.sealed import Damaged, SealedStore
 
@@ -46,8 +46,6 @@ class FileIdentity:
     mtime_ns: int
     ctime_ns: int
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("device", "inode", "size", "mtime_ns", "ctime_ns")
-
     @classmethod
     def of(cls, fd_or_path: int | str) -> FileIdentity:
         return cls.from_stat(os.stat(fd_or_path))
@@ -57,18 +55,57 @@ class FileIdentity:
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def unsealed_reason(info: os.stat_result, created: FileIdentity | None, owner: int) -> str | None:
-    """Why a base file with ``stat`` ``info`` may have been written by someone else since imgsign
-    created it with identity ``created`` (None: it cannot have been)."""
+def unsealed_reason(info: os.stat_result, owner: int) -> str | None:
+    """Why someone other than ``owner`` may be able to write the file ``info`` describes (None: nobody)."""
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
     if info.st_uid != owner:
         return f"owned by uid {info.st_uid}, not {owner}"
     if info.st_mode & 0o022:
         return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-    if created is None or FileIdentity.from_stat(info) != created:
-        return "not the file imgsign created, or its metadata changed since"
     return None
+
+
+def _runs_as_root(process: str) -> bool:
+    """Are all of a process's uids (real, effective, saved, filesystem) 0?  False when unknown."""
+    try:
+        with open(os.path.join(process, "status"), "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Uid:"):
+                    return line.split()[1:] == [b"0"] * 4
+    except OSError:
+        pass
+    return False
+
+
+def shared_mappers(info: os.stat_result, proc: str = "/proc") -> list[int] | None:
+    """The pids of processes with a shared mapping of the file ``info`` describes; None when the
+    mappings of some process not running as root cannot be read (then nobody can say there are none)."""
+    device = (os.major(info.st_dev), os.minor(info.st_dev))
+    inode = str(info.st_ino).encode()
+    found = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry.name, "maps"), "rb") as handle:
+                maps = handle.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile: its mappings are gone
+        except OSError:
+            if _runs_as_root(os.path.join(proc, entry.name)):
+                continue  # root is trusted (without CAP_SYS_PTRACE, root cannot read every process's maps)
+            return None
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) < 5 or fields[4] != inode or fields[1][3:4] != b"s":
+                continue
+            major, _, minor = fields[3].partition(b":")
+            with contextlib.suppress(ValueError):
+                if (int(major, 16), int(minor, 16)) == device:
+                    found.append(int(entry.name))
+                    break
+    return found
 
 
 class VerifiedCache:
