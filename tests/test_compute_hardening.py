@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -450,7 +451,7 @@ state, name, ready = sys.argv[1:]
 store = SealedStore(state, "records")
 open(ready, "w").close()
 while not __import__("os").path.exists(state + ".go"):
-    pass
+    __import__("time").sleep(0.0005)
 store.write(name, {"who": name})
 print(store.read(name)["who"], store.key(create=False).hex())
 """
@@ -466,7 +467,7 @@ def _concurrent_writers(state: Path, count: int) -> list[subprocess.CompletedPro
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "PYTHONPATH": str(REPO)}))
     while not all(r.exists() for r in readies):
-        pass
+        time.sleep(0.01)
     Path(str(state) + ".go").touch()
     results = []
     for proc in procs:
