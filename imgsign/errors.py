@@ -184,6 +184,13 @@ class UnsafeImage(ImgsignError):
     reason = "unsafe-image"
 
 
+class InsecureState(ImgsignError):
+    """imgsign's state (directory, key, record, cache entry) is owned or writable by someone else."""
+
+    exit_code = 63
+    reason = "insecure-state"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -207,4 +214,5 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     UnsignedImage,
     TrustRecordError,
     UnsafeImage,
+    InsecureState,
 )

@@ -79,3 +79,54 @@ def test_cache_entry_is_bound_to_file_identity(tmp_path):
     assert cache.lookup("f", identity) == b"\x01" * 32
     os.chmod(path, 0o600)  # ctime moves
     assert cache.lookup("f", FileIdentity.of(str(path))) is None
+
+
+def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):
+    """With root and intermediate trusted, both are recorded (the intermediate alone suffices, the root
+    with the intermediate as a helper); an unrelated trusted root is not; ids become sealed bindings."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.chain import TrustAnchors
+    from imgsign.compute.trust_record import fingerprint
+    from tests.conftest import pki
+
+    root, intermediate, unrelated = (load_certificate(pki(f"{n}.pem").read_bytes())
+                                     for n in ("root-ca", "intermediate-ca", "untrusted-root-ca"))
+    cert = load_certificate(cert_of("RSA-PSS").read_bytes())
+    props = sign([DATA], load_private_key(key_of("RSA-PSS").read_bytes()), CERT_UUID, HashMethod.SHA256)
+    records = RecordStore(str(tmp_path / "state"))
+    record = add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path),
+                          anchors=TrustAnchors([root, intermediate, unrelated]), trusted_ids=("r", "i", "u"),
+                          certificate_id=CERT_UUID)
+    fp = {c: fingerprint(c.public_bytes(Encoding.DER)) for c in (root, intermediate, unrelated, cert)}
+    assert set(record.anchor_fingerprints) == {fp[root], fp[intermediate]}
+    assert [records.anchors.fingerprint(i) for i in ("r", "i", "u", CERT_UUID, "never")] == [
+        fp[root], fp[intermediate], fp[unrelated], fp[cert], None]
+    base = str(tmp_path / "_base" / cache_name("img-1"))
+    for trusted, allowed in ((("r",), True), (("i",), True), ((CERT_UUID,), True), (("u",), False),
+                             (("never",), False)):
+        decision = verify_for_boot(base, records, BootPolicy(trusted_certificate_ids=trusted))
+        assert decision.allowed is allowed, (trusted, decision)
+
+
+def test_shared_mappers_reads_proc_maps(tmp_path):
+    """A fake /proc: shared mappings of the file count (any permissions), private ones do not; an
+    unreadable process not running as root makes the answer unknown."""
+    from imgsign.compute.verified_cache import shared_mappers
+
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    info = target.stat()
+    dev = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+    proc = tmp_path / "proc"
+    for pid, perms in (("10", "rw-p"), ("11", "r--s"), ("12", "rw-s")):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "maps").write_text(f"7f00-7f01 {perms} 00000000 {dev} {info.st_ino}  {target}\n"
+                                         f"7f02-7f03 rw-s 00000000 {dev} {info.st_ino + 1}  /other\n")
+    (proc / "self").mkdir()
+    assert sorted(shared_mappers(info, str(proc)) or []) == [11, 12]
+    (proc / "13" / "maps").mkdir(parents=True)  # unreadable as a file
+    (proc / "13" / "status").write_text("Name:\tx\nUid:\t0\t0\t0\t0\n")
+    assert sorted(shared_mappers(info, str(proc))) == [11, 12]  # root's: trusted
+    (proc / "13" / "status").write_text("Name:\tx\nUid:\t65534\t65534\t65534\t65534\n")
+    assert shared_mappers(info, str(proc)) is None

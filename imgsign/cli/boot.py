@@ -43,11 +43,14 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
     properties = SignatureProperties.from_mapping(load_properties(properties_path))
     certificate = signing_certificate(ctx, cert_path, properties)
+    # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
+    # so add_to_cache can seal each id -> the certificate the key manager returned for it.
     anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
             handle, image_id, properties, certificate, RecordStore(state_dir), instances_path=instances_path,
-            anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())), policy=Policy(),
+            anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+            certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format,
         )
     click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
@@ -56,7 +59,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @boot_group.command("check")
 @click.argument("base_file", type=click.Path(dir_okay=False))
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
-@click.option("--trusted-id", "trusted_ids", multiple=True, metavar="UUID", help="Trusted certificate id (repeatable).")
+@click.option("--trusted-id", "trusted_ids", multiple=True, metavar="UUID",
+              help="Trusted certificate id (repeatable; bound to its certificate by an earlier `boot cache`).")
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool) -> None:

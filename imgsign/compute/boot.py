@@ -5,15 +5,19 @@ trust record written when the image was verified at download
 (:mod:`imgsign.compute.image_cache`), offline:
 
 1. there is a record for the file (else: unsigned, or never verified);
-2. the signer is trusted: its certificate id, or a trusted certificate its
-   chain was validated against at download, is in ``trusted_certificate_ids``;
+2. the signer is trusted: when ``trusted_certificate_ids`` is set, each id is
+   turned into the certificate it names through the sealed id -> fingerprint
+   bindings ``boot cache`` wrote when it fetched that id from the key manager
+   (:class:`~imgsign.compute.trust_record.AnchorStore`), and the recorded
+   signer certificate, or a trusted certificate its chain was validated
+   against, must be one of those certificates (by fingerprint; the
+   ``img_signature_certificate_uuid`` label is never trusted);
 3. the record's signed digest carries a valid signature of the recorded
    certificate (microseconds; a record cannot be made up without the signer);
 4. the file is the one that was verified: same size and SHA-256 as recorded
    (and, when it was not converted, its digest is the signed digest itself).
-   The SHA-256 is read from the verified-digest cache when the file's
-   identity (device, inode, size, mtime, ctime) is unchanged since the last
-   full check; otherwise the whole file is read.
+   The SHA-256 comes from the verified-digest cache only under the conditions
+   of :mod:`imgsign.compute.verified_cache`; otherwise the whole file is read.
 
 Under ``enforce`` any failure refuses the boot; under ``warn`` it is allowed and
 the reason is reported as a warning.
@@ -25,12 +29,13 @@ import dataclasses
 import enum
 import hashlib
 import os
+import stat
 
 from imgsign import errors
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key, load_certificate
-from imgsign.compute.trust_record import RecordStore, TrustRecord
-from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
+from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
+from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache, shared_mappers, unsealed_reason
 from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
 from imgsign.policy import Policy
 from imgsign.stream import iter_chunks
@@ -46,10 +51,12 @@ class Mode(str, enum.Enum):
 class BootPolicy:
     """``mode``: refuse (enforce) or only report (warn); ``trusted_certificate_ids``: when not
     empty, the signer must be one of them or chain to one of them (Nova's
-    ``default_trusted_certificate_ids``)."""
+    ``default_trusted_certificate_ids``); ``max_fast_path_age``: seconds after a full read during
+    which an unchanged, sealed base may be accepted without reading it again."""
 
     mode: Mode = Mode.ENFORCE
     trusted_certificate_ids: tuple[str, ...] = ()
+    max_fast_path_age: float = DEFAULT_MAX_AGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,51 +78,89 @@ class BootDecision:
 _RECORD_POLICY = Policy(ignore_certificate_dates=True, allow_weak_keys=True)
 
 
+def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) -> None:
+    """Raise unless the record's signer certificate, or a trusted certificate its chain was validated
+    against, is one of the certificates the policy's trusted ids are bound to."""
+    if not policy.trusted_certificate_ids:
+        return
+    trusted = {fp for i in policy.trusted_certificate_ids if (fp := records.anchors.fingerprint(i)) is not None}
+    if fingerprint(record.certificate_der) in trusted or trusted & set(record.anchor_fingerprints):
+        return
+    fetched = (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
+               else "given as a file, not fetched from the key manager under any id")
+    raise UntrustedCertificate(
+        f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
+        f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
+        f"(trust is decided on the certificate these ids were fetched as, not on the claimed id "
+        f"{record.properties.certificate_uuid}; the signing certificate was {fetched})"
+    )
+
+
 def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
-               cache: VerifiedCache | None = None) -> str:
-    """Raise unless ``path`` is exactly the verified file of ``record``; returns how it was checked."""
+               cache: VerifiedCache | None = None, records: RecordStore | None = None) -> str:
+    """Raise unless ``path`` is exactly the verified file of ``record``; returns how it was checked.
+
+    ``records`` (for the trusted-certificate bindings) is required when the policy names trusted
+    certificate ids.
+    """
     name = os.path.basename(path)
     if record is None:
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
     if policy.trusted_certificate_ids:
-        trusted = set(policy.trusted_certificate_ids)
-        if record.properties.certificate_uuid not in trusted and not trusted & set(record.trusted_ids):
-            raise UntrustedCertificate(
-                f"image {record.image_id} is signed by certificate {record.properties.certificate_uuid}, "
-                "which is not among the trusted certificate ids and was not validated against any of them"
-            )
+        if records is None:
+            raise TypeError("check_base needs the RecordStore to check trusted certificate ids")
+        check_signer(record, records, policy)
     key = certificate_public_key(load_certificate(record.certificate_der))
     verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise errors.InputError(f"cannot open base file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb", buffering=0) as handle:
-        identity = FileIdentity.of(handle.fileno())
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise errors.InputError(f"base file {path} is not a regular file")
+        identity = FileIdentity.from_stat(info)
         if identity.size != record.cached_size:
             raise InvalidSignature(f"base file {path} is {identity.size} bytes, the verified one was "
                                    f"{record.cached_size}: it changed since image {record.image_id} was verified")
-        if cache is not None and cache.lookup(name, identity) == record.cached_sha256:
+        unsealed = unsealed_reason(info, cache.owner) if cache is not None else None
+        if cache is not None and unsealed is None and \
+                cache.lookup(name, identity, policy.max_fast_path_age) == record.cached_sha256:
             return "unchanged since its last verification"
+        if cache is not None and unsealed is None:  # before the read: see imgsign.compute.verified_cache
+            mappers = shared_mappers(info)
+            if mappers is None:
+                unsealed = "the memory mappings of every process could not be read"
+            elif mappers:
+                unsealed = f"mapped shared by process {', '.join(map(str, mappers))}"
         converted = record.cached_format != record.source_format
         same_hash = record.properties.hash_method is HashMethod.SHA256
         sha256 = hashlib.sha256()
         signed = None if converted or same_hash else record.properties.hash_method.new()
-        for chunk in iter_chunks(handle):
-            sha256.update(chunk)
-            if signed is not None:
-                signed.update(chunk)
+        try:
+            for chunk in iter_chunks(handle):
+                sha256.update(chunk)
+                if signed is not None:
+                    signed.update(chunk)
+        except OSError as exc:
+            raise errors.InputError(f"cannot read base file {path}: {exc.strerror}") from None
+        after = FileIdentity.of(handle.fileno())
     signed_digest = signed.digest() if signed is not None else (sha256.digest() if not converted else None)
     if sha256.digest() != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):
         if cache is not None:
             cache.forget(name)
         raise InvalidSignature(f"base file {path} changed since image {record.image_id} was verified "
                                "(its digest differs)")
-    if cache is not None:
+    if cache is None:
+        return "read and verified in full"
+    if unsealed is None and after == identity:
         cache.store(name, identity, sha256.digest())
-    return "read and verified in full"
+        return "read and verified in full"
+    cache.forget(name)
+    return f"read and verified in full (not remembered: {unsealed or 'it changed while it was read'})"
 
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
@@ -123,7 +168,7 @@ def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
     """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError)."""
     try:
         record = records.get_by_name(name or os.path.basename(path))
-        how = check_base(path, record, policy, cache)
+        how = check_base(path, record, policy, cache, records)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)
     image = record.image_id if record is not None else "?"

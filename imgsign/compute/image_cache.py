@@ -1,32 +1,40 @@
 """Download side: verify an image while it streams into Nova's image cache.
 
-:func:`add_to_cache` does what Nova's download does, verified: the data goes to
-a temporary ``.part`` file in ``$instances_path/_base/`` while it is hashed; only
-a valid signature (and, with ``anchors``, a trusted chain) lets it continue.
-A qcow2 is checked for host-file references and, like ``force_raw_images``,
-converted to raw; the result is renamed to ``_base/<sha1(image_id)>`` and its
-trust record written.  When anything fails nothing is left behind.
+:func:`add_to_cache` does what Nova's download does, verified.  ``_base`` is
+writable by the ``nova`` user (and whoever else shares it), who may rename or
+replace any entry in it at any moment, so nothing after the verification uses a
+name there: the data goes to an anonymous root-only file (``O_TMPFILE``, or a
+0600 file whose name is never used again) held by its descriptor while it is
+hashed; only a valid signature (and, with ``anchors``, a trusted chain) lets it
+continue.  qemu-img inspects (refusing backing and external data files) and,
+like ``force_raw_images``, converts to raw through ``/proc/<pid>/fd/N``, into a
+second anonymous file; the result is hashed through its descriptor, made 0644,
+linked into ``_base`` and renamed to ``_base/<sha1(image_id)>``, and the trust
+record binds the digest of exactly that file.  When anything
+fails, nothing is recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterator, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign.algorithms import HashMethod
-from imgsign.chain import TrustAnchors
+from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.compute import qemu_img
-from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
-from imgsign.compute.verified_cache import VerifiedCache
-from imgsign.errors import InputError, UnsafeImage
+from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name, fingerprint
+from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
+from imgsign.errors import ImgsignError, InputError, UnsafeImage, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import SignatureProperties
-from imgsign.stream import ImageData, digest, iter_chunks
+from imgsign.stream import CHUNK_SIZE, ImageData, iter_chunks
 from imgsign.verifier import Verifier
 
 
@@ -35,21 +43,127 @@ def base_dir(instances_path: str) -> str:
 
 
 @contextlib.contextmanager
-def _temporary(directory: str, prefix: str) -> Iterator[str]:
-    """A new empty file that is removed unless the caller renamed it away."""
-    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=directory)
-    os.close(fd)
+def _open_base_dir(instances_path: str) -> Iterator[int]:
+    """A descriptor of ``_base`` (made if missing; a symbolic link there is refused)."""
+    directory = base_dir(instances_path)
     try:
-        yield path
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"cannot open the image cache {directory}: {exc.strerror}") from None
+    try:
+        yield fd
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        os.close(fd)
 
 
-def _sha256_of(path: str) -> tuple[bytes, int]:
-    """SHA-256 and size of the file at ``path``."""
-    with open(path, "rb") as handle:
-        return digest(handle, HashMethod.SHA256), os.fstat(handle.fileno()).st_size
+@contextlib.contextmanager
+def _private_file(dir_fd: int) -> Iterator[int]:
+    """A new empty root-only (0600) file in ``dir_fd`` that only its descriptor reaches.
+
+    ``O_TMPFILE`` where the filesystem has it; otherwise a uniquely named 0600 file whose name is
+    never used again except to remove it (whoever swaps that name swaps nothing we read).
+    """
+    name = None
+    try:
+        fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise InputError(f"cannot create a file in the image cache: {exc.strerror}") from None
+        name = f".imgsign-{secrets.token_hex(8)}.part"
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            raise InputError(f"cannot create a file in the image cache: {exc.strerror}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+
+
+def fd_path(fd: int) -> str:
+    """A path that opens the file behind our descriptor ``fd`` (for qemu-img, a child process)."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
+
+
+def _digest_of(fd: int, method: HashMethod) -> tuple[bytes, int]:
+    """Hash and size of the file behind ``fd``, read from its start."""
+    hasher = method.new()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK_SIZE, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.digest(), offset
+
+
+def _format_of(fd: int) -> str:
+    """``qcow2`` or ``raw`` by the magic (Glance's disk_format should agree)."""
+    return "qcow2" if os.pread(fd, 4, 0) == b"QFI\xfb" else "raw"
+
+
+def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
+    """Link the file behind ``fd`` into the directory as ``name`` (replacing it); its identity there.
+
+    Raises :class:`InputError` when ``name`` is not our file right after the rename (someone swapped
+    the temporary link): the caller then records nothing.
+    """
+    temporary = _link_temporary(dir_fd, fd, name)
+    try:
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
+    try:
+        os.fsync(dir_fd)
+        mine = os.fstat(fd)
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
+    if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+        raise InputError(f"_base/{name} was replaced while it was being placed; nothing was recorded")
+    return FileIdentity.from_stat(mine)
+
+
+def _link_temporary(dir_fd: int, fd: int, name: str) -> str:
+    """Give the file behind ``fd`` a new unique name in the directory (a step of :func:`_place`)."""
+    temporary = f".{name}.{secrets.token_hex(8)}.new"
+    try:
+        os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=dir_fd, follow_symlinks=True)
+    except OSError as exc:
+        raise InputError(f"cannot link the new base file into the image cache: {exc.strerror}") from None
+    return temporary
+
+
+def validated_anchors(certificate: x509.Certificate, anchors: TrustAnchors,
+                      policy: Policy = DEFAULT_POLICY) -> tuple[x509.Certificate, ...]:
+    """Validate ``certificate``'s chain (raising as :func:`validate_chain`) and return every trusted
+    certificate it chains to on its own (the others may help as intermediates)."""
+    validate_chain(certificate, anchors, policy)
+    found = []
+    for trusted in anchors.trusted:
+        helpers = [*anchors.intermediates, *(c for c in anchors.trusted if c is not trusted)]
+        with contextlib.suppress(ImgsignError):
+            validate_chain(certificate, dataclasses.replace(anchors, trusted=[trusted], intermediates=helpers),
+                           policy)
+            found.append(trusted)
+    if not found:
+        raise UntrustedCertificate("the signing certificate chains to the trusted certificates only together")
+    return tuple(found)
+
+
+@contextlib.contextmanager
+def _qemu(step: str, image_id: str, fd: int) -> Iterator[None]:
+    """Name the image, not ``/proc/<pid>/fd/N``, in a qemu-img error."""
+    try:
+        yield
+    except ImgsignError as exc:
+        exc.message = exc.message.replace(fd_path(fd), f"image {image_id} ({step})")
+        raise
 
 
 def add_to_cache(
@@ -61,62 +175,73 @@ def add_to_cache(
     *,
     instances_path: str,
     anchors: TrustAnchors | None = None,
-    trusted_ids: tuple[str, ...] = (),
+    trusted_ids: Sequence[str] = (),
+    certificate_id: str | None = None,
     policy: Policy = DEFAULT_POLICY,
     force_raw: bool = True,
 ) -> TrustRecord:
-    """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (leaving nothing) on failure.
+    """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
-    ``trusted_ids`` are the key-manager ids of the certificates in ``anchors``
-    (recorded so the boot hook can check them offline).
+    ``trusted_ids``: the key-manager ids of the first certificates of ``anchors.trusted``, in order;
+    ``certificate_id``: the key-manager id ``certificate`` was fetched under (None: from a file).
+    Each is sealed as an id -> fingerprint binding for the offline boot hook
+    (:class:`~imgsign.compute.trust_record.AnchorStore`).
     """
-    verifier = Verifier.for_certificate(properties, certificate, policy=policy, anchors=anchors)
-    directory = base_dir(instances_path)
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the image cache {directory}: {exc.strerror}") from None
+    records.prepare()  # an insecure state directory stops us before anything is written
+    trusted: tuple[x509.Certificate, ...] = ()
+    if anchors is not None:
+        if len(trusted_ids) > len(anchors.trusted):
+            raise InputError("more trusted certificate ids than trusted certificates")
+        trusted = validated_anchors(certificate, anchors, policy)
+    verifier = Verifier.for_certificate(properties, certificate, policy=policy)
     name = cache_name(image_id)
-    final = os.path.join(directory, name)
-    with _temporary(directory, name + ".") as download:
+    with _open_base_dir(instances_path) as dir_fd, _private_file(dir_fd) as download, \
+            contextlib.ExitStack() as stack:
         try:
-            with open(download, "wb") as out:
+            with open(download, "wb", closefd=False) as out:
                 for chunk in iter_chunks(data):
                     verifier.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            os.fsync(download)
         except OSError as exc:
-            raise InputError(f"cannot write {download}: {exc.strerror}") from None
+            raise InputError(f"cannot write image {image_id} into the image cache: {exc.strerror}") from None
         verifier.verify()
-        source_format = qemu_img.detect_format(download)
-        layer = qemu_img.inspect(download, source_format)
+        # From here on only the verified file, through its descriptor.
+        source_format = _format_of(download)
+        with _qemu("inspect", image_id, download):
+            layer = qemu_img.inspect(fd_path(download), source_format)
         if layer.backing is not None:
             raise UnsafeImage(f"image {image_id} names a backing file ({layer.backing}); refused")
-        with _temporary(directory, name + ".raw.") as converted:
-            cached, cached_format = download, source_format
-            if force_raw and source_format != "raw":
-                qemu_img.convert_to_raw(download, source_format, converted)
-                cached, cached_format = converted, "raw"
-            sha256, size = _sha256_of(cached)
-            os.chmod(cached, 0o644)
-            record = TrustRecord(
-                image_id=image_id, properties=properties,
-                certificate_der=certificate.public_bytes(Encoding.DER),
-                signed_digest=verifier.verified_digest, trusted_ids=tuple(trusted_ids),
-                cached_format=cached_format, cached_sha256=sha256, cached_size=size, source_format=source_format,
-            )
+        cached, cached_format = download, source_format
+        if force_raw and source_format != "raw":
+            cached = stack.enter_context(_private_file(dir_fd))
+            with _qemu("convert", image_id, download):
+                qemu_img.convert_to_raw(fd_path(download), source_format, fd_path(cached))
+            cached_format = "raw"
+        try:
+            sha256, size = _digest_of(cached, HashMethod.SHA256)
+            os.fchmod(cached, 0o644)
+            os.fsync(cached)
+        except OSError as exc:
+            raise InputError(f"cannot read back image {image_id} in the image cache: {exc.strerror}") from None
+        fetched = anchors.trusted if anchors is not None else ()
+        for certificate_key, bound in zip(trusted_ids, fetched, strict=False):  # the ids name the first ones
+            records.anchors.bind(certificate_key, bound.public_bytes(Encoding.DER))
+        if certificate_id is not None:
+            records.anchors.bind(certificate_id, certificate.public_bytes(Encoding.DER))
+        VerifiedCache(records.state_dir, owner=records.owner).forget(name)
+        identity = _place(dir_fd, cached, name)
+        record = TrustRecord(
+            image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
+            signed_digest=verifier.verified_digest, certificate_id=certificate_id,
+            anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
+            cached_format=cached_format, cached_sha256=sha256, cached_size=size, source_format=source_format,
+        )
+        try:
             records.put(record)
-            VerifiedCache(records.state_dir).forget(name)
-            os.replace(cached, final)
-            _fsync_dir(directory)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a base without a record is refused anyway; tidy up
+                if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == identity.inode:
+                    os.unlink(name, dir_fd=dir_fd)
+            raise
     return record
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

@@ -15,6 +15,7 @@ its trust record (:mod:`imgsign.compute.boot`).  Policy comes from ``boot.conf``
     [boot]
     mode = enforce                       # or warn
     trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
+    max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
     log_file = /var/log/imgsign/boot-hook.log
@@ -71,8 +72,15 @@ def load_config(path: str | None = None) -> HookConfig:
     except ValueError:
         raise InputError(f"{path}: [boot] mode must be enforce or warn, not {mode_text!r}") from None
     ids = tuple(i.strip() for i in section.get("trusted_certificate_ids", "").split(",") if i.strip())
+    age_text = section.get("max_fast_path_age", str(BootPolicy.max_fast_path_age)).strip()
+    try:
+        max_age = float(age_text)
+        if not 0 <= max_age < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"{path}: [boot] max_fast_path_age must be a number of seconds, not {age_text!r}") from None
     return HookConfig(
-        policy=BootPolicy(mode, ids),
+        policy=BootPolicy(mode, ids, max_age),
         instances_path=section.get("instances_path", "/var/lib/nova/instances").strip(),
         state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
         log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),

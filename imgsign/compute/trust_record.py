@@ -5,13 +5,18 @@ When an image is verified on its way into Nova's image cache
 pre-boot hook needs to check later boots offline, with no call to Glance or the
 key manager:
 
-* the four ``img_signature*`` properties and the signer's certificate (DER);
+* the four ``img_signature*`` properties and the certificate that actually
+  verified the signature (DER), with the key-manager id it was fetched under
+  (None for a certificate given as a file);
 * the digest the signature was verified over (``signed_digest``), so every
   boot re-checks the signature itself in microseconds;
-* the trusted certificate ids the signer's chain was validated against;
-* the cached file as written: its format and SHA-256.  Nova converts qcow2 to
-  raw (``force_raw_images``), so the cached file is not the signed bytes; the
-  record binds "verified original -> converted file -> this digest".
+* the SHA-256 fingerprints of the trusted certificates the signer's chain was
+  validated against (trust is decided on certificates, never on ids: the hook
+  maps its trusted ids to fingerprints through the sealed :class:`AnchorStore`);
+* the cached file as written: its format and SHA-256.
+  Nova converts qcow2 to raw (``force_raw_images``), so the cached file is not
+  the signed bytes; the record binds "verified original -> converted file ->
+  this digest".
 
 Records are sealed JSON files (HMAC with a root-only key) under the state
 directory; a damaged record is an error, never "trusted".
@@ -29,12 +34,18 @@ from imgsign.compute.sealed import Damaged, SealedStore
 from imgsign.errors import TrustRecordError
 from imgsign.properties import SignatureProperties
 
-VERSION = 1
+#: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint.
+VERSION = 2
 
 
 def cache_name(image_id: str) -> str:
     """Nova's image-cache file name for an image: ``sha1(image_id)`` in hex."""
     return hashlib.sha1(image_id.encode()).hexdigest()  # noqa: S324 - Nova's naming, not security
+
+
+def fingerprint(certificate_der: bytes) -> str:
+    """A certificate's SHA-256 fingerprint (hex of the DER)."""
+    return hashlib.sha256(certificate_der).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +56,10 @@ class TrustRecord:
     properties: SignatureProperties
     certificate_der: bytes
     signed_digest: bytes
-    trusted_ids: tuple[str, ...]
+    #: key-manager id ``certificate_der`` was fetched under; None for a certificate from a file
+    certificate_id: str | None
+    #: fingerprints of the trusted certificates the signer's chain was validated against
+    anchor_fingerprints: tuple[str, ...]
     cached_format: str
     cached_sha256: bytes
     cached_size: int
@@ -61,7 +75,8 @@ class TrustRecord:
             "properties": self.properties.as_dict(),
             "certificate_der": base64.b64encode(self.certificate_der).decode(),
             "signed_digest": self.signed_digest.hex(),
-            "trusted_ids": list(self.trusted_ids),
+            "certificate_id": self.certificate_id,
+            "anchor_fingerprints": list(self.anchor_fingerprints),
             "cached_file": {"name": cache_name(self.image_id), "format": self.cached_format,
                             "sha256": self.cached_sha256.hex(), "size": self.cached_size},
             "source_format": self.source_format,
@@ -69,38 +84,121 @@ class TrustRecord:
         }
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> TrustRecord:
+    def from_body(cls, body: Any) -> TrustRecord:
+        """Parse a record body; :class:`TrustRecordError` for anything but a valid current record."""
         try:
-            if body["version"] != VERSION:
-                raise TrustRecordError(f"trust record version {body['version']} is not supported")
+            version = body["version"]
+            if version != VERSION:
+                raise TrustRecordError(
+                    f"trust record version {version!r} is not supported (this imgsign writes version {VERSION}; "
+                    "older records do not bind the signer certificate to a trusted id): cache the image again "
+                    "with `imgsign boot cache`")
             cached = body["cached_file"]
             record = cls(
-                image_id=str(body["image_id"]),
+                image_id=_text(body["image_id"]),
                 properties=SignatureProperties.from_mapping(body["properties"]),
-                certificate_der=base64.b64decode(body["certificate_der"], validate=True),
-                signed_digest=bytes.fromhex(body["signed_digest"]),
-                trusted_ids=tuple(str(i) for i in body["trusted_ids"]),
-                cached_format=str(cached["format"]),
-                cached_sha256=bytes.fromhex(cached["sha256"]),
-                cached_size=int(cached["size"]),
-                source_format=str(body["source_format"]),
-                recorded_at=str(body["recorded_at"]),
+                certificate_der=base64.b64decode(_text(body["certificate_der"]), validate=True),
+                signed_digest=bytes.fromhex(_text(body["signed_digest"])),
+                certificate_id=None if body["certificate_id"] is None else _text(body["certificate_id"]),
+                anchor_fingerprints=tuple(_fingerprint(f) for f in _list(body["anchor_fingerprints"])),
+                cached_format=_text(cached["format"]),
+                cached_sha256=bytes.fromhex(_text(cached["sha256"])),
+                cached_size=_int(cached["size"]),
+                source_format=_text(body["source_format"]),
+                recorded_at=_text(body["recorded_at"]),
             )
+            if cached["name"] != cache_name(record.image_id):
+                raise TrustRecordError("trust record names another image's cache file")
+            if len(record.signed_digest) != record.properties.hash_method.digest_size \
+                    or len(record.cached_sha256) != hashlib.sha256().digest_size:
+                raise TrustRecordError("trust record has a digest of the wrong length")
         except TrustRecordError:
             raise
         except Exception as exc:  # noqa: BLE001 - any malformed field
-            raise TrustRecordError(f"trust record is malformed ({type(exc).__name__}: {exc})") from None
-        if cached.get("name") != cache_name(record.image_id):
-            raise TrustRecordError("trust record names another image's cache file")
+            raise TrustRecordError(f"trust record is malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
         return record
 
 
-class RecordStore:
-    """Trust records under ``state_dir/records/``, one sealed file per image id."""
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
 
-    def __init__(self, state_dir: str) -> None:
-        self._sealed = SealedStore(state_dir, "records")
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"expected a non-negative integer, got {value!r:.40}")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _fingerprint(value: Any) -> str:
+    text = _text(value)
+    if len(text) != 64 or bytes.fromhex(text).hex() != text:
+        raise ValueError("a fingerprint is 64 lower-case hex digits")
+    return text
+
+
+class AnchorStore:
+    """Sealed ``trusted certificate id -> fingerprint`` bindings under ``state_dir/anchors/``.
+
+    Written by ``boot cache`` for every certificate it fetched from the key manager by id (the
+    trusted certificates and the signer's), read by the offline hook to turn its configured trusted
+    ids into the certificates they name.  The latest fetch of an id wins.
+    """
+
+    def __init__(self, state_dir: str, *, owner: int | None = None) -> None:
+        self._sealed = SealedStore(state_dir, "anchors", owner=owner)
+
+    @staticmethod
+    def _name(certificate_id: str) -> str:
+        return hashlib.sha256(certificate_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def prepare(self) -> None:
+        self._sealed.prepare()
+
+    def bind(self, certificate_id: str, certificate_der: bytes) -> None:
+        """Record that the key manager returned ``certificate_der`` for ``certificate_id``."""
+        self._sealed.write(self._name(certificate_id), {"id": certificate_id,
+                                                        "sha256": fingerprint(certificate_der)})
+
+    def fingerprint(self, certificate_id: str) -> str | None:
+        """The fingerprint bound to ``certificate_id``, None if imgsign never fetched it."""
+        name = self._name(certificate_id)
+        try:
+            body = self._sealed.read(name)
+        except Damaged as exc:
+            raise TrustRecordError(f"trusted certificate binding of {certificate_id} is damaged: {exc}") from None
+        if body is None:
+            return None
+        try:
+            if body["id"] != certificate_id:
+                raise ValueError
+            return _fingerprint(body["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise TrustRecordError(f"trusted certificate binding of {certificate_id} is malformed") from None
+
+
+class RecordStore:
+    """Trust records under ``state_dir/records/``, one sealed file per image id, and the trusted
+    certificate bindings (:attr:`anchors`).  ``owner``: the uid that must own the state
+    (default: the effective uid; root in production)."""
+
+    def __init__(self, state_dir: str, *, owner: int | None = None) -> None:
+        self._sealed = SealedStore(state_dir, "records", owner=owner)
         self.state_dir = state_dir
+        self.owner = self._sealed.owner
+        self.anchors = AnchorStore(state_dir, owner=self.owner)
+
+    def prepare(self) -> None:
+        """Make sure the state directory, its key and subdirectories exist and are secure (or raise)."""
+        self._sealed.prepare()
+        self.anchors.prepare()
 
     def put(self, record: TrustRecord) -> None:
         self._sealed.write(cache_name(record.image_id), record.to_body())

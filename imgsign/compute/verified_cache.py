@@ -1,21 +1,41 @@
-"""The verified-digest cache: skip re-reading a base file that has not changed.
+"""The verified-digest cache: skip re-reading a base file that cannot have changed.
 
-After a base file's SHA-256 matched its trust record, the file's identity
-``(device, inode, size, mtime_ns, ctime_ns)`` and that digest are sealed into
-``state_dir/verified/<name>.json``.  A later boot whose ``stat`` gives the same
-identity accepts the file in a millisecond; any change (content, ``touch``,
-``chmod``, replacement by another file) changes ctime or the inode, so the file
-is read and hashed again.  A damaged or forged entry is ignored: it can only
-cost a re-verification, never produce a wrong "allowed".
+Metadata alone does not prove that content is unchanged.  Every ``write()``
+(whatever the descriptor, however old) and every first write to a page of a
+shared mapping (a page fault) updates ctime; but later writes to a page that a
+shared writable mapping already holds dirty change no timestamp at all.  So an
+entry is only written, and only used, for a base file:
+
+* owned by imgsign's user (root), regular, with no group or other write bit
+  (with POSIX ACLs the group bits are the ACL mask, so no ACL entry grants
+  write either): nobody else can open it for writing, or map it writable, now;
+* that no process had mapped shared (``/proc/*/maps``; any shared mapping, as
+  ``mprotect`` can make a read-only view of a writable mapping writable again
+  without a fault) when its full read began, and whose identity ``(device,
+  inode, size, mtime_ns, ctime_ns)`` did not change during that read: a mapping
+  made afterwards needs a page fault to write, which moves ctime.
+
+After such a full read matched the record, the identity, SHA-256 and time are
+sealed into ``state_dir/verified/<name>.json``.  A later boot accepts the file
+without reading it when the entry is intact, its identity is the file's current
+one, the first condition still holds and the entry is not older than
+``max_age`` seconds; otherwise the whole file is read.  A damaged or forged
+entry is ignored: it can only cost a re-verification.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import stat
+import time
 from typing import Any
 
 from imgsign.compute.sealed import Damaged, SealedStore
+
+#: Default bound on the age of a fast-path entry (``[boot] max_fast_path_age``): one day.
+DEFAULT_MAX_AGE = 24 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,18 +48,80 @@ class FileIdentity:
 
     @classmethod
     def of(cls, fd_or_path: int | str) -> FileIdentity:
-        info = os.stat(fd_or_path)
+        return cls.from_stat(os.stat(fd_or_path))
+
+    @classmethod
+    def from_stat(cls, info: os.stat_result) -> FileIdentity:
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def unsealed_reason(info: os.stat_result, owner: int) -> str | None:
+    """Why someone other than ``owner`` may be able to write the file ``info`` describes (None: nobody)."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != owner:
+        return f"owned by uid {info.st_uid}, not {owner}"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def _runs_as_root(process: str) -> bool:
+    """Are all of a process's uids (real, effective, saved, filesystem) 0?  False when unknown."""
+    try:
+        with open(os.path.join(process, "status"), "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Uid:"):
+                    return line.split()[1:] == [b"0"] * 4
+    except OSError:
+        pass
+    return False
+
+
+def shared_mappers(info: os.stat_result, proc: str = "/proc") -> list[int] | None:
+    """The pids of processes with a shared mapping of the file ``info`` describes; None when the
+    mappings of some process not running as root cannot be read (then nobody can say there are none)."""
+    device = (os.major(info.st_dev), os.minor(info.st_dev))
+    inode = str(info.st_ino).encode()
+    found = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry.name, "maps"), "rb") as handle:
+                maps = handle.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile: its mappings are gone
+        except OSError:
+            if _runs_as_root(os.path.join(proc, entry.name)):
+                continue  # root is trusted (without CAP_SYS_PTRACE, root cannot read every process's maps)
+            return None
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) < 5 or fields[4] != inode or fields[1][3:4] != b"s":
+                continue
+            major, _, minor = fields[3].partition(b":")
+            with contextlib.suppress(ValueError):
+                if (int(major, 16), int(minor, 16)) == device:
+                    found.append(int(entry.name))
+                    break
+    return found
 
 
 class VerifiedCache:
     """Sealed ``identity -> sha256`` entries for base files."""
 
-    def __init__(self, state_dir: str) -> None:
-        self._sealed = SealedStore(state_dir, "verified")
+    def __init__(self, state_dir: str, *, owner: int | None = None) -> None:
+        self._sealed = SealedStore(state_dir, "verified", owner=owner)
 
-    def lookup(self, name: str, identity: FileIdentity) -> bytes | None:
-        """The SHA-256 recorded for this exact file state, or None (unknown, changed or damaged)."""
+    @property
+    def owner(self) -> int:
+        return self._sealed.owner
+
+    def lookup(self, name: str, identity: FileIdentity, max_age: float = DEFAULT_MAX_AGE) -> bytes | None:
+        """The SHA-256 recorded for this exact file state within ``max_age`` seconds, or None
+        (unknown, changed, too old or damaged).  An entry someone else could have written raises
+        :class:`~imgsign.errors.InsecureState`."""
         try:
             body = self._sealed.read(name)
         except Damaged:
@@ -47,12 +129,17 @@ class VerifiedCache:
         if body is None or body.get("identity") != dataclasses.asdict(identity):
             return None
         try:
-            return bytes.fromhex(body["sha256"])
-        except (KeyError, TypeError, ValueError):
+            verified_at = body["verified_at"]
+            if not isinstance(verified_at, (int, float)) or not 0 <= time.time() - verified_at <= max_age:
+                return None
+            sha256 = bytes.fromhex(body["sha256"])
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
+        return sha256 if len(sha256) == 32 else None
 
     def store(self, name: str, identity: FileIdentity, sha256: bytes) -> None:
-        body: dict[str, Any] = {"identity": dataclasses.asdict(identity), "sha256": sha256.hex()}
+        body: dict[str, Any] = {"identity": dataclasses.asdict(identity), "sha256": sha256.hex(),
+                                "verified_at": time.time()}
         self._sealed.write(name, body)
 
     def forget(self, name: str) -> None:
