@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imgsign.compute import boot, image_cache, load_certificate, load_private_key, sign  # noqa: E402
+from imgsign import load_certificate, load_private_key, sign  # noqa: E402
+from imgsign.compute import boot, image_cache  # noqa: E402
 from imgsign.algorithms import HashMethod  # noqa: E402
 from imgsign.compute.trust_record import RecordStore, cache_name  # noqa: E402
 from imgsign.compute.verified_cache import VerifiedCache  # noqa: E402
