@@ -184,6 +184,14 @@ class UnsafeImage(ImgsignError):
     reason = "unsafe-image"
 
 
+class UnverifiableDevice(ImgsignError):
+    """A guest device the boot hook cannot verify: a block, network or volume disk, a shared directory,
+    host firmware others can write."""
+
+    exit_code = 64
+    reason = "unverifiable-device"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -207,4 +215,5 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     UnsignedImage,
     TrustRecordError,
     UnsafeImage,
+    UnverifiableDevice,
 )
