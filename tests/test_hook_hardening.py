@@ -320,7 +320,17 @@ def test_unsigned_or_changed_kernel_or_ramdisk_is_refused(kernel_host, part, cha
     expect(host.hook(instance, xml), None, "WARNING")
 
 
-def test_loader_and_nvram(host, tmp_path):
+FIRMWARE_XML = {
+    "loader": ('\n    <loader readonly="yes" type="pflash">{path}</loader>\n    <nvram>{nvram}</nvram>', ""),
+    "acpi-table": ('\n    <acpi><table type="slic">{path}</table></acpi>', ""),
+    "fw_cfg": ("", '\n  <sysinfo type="fwcfg"><entry name="opt/com.example/blob" file="{path}"/></sysinfo>'),
+}
+
+
+@pytest.mark.parametrize("role", sorted(FIRMWARE_XML))
+def test_host_firmware_only_root_can_change(host, tmp_path, role):
+    """<loader>, ACPI tables and fw_cfg files are host files the guest reads: allowed (and logged) only
+    when no user but root can change them; <nvram> is logged as instance state."""
     image_id, _ = host.image()
     instance, disk = host.instance(image_id)
     firmware = tmp_path / "firmware"
@@ -331,21 +341,38 @@ def test_loader_and_nvram(host, tmp_path):
     nvram = tmp_path / f"{instance}_VARS.fd"
     nvram.write_bytes(b"\x00" * 4096)
 
-    def boot(loader: Path):
-        os_extra = (f'\n    <loader readonly="yes" type="pflash">{loader}</loader>'
-                    f'\n    <nvram>{nvram}</nvram>')
-        return host.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2")], os_extra=os_extra))
+    def boot(path: Path):
+        os_extra, top = FIRMWARE_XML[role]
+        xml = domain_xml(instance, image_id, [(disk, "qcow2")], os_extra=os_extra.format(path=path, nvram=nvram))
+        return host.hook(instance, xml.replace("\n  <devices>", top.format(path=path) + "\n  <devices>", 1))
 
-    allowed = boot(code)
-    expect(allowed, None)
+    expect(boot(code), None)
     reasons = {e["file"]: e["reason"] for e in host.log_entries()}
-    assert reasons[str(code)] == "not-verified" and reasons[str(nvram)] == "not-verified"
+    assert reasons[str(code)] == "not-verified"
+    assert role != "loader" or reasons[str(nvram)] == "not-verified"
     code.chmod(0o666)  # anyone may rewrite the firmware
     expect(boot(code), errors.UnverifiableDevice, "can be changed by a user other than root")
+    code.chmod(0o644)
+    os.chown(firmware, 65534, 65534)  # a directory another user owns: it may swap the file
+    expect(boot(code), errors.UnverifiableDevice, "not root")
     in_instance = disk.parent / "OVMF_CODE.fd"  # the nova user can replace anything there
-    shutil.copyfile(firmware / "OVMF_CODE.fd", in_instance)
+    shutil.copyfile(code, in_instance)
     in_instance.chmod(0o644)
     expect(boot(in_instance), errors.UnverifiableDevice, "Nova can write")
+
+
+def test_qemu_commandline_passthrough_is_never_allowed_under_enforce(host):
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    xml = domain_xml(instance, image_id, [(disk, "qcow2")]).replace(
+        "</domain>", '  <qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">'
+                     '<qemu:arg value="-drive"/><qemu:arg value="file=/etc/shadow,if=virtio"/>'
+                     "</qemu:commandline>\n</domain>")
+    expect(host.hook(instance, xml), errors.UnverifiableDevice, "file=/etc/shadow", "never allowed")
+    host.configure("enforce", allow_unverified="qemu:commandline")
+    expect(host.hook(instance, xml), errors.InputError, "allow_unverified")
+    host.configure("warn")
+    expect(host.hook(instance, xml), None, "WARNING")
 
 
 UNVERIFIABLE = {
@@ -360,6 +387,10 @@ UNVERIFIABLE = {
     "volume": ("volume", '<disk type="volume" device="disk"><driver name="qemu" type="raw"/>'
                          '<source pool="default" volume="vol1"/><target dev="vdb" bus="virtio"/></disk>'),
     "dir": ("dir", '<disk type="dir" device="floppy"><source dir="/etc"/><target dev="fda" bus="fdc"/></disk>'),
+    "scsi-hostdev": ("hostdev", '<hostdev mode="subsystem" type="scsi"><source><adapter name="scsi_host7"/>'
+                                '<address bus="0" target="0" unit="0"/></source></hostdev>'),
+    "vpmem": ("memory", '<memory model="nvdimm" access="shared"><source><path>/dev/dax0.0</path></source>'
+                        '<target><size unit="KiB">1048576</size><node>0</node></target></memory>'),
     "virtiofs": ("filesystem", '<filesystem type="mount" accessmode="passthrough"><driver type="virtiofs"/>'
                                '<source dir="/var/lib/nova/mnt/share"/><target dir="share"/></filesystem>'),
 }

@@ -18,10 +18,13 @@ looks at every part of the guest that reads a host file:
 * ``<os><kernel>``, ``<initrd>`` and ``<dtb>`` (Nova copies the kernel and ramdisk
   images from the cache into the instance directory): each must be a
   byte-identical copy of a verified image;
-* ``<os><loader>``: host firmware, which only root may be able to change;
-* block, network, volume and other non-file disks and ``<filesystem>`` shares
-  cannot be verified: refused under ``enforce`` unless their kind is listed in
-  ``allow_unverified`` (then allowed with a warning), warned about under ``warn``.
+* ``<os><loader>``, ACPI tables and fw_cfg files: host firmware, which only root
+  may be able to change; ``<os><nvram>`` is logged as instance state;
+* block, network, volume and other non-file disks, ``<filesystem>`` shares, SCSI
+  ``<hostdev>`` and file-backed ``<memory>`` (vPMEM) cannot be verified: refused
+  under ``enforce`` unless their kind is listed in ``allow_unverified`` (then
+  allowed with a warning), warned about under ``warn``; ``<qemu:commandline>`` is
+  never allowed under ``enforce``.
 
 Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
 ``/etc/imgsign/boot.conf``)::
@@ -61,10 +64,16 @@ DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 #: Base files Nova makes itself (not images): ephemeral and swap disks.
 NOT_IMAGES = ("ephemeral_", "swap_")
-#: Kinds of guest storage the hook cannot verify (libvirt disk types, and ``filesystem`` shares).
-UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", "vhostvdpa", "filesystem")
-#: The ``<os>`` elements that name a host file.
-BOOT_FILES = ("kernel", "initrd", "dtb", "loader", "nvram")
+#: Kinds of guest storage the hook cannot verify (libvirt disk types, ``filesystem`` shares, SCSI ``hostdev``
+#: pass-through and file-backed ``memory`` devices such as vPMEM), which ``allow_unverified`` may allow.
+UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", "vhostvdpa", "filesystem",
+                      "hostdev", "memory")
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+#: Host files read at boot, by role: the ``<os>`` elements, ACPI tables and fw_cfg entries.
+BOOT_FILES = {"kernel": "<os><kernel>", "initrd": "<os><initrd>", "dtb": "<os><dtb>", "loader": "<os><loader>",
+              "nvram": "<os><nvram>", "acpi-table": "<os><acpi><table>", "fw_cfg": "<sysinfo type='fwcfg'> entry"}
+#: Roles read from host firmware rather than from images.
+FIRMWARE = ("loader", "acpi-table", "fw_cfg")
 _CACHE_NAME = re.compile(r"[0-9a-f]{40}")
 #: Where each libvirt disk/source type names what it reads.
 _SOURCE_ATTRIBUTES = {"file": ("file",), "block": ("dev",), "dir": ("dir",), "network": ("protocol", "name"),
@@ -163,6 +172,8 @@ class Domain:
     disks: tuple[Disk, ...]
     boot_files: tuple[BootFile, ...] = ()
     filesystems: tuple[Source, ...] = ()
+    #: Other devices that give the guest host storage or arbitrary qemu options (``type`` is the kind).
+    others: tuple[Source, ...] = ()
 
 
 def _source(element: ET.Element | None, kind: str) -> str:
@@ -234,10 +245,20 @@ def parse_domain(xml: bytes | str) -> Domain:
     disks = tuple(_disk(disk) for disk in root.findall("./devices/disk"))
     filesystems = tuple(Source(fs.get("type", "mount"), _source(fs.find("source"), fs.get("type", "mount")))
                         for fs in root.findall("./devices/filesystem"))
-    boot_files = tuple(BootFile(element.tag, (element.text or "").strip()) for element in root.findall("./os/*")
-                       if element.tag in BOOT_FILES and (element.text or "").strip())
+    boot_files = [BootFile(element.tag, (element.text or "").strip()) for element in root.findall("./os/*")
+                  if element.tag in BOOT_FILES and (element.text or "").strip()]
+    boot_files += [BootFile("acpi-table", (table.text or "").strip()) for table in root.findall("./os/acpi/table")
+                   if (table.text or "").strip()]
+    boot_files += [BootFile("fw_cfg", entry.get("file", "")) for entry in root.findall("./sysinfo/entry")
+                   if entry.get("file")]
+    others = [Source("hostdev", _source(hostdev.find("source/adapter"), "hostdev") or hostdev.get("type", ""))
+              for hostdev in root.findall("./devices/hostdev") if hostdev.get("type") in ("scsi", "scsi_host")]
+    others += [Source("memory", (memory.findtext("source/path") or "").strip())
+               for memory in root.findall("./devices/memory") if memory.findtext("source/path")]
+    others += [Source("qemu:commandline", " ".join(arg.get("value", "") for arg in element.iter(QEMU_NS + "arg")))
+               for element in root.iter(QEMU_NS + "commandline")]
     return Domain(root.findtext("name", "?"), root.findtext("uuid", "?"), image_ids.pop() if image_ids else None,
-                  disks, boot_files, filesystems)
+                  disks, tuple(boot_files), filesystems, tuple(others))
 
 
 Result = tuple[str, "str | None", BootDecision]
@@ -267,10 +288,10 @@ class _Decider:
         self.results.append((path, None, BootDecision(True, 0, "not-verified", message)))
 
     def unverifiable(self, kind: str, what: str) -> None:
-        self.failure(what, UnverifiableDevice(
-            f"{what} cannot be verified by imgsign (kind {kind!r}; "
-            f"list it in [boot] allow_unverified to allow it with a warning)"),
-            allowed=kind in self.config.allow_unverified)
+        hint = ("list it in [boot] allow_unverified to allow it with a warning" if kind in UNVERIFIABLE_KINDS
+                else "it is never allowed under enforce")
+        self.failure(what, UnverifiableDevice(f"{what} cannot be verified by imgsign (kind {kind!r}; {hint})"),
+                     allowed=kind in self.config.allow_unverified)
 
     def image_id_of(self, name: str) -> str | None:
         image_id = self.domain.image_id
@@ -336,12 +357,12 @@ class _Decider:
                              verify_for_boot(layer.path, self.records, self.config.policy, self.cache)))
 
     def boot_file(self, boot_file: BootFile) -> None:
-        what = f"<os><{boot_file.role}> {boot_file.path}"
+        what = f"{BOOT_FILES[boot_file.role]} {boot_file.path}"
         try:
             if boot_file.role == "nvram":
                 self.note(boot_file.path, f"{what}: the guest's UEFI variable store (instance state written "
                                           "by the guest), not an image: not verified")
-            elif boot_file.role == "loader":
+            elif boot_file.role in FIRMWARE:
                 self.firmware(boot_file.path, what)
             else:
                 self.copy_of_image(boot_file.path, what)
@@ -350,16 +371,13 @@ class _Decider:
 
     def firmware(self, path: str, what: str) -> None:
         """Host firmware (e.g. OVMF): accepted when only root can change it, never from Nova's directories."""
-        if qemu_img.below(os.path.abspath(path), self.root) is not None:
+        if not os.path.isabs(path):
+            raise UnverifiableDevice(f"{what} is not an absolute path")
+        if qemu_img.below(path, self.root) is not None:
             raise UnverifiableDevice(f"{what} lies under {self.root}, which Nova can write")
-        try:
-            real = os.path.realpath(path)
-            for checked in (real, os.path.dirname(real)):
-                info = os.stat(checked)
-                if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                    raise UnverifiableDevice(f"{what}: {checked} can be changed by a user other than root")
-        except OSError as exc:
-            raise InputError(f"cannot inspect {what}: {exc.strerror}") from None
+        problem = only_root_can_change(path)
+        if problem:
+            raise UnverifiableDevice(f"{what}: {problem}")
         self.note(path, f"{what}: host firmware only root can change, not an image: not verified")
 
     def copy_of_image(self, path: str, what: str) -> None:
@@ -400,11 +418,41 @@ class _Decider:
             self.boot_file(boot_file)
         for share in self.domain.filesystems:
             self.unverifiable("filesystem", f"<filesystem type={share.type!r}> {share.path}")
+        for other in self.domain.others:
+            self.unverifiable(other.type, f"<{other.type}> {other.path}")
         image_id = self.domain.image_id
         if image_id and cache_name(image_id) not in self.names_seen:
             self.failure(os.path.join(self.base, cache_name(image_id)), UnsignedImage(
                 f"root image {image_id} is not the base of any disk in {self.base}: its boot cannot be verified"))
         return self.results
+
+
+def only_root_can_change(path: str) -> str | None:
+    """Why a user other than root could change what ``path`` reads (None: only root can).
+
+    Every directory on the path, as given and as resolved, must be root's and not writable by
+    others (a sticky directory such as /tmp will do when the entry in it is root's); so must the file.
+    """
+    try:
+        real = os.path.realpath(path)
+        for candidate in dict.fromkeys((os.path.normpath(path), real)):
+            parts = candidate.split(os.sep)
+            for depth in range(1, len(parts)):
+                directory, entry = os.sep.join(parts[:depth]) or os.sep, os.sep.join(parts[:depth + 1])
+                info = os.stat(directory)
+                if info.st_uid != 0:
+                    return f"directory {directory} belongs to uid {info.st_uid}, not root"
+                if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
+                        info.st_mode & stat.S_ISVTX and os.lstat(entry).st_uid == 0):
+                    return f"others may replace {entry} in directory {directory}"
+        info = os.stat(real)
+    except OSError as exc:
+        return f"cannot inspect it: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{real} is not a regular file"
+    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{real} can be changed by a user other than root"
+    return None
 
 
 def decide(domain: Domain, config: HookConfig) -> list[Result]:

@@ -162,6 +162,8 @@ def backing_path(layer: Layer, cache_dir: str) -> tuple[str, str]:
 
 def open_layer(path: str, fmt: str, root: str) -> Layer:
     """Inspect ``path`` as ``fmt`` after checking it is a regular file reached without symbolic links."""
+    if ".." in path.split("/"):
+        raise UnsafeImage(f"{path} contains '..'")
     check_no_symlink(path, root)
     return inspect(path, fmt)
 
