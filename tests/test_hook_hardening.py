@@ -131,6 +131,16 @@ def test_symlink_in_the_cache_is_refused(host, secret):
     assert qemu_reads(disk) == SECRET
 
 
+def test_cache_directory_replaced_by_a_symlink_is_refused(host, tmp_path):
+    """nova owns instances_path: it can move _base away and leave a link to a directory it controls."""
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    elsewhere = tmp_path / "nova-controlled"
+    shutil.move(host.instances / "_base", elsewhere)
+    (host.instances / "_base").symlink_to(elsewhere)
+    expect(host.boot(image_id, disk, instance), errors.UnsafeImage, f"{host.instances / '_base'} is a symbolic link")
+
+
 def test_symlink_swapped_during_the_check_never_passes(host, secret):
     """A second thread flips a link in the chain between the genuine base and a host file while the
     hook runs: no run may allow the start."""
@@ -153,7 +163,7 @@ def test_symlink_swapped_during_the_check_never_passes(host, secret):
     thread = threading.Thread(target=flip, daemon=True)
     thread.start()
     try:
-        codes = [host.boot(image_id, disk, instance).returncode for _ in range(4)]
+        codes = [host.boot(image_id, disk, instance).returncode for _ in range(8)]
     finally:
         stop.set()
         thread.join()

@@ -91,7 +91,7 @@ class HookConfig:
 
     @property
     def cache_dir(self) -> str:
-        return os.path.join(os.path.normpath(self.instances_path), "_base")
+        return os.path.join(os.path.normpath(self.instances_path), qemu_img.CACHE)
 
 
 def load_config(path: str | None = None) -> HookConfig:
@@ -312,7 +312,7 @@ class _Decider:
         except ImgsignError as exc:
             self.failure(disk.path, exc)
             return
-        in_cache = [layer for layer in layers if qemu_img.below(layer.path, self.base) is not None]
+        in_cache = [layer for layer in layers if qemu_img.in_cache(layer.path, self.root)]
         if not in_cache:
             self.note(disk.path, f"{what}: no layer in {self.base} (config drive or instance-local file), "
                                  "not an image: not verified")
@@ -321,7 +321,7 @@ class _Decider:
 
     def layers(self, disk: Disk) -> list[qemu_img.Layer]:
         """Every file qemu may open for ``disk``: the header chain and the XML's ``<backingStore>`` chain."""
-        chain = qemu_img.backing_chain(disk.path, disk.format, self.base, self.root)
+        chain = qemu_img.backing_chain(disk.path, disk.format, self.root)
         if disk.backing_store is None:
             return chain
         explicit = [chain[0]]
@@ -332,11 +332,11 @@ class _Decider:
             if not source.format:
                 raise UnsafeImage(f"{where} has no <format> (probing would let a raw image pose as qcow2)")
             path = qemu_img.plain_path(source.path, disk.path, where)
-            if qemu_img.below(path, self.base) is None:
+            if not qemu_img.in_cache(path, self.root):
                 raise UnsafeImage(f"{where} is outside the image cache {self.base}")
             explicit.append(qemu_img.open_layer(path, source.format, self.root))
         if not disk.backing_complete:
-            explicit = qemu_img.follow(explicit, self.base, self.root)
+            explicit = qemu_img.follow(explicit, self.root)
         return chain + [layer for layer in explicit if layer not in chain]
 
     def base_layer(self, layer: qemu_img.Layer) -> None:
@@ -391,7 +391,7 @@ class _Decider:
             names = sorted(name for name in os.listdir(self.base) if _CACHE_NAME.fullmatch(name))
         except OSError as exc:
             raise InputError(f"cannot list the image cache {self.base}: {exc.strerror}") from None
-        candidates = ([own] if in_cache else []) + [name for name in names if name != own or not in_cache]
+        candidates = list(dict.fromkeys(([own] if in_cache else []) + names))
         failed: BootDecision | None = None
         for name in candidates:
             try:

@@ -25,6 +25,8 @@ from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
 
 MAX_CHAIN = 16
 FORMATS = ("raw", "qcow2")
+#: Nova's image cache: ``$instances_path/_base``.
+CACHE = "_base"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +124,16 @@ def below(path: str, root: str) -> list[str] | None:
     return None
 
 
+def in_cache(path: str, root: str) -> bool:
+    """Whether ``path`` lies in the image cache ``root/_base`` (or a subdirectory), by name.
+
+    Only ``root`` (the operator's instances_path) may be reached through a link: ``_base`` itself
+    may not, so :func:`check_no_symlink` refuses a ``_base`` that is a link.
+    """
+    parts = below(path, root)
+    return parts is not None and len(parts) > 2 and parts[1] == CACHE
+
+
 def check_no_symlink(path: str, root: str) -> None:
     """Refuse ``path`` unless it is a regular file reached from ``root`` without any symbolic link.
 
@@ -145,15 +157,15 @@ def check_no_symlink(path: str, root: str) -> None:
         raise InputError(f"{path} is not a regular file")
 
 
-def backing_path(layer: Layer, cache_dir: str) -> tuple[str, str]:
-    """The checked local file ``layer``'s backing name makes qemu open (inside ``cache_dir``), and its format."""
+def backing_path(layer: Layer, root: str) -> tuple[str, str]:
+    """The checked local file ``layer``'s backing name makes qemu open (in ``root/_base``), and its format."""
     what = f"{layer.path}: backing file"
     path = plain_path(layer.backing or "", layer.path, what)
     if layer.full_backing is not None and os.path.normpath(layer.full_backing) != path:
         raise UnsafeImage(f"{what} {layer.backing!r} resolves to {layer.full_backing!r} for qemu, "
                           f"not {path!r}")
-    if below(path, cache_dir) is None:
-        raise UnsafeImage(f"{what} {layer.backing} is outside the image cache {cache_dir}")
+    if not in_cache(path, root):
+        raise UnsafeImage(f"{what} {layer.backing} is outside the image cache {os.path.join(root, CACHE)}")
     if layer.backing_format is None:
         raise UnsafeImage(f"{what} {layer.backing} has no recorded format "
                           "(probing it would let a raw image pose as qcow2)")
@@ -168,25 +180,22 @@ def open_layer(path: str, fmt: str, root: str) -> Layer:
     return inspect(path, fmt)
 
 
-def follow(chain: list[Layer], cache_dir: str, root: str) -> list[Layer]:
-    """Extend ``chain`` along its last layer's backing names (each a plain file inside ``cache_dir``)."""
+def follow(chain: list[Layer], root: str) -> list[Layer]:
+    """Extend ``chain`` along its last layer's backing names (each a plain file in ``root/_base``)."""
     while chain[-1].backing is not None:
         layer = chain[-1]
-        backing, backing_format = backing_path(layer, cache_dir)
+        backing, backing_format = backing_path(layer, root)
         if len(chain) >= MAX_CHAIN:
             raise UnsafeImage(f"{chain[0].path}: backing chain longer than {MAX_CHAIN}")
         chain.append(open_layer(backing, backing_format, root))
     return chain
 
 
-def backing_chain(path: str, fmt: str, cache_dir: str, root: str | None = None) -> list[Layer]:
-    """The chain ``[top, ..., base]``; every backing file must be a plain file inside ``cache_dir``.
-
-    No file of the chain may be reached through a symbolic link below ``root`` (default: the
-    parent of ``cache_dir``, Nova's instances_path).
-    """
-    root = root or os.path.dirname(os.path.normpath(cache_dir))
-    return follow([open_layer(os.path.abspath(path), fmt, root)], cache_dir, root)
+def backing_chain(path: str, fmt: str, root: str) -> list[Layer]:
+    """The chain ``[top, ..., base]``; every backing file must be a plain file in the image cache
+    ``root/_base`` (``root``: Nova's instances_path), and no file of the chain may be reached
+    through a symbolic link below ``root``."""
+    return follow([open_layer(os.path.abspath(path), fmt, root)], root)
 
 
 def detect_format(path: str) -> str:
