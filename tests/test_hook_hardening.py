@@ -131,6 +131,23 @@ def test_symlink_in_the_cache_is_refused(host, secret):
     assert qemu_reads(disk) == SECRET
 
 
+def test_backing_name_that_is_not_utf8_is_refused(host):
+    """qemu-img prints undecodable bytes of a backing name as U+FFFD: the hook would check the file
+    named with U+FFFD (a genuine copy planted there) while qemu opens the one with the raw bytes."""
+    kernel_id = raw_image(host, os.urandom(65536))
+    base = host.base(kernel_id)
+    genuine = host.instances / "_base" / "\ufffd" / base.name
+    genuine.parent.mkdir()
+    shutil.copyfile(base, genuine)
+    other = Path(os.fsdecode(bytes(host.instances / "_base") + b"/\xff")) / base.name
+    other.parent.mkdir()
+    other.write_bytes(b"\x99" * 65536)  # what qemu would really read
+    instance = str(uuid.uuid4())
+    disk = overlay(host.instances / instance / "disk", other, size="64K")
+    assert qemu_reads(disk, length=4) == b"\x99" * 4
+    expect(host.hook(instance, domain_xml(instance, None, [(disk, "qcow2")])), errors.UnsafeImage, "not valid UTF-8")
+
+
 def test_cache_directory_replaced_by_a_symlink_is_refused(host, tmp_path):
     """nova owns instances_path: it can move _base away and leave a link to a directory it controls."""
     image_id, _ = host.image()

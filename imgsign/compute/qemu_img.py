@@ -106,6 +106,9 @@ def plain_path(name: str, relative_to: str, what: str) -> str:
     """
     if not name:
         raise UnsafeImage(f"{what} is empty")
+    if "\ufffd" in name:
+        raise UnsafeImage(f"{what} {name!r} is not valid UTF-8: qemu-img replaced bytes of it, so which file "
+                          "qemu would open cannot be checked")
     if has_protocol(name):
         raise UnsafeImage(f"{what} {name!r} is not a plain file name: qemu would open it as a protocol or "
                           "JSON block-device specification")
