@@ -32,7 +32,9 @@ REAL = domain_xml(
                             inner=backing_store("/var/lib/nova/instances/_base/x", complete=False)
                             + backing_store("", kind="network"))
     + "".join("\n    " + element for _, element in UNVERIFIABLE.values()),
-).encode()
+).replace("</domain>", '<sysinfo type="fwcfg"><entry name="opt/x" file="/f"/></sysinfo>'
+                       '<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">'
+                       '<qemu:arg value="-snapshot"/></qemu:commandline></domain>').encode()
 
 
 def check(data: bytes | str) -> None:
@@ -48,7 +50,8 @@ def test_the_real_document_parses():
     assert domain.image_id == "2f0e8f7a-1111-4222-8333-944455556666"
     assert [d.type for d in domain.disks] == ["file", "file", "block", "block", "network", "volume", "dir"]
     assert domain.disks[1].backing_store is not None and not domain.disks[1].backing_complete
-    assert [b.role for b in domain.boot_files] == ["kernel", "initrd", "loader", "nvram"]
+    assert [b.role for b in domain.boot_files] == ["kernel", "initrd", "loader", "nvram", "fw_cfg"]
+    assert [o.type for o in domain.others] == ["hostdev", "memory", "qemu:commandline"]
 
 
 @FUZZ
