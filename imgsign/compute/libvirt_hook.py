@@ -77,7 +77,7 @@ FIRMWARE = ("loader", "acpi-table", "fw_cfg")
 _CACHE_NAME = re.compile(r"[0-9a-f]{40}")
 #: Where each libvirt disk/source type names what it reads.
 _SOURCE_ATTRIBUTES = {"file": ("file",), "block": ("dev",), "dir": ("dir",), "network": ("protocol", "name"),
-                      "volume": ("pool", "volume"), "nvme": ("type",), "vhostuser": ("path",),
+                      "volume": ("pool", "volume"), "vhostuser": ("path",),
                       "mount": ("dir",)}
 
 
@@ -179,9 +179,9 @@ class Domain:
 def _source(element: ET.Element | None, kind: str) -> str:
     if element is None:
         return ""
-    values = [element.get(attribute, "") for attribute in _SOURCE_ATTRIBUTES.get(kind, ())]
-    if not any(values):
-        values = [f"{key}={value}" for key, value in sorted(element.attrib.items())]
+    if kind not in _SOURCE_ATTRIBUTES:  # a type this hook does not know: name it by all its attributes
+        return ":".join(f"{key}={value}" for key, value in sorted(element.attrib.items()))
+    values = [element.get(attribute, "") for attribute in _SOURCE_ATTRIBUTES[kind]]
     return ":".join(value for value in values if value)
 
 
@@ -251,7 +251,7 @@ def parse_domain(xml: bytes | str) -> Domain:
                    if (table.text or "").strip()]
     boot_files += [BootFile("fw_cfg", entry.get("file", "")) for entry in root.findall("./sysinfo/entry")
                    if entry.get("file")]
-    others = [Source("hostdev", _source(hostdev.find("source/adapter"), "hostdev") or hostdev.get("type", ""))
+    others = [Source("hostdev", _source(hostdev.find("source/adapter"), "adapter") or hostdev.get("type", ""))
               for hostdev in root.findall("./devices/hostdev") if hostdev.get("type") in ("scsi", "scsi_host")]
     others += [Source("memory", (memory.findtext("source/path") or "").strip())
                for memory in root.findall("./devices/memory") if memory.findtext("source/path")]
