@@ -191,6 +191,14 @@ class InsecureState(ImgsignError):
     reason = "insecure-state"
 
 
+class UnverifiableDevice(ImgsignError):
+    """A guest device the boot hook cannot verify: a block, network or volume disk, a shared directory,
+    host firmware others can write."""
+
+    exit_code = 64
+    reason = "unverifiable-device"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -215,4 +223,5 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     TrustRecordError,
     UnsafeImage,
     InsecureState,
+    UnverifiableDevice,
 )

@@ -6,11 +6,28 @@ from starting and libvirt shows our stderr in the start error.  Every other
 operation exits 0 at once (``hooks/libvirt-qemu`` checks that before importing
 anything).
 
-For ``prepare begin`` the hook reads Nova's ``<nova:instance>`` metadata, follows
-each file-backed disk's backing chain (checking every layer for host-file
-references) and verifies every base file in ``$instances_path/_base/`` against
-its trust record (:mod:`imgsign.compute.boot`).  Policy comes from ``boot.conf``
-(``$IMGSIGN_BOOT_CONFIG``, default ``/etc/imgsign/boot.conf``)::
+For ``prepare begin`` the hook reads Nova's ``<nova:instance>`` metadata and
+looks at every part of the guest that reads a host file:
+
+* each file disk (disk, cdrom, floppy, lun): its backing chain, as the qcow2
+  headers name it and as the XML's ``<backingStore>`` elements name it, layer by
+  layer (:mod:`imgsign.compute.qemu_img`: plain local files only, no symbolic
+  links); every layer in ``$instances_path/_base/`` is verified against its trust
+  record (:mod:`imgsign.compute.boot`), Nova's ``ephemeral_*``/``swap_*`` bases
+  excepted; a ``<dataStore>`` is refused;
+* ``<os><kernel>``, ``<initrd>`` and ``<dtb>`` (Nova copies the kernel and ramdisk
+  images from the cache into the instance directory): each must be a
+  byte-identical copy of a verified image;
+* ``<os><loader>``, ACPI tables and fw_cfg files: host firmware, which only root
+  may be able to change; ``<os><nvram>`` is logged as instance state;
+* block, network, volume and other non-file disks, ``<filesystem>`` shares, SCSI
+  ``<hostdev>`` and file-backed ``<memory>`` (vPMEM) cannot be verified: refused
+  under ``enforce`` unless their kind is listed in ``allow_unverified`` (then
+  allowed with a warning), warned about under ``warn``; ``<qemu:commandline>`` is
+  never allowed under ``enforce``.
+
+Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
+``/etc/imgsign/boot.conf``)::
 
     [boot]
     mode = enforce                       # or warn
@@ -19,6 +36,7 @@ its trust record (:mod:`imgsign.compute.boot`).  Policy comes from ``boot.conf``
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
     log_file = /var/log/imgsign/boot-hook.log
+    allow_unverified =                   # e.g. block, network: Cinder volumes, allowed with a warning
 """
 
 from __future__ import annotations
@@ -28,6 +46,8 @@ import dataclasses
 import datetime
 import json
 import os
+import re
+import stat
 import sys
 import xml.etree.ElementTree as ET
 from typing import IO, Any
@@ -39,12 +59,27 @@ from imgsign.compute import qemu_img
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
-from imgsign.errors import ImgsignError, InputError, UnsignedImage
+from imgsign.errors import ImgsignError, InputError, UnsafeImage, UnsignedImage, UnverifiableDevice
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 #: Base files Nova makes itself (not images): ephemeral and swap disks.
 NOT_IMAGES = ("ephemeral_", "swap_")
+#: Kinds of guest storage the hook cannot verify (libvirt disk types, ``filesystem`` shares, SCSI ``hostdev``
+#: pass-through and file-backed ``memory`` devices such as vPMEM), which ``allow_unverified`` may allow.
+UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", "vhostvdpa", "filesystem",
+                      "hostdev", "memory")
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+#: Host files read at boot, by role: the ``<os>`` elements, ACPI tables and fw_cfg entries.
+BOOT_FILES = {"kernel": "<os><kernel>", "initrd": "<os><initrd>", "dtb": "<os><dtb>", "loader": "<os><loader>",
+              "nvram": "<os><nvram>", "acpi-table": "<os><acpi><table>", "fw_cfg": "<sysinfo type='fwcfg'> entry"}
+#: Roles read from host firmware rather than from images.
+FIRMWARE = ("loader", "acpi-table", "fw_cfg")
+_CACHE_NAME = re.compile(r"[0-9a-f]{40}")
+#: Where each libvirt disk/source type names what it reads.
+_SOURCE_ATTRIBUTES = {"file": ("file",), "block": ("dev",), "dir": ("dir",), "network": ("protocol", "name"),
+                      "volume": ("pool", "volume"), "vhostuser": ("path",),
+                      "mount": ("dir",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +88,11 @@ class HookConfig:
     instances_path: str
     state_dir: str
     log_file: str | None
+    allow_unverified: tuple[str, ...] = ()
+
+    @property
+    def cache_dir(self) -> str:
+        return os.path.join(os.path.normpath(self.instances_path), qemu_img.CACHE)
 
 
 def load_config(path: str | None = None) -> HookConfig:
@@ -63,7 +103,7 @@ def load_config(path: str | None = None) -> HookConfig:
             parser.read_file(handle)
     except FileNotFoundError:
         raise InputError(f"hook configuration {path} does not exist") from None
-    except (OSError, configparser.Error) as exc:
+    except (OSError, UnicodeError, configparser.Error) as exc:
         raise InputError(f"cannot read hook configuration {path}: {exc}") from None
     section = parser["boot"] if parser.has_section("boot") else {}
     mode_text = section.get("mode", "enforce").strip()
@@ -71,7 +111,15 @@ def load_config(path: str | None = None) -> HookConfig:
         mode = Mode(mode_text)
     except ValueError:
         raise InputError(f"{path}: [boot] mode must be enforce or warn, not {mode_text!r}") from None
-    ids = tuple(i.strip() for i in section.get("trusted_certificate_ids", "").split(",") if i.strip())
+    ids = _list(section.get("trusted_certificate_ids", ""))
+    allow = _list(section.get("allow_unverified", ""))
+    unknown = [kind for kind in allow if kind not in UNVERIFIABLE_KINDS]
+    if unknown:
+        raise InputError(f"{path}: [boot] allow_unverified names {', '.join(unknown)}; "
+                         f"known kinds: {', '.join(UNVERIFIABLE_KINDS)}")
+    instances_path = section.get("instances_path", "/var/lib/nova/instances").strip()
+    if not os.path.isabs(instances_path):
+        raise InputError(f"{path}: [boot] instances_path must be an absolute path")
     age_text = section.get("max_fast_path_age", str(BootPolicy.max_fast_path_age)).strip()
     try:
         max_age = float(age_text)
@@ -81,17 +129,47 @@ def load_config(path: str | None = None) -> HookConfig:
         raise InputError(f"{path}: [boot] max_fast_path_age must be a number of seconds, not {age_text!r}") from None
     return HookConfig(
         policy=BootPolicy(mode, ids, max_age),
-        instances_path=section.get("instances_path", "/var/lib/nova/instances").strip(),
+        instances_path=instances_path,
         state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
         log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
+        allow_unverified=allow,
     )
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What one disk, backing layer or share reads: libvirt's type, its path (or name) and format."""
+
+    type: str
+    path: str
+    format: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Disk:
+    """A ``<disk>``; ``backing_store`` is None when the XML names no chain (libvirt reads the headers)
+    and ``backing_complete`` tells whether the XML chain ends with an empty ``<backingStore/>``."""
+
     target: str
     path: str
     format: str
+    type: str = "file"
+    device: str = "disk"
+    backing_store: tuple[Source, ...] | None = None
+    backing_complete: bool = False
+    data_stores: tuple[Source, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class BootFile:
+    """A file named by ``<os>``: ``role`` is kernel, initrd, dtb, loader or nvram."""
+
+    role: str
+    path: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,70 +178,294 @@ class Domain:
     uuid: str
     image_id: str | None
     disks: tuple[Disk, ...]
+    boot_files: tuple[BootFile, ...] = ()
+    filesystems: tuple[Source, ...] = ()
+    #: Other devices that give the guest host storage or arbitrary qemu options (``type`` is the kind).
+    others: tuple[Source, ...] = ()
 
 
-def parse_domain(xml_text: str) -> Domain:
-    """The instance uuid, Nova's root image id and the file-backed disks of a domain XML."""
+def _source(element: ET.Element | None, kind: str) -> str:
+    if element is None:
+        return ""
+    if kind not in _SOURCE_ATTRIBUTES:  # a type this hook does not know: name it by all its attributes
+        return ":".join(f"{key}={value}" for key, value in sorted(element.attrib.items()))
+    values = [element.get(attribute, "") for attribute in _SOURCE_ATTRIBUTES[kind]]
+    return ":".join(value for value in values if value)
+
+
+def _format(element: ET.Element, child: str) -> str | None:
+    found = element.find(child)
+    return found.get("type") if found is not None else None
+
+
+def _backing_store(disk: ET.Element) -> tuple[tuple[Source, ...] | None, bool]:
+    element = disk.find("backingStore")
+    if element is None:
+        return None, False
+    layers: list[Source] = []
+    while element is not None:
+        if not element.attrib and len(element) == 0:
+            return tuple(layers), True
+        kind = element.get("type", "file")
+        layers.append(Source(kind, _source(element.find("source"), kind), _format(element, "format")))
+        element = element.find("backingStore")
+    return tuple(layers), False
+
+
+def _disk(disk: ET.Element) -> Disk:
+    kind = disk.get("type", "file")
+    target = disk.find("target")
+    backing, complete = _backing_store(disk)
+    data_stores = tuple(Source(store.get("type", "file"), _source(store.find("source"), store.get("type", "file")),
+                               _format(store, "format")) for store in disk.iter("dataStore"))
+    return Disk(target.get("dev", "?") if target is not None else "?", _source(disk.find("source"), kind),
+                _format(disk, "driver") or "raw", kind, disk.get("device", "disk"), backing, complete, data_stores)
+
+
+def _parse(xml: bytes | str) -> ET.Element:
     try:
-        root = defused_fromstring(xml_text, forbid_dtd=True)
+        root = defused_fromstring(xml, forbid_dtd=True)
     except ET.ParseError as exc:
         raise InputError(f"the domain XML is malformed ({exc})") from None
     except DefusedXmlException as exc:
         raise InputError(f"the domain XML is refused: it declares a DTD or entities ({exc})") from None
+    except (ValueError, LookupError, UnicodeError) as exc:  # e.g. an unknown encoding declaration
+        raise InputError(f"the domain XML cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if not isinstance(root, ET.Element):
+        raise InputError("the domain XML has no root element")
+    return root
+
+
+def parse_domain(xml: bytes | str) -> Domain:
+    """The instance uuid, Nova's root image id and everything that reads a host file, from a domain XML.
+
+    Raises :class:`InputError` for anything that is not a well-formed ``<domain>`` document (bytes
+    are parsed as XML bytes: their encoding comes from the document, never from the locale).
+    """
+    root = _parse(xml)
     if root.tag != "domain":
         raise InputError(f"expected a <domain> document, got <{root.tag}>")
-    image_id = None
-    for element in root.iter():
-        if isinstance(element.tag, str) and element.tag.startswith("{" + NOVA_NS_PREFIX) \
-                and element.tag.endswith("}root") and element.get("type") == "image":
-            image_id = element.get("uuid") or None
-    disks = []
-    for disk in root.findall("./devices/disk"):
-        if disk.get("type") != "file" or disk.get("device", "disk") not in ("disk", "cdrom"):
-            continue
-        source = disk.find("source")
-        if source is None or not source.get("file"):
-            continue  # an empty cdrom drive
-        driver = disk.find("driver")
-        target = disk.find("target")
-        disks.append(Disk(target.get("dev", "?") if target is not None else "?", source.get("file", ""),
-                          driver.get("type", "raw") if driver is not None else "raw"))
-    return Domain(root.findtext("name", "?"), root.findtext("uuid", "?"), image_id, tuple(disks))
+    image_ids = {element.get("uuid") or None for element in root.iter()
+                 if isinstance(element.tag, str) and element.tag.startswith("{" + NOVA_NS_PREFIX)
+                 and element.tag.endswith("}root") and element.get("type") == "image"}
+    if len(image_ids) > 1:
+        raise InputError(f"the domain XML names {len(image_ids)} different root images")
+    disks = tuple(_disk(disk) for disk in root.findall("./devices/disk"))
+    filesystems = tuple(Source(fs.get("type", "mount"), _source(fs.find("source"), fs.get("type", "mount")))
+                        for fs in root.findall("./devices/filesystem"))
+    boot_files = [BootFile(element.tag, (element.text or "").strip()) for element in root.findall("./os/*")
+                  if element.tag in BOOT_FILES and (element.text or "").strip()]
+    boot_files += [BootFile("acpi-table", (table.text or "").strip()) for table in root.findall("./os/acpi/table")
+                   if (table.text or "").strip()]
+    boot_files += [BootFile("fw_cfg", entry.get("file", "")) for entry in root.findall("./sysinfo/entry")
+                   if entry.get("file")]
+    others = [Source("hostdev", _source(hostdev.find("source/adapter"), "adapter") or hostdev.get("type", ""))
+              for hostdev in root.findall("./devices/hostdev") if hostdev.get("type") in ("scsi", "scsi_host")]
+    others += [Source("memory", (memory.findtext("source/path") or "").strip())
+               for memory in root.findall("./devices/memory") if memory.findtext("source/path")]
+    others += [Source("qemu:commandline", " ".join(arg.get("value", "") for arg in element.iter(QEMU_NS + "arg")))
+               for element in root.iter(QEMU_NS + "commandline")]
+    return Domain(root.findtext("name", "?"), root.findtext("uuid", "?"), image_ids.pop() if image_ids else None,
+                  disks, tuple(boot_files), filesystems, tuple(others))
 
 
-def decide(domain: Domain, config: HookConfig) -> list[tuple[str, str | None, BootDecision]]:
-    """One decision per base file (``[(file, image_id, decision)]``) for this domain."""
-    base = os.path.realpath(os.path.join(config.instances_path, "_base"))
-    records = RecordStore(config.state_dir)
-    cache = VerifiedCache(config.state_dir)
-    refuse = config.policy.mode is Mode.ENFORCE
-    results: list[tuple[str, str | None, BootDecision]] = []
-    bases_seen = set()
-    for disk in domain.disks:
+Result = tuple[str, "str | None", BootDecision]
+
+
+class _Decider:
+    """The decisions for one domain (see :func:`decide`)."""
+
+    def __init__(self, domain: Domain, config: HookConfig) -> None:
+        self.domain = domain
+        self.config = config
+        self.root = os.path.normpath(config.instances_path)
+        self.base = config.cache_dir
+        self.records = RecordStore(config.state_dir)
+        self.cache = VerifiedCache(config.state_dir)
+        self.results: list[Result] = []
+        self.bases_seen: set[str] = set()
+        self.names_seen: set[str] = set()
+
+    def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
+        allowed = allowed or self.config.policy.mode is Mode.WARN
+        self.results.append((path, self.domain.image_id, BootDecision(allowed, exc.exit_code, exc.reason,
+                                                                      exc.message)))
+
+    def note(self, path: str, message: str) -> None:
+        """Log (without a warning) a file that is deliberately not verified."""
+        self.results.append((path, None, BootDecision(True, 0, "not-verified", message)))
+
+    def unverifiable(self, kind: str, what: str) -> None:
+        hint = ("list it in [boot] allow_unverified to allow it with a warning" if kind in UNVERIFIABLE_KINDS
+                else "it is never allowed under enforce")
+        self.failure(what, UnverifiableDevice(f"{what} cannot be verified by imgsign (kind {kind!r}; {hint})"),
+                     allowed=kind in self.config.allow_unverified)
+
+    def image_id_of(self, name: str) -> str | None:
+        image_id = self.domain.image_id
+        return image_id if image_id and cache_name(image_id) == name else None
+
+    def disk(self, disk: Disk) -> None:
+        what = f"disk {disk.target} ({disk.type} {disk.path})"
+        if not disk.path:
+            return  # an empty cdrom or floppy drive reads nothing
+        if disk.type != "file":
+            self.unverifiable(disk.type, what)
+            return
         try:
-            if not os.path.exists(disk.path):
-                raise InputError(f"disk {disk.target}: {disk.path} does not exist")
-            chain = qemu_img.backing_chain(disk.path, disk.format, base)
+            if disk.data_stores:
+                raise UnsafeImage(f"{what} has a <dataStore> ({disk.data_stores[0].path}): an external data "
+                                  "file can read host files")
+            layers = self.layers(disk)
         except ImgsignError as exc:
-            results.append((disk.path, domain.image_id, BootDecision(not refuse, exc.exit_code, exc.reason,
-                                                                    exc.message)))
-            continue
-        bottom = chain[-1]
-        if os.path.dirname(os.path.realpath(bottom.path)) != base:
-            continue  # not backed by the image cache: config drive, volume copy, ...
-        name = os.path.basename(bottom.path)
-        if name.startswith(NOT_IMAGES) or name in bases_seen:
-            continue
-        bases_seen.add(name)
-        decision = verify_for_boot(bottom.path, records, config.policy, cache)
-        record_id = domain.image_id if domain.image_id and cache_name(domain.image_id) == name else None
-        results.append((bottom.path, record_id, decision))
-    if domain.image_id and cache_name(domain.image_id) not in bases_seen:
-        unverified = UnsignedImage(f"root image {domain.image_id} is not the base of any disk in {base}: "
-                                   "its boot cannot be verified")
-        results.append((os.path.join(base, cache_name(domain.image_id)), domain.image_id,
-                        BootDecision(not refuse, unverified.exit_code, unverified.reason, unverified.message)))
-    return results
+            self.failure(disk.path, exc)
+            return
+        in_cache = [layer for layer in layers if qemu_img.in_cache(layer.path, self.root)]
+        if not in_cache:
+            self.note(disk.path, f"{what}: no layer in {self.base} (config drive or instance-local file), "
+                                 "not an image: not verified")
+        for layer in in_cache:
+            self.base_layer(layer)
+
+    def layers(self, disk: Disk) -> list[qemu_img.Layer]:
+        """Every file qemu may open for ``disk``: the header chain and the XML's ``<backingStore>`` chain."""
+        chain = qemu_img.backing_chain(disk.path, disk.format, self.root)
+        if disk.backing_store is None:
+            return chain
+        explicit = [chain[0]]
+        for source in disk.backing_store:
+            where = f"disk {disk.target}: <backingStore type={source.type!r}> {source.path}"
+            if source.type != "file":
+                raise UnsafeImage(f"{where} is not a local file in the image cache")
+            if not source.format:
+                raise UnsafeImage(f"{where} has no <format> (probing would let a raw image pose as qcow2)")
+            path = qemu_img.plain_path(source.path, disk.path, where)
+            if not qemu_img.in_cache(path, self.root):
+                raise UnsafeImage(f"{where} is outside the image cache {self.base}")
+            explicit.append(qemu_img.open_layer(path, source.format, self.root))
+        if not disk.backing_complete:
+            explicit = qemu_img.follow(explicit, self.root)
+        return chain + [layer for layer in explicit if layer not in chain]
+
+    def base_layer(self, layer: qemu_img.Layer) -> None:
+        if layer.path in self.bases_seen:
+            return
+        self.bases_seen.add(layer.path)
+        name = os.path.basename(layer.path)
+        if name.startswith(NOT_IMAGES):
+            if layer.backing is None and layer.format == "raw":
+                self.note(layer.path, f"{layer.path}: Nova's own ephemeral/swap base, not an image: not verified")
+            else:
+                self.failure(layer.path, UnsafeImage(
+                    f"{layer.path}: a Nova ephemeral/swap base is a raw file without a backing file, not "
+                    f"{layer.format}{' with a backing file' if layer.backing else ''}"))
+            return
+        self.names_seen.add(name)
+        self.results.append((layer.path, self.image_id_of(name),
+                             verify_for_boot(layer.path, self.records, self.config.policy, self.cache)))
+
+    def boot_file(self, boot_file: BootFile) -> None:
+        what = f"{BOOT_FILES[boot_file.role]} {boot_file.path}"
+        try:
+            if boot_file.role == "nvram":
+                self.note(boot_file.path, f"{what}: the guest's UEFI variable store (instance state written "
+                                          "by the guest), not an image: not verified")
+            elif boot_file.role in FIRMWARE:
+                self.firmware(boot_file.path, what)
+            else:
+                self.copy_of_image(boot_file.path, what)
+        except ImgsignError as exc:
+            self.failure(boot_file.path, exc)
+
+    def firmware(self, path: str, what: str) -> None:
+        """Host firmware (e.g. OVMF): accepted when only root can change it, never from Nova's directories."""
+        if not os.path.isabs(path):
+            raise UnverifiableDevice(f"{what} is not an absolute path")
+        if qemu_img.below(path, self.root) is not None:
+            raise UnverifiableDevice(f"{what} lies under {self.root}, which Nova can write")
+        problem = only_root_can_change(path)
+        if problem:
+            raise UnverifiableDevice(f"{what}: {problem}")
+        self.note(path, f"{what}: host firmware only root can change, not an image: not verified")
+
+    def copy_of_image(self, path: str, what: str) -> None:
+        """``path`` must be a verified base, or a byte-identical copy of one (Nova's instance ``kernel``)."""
+        path = os.path.abspath(path)
+        qemu_img.check_no_symlink(path, self.root)
+        own = os.path.basename(path)
+        in_cache = os.path.dirname(path) == os.path.normpath(self.base)
+        size = os.lstat(path).st_size
+        try:
+            names = sorted(name for name in os.listdir(self.base) if _CACHE_NAME.fullmatch(name))
+        except OSError as exc:
+            raise InputError(f"cannot list the image cache {self.base}: {exc.strerror}") from None
+        candidates = list(dict.fromkeys(([own] if in_cache else []) + names))
+        failed: BootDecision | None = None
+        for name in candidates:
+            try:
+                record = self.records.get_by_name(name)
+            except ImgsignError:
+                continue  # another image's damaged record is reported when that image boots
+            if record is None or record.cached_size != size:
+                continue
+            decision = verify_for_boot(path, self.records, self.config.policy,
+                                       self.cache if in_cache and name == own else None, name=name)
+            if decision.allowed and decision.code == 0:
+                self.results.append((path, record.image_id, decision))
+                return
+            failed = failed or decision
+        if failed is not None:
+            self.results.append((path, None, failed))
+            return
+        raise UnsignedImage(f"{what} is not a verified image nor a byte-identical copy of one in {self.base}")
+
+    def run(self) -> list[Result]:
+        for disk in self.domain.disks:
+            self.disk(disk)
+        for boot_file in self.domain.boot_files:
+            self.boot_file(boot_file)
+        for share in self.domain.filesystems:
+            self.unverifiable("filesystem", f"<filesystem type={share.type!r}> {share.path}")
+        for other in self.domain.others:
+            self.unverifiable(other.type, f"<{other.type}> {other.path}")
+        image_id = self.domain.image_id
+        if image_id and cache_name(image_id) not in self.names_seen:
+            self.failure(os.path.join(self.base, cache_name(image_id)), UnsignedImage(
+                f"root image {image_id} is not the base of any disk in {self.base}: its boot cannot be verified"))
+        return self.results
+
+
+def only_root_can_change(path: str) -> str | None:
+    """Why a user other than root could change what ``path`` reads (None: only root can).
+
+    Every directory on the path, as given and as resolved, must be root's and not writable by
+    others (a sticky directory such as /tmp will do when the entry in it is root's); so must the file.
+    """
+    try:
+        real = os.path.realpath(path)
+        for candidate in dict.fromkeys((os.path.normpath(path), real)):
+            parts = candidate.split(os.sep)
+            for depth in range(1, len(parts)):
+                directory, entry = os.sep.join(parts[:depth]) or os.sep, os.sep.join(parts[:depth + 1])
+                info = os.stat(directory)
+                if info.st_uid != 0:
+                    return f"directory {directory} belongs to uid {info.st_uid}, not root"
+                if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
+                        info.st_mode & stat.S_ISVTX and os.lstat(entry).st_uid == 0):
+                    return f"others may replace {entry} in directory {directory}"
+        info = os.stat(real)
+    except OSError as exc:
+        return f"cannot inspect it: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{real} is not a regular file"
+    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{real} can be changed by a user other than root"
+    return None
+
+
+def decide(domain: Domain, config: HookConfig) -> list[Result]:
+    """One decision per checked file (``[(file, image_id, decision)]``) for this domain."""
+    return _Decider(domain, config).run()
 
 
 def _log(config: HookConfig, entry: dict[str, Any]) -> None:
@@ -177,7 +479,7 @@ def _log(config: HookConfig, entry: dict[str, Any]) -> None:
         print(f"imgsign hook: cannot write log {config.log_file}: {exc.strerror}", file=sys.stderr)
 
 
-def run(domain_name: str, xml_text: str, stderr: IO[str], config_path: str | None = None) -> int:
+def run(domain_name: str, xml: bytes | str, stderr: IO[str], config_path: str | None = None) -> int:
     """The ``prepare begin`` work; the process exit code (0 allows the start)."""
     try:
         config = load_config(config_path)
@@ -185,7 +487,7 @@ def run(domain_name: str, xml_text: str, stderr: IO[str], config_path: str | Non
         print(f"imgsign: refusing to start {domain_name}: {exc.message}", file=stderr)
         return exc.exit_code
     try:
-        domain = parse_domain(xml_text)
+        domain = parse_domain(xml)
         results = decide(domain, config)
     except ImgsignError as exc:
         domain = Domain(domain_name, "?", None, ())
@@ -203,18 +505,22 @@ def run(domain_name: str, xml_text: str, stderr: IO[str], config_path: str | Non
             print(f"imgsign: refusing to start instance {domain.uuid} (image {entry['image']}, {path}): "
                   f"{decision.message}", file=stderr)
         elif decision.warning:
-            print(f"imgsign: WARNING (mode=warn) instance {domain.uuid} (image {entry['image']}, {path}): "
-                  f"{decision.message}", file=stderr)
+            print(f"imgsign: WARNING (mode={config.policy.mode.value}) instance {domain.uuid} "
+                  f"(image {entry['image']}, {path}): {decision.message}", file=stderr)
     return status
 
 
-def main(argv: list[str], stdin: IO[str], stderr: IO[str] = sys.stderr) -> int:
-    """``qemu <domain> <operation> <sub-operation> <extra>``: act on ``prepare begin`` only."""
+def main(argv: list[str], stdin: IO[bytes], stderr: IO[str] = sys.stderr) -> int:
+    """``qemu <domain> <operation> <sub-operation> <extra>``: act on ``prepare begin`` only.
+
+    ``stdin`` is binary (``sys.stdin.buffer``): libvirt runs hooks in the C locale, where a text
+    stdin would decode as ASCII; the XML parser reads the document's own encoding.
+    """
     if len(argv) < 3 or (argv[1], argv[2]) != ("prepare", "begin"):
         return 0
     try:
-        xml_text = stdin.read()
+        xml = stdin.read()
     except (OSError, UnicodeDecodeError) as exc:
         print(f"imgsign: refusing to start {argv[0]}: cannot read the domain XML ({exc})", file=stderr)
         return InputError.exit_code
-    return run(argv[0], xml_text, stderr)
+    return run(argv[0], xml, stderr)

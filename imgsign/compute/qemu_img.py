@@ -1,11 +1,14 @@
 """Disk-image inspection and conversion with ``qemu-img`` (Debian's qemu-utils).
 
 The backing chain is walked one layer at a time (``qemu-img info --output=json``
-with an explicit format), checking each layer *before* opening the file it
-points to: a backing file outside the image cache, a backing file whose format
-is not recorded (format probing lets a raw image pose as qcow2), or a qcow2
-external data file are refused without ever opening them.  This is the layer-
-by-layer equivalent of ``qemu-img info --backing-chain``.
+with an explicit format; ``qemu-img info`` never opens the backing file), checking
+each layer *before* opening the file it points to.  A reference is followed only
+when qemu would open it as a plain local file: a backing name that qemu reads as
+``protocol:...`` (``json:{...}``, ``nbd:``, ``file:``, ``host_device:``, ...: a colon
+before the first slash), one with a ``..`` component, one outside the image cache,
+one whose format is not recorded (format probing lets a raw image pose as qcow2),
+or one reached through a symbolic link is refused, and so is a qcow2 external
+data file.  This is the layer-by-layer equivalent of ``qemu-img info --backing-chain``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import subprocess
 from typing import Any
 
@@ -21,16 +25,19 @@ from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
 
 MAX_CHAIN = 16
 FORMATS = ("raw", "qcow2")
+#: Nova's image cache: ``$instances_path/_base``.
+CACHE = "_base"
 
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """One file of a disk's backing chain."""
+    """One file of a disk's backing chain; ``backing`` is the name as written in its header."""
 
     path: str
     format: str
     backing: str | None
     backing_format: str | None
+    full_backing: str | None = None
 
 
 def _qemu_img() -> str:
@@ -44,7 +51,7 @@ def _info(path: str, fmt: str) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             [_qemu_img(), "info", "--output=json", "-U", "-f", fmt, path],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True, text=True, errors="replace", timeout=60, check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackendUnavailable(f"cannot run qemu-img: {exc}") from None
@@ -60,39 +67,138 @@ def _info(path: str, fmt: str) -> dict[str, Any]:
     return info
 
 
+def _text(info: dict[str, Any], key: str) -> str | None:
+    value = info.get(key)
+    return value if isinstance(value, str) else None
+
+
 def inspect(path: str, fmt: str) -> Layer:
     """One layer; refuses formats other than raw/qcow2 and qcow2 external data files."""
     if fmt not in FORMATS:
         raise UnsafeImage(f"{path}: disk format {fmt!r} is not allowed (only {', '.join(FORMATS)})")
     info = _info(path, fmt)
-    data = (info.get("format-specific") or {}).get("data") or {}
-    if data.get("data-file"):
+    specific = info.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    if isinstance(data, dict) and data.get("data-file"):
         raise UnsafeImage(f"{path}: qcow2 header names an external data file ({data['data-file']}); "
                           "such an image can read host files")
-    backing = info.get("full-backing-filename") or info.get("backing-filename")
-    if backing and not os.path.isabs(backing):
-        backing = os.path.join(os.path.dirname(os.path.abspath(path)), backing)
-    return Layer(os.path.abspath(path), fmt, backing, info.get("backing-filename-format"))
+    backing = _text(info, "backing-filename")
+    if backing is None and "full-backing-filename" in info:
+        backing = _text(info, "full-backing-filename") or ""
+    return Layer(os.path.abspath(path), fmt, backing, _text(info, "backing-filename-format"),
+                 _text(info, "full-backing-filename"))
 
 
-def backing_chain(path: str, fmt: str, allowed_dir: str) -> list[Layer]:
-    """The chain ``[top, ..., base]``; every backing file must lie inside ``allowed_dir``."""
-    allowed = os.path.realpath(allowed_dir) + os.sep
-    chain = [inspect(path, fmt)]
-    while (backing := chain[-1].backing) is not None:
+def has_protocol(name: str) -> bool:
+    """Whether qemu reads ``name`` as ``protocol:...`` rather than a file name (its path_has_protocol).
+
+    Covers ``json:{...}`` block-device specs and every protocol driver (``nbd:``, ``file:``,
+    ``host_device:``, ``http:``, ...), known to this qemu or not.
+    """
+    head = name.split("/", 1)[0]
+    return ":" in head
+
+
+def plain_path(name: str, relative_to: str, what: str) -> str:
+    """The local file qemu opens for file name ``name`` (relative names: next to ``relative_to``).
+
+    Raises :class:`UnsafeImage` unless ``name`` is a plain path without ``..`` components.
+    """
+    if not name:
+        raise UnsafeImage(f"{what} is empty")
+    if "\ufffd" in name:
+        raise UnsafeImage(f"{what} {name!r} is not valid UTF-8: qemu-img replaced bytes of it, so which file "
+                          "qemu would open cannot be checked")
+    if has_protocol(name):
+        raise UnsafeImage(f"{what} {name!r} is not a plain file name: qemu would open it as a protocol or "
+                          "JSON block-device specification")
+    if ".." in name.split("/"):
+        raise UnsafeImage(f"{what} {name!r} contains '..'")
+    joined = name if os.path.isabs(name) else os.path.join(os.path.dirname(relative_to), name)
+    return os.path.normpath(joined)
+
+
+def below(path: str, root: str) -> list[str] | None:
+    """The components of ``path`` below directory ``root`` (or its real path); None if not below it."""
+    for prefix in dict.fromkeys((os.path.normpath(root), os.path.realpath(root))):
+        relative = os.path.relpath(path, prefix) if os.path.isabs(path) else ".."
+        if relative != "." and relative.split(os.sep, 1)[0] != "..":
+            return [prefix, *relative.split(os.sep)]
+    return None
+
+
+def in_cache(path: str, root: str) -> bool:
+    """Whether ``path`` lies in the image cache ``root/_base`` (or a subdirectory), by name.
+
+    Only ``root`` (the operator's instances_path) may be reached through a link: ``_base`` itself
+    may not, so :func:`check_no_symlink` refuses a ``_base`` that is a link.
+    """
+    parts = below(path, root)
+    return parts is not None and len(parts) > 2 and parts[1] == CACHE
+
+
+def check_no_symlink(path: str, root: str) -> None:
+    """Refuse ``path`` unless it is a regular file reached from ``root`` without any symbolic link.
+
+    ``root`` itself (e.g. Nova's instances_path) is the operator's and may be a link; when ``path``
+    is not below it only its last component is checked.
+    """
+    parts = below(path, root) or [os.path.dirname(path), os.path.basename(path)]
+    current = parts[0]
+    for part in parts[1:]:
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            raise InputError(f"{path} does not exist") from None
+        except OSError as exc:
+            raise InputError(f"cannot inspect {current}: {exc.strerror}") from None
+        if stat.S_ISLNK(mode):
+            raise UnsafeImage(f"{path}: {current} is a symbolic link; Nova never makes one there, and qemu "
+                              "would open whatever it points to at start")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path} is not a regular file")
+
+
+def backing_path(layer: Layer, root: str) -> tuple[str, str]:
+    """The checked local file ``layer``'s backing name makes qemu open (in ``root/_base``), and its format."""
+    what = f"{layer.path}: backing file"
+    path = plain_path(layer.backing or "", layer.path, what)
+    if layer.full_backing is not None and os.path.normpath(layer.full_backing) != path:
+        raise UnsafeImage(f"{what} {layer.backing!r} resolves to {layer.full_backing!r} for qemu, "
+                          f"not {path!r}")
+    if not in_cache(path, root):
+        raise UnsafeImage(f"{what} {layer.backing} is outside the image cache {os.path.join(root, CACHE)}")
+    if layer.backing_format is None:
+        raise UnsafeImage(f"{what} {layer.backing} has no recorded format "
+                          "(probing it would let a raw image pose as qcow2)")
+    return path, layer.backing_format
+
+
+def open_layer(path: str, fmt: str, root: str) -> Layer:
+    """Inspect ``path`` as ``fmt`` after checking it is a regular file reached without symbolic links."""
+    if ".." in path.split("/"):
+        raise UnsafeImage(f"{path} contains '..'")
+    check_no_symlink(path, root)
+    return inspect(path, fmt)
+
+
+def follow(chain: list[Layer], root: str) -> list[Layer]:
+    """Extend ``chain`` along its last layer's backing names (each a plain file in ``root/_base``)."""
+    while chain[-1].backing is not None:
         layer = chain[-1]
-        real = os.path.realpath(backing)
-        if not real.startswith(allowed):
-            raise UnsafeImage(f"{layer.path}: backing file {layer.backing} is outside the image cache {allowed_dir}")
-        if layer.backing_format is None:
-            raise UnsafeImage(f"{layer.path}: backing file {layer.backing} has no recorded format "
-                              "(probing it would let a raw image pose as qcow2)")
+        backing, backing_format = backing_path(layer, root)
         if len(chain) >= MAX_CHAIN:
-            raise UnsafeImage(f"{path}: backing chain longer than {MAX_CHAIN}")
-        if not os.path.exists(real):
-            raise InputError(f"{layer.path}: backing file {layer.backing} does not exist")
-        chain.append(inspect(real, layer.backing_format))
+            raise UnsafeImage(f"{chain[0].path}: backing chain longer than {MAX_CHAIN}")
+        chain.append(open_layer(backing, backing_format, root))
     return chain
+
+
+def backing_chain(path: str, fmt: str, root: str) -> list[Layer]:
+    """The chain ``[top, ..., base]``; every backing file must be a plain file in the image cache
+    ``root/_base`` (``root``: Nova's instances_path), and no file of the chain may be reached
+    through a symbolic link below ``root``."""
+    return follow([open_layer(os.path.abspath(path), fmt, root)], root)
 
 
 def detect_format(path: str) -> str:
