@@ -106,11 +106,12 @@ def raw_digest(fd: int, name: str, progress: Callable[[int], None] | None = None
                 os.close(write_end)
             try:
                 sha256, size = _hash_stream(read_end, progress)
+            except BaseException:
+                process.kill()
+                raise
             finally:
                 os.close(read_end)
-                if process.poll() is None:
-                    process.kill()
-                returncode = process.wait()
+                returncode = process.wait()  # after EOF it exits on its own
             if returncode != 0:
                 stderr_file.seek(0)
                 lines = stderr_file.read(64 * 1024).decode(errors="replace").strip().splitlines()
