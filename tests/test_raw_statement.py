@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,20 @@ def test_cli_backing_file_is_refused(cli, tmp_path: Path, qcow2: Path) -> None:
     result = _sign_cli(cli, overlay)
     assert result.code == 62, result
     assert "backing file" in result.stderr
+
+
+def test_cli_unseekable_image_is_a_clear_error_unless_no_raw_digest(cli, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as handle:
+            handle.write(b"x" * 100_000)
+
+    for extra, code in (((), 10), (("--no-raw-digest",), 0)):
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        result = _sign_cli(cli, fifo, *extra)
+        writer.join(timeout=30)
+        assert result.code == code, result
+        assert ("cannot be read again from its start" in result.stderr) == (code == 10), result

@@ -45,9 +45,18 @@ class RawDigest:
     size: int
 
 
-def is_qcow2(fd: int) -> bool:
-    """Does the open file start with the qcow2 magic ``QFI\\xfb``?"""
-    return os.pread(fd, 4, 0) == QCOW2_MAGIC
+def is_qcow2(fd: int, name: str) -> bool:
+    """Does the open file start with the qcow2 magic ``QFI\\xfb``?
+
+    A pipe cannot be read again once hashed: that is an :class:`InputError`, not a silent "no".
+    """
+    try:
+        return os.pread(fd, 4, 0) == QCOW2_MAGIC
+    except OSError as exc:
+        raise InputError(
+            f"image {name} cannot be read again from its start ({exc.strerror or exc}), so its raw digest cannot "
+            f"be computed if it is qcow2: give a regular file, or sign with --no-raw-digest"
+        ) from None
 
 
 def qcow2_virtual_size(fd: int, name: str) -> int:

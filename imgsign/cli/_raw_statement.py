@@ -18,7 +18,7 @@ def raw_statement_properties(
     from imgsign.raw_statement import make_raw_statement
 
     fd = handle.fileno()
-    if not raw_digest.is_qcow2(fd):
+    if not raw_digest.is_qcow2(fd, image):
         return {}
     size = raw_digest.qcow2_virtual_size(fd, image)
     with progress_bar(size, "raw digest", quiet) as progress:
