@@ -125,6 +125,7 @@ def raw_digest(fd: int, name: str, progress: Callable[[int], None] | None = None
                 stderr_file.seek(0)
                 lines = stderr_file.read(64 * 1024).decode(errors="replace").strip().splitlines()
                 detail = next((line for line in lines if "qemu-nbd:" in line), lines[-1] if lines else "no message")
+                detail = detail.replace(f"/dev/fd/{child_fd}", name)
                 raise InputError(f"cannot convert image {name} to raw (qemu-nbd/nbdcopy exit {returncode}): {detail}")
     finally:
         os.close(child_fd)
