@@ -136,6 +136,13 @@ class IncompleteVerification(ImgsignError):
     reason = "incomplete-verification"
 
 
+class RawStatementError(ImgsignError):
+    """A raw-digest statement is missing, forged, or belongs to another image."""
+
+    exit_code = 33
+    reason = "raw-statement-error"
+
+
 # --- 4x: crypto backend -----------------------------------------------------------
 
 class BackendUnavailable(ImgsignError):
@@ -216,6 +223,7 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     MalformedSignature,
     InvalidSignature,
     IncompleteVerification,
+    RawStatementError,
     BackendUnavailable,
     KeyManagerError,
     ObjectNotFound,

@@ -54,21 +54,18 @@ class SignatureProperties:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2) + "\n"
+        return render_properties(self.as_dict(), "json")
 
     def openstack_arguments(self) -> list[str]:
         """``--property k=v`` arguments for ``openstack image create``/``set``."""
-        args: list[str] = []
-        for key, value in self.as_dict().items():
-            args += ["--property", f"{key}={value}"]
-        return args
+        return openstack_arguments(self.as_dict())
 
     def to_openstack(self) -> str:
-        return " ".join(shlex.quote(a) for a in self.openstack_arguments()) + "\n"
+        return render_properties(self.as_dict(), "openstack")
 
     def to_env(self) -> str:
         """Shell ``KEY=value`` lines (upper-case names), safe to ``eval`` or ``source``."""
-        return "".join(f"{k.upper()}={shlex.quote(v)}\n" for k, v in self.as_dict().items())
+        return render_properties(self.as_dict(), "env")
 
     @classmethod
     def from_mapping(cls, properties: Mapping[str, object]) -> SignatureProperties:
@@ -99,21 +96,21 @@ def check_certificate_id(value: str) -> str:
     return value
 
 
-def decode_signature(text: str) -> bytes:
-    """Decode ``img_signature``: standard base64, whitespace tolerated, nothing else."""
+def decode_signature(text: str, name: str = SIGNATURE) -> bytes:
+    """Decode ``img_signature`` (or the property ``name``): standard base64, whitespace tolerated, nothing else."""
     compact = _WHITESPACE.sub("", text)
     if not _BASE64.fullmatch(compact):
         bad = next((c for c in compact if not ((c.isascii() and c.isalnum()) or c in "+/=")), None)
         if bad is None:
-            raise PropertiesError(f"{SIGNATURE} is not valid base64: misplaced '=' padding")
+            raise PropertiesError(f"{name} is not valid base64: misplaced '=' padding")
         hint = " (URL-safe base64 is not accepted)" if bad in ("-", "_") else ""
-        raise PropertiesError(f"{SIGNATURE} is not valid base64: unexpected character {bad!r}{hint}")
+        raise PropertiesError(f"{name} is not valid base64: unexpected character {bad!r}{hint}")
     try:
         raw = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise PropertiesError(f"{SIGNATURE} is not valid base64: wrong length or padding") from None
+        raise PropertiesError(f"{name} is not valid base64: wrong length or padding") from None
     if not raw:
-        raise PropertiesError(f"{SIGNATURE} is empty")
+        raise PropertiesError(f"{name} is empty")
     return raw
 
 
@@ -129,3 +126,23 @@ def properties_from_document(document: object) -> Mapping[str, object]:
     if isinstance(nested, Mapping) and not any(name in document for name in NAMES):
         return nested
     return document
+
+
+def openstack_arguments(properties: Mapping[str, str]) -> list[str]:
+    """``--property k=v`` arguments for ``openstack image create``/``set``."""
+    args: list[str] = []
+    for key, value in properties.items():
+        args += ["--property", f"{key}={value}"]
+    return args
+
+
+def render_properties(properties: Mapping[str, str], fmt: str) -> str:
+    """Properties as ``json`` (an object), ``openstack`` (``--property`` arguments) or ``env``
+    (shell ``KEY=value`` lines, upper-case names, safe to ``eval`` or ``source``)."""
+    if fmt == "json":
+        return json.dumps(dict(properties), indent=2) + "\n"
+    if fmt == "openstack":
+        return " ".join(shlex.quote(a) for a in openstack_arguments(properties)) + "\n"
+    if fmt == "env":
+        return "".join(f"{k.upper()}={shlex.quote(v)}\n" for k, v in properties.items())
+    raise ValueError(f"unknown properties format {fmt!r}")

@@ -143,3 +143,19 @@ def test_cursive_accepts_what_imgsign_refuses(cloud, tmp_path):
     path.write_text(json.dumps(props))
     refused = run_cli("verify", cloud["image"], "--properties", path, "--cert", cert_of("ECC_SECP384R1"))
     assert refused.code == 13 and "ECC_SECP521R1 is declared" in refused.stderr
+
+
+def test_cursive_ignores_the_raw_statement_properties(cloud, tmp_path):
+    """A qcow2 signed with its raw-digest statement: cursive (Nova's download check) verifies it."""
+    from cursive import signature_utils
+
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 2M", str(image)], check=True,
+                   capture_output=True)
+    signed = run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert-uuid", cloud["uuids"]["RSA-PSS"])
+    assert signed.code == 0, signed
+    props = signed.json()
+    assert "imgsign_raw_v1_signature" in props
+    assert signature_utils.should_create_verifier(props)
+    assert run_cursive(cloud, [{"image": str(image), "properties": props}]) == ["ok"]

@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -186,8 +186,20 @@ def load_properties(path: str) -> Any:
     return properties_from_document(document)
 
 
+class ImageDigest:
+    """What :func:`image_digest` yields: call it for the digest; ``handle`` is the open image
+    (None when it could not be opened: then the call raises why)."""
+
+    def __init__(self, result: Callable[[], bytes], handle: BinaryIO | None) -> None:
+        self._result = result
+        self.handle = handle
+
+    def __call__(self) -> bytes:
+        return self._result()
+
+
 @contextlib.contextmanager
-def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) -> Iterator[Callable[[], bytes]]:
+def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) -> Iterator[ImageDigest]:
     """Start hashing the image at ``path`` now, on a second core; the yielded call returns the digest.
 
     The command does its data-free work (imports, key, certificate, key manager) meanwhile.
@@ -205,9 +217,9 @@ def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) ->
             def refuse() -> bytes:
                 raise unreadable
 
-            yield refuse
+            yield ImageDigest(refuse, None)
             return
         progress = stack.enter_context(progress_bar(size, label, quiet))
         digest = BackgroundDigest(handle, hash_method, progress)
         stack.callback(digest.cancel)
-        yield digest.result
+        yield ImageDigest(digest.result, handle)

@@ -33,12 +33,15 @@ from imgsign.cli._common import (
 @click.option("--key-type", type=key_type_choice(), help="Expected key type (default: derived from the key).")
 @click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
+@click.option("--no-raw-digest", is_flag=True,
+              help="For a qcow2 image, do not add the imgsign_raw_v1_* statement (the digest of its raw conversion).")
 @policy_options
 @quiet_option
 @click.pass_context
 def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
-         output: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+         output: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool,
+         no_raw_digest: bool) -> None:
     """Sign IMAGE and print its img_signature* properties."""
     if cert_path is None and cert_uuid is None:
         raise errors.InputError(
@@ -70,7 +73,14 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
             key_type=KeyType.parse(key_type) if key_type else None, certificate=certificate, policy=policy,
         )
         properties = signer.sign_digest(digest())
-    text = {"json": properties.to_json, "openstack": properties.to_openstack, "env": properties.to_env}[fmt]()
+        emitted = properties.as_dict()
+        if not no_raw_digest and digest.handle is not None:
+            from imgsign.cli._raw_statement import raw_statement_properties
+
+            emitted |= raw_statement_properties(image, digest.handle, key, properties, digest(), is_quiet(ctx, quiet))
+    from imgsign.properties import render_properties
+
+    text = render_properties(emitted, fmt)
     if output:
         atomic_write(output, text.encode())
     else:
