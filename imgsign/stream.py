@@ -79,11 +79,16 @@ class BackgroundDigest:
 
     #: Switch interval while both threads are busy (the default, 5 ms, would stall the hashing).
     OVERLAP_SWITCH_INTERVAL = 0.0002
+    #: How many of the first bytes :attr:`head` keeps (format magic, header), even from a pipe.
+    HEAD_SIZE = 512
 
     def __init__(self, source: BinaryIO, hash_method: HashMethod, progress: Progress | None = None) -> None:
         self._hasher = hash_method.new()
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
+        #: The first :attr:`HEAD_SIZE` bytes of the source (fewer if it is shorter): read them after
+        #: :meth:`result`, e.g. to tell the image's format without reading it again.
+        self.head = b""
         self._saved_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._saved_interval, self.OVERLAP_SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, args=(source, progress), name="imgsign-digest",
@@ -95,6 +100,8 @@ class BackgroundDigest:
             for chunk in iter_chunks(source):
                 if self._cancelled.is_set():
                     return
+                if len(self.head) < self.HEAD_SIZE:
+                    self.head += bytes(chunk[: self.HEAD_SIZE - len(self.head)])
                 self._hasher.update(chunk)
                 if progress is not None:
                     progress(len(chunk))

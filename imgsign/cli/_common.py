@@ -188,14 +188,21 @@ def load_properties(path: str) -> Any:
 
 class ImageDigest:
     """What :func:`image_digest` yields: call it for the digest; ``handle`` is the open image
-    (None when it could not be opened: then the call raises why)."""
+    (None when it could not be opened: then the call raises why) and ``head`` its first bytes,
+    as the hashing read them (valid once the digest was returned)."""
 
-    def __init__(self, result: Callable[[], bytes], handle: BinaryIO | None) -> None:
+    def __init__(self, result: Callable[[], bytes], handle: BinaryIO | None,
+                 head: Callable[[], bytes] = bytes) -> None:
         self._result = result
+        self._head = head
         self.handle = handle
 
     def __call__(self) -> bytes:
         return self._result()
+
+    @property
+    def head(self) -> bytes:
+        return self._head()
 
 
 @contextlib.contextmanager
@@ -222,4 +229,4 @@ def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) ->
         progress = stack.enter_context(progress_bar(size, label, quiet))
         digest = BackgroundDigest(handle, hash_method, progress)
         stack.callback(digest.cancel)
-        yield ImageDigest(digest.result, handle)
+        yield ImageDigest(digest.result, handle, lambda: digest.head)

@@ -77,7 +77,8 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         if not no_raw_digest and digest.handle is not None:
             from imgsign.cli._raw_statement import raw_statement_properties
 
-            emitted |= raw_statement_properties(image, digest.handle, key, properties, digest(), is_quiet(ctx, quiet))
+            emitted |= raw_statement_properties(image, digest.handle, digest.head, key, properties, digest(),
+                                                is_quiet(ctx, quiet))
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
