@@ -21,6 +21,10 @@ from imgsign.errors import CertificateError, CertificateKeyMismatch, InputError,
 
 DEFAULT_DAYS = 365
 DEFAULT_BITS = 3072
+#: RSA modulus sizes imgsign generates (OpenSSL's own maximum is 16384 bits).
+RSA_BITS = range(1024, 16384 + 1)
+#: DSA sizes ``cryptography`` generates.
+DSA_BITS = (1024, 2048, 3072, 4096)
 DEFAULT_SUBJECT = "CN=imgsign image signer"
 
 
@@ -49,10 +53,25 @@ def parse_subject(subject: str) -> x509.Name:
     try:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError as exc:
-        raise InputError(f"invalid --subject {subject!r}: {exc}") from None
+        detail = str(exc) or "not an RFC 4514 name such as CN=signer,O=Example"
+        raise InputError(f"invalid --subject {subject!r}: {detail}") from None
     if not list(name):
         raise InputError("the --subject is empty")
     return name
+
+
+def check_bits(key_type: KeyType, bits: int | None) -> None:
+    """Refuse a key size ``key_type`` cannot have (``None``: the default size, or a curve's)."""
+    if bits is None:
+        return
+    if key_type is KeyType.RSA_PSS:
+        if bits not in RSA_BITS:
+            raise InputError(f"RSA --bits must be between {RSA_BITS.start} and {RSA_BITS.stop - 1}, not {bits}")
+    elif key_type is KeyType.DSA:
+        if bits not in DSA_BITS:
+            raise InputError(f"DSA --bits must be {', '.join(map(str, DSA_BITS[:-1]))} or {DSA_BITS[-1]}, not {bits}")
+    else:
+        raise InputError(f"--bits does not apply to {key_type.value}: the curve sets the key size")
 
 
 def generate(
@@ -60,20 +79,24 @@ def generate(
     *,
     subject: str = DEFAULT_SUBJECT,
     days: int = DEFAULT_DAYS,
-    bits: int = DEFAULT_BITS,
+    bits: int | None = None,
     issuer: Issuer | None = None,
     passphrase: bytes | None = None,
 ) -> SigningIdentity:
-    """Generate a key of ``key_type`` and a code-signing certificate for it."""
+    """Generate a key of ``key_type`` and a code-signing certificate for it.
+
+    ``bits`` is the RSA or DSA key size (default :data:`DEFAULT_BITS`); curve key types take none.
+    """
     if days < 1:
         raise InputError("--days must be at least 1")
+    check_bits(key_type, bits)
     name = parse_subject(subject)
     if key_type.is_binary_curve:
         from imgsign._internal import openssl_keygen
 
         ca = None if issuer is None else openssl_keygen.CA(issuer.cert_pem, issuer.key_pem, issuer.passphrase)
         return SigningIdentity(*openssl_keygen.generate(key_type, name, days, ca, passphrase))
-    key = _new_key(key_type, bits)
+    key = _new_key(key_type, DEFAULT_BITS if bits is None else bits)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     issuer_key: CertificateIssuerPrivateKeyTypes = key
     issuer_name, issuer_ski = name, None
@@ -114,12 +137,8 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
 
 def _new_key(key_type: KeyType, bits: int) -> rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey:
     if key_type is KeyType.RSA_PSS:
-        if bits < 1024:
-            raise InputError("--bits must be at least 1024")
         return rsa.generate_private_key(public_exponent=65537, key_size=bits)
     if key_type is KeyType.DSA:
-        if bits not in (1024, 2048, 3072, 4096):
-            raise InputError("DSA --bits must be 1024, 2048, 3072 or 4096")
         return dsa.generate_private_key(key_size=bits)
     curve = {KeyType.ECC_SECP384R1: ec.SECP384R1, KeyType.ECC_SECP521R1: ec.SECP521R1}[key_type]
     return ec.generate_private_key(curve())

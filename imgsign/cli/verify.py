@@ -10,6 +10,7 @@ import click
 from imgsign import errors
 from imgsign._internal.files import open_image
 from imgsign.cli._common import (
+    KEY_MANAGER_ID,
     fail,
     is_quiet,
     load_properties,
@@ -31,7 +32,7 @@ from imgsign.verifier import Verifier
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
-@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID",
+@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
               help="Require a chain to this trusted CA certificate in the key manager (repeatable; "
                    "default: [imgsign] trusted_certificate_ids).")
 @click.option("--trusted-file", "trusted_files", multiple=True, type=click.Path(dir_okay=False),
