@@ -92,8 +92,14 @@ def generate(
     check_bits(key_type, bits)
     name = parse_subject(subject)
     if key_type.is_binary_curve:
-        from imgsign._internal import openssl_keygen
+        from imgsign._internal import openssl, openssl_keygen
 
+        for data, error, what in ((passphrase, InputError, "the passphrase"),
+                                  (issuer and issuer.cert_pem, CertificateError, "the CA certificate"),
+                                  (issuer and issuer.key_pem, PrivateKeyError, "the CA private key"),
+                                  (issuer and issuer.passphrase, PrivateKeyError, "the CA passphrase")):
+            if data:
+                openssl.check_pipe_input(data, error, what)
         ca = None if issuer is None else openssl_keygen.CA(issuer.cert_pem, issuer.key_pem, issuer.passphrase)
         return SigningIdentity(*openssl_keygen.generate(key_type, name, days, ca, passphrase))
     key = _new_key(key_type, DEFAULT_BITS if bits is None else bits)

@@ -180,8 +180,10 @@ def load_properties(path: str) -> Any:
     data = read_small_file(path, "properties file")
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise errors.InputError(f"properties file {path} is not usable JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+        raise errors.InputError(f"properties file {path} is not valid JSON ({str(exc)[:200]})") from None
     return properties_from_document(document)
 
 

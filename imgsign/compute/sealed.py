@@ -106,7 +106,7 @@ class SealedStore:
             body, mac = document["body"], document["hmac"]
             if not isinstance(body, dict) or not isinstance(mac, str):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise Damaged(f"{path} is not a sealed JSON document") from None
         if not hmac.compare_digest(mac, self._mac(key, name, body)):
             raise Damaged(f"{path} does not match its seal (changed outside imgsign)")
