@@ -32,7 +32,7 @@ def check_signature_value(signature: bytes, key_type: KeyType, key_size: int) ->
     limit = max_dss_signature_length(key_size)
     if len(signature) > limit:
         raise MalformedSignature(
-            f"a {key_type.value} signature for a {key_size}-bit key is at most {limit} bytes, "
+            f"{key_type.value} signatures for a {key_size}-bit key are at most {limit} bytes, "
             f"this one is {len(signature)} bytes"
         )
     r, s = decode_dss_signature_strict(signature)
