@@ -220,7 +220,51 @@ def test_usage_errors_exit_2(signed):
     assert run_cli("verify", image).code == 2
     assert run_cli("sign", image, "--key", key_of("DSA"), "--hash-method", "MD5", "--cert-uuid", "x").code == 2
     result = run_cli("sign", image, "--key", key_of("DSA"))
-    assert result.code == errors.InputError.exit_code and "--cert-uuid" in result.stderr
+    assert result.code == 2 and "--cert-uuid" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("sign", "IMAGE", "--key", "KEY", "--store-cert", "--cert-uuid", CERT_UUID),
+    ("sign", "IMAGE", "--key", "KEY", "--store-cert", "--cert", "CERT", "--cert-uuid", CERT_UUID),
+    ("sign", "IMAGE", "--key", "KEY", "--cert-uuid", ""),
+    ("sign", "IMAGE", "--key", "KEY", "--cert-uuid", "has space"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-cert", "CERT"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-key", "KEY"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-passphrase-file", "P"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "0"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "-5"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", ""),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", "no equals sign"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "100000000"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "512"),
+    ("keygen", "--key-type", "DSA", "--out-key", "K", "--out-cert", "C", "--bits", "2500"),
+    ("keygen", "--key-type", "ECC_SECP384R1", "--out-key", "K", "--out-cert", "C", "--bits", "3072"),
+    ("keygen", "--key-type", "ECC_SECT571R1", "--out-key", "K", "--out-cert", "C", "--bits", "571"),
+    ("cert", "show", ""), ("cert", "delete", ""), ("key", "delete", ""), ("crl", "delete", ""),
+    ("cert", "show", " "), ("cert", "show", "x" * 256),
+    ("verify", "IMAGE", "--properties", "PROPS", "--trusted", ""),
+    ("boot", "cache", "IMAGE", "--image-id", "", "--properties", "PROPS"),
+    ("boot", "check", "IMAGE", "--trusted-id", ""),
+], ids=lambda a: " ".join(a))
+def test_bad_option_values_and_combinations_are_usage_errors(signed, tmp_path, args):
+    """Exit 2 with click's usage message, before any file is read or written."""
+    _, image, props = signed
+    names = {"IMAGE": image, "KEY": key_of("DSA"), "CERT": cert_of("DSA"), "PROPS": props,
+             "K": tmp_path / "k.pem", "C": tmp_path / "c.pem", "P": tmp_path / "missing-pass"}
+    result = run_cli(*(names.get(a, a) for a in args), env={"IMGSIGN_KEYSTORE": str(tmp_path / "ks.sqlite3")})
+    assert result.code == 2, result
+    assert "Usage:" in result.stderr and "imgsign: error" not in result.stderr
+    assert not (tmp_path / "k.pem").exists() and not (tmp_path / "ks.sqlite3").exists()
+
+
+def test_keygen_warns_below_the_verification_minimum(tmp_path):
+    result = run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 1024, "--out-key", tmp_path / "k.pem",
+                     "--out-cert", tmp_path / "c.pem")
+    assert result.code == 0, result
+    assert "warning" in result.stderr and "--allow-weak-keys" in result.stderr
+    quiet = run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 2048, "--out-key", tmp_path / "k2.pem",
+                    "--out-cert", tmp_path / "c2.pem")
+    assert quiet.code == 0 and "warning" not in quiet.stderr, quiet
 
 
 @pytest.mark.parametrize("key_type", ["RSA-PSS", "ECC_SECP384R1", "ECC_SECT571R1"])
