@@ -64,6 +64,24 @@ def test_verify_json(signed):
     assert result.code == 0 and result.json()["valid"] is True and result.json()["reason"] == "ok"
 
 
+VERIFY_JSON_KEYS = {"image", "valid", "reason", "message", "exit_code", "img_signature_hash_method",
+                    "img_signature_key_type", "img_signature_certificate_uuid", "certificate_subject", "chain"}
+
+
+def test_verify_json_has_the_same_keys_on_success_and_failure(signed, tmp_path):
+    """The README's list of keys, exactly, whether the image verifies or not (null when not known)."""
+    _, image, props = signed
+    ok = verify(image, props, None, "--json").json()
+    assert set(ok) == VERIFY_JSON_KEYS and ok["message"] and ok["chain"] is None, ok
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    early = verify(image, garbage, None, "--json")
+    assert early.code == errors.InputError.exit_code and set(early.json()) == VERIFY_JSON_KEYS, early
+    assert early.json()["img_signature_key_type"] is None and early.json()["valid"] is False
+    late = verify(image, props, cert_of("DSA"), "--json")
+    assert set(late.json()) == VERIFY_JSON_KEYS and late.json()["img_signature_key_type"] == "RSA-PSS", late
+
+
 def test_openstack_and_env_formats(signed, tmp_path):
     _, image, _ = signed
     result = run_cli("sign", image, "--key", key_of("ECC_SECP384R1"), "--cert-uuid", CERT_UUID,

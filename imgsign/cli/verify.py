@@ -55,7 +55,12 @@ def verify_command(ctx: click.Context, image: str, properties_path: str, cert_pa
     from imgsign import certificates, chain
 
     quiet = is_quiet(ctx, quiet)
-    result: dict[str, Any] = {"image": image, "valid": False}
+    # Every key is always there (null until known), on success and on failure alike.
+    result: dict[str, Any] = {
+        "image": image, "valid": False, "reason": None, "message": None, "exit_code": None,
+        "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
+        "certificate_subject": None, "chain": None,
+    }
     try:
         properties = SignatureProperties.from_mapping(load_properties(properties_path))
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
@@ -75,12 +80,11 @@ def verify_command(ctx: click.Context, image: str, properties_path: str, cert_pa
             result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
             click.echo(json.dumps(result, indent=2))
         fail(exc)
-    result.update({"valid": True, "reason": "ok", "exit_code": 0})
+    trust = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
+    message = (f"{image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
+               f"certificate {result['certificate_subject']}{trust})")
+    result.update({"valid": True, "reason": "ok", "message": message, "exit_code": 0})
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not quiet:
-        trust = f", chain to trusted {result['chain'][-1]}" if "chain" in result else ""
-        click.echo(
-            f"OK: {image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
-            f"certificate {result['certificate_subject']}{trust})"
-        )
+        click.echo(f"OK: {message}")
