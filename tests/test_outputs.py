@@ -149,3 +149,19 @@ def test_keygen_refuses_an_empty_passphrase(tmp_path):
                      "--out-cert", tmp_path / "c.pem", "--passphrase-file", empty)
     assert result.code == errors.InputError.exit_code and "empty passphrase" in result.stderr, result
     assert not (tmp_path / "k.pem").exists()
+
+
+def test_an_output_that_appears_after_the_check_is_not_replaced(tmp_path):
+    """The check runs before the work; a file created meanwhile is still never overwritten without --force."""
+    from imgsign._internal.files import plan_outputs
+
+    out = tmp_path / "props.json"
+    (planned,) = plan_outputs([(str(out), "output", 0o644)], [], force=False)
+    out.write_text("written by someone else meanwhile")
+    with pytest.raises(errors.InputError, match="--force"):
+        planned.write(b"new")
+    assert out.read_text() == "written by someone else meanwhile"
+    assert [p.name for p in tmp_path.iterdir()] == ["props.json"]  # no temporary file left
+    (forced,) = plan_outputs([(str(out), "output", 0o644)], [], force=True)
+    forced.write(b"new")
+    assert out.read_bytes() == b"new"

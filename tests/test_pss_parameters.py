@@ -89,3 +89,10 @@ def test_rsassa_pss_key_refuses_another_hash(tmp_path, image, pss_identity):
     assert "SHA256" in result.stderr and "SHA-384" in result.stderr
     json_result = run_cli("verify", image, "--properties", props, "--cert", cert, "--json")
     assert json.loads(json_result.stdout)["reason"] == errors.KeyTypeMismatch.reason
+
+
+def test_signing_with_a_certificate_refuses_a_hash_its_rsassa_pss_key_forbids(image, pss_identity):
+    key, cert = pss_identity
+    result = run_cli("sign", image, "--key", key, "--cert", cert, "--cert-uuid", CERT_UUID, "--hash-method", "SHA-512")
+    assert result.code == errors.KeyTypeMismatch.exit_code and "SHA-512" in result.stderr, result
+    assert run_cli("sign", image, "--key", key, "--cert", cert, "--cert-uuid", CERT_UUID).code == 0
