@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgsign.algorithms import KeyType
 from imgsign.errors import CertificateError, CertificateKeyMismatch, InputError, PrivateKeyError, UnsupportedAlgorithm
+
+_T = TypeVar("_T")
 
 DEFAULT_DAYS = 365
 DEFAULT_BITS = 3072
@@ -102,7 +107,7 @@ def generate(
                 openssl.check_pipe_input(data, error, what)
         ca = None if issuer is None else openssl_keygen.CA(issuer.cert_pem, issuer.key_pem, issuer.passphrase)
         return SigningIdentity(*openssl_keygen.generate(key_type, name, days, ca, passphrase))
-    key = _new_key(key_type, DEFAULT_BITS if bits is None else bits)
+    key = _interruptible(lambda: _new_key(key_type, DEFAULT_BITS if bits is None else bits))
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     issuer_key: CertificateIssuerPrivateKeyTypes = key
     issuer_name, issuer_ski = name, None
@@ -139,6 +144,31 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
     digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
     key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
 )
+
+
+def _interruptible(make: Callable[[], _T]) -> _T:
+    """Run ``make`` (a key generation that may take minutes) in a daemon thread.
+
+    Python handles Ctrl-C only in the main thread, between bytecodes; ``cryptography``
+    releases the GIL while it searches for primes, so the main thread waiting here stays
+    responsive and an interrupt ends the process instead of waiting for the key.
+    """
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(make())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="imgsign-keygen", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _new_key(key_type: KeyType, bits: int) -> rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey:

@@ -321,3 +321,25 @@ def test_keygen_refuses_non_ca_issuer(tmp_path):
                      "--ca-cert", pki("not-a-ca.pem"), "--ca-key", pki("not-a-ca.key"))
     assert result.code == errors.CertificateError.exit_code and "not a CA" in result.stderr, result
     assert not (tmp_path / "k").exists()
+
+
+def test_keygen_of_the_largest_key_stops_on_ctrl_c(tmp_path):
+    """A 16384-bit RSA key takes minutes; Ctrl-C (SIGINT) ends keygen at once, writing nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "imgsign", "keygen", "--key-type", "RSA-PSS", "--bits", "16384",
+                             "--out-key", tmp_path / "k.pem", "--out-cert", tmp_path / "c.pem"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # well into the prime search
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert "Traceback" not in stderr and not list(tmp_path.iterdir())

@@ -110,6 +110,16 @@ def _identity(path: str) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def _stat_output(path: str, what: str) -> os.stat_result | None:
+    """What an output path names now (following symlinks), or None if nothing."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputFile:
     """A file a command will write, checked before any work is done (see :func:`plan_outputs`).
@@ -125,12 +135,7 @@ class OutputFile:
     force: bool = False
 
     def write(self, data: bytes) -> None:
-        try:
-            info: os.stat_result | None = os.stat(self.path)
-        except FileNotFoundError:
-            info = None
-        except OSError as exc:
-            raise InputError(f"cannot write {self.what} {self.path}: {_reason(exc)}") from None
+        info = _stat_output(self.path, self.what)
         if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
             try:
                 with open(self.path, "wb") as handle:
@@ -169,12 +174,7 @@ def plan_outputs(
         if real in names:
             raise InputError(f"the {what} {path} is the same file as {names[real]}")
         names[real] = f"the {what} {path}"
-        try:
-            info: os.stat_result | None = os.stat(path)
-        except FileNotFoundError:
-            info = None
-        except OSError as exc:
-            raise InputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+        info = _stat_output(path, what)
         if info is not None:
             identity = (info.st_dev, info.st_ino)
             if identity in taken:
