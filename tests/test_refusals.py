@@ -88,3 +88,20 @@ def test_hostile_properties_json_is_an_input_error(tmp_path, image, document):
     result = run_cli("verify", image, "--properties", props, "--cert", cert_of("RSA-PSS"))
     assert result.code == errors.InputError.exit_code and "JSON" in result.stderr, result
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("algorithm", "length"), [("RSA", 100_000_000), ("RSA", 512), ("DSA", 2500)])
+def test_embedded_key_pair_length_is_bounded(tmp_path, algorithm, length):
+    """castellan's create_key_pair on the embedded store: an absurd length is refused at once, not computed."""
+    from castellan.common import exception
+    from oslo_config import cfg
+    from oslo_context import context as oslo_context
+
+    from imgsign.keymanager.embedded import EmbeddedKeyManager
+
+    conf = cfg.ConfigOpts()
+    conf(args=[], project="imgsign-test", default_config_files=[])
+    manager = EmbeddedKeyManager(conf)
+    conf.set_override("path", str(tmp_path / "ks.sqlite3"), group="imgsign_embedded")
+    with pytest.raises(exception.KeyManagerError, match="length"):
+        manager.create_key_pair(oslo_context.RequestContext(project_id="p"), algorithm, length)

@@ -281,8 +281,12 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         algorithm_name = algorithm.upper()
         pair: Any
         if algorithm_name == "RSA":
+            if not 1024 <= length <= 16384:  # OpenSSL's maximum; larger ones take hours
+                raise exception.KeyManagerError(reason=f"RSA key length {length} is not between 1024 and 16384")
             pair = rsa.generate_private_key(public_exponent=65537, key_size=length)
         elif algorithm_name == "DSA":
+            if length not in (1024, 2048, 3072, 4096):
+                raise exception.KeyManagerError(reason=f"DSA key length {length} is not 1024, 2048, 3072 or 4096")
             pair = dsa.generate_private_key(key_size=length)
         elif algorithm_name in ("EC", "ECDSA"):
             curves: dict[int, Callable[[], ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384R1,
