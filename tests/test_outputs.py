@@ -165,3 +165,12 @@ def test_an_output_that_appears_after_the_check_is_not_replaced(tmp_path):
     (forced,) = plan_outputs([(str(out), "output", 0o644)], [], force=True)
     forced.write(b"new")
     assert out.read_bytes() == b"new"
+
+
+def test_sign_refuses_to_write_over_its_configuration_file(image, key, tmp_path):
+    conf = tmp_path / "imgsign.conf"
+    conf.write_text(f"[imgsign_embedded]\npath = {tmp_path / 'ks.sqlite3'}\n")
+    before = conf.read_text()
+    result = run_cli("-c", conf, "sign", image, "--key", key, "--cert-uuid", CERT_UUID, "-o", conf, "--force")
+    assert result.code == errors.InputError.exit_code and "configuration file" in result.stderr, result
+    assert conf.read_text() == before

@@ -56,7 +56,7 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
     outputs = plan_outputs(
         [(output, "output", 0o644)] if output else [],
         [(image, "image"), (key_path, "private key"), (passphrase_file, "passphrase file"),
-         (cert_path, "certificate")],
+         (cert_path, "certificate"), (ctx.find_root().obj.get("config_file"), "configuration file")],
         force=force,
     )
     policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
