@@ -161,10 +161,37 @@ def _spki(key_type: str) -> bytes:
     return certificate_spki_der(load_certificate(cert_of(key_type).read_bytes()))
 
 
+#: A 1024-bit RSASSA-PSS SubjectPublicKeyInfo with parameters (SHA-256, MGF1-SHA-256, salt 32), from openssl genpkey.
+RSASSA_PSS_SPKI = bytes.fromhex(
+    "3081d3304106092a864886f70d01010a3034a00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d06"
+    "096086480165030402010500a20302012003818d0030818902818100dbeee2091f22a8bbd8f53982cec1d0fc253b8bc40df840da0d"
+    "5653ab4888125397ff229b6a8ccc1794191f3d47a331b02fe726136ca54cc89359d29795f1736d3016505806acc74796a2bd2679c2"
+    "5ef3c069983688e9ace5206827ef73c4007cff3489c3e16282715ea8b4681364c36000b6495d487881690bfabaca65c81423020301"
+    "0001"
+)
+
+
 @SLOW
-@given(st.one_of(st.binary(max_size=1000), *(mutations(_spki(k)) for k in ["RSA-PSS", "DSA", "ECC_SECT409K1"])))
+@given(st.one_of(st.binary(max_size=1000), mutations(RSASSA_PSS_SPKI),
+                 *(mutations(_spki(k)) for k in ["RSA-PSS", "DSA", "ECC_SECT409K1"])))
 def test_public_key_from_spki(data):
     parses_or_refuses(public_key_from_spki, data)
+
+
+@FAST
+@given(mutations(RSASSA_PSS_SPKI), st.sampled_from(list(HashMethod)))
+def test_rsassa_pss_parameters(data, hash_method):
+    """The parameters of a (damaged) RSASSA-PSS key are read or refused; enforcing them never crashes."""
+    try:
+        key = public_key_from_spki(data)
+        key.check_hash_method(hash_method)
+    except ImgsignError:
+        pass
+
+
+def test_rsassa_pss_spki_keeps_its_parameters():
+    key = public_key_from_spki(RSASSA_PSS_SPKI)
+    assert "RSASSA-PSS (SHA256, salt >= 32)" in key.describe()
 
 
 @pytest.fixture(scope="module")
