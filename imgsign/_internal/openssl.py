@@ -134,7 +134,7 @@ class OpenSSLPublicKey(PublicKey):
     def __init__(self, spki_der: bytes, key_type: KeyType) -> None:
         if len(spki_der) > _MAX_SPKI:
             raise UnsupportedAlgorithm(
-                f"a {key_type.value} public key is under {_MAX_SPKI} bytes, this one is {len(spki_der)} bytes"
+                f"{key_type.value} public keys are under {_MAX_SPKI} bytes; this one is {len(spki_der)} bytes"
             )
         self._spki = spki_der
         self._key_type = key_type
