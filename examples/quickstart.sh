@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
 # The README's first command: install imgsign into .venv, make a signing key,
-# sign a sample image (storing the certificate in the embedded key manager, the
+# sign a sample image (storing the certificate in an embedded key manager, the
 # default backend) and verify it, fetching the certificate back by its uuid.
-# Safe to re-run; image and key live in a scratch folder that is removed.
+# Safe to re-run: image, key, configuration and key store all live in a scratch
+# folder that is removed; your own key store and configuration are not touched.
+# IMGSIGN_QUICKSTART_PYTHON=/path/to/python uses an existing installation instead of .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q -e .
-imgsign=.venv/bin/imgsign
+if [ -n "${IMGSIGN_QUICKSTART_PYTHON:-}" ]; then
+    python=$IMGSIGN_QUICKSTART_PYTHON
+else
+    python3 -m venv .venv
+    .venv/bin/python -m pip install -q -e .
+    python=.venv/bin/python
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/imgsign-quickstart.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+
+# A throw-away key store in the scratch folder (-c wins over $IMGSIGN_CONFIG and the default files).
+cat > "$work/imgsign.conf" <<CONF
+[key_manager]
+backend = imgsign
+
+[imgsign_embedded]
+path = $work/keystore.sqlite3
+CONF
+imgsign() { "$python" -m imgsign -c "$work/imgsign.conf" "$@"; }
 
 if command -v qemu-img >/dev/null 2>&1; then
     qemu-img create -q -f qcow2 "$work/sample.qcow2" 1G
@@ -21,9 +37,9 @@ else
     image="$work/sample.img"
 fi
 
-$imgsign keygen --key-type RSA-PSS --out-key "$work/signer.key" --out-cert "$work/signer.pem" \
+imgsign keygen --key-type RSA-PSS --out-key "$work/signer.key" --out-cert "$work/signer.pem" \
     --subject "CN=imgsign quickstart signer"
-$imgsign sign "$image" --key "$work/signer.key" --cert "$work/signer.pem" --store-cert \
+imgsign sign "$image" --key "$work/signer.key" --cert "$work/signer.pem" --store-cert \
     | tee "$work/properties.json"
 echo
-$imgsign verify "$image" --properties "$work/properties.json"
+imgsign verify "$image" --properties "$work/properties.json"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from imgsign.errors import CertificateError, CertificateExpired, CertificateNotYetValid, UnsupportedAlgorithm
 from imgsign.keys import PublicKey
@@ -36,9 +36,11 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def certificate_public_key(cert: x509.Certificate) -> PublicKey:
-    """The certificate's key; binary-curve keys are handed to the OpenSSL backend."""
+    """The certificate's key; binary-curve keys are handed to the OpenSSL backend, and an
+    RSASSA-PSS key is read from its SubjectPublicKeyInfo to keep its parameters."""
     try:
-        return CryptographyPublicKey(cert.public_key())
+        if cert.public_key_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
+            return CryptographyPublicKey(cert.public_key())
     except (crypto_exceptions.UnsupportedAlgorithm, ValueError):
         pass
     try:

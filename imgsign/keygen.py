@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,8 +22,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from imgsign.algorithms import KeyType
 from imgsign.errors import CertificateError, CertificateKeyMismatch, InputError, PrivateKeyError, UnsupportedAlgorithm
 
+_T = TypeVar("_T")
+
 DEFAULT_DAYS = 365
 DEFAULT_BITS = 3072
+#: RSA modulus sizes imgsign generates (OpenSSL's own maximum is 16384 bits).
+RSA_BITS = range(1024, 16384 + 1)
+#: DSA sizes ``cryptography`` generates.
+DSA_BITS = (1024, 2048, 3072, 4096)
 DEFAULT_SUBJECT = "CN=imgsign image signer"
 
 
@@ -49,10 +58,25 @@ def parse_subject(subject: str) -> x509.Name:
     try:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError as exc:
-        raise InputError(f"invalid --subject {subject!r}: {exc}") from None
+        detail = str(exc) or "not an RFC 4514 name such as CN=signer,O=Example"
+        raise InputError(f"invalid --subject {subject!r}: {detail}") from None
     if not list(name):
         raise InputError("the --subject is empty")
     return name
+
+
+def check_bits(key_type: KeyType, bits: int | None) -> None:
+    """Refuse a key size ``key_type`` cannot have (``None``: the default size, or a curve's)."""
+    if bits is None:
+        return
+    if key_type is KeyType.RSA_PSS:
+        if bits not in RSA_BITS:
+            raise InputError(f"RSA --bits must be between {RSA_BITS.start} and {RSA_BITS.stop - 1}, not {bits}")
+    elif key_type is KeyType.DSA:
+        if bits not in DSA_BITS:
+            raise InputError(f"DSA --bits must be {', '.join(map(str, DSA_BITS[:-1]))} or {DSA_BITS[-1]}, not {bits}")
+    else:
+        raise InputError(f"--bits does not apply to {key_type.value}: the curve sets the key size")
 
 
 def generate(
@@ -60,20 +84,30 @@ def generate(
     *,
     subject: str = DEFAULT_SUBJECT,
     days: int = DEFAULT_DAYS,
-    bits: int = DEFAULT_BITS,
+    bits: int | None = None,
     issuer: Issuer | None = None,
     passphrase: bytes | None = None,
 ) -> SigningIdentity:
-    """Generate a key of ``key_type`` and a code-signing certificate for it."""
+    """Generate a key of ``key_type`` and a code-signing certificate for it.
+
+    ``bits`` is the RSA or DSA key size (default :data:`DEFAULT_BITS`); curve key types take none.
+    """
     if days < 1:
         raise InputError("--days must be at least 1")
+    check_bits(key_type, bits)
     name = parse_subject(subject)
     if key_type.is_binary_curve:
-        from imgsign._internal import openssl_keygen
+        from imgsign._internal import openssl, openssl_keygen
 
+        for data, error, what in ((passphrase, InputError, "the passphrase"),
+                                  (issuer and issuer.cert_pem, CertificateError, "the CA certificate"),
+                                  (issuer and issuer.key_pem, PrivateKeyError, "the CA private key"),
+                                  (issuer and issuer.passphrase, PrivateKeyError, "the CA passphrase")):
+            if data:
+                openssl.check_pipe_input(data, error, what)
         ca = None if issuer is None else openssl_keygen.CA(issuer.cert_pem, issuer.key_pem, issuer.passphrase)
         return SigningIdentity(*openssl_keygen.generate(key_type, name, days, ca, passphrase))
-    key = _new_key(key_type, bits)
+    key = _interruptible(lambda: _new_key(key_type, DEFAULT_BITS if bits is None else bits))
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     issuer_key: CertificateIssuerPrivateKeyTypes = key
     issuer_name, issuer_ski = name, None
@@ -112,14 +146,35 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
 )
 
 
+def _interruptible(make: Callable[[], _T]) -> _T:
+    """Run ``make`` (a key generation that may take minutes) in a daemon thread.
+
+    Python handles Ctrl-C only in the main thread, between bytecodes; ``cryptography``
+    releases the GIL while it searches for primes, so the main thread waiting here stays
+    responsive and an interrupt ends the process instead of waiting for the key.
+    """
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(make())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="imgsign-keygen", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def _new_key(key_type: KeyType, bits: int) -> rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey:
     if key_type is KeyType.RSA_PSS:
-        if bits < 1024:
-            raise InputError("--bits must be at least 1024")
         return rsa.generate_private_key(public_exponent=65537, key_size=bits)
     if key_type is KeyType.DSA:
-        if bits not in (1024, 2048, 3072, 4096):
-            raise InputError("DSA --bits must be 1024, 2048, 3072 or 4096")
         return dsa.generate_private_key(key_size=bits)
     curve = {KeyType.ECC_SECP384R1: ec.SECP384R1, KeyType.ECC_SECP521R1: ec.SECP521R1}[key_type]
     return ec.generate_private_key(curve())

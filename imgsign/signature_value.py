@@ -29,9 +29,25 @@ def check_signature_value(signature: bytes, key_type: KeyType, key_size: int) ->
                 f"this one is {len(signature)} bytes"
             )
         return
+    limit = max_dss_signature_length(key_size)
+    if len(signature) > limit:
+        raise MalformedSignature(
+            f"{key_type.value} signatures for a {key_size}-bit key are at most {limit} bytes, "
+            f"this one is {len(signature)} bytes"
+        )
     r, s = decode_dss_signature_strict(signature)
     if r <= 0 or s <= 0:
         raise MalformedSignature(f"{key_type.value} signature has a zero or negative r or s")
+
+
+def max_dss_signature_length(key_size: int) -> int:
+    """Longest DER ``SEQUENCE { INTEGER r, INTEGER s }`` for a ``key_size``-bit DSA or EC key.
+
+    ``r`` and ``s`` are below the group order, which has at most ``key_size`` bits (DSA's
+    ``q`` is far shorter than ``p``), plus a sign byte; each header is at most 4 bytes.
+    """
+    integer = (max(key_size, 1) + 7) // 8 + 1
+    return 4 + 2 * (4 + integer)
 
 
 def decode_dss_signature_strict(signature: bytes) -> tuple[int, int]:

@@ -49,6 +49,7 @@ class Signer:
                 raise CertificateKeyMismatch(
                     f"the private key does not belong to certificate {certificates.describe(certificate)}"
                 )
+            cert_key.check_hash_method(hash_method)  # an RSASSA-PSS certificate key's own hash
             certificates.check_signing_certificate(certificate, policy)
         self._key = key
         self._key_type = actual

@@ -36,6 +36,7 @@ def check_key_matches(properties: SignatureProperties, public_key: PublicKey, po
             f"certificate's key is {what} ({public_key.describe()})"
         )
     check_key_strength(policy, declared.value, public_key.key_size, public_key.describe())
+    public_key.check_hash_method(properties.hash_method)
     check_signature_value(properties.signature, declared, public_key.key_size)
 
 

@@ -64,6 +64,24 @@ def test_verify_json(signed):
     assert result.code == 0 and result.json()["valid"] is True and result.json()["reason"] == "ok"
 
 
+VERIFY_JSON_KEYS = {"image", "valid", "reason", "message", "exit_code", "img_signature_hash_method",
+                    "img_signature_key_type", "img_signature_certificate_uuid", "certificate_subject", "chain"}
+
+
+def test_verify_json_has_the_same_keys_on_success_and_failure(signed, tmp_path):
+    """The README's list of keys, exactly, whether the image verifies or not (null when not known)."""
+    _, image, props = signed
+    ok = verify(image, props, None, "--json").json()
+    assert set(ok) == VERIFY_JSON_KEYS and ok["message"] and ok["chain"] is None, ok
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    early = verify(image, garbage, None, "--json")
+    assert early.code == errors.InputError.exit_code and set(early.json()) == VERIFY_JSON_KEYS, early
+    assert early.json()["img_signature_key_type"] is None and early.json()["valid"] is False
+    late = verify(image, props, cert_of("DSA"), "--json")
+    assert set(late.json()) == VERIFY_JSON_KEYS and late.json()["img_signature_key_type"] == "RSA-PSS", late
+
+
 def test_openstack_and_env_formats(signed, tmp_path):
     _, image, _ = signed
     result = run_cli("sign", image, "--key", key_of("ECC_SECP384R1"), "--cert-uuid", CERT_UUID,
@@ -220,7 +238,51 @@ def test_usage_errors_exit_2(signed):
     assert run_cli("verify", image).code == 2
     assert run_cli("sign", image, "--key", key_of("DSA"), "--hash-method", "MD5", "--cert-uuid", "x").code == 2
     result = run_cli("sign", image, "--key", key_of("DSA"))
-    assert result.code == errors.InputError.exit_code and "--cert-uuid" in result.stderr
+    assert result.code == 2 and "--cert-uuid" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("sign", "IMAGE", "--key", "KEY", "--store-cert", "--cert-uuid", CERT_UUID),
+    ("sign", "IMAGE", "--key", "KEY", "--store-cert", "--cert", "CERT", "--cert-uuid", CERT_UUID),
+    ("sign", "IMAGE", "--key", "KEY", "--cert-uuid", ""),
+    ("sign", "IMAGE", "--key", "KEY", "--cert-uuid", "has space"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-cert", "CERT"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-key", "KEY"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-passphrase-file", "P"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "0"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "-5"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", ""),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", "no equals sign"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "100000000"),
+    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "512"),
+    ("keygen", "--key-type", "DSA", "--out-key", "K", "--out-cert", "C", "--bits", "2500"),
+    ("keygen", "--key-type", "ECC_SECP384R1", "--out-key", "K", "--out-cert", "C", "--bits", "3072"),
+    ("keygen", "--key-type", "ECC_SECT571R1", "--out-key", "K", "--out-cert", "C", "--bits", "571"),
+    ("cert", "show", ""), ("cert", "delete", ""), ("key", "delete", ""), ("crl", "delete", ""),
+    ("cert", "show", " "), ("cert", "show", "x" * 256),
+    ("verify", "IMAGE", "--properties", "PROPS", "--trusted", ""),
+    ("boot", "cache", "IMAGE", "--image-id", "", "--properties", "PROPS"),
+    ("boot", "check", "IMAGE", "--trusted-id", ""),
+], ids=lambda a: " ".join(a))
+def test_bad_option_values_and_combinations_are_usage_errors(signed, tmp_path, args):
+    """Exit 2 with click's usage message, before any file is read or written."""
+    _, image, props = signed
+    names = {"IMAGE": image, "KEY": key_of("DSA"), "CERT": cert_of("DSA"), "PROPS": props,
+             "K": tmp_path / "k.pem", "C": tmp_path / "c.pem", "P": tmp_path / "missing-pass"}
+    result = run_cli(*(names.get(a, a) for a in args), env={"IMGSIGN_KEYSTORE": str(tmp_path / "ks.sqlite3")})
+    assert result.code == 2, result
+    assert "Usage:" in result.stderr and "imgsign: error" not in result.stderr
+    assert not (tmp_path / "k.pem").exists() and not (tmp_path / "ks.sqlite3").exists()
+
+
+def test_keygen_warns_below_the_verification_minimum(tmp_path):
+    result = run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 1024, "--out-key", tmp_path / "k.pem",
+                     "--out-cert", tmp_path / "c.pem")
+    assert result.code == 0, result
+    assert "warning" in result.stderr and "--allow-weak-keys" in result.stderr
+    quiet = run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 2048, "--out-key", tmp_path / "k2.pem",
+                    "--out-cert", tmp_path / "c2.pem")
+    assert quiet.code == 0 and "warning" not in quiet.stderr, quiet
 
 
 @pytest.mark.parametrize("key_type", ["RSA-PSS", "ECC_SECP384R1", "ECC_SECT571R1"])
@@ -259,3 +321,25 @@ def test_keygen_refuses_non_ca_issuer(tmp_path):
                      "--ca-cert", pki("not-a-ca.pem"), "--ca-key", pki("not-a-ca.key"))
     assert result.code == errors.CertificateError.exit_code and "not a CA" in result.stderr, result
     assert not (tmp_path / "k").exists()
+
+
+def test_keygen_of_the_largest_key_stops_on_ctrl_c(tmp_path):
+    """A 16384-bit RSA key takes minutes; Ctrl-C (SIGINT) ends keygen at once, writing nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "imgsign", "keygen", "--key-type", "RSA-PSS", "--bits", "16384",
+                             "--out-key", tmp_path / "k.pem", "--out-cert", tmp_path / "c.pem"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # well into the prime search
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert "Traceback" not in stderr and not list(tmp_path.iterdir())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from imgsign.errors import UnsupportedAlgorithm
 
 EC_PUBLIC_KEY_OID = "1.2.840.10045.2.1"
@@ -31,3 +33,53 @@ def spki_algorithm(spki_der: bytes) -> tuple[str, str | None]:
         except PyAsn1Error:
             curve_oid = None  # explicit curve parameters: not a named curve
     return algorithm, curve_oid
+
+
+RSASSA_PSS_OID = "1.2.840.113549.1.1.10"
+MGF1_OID = "1.2.840.113549.1.1.8"
+#: Hash OIDs by the names hashlib and OpenSSL use.
+HASH_OIDS = {
+    "1.3.14.3.2.26": "sha1",
+    "2.16.840.1.101.3.4.2.4": "sha224",
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PssParameters:
+    """An RSASSA-PSS key's restrictions (RFC 4055): hash, MGF1 hash (hashlib names), minimum salt length."""
+
+    hash_name: str
+    mgf1_hash_name: str
+    salt_length: int
+
+
+def rsassa_pss_parameters(spki_der: bytes) -> PssParameters | None:
+    """The parameters of an RSASSA-PSS SubjectPublicKeyInfo; None for any other key or one without them.
+
+    Absent fields take RFC 4055's defaults (SHA-1, MGF1 with SHA-1, 20 bytes of salt).
+    """
+    from pyasn1.codec.der import decoder
+    from pyasn1.error import PyAsn1Error
+    from pyasn1_modules import rfc4055, rfc5280
+
+    try:
+        spki, _ = decoder.decode(spki_der, asn1Spec=rfc5280.SubjectPublicKeyInfo())
+        if str(spki["algorithm"]["algorithm"]) != RSASSA_PSS_OID or not spki["algorithm"]["parameters"].isValue:
+            return None
+        params, rest = decoder.decode(bytes(spki["algorithm"]["parameters"]), asn1Spec=rfc4055.RSASSA_PSS_params())
+        if rest:
+            raise PyAsn1Error("trailing data")
+        mgf = params["maskGenAlgorithm"]
+        if str(mgf["algorithm"]) != MGF1_OID:
+            raise UnsupportedAlgorithm(f"RSASSA-PSS key with mask generation function {mgf['algorithm']}, not MGF1")
+        mgf_hash, _ = decoder.decode(bytes(mgf["parameters"]), asn1Spec=rfc5280.AlgorithmIdentifier())
+        hash_oid, mgf_hash_oid = str(params["hashAlgorithm"]["algorithm"]), str(mgf_hash["algorithm"])
+        salt_length = int(params["saltLength"])
+        if int(params["trailerField"]) != 1:
+            raise UnsupportedAlgorithm("RSASSA-PSS key with a trailer field other than 1")
+    except PyAsn1Error as exc:
+        raise UnsupportedAlgorithm(f"unreadable RSASSA-PSS key parameters ({str(exc)[:120]})") from None
+    return PssParameters(HASH_OIDS.get(hash_oid, hash_oid), HASH_OIDS.get(mgf_hash_oid, mgf_hash_oid), salt_length)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from imgsign.errors import InputError
@@ -56,10 +57,12 @@ def open_image(path: str) -> Iterator[tuple[BinaryIO, int]]:
             raise InputError(f"cannot read image {path}: {_reason(exc)}") from None
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` all or nothing: temp file in the same folder, fsync, rename.
 
     The file has ``mode`` from its creation on (a private key is never briefly readable).
+    With ``replace=False`` an existing ``path`` is never replaced, even one that appears
+    while writing: the new file is hard-linked into place, which fails if the name exists.
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -72,7 +75,16 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise InputError(f"{path} exists; use --force to overwrite it") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -87,3 +99,95 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names, following symlinks; None if it does not exist."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _stat_output(path: str, what: str) -> os.stat_result | None:
+    """What an output path names now (following symlinks), or None if nothing."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot write {what} {path}: {_reason(exc)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFile:
+    """A file a command will write, checked before any work is done (see :func:`plan_outputs`).
+
+    ``write`` puts the data into a character device or FIFO (``/dev/stdout``, a pipe) by
+    writing to it, and otherwise creates or (only with ``force``) atomically replaces a
+    regular file; through a symlink, the file it points to is replaced, never the link.
+    """
+
+    path: str
+    what: str
+    mode: int = 0o644
+    force: bool = False
+
+    def write(self, data: bytes) -> None:
+        info = _stat_output(self.path, self.what)
+        if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            try:
+                with open(self.path, "wb") as handle:
+                    handle.write(data)
+            except OSError as exc:
+                raise InputError(f"cannot write {self.what} {self.path}: {_reason(exc)}") from None
+            return
+        target = os.path.realpath(self.path) if os.path.islink(self.path) else self.path
+        atomic_write(target, data, self.mode, replace=self.force)
+
+
+def plan_outputs(
+    outputs: Iterable[tuple[str, str, int]],
+    inputs: Iterable[tuple[str | None, str]],
+    *,
+    force: bool,
+) -> list[OutputFile]:
+    """Check every output of a command before it does any work; return them to write later.
+
+    ``outputs`` are ``(path, what, mode)``; ``inputs`` ``(path or None, what)``.  An output
+    that is one of the inputs (same device and inode, whatever its name or links) or another
+    output is refused even with ``force``; an existing regular file is refused without
+    ``force``; a character device or FIFO is written into; anything else (a directory, a
+    block device, a socket) is refused.  Every refusal is an :class:`InputError`.
+    """
+    taken: dict[tuple[int, int], str] = {}
+    for path, what in inputs:
+        if path is not None:
+            identity = _identity(path)
+            if identity is not None:
+                taken.setdefault(identity, f"the {what} {path}")
+    planned: list[OutputFile] = []
+    names: dict[str, str] = {}
+    for path, what, mode in outputs:
+        real = os.path.realpath(path)
+        if real in names:
+            raise InputError(f"the {what} {path} is the same file as {names[real]}")
+        names[real] = f"the {what} {path}"
+        info = _stat_output(path, what)
+        if info is not None:
+            identity = (info.st_dev, info.st_ino)
+            if identity in taken:
+                raise InputError(f"the {what} {path} is the same file as {taken[identity]}: refusing to overwrite it")
+            taken[identity] = f"the {what} {path}"
+            if stat.S_ISDIR(info.st_mode):
+                raise InputError(f"the {what} {path} is a directory")
+            if stat.S_ISREG(info.st_mode):
+                if not force:
+                    raise InputError(f"{what} {path} exists; use --force to overwrite it")
+            elif not (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+                raise InputError(f"the {what} {path} is not a regular file, character device or FIFO")
+        elif os.path.lexists(path) and not force:
+            raise InputError(f"{what} {path} exists (a dangling symlink); use --force to overwrite it")
+        planned.append(OutputFile(path, what, mode, force))
+    return planned

@@ -19,11 +19,20 @@ from collections.abc import Sequence
 
 from imgsign._internal.asn1 import spki_algorithm
 from imgsign.algorithms import HashMethod, KeyType
-from imgsign.errors import BackendUnavailable, InvalidSignature, PrivateKeyError, UnsupportedAlgorithm
+from imgsign.errors import (
+    BackendUnavailable,
+    ImgsignError,
+    InputError,
+    InvalidSignature,
+    PrivateKeyError,
+    UnsupportedAlgorithm,
+)
 from imgsign.keys import PrivateKey, PublicKey
 
 _TIMEOUT_SECONDS = 60
 _PIPE_LIMIT = 60 * 1024  # every input must fit in one pipe buffer (64 KiB on Linux)
+#: A binary-curve SubjectPublicKeyInfo is under 200 bytes (sect571: 145-byte point); anything much longer is not one.
+_MAX_SPKI = 1024
 _CURVE_BITS = {"sect409k1": 409, "sect409r1": 409, "sect571k1": 571, "sect571r1": 571}
 
 
@@ -70,13 +79,15 @@ def run(path: str, args: Sequence[str], inputs: Sequence[bytes] = ()) -> subproc
     """Run ``openssl *args`` with ``inputs`` fed through pipes.
 
     In ``args``, ``{0}``, ``{1}``... become ``/dev/fd/N`` paths of those pipes and
-    ``{fds[0]}``... their bare descriptor numbers (for ``-passin fd:N``).
+    ``{fds[0]}``... their bare descriptor numbers (for ``-passin fd:N``).  Callers check
+    their inputs' sizes with precise errors first (see :func:`check_pipe_input`); an input
+    that still does not fit is an :class:`InputError`.
     """
+    for data in inputs:
+        check_pipe_input(data, InputError, f"an input of openssl {args[0] if args else ''}".rstrip())
     read_fds: list[int] = []
     try:
         for data in inputs:
-            if len(data) > _PIPE_LIMIT:
-                raise ValueError("openssl pipe input too large")
             read_fd, write_fd = os.pipe()
             read_fds.append(read_fd)
             try:
@@ -99,6 +110,12 @@ def run(path: str, args: Sequence[str], inputs: Sequence[bytes] = ()) -> subproc
             os.close(fd)
 
 
+def check_pipe_input(data: bytes, error: type[ImgsignError], what: str) -> None:
+    """Raise ``error`` unless ``data`` fits in one pipe buffer (what :func:`run` can feed openssl)."""
+    if len(data) > _PIPE_LIMIT:
+        raise error(f"{what} is {len(data)} bytes, more than the {_PIPE_LIMIT // 1024} KiB the OpenSSL backend takes")
+
+
 def first_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     text = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
     return text.splitlines()[0][:200] if text else f"exit status {result.returncode}"
@@ -115,6 +132,10 @@ class OpenSSLPublicKey(PublicKey):
     """A binary-curve public key, verified with ``openssl pkeyutl -verify``."""
 
     def __init__(self, spki_der: bytes, key_type: KeyType) -> None:
+        if len(spki_der) > _MAX_SPKI:
+            raise UnsupportedAlgorithm(
+                f"{key_type.value} public keys are under {_MAX_SPKI} bytes; this one is {len(spki_der)} bytes"
+            )
         self._spki = spki_der
         self._key_type = key_type
 
@@ -133,6 +154,9 @@ class OpenSSLPublicKey(PublicKey):
         return self._spki
 
     def verify_digest(self, signature: bytes, digest: bytes, hash_method: HashMethod) -> None:
+        from imgsign.signature_value import check_signature_value
+
+        check_signature_value(signature, self._key_type, self.key_size)  # bounds its size before openssl
         path = require_curve(self._key_type)
         result = run(
             path,
@@ -185,6 +209,9 @@ class OpenSSLPrivateKey(PrivateKey):
 
 def load_private_key(data: bytes, passphrase: bytes | None, *, pem: bool) -> OpenSSLPrivateKey:
     """Load a key ``cryptography`` refused; only binary-curve EC keys are accepted."""
+    check_pipe_input(data, PrivateKeyError, "the private key")
+    if passphrase is not None:
+        check_pipe_input(passphrase, PrivateKeyError, "the passphrase")
     path = executable()
     inform = "PEM" if pem else "DER"
     # -passin fd:N reads the first line of its own pipe; an empty line for a plain key.

@@ -181,8 +181,10 @@ def load_properties(path: str) -> Any:
     data = read_small_file(path, "properties file")
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise errors.InputError(f"properties file {path} is not usable JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+        raise errors.InputError(f"properties file {path} is not valid JSON ({str(exc)[:200]})") from None
     return properties_from_document(document)
 
 
@@ -230,3 +232,35 @@ def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) ->
         digest = BackgroundDigest(handle, hash_method, progress)
         stack.callback(digest.cancel)
         yield ImageDigest(digest.result, handle, lambda: digest.head)
+
+
+class KeyManagerId(click.ParamType[str]):
+    """A key manager object id on the command line: 1-255 printable ASCII characters, no spaces."""
+
+    name = "uuid"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from imgsign.properties import check_certificate_id
+
+        try:
+            return check_certificate_id(str(value))
+        except errors.PropertiesError:
+            self.fail(f"{str(value)[:80]!r} is not a key manager id (1-255 printable characters, no spaces)",
+                      param, ctx)
+
+
+KEY_MANAGER_ID = KeyManagerId()
+
+
+class NonEmpty(click.ParamType[str]):
+    """A text value that is not empty or only whitespace."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not str(value).strip():
+            self.fail("must not be empty", param, ctx)
+        return str(value)
+
+
+NON_EMPTY = NonEmpty()

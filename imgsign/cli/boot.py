@@ -9,7 +9,14 @@ from typing import Any
 import click
 
 from imgsign._internal.files import open_image
-from imgsign.cli._common import effective_trusted_ids, load_properties, signing_certificate, trust_anchors
+from imgsign.cli._common import (
+    KEY_MANAGER_ID,
+    NON_EMPTY,
+    effective_trusted_ids,
+    load_properties,
+    signing_certificate,
+    trust_anchors,
+)
 from imgsign.compute import boot, image_cache
 from imgsign.compute.trust_record import RecordStore
 from imgsign.compute.verified_cache import VerifiedCache
@@ -27,12 +34,12 @@ def boot_group() -> None:
 
 @boot_group.command("cache")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--image-id", required=True, help="Glance image id (the cache file is sha1 of it).")
+@click.option("--image-id", required=True, type=NON_EMPTY, help="Glance image id (the cache file is sha1 of it).")
 @click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
               help="The image's img_signature* properties (JSON or `openstack image show -f json`).")
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate (default: from the key manager by img_signature_certificate_uuid).")
-@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID",
+@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
               help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook).")
 @click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
@@ -59,7 +66,7 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @boot_group.command("check")
 @click.argument("base_file", type=click.Path(dir_okay=False))
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
-@click.option("--trusted-id", "trusted_ids", multiple=True, metavar="UUID",
+@click.option("--trusted-id", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
               help="Trusted certificate id (repeatable; bound to its certificate by an earlier `boot cache`).")
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")

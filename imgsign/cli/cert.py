@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import certificates, errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import open_store
+from imgsign.cli._common import KEY_MANAGER_ID, open_store
 
 
 @click.group("cert")
@@ -76,7 +76,7 @@ def cert_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @cert_group.command("show")
-@click.argument("cert_id")
+@click.argument("cert_id", type=KEY_MANAGER_ID)
 @click.option("--pem", is_flag=True, help="Print the certificate as PEM instead.")
 @click.pass_context
 def cert_show(ctx: click.Context, cert_id: str, pem: bool) -> None:
@@ -89,7 +89,7 @@ def cert_show(ctx: click.Context, cert_id: str, pem: bool) -> None:
 
 
 @cert_group.command("delete")
-@click.argument("cert_id")
+@click.argument("cert_id", type=KEY_MANAGER_ID)
 @click.pass_context
 def cert_delete(ctx: click.Context, cert_id: str) -> None:
     """Delete a stored certificate (images signed with it will no longer verify)."""

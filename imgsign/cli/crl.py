@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import chain, errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import open_store
+from imgsign.cli._common import KEY_MANAGER_ID, open_store
 
 
 @click.group("crl")
@@ -64,7 +64,7 @@ def _summary(crl_id: str, crl: x509.CertificateRevocationList) -> dict[str, Any]
 
 
 @crl_group.command("delete")
-@click.argument("crl_id")
+@click.argument("crl_id", type=KEY_MANAGER_ID)
 @click.pass_context
 def crl_delete(ctx: click.Context, crl_id: str) -> None:
     """Delete a stored CRL."""

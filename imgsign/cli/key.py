@@ -7,7 +7,7 @@ import json
 import click
 
 from imgsign import errors
-from imgsign.cli._common import load_key, open_store
+from imgsign.cli._common import KEY_MANAGER_ID, load_key, open_store
 
 
 @click.group("key")
@@ -47,7 +47,7 @@ def key_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @key_group.command("delete")
-@click.argument("key_id")
+@click.argument("key_id", type=KEY_MANAGER_ID)
 @click.pass_context
 def key_delete(ctx: click.Context, key_id: str) -> None:
     """Delete a stored private key."""

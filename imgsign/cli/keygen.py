@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 
 from imgsign import errors, keygen
-from imgsign._internal.files import atomic_write, read_small_file
+from imgsign._internal.files import plan_outputs, read_small_file
 from imgsign.algorithms import KeyType
 from imgsign.cli._common import key_type_choice, read_passphrase
+from imgsign.policy import MIN_RSA_DSA_BITS
 
 
 @click.command("keygen")
@@ -22,18 +22,31 @@ from imgsign.cli._common import key_type_choice, read_passphrase
               help="Issue the certificate from this CA (else self-signed).")
 @click.option("--ca-key", type=click.Path(dir_okay=False), help="The CA's private key.")
 @click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key.")
-@click.option("--days", type=int, default=keygen.DEFAULT_DAYS, show_default=True, help="Validity in days.")
+@click.option("--days", type=click.IntRange(min=1), default=keygen.DEFAULT_DAYS, show_default=True,
+              help="Validity in days.")
 @click.option("--subject", default=keygen.DEFAULT_SUBJECT, show_default=True, help="RFC 4514 subject name.")
-@click.option("--bits", type=int, default=keygen.DEFAULT_BITS, show_default=True, help="RSA/DSA key size.")
+@click.option("--bits", type=int, help=f"RSA/DSA key size (default {keygen.DEFAULT_BITS}; not for curves).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def keygen_command(**opts: Any) -> None:
     """Make a signing key and certificate."""
     if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
-        raise errors.InputError("--ca-cert and --ca-key go together")
-    for out in (opts["out_key"], opts["out_cert"]):
-        if os.path.exists(out) and not opts["force"]:
-            raise errors.InputError(f"{out} exists; use --force to overwrite it")
+        raise click.UsageError("--ca-cert and --ca-key go together")
+    if opts["ca_passphrase_file"] and not opts["ca_key"]:
+        raise click.UsageError("--ca-passphrase-file needs --ca-key")
+    key_type = KeyType.parse(opts["key_type"])
+    for check, param in ((lambda: keygen.check_bits(key_type, opts["bits"]), "--bits"),
+                         (lambda: keygen.parse_subject(opts["subject"]), "--subject")):
+        try:
+            check()
+        except errors.InputError as exc:
+            raise click.BadParameter(exc.message, param_hint=param) from None
+    out_key, out_cert = plan_outputs(
+        [(opts["out_key"], "private key", 0o600), (opts["out_cert"], "certificate", 0o644)],
+        [(opts["ca_cert"], "CA certificate"), (opts["ca_key"], "CA private key"),
+         (opts["ca_passphrase_file"], "CA passphrase file"), (opts["passphrase_file"], "passphrase file")],
+        force=opts["force"],
+    )
     issuer = None
     if opts["ca_cert"]:
         issuer = keygen.Issuer(
@@ -41,10 +54,18 @@ def keygen_command(**opts: Any) -> None:
             read_small_file(opts["ca_key"], "CA private key"),
             read_passphrase(opts["ca_passphrase_file"]),
         )
+    passphrase = read_passphrase(opts["passphrase_file"])
+    if passphrase == b"":
+        raise errors.InputError(f"passphrase file {opts['passphrase_file']} holds an empty passphrase: "
+                                f"the key would not be encrypted")
+    bits = opts["bits"]
+    if bits is not None and bits < MIN_RSA_DSA_BITS:
+        click.echo(f"imgsign: warning: a {bits}-bit {key_type.value} key is below the {MIN_RSA_DSA_BITS}-bit "
+                   f"minimum: verifying its signatures needs --allow-weak-keys", err=True)
     identity = keygen.generate(
-        KeyType.parse(opts["key_type"]), subject=opts["subject"], days=opts["days"], bits=opts["bits"],
-        issuer=issuer, passphrase=read_passphrase(opts["passphrase_file"]),
+        key_type, subject=opts["subject"], days=opts["days"], bits=bits,
+        issuer=issuer, passphrase=passphrase,
     )
-    atomic_write(opts["out_key"], identity.key_pem, mode=0o600)
-    atomic_write(opts["out_cert"], identity.cert_pem, mode=0o644)
+    out_key.write(identity.key_pem)
+    out_cert.write(identity.cert_pem)
     click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)

@@ -7,9 +7,10 @@ from typing import Any
 import click
 
 from imgsign import errors
-from imgsign._internal.files import atomic_write, read_small_file
+from imgsign._internal.files import plan_outputs, read_small_file
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.cli._common import (
+    KEY_MANAGER_ID,
     hash_choice,
     image_digest,
     is_quiet,
@@ -27,12 +28,14 @@ from imgsign.cli._common import (
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="File holding the key's passphrase.")
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate: checked against the key; its id is looked up in the key manager.")
-@click.option("--cert-uuid", help="img_signature_certificate_uuid to emit (skips the key manager lookup).")
+@click.option("--cert-uuid", type=KEY_MANAGER_ID,
+              help="img_signature_certificate_uuid to emit (skips the key manager lookup).")
 @click.option("--store-cert", is_flag=True, help="Store --cert in the key manager unless an identical one is there.")
 @click.option("--hash-method", type=hash_choice(), default="SHA-256", show_default=True)
 @click.option("--key-type", type=key_type_choice(), help="Expected key type (default: derived from the key).")
 @click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
 @click.option("--no-raw-digest", is_flag=True,
               help="For a qcow2 image, do not add the imgsign_raw_v1_* statement (the digest of its raw conversion).")
 @policy_options
@@ -40,17 +43,23 @@ from imgsign.cli._common import (
 @click.pass_context
 def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
-         output: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool,
+         output: str | None, force: bool, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool,
          no_raw_digest: bool) -> None:
     """Sign IMAGE and print its img_signature* properties."""
     if cert_path is None and cert_uuid is None:
-        raise errors.InputError(
+        raise click.UsageError(
             "give --cert (looked up in, or with --store-cert stored into, the key manager) or --cert-uuid"
         )
     if store_cert and cert_path is None:
-        raise errors.InputError("--store-cert needs --cert")
+        raise click.UsageError("--store-cert needs --cert")
     if store_cert and cert_uuid is not None:
-        raise errors.InputError("--store-cert and --cert-uuid exclude each other: the key manager assigns the id")
+        raise click.UsageError("--store-cert and --cert-uuid exclude each other: the key manager assigns the id")
+    outputs = plan_outputs(
+        [(output, "output", 0o644)] if output else [],
+        [(image, "image"), (key_path, "private key"), (passphrase_file, "passphrase file"),
+         (cert_path, "certificate"), (ctx.find_root().obj.get("config_file"), "configuration file")],
+        force=force,
+    )
     method = HashMethod.parse(hash_method)
     with image_digest(image, method, "signing", is_quiet(ctx, quiet)) as digest:
         # Everything below until digest() runs while the image is hashed on another core.
@@ -82,8 +91,8 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
-    if output:
-        atomic_write(output, text.encode())
+    if outputs:
+        outputs[0].write(text.encode())
     else:
         click.echo(text, nl=False)
 

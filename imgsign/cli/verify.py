@@ -9,6 +9,7 @@ import click
 
 from imgsign import errors
 from imgsign.cli._common import (
+    KEY_MANAGER_ID,
     fail,
     image_digest,
     is_quiet,
@@ -28,7 +29,7 @@ from imgsign.properties import SignatureProperties
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
-@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID",
+@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
               help="Require a chain to this trusted CA certificate in the key manager (repeatable; "
                    "default: [imgsign] trusted_certificate_ids).")
 @click.option("--trusted-file", "trusted_files", multiple=True, type=click.Path(dir_okay=False),
@@ -49,7 +50,12 @@ def verify_command(ctx: click.Context, image: str, properties_path: str, cert_pa
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
     quiet = is_quiet(ctx, quiet)
-    result: dict[str, Any] = {"image": image, "valid": False}
+    # Every key is always there (null until known), on success and on failure alike.
+    result: dict[str, Any] = {
+        "image": image, "valid": False, "reason": None, "message": None, "exit_code": None,
+        "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
+        "certificate_subject": None, "chain": None,
+    }
     try:
         properties = SignatureProperties.from_mapping(load_properties(properties_path))
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
@@ -74,12 +80,11 @@ def verify_command(ctx: click.Context, image: str, properties_path: str, cert_pa
             result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
             click.echo(json.dumps(result, indent=2))
         fail(exc)
-    result.update({"valid": True, "reason": "ok", "exit_code": 0})
+    trust = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
+    message = (f"{image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
+               f"certificate {result['certificate_subject']}{trust})")
+    result.update({"valid": True, "reason": "ok", "message": message, "exit_code": 0})
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not quiet:
-        trust = f", chain to trusted {result['chain'][-1]}" if "chain" in result else ""
-        click.echo(
-            f"OK: {image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
-            f"certificate {result['certificate_subject']}{trust})"
-        )
+        click.echo(f"OK: {message}")

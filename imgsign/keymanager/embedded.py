@@ -27,6 +27,7 @@ import builtins
 import contextlib
 import json
 import os
+import random
 import sqlite3
 import time
 import uuid
@@ -94,6 +95,30 @@ def default_path() -> str:
     return os.path.join(data_home, "imgsign", "keystore.sqlite3")
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL mode (persistent: once per database).
+
+    Two connections switching a fresh database at once can get "database is locked" at
+    once: SQLite does not wait on the busy timeout there, to avoid a deadlock.  So
+    retry, with growing pauses, for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.002
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() + pause > deadline:
+            raise sqlite3.OperationalError("database is locked (cannot switch it to WAL mode)")
+        time.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+        pause = min(pause * 2, 0.25)
+
+
 def _owner(context: Any) -> str:
     """The project that owns objects stored through ``context``; no context, no access."""
     if context is None:
@@ -148,8 +173,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
             raise self._fail("open", exc) from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -257,8 +281,12 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         algorithm_name = algorithm.upper()
         pair: Any
         if algorithm_name == "RSA":
+            if not 1024 <= length <= 16384:  # OpenSSL's maximum; larger ones take hours
+                raise exception.KeyManagerError(reason=f"RSA key length {length} is not between 1024 and 16384")
             pair = rsa.generate_private_key(public_exponent=65537, key_size=length)
         elif algorithm_name == "DSA":
+            if length not in (1024, 2048, 3072, 4096):
+                raise exception.KeyManagerError(reason=f"DSA key length {length} is not 1024, 2048, 3072 or 4096")
             pair = dsa.generate_private_key(key_size=length)
         elif algorithm_name in ("EC", "ECDSA"):
             curves: dict[int, Callable[[], ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384R1,

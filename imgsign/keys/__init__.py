@@ -44,6 +44,11 @@ class PublicKey(abc.ABC):
     def verify_digest(self, signature: bytes, digest: bytes, hash_method: HashMethod) -> None:
         """Return None if ``signature`` signs ``digest``; raise :class:`InvalidSignature` if not."""
 
+    def check_hash_method(self, hash_method: HashMethod) -> None:
+        """Raise :class:`~imgsign.errors.KeyTypeMismatch` if the key itself forbids ``hash_method``
+        (an RSASSA-PSS key's parameters); most keys allow every hash."""
+        return None
+
 
 class PrivateKey(abc.ABC):
     """A signing key."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from imgsign._internal.asn1 import PssParameters
 from imgsign.algorithms import HashMethod, KeyType
-from imgsign.errors import InvalidSignature, PrivateKeyError, UnsupportedAlgorithm
+from imgsign.errors import InvalidSignature, KeyTypeMismatch, PrivateKeyError, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey, PublicKey
 
 _PycaPrivate = rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -43,11 +46,49 @@ def describe_key(key: object) -> str:
     return type(key).__name__.lstrip("_")
 
 
-class CryptographyPublicKey(PublicKey):
-    """A public key ``cryptography`` can use."""
+def pss_salt_length(key: rsa.RSAPublicKey, signature: bytes, hash_method: HashMethod) -> int:
+    """Salt length of a PSS ``signature`` (MGF1 with ``hash_method``) that already verified with ``key``.
 
-    def __init__(self, key: PublicKeyTypes) -> None:
+    RFC 8017 EMSA-PSS-VERIFY steps 7-10: unmask DB, then the salt follows the 0x01 after the zeros.
+    """
+    numbers = key.public_numbers()
+    em_bits = key.key_size - 1
+    em_len = (em_bits + 7) // 8
+    h_len = hash_method.digest_size
+    try:
+        em = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n).to_bytes(em_len, "big")
+        masked_db, seed = em[: em_len - h_len - 1], em[em_len - h_len - 1 : -1]
+        mask = b"".join(hashlib.new(hash_method.openssl_name, seed + counter.to_bytes(4, "big")).digest()
+                        for counter in range(-(-len(masked_db) // h_len)))[: len(masked_db)]
+        db = bytearray(a ^ b for a, b in zip(masked_db, mask, strict=True))
+        db[0] &= 0xFF >> (8 * em_len - em_bits)
+        return len(db) - db.index(1) - 1
+    except (OverflowError, ValueError, IndexError):
+        raise InvalidSignature("signature verification failed: not a PSS signature of this key") from None
+
+
+class CryptographyPublicKey(PublicKey):
+    """A public key ``cryptography`` can use; an RSASSA-PSS key also keeps its parameters."""
+
+    def __init__(self, key: PublicKeyTypes, pss: PssParameters | None = None) -> None:
         self._key = key
+        self._pss = pss
+
+    @property
+    def pss_parameters(self) -> PssParameters | None:
+        """The restrictions of an RSASSA-PSS key (hash, MGF1 hash, minimum salt), else None."""
+        return self._pss
+
+    def check_hash_method(self, hash_method: HashMethod) -> None:
+        pss = self._pss
+        if pss is None:
+            return
+        for what, name in (("hash", pss.hash_name), ("MGF1 hash", pss.mgf1_hash_name)):
+            if name != hash_method.openssl_name:
+                raise KeyTypeMismatch(
+                    f"the certificate's RSASSA-PSS key allows only {name.upper()} as its {what}, "
+                    f"but img_signature_hash_method is {hash_method.value}"
+                )
 
     @property
     def key_type(self) -> KeyType | None:
@@ -58,17 +99,28 @@ class CryptographyPublicKey(PublicKey):
         return int(getattr(self._key, "key_size", 0) or getattr(getattr(self._key, "curve", None), "key_size", 0))
 
     def describe(self) -> str:
+        if self._pss is not None:
+            pss = self._pss
+            return f"{describe_key(self._key)} RSASSA-PSS ({pss.hash_name.upper()}, salt >= {pss.salt_length})"
         return describe_key(self._key)
 
     def spki_der(self) -> bytes:
         return self._key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def verify_digest(self, signature: bytes, digest: bytes, hash_method: HashMethod) -> None:
+        self.check_hash_method(hash_method)
         prehashed = utils.Prehashed(hash_method.algorithm)
         key = self._key
         try:
             if isinstance(key, rsa.RSAPublicKey):
-                key.verify(signature, digest, _pss(hash_method), prehashed)
+                key.verify(signature, digest, _pss(hash_method), prehashed)  # any salt length, like cursive
+                if self._pss is not None:
+                    salt = pss_salt_length(key, signature, hash_method)
+                    if salt < self._pss.salt_length:
+                        raise KeyTypeMismatch(
+                            f"the signature's PSS salt is {salt} bytes, the certificate's RSASSA-PSS key "
+                            f"requires at least {self._pss.salt_length}"
+                        )
             elif isinstance(key, dsa.DSAPublicKey):
                 key.verify(signature, digest, prehashed)
             elif isinstance(key, ec.EllipticCurvePublicKey):

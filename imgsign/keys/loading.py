@@ -14,11 +14,14 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from imgsign._internal.asn1 import EC_PUBLIC_KEY_OID, spki_algorithm
+from imgsign._internal.asn1 import EC_PUBLIC_KEY_OID, rsassa_pss_parameters, spki_algorithm
 from imgsign.algorithms import KeyType
 from imgsign.errors import PrivateKeyError, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey, PublicKey
 from imgsign.keys.inprocess import CryptographyPrivateKey, CryptographyPublicKey, describe_key
+
+#: DER of OBJECT IDENTIFIER 1.2.840.113549.1.1.10 (id-RSASSA-PSS).
+_RSASSA_PSS_DER_OID = bytes.fromhex("06092a864886f70d01010a")
 
 
 def is_pem(data: bytes) -> bool:
@@ -72,7 +75,10 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
 def public_key_from_spki(spki_der: bytes) -> PublicKey:
     """Load a DER SubjectPublicKeyInfo; binary-curve keys go to the OpenSSL backend."""
     try:
-        return CryptographyPublicKey(serialization.load_der_public_key(spki_der))
+        key = serialization.load_der_public_key(spki_der)
+        if _RSASSA_PSS_DER_OID in spki_der[:32]:  # pyasn1 loads only for RSASSA-PSS keys
+            return CryptographyPublicKey(key, rsassa_pss_parameters(spki_der))
+        return CryptographyPublicKey(key)
     except crypto_exceptions.UnsupportedAlgorithm:
         pass
     except ValueError as exc:
