@@ -15,8 +15,8 @@ from imgsign.algorithms import HashMethod
 #: enough to stay in the CPU's L2 cache (measured: 1 MiB beats 4 MiB; benchmarks/README.md).
 CHUNK_SIZE = 1024 * 1024
 
-#: Image data: a binary file object, or any iterable of bytes-like chunks.
-ImageData = BinaryIO | Iterable[bytes]
+#: Image data: a binary file object, the whole image as bytes, or any iterable of bytes-like chunks.
+ImageData = BinaryIO | bytes | bytearray | memoryview | Iterable[bytes]
 
 #: Called with the number of bytes just processed.
 Progress = Callable[[int], None]
@@ -27,7 +27,13 @@ def iter_chunks(data: ImageData, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes
 
     For a file object one buffer is reused for the whole file, so each yielded
     memoryview is valid only until the next one: consume it, don't keep it.
+    Bytes are the whole image (iterating them would give integers, not chunks).
     """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), chunk_size):
+            yield view[start:start + chunk_size]
+        return
     readinto = getattr(data, "readinto", None)
     if readinto is not None:
         _advise_sequential(data)

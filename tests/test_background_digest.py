@@ -88,3 +88,27 @@ def test_verify_of_a_directory_is_an_input_error(tmp_path: object) -> None:
     assert signed.code == 0, signed
     result = run_cli("verify", str(tmp_path), "--properties", props, "--cert", cert_of("RSA-PSS"))
     assert result.code == 10 and "is a directory" in result.stderr, result
+
+
+def test_library_sign_and_verify_accept_the_whole_image_as_bytes() -> None:
+    """``sign(b"...")`` used to iterate the bytes as integers and end in a TypeError."""
+    import imgsign
+    from tests.conftest import cert_of
+
+    key = imgsign.load_private_key(key_of("RSA-PSS").read_bytes())
+    cert = imgsign.load_certificate(cert_of("RSA-PSS").read_bytes())
+    data = os.urandom(CHUNK_SIZE + 7)
+    props = imgsign.sign(data, key, CERT_UUID, certificate=cert)
+    imgsign.Verifier.for_certificate(props, cert).verify_data(bytearray(data))
+    with pytest.raises(imgsign.ImgsignError):
+        imgsign.Verifier.for_certificate(props, cert).verify_data(memoryview(data)[1:])
+
+
+def test_chain_options_without_trust_are_a_usage_error(tmp_path: object) -> None:
+    image = os.path.join(str(tmp_path), "image")
+    props = os.path.join(str(tmp_path), "p.json")
+    with open(image, "wb") as handle:
+        handle.write(os.urandom(1000))
+    assert run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert-uuid", CERT_UUID, "-o", props).code == 0
+    result = run_cli("verify", image, "--properties", props, "--cert", cert_of("RSA-PSS"), "--require-crl")
+    assert result.code == 2 and "need --trusted" in result.stderr, result

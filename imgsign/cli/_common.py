@@ -156,7 +156,7 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
     ids = effective_trusted_ids(ctx, trusted_ids, trusted_files)
     if not ids and not trusted_files:
         if intermediate_files or crl_files or require_crl:
-            raise errors.InputError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")
+            raise click.UsageError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")
         return None
     store = open_store(ctx)
     trusted = [certificates.load_certificate(store.get_certificate(i)) for i in ids]
