@@ -353,13 +353,14 @@ def test_base_swapped_during_the_read_gets_no_record(host, monkeypatch):
     evil, _ = signed_image(host, "raw", pattern="0x66")
     image_id = str(uuid.uuid4())
     base = nova_download(host, image_id, image)
-    denied: list[bool] = []
 
-    def attack() -> None:
+    def attack() -> None:  # in the attacker's process: a failure here fails as_attacker
         try:
             os.open(base, os.O_RDWR)
         except PermissionError:
-            denied.append(True)
+            pass
+        else:
+            raise AssertionError("nova opened the sealed base for writing")
         shutil.copyfile(evil, base.parent / ".evil")
         os.rename(base.parent / ".evil", base)
 
