@@ -11,12 +11,18 @@ import click
 
 from imgsign import errors
 from imgsign._internal.files import open_image
-from imgsign.cli._common import effective_trusted_ids, load_properties, signing_certificate, trust_anchors
+from imgsign.cli._common import (
+    effective_trusted_ids,
+    load_properties,
+    load_properties_document,
+    signing_certificate,
+    trust_anchors,
+)
 from imgsign.compute import adoption, boot, image_cache
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy
-from imgsign.properties import SignatureProperties
+from imgsign.properties import SignatureProperties, properties_from_document
 
 DEFAULT_STATE_DIR = "/var/lib/imgsign/boot"
 DEFAULT_INSTANCES = "/var/lib/nova/instances"
@@ -106,9 +112,9 @@ def boot_adopt(ctx: click.Context, base_or_id: str, properties_path: str, image_
     file's path (the image id then comes from --image-id or the properties file's "id").  One image
     per call.
     """
-    document = _json_document(properties_path)
+    document = load_properties_document(properties_path)
     image_id, instances_path = _adopt_target(base_or_id, image_id, document, instances_path)
-    properties = load_properties(properties_path)
+    properties = properties_from_document(document)
     signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
     certificate = signing_certificate(ctx, cert_path, signed)
     anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
@@ -125,15 +131,6 @@ def boot_adopt(ctx: click.Context, base_or_id: str, properties_path: str, image_
         click.echo(f"OK: adopted {os.path.join(image_cache.base_dir(instances_path), result['name'])} "
                    f"(image {image_id}, {record.cached_format}"
                    f"{', converted from ' + record.source_format if converted else ''})")
-
-
-def _json_document(path: str) -> object:
-    from imgsign._internal.files import read_small_file
-
-    try:
-        return json.loads(read_small_file(path, "properties file"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.InputError(f"properties file {path} is not valid JSON ({exc})") from None
 
 
 def _adopt_target(base_or_id: str, image_id: str | None, document: object, instances_path: str) -> tuple[str, str]:
