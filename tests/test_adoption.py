@@ -168,6 +168,21 @@ def test_adopting_again_is_a_no_op(host):
     boots_fast(host, image_id)
 
 
+def test_a_base_nova_downloaded_again_is_adopted_again(host):
+    """Nova replaced an adopted base by a new download (its own file, same bytes): the record still
+    matches, but the file is nova's again, so adopting seals it again instead of a no-op."""
+    image, props = signed_image(host, "qcow2")
+    image_id = str(uuid.uuid4())
+    base = nova_download(host, image_id, image)
+    assert adopt(host, image_id, props).code == 0
+    as_nova('rm -f "$1"', base)
+    nova_download(host, image_id, image)
+    again = adopt(host, image_id, props)
+    assert again.code == 0, again
+    assert base.stat().st_uid == 0
+    boots_fast(host, image_id)
+
+
 def test_the_base_path_names_the_image(host):
     image, props = signed_image(host, "raw")
     image_id = str(uuid.uuid4())

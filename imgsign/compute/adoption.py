@@ -56,7 +56,13 @@ from imgsign.compute.image_cache import (
     trusted_anchors_of,
 )
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
-from imgsign.compute.verified_cache import FileIdentity, VerifiedCache, open_for_writing, shared_mappers
+from imgsign.compute.verified_cache import (
+    FileIdentity,
+    VerifiedCache,
+    open_for_writing,
+    shared_mappers,
+    unsealed_reason,
+)
 from imgsign.errors import InputError, InvalidSignature, TrustRecordError, UnsafeImage, UnsignedImage
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import NAMES, SignatureProperties
@@ -123,8 +129,9 @@ def adopt(
                             cached_format=base_format, cached_sha256=sha256, cached_size=identity.size,
                             source_format=source_format)
         records.put(record)
-        if seal.rememberable:  # the fast-path conditions of imgsign.compute.verified_cache hold
-            cache.store(name, identity, sha256)
+        rememberable = seal.rememberable
+    if rememberable:  # the fast-path conditions of imgsign.compute.verified_cache hold
+        cache.store(name, identity, sha256)
     return record
 
 
@@ -136,13 +143,16 @@ def signature_properties(image_id: str, properties: Mapping[str, object]) -> Sig
 
 
 def _valid_record(path: str, image_id: str, records: RecordStore, cache: VerifiedCache) -> TrustRecord | None:
-    """The image's record if the base is exactly what it describes (a damaged, outdated or stale
-    record is replaced by adopting again)."""
+    """The image's record if the base is sealed and exactly what it describes (a damaged, outdated or
+    stale record, or a base others could write, is adopted again)."""
     try:
         record = records.get(image_id)
+        info = os.stat(path, follow_symlinks=False)
     except TrustRecordError:
         return None
-    if record is None:
+    except OSError:
+        return None  # no base: adoption says so
+    if record is None or unsealed_reason(info, records.owner) is not None:
         return None
     try:
         check_base(path, record, BootPolicy(), cache, records)
