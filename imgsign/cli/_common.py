@@ -178,14 +178,18 @@ def load_properties(path: str) -> Any:
     """The properties mapping in a JSON file (the properties, or ``openstack image show -f json``)."""
     from imgsign.properties import properties_from_document
 
+    return properties_from_document(load_properties_document(path))
+
+
+def load_properties_document(path: str) -> Any:
+    """The JSON document in a properties file, as it is (see :func:`load_properties`)."""
     data = read_small_file(path, "properties file")
     try:
-        document = json.loads(data)
+        return json.loads(data)
     except RecursionError:
         raise errors.InputError(f"properties file {path} is not usable JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
         raise errors.InputError(f"properties file {path} is not valid JSON ({str(exc)[:200]})") from None
-    return properties_from_document(document)
 
 
 class ImageDigest:

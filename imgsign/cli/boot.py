@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 import click
 
+from imgsign import errors
 from imgsign._internal.files import open_image
 from imgsign.cli._common import (
     KEY_MANAGER_ID,
     NON_EMPTY,
     effective_trusted_ids,
     load_properties,
+    load_properties_document,
     signing_certificate,
     trust_anchors,
 )
-from imgsign.compute import boot, image_cache
-from imgsign.compute.trust_record import RecordStore
+from imgsign.compute import adoption, boot, image_cache
+from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy
-from imgsign.properties import SignatureProperties
+from imgsign.properties import SignatureProperties, properties_from_document
 
 DEFAULT_STATE_DIR = "/var/lib/imgsign/boot"
 DEFAULT_INSTANCES = "/var/lib/nova/instances"
@@ -86,3 +89,68 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
             click.echo(f"imgsign: error: {decision.message}", err=True)
         sys.exit(decision.code)
 
+
+
+@boot_group.command("adopt")
+@click.argument("base_or_id")
+@click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
+              help="The image's properties: img_signature* and, for a converted qcow2, imgsign_raw_v1_* "
+                   "(JSON or `openstack image show -f json`).")
+@click.option("--image-id", type=NON_EMPTY,
+              help="Glance image id, when BASE_OR_ID is a path and the properties file has no id.")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+              help="Signing certificate (default: from the key manager by img_signature_certificate_uuid).")
+@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
+              help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook).")
+@click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the adopted file as JSON.")
+@click.pass_context
+def boot_adopt(ctx: click.Context, base_or_id: str, properties_path: str, image_id: str | None,
+               cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str, state_dir: str,
+               as_json: bool) -> None:
+    """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
+
+    BASE_OR_ID is the Glance image id (the base is looked up under --instances-path) or the base
+    file's path (the image id then comes from --image-id or the properties file's "id").  One image
+    per call.
+    """
+    document = load_properties_document(properties_path)
+    image_id, instances_path = _adopt_target(base_or_id, image_id, document, instances_path)
+    properties = properties_from_document(document)
+    signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
+    certificate = signing_certificate(ctx, cert_path, signed)
+    anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    record = adoption.adopt(
+        instances_path, image_id, properties, certificate, RecordStore(state_dir), anchors=anchors,
+        trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+        certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
+    )
+    result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        converted = record.source_format != record.cached_format
+        click.echo(f"OK: adopted {os.path.join(image_cache.base_dir(instances_path), result['name'])} "
+                   f"(image {image_id}, {record.cached_format}"
+                   f"{', converted from ' + record.source_format if converted else ''})")
+
+
+def _adopt_target(base_or_id: str, image_id: str | None, document: object, instances_path: str) -> tuple[str, str]:
+    """(image id, instances path) for ``boot adopt``'s argument."""
+    if os.sep not in base_or_id:
+        if image_id is not None and image_id != base_or_id:
+            raise errors.InputError(f"--image-id {image_id} differs from the image id {base_or_id}")
+        return base_or_id, instances_path
+    if image_id is None and isinstance(document, dict) and isinstance(document.get("id"), str):
+        image_id = document["id"]
+    if image_id is None:
+        raise errors.InputError(f"{base_or_id} is a path: give the image id with --image-id (or use "
+                                "`openstack image show -f json` output, which has it, as --properties)")
+    directory, name = os.path.split(os.path.abspath(base_or_id))
+    if os.path.basename(directory) != "_base":
+        raise errors.InputError(f"{base_or_id} is not in an image cache directory (_base)")
+    if name != cache_name(image_id):
+        raise errors.InputError(f"{base_or_id} is not the base file of image {image_id} "
+                                f"(that is _base/{cache_name(image_id)})")
+    return image_id, os.path.dirname(directory)

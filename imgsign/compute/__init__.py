@@ -1,6 +1,7 @@
 """The compute side: verify an image before an instance boots from it.
 
 * :mod:`~imgsign.compute.image_cache`: verify an image while caching it into Nova's ``_base``;
+* :mod:`~imgsign.compute.adoption`: a trust record for a base file Nova downloaded by itself;
 * :mod:`~imgsign.compute.trust_record`: what was verified, sealed for later boots;
 * :mod:`~imgsign.compute.verified_cache`: the O(1) check of an unchanged base file;
 * :mod:`~imgsign.compute.boot`: the decision "may an instance boot from this base file?";

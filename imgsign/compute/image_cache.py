@@ -43,11 +43,12 @@ def base_dir(instances_path: str) -> str:
 
 
 @contextlib.contextmanager
-def _open_base_dir(instances_path: str) -> Iterator[int]:
-    """A descriptor of ``_base`` (made if missing; a symbolic link there is refused)."""
+def open_base_dir(instances_path: str, *, create: bool = True) -> Iterator[int]:
+    """A descriptor of ``_base`` (made if missing and ``create``; a symbolic link there is refused)."""
     directory = base_dir(instances_path)
     try:
-        os.makedirs(directory, exist_ok=True)
+        if create:
+            os.makedirs(directory, exist_ok=True)
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"cannot open the image cache {directory}: {exc.strerror}") from None
@@ -90,17 +91,18 @@ def fd_path(fd: int) -> str:
     return f"/proc/{os.getpid()}/fd/{fd}"
 
 
-def _digest_of(fd: int, method: HashMethod) -> tuple[bytes, int]:
-    """Hash and size of the file behind ``fd``, read from its start."""
-    hasher = method.new()
+def digests_of(fd: int, *methods: HashMethod) -> tuple[list[bytes], int]:
+    """Hashes (one per method, one read) and size of the file behind ``fd``, read from its start."""
+    hashers = [method.new() for method in methods]
     offset = 0
     while chunk := os.pread(fd, CHUNK_SIZE, offset):
-        hasher.update(chunk)
+        for hasher in hashers:
+            hasher.update(chunk)
         offset += len(chunk)
-    return hasher.digest(), offset
+    return [hasher.digest() for hasher in hashers], offset
 
 
-def _format_of(fd: int) -> str:
+def format_of(fd: int) -> str:
     """``qcow2`` or ``raw`` by the magic (Glance's disk_format should agree)."""
     return "qcow2" if os.pread(fd, 4, 0) == b"QFI\xfb" else "raw"
 
@@ -156,8 +158,42 @@ def validated_anchors(certificate: x509.Certificate, anchors: TrustAnchors,
     return tuple(found)
 
 
+def trusted_anchors_of(certificate: x509.Certificate, anchors: TrustAnchors | None, trusted_ids: Sequence[str],
+                      policy: Policy = DEFAULT_POLICY) -> tuple[x509.Certificate, ...]:
+    """With ``anchors``: check the ids fit and validate the chain (:func:`validated_anchors`); else ()."""
+    if anchors is None:
+        return ()
+    if len(trusted_ids) > len(anchors.trusted):
+        raise InputError("more trusted certificate ids than trusted certificates")
+    return validated_anchors(certificate, anchors, policy)
+
+
+def bind_fetched(records: RecordStore, certificate: x509.Certificate, certificate_id: str | None,
+                 anchors: TrustAnchors | None, trusted_ids: Sequence[str]) -> None:
+    """Seal id -> fingerprint for every certificate fetched from the key manager by id: the first
+    ``len(trusted_ids)`` of ``anchors.trusted``, and the signer's under ``certificate_id``."""
+    fetched = anchors.trusted if anchors is not None else ()
+    for certificate_key, bound in zip(trusted_ids, fetched, strict=False):  # the ids name the first ones
+        records.anchors.bind(certificate_key, bound.public_bytes(Encoding.DER))
+    if certificate_id is not None:
+        records.anchors.bind(certificate_id, certificate.public_bytes(Encoding.DER))
+
+
+def new_record(image_id: str, properties: SignatureProperties, certificate: x509.Certificate, signed_digest: bytes,
+               certificate_id: str | None, trusted: Sequence[x509.Certificate], *, cached_format: str,
+               cached_sha256: bytes, cached_size: int, source_format: str) -> TrustRecord:
+    """The trust record of a verified base file."""
+    return TrustRecord(
+        image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
+        signed_digest=signed_digest, certificate_id=certificate_id,
+        anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
+        cached_format=cached_format, cached_sha256=cached_sha256, cached_size=cached_size,
+        source_format=source_format,
+    )
+
+
 @contextlib.contextmanager
-def _qemu(step: str, image_id: str, fd: int) -> Iterator[None]:
+def qemu_step(step: str, image_id: str, fd: int) -> Iterator[None]:
     """Name the image, not ``/proc/<pid>/fd/N``, in a qemu-img error."""
     try:
         yield
@@ -188,14 +224,10 @@ def add_to_cache(
     (:class:`~imgsign.compute.trust_record.AnchorStore`).
     """
     records.prepare()  # an insecure state directory stops us before anything is written
-    trusted: tuple[x509.Certificate, ...] = ()
-    if anchors is not None:
-        if len(trusted_ids) > len(anchors.trusted):
-            raise InputError("more trusted certificate ids than trusted certificates")
-        trusted = validated_anchors(certificate, anchors, policy)
+    trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
     verifier = Verifier.for_certificate(properties, certificate, policy=policy)
     name = cache_name(image_id)
-    with _open_base_dir(instances_path) as dir_fd, _private_file(dir_fd) as download, \
+    with open_base_dir(instances_path) as dir_fd, _private_file(dir_fd) as download, \
             contextlib.ExitStack() as stack:
         try:
             with open(download, "wb", closefd=False) as out:
@@ -207,36 +239,29 @@ def add_to_cache(
             raise InputError(f"cannot write image {image_id} into the image cache: {exc.strerror}") from None
         verifier.verify()
         # From here on only the verified file, through its descriptor.
-        source_format = _format_of(download)
-        with _qemu("inspect", image_id, download):
+        source_format = format_of(download)
+        with qemu_step("inspect", image_id, download):
             layer = qemu_img.inspect(fd_path(download), source_format)
         if layer.backing is not None:
             raise UnsafeImage(f"image {image_id} names a backing file ({layer.backing}); refused")
         cached, cached_format = download, source_format
         if force_raw and source_format != "raw":
             cached = stack.enter_context(_private_file(dir_fd))
-            with _qemu("convert", image_id, download):
+            with qemu_step("convert", image_id, download):
                 qemu_img.convert_to_raw(fd_path(download), source_format, fd_path(cached))
             cached_format = "raw"
         try:
-            sha256, size = _digest_of(cached, HashMethod.SHA256)
+            (sha256,), size = digests_of(cached, HashMethod.SHA256)
             os.fchmod(cached, 0o644)
             os.fsync(cached)
         except OSError as exc:
             raise InputError(f"cannot read back image {image_id} in the image cache: {exc.strerror}") from None
-        fetched = anchors.trusted if anchors is not None else ()
-        for certificate_key, bound in zip(trusted_ids, fetched, strict=False):  # the ids name the first ones
-            records.anchors.bind(certificate_key, bound.public_bytes(Encoding.DER))
-        if certificate_id is not None:
-            records.anchors.bind(certificate_id, certificate.public_bytes(Encoding.DER))
+        bind_fetched(records, certificate, certificate_id, anchors, trusted_ids)
         VerifiedCache(records.state_dir, owner=records.owner).forget(name)
         identity = _place(dir_fd, cached, name)
-        record = TrustRecord(
-            image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
-            signed_digest=verifier.verified_digest, certificate_id=certificate_id,
-            anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
-            cached_format=cached_format, cached_sha256=sha256, cached_size=size, source_format=source_format,
-        )
+        record = new_record(image_id, properties, certificate, verifier.verified_digest, certificate_id, trusted,
+                            cached_format=cached_format, cached_sha256=sha256, cached_size=size,
+                            source_format=source_format)
         try:
             records.put(record)
         except BaseException:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import stat
 import time
@@ -106,6 +108,23 @@ def shared_mappers(info: os.stat_result, proc: str = "/proc") -> list[int] | Non
                     found.append(int(entry.name))
                     break
     return found
+
+
+def open_for_writing(fd: int) -> bool | None:
+    """Does any process hold the file behind the read-only descriptor ``fd`` open for writing (a
+    descriptor, one in flight in a unix socket, a write in progress, a writable mapping)?
+
+    Asked of the kernel: a read lease (``F_SETLEASE``, ``F_RDLCK``) is granted only while nobody
+    has the file open for writing; it is released at once.  None when the filesystem has no leases.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EBUSY):
+            return True
+        return None
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
 
 
 class VerifiedCache:
