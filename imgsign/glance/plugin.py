@@ -95,6 +95,7 @@ from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
 from imgsign.properties import SignatureProperties
+from imgsign.raw_statement import PREFIX as RAW_STATEMENT_PREFIX
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -426,8 +427,12 @@ class _ResignConverted(task.Task):
             if _signature_properties(action.image_extra_properties) != verified["properties"]:
                 raise self._refuse("the img_signature* properties changed while re-signing")
             previous = {name: value for name, value in action.image_extra_properties.items()
-                        if name in SIGNATURE_PROPERTIES or name.startswith(ORIGINAL_PREFIX)}
+                        if name in SIGNATURE_PROPERTIES or name.startswith((ORIGINAL_PREFIX, RAW_STATEMENT_PREFIX))}
             action.set_image_extra_properties(new)
+            # The uploader's raw-digest statement binds the uploader's signature, which no longer covers
+            # these bytes: it would only make a later adoption refuse the image. (Put back by revert.)
+            for name in [n for n in action.image_extra_properties if n.startswith(RAW_STATEMENT_PREFIX)]:
+                action.pop_extra_property(name)
         LOG.info("imgsign_resign: image %s re-signed with service certificate %s (as %s); original signer %s kept in "
                  "%s* properties", self.image_id, CONF[GROUP].service_certificate_id,
                  new["img_signature_certificate_uuid"], verified.get("signer"), ORIGINAL_PREFIX)
@@ -477,8 +482,8 @@ class _ResignConverted(task.Task):
         # be staged and imported again.
         try:
             with self.action_wrapper as action:
-                for name in action.image_extra_properties:
-                    if name.startswith(ORIGINAL_PREFIX) and name not in result:
+                for name in list(action.image_extra_properties):
+                    if name.startswith((ORIGINAL_PREFIX, RAW_STATEMENT_PREFIX)) and name not in result:
                         action.pop_extra_property(name)
                 action.set_image_extra_properties(result)
         except Exception as exc:  # noqa: BLE001 - revert must not mask the original failure
