@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
@@ -66,6 +65,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, replace: bool = T
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
+        import tempfile  # only when writing: every command imports this module at start-up
+
         fd, tmp = tempfile.mkstemp(prefix=".imgsign-", dir=directory)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {_reason(exc)}") from None
