@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -35,17 +36,27 @@ def boot_group() -> None:
     """Compute host: verified image cache and pre-boot checks (used by hooks/libvirt-qemu)."""
 
 
+def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the commands that write a trust record: signer, trusted ids, where the cache and state are."""
+    for option in reversed((
+        click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+                     help="Signing certificate (default: from the key manager by img_signature_certificate_uuid)."),
+        click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
+                     help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook)."),
+        click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True,
+                     type=click.Path(file_okay=False)),
+        click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False)),
+    )):
+        func = option(func)
+    return func
+
+
 @boot_group.command("cache")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--image-id", required=True, type=NON_EMPTY, help="Glance image id (the cache file is sha1 of it).")
 @click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
               help="The image's img_signature* properties (JSON or `openstack image show -f json`).")
-@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
-              help="Signing certificate (default: from the key manager by img_signature_certificate_uuid).")
-@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
-              help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook).")
-@click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@_trust_record_options
 @click.option("--keep-format", is_flag=True, help="Do not convert qcow2 to raw (Nova's force_raw_images = False).")
 @click.pass_context
 def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
@@ -98,12 +109,7 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
                    "(JSON or `openstack image show -f json`).")
 @click.option("--image-id", type=NON_EMPTY,
               help="Glance image id, when BASE_OR_ID is a path and the properties file has no id.")
-@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
-              help="Signing certificate (default: from the key manager by img_signature_certificate_uuid).")
-@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
-              help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook).")
-@click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@_trust_record_options
 @click.option("--json", "as_json", is_flag=True, help="Print the adopted file as JSON.")
 @click.pass_context
 def boot_adopt(ctx: click.Context, base_or_id: str, properties_path: str, image_id: str | None,
