@@ -112,3 +112,28 @@ def test_chain_options_without_trust_are_a_usage_error(tmp_path: object) -> None
     assert run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert-uuid", CERT_UUID, "-o", props).code == 0
     result = run_cli("verify", image, "--properties", props, "--cert", cert_of("RSA-PSS"), "--require-crl")
     assert result.code == 2 and "need --trusted" in result.stderr, result
+
+
+def test_iter_fd_chunks_reads_at_an_offset_without_moving_the_position_and_reads_pipes(tmp_path: object) -> None:
+    from imgsign.stream import iter_fd_chunks
+
+    data = os.urandom(2 * CHUNK_SIZE + 99)
+    path = os.path.join(str(tmp_path), "data")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 5, os.SEEK_SET)
+        assert b"".join(bytes(c) for c in iter_fd_chunks(fd)) == data
+        assert b"".join(bytes(c) for c in iter_fd_chunks(fd, offset=CHUNK_SIZE)) == data[CHUNK_SIZE:]
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 5
+    finally:
+        os.close(fd)
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, data[:70000]), os.close(write_end)))
+    writer.start()
+    try:
+        assert b"".join(bytes(c) for c in iter_fd_chunks(read_end, offset=None)) == data[:70000]
+    finally:
+        writer.join()
+        os.close(read_end)

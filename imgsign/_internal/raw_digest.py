@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import mmap
 import os
 import shutil
 import struct
@@ -26,11 +25,11 @@ import tempfile
 from collections.abc import Callable
 
 from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
+from imgsign.stream import CHUNK_SIZE, iter_fd_chunks
 
 QCOW2_MAGIC = b"QFI\xfb"
 #: Debian packages of the tools, for the error message when one is missing.
 PACKAGES = {"nbdcopy": "libnbd-bin", "qemu-nbd": "qemu-utils"}
-CHUNK_SIZE = 1024 * 1024
 #: Lowest descriptor number handed to the tools: libnbd's socket activation takes fd 3.
 _FIRST_FD = 10
 _F_SETPIPE_SZ = 1031
@@ -136,16 +135,10 @@ def raw_digest(fd: int, name: str, progress: Callable[[int], None] | None = None
 
 def _hash_stream(fd: int, progress: Callable[[int], None] | None) -> tuple[bytes, int]:
     hasher = hashlib.sha256()
-    buffer = mmap.mmap(-1, CHUNK_SIZE)
-    view = memoryview(buffer)
     total = 0
-    try:
-        while n := os.readv(fd, [view]):
-            hasher.update(view[:n])
-            total += n
-            if progress is not None:
-                progress(n)
-    finally:
-        view.release()
-        buffer.close()
+    for chunk in iter_fd_chunks(fd, offset=None):
+        hasher.update(chunk)
+        total += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return hasher.digest(), total

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from imgsign._internal.raw_digest import QCOW2_MAGIC
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.compute import qemu_img
@@ -34,7 +35,7 @@ from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UnsafeImage, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import SignatureProperties
-from imgsign.stream import CHUNK_SIZE, ImageData, iter_chunks
+from imgsign.stream import ImageData, iter_chunks, iter_fd_chunks
 from imgsign.verifier import Verifier
 
 
@@ -94,17 +95,17 @@ def fd_path(fd: int) -> str:
 def digests_of(fd: int, *methods: HashMethod) -> tuple[list[bytes], int]:
     """Hashes (one per method, one read) and size of the file behind ``fd``, read from its start."""
     hashers = [method.new() for method in methods]
-    offset = 0
-    while chunk := os.pread(fd, CHUNK_SIZE, offset):
+    size = 0
+    for chunk in iter_fd_chunks(fd):
         for hasher in hashers:
             hasher.update(chunk)
-        offset += len(chunk)
-    return [hasher.digest() for hasher in hashers], offset
+        size += len(chunk)
+    return [hasher.digest() for hasher in hashers], size
 
 
 def format_of(fd: int) -> str:
     """``qcow2`` or ``raw`` by the magic (Glance's disk_format should agree)."""
-    return "qcow2" if os.pread(fd, 4, 0) == b"QFI\xfb" else "raw"
+    return "qcow2" if os.pread(fd, len(QCOW2_MAGIC), 0) == QCOW2_MAGIC else "raw"
 
 
 def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:

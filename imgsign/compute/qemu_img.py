@@ -201,13 +201,6 @@ def backing_chain(path: str, fmt: str, root: str) -> list[Layer]:
     return follow([open_layer(os.path.abspath(path), fmt, root)], root)
 
 
-def detect_format(path: str) -> str:
-    """``qcow2`` or ``raw``, for a freshly downloaded file (Glance's disk_format should agree)."""
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    return "qcow2" if magic == b"QFI\xfb" else "raw"
-
-
 def convert_to_raw(source: str, fmt: str, destination: str) -> None:
     """What Nova's ``force_raw_images`` does after a download."""
     try:
