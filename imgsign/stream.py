@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
@@ -52,6 +53,8 @@ def iter_fd_chunks(fd: int, *, offset: int | None = 0, chunk_size: int = CHUNK_S
     if offset is None:
         yield from _read_into_aligned(lambda view: os.readv(fd, [view]), chunk_size)
         return
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, offset, 0, os.POSIX_FADV_SEQUENTIAL)
     position = offset
 
     def pread_into(view: memoryview) -> int:
@@ -84,6 +87,17 @@ def digest(data: ImageData, hash_method: HashMethod, progress: Progress | None =
         if progress is not None:
             progress(len(chunk))
     return hasher.digest()
+
+
+def digests_of(fd: int, *methods: HashMethod) -> tuple[list[bytes], int]:
+    """Hashes (one per method, all in one read) and size of the file behind ``fd``, from its start."""
+    hashers = [method.new() for method in methods]
+    size = 0
+    for chunk in iter_fd_chunks(fd):
+        for hasher in hashers:
+            hasher.update(chunk)
+        size += len(chunk)
+    return [hasher.digest() for hasher in hashers], size
 
 
 def _advise_sequential(data: object) -> None:

@@ -47,7 +47,6 @@ from imgsign.compute.boot import BootPolicy, check_base
 from imgsign.compute.image_cache import (
     base_dir,
     bind_fetched,
-    digests_of,
     fd_path,
     format_of,
     new_record,
@@ -67,6 +66,7 @@ from imgsign.errors import InputError, InvalidSignature, TrustRecordError, Unsaf
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import NAMES, SignatureProperties
 from imgsign.raw_statement import RawStatement, parse_raw_statement, verify_raw_statement
+from imgsign.stream import digests_of
 from imgsign.verifier import Verifier
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

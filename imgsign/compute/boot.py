@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import os
 import stat
 
@@ -38,7 +37,7 @@ from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
 from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache, shared_mappers, unsealed_reason
 from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
 from imgsign.policy import Policy
-from imgsign.stream import iter_chunks
+from imgsign.stream import digests_of
 from imgsign.verifier import verify_digest
 
 
@@ -137,19 +136,18 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
             elif mappers:
                 unsealed = f"mapped shared by process {', '.join(map(str, mappers))}"
         converted = record.cached_format != record.source_format
-        same_hash = record.properties.hash_method is HashMethod.SHA256
-        sha256 = hashlib.sha256()
-        signed = None if converted or same_hash else record.properties.hash_method.new()
+        # Not converted: the file is the signed bytes, so its digest must be the signed digest too.
+        methods = [HashMethod.SHA256]
+        if not converted and record.properties.hash_method is not HashMethod.SHA256:
+            methods.append(record.properties.hash_method)
         try:
-            for chunk in iter_chunks(handle):
-                sha256.update(chunk)
-                if signed is not None:
-                    signed.update(chunk)
+            digests, _ = digests_of(handle.fileno(), *methods)
         except OSError as exc:
             raise errors.InputError(f"cannot read base file {path}: {exc.strerror}") from None
         after = FileIdentity.of(handle.fileno())
-    signed_digest = signed.digest() if signed is not None else (sha256.digest() if not converted else None)
-    if sha256.digest() != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):
+    sha256 = digests[0]
+    signed_digest = None if converted else digests[-1]
+    if sha256 != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):
         if cache is not None:
             cache.forget(name)
         raise InvalidSignature(f"base file {path} changed since image {record.image_id} was verified "
@@ -157,7 +155,7 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
     if cache is None:
         return "read and verified in full"
     if unsealed is None and after == identity:
-        cache.store(name, identity, sha256.digest())
+        cache.store(name, identity, sha256)
         return "read and verified in full"
     cache.forget(name)
     return f"read and verified in full (not remembered: {unsealed or 'it changed while it was read'})"

@@ -35,7 +35,7 @@ from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UnsafeImage, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import SignatureProperties
-from imgsign.stream import ImageData, iter_chunks, iter_fd_chunks
+from imgsign.stream import ImageData, digests_of, iter_chunks
 from imgsign.verifier import Verifier
 
 
@@ -90,17 +90,6 @@ def _private_file(dir_fd: int) -> Iterator[int]:
 def fd_path(fd: int) -> str:
     """A path that opens the file behind our descriptor ``fd`` (for qemu-img, a child process)."""
     return f"/proc/{os.getpid()}/fd/{fd}"
-
-
-def digests_of(fd: int, *methods: HashMethod) -> tuple[list[bytes], int]:
-    """Hashes (one per method, one read) and size of the file behind ``fd``, read from its start."""
-    hashers = [method.new() for method in methods]
-    size = 0
-    for chunk in iter_fd_chunks(fd):
-        for hasher in hashers:
-            hasher.update(chunk)
-        size += len(chunk)
-    return [hasher.digest() for hasher in hashers], size
 
 
 def format_of(fd: int) -> str:
