@@ -57,6 +57,7 @@ from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from imgsign.compute import qemu_img
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
+from imgsign.compute.sealed import writable_by_others
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UnsafeImage, UnsignedImage, UnverifiableDevice
@@ -458,7 +459,7 @@ def only_root_can_change(path: str) -> str | None:
         return f"cannot inspect it: {exc.strerror}"
     if not stat.S_ISREG(info.st_mode):
         return f"{real} is not a regular file"
-    if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if writable_by_others(info, 0) is not None:
         return f"{real} can be changed by a user other than root"
     return None
 

@@ -46,15 +46,23 @@ class Damaged(TrustRecordError):
     """The sealed file exists but is unreadable, not JSON, or its HMAC does not match."""
 
 
+def writable_by_others(info: os.stat_result, owner: int) -> str | None:
+    """Why someone other than ``owner`` may write the file ``info`` describes; None when nobody can
+    (owned by ``owner``, no group or other write bit: with POSIX ACLs the group bits are the mask)."""
+    if info.st_uid != owner:
+        return f"owned by uid {info.st_uid}, not {owner}"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}, or a POSIX ACL granting write)"
+    return None
+
+
 def check_owner(info: os.stat_result, path: str, owner: int, what: str, *, private: bool = False) -> None:
     """Raise :class:`InsecureState` unless ``info`` is owned by ``owner`` and only it can write
     (``private``: and read) it."""
-    if info.st_uid != owner:
-        raise InsecureState(f"{what} {path} is owned by uid {info.st_uid}, not {owner}: whoever owns it can "
-                            f"forge trust records (give it to uid {owner}, or remove it)")
-    if info.st_mode & 0o022:
-        raise InsecureState(f"{what} {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}, "
-                            "or a POSIX ACL granting write): anyone who can write it can forge trust records")
+    reason = writable_by_others(info, owner)
+    if reason is not None:
+        raise InsecureState(f"{what} {path} is {reason}: whoever can write it can forge trust records "
+                            f"(give it to uid {owner} with no group or other write permission, or remove it)")
     if private and info.st_mode & 0o077:
         raise InsecureState(f"{what} {path} is accessible to group or others "
                             f"(mode {stat.S_IMODE(info.st_mode):04o}); it must be 0600")

@@ -34,7 +34,7 @@ import stat
 import time
 from typing import Any
 
-from imgsign.compute.sealed import Damaged, SealedStore
+from imgsign.compute.sealed import Damaged, SealedStore, writable_by_others
 
 #: Default bound on the age of a fast-path entry (``[boot] max_fast_path_age``): one day.
 DEFAULT_MAX_AGE = 24 * 3600.0
@@ -61,11 +61,7 @@ def unsealed_reason(info: os.stat_result, owner: int) -> str | None:
     """Why someone other than ``owner`` may be able to write the file ``info`` describes (None: nobody)."""
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
-    if info.st_uid != owner:
-        return f"owned by uid {info.st_uid}, not {owner}"
-    if info.st_mode & 0o022:
-        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-    return None
+    return writable_by_others(info, owner)
 
 
 def _runs_as_root(process: str) -> bool:
