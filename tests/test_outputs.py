@@ -174,3 +174,20 @@ def test_sign_refuses_to_write_over_its_configuration_file(image, key, tmp_path)
     result = run_cli("-c", conf, "sign", image, "--key", key, "--cert-uuid", CERT_UUID, "-o", conf, "--force")
     assert result.code == errors.InputError.exit_code and "configuration file" in result.stderr, result
     assert conf.read_text() == before
+
+
+def test_an_output_that_became_a_link_to_an_input_after_the_check_is_refused(tmp_path):
+    """Even with --force, the identity check is made again when writing: an output name that was
+    turned into a link to the private key after the check does not replace the key."""
+    from imgsign._internal.files import plan_outputs
+
+    key_file = tmp_path / "signer.key"
+    key_file.write_bytes(b"-----BEGIN PRIVATE KEY-----\nsecret\n")
+    out = tmp_path / "props.json"
+    out.write_text("old")
+    (planned,) = plan_outputs([(str(out), "output", 0o644)], [(str(key_file), "private key")], force=True)
+    out.unlink()
+    out.symlink_to(key_file)
+    with pytest.raises(errors.InputError, match="same file as the private key"):
+        planned.write(b"new")
+    assert key_file.read_bytes() == b"-----BEGIN PRIVATE KEY-----\nsecret\n"

@@ -134,9 +134,16 @@ class OutputFile:
     what: str
     mode: int = 0o644
     force: bool = False
+    #: (device, inode) -> description of every input and other output: never to be written over.
+    others: tuple[tuple[tuple[int, int], str], ...] = ()
 
     def write(self, data: bytes) -> None:
         info = _stat_output(self.path, self.what)
+        # Checked again now, not only when planned: the name may have become an input since.
+        if info is not None:
+            other = dict(self.others).get((info.st_dev, info.st_ino))
+            if other is not None:
+                raise InputError(f"the {self.what} {self.path} is the same file as {other}: refusing to overwrite it")
         if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
             try:
                 with open(self.path, "wb") as handle:
@@ -168,7 +175,7 @@ def plan_outputs(
             identity = _identity(path)
             if identity is not None:
                 taken.setdefault(identity, f"the {what} {path}")
-    planned: list[OutputFile] = []
+    planned: list[tuple[OutputFile, tuple[int, int] | None]] = []
     names: dict[str, str] = {}
     for path, what, mode in outputs:
         real = os.path.realpath(path)
@@ -176,6 +183,7 @@ def plan_outputs(
             raise InputError(f"the {what} {path} is the same file as {names[real]}")
         names[real] = f"the {what} {path}"
         info = _stat_output(path, what)
+        identity = None
         if info is not None:
             identity = (info.st_dev, info.st_ino)
             if identity in taken:
@@ -190,5 +198,6 @@ def plan_outputs(
                 raise InputError(f"the {what} {path} is not a regular file, character device or FIFO")
         elif os.path.lexists(path) and not force:
             raise InputError(f"{what} {path} exists (a dangling symlink); use --force to overwrite it")
-        planned.append(OutputFile(path, what, mode, force))
-    return planned
+        planned.append((OutputFile(path, what, mode, force), identity))
+    return [dataclasses.replace(output, others=tuple(item for item in taken.items() if item[0] != own))
+            for output, own in planned]
