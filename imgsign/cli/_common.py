@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
     from imgsign.properties import SignatureProperties
+    from imgsign.stream import BackgroundDigest
 
 
 def hash_choice() -> click.Choice[str]:
@@ -197,18 +198,20 @@ class ImageDigest:
     (None when it could not be opened: then the call raises why) and ``head`` its first bytes,
     as the hashing read them (valid once the digest was returned)."""
 
-    def __init__(self, result: Callable[[], bytes], handle: BinaryIO | None,
-                 head: Callable[[], bytes] = bytes) -> None:
-        self._result = result
-        self._head = head
+    def __init__(self, hashing: BackgroundDigest | None, handle: BinaryIO | None,
+                 unreadable: errors.InputError | None = None) -> None:
+        self._hashing = hashing
+        self._unreadable = unreadable
         self.handle = handle
 
     def __call__(self) -> bytes:
-        return self._result()
+        if self._hashing is None:
+            raise self._unreadable or errors.InputError("the image was not opened")
+        return self._hashing.result()
 
     @property
     def head(self) -> bytes:
-        return self._head()
+        return self._hashing.head if self._hashing is not None else b""
 
 
 @contextlib.contextmanager
@@ -225,17 +228,12 @@ def image_digest(path: str, hash_method: HashMethod, label: str, quiet: bool) ->
         try:
             handle, size = stack.enter_context(open_image(path))
         except errors.InputError as exc:
-            unreadable = exc
-
-            def refuse() -> bytes:
-                raise unreadable
-
-            yield ImageDigest(refuse, None)
+            yield ImageDigest(None, None, exc)
             return
         progress = stack.enter_context(progress_bar(size, label, quiet))
-        digest = BackgroundDigest(handle, hash_method, progress)
-        stack.callback(digest.cancel)
-        yield ImageDigest(digest.result, handle, lambda: digest.head)
+        hashing = BackgroundDigest(handle, hash_method, progress)
+        stack.callback(hashing.cancel)
+        yield ImageDigest(hashing, handle)
 
 
 class KeyManagerId(click.ParamType[str]):

@@ -81,13 +81,14 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
             key, cert_uuid, method,
             key_type=KeyType.parse(key_type) if key_type else None, certificate=certificate, policy=policy,
         )
-        properties = signer.sign_digest(digest())
+        image_digest_value = digest()
+        properties = signer.sign_digest(image_digest_value)
         emitted = properties.as_dict()
         if not no_raw_digest and digest.handle is not None:
             from imgsign.cli._raw_statement import raw_statement_properties
 
-            emitted |= raw_statement_properties(image, digest.handle, digest.head, key, properties, digest(),
-                                                is_quiet(ctx, quiet))
+            emitted |= raw_statement_properties(image, digest.handle, digest.head, key, properties,
+                                                image_digest_value, is_quiet(ctx, quiet))
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
