@@ -49,6 +49,7 @@ from imgsign.compute.image_cache import (
     bind_fetched,
     fd_path,
     format_of,
+    is_named,
     new_record,
     open_base_dir,
     qemu_step,
@@ -260,11 +261,10 @@ def _check_statement(fd: int, identity: FileIdentity, statement: RawStatement,
 def _check_still_named(dir_fd: int, fd: int, name: str, image_id: str) -> None:
     """``_base/<name>`` must still be the file we verified."""
     try:
-        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        mine = os.fstat(fd)
+        named = is_named(dir_fd, fd, name)
     except OSError as exc:
         raise InputError(f"base file _base/{name} of image {image_id} vanished while it was being adopted: "
                          f"{exc.strerror}") from None
-    if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+    if not named:
         raise InputError(f"base file _base/{name} of image {image_id} was replaced while it was being adopted; "
                          "nothing was recorded")

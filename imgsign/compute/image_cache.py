@@ -113,12 +113,19 @@ def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
     try:
         os.fsync(dir_fd)
         mine = os.fstat(fd)
-        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        placed = is_named(dir_fd, fd, name)
     except OSError as exc:
         raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
-    if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+    if not placed:
         raise InputError(f"_base/{name} was replaced while it was being placed; nothing was recorded")
     return FileIdentity.from_stat(mine)
+
+
+def is_named(dir_fd: int, fd: int, name: str) -> bool:
+    """Is ``name`` in the directory (not following a link) the very file behind ``fd``?  OSError if gone."""
+    there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    mine = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _link_temporary(dir_fd: int, fd: int, name: str) -> str:
