@@ -152,6 +152,48 @@ class BackendUnavailable(ImgsignError):
     reason = "backend-unavailable"
 
 
+class MissingExtra(ImgsignError):
+    """An optional dependency is not installed; the message names the extra (``pip install imgsign[...]``)."""
+
+    exit_code = 41
+    reason = "missing-extra"
+
+
+class SignerLoginError(ImgsignError):
+    """A hardware token or signing service refused the credentials (wrong PIN, bad or expired token)."""
+
+    exit_code = 42
+    reason = "signer-login-failed"
+
+
+class SignerUnavailable(ImgsignError):
+    """The token or signing service is not there: module or token absent, server unreachable or sealed."""
+
+    exit_code = 43
+    reason = "signer-unavailable"
+
+
+class SigningKeyNotFound(ImgsignError):
+    """No signing key with that label, id or name in the token or the signing service."""
+
+    exit_code = 44
+    reason = "signing-key-not-found"
+
+
+class MechanismUnsupported(ImgsignError):
+    """The token or service cannot make this kind of signature (mechanism, key type or hash missing)."""
+
+    exit_code = 45
+    reason = "mechanism-unsupported"
+
+
+class SignerRefused(ImgsignError):
+    """The token or signing service refused to sign, or returned a signature that does not verify."""
+
+    exit_code = 46
+    reason = "signer-refused"
+
+
 # --- 5x: key manager ------------------------------------------------------------
 
 class KeyManagerError(ImgsignError):
@@ -206,6 +248,50 @@ class UnverifiableDevice(ImgsignError):
     reason = "unverifiable-device"
 
 
+# --- 7x: Glance ---------------------------------------------------------------------
+
+class GlanceUnavailable(ImgsignError):
+    """Glance (or the identity service in front of it) is unreachable, misconfigured or refused the credentials."""
+
+    exit_code = 70
+    reason = "glance-unavailable"
+
+
+class ImageNotFound(ImgsignError):
+    """Glance has no image with that id (or the credentials cannot see it)."""
+
+    exit_code = 71
+    reason = "image-not-found"
+
+
+class ImageHasNoData(ImgsignError):
+    """The Glance image has no data (queued, deleted, killed, or still importing)."""
+
+    exit_code = 72
+    reason = "image-has-no-data"
+
+
+class ImportFailed(ImgsignError):
+    """Glance refused or failed the import of uploaded data (its own signature check included)."""
+
+    exit_code = 73
+    reason = "import-failed"
+
+
+class UploadInterrupted(ImgsignError):
+    """An upload stopped half-way; the message says what was left in Glance and why."""
+
+    exit_code = 74
+    reason = "upload-interrupted"
+
+
+class PolicyViolation(ImgsignError):
+    """An audit found images that fail the policy (unsigned, invalid, untrusted, expiring...)."""
+
+    exit_code = 75
+    reason = "policy-violation"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -225,6 +311,12 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     IncompleteVerification,
     RawStatementError,
     BackendUnavailable,
+    MissingExtra,
+    SignerLoginError,
+    SignerUnavailable,
+    SigningKeyNotFound,
+    MechanismUnsupported,
+    SignerRefused,
     KeyManagerError,
     ObjectNotFound,
     UnsignedImage,
@@ -232,4 +324,10 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     UnsafeImage,
     InsecureState,
     UnverifiableDevice,
+    GlanceUnavailable,
+    ImageNotFound,
+    ImageHasNoData,
+    ImportFailed,
+    UploadInterrupted,
+    PolicyViolation,
 )
