@@ -89,3 +89,34 @@ def sample_image(tmp_path_factory) -> Path:
     with open(path, "wb") as handle:
         handle.write(os.urandom(3 * 1024 * 1024 + 12345))
     return path
+
+
+def release(path: str | os.PathLike[str]) -> Path:
+    """Clear the immutable flag imgsign seals verified bases with (as root could), so a test can
+    change, replace or remove the file; returns the path."""
+    from imgsign.compute.protection import set_immutable
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        set_immutable(fd, False)
+    finally:
+        os.close(fd)
+    return Path(path)
+
+
+@pytest.fixture(autouse=True)
+def _release_sealed_files(request):
+    """After a test, clear the immutable flag of every file under its tmp_path, so it can be removed."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    root = request.getfixturevalue("tmp_path")
+    yield
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                try:
+                    release(path)
+                except OSError:
+                    pass

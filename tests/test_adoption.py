@@ -24,7 +24,7 @@ import pytest
 
 from imgsign import errors, load_certificate
 from imgsign.compute.trust_record import RecordStore, cache_name
-from tests.conftest import CERT_UUID, cert_of, key_of, openssl, run_cli
+from tests.conftest import CERT_UUID, cert_of, key_of, openssl, release, run_cli
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY, Attacker, as_attacker
 from tests.test_real_images import qemu
@@ -32,13 +32,16 @@ from tests.test_real_images import qemu
 
 @pytest.fixture
 def host():
-    """A compute host whose ``_base`` belongs to nova (uid 65534), in a directory nova can reach."""
+    """A compute host whose ``_base`` belongs to nova (uid 65534), in a directory nova can reach: the
+    instances path is root's and sticky (README, "The path to each base"), ``_base`` nova's."""
     path = Path(tempfile.mkdtemp(prefix="imgsign-adopt-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
     (host.instances / "_base").mkdir(parents=True)
-    os.chown(host.instances, NOBODY, NOBODY)
-    os.chown(host.instances / "_base", NOBODY, NOBODY)
+    os.chown(host.instances, 0, NOBODY)
+    os.chmod(host.instances, 0o1775)
+    os.chown(host.instances / "_base", 0, NOBODY)
+    os.chmod(host.instances / "_base", 0o775)
     yield host
     shutil.rmtree(path, ignore_errors=True)
 
@@ -175,6 +178,9 @@ def test_a_base_nova_downloaded_again_is_adopted_again(host):
     image_id = str(uuid.uuid4())
     base = nova_download(host, image_id, image)
     assert adopt(host, image_id, props).code == 0
+    with pytest.raises(subprocess.CalledProcessError):  # sealed: nova cannot remove it ...
+        as_nova('rm -f "$1"', base)
+    release(base)  # ... until root clears the flag (README: letting Nova's cache manager remove a base)
     as_nova('rm -f "$1"', base)
     nova_download(host, image_id, image)
     again = adopt(host, image_id, props)
@@ -287,12 +293,13 @@ def test_no_base_file_yet(host):
 
 # --- the base changed by nova while it is adopted ---------------------------------------------------
 
-def _library_adopt(host: Host, image_id: str, props: Path):
+def _library_adopt(host: Host, image_id: str, props: Path, *, immutable: bool = True):
     from imgsign.cli._common import load_properties
     from imgsign.compute.adoption import adopt as adopt_base
 
     return adopt_base(str(host.instances), image_id, load_properties(str(props)),
-                      load_certificate(cert_of("RSA-PSS").read_bytes()), RecordStore(str(host.state)))
+                      load_certificate(cert_of("RSA-PSS").read_bytes()), RecordStore(str(host.state)),
+                      immutable=immutable)
 
 
 def test_writer_holding_the_base_open_is_refused(host):
@@ -359,9 +366,11 @@ def test_without_leases_a_shared_mapping_is_still_refused(host, monkeypatch):
     boots_fast(host, image_id)
 
 
-def test_base_swapped_during_the_read_gets_no_record(host, monkeypatch):
-    """At the read (a deterministic hook point) nova tries to write the sealed file, then renames
-    its own bytes over the name: the write is denied and the swap refused."""
+@pytest.mark.parametrize("immutable", [True, False], ids=["immutable", "owner-only"])
+def test_base_swapped_during_the_read_gets_no_record(host, monkeypatch, immutable):
+    """At the read (a deterministic hook point) nova tries to write the sealed file, then renames its
+    own bytes over the name: the write is denied; the swap is denied too when the seal is immutable,
+    and refused (nothing recorded) when the seal only changed the owner."""
     from imgsign.compute import adoption
 
     image, props = signed_image(host, "raw")
@@ -377,7 +386,14 @@ def test_base_swapped_during_the_read_gets_no_record(host, monkeypatch):
         else:
             raise AssertionError("nova opened the sealed base for writing")
         shutil.copyfile(evil, base.parent / ".evil")
-        os.rename(base.parent / ".evil", base)
+        try:
+            os.rename(base.parent / ".evil", base)
+        except PermissionError:
+            if not immutable:
+                raise
+        else:
+            if immutable:
+                raise AssertionError("nova renamed its file over the immutable base")
 
     real = adoption.digests_of
 
@@ -386,8 +402,13 @@ def test_base_swapped_during_the_read_gets_no_record(host, monkeypatch):
         return real(fd, *methods)
 
     monkeypatch.setattr(adoption, "digests_of", digests_during_attack)
+    if immutable:
+        record = _library_adopt(host, image_id, props)
+        assert base.read_bytes() == image.read_bytes()
+        assert record.cached_sha256 == hashlib.sha256(image.read_bytes()).digest()
+        return
     with pytest.raises(errors.InputError, match="replaced while it was being adopted"):
-        _library_adopt(host, image_id, props)
+        _library_adopt(host, image_id, props, immutable=False)
     assert_nothing_recorded(host, image_id)
     assert base.read_bytes() == evil.read_bytes()
 
@@ -405,8 +426,11 @@ while not os.path.exists(stop):
     except OSError:
         time.sleep(0.0005)
         continue
-    os.pwrite(fd, bytes([genuine[0] ^ int(sys.argv[3])]), 0)
-    os.pwrite(fd, genuine, 0)
+    try:  # once the base is sealed immutable, even this old descriptor cannot write
+        os.pwrite(fd, bytes([genuine[0] ^ int(sys.argv[3])]), 0)
+        os.pwrite(fd, genuine, 0)
+    except PermissionError:
+        pass
     os.close(fd)
 """
 

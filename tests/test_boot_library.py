@@ -35,10 +35,13 @@ def test_stream_into_cache_then_boot(tmp_path, signed):
     base = tmp_path / "_base" / cache_name("img-1")
     assert base.read_bytes() == DATA and record.cached_format == record.source_format == "raw"
     cache = VerifiedCache(records.state_dir)
-    first = verify_for_boot(str(base), records, BootPolicy(), cache)
-    assert first.allowed and first.code == 0 and "in full" in first.message
+    first = verify_for_boot(str(base), records, BootPolicy(), cache)  # sealed and primed by add_to_cache
+    assert first.allowed and first.code == 0 and "unchanged" in first.message
+    cache.forget(cache_name("img-1"))
     second = verify_for_boot(str(base), records, BootPolicy(), cache)
-    assert second.allowed and "unchanged" in second.message
+    assert second.allowed and "in full" in second.message
+    third = verify_for_boot(str(base), records, BootPolicy(), cache)
+    assert third.allowed and "unchanged" in third.message
 
 
 def test_stream_that_does_not_verify_leaves_nothing(tmp_path, signed):

@@ -265,12 +265,18 @@ def test_record_of_an_older_version_is_refused_with_a_clear_message(tmp_path):
 
 # --- 5. the fast path and writes that change no timestamp ---------------------------------------------
 
-def _cached_image(tmp_path: Path) -> tuple[Path, RecordStore, VerifiedCache, bytes]:
+#: The fast path's own conditions, without the immutable flag (``[boot] seal_bases = owner``, or a
+#: filesystem without the flag): what they must catch when a base can still be written.
+OWNER_SEAL = BootPolicy(immutable_bases=False)
+
+
+def _cached_image(tmp_path: Path, immutable: bool = False) -> tuple[Path, RecordStore, VerifiedCache, bytes]:
     instances = tmp_path / "instances"
     nova_owned_base(instances)
     source, props, genuine = signed_qcow2(tmp_path)
     records = RecordStore(str(tmp_path / "state"))
-    add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances))
+    add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances),
+                 immutable=immutable)
     return instances / "_base" / cache_name("img-1"), records, VerifiedCache(records.state_dir), genuine
 
 
@@ -294,19 +300,20 @@ class Mapper:
 
 def _check_twice_around(base: Path, records: RecordStore, cache: VerifiedCache, attacker: Attacker):
     attacker.step()  # mapped and dirtied, content unchanged
-    first = verify_for_boot(str(base), records, BootPolicy(), cache)
+    first = verify_for_boot(str(base), records, OWNER_SEAL, cache)
     assert first.allowed and "in full" in first.message, first
     before = FileIdentity.of(str(base))
     attacker.step()  # one byte changed through the mapping
     assert FileIdentity.of(str(base)) == before, "premise: the mmap write left size, mtime and ctime alone"
-    second = verify_for_boot(str(base), records, BootPolicy(), cache)
+    second = verify_for_boot(str(base), records, OWNER_SEAL, cache)
     assert attacker.finish() == 0
     assert not second.allowed and second.reason == "invalid-signature", second
 
 
 def test_mmap_write_to_a_replaced_base_is_caught(tmp_path):
-    """The attacker replaces the base with its own copy of the same bytes, maps it writable, lets the
-    hook check it, then changes it through the mapping: the next boot must read it again."""
+    """The attacker replaces the base with its own copy of the same bytes and maps it writable: the
+    hook seals the file (root's) but the mapping still writes it, so the boot is refused at once and
+    the file given back; without that refusal the change through the mapping would come after the check."""
     base, records, cache, genuine = _cached_image(tmp_path)
     mapper = Mapper(base)
 
@@ -316,7 +323,15 @@ def test_mmap_write_to_a_replaced_base_is_caught(tmp_path):
         os.rename(copy, base)
         mapper.map_and_dirty()
 
-    _check_twice_around(base, records, cache, Attacker(replace_and_map, mapper.change_a_byte))
+    attacker = Attacker(replace_and_map, mapper.change_a_byte)
+    attacker.step()
+    first = verify_for_boot(str(base), records, OWNER_SEAL, cache)
+    assert not first.allowed and first.reason == "unsafe-image" and "open for writing" in first.message, first
+    assert base.stat().st_uid == NOBODY, "a refused base is given back as it was"
+    attacker.step()
+    assert attacker.finish() == 0
+    second = verify_for_boot(str(base), records, OWNER_SEAL, cache)
+    assert not second.allowed and second.reason == "invalid-signature", second
 
 
 def test_mmap_write_through_a_mapping_made_before_the_base_was_locked_again(tmp_path):
@@ -330,12 +345,12 @@ def test_mmap_write_through_a_mapping_made_before_the_base_was_locked_again(tmp_
     os.chmod(base, 0o644)
     assert base.stat().st_uid == 0
 
-    first = verify_for_boot(str(base), records, BootPolicy(), cache)
+    first = verify_for_boot(str(base), records, OWNER_SEAL, cache)
     assert first.allowed and "in full" in first.message, first
     before = FileIdentity.of(str(base))
     attacker.step()
     assert FileIdentity.of(str(base)) == before
-    second = verify_for_boot(str(base), records, BootPolicy(), cache)
+    second = verify_for_boot(str(base), records, OWNER_SEAL, cache)
     assert attacker.finish() == 0
     assert not second.allowed and second.reason == "invalid-signature", second
 
@@ -357,27 +372,27 @@ def test_writable_mapping_held_by_root_when_the_base_is_sealed(tmp_path):
             os._exit(code)
     try:
         os.waitpid(pid, os.WUNTRACED)
-        first = verify_for_boot(str(base), records, BootPolicy(), cache)
+        first = verify_for_boot(str(base), records, OWNER_SEAL, cache)
         assert first.allowed and "in full" in first.message, first
         before = FileIdentity.of(str(base))
     finally:
         os.kill(pid, 18)  # SIGCONT
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     assert FileIdentity.of(str(base)) == before, "premise: the mmap write left size, mtime and ctime alone"
-    second = verify_for_boot(str(base), records, BootPolicy(), cache)
+    second = verify_for_boot(str(base), records, OWNER_SEAL, cache)
     assert not second.allowed and second.reason == "invalid-signature", second
     assert f"not remembered: mapped shared by process {pid}" in first.message
 
 
 def test_fast_path_and_its_age_bound(tmp_path):
     base, records, cache, _ = _cached_image(tmp_path)
-    assert "in full" in verify_for_boot(str(base), records, BootPolicy(), cache).message
-    assert "unchanged" in verify_for_boot(str(base), records, BootPolicy(), cache).message
-    too_old = verify_for_boot(str(base), records, BootPolicy(max_fast_path_age=0), cache)
+    assert "in full" in verify_for_boot(str(base), records, OWNER_SEAL, cache).message
+    assert "unchanged" in verify_for_boot(str(base), records, OWNER_SEAL, cache).message
+    too_old = verify_for_boot(str(base), records, BootPolicy(max_fast_path_age=0, immutable_bases=False), cache)
     assert too_old.allowed and "in full" in too_old.message
     os.utime(base)  # a touch (as Nova's image cache manager does) moves ctime: read once, then fast again
-    assert "in full" in verify_for_boot(str(base), records, BootPolicy(), cache).message
-    assert "unchanged" in verify_for_boot(str(base), records, BootPolicy(), cache).message
+    assert "in full" in verify_for_boot(str(base), records, OWNER_SEAL, cache).message
+    assert "unchanged" in verify_for_boot(str(base), records, OWNER_SEAL, cache).message
 
 
 # --- 6. state trusted without checking who could write it -----------------------------------------------
@@ -397,9 +412,9 @@ MISINSTALLS = {
 @pytest.mark.parametrize("misinstall", sorted(MISINSTALLS))
 def test_misinstalled_state_is_refused(tmp_path, misinstall):
     base, records, cache, _ = _cached_image(tmp_path)
-    assert verify_for_boot(str(base), records, BootPolicy(), cache).allowed  # makes the cache entry
+    assert verify_for_boot(str(base), records, OWNER_SEAL, cache).allowed  # makes the cache entry
     MISINSTALLS[misinstall](Path(records.state_dir))
-    decision = verify_for_boot(str(base), RecordStore(records.state_dir), BootPolicy(),
+    decision = verify_for_boot(str(base), RecordStore(records.state_dir), OWNER_SEAL,
                                VerifiedCache(records.state_dir))
     assert not decision.allowed and decision.code == INSECURE_STATE, decision
 

@@ -18,14 +18,15 @@ O(1) check of :mod:`imgsign.compute.boot`:
 
 Threat model (README "Threat model"): ``nova`` can write ``_base`` and may change the base while
 it is adopted.  Everything uses ONE descriptor (``O_NOFOLLOW``, a regular file with one link).
-Before a byte is read the file is sealed through it: owned by imgsign's user, mode 0644, so no
-other user can open it for writing any more; then the kernel is asked whether anyone still has it
+Before a byte is read the file is sealed through it: owned by imgsign's user, mode 0644 and
+immutable where the filesystem can (:mod:`imgsign.compute.protection`), so no other user can open
+it for writing, or rename or replace it, any more; then the kernel is asked whether anyone still has it
 open for writing or mapped writable (a read lease is refused then,
 :func:`~imgsign.compute.verified_cache.open_for_writing`): if so, refused.  Without leases, a
 shared mapping (``/proc/*/maps``) is refused and the read starts only once the clock has moved
 past the seal's ctime, so a write through an old descriptor moves ctime.  The file's identity
 must not change during the read, and ``_base/<name>`` must still be that file afterwards.  On any
-refusal the owner and mode are given back and nothing is recorded.  After success the
+refusal the flag, owner and mode are given back and nothing is recorded.  After success the
 verified-digest cache is primed, so the first boot does not read the file again.
 """
 
@@ -42,7 +43,7 @@ from cryptography import x509
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key
 from imgsign.chain import TrustAnchors
-from imgsign.compute import qemu_img
+from imgsign.compute import protection, qemu_img
 from imgsign.compute.boot import BootPolicy, check_base
 from imgsign.compute.image_cache import (
     base_dir,
@@ -86,13 +87,14 @@ def adopt(
     trusted_ids: Sequence[str] = (),
     certificate_id: str | None = None,
     policy: Policy = DEFAULT_POLICY,
+    immutable: bool = True,
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
 
     ``properties``: the image's properties (``img_signature*`` and, for a converted qcow2, the
     ``imgsign_raw_v1_*`` statement); ``anchors``, ``trusted_ids``, ``certificate_id``: as for
-    :func:`~imgsign.compute.image_cache.add_to_cache`.  A base whose current record is valid is left
-    alone and its record returned.
+    :func:`~imgsign.compute.image_cache.add_to_cache`; ``immutable``: seal the base immutable (else
+    only root's and 0644).  A base whose current record is valid is left alone and its record returned.
     """
     signed = signature_properties(image_id, properties)
     records.prepare()  # an insecure state directory stops us before anything is touched
@@ -107,7 +109,8 @@ def adopt(
     statement = parse_raw_statement(properties)
     if statement is not None:
         statement = verify_raw_statement(properties, certificate_public_key(certificate), policy=policy)
-    with open_base_dir(instances_path, create=False) as dir_fd, _sealed(dir_fd, name, image_id, records.owner) as seal:
+    with open_base_dir(instances_path, create=False) as dir_fd, \
+            _sealed(dir_fd, name, image_id, records.owner, immutable) as seal:
         fd, identity = seal.fd, seal.identity
         base_format = format_of(fd)
         if base_format == "qcow2":
@@ -172,9 +175,10 @@ class _Seal:
 
 
 @contextlib.contextmanager
-def _sealed(dir_fd: int, name: str, image_id: str, owner: int) -> Iterator[_Seal]:
-    """Open ``_base/<name>``, make it ``owner``'s and 0644 through the descriptor, and make sure nobody
-    can still write it; on any failure inside, give the owner and mode back."""
+def _sealed(dir_fd: int, name: str, image_id: str, owner: int, immutable: bool) -> Iterator[_Seal]:
+    """Open ``_base/<name>``, seal it through the descriptor (``owner``'s, 0644, immutable where the
+    filesystem can: :func:`imgsign.compute.protection.seal`), and make sure nobody can still write
+    it; on any failure inside, give the flag, owner and mode back."""
     try:
         fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -189,16 +193,13 @@ def _sealed(dir_fd: int, name: str, image_id: str, owner: int) -> Iterator[_Seal
             raise InputError(f"base file _base/{name} of image {image_id} has {before.st_nlink} links; "
                              "a base Nova made has one")
         try:
-            os.fchown(fd, owner, -1)
-            os.fchmod(fd, 0o644)
+            protection.seal(fd, owner, immutable=immutable)
         except OSError as exc:
             raise InputError(f"cannot take ownership of base file _base/{name}: {exc.strerror}") from None
         try:
             yield _Seal(fd, *_nobody_writes(fd, name, image_id))
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.fchown(fd, before.st_uid, before.st_gid)
-                os.fchmod(fd, stat.S_IMODE(before.st_mode))
+            protection.unseal(fd, before)
             raise
     finally:
         os.close(fd)

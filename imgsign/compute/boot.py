@@ -18,6 +18,10 @@ trust record written when the image was verified at download
    (and, when it was not converted, its digest is the signed digest itself).
    The SHA-256 comes from the verified-digest cache only under the conditions
    of :mod:`imgsign.compute.verified_cache`; otherwise the whole file is read.
+   With a verified-digest cache (the hook, running as root) the file is first
+   sealed through its descriptor (:func:`imgsign.compute.protection.seal`:
+   root's, 0644, immutable where the filesystem can), and refused if another
+   process still has it open for writing, so what was read is what qemu reads.
 
 Under ``enforce`` any failure refuses the boot; under ``warn`` it is allowed and
 the reason is reported as a warning.
@@ -33,9 +37,24 @@ import stat
 from imgsign import errors
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key, load_certificate
+from imgsign.compute import protection
 from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
-from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache, shared_mappers, unsealed_reason
-from imgsign.errors import ImgsignError, InvalidSignature, UnsignedImage, UntrustedCertificate
+from imgsign.compute.verified_cache import (
+    DEFAULT_MAX_AGE,
+    FileIdentity,
+    VerifiedCache,
+    open_for_writing,
+    shared_mappers,
+    unsealed_reason,
+)
+from imgsign.errors import (
+    ImgsignError,
+    InsecureState,
+    InvalidSignature,
+    UnsafeImage,
+    UnsignedImage,
+    UntrustedCertificate,
+)
 from imgsign.policy import Policy
 from imgsign.stream import digests_of
 from imgsign.verifier import verify_digest
@@ -51,11 +70,14 @@ class BootPolicy:
     """``mode``: refuse (enforce) or only report (warn); ``trusted_certificate_ids``: when not
     empty, the signer must be one of them or chain to one of them (Nova's
     ``default_trusted_certificate_ids``); ``max_fast_path_age``: seconds after a full read during
-    which an unchanged, sealed base may be accepted without reading it again."""
+    which an unchanged, sealed base may be accepted without reading it again; ``immutable_bases``:
+    seal verified bases immutable (``[boot] seal_bases = immutable``, the default) rather than only
+    root's and 0644 (``owner``)."""
 
     mode: Mode = Mode.ENFORCE
     trusted_certificate_ids: tuple[str, ...] = ()
     max_fast_path_age: float = DEFAULT_MAX_AGE
+    immutable_bases: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +124,6 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
     ``records`` (for the trusted-certificate bindings) is required when the policy names trusted
     certificate ids.
     """
-    name = os.path.basename(path)
     if record is None:
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
@@ -121,30 +142,60 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise errors.InputError(f"base file {path} is not a regular file")
-        identity = FileIdentity.from_stat(info)
-        if identity.size != record.cached_size:
-            raise InvalidSignature(f"base file {path} is {identity.size} bytes, the verified one was "
+        if info.st_size != record.cached_size:
+            raise InvalidSignature(f"base file {path} is {info.st_size} bytes, the verified one was "
                                    f"{record.cached_size}: it changed since image {record.image_id} was verified")
-        unsealed = unsealed_reason(info, cache.owner) if cache is not None else None
-        if cache is not None and unsealed is None and \
-                cache.lookup(name, identity, policy.max_fast_path_age) == record.cached_sha256:
-            return "unchanged since its last verification"
-        if cache is not None and unsealed is None:  # before the read: see imgsign.compute.verified_cache
-            mappers = shared_mappers(info)
-            if mappers is None:
-                unsealed = "the memory mappings of every process could not be read"
-            elif mappers:
-                unsealed = f"mapped shared by process {', '.join(map(str, mappers))}"
-        converted = record.cached_format != record.source_format
-        # Not converted: the file is the signed bytes, so its digest must be the signed digest too.
-        methods = [HashMethod.SHA256]
-        if not converted and record.properties.hash_method is not HashMethod.SHA256:
-            methods.append(record.properties.hash_method)
+        if cache is None:
+            return _check_content(handle.fileno(), path, info, record, policy, None)
+        sealed = _seal_for_boot(handle.fileno(), path, info, cache.owner, policy)
         try:
-            digests, _ = digests_of(handle.fileno(), *methods)
-        except OSError as exc:
-            raise errors.InputError(f"cannot read base file {path}: {exc.strerror}") from None
-        after = FileIdentity.of(handle.fileno())
+            return _check_content(handle.fileno(), path, sealed, record, policy, cache)
+        except BaseException:
+            if sealed is not info:  # refused: give the file back as it was, for Nova to clean up
+                protection.unseal(handle.fileno(), info)
+            raise
+
+
+def _seal_for_boot(fd: int, path: str, info: os.stat_result, owner: int, policy: BootPolicy) -> os.stat_result:
+    """Seal the base before it is read (unless it already is); its state after sealing."""
+    if protection.is_sealed(fd, owner) or (not policy.immutable_bases and unsealed_reason(info, owner) is None):
+        return info
+    try:
+        protection.seal(fd, owner, immutable=policy.immutable_bases)
+    except OSError as exc:
+        raise InsecureState(f"cannot seal base file {path} (owner uid {owner}, mode 0644): {exc.strerror}") from None
+    if open_for_writing(fd):
+        protection.unseal(fd, info)
+        raise UnsafeImage(f"base file {path} is open for writing or mapped writable by another process: it could "
+                          "change after this check")
+    return os.fstat(fd)
+
+
+def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord, policy: BootPolicy,
+                   cache: VerifiedCache | None) -> str:
+    """The file behind ``fd`` must be the verified one (size checked); returns how it was checked."""
+    name = os.path.basename(path)
+    identity = FileIdentity.from_stat(info)
+    unsealed = unsealed_reason(info, cache.owner) if cache is not None else None
+    if cache is not None and unsealed is None and \
+            cache.lookup(name, identity, policy.max_fast_path_age) == record.cached_sha256:
+        return "unchanged since its last verification"
+    if cache is not None and unsealed is None:  # before the read: see imgsign.compute.verified_cache
+        mappers = shared_mappers(info)
+        if mappers is None:
+            unsealed = "the memory mappings of every process could not be read"
+        elif mappers:
+            unsealed = f"mapped shared by process {', '.join(map(str, mappers))}"
+    converted = record.cached_format != record.source_format
+    # Not converted: the file is the signed bytes, so its digest must be the signed digest too.
+    methods = [HashMethod.SHA256]
+    if not converted and record.properties.hash_method is not HashMethod.SHA256:
+        methods.append(record.properties.hash_method)
+    try:
+        digests, _ = digests_of(fd, *methods)
+    except OSError as exc:
+        raise errors.InputError(f"cannot read base file {path}: {exc.strerror}") from None
+    after = FileIdentity.of(fd)
     sha256 = digests[0]
     signed_digest = None if converted else digests[-1]
     if sha256 != record.cached_sha256 or (signed_digest is not None and signed_digest != record.signed_digest):

@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator, Sequence
 
 from cryptography import x509
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imgsign._internal.raw_digest import QCOW2_MAGIC
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors, validate_chain
-from imgsign.compute import qemu_img
+from imgsign.compute import protection, qemu_img
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name, fingerprint
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UnsafeImage, UntrustedCertificate
@@ -105,6 +106,7 @@ def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
     """
     temporary = _link_temporary(dir_fd, fd, name)
     try:
+        _release_sealed(dir_fd, name)  # a sealed (immutable) old base cannot be renamed over
         os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -119,6 +121,19 @@ def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
     if not placed:
         raise InputError(f"_base/{name} was replaced while it was being placed; nothing was recorded")
     return FileIdentity.from_stat(mine)
+
+
+def _release_sealed(dir_fd: int, name: str) -> None:
+    """Clear the immutable flag of the regular file ``name`` (if any), so a new base can replace it."""
+    try:
+        old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(old).st_mode):
+            protection.set_immutable(old, False)
+    finally:
+        os.close(old)
 
 
 def is_named(dir_fd: int, fd: int, name: str) -> bool:
@@ -212,13 +227,16 @@ def add_to_cache(
     certificate_id: str | None = None,
     policy: Policy = DEFAULT_POLICY,
     force_raw: bool = True,
+    immutable: bool = True,
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
     ``trusted_ids``: the key-manager ids of the first certificates of ``anchors.trusted``, in order;
     ``certificate_id``: the key-manager id ``certificate`` was fetched under (None: from a file).
     Each is sealed as an id -> fingerprint binding for the offline boot hook
-    (:class:`~imgsign.compute.trust_record.AnchorStore`).
+    (:class:`~imgsign.compute.trust_record.AnchorStore`).  ``immutable``: the placed base is made
+    immutable where the filesystem can (:mod:`imgsign.compute.protection`) and the verified-digest
+    cache primed, so the first boot does not read it again.
     """
     records.prepare()  # an insecure state directory stops us before anything is written
     trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
@@ -266,4 +284,9 @@ def add_to_cache(
                 if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == identity.inode:
                     os.unlink(name, dir_fd=dir_fd)
             raise
+        # Sealed last: an immutable file cannot be linked or renamed, which placing it needed.  The
+        # flag changes ctime, so the fast-path entry is written for the sealed state.
+        if immutable and protection.seal(cached, records.owner, immutable=True):
+            cache = VerifiedCache(records.state_dir, owner=records.owner)
+            cache.store(name, FileIdentity.of(cached), sha256)
     return record

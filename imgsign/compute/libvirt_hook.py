@@ -1,12 +1,16 @@
 """The libvirt qemu hook: verify an instance's image before libvirt starts it.
 
 libvirt runs ``/etc/libvirt/hooks/qemu <domain> <operation> <sub-op> -`` with the
-domain XML on stdin; a non-zero exit during ``prepare begin`` stops the guest
-from starting and libvirt shows our stderr in the start error.  Every other
+domain XML on stdin; a non-zero exit during ``prepare begin`` or ``start begin``
+stops the guest from starting and libvirt shows our stderr in the start error.
+The hook checks twice: at ``prepare begin``, and again at ``start begin``, after
+libvirt has resolved the backing chains (now in the XML, and handed to qemu
+explicitly) and labelled the files, right before qemu starts.  Every other
 operation exits 0 at once (``hooks/libvirt-qemu`` checks that before importing
-anything).
+anything).  Verified bases are sealed (:mod:`imgsign.compute.protection`), and a
+base that someone other than root could still change or replace is refused.
 
-For ``prepare begin`` the hook reads Nova's ``<nova:instance>`` metadata and
+Each time the hook reads Nova's ``<nova:instance>`` metadata and
 looks at every part of the guest that reads a host file:
 
 * each file disk (disk, cdrom, floppy, lun): its backing chain, as the qcow2
@@ -33,6 +37,7 @@ Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
     mode = enforce                       # or warn
     trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
     max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
+    seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see README)
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
     log_file = /var/log/imgsign/boot-hook.log
@@ -47,7 +52,6 @@ import datetime
 import json
 import os
 import re
-import stat
 import sys
 import xml.etree.ElementTree as ET
 from typing import IO, Any
@@ -55,12 +59,11 @@ from typing import IO, Any
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
-from imgsign.compute import qemu_img
+from imgsign.compute import protection, qemu_img
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
-from imgsign.compute.sealed import writable_by_others
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
-from imgsign.errors import ImgsignError, InputError, UnsafeImage, UnsignedImage, UnverifiableDevice
+from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -77,6 +80,10 @@ BOOT_FILES = {"kernel": "<os><kernel>", "initrd": "<os><initrd>", "dtb": "<os><d
 #: Roles read from host firmware rather than from images.
 FIRMWARE = ("loader", "acpi-table", "fw_cfg")
 _CACHE_NAME = re.compile(r"[0-9a-f]{40}")
+#: The hook operations that check the domain: before libvirt reads the disk headers and labels the
+#: files, and again after (``start begin``: the XML then holds the backing chain libvirt resolved,
+#: which it hands to qemu explicitly with ``-blockdev``; qemu is started right after this call).
+CHECKED_OPERATIONS = (("prepare", "begin"), ("start", "begin"))
 #: Where each libvirt disk/source type names what it reads.
 _SOURCE_ATTRIBUTES = {"file": ("file",), "block": ("dev",), "dir": ("dir",), "network": ("protocol", "name"),
                       "volume": ("pool", "volume"), "vhostuser": ("path",),
@@ -128,8 +135,11 @@ def load_config(path: str | None = None) -> HookConfig:
             raise ValueError
     except ValueError:
         raise InputError(f"{path}: [boot] max_fast_path_age must be a number of seconds, not {age_text!r}") from None
+    seal_text = section.get("seal_bases", "immutable").strip()
+    if seal_text not in ("immutable", "owner"):
+        raise InputError(f"{path}: [boot] seal_bases must be immutable or owner, not {seal_text!r}")
     return HookConfig(
-        policy=BootPolicy(mode, ids, max_age),
+        policy=BootPolicy(mode, ids, max_age, immutable_bases=seal_text == "immutable"),
         instances_path=instances_path,
         state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
         log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
@@ -362,8 +372,38 @@ class _Decider:
                     f"{layer.format}{' with a backing file' if layer.backing else ''}"))
             return
         self.names_seen.add(name)
-        self.results.append((layer.path, self.image_id_of(name),
-                             verify_for_boot(layer.path, self.records, self.config.policy, self.cache)))
+        decision = verify_for_boot(layer.path, self.records, self.config.policy, self.cache)
+        if decision.allowed and decision.code == 0:
+            try:
+                self.protected(layer.path)
+            except ImgsignError as exc:
+                self.failure(layer.path, exc)
+                return
+        self.results.append((layer.path, self.image_id_of(name), decision))
+
+    def protected(self, path: str) -> None:
+        """Raise :class:`InsecureState` when someone other than root could change or replace the verified
+        base ``path`` between this check and qemu's open (see :mod:`imgsign.compute.protection`)."""
+        fix = ("(README, 'The path to each base': instances_path, _base and every directory above them "
+               "root's, e.g. `chown root:nova instances _base; chmod 1775 instances _base`)")
+        if self.config.policy.immutable_bases:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InputError(f"cannot open base file {path}: {exc.strerror}") from None
+            try:
+                immutable = protection.is_immutable(fd)
+            finally:
+                os.close(fd)
+            if not immutable:
+                raise InsecureState(
+                    f"verified base {path} could not be made immutable (its filesystem has no immutable flag): "
+                    "libvirt hands it to the qemu user at start, who could then change it; use a local "
+                    "filesystem with the flag (ext4, XFS, btrfs) for _base, or accept that risk with "
+                    "[boot] seal_bases = owner")
+        problem = protection.replaceable_by_others(path)
+        if problem is not None:
+            raise InsecureState(f"verified base {path}: {problem}, so it could be swapped after this check {fix}")
 
     def boot_file(self, boot_file: BootFile) -> None:
         what = f"{BOOT_FILES[boot_file.role]} {boot_file.path}"
@@ -384,7 +424,7 @@ class _Decider:
             raise UnverifiableDevice(f"{what} is not an absolute path")
         if qemu_img.below(path, self.root) is not None:
             raise UnverifiableDevice(f"{what} lies under {self.root}, which Nova can write")
-        problem = only_root_can_change(path)
+        problem = protection.replaceable_by_others(path)
         if problem:
             raise UnverifiableDevice(f"{what}: {problem}")
         self.note(path, f"{what}: host firmware only root can change, not an image: not verified")
@@ -436,34 +476,6 @@ class _Decider:
         return self.results
 
 
-def only_root_can_change(path: str) -> str | None:
-    """Why a user other than root could change what ``path`` reads (None: only root can).
-
-    Every directory on the path, as given and as resolved, must be root's and not writable by
-    others (a sticky directory such as /tmp will do when the entry in it is root's); so must the file.
-    """
-    try:
-        real = os.path.realpath(path)
-        for candidate in dict.fromkeys((os.path.normpath(path), real)):
-            parts = candidate.split(os.sep)
-            for depth in range(1, len(parts)):
-                directory, entry = os.sep.join(parts[:depth]) or os.sep, os.sep.join(parts[:depth + 1])
-                info = os.stat(directory)
-                if info.st_uid != 0:
-                    return f"directory {directory} belongs to uid {info.st_uid}, not root"
-                if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
-                        info.st_mode & stat.S_ISVTX and os.lstat(entry).st_uid == 0):
-                    return f"others may replace {entry} in directory {directory}"
-        info = os.stat(real)
-    except OSError as exc:
-        return f"cannot inspect it: {exc.strerror}"
-    if not stat.S_ISREG(info.st_mode):
-        return f"{real} is not a regular file"
-    if writable_by_others(info, 0) is not None:
-        return f"{real} can be changed by a user other than root"
-    return None
-
-
 def decide(domain: Domain, config: HookConfig) -> list[Result]:
     """One decision per checked file (``[(file, image_id, decision)]``) for this domain."""
     return _Decider(domain, config).run()
@@ -481,7 +493,7 @@ def _log(config: HookConfig, entry: dict[str, Any]) -> None:
 
 
 def run(domain_name: str, xml: bytes | str, stderr: IO[str], config_path: str | None = None) -> int:
-    """The ``prepare begin`` work; the process exit code (0 allows the start)."""
+    """The check (``prepare begin``, ``start begin``); the process exit code (0 allows the start)."""
     try:
         config = load_config(config_path)
     except ImgsignError as exc:
@@ -512,12 +524,13 @@ def run(domain_name: str, xml: bytes | str, stderr: IO[str], config_path: str | 
 
 
 def main(argv: list[str], stdin: IO[bytes], stderr: IO[str] = sys.stderr) -> int:
-    """``qemu <domain> <operation> <sub-operation> <extra>``: act on ``prepare begin`` only.
+    """``qemu <domain> <operation> <sub-operation> <extra>``: check on ``prepare begin`` and again on
+    ``start begin``; every other operation exits 0 at once.
 
     ``stdin`` is binary (``sys.stdin.buffer``): libvirt runs hooks in the C locale, where a text
     stdin would decode as ASCII; the XML parser reads the document's own encoding.
     """
-    if len(argv) < 3 or (argv[1], argv[2]) != ("prepare", "begin"):
+    if len(argv) < 3 or (argv[1], argv[2]) not in CHECKED_OPERATIONS:
         return 0
     try:
         xml = stdin.read()
