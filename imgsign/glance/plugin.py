@@ -37,7 +37,10 @@ process.
     service key held in the key manager (``[imgsign_import] service_key_id``,
     ``service_certificate_id``, both owned by ``service_project_id``), replaces
     the four ``img_signature*`` properties and keeps the uploader's in
-    ``imgsign_original_*``.  The service certificate is copied (once; an identical
+    ``imgsign_original_*``.  A qcow2 result (``output_format = qcow2``), which Nova
+    converts to raw again, also gets a raw-digest statement signed with the
+    service key (``imgsign_raw_v1_*``, as ``imgsign sign`` makes it); the
+    uploader's statement is dropped either way.  The service certificate is copied (once; an identical
     copy is reused) into the importing project so that key managers that isolate
     projects (imgsign's embedded store, Barbican without ACLs) let Glance's and
     Nova's checks, which fetch the certificate with the user's context, find it;
