@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from raw_digest import CERT_UUID, MIB, PKI, REPO, make_image, parse_size, run, sign_command  # noqa: E402
+from raw_digest import MIB, PKI, REPO, make_image, parse_size, run, sign_command
 
 sys.path.insert(0, str(REPO))
 
-from imgsign.compute.trust_record import cache_name  # noqa: E402
+from imgsign.compute.trust_record import cache_name
 
 
 def openssl_sha256(path: Path) -> tuple[float, float, str]:
