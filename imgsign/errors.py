@@ -248,6 +248,13 @@ class UnverifiableDevice(ImgsignError):
     reason = "unverifiable-device"
 
 
+class AdoptionIncomplete(ImgsignError):
+    """``boot adopt --all``: bases were refused for different reasons (each one's is in the summary)."""
+
+    exit_code = 65
+    reason = "adoption-incomplete"
+
+
 # --- 7x: Glance ---------------------------------------------------------------------
 
 class GlanceUnavailable(ImgsignError):
@@ -324,6 +331,7 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     UnsafeImage,
     InsecureState,
     UnverifiableDevice,
+    AdoptionIncomplete,
     GlanceUnavailable,
     ImageNotFound,
     ImageHasNoData,

@@ -461,3 +461,14 @@ def test_writer_looping_during_adoption_never_gets_a_record_for_other_bytes(host
     assert base.stat().st_uid == 0
     checked = run_cli("boot", "check", base, "--state-dir", host.state)
     assert checked.code == 0, checked
+
+
+@pytest.mark.parametrize("where", ["document", "argument"])
+def test_image_id_without_utf8_form_is_an_input_error(host, where):
+    """A JSON ``\\ud800`` escape (or a non-UTF-8 argument) gives an id Nova cannot hash: 10, not a crash."""
+    _, props = signed_image(host, "raw")
+    document = {**json.loads(props.read_text()), "id": "\ud800-image"}
+    props.write_text(json.dumps(document))  # json.dumps writes the lone surrogate as an escape
+    target = str(host.instances / "_base" / ("0" * 40)) if where == "document" else os.fsdecode(b"\xed\xa0\x80")
+    refused = adopt(host, target, props)
+    assert refused.code == errors.InputError.exit_code and "is not valid UTF-8" in refused.stderr, refused

@@ -15,6 +15,8 @@ Glance instances (started on first use, once per pytest-xdist worker):
 * ``strict``: ``['imgsign_verify']`` with ``require_signature = True``;
 * ``no-verify``: ``['image_conversion', 'imgsign_resign']``, a misconfiguration
   that must not re-sign anything;
+* ``to-qcow2``: like ``full`` but ``output_format = qcow2``: the re-signed qcow2 gets a
+  raw-digest statement, for the raw conversion Nova makes of it;
 * ``no-copy``: like ``full`` (without trusted ids) but ``copy_certificate_to_project =
   False``, so the re-signed image names a certificate the user's project cannot see.
 """
@@ -32,6 +34,7 @@ import pytest
 import requests
 
 from imgsign import errors
+from imgsign.compute.trust_record import cache_name
 from tests.conftest import REPO, cert_of, key_of, pki, run_cli
 from tests.servers.glance import GlanceServer, glance_server, wait_for
 from tests.test_real_images import qemu
@@ -93,6 +96,10 @@ def _instance_settings(name: str, dep: Deployment) -> tuple[list[str], dict[str,
         return (["imgsign_verify", "image_conversion", "imgsign_resign"],
                 {"image_conversion": {"output_format": "raw"},
                  "imgsign_import": {"copy_certificate_to_project": "False", **service}})
+    if name == "to-qcow2":
+        return (["imgsign_verify", "image_conversion", "imgsign_resign"],
+                {"image_conversion": {"output_format": "qcow2"},
+                 "imgsign_import": {"trusted_certificate_ids": dep.trusted_ca_id, **service}})
     if name == "strict":
         return ["imgsign_verify"], {"imgsign_import": {"require_signature": "True"}}
     if name == "no-verify":
@@ -324,6 +331,53 @@ def test_import_converts_and_resigns_so_glance_imgsign_and_cursive_verify(glance
         {"image": str(raw), "properties": new_properties, "project_id": USER},
         {"image": str(raw), "properties": original, "project_id": USER},  # conversion broke the original
     ]) == ["ok", "InvalidSignature"]
+
+
+def test_import_converted_to_qcow2_gets_a_raw_statement_that_adopts_novas_raw_conversion(
+        glance_instances, deployment, tmp_path):
+    """Glance converts a signed raw image to qcow2 and re-signs it; Nova downloads the qcow2 and
+    converts it back to raw into ``_base``: ``imgsign boot adopt`` accepts that base with the properties
+    Glance reports (the service key's statement), and refuses a tampered statement (33)."""
+    server = glance_instances("to-qcow2")
+    image = tmp_path / "disk.raw"
+    qemu("qemu-img", "create", "-q", "-f", "raw", image, "24M")
+    qemu("qemu-io", "-f", "raw", "-c", "write -P 0x3c 1M 2M", "-c", "write -P 0x7e 20M 1M", image)
+    original = sign(deployment, image)
+    assert not [name for name in original if name.startswith("imgsign_raw_v1_")]  # a raw image has none
+    api = API(server)
+    image_id, task = api.import_image(image, original, disk_format="raw")
+    assert task["status"] == "success", task
+    shown = api.show(image_id)
+    assert shown["status"] == "active" and shown["disk_format"] == "qcow2", shown
+    assert shown["img_signature_key_type"] == "ECC_SECP384R1"  # the service key's
+    statement = {name: shown[name] for name in shown if name.startswith("imgsign_raw_v1_")}
+    assert len(statement) == 4, shown
+    qcow2 = api.download(image_id, tmp_path / "downloaded.qcow2")
+    assert qcow2.read_bytes()[:4] == b"QFI\xfb"
+
+    # Nova's fetch_to_raw: the qcow2 converted to raw into _base/<sha1(image id)>.
+    instances = tmp_path / "instances"
+    base = instances / "_base" / cache_name(image_id)
+    base.parent.mkdir(parents=True)
+    qemu("qemu-img", "convert", "-t", "none", "-f", "qcow2", "-O", "raw", qcow2, base)
+    assert base.read_bytes() == image.read_bytes()
+    document = tmp_path / "image.json"
+    document.write_text(json.dumps(shown))
+
+    def adopt(properties: Path, state: str):
+        # The certificate comes from the key manager, by the id Glance reports (the user project's copy).
+        return run_cli("-c", deployment.user_conf, "boot", "adopt", image_id, "--properties", properties,
+                       "--instances-path", instances, "--state-dir", tmp_path / state, "--json")
+
+    tampered = tmp_path / "tampered.json"
+    digit = shown["imgsign_raw_v1_sha256"][0]
+    tampered.write_text(json.dumps({**shown, "imgsign_raw_v1_sha256": ("1" if digit == "0" else "0")
+                                    + shown["imgsign_raw_v1_sha256"][1:]}))
+    refused = adopt(tampered, "state-tampered")
+    assert refused.code == errors.RawStatementError.exit_code, refused
+    adopted = adopt(document, "state")
+    assert adopted.code == 0, adopted
+    assert adopted.json()["format"] == "raw" and adopted.json()["source_format"] == "qcow2", adopted
 
 
 def test_import_that_needs_no_conversion_keeps_the_original_signature(glance, deployment, tmp_path):

@@ -100,3 +100,66 @@ def test_resign_checks_the_service_key_before_reading(properties):
     with pytest.raises(errors.CertificateKeyMismatch):
         resign(never_read(), load_private_key(key_of("DSA").read_bytes()), "service", original,
                certificate=load_certificate(cert_of("ECC_SECP384R1").read_bytes()))
+
+
+# --- resign to qcow2: the raw-digest statement -----------------------------------------------------
+
+
+def _qcow2(tmp_path):
+    from tests.test_real_images import qemu
+
+    image = tmp_path / "converted.qcow2"
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", image, "16M")
+    qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x6b 1M 2M", image)
+    return image
+
+
+def _service():
+    return (load_private_key(key_of("ECC_SECP384R1").read_bytes()),
+            load_certificate(cert_of("ECC_SECP384R1").read_bytes()))
+
+
+def test_resign_to_qcow2_adds_a_raw_statement_that_names_the_emitted_certificate_id(tmp_path, properties):
+    import hashlib
+    import subprocess
+
+    from imgsign.certificates import certificate_public_key
+    from imgsign.raw_statement import NAMES as RAW_NAMES
+    from imgsign.raw_statement import verify_raw_statement
+
+    image = _qcow2(tmp_path)
+    key, cert = _service()
+    asked = []
+    with open(image, "rb") as data:
+        new = resign(data, key, lambda: asked.append(1) or "copy-in-project", SignatureProperties.from_mapping(
+            properties), certificate=cert, verified_digest=b"\0" * 48)
+    assert asked == [1] and new is not None and new["img_signature_certificate_uuid"] == "copy-in-project"
+    statement = verify_raw_statement(new, certificate_public_key(cert))  # its message names "copy-in-project"
+    raw = tmp_path / "nova.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)], check=True)
+    assert statement.raw_size == raw.stat().st_size == 16 * 1024 * 1024
+    assert statement.raw_sha256 == hashlib.sha256(raw.read_bytes()).digest()
+    with open(image, "rb") as data:
+        without = resign(data, key, "service", SignatureProperties.from_mapping(properties), raw_digest=False)
+    assert without is not None and not set(RAW_NAMES) & set(without)
+
+
+def test_resign_to_raw_has_no_raw_statement_and_the_id_is_not_asked_when_unchanged(store, properties):
+    key, _ = _service()
+    verified = verify_image([DATA], properties, store)
+    new = resign([DATA + b"x"], key, "service", verified.properties)
+    assert new is not None and not [name for name in new if name.startswith("imgsign_raw_v1_")]
+
+    def never() -> str:
+        raise AssertionError("certificate id asked for data that is not re-signed")
+
+    assert resign([DATA], key, never, verified.properties, verified_digest=verified.digest) is None
+
+
+def test_resign_of_qcow2_chunks_cannot_make_the_statement(tmp_path, properties):
+    image = _qcow2(tmp_path)
+    key, _ = _service()
+    original = SignatureProperties.from_mapping(properties)
+    with pytest.raises(errors.InputError, match="qcow2 image given as chunks"):
+        resign([image.read_bytes()], key, "service", original)
+    assert resign([image.read_bytes()], key, "service", original, raw_digest=False) is not None

@@ -23,9 +23,15 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
 from imgsign.stream import CHUNK_SIZE, iter_fd_chunks
+
+if TYPE_CHECKING:
+    from imgsign.keys import PrivateKey
+    from imgsign.properties import SignatureProperties
+    from imgsign.raw_statement import RawStatement
 
 QCOW2_MAGIC = b"QFI\xfb"
 #: Debian packages of the tools, for the error message when one is missing.
@@ -131,6 +137,33 @@ def raw_digest(fd: int, name: str, progress: Callable[[int], None] | None = None
     if size != virtual_size:
         raise InputError(f"image {name}: the raw conversion is {size} bytes but the qcow2 header says {virtual_size}")
     return RawDigest(sha256, size)
+
+
+def still_qcow2(fd: int, name: str) -> int:
+    """The virtual size of the qcow2 image just signed from ``fd``, read again from the file's start.
+
+    :class:`InputError` when it cannot be read again (a pipe) or no longer starts as a qcow2 image.
+    """
+    if not is_qcow2(fd, name):
+        raise InputError(f"image {name} changed while it was being signed: it no longer starts as a qcow2 image")
+    return qcow2_virtual_size(fd, name)
+
+
+def sign_raw_statement(
+    fd: int, name: str, key: PrivateKey, signed: SignatureProperties, image_digest: bytes,
+    progress: Callable[[int], None] | None = None,
+) -> RawStatement:
+    """The signed raw-digest statement for the qcow2 image open at ``fd``, whose digest ``image_digest``
+    ``signed`` (made with ``key``) covers: what ``imgsign sign`` and the Glance re-signing emit.
+
+    The file is read again from its start (it must still be a qcow2 image, else :class:`InputError`)
+    and converted as :func:`raw_digest` does; errors as there.
+    """
+    from imgsign.raw_statement import make_raw_statement
+
+    still_qcow2(fd, name)
+    raw = raw_digest(fd, name, progress)
+    return make_raw_statement(key, signed, image_digest, raw.sha256, raw.size)
 
 
 def _hash_stream(fd: int, progress: Callable[[int], None] | None) -> tuple[bytes, int]:

@@ -20,16 +20,9 @@ def raw_statement_properties(
     """
     from imgsign._internal import raw_digest
     from imgsign.cli._common import progress_bar
-    from imgsign.raw_statement import make_raw_statement
 
     if not head.startswith(raw_digest.QCOW2_MAGIC):
         return {}
     fd = handle.fileno()
-    if not raw_digest.is_qcow2(fd, image):  # read again from the file: it must still be the qcow2 just signed
-        from imgsign.errors import InputError
-
-        raise InputError(f"image {image} changed while it was being signed: it no longer starts as a qcow2 image")
-    size = raw_digest.qcow2_virtual_size(fd, image)
-    with progress_bar(size, "raw digest", quiet) as progress:
-        raw = raw_digest.raw_digest(fd, image, progress)
-    return make_raw_statement(key, signed, image_digest, raw.sha256, raw.size).as_dict()
+    with progress_bar(raw_digest.still_qcow2(fd, image), "raw digest", quiet) as progress:
+        return raw_digest.sign_raw_statement(fd, image, key, signed, image_digest, progress).as_dict()

@@ -103,24 +103,34 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
 
 
 @boot_group.command("adopt")
-@click.argument("base_or_id")
-@click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
+@click.argument("base_or_id", required=False)
+@click.option("--all", "adopt_all", is_flag=True,
+              help="Adopt every base in _base that has no valid trust record (instead of BASE_OR_ID).")
+@click.option("--properties", "properties_path", required=True, type=click.Path(),
               help="The image's properties: img_signature* and, for a converted qcow2, imgsign_raw_v1_* "
-                   "(JSON or `openstack image show -f json`).")
+                   "(JSON or `openstack image show -f json`). With --all: a directory of `openstack image show "
+                   "-f json` files (*.json), or a JSON file mapping image id -> properties.")
 @click.option("--image-id", type=NON_EMPTY,
               help="Glance image id, when BASE_OR_ID is a path and the properties file has no id.")
 @_trust_record_options
-@click.option("--json", "as_json", is_flag=True, help="Print the adopted file as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the adopted file (with --all: a summary) as JSON.")
 @click.pass_context
-def boot_adopt(ctx: click.Context, base_or_id: str, properties_path: str, image_id: str | None,
-               cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str, state_dir: str,
-               as_json: bool) -> None:
+def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, properties_path: str,
+               image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str,
+               state_dir: str, as_json: bool) -> None:
     """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
 
     BASE_OR_ID is the Glance image id (the base is looked up under --instances-path) or the base
     file's path (the image id then comes from --image-id or the properties file's "id").  One image
-    per call.
+    per call, or every base with --all.
     """
+    if adopt_all:
+        if base_or_id is not None or image_id is not None:
+            raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
+        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path, state_dir, as_json)
+        return
+    if base_or_id is None:
+        raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
     document = load_properties_document(properties_path)
     image_id, instances_path = _adopt_target(base_or_id, image_id, document, instances_path)
     properties = properties_from_document(document)
@@ -136,10 +146,58 @@ def boot_adopt(ctx: click.Context, base_or_id: str, properties_path: str, image_
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        converted = record.source_format != record.cached_format
         click.echo(f"OK: adopted {os.path.join(image_cache.base_dir(instances_path), result['name'])} "
-                   f"(image {image_id}, {record.cached_format}"
-                   f"{', converted from ' + record.source_format if converted else ''})")
+                   f"({adoption.describe_adopted(image_id, record)})")
+
+
+def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
+                      instances_path: str, state_dir: str, as_json: bool) -> None:
+    """``boot adopt --all``: a progress line per file on stderr, a summary on stdout, exit status as documented."""
+    from imgsign.compute import bulk_adoption
+
+    images = _images_of(properties_path)
+    anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    fetched: dict[str, Any] = {}
+
+    def certificate_for(signed: SignatureProperties) -> Any:
+        if signed.certificate_uuid not in fetched:
+            fetched[signed.certificate_uuid] = signing_certificate(ctx, cert_path, signed)
+        return fetched[signed.certificate_uuid]
+
+    def report(index: int, total: int, outcome: bulk_adoption.Outcome) -> None:
+        click.echo(f"imgsign: [{index}/{total}] _base/{outcome.name}: {outcome.describe()}", err=True)
+
+    outcomes = bulk_adoption.adopt_all(
+        instances_path, images, certificate_for, RecordStore(state_dir), anchors=anchors,
+        trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+        certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report)
+    totals = bulk_adoption.totals(outcomes)
+    code = bulk_adoption.exit_code(outcomes)
+    if as_json:
+        click.echo(json.dumps({"instances_path": instances_path, "bases": [o.to_json() for o in outcomes],
+                               "totals": totals, "exit_code": code}, indent=2))
+    else:
+        click.echo(", ".join(f"{status.replace('-', ' ')} {count}" for status, count in totals.items())
+                   + f" (of {len(outcomes)} files in {image_cache.base_dir(instances_path)})")
+    if code:
+        click.echo(f"imgsign: error: {totals[bulk_adoption.REFUSED]} base(s) refused"
+                   f"{'' if code != errors.AdoptionIncomplete.exit_code else ' for different reasons'}", err=True)
+        sys.exit(code)
+
+
+def _images_of(path: str) -> dict[str, Any]:
+    """``--properties`` of ``--all``: a directory of `openstack image show -f json` files, or a mapping file."""
+    from imgsign.compute import bulk_adoption
+
+    if not os.path.isdir(path):
+        return bulk_adoption.images_from_mapping(load_properties_document(path), f"properties file {path}")
+    try:
+        names = sorted(name for name in os.listdir(path) if name.endswith(".json"))
+    except OSError as exc:
+        raise errors.InputError(f"cannot list the properties directory {path}: {exc.strerror}") from None
+    return bulk_adoption.images_from_show_outputs(
+        (f"properties file {os.path.join(path, name)}", load_properties_document(os.path.join(path, name)))
+        for name in names)
 
 
 def _adopt_target(base_or_id: str, image_id: str | None, document: object, instances_path: str) -> tuple[str, str]:

@@ -100,7 +100,7 @@ def adopt(
     records.prepare()  # an insecure state directory stops us before anything is touched
     name = cache_name(image_id)
     cache = VerifiedCache(records.state_dir, owner=records.owner)
-    existing = _valid_record(os.path.join(base_dir(instances_path), name), image_id, records, cache)
+    existing = current_record(instances_path, image_id, records, cache)
     if existing is not None:
         return existing
     # Everything that needs no data first: certificate, chain, key, statement.
@@ -139,6 +139,12 @@ def adopt(
     return record
 
 
+def describe_adopted(image_id: str, record: TrustRecord) -> str:
+    """``image <id>, <format>[, converted from <format>]`` for messages."""
+    converted = record.source_format != record.cached_format
+    return f"image {image_id}, {record.cached_format}{', converted from ' + record.source_format if converted else ''}"
+
+
 def signature_properties(image_id: str, properties: Mapping[str, object]) -> SignatureProperties:
     """The ``img_signature*`` properties; :class:`UnsignedImage` when there are none at all."""
     if not any(name in properties for name in NAMES):
@@ -146,9 +152,13 @@ def signature_properties(image_id: str, properties: Mapping[str, object]) -> Sig
     return SignatureProperties.from_mapping(properties)
 
 
-def _valid_record(path: str, image_id: str, records: RecordStore, cache: VerifiedCache) -> TrustRecord | None:
-    """The image's record if the base is sealed and exactly what it describes (a damaged, outdated or
-    stale record, or a base others could write, is adopted again)."""
+def current_record(instances_path: str, image_id: str, records: RecordStore,
+                   cache: VerifiedCache | None = None) -> TrustRecord | None:
+    """The image's record if its base is sealed and exactly what the record describes, else None
+    (a damaged, outdated or stale record, or a base others could write, is to be adopted again)."""
+    path = os.path.join(base_dir(instances_path), cache_name(image_id))
+    if cache is None:
+        cache = VerifiedCache(records.state_dir, owner=records.owner)
     try:
         record = records.get(image_id)
         info = os.stat(path, follow_symlinks=False)

@@ -31,7 +31,7 @@ import hashlib
 from typing import Any
 
 from imgsign.compute.sealed import Damaged, SealedStore
-from imgsign.errors import TrustRecordError
+from imgsign.errors import InputError, TrustRecordError
 from imgsign.properties import SignatureProperties
 
 #: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint.
@@ -39,8 +39,16 @@ VERSION = 2
 
 
 def cache_name(image_id: str) -> str:
-    """Nova's image-cache file name for an image: ``sha1(image_id)`` in hex."""
-    return hashlib.sha1(image_id.encode()).hexdigest()  # noqa: S324 - Nova's naming, not security
+    """Nova's image-cache file name for an image: ``sha1(image_id)`` in hex (of its UTF-8 bytes, as Nova).
+
+    An id that has no UTF-8 form (a lone surrogate from a JSON ``\\ud800`` escape or from an
+    argument that is not UTF-8) names no image Nova could have: :class:`InputError`.
+    """
+    try:
+        encoded = image_id.encode()
+    except UnicodeEncodeError:
+        raise InputError(f"image id {image_id[:80]!r} is not valid UTF-8: no Glance image has it") from None
+    return hashlib.sha1(encoded).hexdigest()  # noqa: S324 - Nova's naming, not security
 
 
 def fingerprint(certificate_der: bytes) -> str:

@@ -6,28 +6,29 @@ constant memory), and where certificates come from; it returns a
 :class:`VerifiedImage` or raises a typed :class:`~imgsign.errors.ImgsignError`.
 
 :func:`resign` gives a converted image new ``img_signature*`` properties made
-with a deployment's service key, and keeps the original signer's in
-``imgsign_original_*`` properties.
+with a deployment's service key (and, for a qcow2 result, the raw-digest
+statement), and keeps the original signer's in ``imgsign_original_*`` properties.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from cryptography import x509
 
+from imgsign._internal.raw_digest import QCOW2_MAGIC
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import load_certificate
 from imgsign.chain import TrustAnchors, load_crl, validate_chain
-from imgsign.errors import PropertiesError
+from imgsign.errors import InputError, PropertiesError
 from imgsign.keymanager import CertificateStore
 from imgsign.keys import PrivateKey
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.properties import NAMES as PROPERTY_NAMES
 from imgsign.properties import SignatureProperties
 from imgsign.signer import Signer
-from imgsign.stream import ImageData, digest, iter_chunks
+from imgsign.stream import ImageData, iter_chunks
 from imgsign.verifier import Verifier
 
 #: Prefix of the properties that keep the original signature after a re-signing.
@@ -90,29 +91,67 @@ def verify_image(
 def resign(
     data: ImageData,
     key: PrivateKey,
-    certificate_id: str,
+    certificate_id: str | Callable[[], str],
     original: SignatureProperties,
     *,
     hash_method: HashMethod | None = None,
     certificate: x509.Certificate | None = None,
     policy: Policy = DEFAULT_POLICY,
     verified_digest: bytes | None = None,
+    raw_digest: bool = True,
 ) -> dict[str, str] | None:
     """New ``img_signature*`` properties for ``data`` (e.g. the converted image), signed with a
     service key, plus ``imgsign_original_<property>`` for each original property.
 
     ``verified_digest``: the digest the original signature was verified over; when ``data``
     still has it (the conversion changed nothing), the original signature stands and None is
-    returned.  Checks that need no data (key, certificate) run before the first byte is read.
+    returned.  ``certificate_id``: the id to emit, or a callable that returns it, called only when
+    the data is signed (e.g. to store a copy of the certificate only then).  Checks that need no
+    data (key, certificate) run before the first byte is read.
+
+    When ``data`` is a qcow2 image (a format Nova converts to raw again), the raw-digest
+    statement (``imgsign_raw_v1_*``, :mod:`imgsign.raw_statement`) is signed too, as ``imgsign
+    sign`` does: ``data`` must then be an open file, read a second time for the raw conversion
+    (:class:`~imgsign.errors.InputError` for chunks; ``raw_digest=False`` leaves the statement out).
     """
-    if not certificate_id:
+    if isinstance(certificate_id, str) and not certificate_id:
         raise PropertiesError("the service key's certificate id is empty")
     method = hash_method or original.hash_method
-    signer = Signer(key, certificate_id, method, certificate=certificate, policy=policy)
-    data_digest = digest(data, method)
+    # Every check that needs no data, before the first byte is read (the id comes later).
+    Signer(key, certificate_id if isinstance(certificate_id, str) else "pending", method, certificate=certificate,
+           policy=policy)
+    data_digest, head = _digest_and_head(data, method)
     if verified_digest is not None and method is original.hash_method and data_digest == verified_digest:
         return None
-    new = signer.sign_digest(data_digest).as_dict()
+    chosen = certificate_id if isinstance(certificate_id, str) else certificate_id()
+    signed = Signer(key, chosen, method, certificate=certificate, policy=policy).sign_digest(data_digest)
+    new = signed.as_dict()
+    if raw_digest and head.startswith(QCOW2_MAGIC):
+        new |= _raw_statement(data, key, signed, data_digest)
     for name, value in original.as_dict().items():
         new[ORIGINAL_PREFIX + name] = value
     return new
+
+
+def _digest_and_head(data: ImageData, method: HashMethod) -> tuple[bytes, bytes]:
+    """``data``'s digest, and its first bytes (enough for the qcow2 magic), in one read."""
+    hasher = method.new()
+    head = b""
+    for chunk in iter_chunks(data):
+        if len(head) < len(QCOW2_MAGIC):
+            head += bytes(chunk[:len(QCOW2_MAGIC) - len(head)])
+        hasher.update(chunk)
+    return hasher.digest(), head
+
+
+def _raw_statement(data: ImageData, key: PrivateKey, signed: SignatureProperties, data_digest: bytes) -> dict[str, str]:
+    """The raw-digest statement of the qcow2 image ``data`` (an open file), just signed."""
+    from imgsign._internal.raw_digest import sign_raw_statement
+
+    name = str(getattr(data, "name", "image"))
+    try:
+        fd = data.fileno()  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        raise InputError(f"{name} is a qcow2 image given as chunks: its raw-digest statement needs the open file, "
+                         f"read again for the raw conversion (or resign with raw_digest=False)") from None
+    return sign_raw_statement(fd, name, key, signed, data_digest).as_dict()

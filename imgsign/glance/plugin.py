@@ -37,7 +37,10 @@ process.
     service key held in the key manager (``[imgsign_import] service_key_id``,
     ``service_certificate_id``, both owned by ``service_project_id``), replaces
     the four ``img_signature*`` properties and keeps the uploader's in
-    ``imgsign_original_*``.  The service certificate is copied (once; an identical
+    ``imgsign_original_*``.  A qcow2 result (``output_format = qcow2``), which Nova
+    converts to raw again, also gets a raw-digest statement signed with the
+    service key (``imgsign_raw_v1_*``, as ``imgsign sign`` makes it); the
+    uploader's statement is dropped either way.  The service certificate is copied (once; an identical
     copy is reused) into the importing project so that key managers that isolate
     projects (imgsign's embedded store, Barbican without ACLs) let Glance's and
     Nova's checks, which fetch the certificate with the user's context, find it;
@@ -80,7 +83,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from glance.common import exception as glance_exception
@@ -430,8 +433,10 @@ class _ResignConverted(task.Task):
                         if name in SIGNATURE_PROPERTIES or name.startswith((ORIGINAL_PREFIX, RAW_STATEMENT_PREFIX))}
             action.set_image_extra_properties(new)
             # The uploader's raw-digest statement binds the uploader's signature, which no longer covers
-            # these bytes: it would only make a later adoption refuse the image. (Put back by revert.)
-            for name in [n for n in action.image_extra_properties if n.startswith(RAW_STATEMENT_PREFIX)]:
+            # these bytes: it would only make a later adoption refuse the image. A qcow2 result has a new
+            # one, signed with the service key, in ``new``. (Put back by revert.)
+            for name in [n for n in action.image_extra_properties
+                         if n.startswith(RAW_STATEMENT_PREFIX) and n not in new]:
                 action.pop_extra_property(name)
         LOG.info("imgsign_resign: image %s re-signed with service certificate %s (as %s); original signer %s kept in "
                  "%s* properties", self.image_id, CONF[GROUP].service_certificate_id,
@@ -453,15 +458,16 @@ class _ResignConverted(task.Task):
         certificate = load_certificate(certificate_der)
         key = load_private_key(service.get_private_key(options.service_key_id))
 
-        with open(path, "rb") as data:
-            # resign fails fast (key/certificate mismatch, dates, key size) before reading any data.
-            new = resign(data, key, options.service_certificate_id, original, certificate=certificate,
-                         verified_digest=verified_digest)
-        if new is None:
-            return None
+        certificate_id: str | Callable[[], str] = str(options.service_certificate_id)
         if options.copy_certificate_to_project:
-            new["img_signature_certificate_uuid"] = self._certificate_for_project(user, certificate_der)
-        return new
+            # Stored only once the data is signed; before the raw-digest statement, which names it.
+            def certificate_id() -> str:
+                return self._certificate_for_project(user, certificate_der)
+        with open(path, "rb") as data:
+            # resign fails fast (key/certificate mismatch, dates, key size) before reading any data; a qcow2
+            # result (output_format = qcow2) also gets a raw-digest statement, as `imgsign sign` gives it.
+            return resign(data, key, certificate_id, original, certificate=certificate,
+                          verified_digest=verified_digest)
 
     def _certificate_for_project(self, user: Any, certificate_der: bytes) -> str:
         """The id of the service certificate as the importing project sees it (stored there once if needed)."""
