@@ -35,7 +35,8 @@ process.
     no longer matches and Glance's own cursive check at store time (and Nova's at
     boot) would fail.  This task signs the converted bytes with a deployment
     service key held in the key manager (``[imgsign_import] service_key_id``,
-    ``service_certificate_id``, both owned by ``service_project_id``), replaces
+    ``service_certificate_id``, both owned by ``service_project_id``; or
+    ``service_key``, the ``pkcs11:`` URI of a key that never leaves a token), replaces
     the four ``img_signature*`` properties and keeps the uploader's in
     ``imgsign_original_*``.  The service certificate is copied (once; an identical
     copy is reused) into the importing project so that key managers that isolate
@@ -117,6 +118,10 @@ OPTS = [
                      "in scope (RFC 5280: no delta, partitioned or indirect CRL) in the key manager."),
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
+    cfg.StrOpt("service_key", secret=True,
+               help="imgsign_resign: instead of service_key_id, a key that never leaves a hardware token, as a "
+                    "PKCS#11 URI: pkcs11:token=LABEL;object=LABEL?module-path=/path/module.so&"
+                    "pin-source=file:/path/pin (the PIN file readable by Glance only)."),
     cfg.StrOpt("service_certificate_id",
                help="imgsign_resign: key-manager id of the certificate of service_key_id."),
     cfg.StrOpt("service_project_id",
@@ -445,13 +450,20 @@ class _ResignConverted(task.Task):
         from imgsign.keys.loading import load_private_key
 
         options = CONF[GROUP]
-        if not options.service_key_id or not options.service_certificate_id:
-            raise PropertiesError(f"[{GROUP}] service_key_id and service_certificate_id must be set to re-sign "
-                                  f"converted images")
+        if options.service_key and options.service_key_id:
+            raise PropertiesError(f"[{GROUP}] service_key and service_key_id are both set: give one")
+        if not (options.service_key or options.service_key_id) or not options.service_certificate_id:
+            raise PropertiesError(f"[{GROUP}] service_key_id (or service_key) and service_certificate_id must be "
+                                  f"set to re-sign converted images")
         user, service = _stores(self.context, require_service=True)
         certificate_der = service.get_certificate(options.service_certificate_id)
         certificate = load_certificate(certificate_der)
-        key = load_private_key(service.get_private_key(options.service_key_id))
+        if options.service_key:
+            from imgsign.keys.loading import open_signing_key
+
+            key = open_signing_key(options.service_key)
+        else:
+            key = load_private_key(service.get_private_key(options.service_key_id))
 
         with open(path, "rb") as data:
             # resign fails fast (key/certificate mismatch, dates, key size) before reading any data.
