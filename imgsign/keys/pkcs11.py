@@ -454,8 +454,6 @@ def _check_pss_salt(public: PublicKey, signature: bytes, hash_method: HashMethod
 def _public_key(session: _Session, uri: Pkcs11Uri, private: Any) -> PublicKey:
     """The public half: the token's public key object with the same id (else label), else its certificate,
     else (RSA) the modulus and exponent the private key object carries."""
-    from imgsign.keys.loading import public_key_from_spki
-
     p11 = _library()
     with _translate(f"reading the key {uri.describe()}"):
         key_id = private[p11.Attribute.ID] or None
@@ -467,14 +465,22 @@ def _public_key(session: _Session, uri: Pkcs11Uri, private: Any) -> PublicKey:
                                      f"{session.name} share the id/label of {uri.describe()}: imgsign cannot tell "
                                      f"which one checks its signatures")
         if found:
-            with _translate(f"reading the public key of {uri.describe()}"):
-                return public_key_from_spki(_spki(found[0], p11))
-    family = getattr(private.key_type, "name", "")
-    if family == "RSA":
-        with _translate(f"reading the public key of {uri.describe()}"):
-            return public_key_from_spki(_spki(private, p11))
+            return _read_public(found[0], p11, uri)
+    if getattr(private.key_type, "name", "") == "RSA":
+        return _read_public(private, p11, uri)
     raise SigningKeyNotFound(f"{session.name} has no public key or certificate with the id or label of "
                              f"{uri.describe()}: imgsign needs it to check every signature the token makes")
+
+
+def _read_public(obj: Any, p11: Any, uri: Pkcs11Uri) -> PublicKey:
+    from imgsign.keys.loading import public_key_from_spki
+
+    what = f"reading the public key of {uri.describe()}"
+    with _translate(what):
+        try:
+            return public_key_from_spki(_spki(obj, p11))
+        except ValueError:  # numbers or a point cryptography refuses
+            raise SignerRefused(f"{what}: the token holds an unusable public key") from None
 
 
 def _spki(obj: Any, p11: Any) -> bytes:
