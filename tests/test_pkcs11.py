@@ -142,9 +142,7 @@ def test_imported_key_signs_for_its_existing_certificate(token, image, tmp_path)
     """A key imported into the token (softhsm2-util, no public key object): the public half comes from the
     private key's own attributes; two keys with one label are ambiguous."""
     for key_id in ("0a01", "0a02"):
-        subprocess.run(["softhsm2-util", "--import", str(key_of("RSA-PSS")), "--token", TOKEN, "--label", "imported",
-                        "--id", key_id, "--pin", PIN], check=True, capture_output=True,
-                       env={**os.environ, **token["env"]})
+        _import(token, key_of("RSA-PSS"), "imported", key_id)
     ok = sign(token, image, uri(token, "imported").replace(";object=imported", ";object=imported;id=%0A%01"),
               cert_of("RSA-PSS"), "-o", tmp_path / "p.json")
     assert ok.code == 0, ok
@@ -155,11 +153,53 @@ def test_imported_key_signs_for_its_existing_certificate(token, image, tmp_path)
 
 
 def test_key_without_openstack_key_type(token, image):
-    subprocess.run(["softhsm2-util", "--import", str(pki("leaf-ecc-secp256r1.key")), "--token", TOKEN, "--label", "p256",
-                    "--id", "0b01", "--pin", PIN], check=True, capture_output=True, env={**os.environ, **token["env"]})
+    _import(token, pki("leaf-ecc-secp256r1.key"), "p256", "0b01", public=True)
     result = sign(token, image, uri(token, "p256"), cert_of("ECC_SECP384R1"))
     assert result.code == errors.UnsupportedAlgorithm.exit_code, result
 
+
+
+def _import(token, key_file: Path, label: str, key_id: str, *, public: bool = False) -> None:
+    """``softhsm2-util --import``: the private key, and a public key object only if ``public``."""
+    subprocess.run(["softhsm2-util", "--import", str(key_file), "--token", TOKEN, "--label", label,  # noqa: S607
+                    "--id", key_id, "--pin", PIN, *([] if public else ["--no-public-key"])],
+                   check=True, capture_output=True, env={**os.environ, **token["env"]})
+
+
+def test_binary_curve_key_with_its_certificate_on_the_token(token, image, tmp_path):
+    """An ECC_SECT571K1 key whose public half is only a certificate object on the token (no public key
+    object): imgsign reads it from the certificate; imgsign and openssl verify the signature."""
+    _import(token, key_of("ECC_SECT571K1"), "sect", "0d01")
+    _token_script(token, "from cryptography import x509; "
+                         "c = x509.load_pem_x509_certificate(open(sys.argv[4], 'rb').read()); "
+                         "from cryptography.hazmat.primitives.serialization import Encoding; A = pkcs11.Attribute; "
+                         "s.create_object({A.CLASS: pkcs11.ObjectClass.CERTIFICATE, "
+                         "A.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509, A.TOKEN: True, A.ID: b'\\x0d\\x01', "
+                         "A.LABEL: 'sect', A.SUBJECT: c.subject.public_bytes(), A.VALUE: c.public_bytes(Encoding.DER)})",
+                  cert_of("ECC_SECT571K1"))
+    result = sign(token, image, uri(token, "sect"), cert_of("ECC_SECT571K1"), "--hash-method", "SHA-512",
+                  "-o", tmp_path / "p.json")
+    assert result.code == 0, result
+    props = json.loads((tmp_path / "p.json").read_text())
+    assert props["img_signature_key_type"] == "ECC_SECT571K1"
+    assert run_cli("verify", image, "--properties", tmp_path / "p.json", "--cert", cert_of("ECC_SECT571K1")).code == 0
+    assert openssl_verifies(tmp_path, image, cert_of("ECC_SECT571K1"), props)
+
+
+def test_signature_that_does_not_verify_is_refused(token, image):
+    """A public key object that does not belong to the private key with its id: the token's signature
+    fails imgsign's local check, so nothing is emitted (46)."""
+    _import(token, key_of("RSA-PSS"), "mismatch", "0e01")
+    _token_script(token, "from cryptography import x509; A = pkcs11.Attribute; "
+                         "n = x509.load_pem_x509_certificate(open(sys.argv[4], 'rb').read()).public_key()"
+                         ".public_numbers(); "
+                         "s.create_object({A.CLASS: pkcs11.ObjectClass.PUBLIC_KEY, A.KEY_TYPE: pkcs11.KeyType.RSA, "
+                         "A.TOKEN: True, A.ID: b'\\x0e\\x01', A.LABEL: 'mismatch', A.VERIFY: True, "
+                         "A.MODULUS: n.n.to_bytes(512, 'big').lstrip(b'\\0'), A.PUBLIC_EXPONENT: n.e.to_bytes(3, 'big')})",
+                  pki("root-ca.pem"))
+    result = run_cli("sign", image, "--key", uri(token, "mismatch"), "--cert-uuid", CERT_UUID, env=token["env"])
+    assert result.code == errors.SignerRefused.exit_code, result
+    assert "does not verify" in result.stderr and result.stdout == ""
 
 def _failures(token, image, tmp_path):
     cert = token["certs"]["RSA-PSS"]
@@ -248,13 +288,15 @@ def test_key_object_never_shows_the_pin(token, monkeypatch, caplog):
         for text in (repr(key), repr(parse_uri(reference)), parse_uri(reference).describe(), caplog.text):
             assert PIN not in text
     finally:
-        key.close()  # type: ignore[attr-defined]
+        key.close()
 
 
-def _token_script(token, statement: str) -> str:
-    """Run one python-pkcs11 statement with ``s`` a logged-in read-write session (a separate process)."""
+def _token_script(token, statement: str, *args: object) -> str:
+    """Run python-pkcs11 ``statement`` with ``s`` a logged-in read-write session, in a separate process;
+    ``args`` are ``sys.argv[4:]``."""
     code = ("import pkcs11, sys; lib = pkcs11.lib(sys.argv[1]); t = lib.get_token(token_label=sys.argv[2]); "
             f"s = t.open(rw=True, user_pin=sys.argv[3])\n{statement}")
-    proc = subprocess.run([sys.executable, "-c", code, token["module"], TOKEN, PIN], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, token["module"], TOKEN, PIN, *map(str, args)],
+                          capture_output=True, text=True,
                           env={**os.environ, **token["env"]}, check=True)
     return proc.stdout

@@ -465,10 +465,13 @@ class _ResignConverted(task.Task):
         else:
             key = load_private_key(service.get_private_key(options.service_key_id))
 
-        with open(path, "rb") as data:
-            # resign fails fast (key/certificate mismatch, dates, key size) before reading any data.
-            new = resign(data, key, options.service_certificate_id, original, certificate=certificate,
-                         verified_digest=verified_digest)
+        try:
+            with open(path, "rb") as data:
+                # resign fails fast (key/certificate mismatch, dates, key size) before reading any data.
+                new = resign(data, key, options.service_certificate_id, original, certificate=certificate,
+                             verified_digest=verified_digest)
+        finally:
+            key.close()  # a token key's session is not left open between imports
         if new is None:
             return None
         if options.copy_certificate_to_project:

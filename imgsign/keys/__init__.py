@@ -74,3 +74,7 @@ class PrivateKey(abc.ABC):
     @abc.abstractmethod
     def export_pkcs8_der(self) -> bytes:
         """The unencrypted PKCS#8 DER key, only to hand it to a key manager."""
+
+    def close(self) -> None:
+        """Release what the key holds open (a token session); nothing for a key in memory."""
+        return None
