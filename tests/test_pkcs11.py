@@ -119,13 +119,12 @@ def test_token_signatures_verify_with_cursive(token, image, tmp_path):
     config.write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n\n"
                       f"[imgsign]\nproject_id = demo\n")
     jobs = []
-    for key_type in TOKEN_KEYS:
-        for hash_name in ("SHA-224", "SHA-384"):
-            result = run_cli("--config", config, "sign", image, "--key", uri(token, key_type),
-                             "--cert", token["certs"][key_type], "--store-cert", "--hash-method", hash_name,
-                             env=token["env"])
-            assert result.code == 0, result
-            jobs.append({"image": str(image), "properties": result.json()})
+    for key_type, hash_name in zip(TOKEN_KEYS, ("SHA-224", "SHA-384", "SHA-224", "SHA-384"), strict=True):
+        result = run_cli("--config", config, "sign", image, "--key", uri(token, key_type),
+                         "--cert", token["certs"][key_type], "--store-cert", "--hash-method", hash_name,
+                         env=token["env"])
+        assert result.code == 0, result
+        jobs.append({"image": str(image), "properties": result.json()})
     assert run_cursive({"work": tmp_path, "config": config}, jobs) == ["ok"] * len(jobs)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from imgsign import errors
-from imgsign._internal.files import open_image, read_small_file
+from imgsign._internal.files import open_image, read_secret_file, read_small_file
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -102,8 +102,7 @@ def progress_bar(size: int, label: str, quiet: bool) -> Iterator[Callable[[int],
 def read_passphrase(path: str | None) -> bytes | None:
     if path is None:
         return None
-    data = read_small_file(path, "passphrase file")
-    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    return read_secret_file(path, "passphrase file")
 
 
 def load_key(path: str, passphrase_file: str | None, what: str = "private key",

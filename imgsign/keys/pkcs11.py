@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from imgsign._internal.asn1 import EC_PUBLIC_KEY_OID, der_tlv
+from imgsign._internal.asn1 import der_tlv
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import (
     ImgsignError,
@@ -50,6 +50,8 @@ SCHEME = "pkcs11:"
 PATH_ATTRIBUTES = ("token", "manufacturer", "serial", "model", "slot-id", "object", "id", "type")
 QUERY_ATTRIBUTES = ("module-path", "pin-source", "pin-value")
 MAX_URI_LENGTH = 8192
+#: DER of OBJECT IDENTIFIER 1.2.840.10045.2.1 (id-ecPublicKey).
+_EC_PUBLIC_KEY_DER = bytes.fromhex("06072a8648ce3d0201")
 #: Asks the user for a PIN (the argument is a prompt naming the token); None when nobody can be asked.
 AskPin = Callable[[str], str]
 
@@ -306,10 +308,9 @@ class _Session:
             return uri.pin_value
         source = uri.pin_source or settings.pin_source
         if source is not None:
-            from imgsign._internal.files import read_small_file
+            from imgsign._internal.files import read_secret_file
 
-            data = read_small_file(source, "PIN file")
-            data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+            data = read_secret_file(source, "PIN file")
             try:
                 return data.decode("utf-8")
             except UnicodeDecodeError:
@@ -344,8 +345,6 @@ class _Session:
 
 
 _KEY_TYPES_BY_MECHANISM = {"RSA": "RSA_PKCS_PSS", "EC": "ECDSA", "DSA": "DSA"}
-_PSS_HASHES = {HashMethod.SHA224: ("SHA224", "SHA224"), HashMethod.SHA256: ("SHA256", "SHA256"),
-               HashMethod.SHA384: ("SHA384", "SHA384"), HashMethod.SHA512: ("SHA512", "SHA512")}
 
 
 class TokenPrivateKey(PrivateKey):
@@ -411,10 +410,11 @@ class TokenPrivateKey(PrivateKey):
         what = f"signing with {self._uri.describe()} in {self._session.name}"
         with self._session.lock, _translate(what):
             if self._key_type is KeyType.RSA_PSS:
-                hash_name, mgf_name = _PSS_HASHES[hash_method]
+                # CKM_RSA_PKCS_PSS over the digest: CKM_SHAxxx and CKG_MGF1_SHAxxx of the same hash (HashMethod's
+                # names are python-pkcs11's), maximum salt: emLen - hLen - 2 with emLen = ceil((bits - 1) / 8).
                 salt = (self.key_size - 1 + 7) // 8 - hash_method.digest_size - 2
                 raw = self._handle.sign(digest, mechanism=self._mechanism, mechanism_param=(
-                    p11.Mechanism[hash_name], p11.MGF[mgf_name], salt))
+                    p11.Mechanism[hash_method.name], p11.MGF[hash_method.name], salt))
             elif self._dss_half:  # FIPS 186-4: DSA signs the leftmost bits of the digest, as many as q has
                 raw = self._handle.sign(digest[: self._dss_half], mechanism=self._mechanism)
             else:
@@ -505,7 +505,7 @@ def _spki(obj: Any, p11: Any) -> bytes:
         point = bytes(obj[attr.EC_POINT])
         if point[:1] == b"\x04" and len(point) > 2 and point[1] in (len(point) - 2, 0x81, 0x82):
             point = _octet_string_value(point)  # PKCS#11 2.20+: DER OCTET STRING; some tokens give it raw
-        algorithm = der_tlv(0x30, der_tlv(0x06, _oid_body(EC_PUBLIC_KEY_OID)) + bytes(obj[attr.EC_PARAMS]))
+        algorithm = der_tlv(0x30, _EC_PUBLIC_KEY_DER + bytes(obj[attr.EC_PARAMS]))
         return der_tlv(0x30, algorithm + der_tlv(0x03, b"\0" + point))
     raise UnsupportedAlgorithm(f"cannot use a {family or 'unknown'} public key")
 
@@ -520,18 +520,6 @@ def _octet_string_value(der: bytes) -> bytes:
     if len(value) != len(der):
         return der
     return value[2:] if value[1] < 0x80 else value[2 + (value[1] & 0x7F):]
-
-
-def _oid_body(dotted: str) -> bytes:
-    numbers = [int(n) for n in dotted.split(".")]
-    body = bytes([40 * numbers[0] + numbers[1]])
-    for n in numbers[2:]:
-        chunk = [n & 0x7F]
-        while n > 0x7F:
-            n >>= 7
-            chunk.append(0x80 | (n & 0x7F))
-        body += bytes(reversed(chunk))
-    return body
 
 
 def _int(value: bytes) -> int:
@@ -567,6 +555,8 @@ def generate_key(reference: str, key_type: KeyType, bits: int | None = None, con
     ``reference`` names the new key (``object=`` label, optional ``id=``; a random id otherwise);
     an existing object with that label or id is never replaced.
     """
+    from imgsign.keygen import DEFAULT_BITS
+
     p11 = _library()
     uri = parse_uri(reference)
     if uri.object is None:
@@ -590,18 +580,18 @@ def generate_key(reference: str, key_type: KeyType, bits: int | None = None, con
         with _translate(what):
             if key_type is KeyType.RSA_PSS:
                 session.require_mechanism(p11.Mechanism.RSA_PKCS_KEY_PAIR_GEN, what)
-                session.session.generate_keypair(p11.KeyType.RSA, bits or 3072, **options)
+                session.session.generate_keypair(p11.KeyType.RSA, bits or DEFAULT_BITS, **options)
             elif key_type is KeyType.DSA:
                 session.require_mechanism(p11.Mechanism.DSA_PARAMETER_GEN, what)
-                params = session.session.generate_domain_parameters(p11.KeyType.DSA, bits or 3072)
+                session.require_mechanism(p11.Mechanism.DSA_KEY_PAIR_GEN, what)
+                params = session.session.generate_domain_parameters(p11.KeyType.DSA, bits or DEFAULT_BITS)
                 params.generate_keypair(**options)
             else:
                 from pkcs11.util.ec import encode_named_curve_parameters
 
                 session.require_mechanism(p11.Mechanism.EC_KEY_PAIR_GEN, what)
-                assert key_type.curve_oid is not None  # noqa: S101 - every ECC_* key type has one
-                params = session.session.create_domain_parameters(
-                    p11.KeyType.EC, {attr.EC_PARAMS: encode_named_curve_parameters(key_type.curve_oid)}, local=True)
+                curve = encode_named_curve_parameters(key_type.curve_oid or "")
+                params = session.session.create_domain_parameters(p11.KeyType.EC, {attr.EC_PARAMS: curve}, local=True)
                 params.generate_keypair(**options)
             [private] = session.find(p11.ObjectClass.PRIVATE_KEY, label=uri.object, key_id=key_id)
             if not private[attr.SENSITIVE] or private[attr.EXTRACTABLE]:
