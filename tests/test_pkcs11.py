@@ -299,3 +299,29 @@ def _token_script(token, statement: str, *args: object) -> str:
                           capture_output=True, text=True,
                           env={**os.environ, **token["env"]}, check=True)
     return proc.stdout
+
+
+def test_pipeline_resigns_with_a_token_service_key(token, image, tmp_path, monkeypatch):
+    """imgsign_resign's key choice ([imgsign_import] service_key): the converted data is re-signed in the
+    token, the result verifies with the service certificate, and the key is closed afterwards."""
+    from imgsign.glance.pipeline import open_service_key, resign
+    from imgsign.properties import SignatureProperties
+
+    monkeypatch.setenv("SOFTHSM2_CONF", token["env"]["SOFTHSM2_CONF"])
+    original = run_cli("sign", image, "--key", key_of("RSA-PSS"), "--cert-uuid", CERT_UUID).json()
+    stored: dict[str, bytes] = {}  # the key manager's keys: never read when service_key is set
+
+    with pytest.raises(errors.PropertiesError, match="both"):
+        open_service_key(uri(token, "ECC_SECP521R1"), "kid", stored.__getitem__)
+    with pytest.raises(errors.PropertiesError, match="neither"):
+        open_service_key(None, None, stored.__getitem__)
+    key = open_service_key(uri(token, "ECC_SECP521R1"), None, stored.__getitem__)
+    try:
+        with open(image, "rb") as data:
+            new = resign(data, key, CERT_UUID, SignatureProperties.from_mapping(original))
+    finally:
+        key.close()
+    assert new is not None and new["img_signature_key_type"] == "ECC_SECP521R1"
+    props = tmp_path / "resigned.json"
+    props.write_text(json.dumps({k: v for k, v in new.items() if not k.startswith("imgsign_original_")}))
+    assert run_cli("verify", image, "--properties", props, "--cert", token["certs"]["ECC_SECP521R1"]).code == 0

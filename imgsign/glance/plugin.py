@@ -446,24 +446,16 @@ class _ResignConverted(task.Task):
     def _sign(self, path: str, original: SignatureProperties, verified_digest: bytes) -> dict[str, str] | None:
         """New properties for the data at ``path``, or None if it is still exactly the verified data."""
         from imgsign.certificates import load_certificate
-        from imgsign.glance.pipeline import resign
-        from imgsign.keys.loading import load_private_key
+        from imgsign.glance.pipeline import open_service_key, resign
 
         options = CONF[GROUP]
-        if options.service_key and options.service_key_id:
-            raise PropertiesError(f"[{GROUP}] service_key and service_key_id are both set: give one")
         if not (options.service_key or options.service_key_id) or not options.service_certificate_id:
             raise PropertiesError(f"[{GROUP}] service_key_id (or service_key) and service_certificate_id must be "
                                   f"set to re-sign converted images")
         user, service = _stores(self.context, require_service=True)
         certificate_der = service.get_certificate(options.service_certificate_id)
         certificate = load_certificate(certificate_der)
-        if options.service_key:
-            from imgsign.keys.loading import open_signing_key
-
-            key = open_signing_key(options.service_key)
-        else:
-            key = load_private_key(service.get_private_key(options.service_key_id))
+        key = open_service_key(options.service_key, options.service_key_id, service.get_private_key, f"[{GROUP}]")
 
         try:
             with open(path, "rb") as data:
