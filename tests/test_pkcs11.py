@@ -260,6 +260,13 @@ def test_keygen_never_replaces_a_key(token, tmp_path):
     assert "never replaces" in result.stderr and not (tmp_path / "again.pem").exists()
 
 
+def test_keygen_refuses_a_binary_curve_before_making_the_key(token, tmp_path):
+    result = run_cli("keygen", "--key-type", "ECC_SECT571K1", "--key", uri(token, "sect-new"),
+                     "--out-cert", tmp_path / "sect.pem", env=token["env"])
+    assert result.code == errors.UnsupportedAlgorithm.exit_code, result
+    assert _token_script(token, "print(len(list(s.get_objects({pkcs11.Attribute.LABEL: 'sect-new'}))))").strip() == "0"
+
+
 def test_generated_key_is_sensitive_and_not_extractable(token):
     out = _token_script(token, "[k] = s.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY, "
                                "pkcs11.Attribute.LABEL: 'ECC_SECP521R1'}); "

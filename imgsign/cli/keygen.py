@@ -90,6 +90,9 @@ def _keygen_in_token(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]
         if opts[option]:
             raise click.UsageError(f"--{option.replace('_', '-')} does not apply to a key generated in a token "
                                    f"(self-signed certificate only, for now)")
+    if key_type.is_binary_curve:  # refused before a key pair is left in the token without a certificate
+        raise errors.UnsupportedAlgorithm(f"keygen cannot yet issue the certificate of a {key_type.value} key in a "
+                                          f"token; generate it with the token's own tools and sign with --key")
     [out_cert] = plan_outputs([(opts["out_cert"], "certificate", 0o644)],
                               [(ctx.find_root().obj.get("config_file"), "configuration file")], force=opts["force"])
     conf = config(ctx) if has_config(ctx) else None
