@@ -3,7 +3,9 @@
 Keys ``cryptography`` can load run in-process (:mod:`imgsign.keys.inprocess`);
 the binary ``ECC_SECT*`` curves go to the OpenSSL fallback
 (:mod:`imgsign._internal.openssl`).  This module is the only one that knows
-both, so neither implementation imports the other or this one.
+both, so neither implementation imports the other or this one.  Keys named by a
+reference instead of a file (``pkcs11:`` URIs) go to their backend through
+:func:`open_signing_key`, imported only when a reference names it.
 """
 
 from __future__ import annotations
