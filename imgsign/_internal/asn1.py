@@ -83,3 +83,43 @@ def rsassa_pss_parameters(spki_der: bytes) -> PssParameters | None:
     except PyAsn1Error as exc:
         raise UnsupportedAlgorithm(f"unreadable RSASSA-PSS key parameters ({str(exc)[:120]})") from None
     return PssParameters(HASH_OIDS.get(hash_oid, hash_oid), HASH_OIDS.get(mgf_hash_oid, mgf_hash_oid), salt_length)
+
+
+def der_tlv(tag: int, body: bytes) -> bytes:
+    """One DER element: ``tag``, definite length, ``body`` (for the few structures built by hand)."""
+    length = len(body)
+    if length < 0x80:
+        return bytes([tag, length]) + body
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def der_children(der: bytes) -> list[bytes]:
+    """The encoded elements inside one DER SEQUENCE (each with its own tag and length)."""
+    body, children = _der_body(der), []
+    while body:
+        element = body[: _der_total(body)]
+        children.append(element)
+        body = body[len(element):]
+    return children
+
+
+def _der_total(der: bytes) -> int:
+    if len(der) < 2:
+        raise ValueError("truncated DER")
+    first = der[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if count == 0 or len(der) < 2 + count:
+        raise ValueError("unsupported DER length")
+    total = 2 + count + int.from_bytes(der[2:2 + count], "big")
+    if total > len(der):
+        raise ValueError("truncated DER")
+    return total
+
+
+def _der_body(der: bytes) -> bytes:
+    total = _der_total(der)
+    header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    return der[header:total]

@@ -37,6 +37,12 @@ def read_small_file(path: str, what: str) -> bytes:
     return data
 
 
+def read_secret_file(path: str, what: str) -> bytes:
+    """A passphrase or PIN file's content, without its final line ending (``\\n`` or ``\\r\\n``)."""
+    data = read_small_file(path, what)
+    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+
+
 @contextlib.contextmanager
 def open_image(path: str) -> Iterator[tuple[BinaryIO, int]]:
     """Open an image for streaming; yields (file, size in bytes)."""

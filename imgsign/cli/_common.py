@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from imgsign import errors
-from imgsign._internal.files import open_image, read_small_file
+from imgsign._internal.files import open_image, read_secret_file, read_small_file
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -102,14 +102,20 @@ def progress_bar(size: int, label: str, quiet: bool) -> Iterator[Callable[[int],
 def read_passphrase(path: str | None) -> bytes | None:
     if path is None:
         return None
-    data = read_small_file(path, "passphrase file")
-    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    return read_secret_file(path, "passphrase file")
 
 
-def load_key(path: str, passphrase_file: str | None, what: str = "private key") -> tuple[PrivateKey, bytes | None]:
-    """Load a private key file, asking for its passphrase on a terminal when it needs one."""
-    from imgsign.keys.loading import load_private_key
+def load_key(path: str, passphrase_file: str | None, what: str = "private key",
+             ctx: click.Context | None = None) -> tuple[PrivateKey, bytes | None]:
+    """Load a signing key: a key file (asking for its passphrase on a terminal when it needs one),
+    or a key in a token named by a URI (``pkcs11:...``; asking for its PIN on a terminal if none is set)."""
+    from imgsign.keys.loading import is_key_reference, load_private_key, open_signing_key
 
+    if is_key_reference(path):
+        if passphrase_file is not None:
+            raise click.UsageError("--passphrase-file is for key files; a token's PIN is set by its URI or config")
+        conf = config(ctx) if ctx is not None and has_config(ctx) else None
+        return open_signing_key(path, conf=conf, ask_secret=ask_secret if sys.stdin.isatty() else None), None
     data = read_small_file(path, what)
     passphrase = read_passphrase(passphrase_file)
     try:
@@ -120,6 +126,10 @@ def load_key(path: str, passphrase_file: str | None, what: str = "private key") 
             return load_private_key(data, passphrase), passphrase
         raise
 
+
+def ask_secret(prompt: str) -> str:
+    """Ask for a PIN or passphrase on the terminal, without echo."""
+    return str(click.prompt(prompt, hide_input=True))
 
 
 def signing_certificate(ctx: click.Context, cert_path: str | None, properties: SignatureProperties) -> x509.Certificate:

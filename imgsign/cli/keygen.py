@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -15,8 +16,10 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 
 @click.command("keygen")
 @click.option("--key-type", "key_type", type=key_type_choice(), required=True, help="OpenStack key type.")
-@click.option("--out-key", required=True, type=click.Path(dir_okay=False),
-              help="Private key to write (PEM, mode 0600).")
+@click.option("--out-key", type=click.Path(dir_okay=False), help="Private key to write (PEM, mode 0600).")
+@click.option("--key", "key_reference", metavar="URI",
+              help="Instead of --out-key: generate the key inside this token (pkcs11:token=...;object=LABEL); "
+                   "it never leaves it.")
 @click.option("--out-cert", required=True, type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
 @click.option("--ca-cert", type=click.Path(dir_okay=False),
               help="Issue the certificate from this CA (else self-signed).")
@@ -28,8 +31,11 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 @click.option("--bits", type=int, help=f"RSA/DSA key size (default {keygen.DEFAULT_BITS}; not for curves).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def keygen_command(**opts: Any) -> None:
+@click.pass_context
+def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     """Make a signing key and certificate."""
+    if bool(opts["out_key"]) == bool(opts["key_reference"]):
+        raise click.UsageError("give --out-key (a key file) or --key (a key generated inside a token)")
     if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
         raise click.UsageError("--ca-cert and --ca-key go together")
     if opts["ca_passphrase_file"] and not opts["ca_key"]:
@@ -41,6 +47,9 @@ def keygen_command(**opts: Any) -> None:
             check()
         except errors.InputError as exc:
             raise click.BadParameter(exc.message, param_hint=param) from None
+    if opts["key_reference"]:
+        _keygen_in_token(ctx, key_type, opts)
+        return
     out_key, out_cert = plan_outputs(
         [(opts["out_key"], "private key", 0o600), (opts["out_cert"], "certificate", 0o644)],
         [(opts["ca_cert"], "CA certificate"), (opts["ca_key"], "CA private key"),
@@ -69,3 +78,25 @@ def keygen_command(**opts: Any) -> None:
     out_key.write(identity.key_pem)
     out_cert.write(identity.cert_pem)
     click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
+
+
+def _keygen_in_token(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
+    """``--key URI``: the key pair is generated in the token, the certificate self-signed there."""
+    from imgsign._internal.external_cert import self_signed_certificate
+    from imgsign.cli._common import ask_secret, config, has_config
+    from imgsign.keys.loading import generate_signing_key
+
+    for option in ("ca_cert", "passphrase_file"):
+        if opts[option]:
+            raise click.UsageError(f"--{option.replace('_', '-')} does not apply to a key generated in a token "
+                                   f"(self-signed certificate only, for now)")
+    if key_type.is_binary_curve:  # refused before a key pair is left in the token without a certificate
+        raise errors.UnsupportedAlgorithm(f"keygen cannot yet issue the certificate of a {key_type.value} key in a "
+                                          f"token; generate it with the token's own tools and sign with --key")
+    [out_cert] = plan_outputs([(opts["out_cert"], "certificate", 0o644)],
+                              [(ctx.find_root().obj.get("config_file"), "configuration file")], force=opts["force"])
+    conf = config(ctx) if has_config(ctx) else None
+    key = generate_signing_key(opts["key_reference"], key_type, opts["bits"], conf=conf,
+                               ask_secret=ask_secret if sys.stdin.isatty() else None)
+    out_cert.write(self_signed_certificate(key, keygen.parse_subject(opts["subject"]), opts["days"]))
+    click.echo(f"generated {key!r} and wrote {opts['out_cert']}", err=True)

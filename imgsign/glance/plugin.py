@@ -35,7 +35,8 @@ process.
     no longer matches and Glance's own cursive check at store time (and Nova's at
     boot) would fail.  This task signs the converted bytes with a deployment
     service key held in the key manager (``[imgsign_import] service_key_id``,
-    ``service_certificate_id``, both owned by ``service_project_id``), replaces
+    ``service_certificate_id``, both owned by ``service_project_id``; or
+    ``service_key``, the ``pkcs11:`` URI of a key that never leaves a token), replaces
     the four ``img_signature*`` properties and keeps the uploader's in
     ``imgsign_original_*``.  A qcow2 result (``output_format = qcow2``), which Nova
     converts to raw again, also gets a raw-digest statement signed with the
@@ -120,6 +121,10 @@ OPTS = [
                      "in scope (RFC 5280: no delta, partitioned or indirect CRL) in the key manager."),
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
+    cfg.StrOpt("service_key", secret=True,
+               help="imgsign_resign: instead of service_key_id, a key that never leaves a hardware token, as a "
+                    "PKCS#11 URI: pkcs11:token=LABEL;object=LABEL?module-path=/path/module.so&"
+                    "pin-source=file:/path/pin (the PIN file readable by Glance only)."),
     cfg.StrOpt("service_certificate_id",
                help="imgsign_resign: key-manager id of the certificate of service_key_id."),
     cfg.StrOpt("service_project_id",
@@ -446,28 +451,30 @@ class _ResignConverted(task.Task):
     def _sign(self, path: str, original: SignatureProperties, verified_digest: bytes) -> dict[str, str] | None:
         """New properties for the data at ``path``, or None if it is still exactly the verified data."""
         from imgsign.certificates import load_certificate
-        from imgsign.glance.pipeline import resign
-        from imgsign.keys.loading import load_private_key
+        from imgsign.glance.pipeline import open_service_key, resign
 
         options = CONF[GROUP]
-        if not options.service_key_id or not options.service_certificate_id:
-            raise PropertiesError(f"[{GROUP}] service_key_id and service_certificate_id must be set to re-sign "
-                                  f"converted images")
+        if not (options.service_key or options.service_key_id) or not options.service_certificate_id:
+            raise PropertiesError(f"[{GROUP}] service_key_id (or service_key) and service_certificate_id must be "
+                                  f"set to re-sign converted images")
         user, service = _stores(self.context, require_service=True)
         certificate_der = service.get_certificate(options.service_certificate_id)
         certificate = load_certificate(certificate_der)
-        key = load_private_key(service.get_private_key(options.service_key_id))
+        key = open_service_key(options.service_key, options.service_key_id, service.get_private_key, f"[{GROUP}]")
 
         certificate_id: str | Callable[[], str] = str(options.service_certificate_id)
         if options.copy_certificate_to_project:
             # Stored only once the data is signed; before the raw-digest statement, which names it.
             def certificate_id() -> str:
                 return self._certificate_for_project(user, certificate_der)
-        with open(path, "rb") as data:
-            # resign fails fast (key/certificate mismatch, dates, key size) before reading any data; a qcow2
-            # result (output_format = qcow2) also gets a raw-digest statement, as `imgsign sign` gives it.
-            return resign(data, key, certificate_id, original, certificate=certificate,
-                          verified_digest=verified_digest)
+        try:
+            with open(path, "rb") as data:
+                # resign fails fast (key/certificate mismatch, dates, key size) before reading any data; a qcow2
+                # result (output_format = qcow2) also gets a raw-digest statement, as `imgsign sign` gives it.
+                return resign(data, key, certificate_id, original, certificate=certificate,
+                              verified_digest=verified_digest)
+        finally:
+            key.close()  # a token key's session is not left open between imports
 
     def _certificate_for_project(self, user: Any, certificate_der: bytes) -> str:
         """The id of the service certificate as the importing project sees it (stored there once if needed)."""

@@ -1,7 +1,7 @@
 """``imgsign.conf``: which key manager to use, in castellan's own terms.
 
 One oslo.config file with castellan's sections (``[key_manager]``, ``[vault]``,
-``[barbican]``) plus ``[imgsign]`` and ``[imgsign_embedded]``.  With nothing
+``[barbican]``) plus ``[imgsign]``, ``[imgsign_embedded]`` and ``[pkcs11]`` (keys in a token).  With nothing
 configured the embedded SQLite backend is used.  The file is the first of:
 ``--config``, ``$IMGSIGN_CONFIG``, ``/etc/imgsign/imgsign.conf``,
 ``~/.config/imgsign/imgsign.conf``.  ``$IMGSIGN_KEYSTORE`` overrides the
@@ -43,6 +43,19 @@ def _imgsign_opts() -> list[cfg.Opt]:
     ]
 
 
+def _pkcs11_opts() -> list[cfg.Opt]:
+    from oslo_config import cfg
+
+    return [
+        cfg.StrOpt("module_path",
+                   help="PKCS#11 module (shared library) for --key pkcs11:... URIs without module-path, "
+                        "e.g. /usr/lib/softhsm/libsofthsm2.so."),
+        cfg.StrOpt("pin_source",
+                   help="File holding the token's user PIN (file:/path or /path), for URIs without "
+                        "pin-source or pin-value."),
+    ]
+
+
 def find_config_file(explicit: str | None = None) -> str | None:
     """The configuration file to read, or None to run on defaults."""
     if explicit:
@@ -68,6 +81,7 @@ def load(config_file: str | None = None) -> cfg.ConfigOpts:
 
     conf = cfg.ConfigOpts()
     conf.register_opts(_imgsign_opts(), group="imgsign")
+    conf.register_opts(_pkcs11_opts(), group="pkcs11")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
     path = find_config_file(config_file)
     try:

@@ -8,6 +8,8 @@ from here:
 * :mod:`imgsign.keys.inprocess`: keys ``cryptography`` can use, in-process;
 * :mod:`imgsign._internal.openssl`: the binary ``ECC_SECT*`` curves, which
   ``cryptography`` 47 removed, through the system OpenSSL.
+* :mod:`imgsign.keys.pkcs11`: keys that never leave a PKCS#11 token (the
+  ``pkcs11`` extra).
 
 :mod:`imgsign.keys.loading` sits above both and picks one when it loads a key.
 """
@@ -74,3 +76,7 @@ class PrivateKey(abc.ABC):
     @abc.abstractmethod
     def export_pkcs8_der(self) -> bytes:
         """The unencrypted PKCS#8 DER key, only to hand it to a key manager."""
+
+    def close(self) -> None:
+        """Release what the key holds open (a token session); nothing for a key in memory."""
+        return None

@@ -3,12 +3,17 @@
 Keys ``cryptography`` can load run in-process (:mod:`imgsign.keys.inprocess`);
 the binary ``ECC_SECT*`` curves go to the OpenSSL fallback
 (:mod:`imgsign._internal.openssl`).  This module is the only one that knows
-both, so neither implementation imports the other or this one.
+both, so neither implementation imports the other or this one.  Keys named by a
+reference instead of a file (``pkcs11:`` URIs) go to their backend through
+:func:`open_signing_key`, imported only when a reference names it.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+from collections.abc import Callable
+from typing import Any
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
@@ -16,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
 from imgsign._internal.asn1 import EC_PUBLIC_KEY_OID, rsassa_pss_parameters, spki_algorithm
 from imgsign.algorithms import KeyType
-from imgsign.errors import PrivateKeyError, UnsupportedAlgorithm
+from imgsign.errors import InputError, PrivateKeyError, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey, PublicKey
 from imgsign.keys.inprocess import CryptographyPrivateKey, CryptographyPublicKey, describe_key
 
@@ -91,3 +96,51 @@ def public_key_from_spki(spki_der: bytes) -> PublicKey:
 
             return openssl.OpenSSLPublicKey(spki_der, key_type)
     raise UnsupportedAlgorithm(f"public key algorithm {algorithm} ({curve_oid or 'no parameters'}) is not supported")
+
+
+# --- keys named by a reference (a hardware token or a signing service) instead of a file ---------
+
+#: Signing-key backends by reference prefix: "prefix": "module" (imported only when a reference uses it).
+#: Each module has ``is_reference(text)``, ``open_key(reference, conf, ask_secret)`` and
+#: ``generate_key(reference, key_type, bits, conf, ask_secret)``.  Add a backend (``hashivault://``) here.
+REFERENCE_BACKENDS: dict[str, str] = {
+    "pkcs11:": "imgsign.keys.pkcs11",
+}
+
+
+def _reference_backend(reference: str) -> Any:
+    for prefix, module in REFERENCE_BACKENDS.items():
+        if reference[: len(prefix)].lower() == prefix:
+            return importlib.import_module(module)
+    return None
+
+
+def is_key_reference(text: str) -> bool:
+    """Does ``text`` name a key held by a token or a service (a URI) rather than a key file?"""
+    return _reference_backend(text) is not None
+
+
+def open_signing_key(reference: str, *, passphrase: bytes | None = None, conf: Any = None,
+                     ask_secret: Callable[[str], str] | None = None) -> PrivateKey:
+    """The signing key ``reference`` names: a ``pkcs11:`` URI, or else a PEM/DER key file.
+
+    ``conf`` is imgsign.conf (oslo.config, or None) for the backends' own sections;
+    ``ask_secret`` asks the user for a PIN when none is configured (None: never ask).
+    """
+    backend = _reference_backend(reference)
+    if backend is not None:
+        key: PrivateKey = backend.open_key(reference, conf, ask_secret)
+        return key
+    from imgsign._internal.files import read_small_file
+
+    return load_private_key(read_small_file(reference, "private key"), passphrase)
+
+
+def generate_signing_key(reference: str, key_type: KeyType, bits: int | None = None, *, conf: Any = None,
+                         ask_secret: Callable[[str], str] | None = None) -> PrivateKey:
+    """Generate a key pair inside the token or service ``reference`` names; the private key stays there."""
+    backend = _reference_backend(reference)
+    if backend is None:
+        raise InputError(f"{reference[:80]!r} names no token or signing service (e.g. pkcs11:token=...;object=...)")
+    key: PrivateKey = backend.generate_key(reference, key_type, bits, conf, ask_secret)
+    return key
