@@ -106,10 +106,22 @@ def read_passphrase(path: str | None) -> bytes | None:
     return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
 
 
-def load_key(path: str, passphrase_file: str | None, what: str = "private key") -> tuple[PrivateKey, bytes | None]:
-    """Load a private key file, asking for its passphrase on a terminal when it needs one."""
-    from imgsign.keys.loading import load_private_key
+def config_or_none(ctx: click.Context | None) -> Any:
+    """imgsign.conf when there is one, else None (for a key backend's own section)."""
+    return config(ctx) if ctx is not None and has_config(ctx) else None
 
+
+def load_key(path: str, passphrase_file: str | None, what: str = "private key",
+             ctx: click.Context | None = None) -> tuple[PrivateKey, bytes | None]:
+    """Load a private key file, asking for its passphrase on a terminal when it needs one, or open
+    the key a reference names (``hashivault://NAME``), configured by the environment and imgsign.conf."""
+    from imgsign.keys.loading import load_private_key, open_signing_key
+
+    remote = open_signing_key(path, lambda: config_or_none(ctx))
+    if remote is not None:
+        if passphrase_file is not None:
+            raise click.UsageError(f"--passphrase-file applies to key files, not to {path}")
+        return remote, None
     data = read_small_file(path, what)
     passphrase = read_passphrase(passphrase_file)
     try:

@@ -22,7 +22,7 @@ def key_group() -> None:
 @click.pass_context
 def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_file: str | None) -> None:
     """Store a private key and print its UUID (the key is never printed)."""
-    key, _ = load_key(key_path, passphrase_file)
+    key, _ = load_key(key_path, passphrase_file, ctx=ctx)
     if key.key_type is None:
         raise errors.UnsupportedAlgorithm("this key has no OpenStack key type; it cannot sign images")
     algorithm = {"RSA-PSS": "RSA", "DSA": "DSA"}.get(key.key_type.value, "EC")

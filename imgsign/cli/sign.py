@@ -24,7 +24,8 @@ from imgsign.cli._common import (
 
 @click.command("sign")
 @click.argument("image", type=click.Path(dir_okay=True))
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key, PEM or DER.")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Private key, PEM or DER, or a key in OpenBao/Vault transit: hashivault://NAME.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="File holding the key's passphrase.")
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate: checked against the key; its id is looked up in the key manager.")
@@ -72,7 +73,7 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
             from imgsign import certificates
 
             certificate = certificates.load_certificate(read_small_file(cert_path, "certificate"))
-        key, _ = load_key(key_path, passphrase_file)
+        key, _ = load_key(key_path, passphrase_file, ctx=ctx)
         if cert_uuid is None:
             # Check key and certificate before storing anything.
             Signer(key, "pending", method, certificate=certificate, policy=policy)

@@ -9,6 +9,8 @@ both, so neither implementation imports the other or this one.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
@@ -91,3 +93,36 @@ def public_key_from_spki(spki_der: bytes) -> PublicKey:
 
             return openssl.OpenSSLPublicKey(spki_der, key_type)
     raise UnsupportedAlgorithm(f"public key algorithm {algorithm} ({curve_oid or 'no parameters'}) is not supported")
+
+
+#: imgsign.conf for a key backend, read only when a reference needs it: a callable returning an
+#: oslo.config ``ConfigOpts`` (or None: no configuration file).
+ConfigSource = Callable[[], Any]
+
+
+def _no_config() -> None:
+    return None
+
+
+def open_signing_key(reference: str, config: ConfigSource = _no_config) -> PrivateKey | None:
+    """The signing key ``reference`` names in a signing service or token, or None when it names none
+    (it is a key file: read it and use :func:`load_private_key`).
+
+    Each backend reads its own section of ``config()``; its module is imported only when a
+    reference names it.
+    """
+    if reference.startswith("hashivault://"):  # OpenBao/Vault transit
+        from imgsign.keys import transit
+
+        return transit.open_key(reference, transit.settings(getattr(config(), "transit", None)))
+    return None
+
+
+def create_signing_key(reference: str, key_type: KeyType, bits: int | None,
+                       config: ConfigSource = _no_config) -> PrivateKey | None:
+    """Create a new key where ``reference`` names it (see :func:`open_signing_key`); None for a file."""
+    if reference.startswith("hashivault://"):  # OpenBao/Vault transit
+        from imgsign.keys import transit
+
+        return transit.generate_key(reference, key_type, bits, transit.settings(getattr(config(), "transit", None)))
+    return None
