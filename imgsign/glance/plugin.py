@@ -42,6 +42,10 @@ process.
     projects (imgsign's embedded store, Barbican without ACLs) let Glance's and
     Nova's checks, which fetch the certificate with the user's context, find it;
     ``copy_certificate_to_project = False`` uses ``service_certificate_id`` as is.
+    With ``service_key_reference = hashivault://NAME`` instead of ``service_key_id``
+    the service key never leaves an OpenBao/Vault transit engine (settings in
+    ``[imgsign_transit]``, imgsign.conf's ``[transit]`` options; ``VAULT_*`` or
+    ``BAO_*`` in Glance's environment take precedence): only digests are sent.
 
     It re-signs only data whose original signature ``imgsign_verify`` verified
     earlier in the same import flow, for the same image, with the
@@ -93,6 +97,7 @@ from taskflow.types import failure
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
+from imgsign.keymanager.config import transit_opts
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
 from imgsign.properties import SignatureProperties
 from imgsign.raw_statement import PREFIX as RAW_STATEMENT_PREFIX
@@ -117,6 +122,10 @@ OPTS = [
                      "in scope (RFC 5280: no delta, partitioned or indirect CRL) in the key manager."),
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
+    cfg.StrOpt("service_key_reference",
+               help="imgsign_resign: the service key as a reference to a key that never leaves a signing service, "
+                    "e.g. hashivault://NAME (OpenBao/Vault transit, configured in [imgsign_transit]); instead of "
+                    "service_key_id."),
     cfg.StrOpt("service_certificate_id",
                help="imgsign_resign: key-manager id of the certificate of service_key_id."),
     cfg.StrOpt("service_project_id",
@@ -129,11 +138,15 @@ OPTS = [
 ]
 
 CONF.register_opts(OPTS, group=GROUP)
+#: imgsign.conf's ``[transit]`` options, for ``service_key_reference = hashivault://NAME``.
+TRANSIT_GROUP = "imgsign_transit"
+TRANSIT_OPTS = transit_opts()
+CONF.register_opts(TRANSIT_OPTS, group=TRANSIT_GROUP)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """The plugins' options, for documentation and oslo-config-generator."""
-    return [(GROUP, OPTS)]
+    return [(GROUP, OPTS), (TRANSIT_GROUP, TRANSIT_OPTS)]
 
 
 class ImgsignImportRefused(glance_exception.UploadException):
@@ -442,16 +455,16 @@ class _ResignConverted(task.Task):
         """New properties for the data at ``path``, or None if it is still exactly the verified data."""
         from imgsign.certificates import load_certificate
         from imgsign.glance.pipeline import resign
-        from imgsign.keys.loading import load_private_key
-
         options = CONF[GROUP]
-        if not options.service_key_id or not options.service_certificate_id:
-            raise PropertiesError(f"[{GROUP}] service_key_id and service_certificate_id must be set to re-sign "
-                                  f"converted images")
+        if not (options.service_key_id or options.service_key_reference) or not options.service_certificate_id:
+            raise PropertiesError(f"[{GROUP}] service_key_id (or service_key_reference) and service_certificate_id "
+                                  f"must be set to re-sign converted images")
+        if options.service_key_id and options.service_key_reference:
+            raise PropertiesError(f"[{GROUP}] service_key_id and service_key_reference are both set: set one")
         user, service = _stores(self.context, require_service=True)
         certificate_der = service.get_certificate(options.service_certificate_id)
         certificate = load_certificate(certificate_der)
-        key = load_private_key(service.get_private_key(options.service_key_id))
+        key = _service_key(service)
 
         with open(path, "rb") as data:
             # resign fails fast (key/certificate mismatch, dates, key size) before reading any data.
@@ -489,6 +502,29 @@ class _ResignConverted(task.Task):
         except Exception as exc:  # noqa: BLE001 - revert must not mask the original failure
             LOG.warning("imgsign_resign: could not restore the original signature of image %s: %s",
                         self.image_id, exc)
+
+
+def _service_key(service: Any) -> Any:
+    """The service key: the one ``service_key_reference`` names in a signing service, else the PEM
+    stored in the key manager under ``service_key_id``."""
+    from imgsign.keys.loading import load_private_key, open_signing_key
+
+    options = CONF[GROUP]
+    if not options.service_key_reference:
+        return load_private_key(service.get_private_key(options.service_key_id))
+    key = open_signing_key(options.service_key_reference, lambda: _TransitSection())
+    if key is None:
+        raise PropertiesError(f"[{GROUP}] service_key_reference {options.service_key_reference!r} is not a key "
+                              f"reference (hashivault://NAME)")
+    return key
+
+
+class _TransitSection:
+    """Glance's ``[imgsign_transit]``, where imgsign.conf has ``[transit]``."""
+
+    @property
+    def transit(self) -> Any:
+        return CONF[TRANSIT_GROUP]
 
 
 def get_resign_flow(**kwargs: Any) -> linear_flow.Flow:
