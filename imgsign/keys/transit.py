@@ -179,7 +179,10 @@ def _read_token_file(path: str) -> str:
 
 
 def _check_address(address: str) -> str:
-    parsed = urllib.parse.urlsplit(address.strip())
+    try:
+        parsed = urllib.parse.urlsplit(address.strip())
+    except ValueError:
+        raise InputError(f"transit address {_show(address)} is not an http(s)://HOST[:PORT] URL") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
         raise InputError(f"transit address {_show(address)} is not an http(s)://HOST[:PORT] URL")
     if parsed.username or parsed.password:
