@@ -17,7 +17,7 @@ Where the service is and the token come from the environment (``VAULT_ADDR``,
 first) or from ``[transit]`` in imgsign.conf (:func:`settings`).  The token is
 never part of a message, a log line or a repr.
 
-The HTTP client is ``requests`` (already required by castellan): three
+The HTTP client is ``requests`` (which castellan requires anyway): three
 endpoints, every call with a timeout, TLS verified unless the address is a
 loopback ``http://`` one, redirects never followed (they would carry the token).
 """
@@ -220,12 +220,8 @@ class TransitClient:
     """Calls to one transit engine; maps every failure to an :class:`ImgsignError` of its own."""
 
     def __init__(self, config: TransitSettings) -> None:
-        try:
-            import requests
-        except ImportError:  # pragma: no cover - castellan requires requests
-            from imgsign.errors import MissingExtra
+        import requests
 
-            raise MissingExtra("the transit backend needs 'requests': pip install 'imgsign[vault]'") from None
         self.settings = config
         self._session: requests.Session = requests.Session()
         self._session.headers["X-Vault-Token"] = config.token
