@@ -255,6 +255,10 @@ def tampering_proxy(upstream: str, mode: str) -> Iterator[str]:
             answer = requests.request(self.command, upstream + self.path, data=body or None, headers=headers,
                                       timeout=20)
             content = answer.content
+            if mode == "slow":
+                time.sleep(4)
+            if mode == "huge" and "/sign/" in self.path:
+                content = b'{"data": {"signature": "vault:v1:' + b"A" * (2 * 1024 * 1024) + b'"}}'
             if mode == "flip" and "/sign/" in self.path and answer.status_code == 200:
                 document = json.loads(content)
                 prefix, _, value = document["data"]["signature"].rpartition(":")
@@ -273,7 +277,11 @@ def tampering_proxy(upstream: str, mode: str) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Proxy(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # imgsign hanging up on a slow or oversized answer is the point
+
+    proxy = Proxy(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -285,9 +293,19 @@ def tampering_proxy(upstream: str, mode: str) -> Iterator[str]:
 
 @pytest.mark.parametrize("mode, key, text", [("flip", "rsa-2048", "does not match"),
                                              ("flip", "ecdsa-p384", "bad signature"),
-                                             ("salt", "rsa-3072", "salt")])
+                                             ("salt", "rsa-3072", "salt"),
+                                             ("huge", "rsa-2048", "larger than")])
 def test_a_bad_signature_from_the_service_is_never_emitted(bao: Transit, mode, key, text) -> None:
     with tampering_proxy(bao.server.url, mode) as address:
         result = _sign(bao, key, VAULT_ADDR=address)
     assert result.code == errors.SignerRefused.exit_code and text in result.stderr, result
     assert result.stdout == "", result
+
+
+def test_a_slow_service_times_out(bao: Transit, tmp_path) -> None:
+    config = tmp_path / "imgsign.conf"
+    config.write_text(f"[transit]\naddress = {bao.server.url}\ntimeout = 1\n")
+    with tampering_proxy(bao.server.url, "slow") as address:
+        result = bao.run("-c", config, "sign", bao.image, "--key", "hashivault://rsa-2048", "--cert-uuid", "x",
+                         env=bao.env(VAULT_ADDR=address))
+    assert result.code == errors.SignerUnavailable.exit_code and "did not answer within 1 s" in result.stderr, result

@@ -248,7 +248,11 @@ class TransitClient:
             response = self._session.request(method, url, json=payload, timeout=self.settings.timeout,
                                              allow_redirects=False, stream=True)
             try:
-                body = response.raw.read(MAX_RESPONSE + 1, decode_content=True)
+                body = b""
+                for piece in response.iter_content(64 * 1024):
+                    body += piece
+                    if len(body) > MAX_RESPONSE:
+                        break
             finally:
                 response.close()
         except requests.exceptions.SSLError:
@@ -431,7 +435,7 @@ class TransitPrivateKey(PrivateKey):
             payload["marshaling_algorithm"] = "asn1"
         data = self._client.call("POST", f"sign/{self.name}/{hash_name}", payload)
         returned_version = data.get("key_version", self.version)
-        if returned_version != self.version:
+        if type(returned_version) is not int or returned_version != self.version:
             raise SignerRefused(f"transit signed with key version {returned_version!r}, not {self.version}")
         signature = parse_signature(data.get("signature"), self.version)
         self.check(signature, digest, hash_method)
