@@ -151,6 +151,7 @@ environments = st.fixed_dictionaries({}, optional={
 @given(environments)
 @example({"VAULT_ADDR": "http://[::1", "VAULT_TOKEN": "t"})
 @example({"VAULT_ADDR": "http://h:0x1", "VAULT_TOKEN": "t"})
+@example({"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_TOKEN": "t\u20ac"})
 def test_settings_parser(environ: dict[str, str]) -> None:
     try:
         found = transit.settings(None, environ)
@@ -162,4 +163,19 @@ def test_settings_parser(environ: dict[str, str]) -> None:
                 assert environ[name] not in exc.message
         return
     assert found.address.startswith(("http://", "https://")) and found.token
-    assert found.token not in repr(found)
+    assert "token" not in repr(found) and (len(found.token) < 8 or found.token not in repr(found))
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 5, 10))  # each example makes a (refused) connection
+@given(st.text(min_size=1, max_size=20))
+@example("t\u20ac")
+@example("t\r\nX-Injected: 1")
+def test_any_token_either_is_refused_or_reaches_the_wire(token: str) -> None:
+    """A token becomes an HTTP header: one that cannot (non-ASCII, control characters) is refused up front."""
+    try:
+        found = transit.settings(None, {"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_TOKEN": token})
+        transit.TransitClient(found).call("GET", "keys/k")  # nothing listens on port 1
+    except errors.ImgsignError as exc:
+        assert exc.exit_code in (errors.SignerLoginError.exit_code, errors.SignerUnavailable.exit_code)
+        if exc.exit_code == errors.SignerUnavailable.exit_code:
+            assert "cannot connect" in exc.message

@@ -161,8 +161,8 @@ def settings(config: Any = None, environ: Mapping[str, str] | None = None) -> Tr
             raise SignerLoginError("no transit token: set VAULT_TOKEN (or BAO_TOKEN) or [transit] token_file "
                                    "in imgsign.conf")
         token = _read_token_file(str(token_file))
-    if not token or any(c.isspace() or not c.isprintable() for c in token):
-        raise SignerLoginError("the transit token is empty or holds spaces or control characters")
+    if not token or not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
+        raise SignerLoginError("the transit token is empty or holds spaces, control or non-ASCII characters")
     return TransitSettings(address, token, mount, ca_file, namespace,
                            float(timeout) if timeout else DEFAULT_TIMEOUT)
 
