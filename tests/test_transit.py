@@ -1,6 +1,6 @@
 """Signing with keys that never leave an OpenBao transit engine (``--key hashivault://NAME``).
 
-One real OpenBao dev server for the module (:mod:`tests.servers.openbao`), with the transit engine
+One real OpenBao dev server for the module (:mod:`tests.servers.openbao`, https), with the transit engine
 enabled and a token limited to it. Every key type transit offers that OpenStack can express signs
 through transit, and the signature verifies with ``imgsign verify``, ``openssl dgst -verify`` and
 cursive. The failures a deployment meets (wrong or missing token, missing key, a key that cannot
@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import certifi
 import pytest
 import requests
 from cryptography import x509
@@ -40,6 +41,7 @@ from tests.servers import openbao
 from tests.servers.common import free_port
 
 pytestmark = pytest.mark.servers
+# The module's OpenBao serves https with a certificate from its own CA (-dev-tls): every call is verified.
 
 #: (transit key name, imgsign keygen arguments) for every key type OpenStack can express.
 KEYS = {
@@ -75,7 +77,8 @@ class Transit:
     uuids: dict[str, str]
 
     def env(self, **overrides: str) -> dict[str, str]:
-        return {**NO_ENV, "VAULT_ADDR": self.server.url, "VAULT_TOKEN": self.token, **overrides}
+        return {**NO_ENV, "VAULT_ADDR": self.server.url, "VAULT_TOKEN": self.token,
+                "VAULT_CACERT": str(self.server.ca_file), **overrides}
 
     def run(self, *args: object, env: dict[str, str] | None = None) -> CLIResult:
         """``imgsign ARGS``; no token (the signer's or root's) in anything it prints."""
@@ -88,7 +91,7 @@ class Transit:
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory) -> Iterator[Transit]:
     work = tmp_path_factory.mktemp("transit")
-    with openbao.openbao_server(work / "server") as server:
+    with openbao.openbao_server(work / "server", tls=True) as server:
         server.api("POST", "sys/mounts/transit", {"type": "transit"})
         server.api("PUT", "sys/policies/acl/imgsign-signer", {"policy": SIGNER_POLICY})
         token = server.api("POST", "auth/token/create", {"policies": ["imgsign-signer"], "ttl": "2h"})["auth"][
@@ -98,7 +101,8 @@ def bao(tmp_path_factory) -> Iterator[Transit]:
         token_file.chmod(0o600)
         config = work / "imgsign.conf"
         config.write_text(f"[key_manager]\nbackend = imgsign\n[imgsign_embedded]\npath = {work / 'ks.sqlite3'}\n"
-                          f"[transit]\naddress = {server.url}\ntoken_file = {token_file}\ntimeout = 20\n")
+                          f"[transit]\naddress = {server.url}\ntoken_file = {token_file}\nca_file = {server.ca_file}\n"
+                          f"timeout = 20\n")
         image = work / "disk.img"
         image.write_bytes(os.urandom(3 * 1024 * 1024 + 77))
         transit = Transit(server, token, work, config, image, {}, {})
@@ -189,7 +193,7 @@ def test_cursive_verifies_transit_signatures(bao: Transit, signed, tmp_path) -> 
 
 def test_environment_settings_and_key_store_refusal(bao: Transit) -> None:
     """``VAULT_ADDR``/``VAULT_TOKEN`` alone are enough (OpenBao's ``BAO_*`` too); a transit key cannot be exported."""
-    for env in (bao.env(), {"BAO_ADDR": bao.server.url, "BAO_TOKEN": bao.token}):
+    for env in (bao.env(), {"BAO_ADDR": bao.server.url, "BAO_TOKEN": bao.token, "BAO_CACERT": str(bao.server.ca_file)}):
         result = bao.run("sign", bao.image, "--key", "hashivault://ecdsa-p384", "--cert", bao.certs["ecdsa-p384"],
                          "--cert-uuid", bao.uuids["ecdsa-p384"], "--format", "env", env=env)
         assert result.code == 0 and "IMG_SIGNATURE=" in result.stdout, result
@@ -235,14 +239,14 @@ def test_sealed_server_is_unavailable(bao: Transit) -> None:
     finally:
         bao.server.api("PUT", "sys/unseal", {"key": unseal_key})
         deadline = time.monotonic() + 30
-        while requests.get(f"{bao.server.url}/v1/sys/health", timeout=5).status_code != 200:
+        while requests.get(f"{bao.server.url}/v1/sys/health", timeout=5, verify=bao.server.ca_file).status_code != 200:
             assert time.monotonic() < deadline, "OpenBao did not become active after unsealing"
             time.sleep(0.2)
     assert _sign(bao).code == 0
 
 
 @contextlib.contextmanager
-def tampering_proxy(upstream: str, mode: str) -> Iterator[str]:
+def tampering_proxy(upstream: str, mode: str, ca_file: Path) -> Iterator[str]:
     """A real HTTP proxy in front of OpenBao that spoils transit signing: ``flip`` changes a byte of the
     returned signature, ``salt`` asks transit for a hash-length PSS salt instead of imgsign's maximum."""
 
@@ -253,7 +257,7 @@ def tampering_proxy(upstream: str, mode: str) -> Iterator[str]:
                 body = json.dumps({**json.loads(body), "salt_length": "hash"}).encode()
             headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-vault")}
             answer = requests.request(self.command, upstream + self.path, data=body or None, headers=headers,
-                                      timeout=20)
+                                      timeout=20, verify=ca_file)
             content = answer.content
             if mode == "slow":
                 time.sleep(4)
@@ -296,7 +300,7 @@ def tampering_proxy(upstream: str, mode: str) -> Iterator[str]:
                                              ("salt", "rsa-3072", "salt"),
                                              ("huge", "rsa-2048", "larger than")])
 def test_a_bad_signature_from_the_service_is_never_emitted(bao: Transit, mode, key, text) -> None:
-    with tampering_proxy(bao.server.url, mode) as address:
+    with tampering_proxy(bao.server.url, mode, bao.server.ca_file) as address:
         result = _sign(bao, key, VAULT_ADDR=address)
     assert result.code == errors.SignerRefused.exit_code and text in result.stderr, result
     assert result.stdout == "", result
@@ -305,7 +309,16 @@ def test_a_bad_signature_from_the_service_is_never_emitted(bao: Transit, mode, k
 def test_a_slow_service_times_out(bao: Transit, tmp_path) -> None:
     config = tmp_path / "imgsign.conf"
     config.write_text(f"[transit]\naddress = {bao.server.url}\ntimeout = 1\n")
-    with tampering_proxy(bao.server.url, "slow") as address:
+    with tampering_proxy(bao.server.url, "slow", bao.server.ca_file) as address:
         result = bao.run("-c", config, "sign", bao.image, "--key", "hashivault://rsa-2048", "--cert-uuid", "x",
                          env=bao.env(VAULT_ADDR=address))
     assert result.code == errors.SignerUnavailable.exit_code and "did not answer within 1 s" in result.stderr, result
+
+
+def test_tls_is_verified_with_the_configured_ca(bao: Transit) -> None:
+    """The server's certificate is from its own CA: refused without it, accepted with ``VAULT_CACERT`` even
+    when ``REQUESTS_CA_BUNDLE`` names another bundle (requests lets that variable override a Session's CA)."""
+    untrusted = _sign(bao, VAULT_CACERT="")
+    assert untrusted.code == errors.SignerUnavailable.exit_code and "TLS connection" in untrusted.stderr, untrusted
+    trusted = _sign(bao, REQUESTS_CA_BUNDLE=certifi.where())
+    assert trusted.code == 0, trusted

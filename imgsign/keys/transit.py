@@ -228,8 +228,6 @@ class TransitClient:
         self._session.headers["X-Vault-Request"] = "true"
         if config.namespace:
             self._session.headers["X-Vault-Namespace"] = config.namespace
-        if config.ca_file:
-            self._session.verify = config.ca_file
 
     def __repr__(self) -> str:
         return f"<TransitClient {self.settings.address} mount {self.settings.mount}>"
@@ -245,8 +243,10 @@ class TransitClient:
 
         url = f"{self.settings.address}/v1/{self.settings.mount}/{path}"
         try:
+            # verify per request: requests lets REQUESTS_CA_BUNDLE override a Session's own verify.
             response = self._session.request(method, url, json=payload, timeout=self.settings.timeout,
-                                             allow_redirects=False, stream=True)
+                                             verify=self.settings.ca_file or True, allow_redirects=False,
+                                             stream=True)
             try:
                 body = b""
                 for piece in response.iter_content(64 * 1024):
