@@ -1,7 +1,8 @@
 """``imgsign.conf``: which key manager to use, in castellan's own terms.
 
 One oslo.config file with castellan's sections (``[key_manager]``, ``[vault]``,
-``[barbican]``) plus ``[imgsign]`` and ``[imgsign_embedded]``.  With nothing
+``[barbican]``) plus ``[imgsign]``, ``[imgsign_embedded]`` and ``[transit]`` (signing keys in
+OpenBao/Vault transit, :func:`transit_opts`).  With nothing
 configured the embedded SQLite backend is used.  The file is the first of:
 ``--config``, ``$IMGSIGN_CONFIG``, ``/etc/imgsign/imgsign.conf``,
 ``~/.config/imgsign/imgsign.conf``.  ``$IMGSIGN_KEYSTORE`` overrides the
