@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgsign.algorithms import KeyType
 from imgsign.errors import CertificateError, CertificateKeyMismatch, InputError, PrivateKeyError, UnsupportedAlgorithm
+from imgsign.keys import PublicKey
 
 _T = TypeVar("_T")
 
@@ -108,36 +109,64 @@ def generate(
         ca = None if issuer is None else openssl_keygen.CA(issuer.cert_pem, issuer.key_pem, issuer.passphrase)
         return SigningIdentity(*openssl_keygen.generate(key_type, name, days, ca, passphrase))
     key = _interruptible(lambda: _new_key(key_type, DEFAULT_BITS if bits is None else bits))
+    cert = _certificate(key.public_key(), name, days, issuer, key)
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return SigningIdentity(key_pem, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def certify(public_key: PublicKey, *, issuer: Issuer, subject: str = DEFAULT_SUBJECT,
+            days: int = DEFAULT_DAYS) -> bytes:
+    """A code-signing certificate (PEM) issued by ``issuer`` for a key that lives elsewhere (e.g. in a
+    signing service): only its public key is needed."""
+    if days < 1:
+        raise InputError("--days must be at least 1")
+    name = parse_subject(subject)
+    pyca = serialization.load_der_public_key(public_key.spki_der())
+    if not isinstance(pyca, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise UnsupportedAlgorithm(f"cannot certify a {public_key.describe()} key")
+    return _certificate(pyca, name, days, issuer, None).public_bytes(serialization.Encoding.PEM)
+
+
+def check_issuer(issuer: Issuer) -> None:
+    """Raise unless ``issuer`` is a usable CA (certificate, key that belongs to it)."""
+    _load_issuer(issuer)
+
+
+def _certificate(public: rsa.RSAPublicKey | dsa.DSAPublicKey | ec.EllipticCurvePublicKey, name: x509.Name,
+                 days: int, issuer: Issuer | None,
+                 own_key: CertificateIssuerPrivateKeyTypes | None) -> x509.Certificate:
+    """The leaf certificate of ``public``: issued by ``issuer``, else self-signed with ``own_key``."""
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    issuer_key: CertificateIssuerPrivateKeyTypes = key
     issuer_name, issuer_ski = name, None
     if issuer is not None:
         ca_cert, issuer_key = _load_issuer(issuer)
         issuer_name = ca_cert.subject
         issuer_ski = _ski_of(ca_cert)
+    elif own_key is not None:
+        issuer_key = own_key
+    else:
+        raise InputError("a certificate for this key needs an issuing CA (--ca-cert and --ca-key)")
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_LEAF_KEY_USAGE, critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
     )
     if issuer_ski is not None:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
         )
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    return SigningIdentity(key_pem, cert.public_bytes(serialization.Encoding.PEM))
+    return builder.sign(issuer_key, hashes.SHA256())
 
 
 _LEAF_KEY_USAGE = x509.KeyUsage(

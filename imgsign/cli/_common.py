@@ -107,13 +107,15 @@ def read_passphrase(path: str | None) -> bytes | None:
 
 def load_key(path: str, passphrase_file: str | None, what: str = "private key",
              ctx: click.Context | None = None) -> tuple[PrivateKey, bytes | None]:
-    """Load a signing key: a key file (asking for its passphrase on a terminal when it needs one),
-    or a key in a token named by a URI (``pkcs11:...``; asking for its PIN on a terminal if none is set)."""
+    """Load a signing key: a key file (asking for its passphrase on a terminal when it needs one), or a
+    key a reference names: in a token (``pkcs11:...``; asking for its PIN on a terminal if none is set)
+    or in OpenBao/Vault transit (``hashivault://NAME``, configured by the environment and imgsign.conf)."""
     from imgsign.keys.loading import is_key_reference, load_private_key, open_signing_key
 
     if is_key_reference(path):
         if passphrase_file is not None:
-            raise click.UsageError("--passphrase-file is for key files; a token's PIN is set by its URI or config")
+            raise click.UsageError(f"--passphrase-file is for key files, not for {path[:80]} (a PIN or token "
+                                   f"comes from the reference, imgsign.conf or the environment)")
         conf = config(ctx) if ctx is not None and has_config(ctx) else None
         return open_signing_key(path, conf=conf, ask_secret=ask_secret if sys.stdin.isatty() else None), None
     data = read_small_file(path, what)

@@ -17,9 +17,9 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 @click.command("keygen")
 @click.option("--key-type", "key_type", type=key_type_choice(), required=True, help="OpenStack key type.")
 @click.option("--out-key", type=click.Path(dir_okay=False), help="Private key to write (PEM, mode 0600).")
-@click.option("--key", "key_reference", metavar="URI",
-              help="Instead of --out-key: generate the key inside this token (pkcs11:token=...;object=LABEL); "
-                   "it never leaves it.")
+@click.option("--key", "key_reference", metavar="REF",
+              help="Instead of --out-key: generate the key inside this token (pkcs11:token=...;object=LABEL) or "
+                   "OpenBao/Vault transit (hashivault://NAME); it never leaves it.")
 @click.option("--out-cert", required=True, type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
 @click.option("--ca-cert", type=click.Path(dir_okay=False),
               help="Issue the certificate from this CA (else self-signed).")
@@ -48,7 +48,7 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
         except errors.InputError as exc:
             raise click.BadParameter(exc.message, param_hint=param) from None
     if opts["key_reference"]:
-        _keygen_in_token(ctx, key_type, opts)
+        _keygen_in_backend(ctx, key_type, opts)
         return
     out_key, out_cert = plan_outputs(
         [(opts["out_key"], "private key", 0o600), (opts["out_cert"], "certificate", 0o644)],
@@ -80,23 +80,37 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
 
 
-def _keygen_in_token(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
-    """``--key URI``: the key pair is generated in the token, the certificate self-signed there."""
+def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
+    """``--key REF``: the key pair is generated in the token or service; its certificate is issued by
+    ``--ca-cert``/``--ca-key``, or else self-signed with the new key there."""
     from imgsign._internal.external_cert import self_signed_certificate
     from imgsign.cli._common import ask_secret, config, has_config
     from imgsign.keys.loading import generate_signing_key
 
-    for option in ("ca_cert", "passphrase_file"):
-        if opts[option]:
-            raise click.UsageError(f"--{option.replace('_', '-')} does not apply to a key generated in a token "
-                                   f"(self-signed certificate only, for now)")
+    if opts["passphrase_file"]:
+        raise click.UsageError(f"--passphrase-file applies to key files, not to {opts['key_reference'][:80]}")
     if key_type.is_binary_curve:  # refused before a key pair is left in the token without a certificate
         raise errors.UnsupportedAlgorithm(f"keygen cannot yet issue the certificate of a {key_type.value} key in a "
-                                          f"token; generate it with the token's own tools and sign with --key")
-    [out_cert] = plan_outputs([(opts["out_cert"], "certificate", 0o644)],
-                              [(ctx.find_root().obj.get("config_file"), "configuration file")], force=opts["force"])
+                                          f"token or service; generate it with the token's own tools and sign "
+                                          f"with --key")
+    [out_cert] = plan_outputs(
+        [(opts["out_cert"], "certificate", 0o644)],
+        [(ctx.find_root().obj.get("config_file"), "configuration file"), (opts["ca_cert"], "CA certificate"),
+         (opts["ca_key"], "CA private key"), (opts["ca_passphrase_file"], "CA passphrase file")],
+        force=opts["force"])
+    issuer = None
+    if opts["ca_cert"]:
+        issuer = keygen.Issuer(read_small_file(opts["ca_cert"], "CA certificate"),
+                               read_small_file(opts["ca_key"], "CA private key"),
+                               read_passphrase(opts["ca_passphrase_file"]))
+        keygen.check_issuer(issuer)  # before the key is created
     conf = config(ctx) if has_config(ctx) else None
     key = generate_signing_key(opts["key_reference"], key_type, opts["bits"], conf=conf,
                                ask_secret=ask_secret if sys.stdin.isatty() else None)
-    out_cert.write(self_signed_certificate(key, keygen.parse_subject(opts["subject"]), opts["days"]))
-    click.echo(f"generated {key!r} and wrote {opts['out_cert']}", err=True)
+    if issuer is not None:
+        certificate = keygen.certify(key.public_key(), issuer=issuer, subject=opts["subject"], days=opts["days"])
+    else:
+        certificate = self_signed_certificate(key, keygen.parse_subject(opts["subject"]), opts["days"])
+    out_cert.write(certificate)
+    click.echo(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {opts['out_cert']}",
+               err=True)

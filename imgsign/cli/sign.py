@@ -25,7 +25,8 @@ from imgsign.cli._common import (
 @click.command("sign")
 @click.argument("image", type=click.Path(dir_okay=True))
 @click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
-              help="Private key: a PEM or DER file, or a key in a token (pkcs11:token=...;object=...).")
+              help="Private key: a PEM or DER file, a key in a token (pkcs11:token=...;object=...) or in "
+                   "OpenBao/Vault transit (hashivault://NAME).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="File holding the key's passphrase.")
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate: checked against the key; its id is looked up in the key manager.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
 
@@ -156,17 +157,22 @@ def _raw_statement(data: ImageData, key: PrivateKey, signed: SignatureProperties
                          f"read again for the raw conversion (or resign with raw_digest=False)") from None
     return sign_raw_statement(fd, name, key, signed, data_digest).as_dict()
 
+
 def open_service_key(service_key: str | None, service_key_id: str | None,
-                     get_private_key: Callable[[str], bytes], where: str = "the configuration") -> PrivateKey:
-    """The key a pipeline re-signs with: ``service_key``, a key that never leaves its token (a
-    ``pkcs11:`` URI), or else the key manager's private key ``service_key_id`` (PKCS#8 from
-    ``get_private_key``).  Exactly one must be given (:class:`PropertiesError` otherwise)."""
-    from imgsign.keys.loading import load_private_key, open_signing_key
+                     get_private_key: Callable[[str], bytes], where: str = "the configuration",
+                     conf: Any = None) -> PrivateKey:
+    """The key a pipeline re-signs with: ``service_key``, a key that never leaves its token or service
+    (a ``pkcs11:`` URI, ``hashivault://NAME``), or else the key manager's private key
+    ``service_key_id`` (PKCS#8 from ``get_private_key``).  Exactly one must be given
+    (:class:`PropertiesError` otherwise).  ``conf``: the backends' sections (as in imgsign.conf)."""
+    from imgsign.keys.loading import is_key_reference, load_private_key, open_signing_key
 
     if service_key and service_key_id:
         raise PropertiesError(f"{where} sets both service_key and service_key_id: give one")
     if service_key:
-        return open_signing_key(service_key)
+        if not is_key_reference(service_key):
+            raise PropertiesError(f"{where} service_key is not a key reference (pkcs11:... or hashivault://NAME)")
+        return open_signing_key(service_key, conf=conf)
     if not service_key_id:
         raise PropertiesError(f"{where} sets neither service_key_id nor service_key: nothing to re-sign with")
     return load_private_key(get_private_key(service_key_id))

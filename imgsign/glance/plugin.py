@@ -46,6 +46,10 @@ process.
     projects (imgsign's embedded store, Barbican without ACLs) let Glance's and
     Nova's checks, which fetch the certificate with the user's context, find it;
     ``copy_certificate_to_project = False`` uses ``service_certificate_id`` as is.
+    With ``service_key = hashivault://NAME`` instead of ``service_key_id``
+    the service key never leaves an OpenBao/Vault transit engine (settings in
+    ``[imgsign_transit]``, imgsign.conf's ``[transit]`` options; ``VAULT_*`` or
+    ``BAO_*`` in Glance's environment take precedence): only digests are sent.
 
     It re-signs only data whose original signature ``imgsign_verify`` verified
     earlier in the same import flow, for the same image, with the
@@ -97,6 +101,7 @@ from taskflow.types import failure
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
+from imgsign.keymanager.config import transit_opts
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
 from imgsign.properties import SignatureProperties
 from imgsign.raw_statement import PREFIX as RAW_STATEMENT_PREFIX
@@ -122,9 +127,10 @@ OPTS = [
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
     cfg.StrOpt("service_key", secret=True,
-               help="imgsign_resign: instead of service_key_id, a key that never leaves a hardware token, as a "
-                    "PKCS#11 URI: pkcs11:token=LABEL;object=LABEL?module-path=/path/module.so&"
-                    "pin-source=file:/path/pin (the PIN file readable by Glance only)."),
+               help="imgsign_resign: instead of service_key_id, a key that never leaves a hardware token or a "
+                    "signing service: a PKCS#11 URI (pkcs11:token=LABEL;object=LABEL?module-path=/path/module.so&"
+                    "pin-source=file:/path/pin, the PIN file readable by Glance only) or an OpenBao/Vault transit "
+                    "key, hashivault://NAME (configured in [imgsign_transit])."),
     cfg.StrOpt("service_certificate_id",
                help="imgsign_resign: key-manager id of the certificate of service_key_id."),
     cfg.StrOpt("service_project_id",
@@ -137,11 +143,15 @@ OPTS = [
 ]
 
 CONF.register_opts(OPTS, group=GROUP)
+#: imgsign.conf's ``[transit]`` options, for ``service_key = hashivault://NAME``.
+TRANSIT_GROUP = "imgsign_transit"
+TRANSIT_OPTS = transit_opts()
+CONF.register_opts(TRANSIT_OPTS, group=TRANSIT_GROUP)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """The plugins' options, for documentation and oslo-config-generator."""
-    return [(GROUP, OPTS)]
+    return [(GROUP, OPTS), (TRANSIT_GROUP, TRANSIT_OPTS)]
 
 
 class ImgsignImportRefused(glance_exception.UploadException):
@@ -460,7 +470,8 @@ class _ResignConverted(task.Task):
         user, service = _stores(self.context, require_service=True)
         certificate_der = service.get_certificate(options.service_certificate_id)
         certificate = load_certificate(certificate_der)
-        key = open_service_key(options.service_key, options.service_key_id, service.get_private_key, f"[{GROUP}]")
+        key = open_service_key(options.service_key, options.service_key_id, service.get_private_key, f"[{GROUP}]",
+                               conf=_BackendSections())
 
         certificate_id: str | Callable[[], str] = str(options.service_certificate_id)
         if options.copy_certificate_to_project:
@@ -502,6 +513,15 @@ class _ResignConverted(task.Task):
         except Exception as exc:  # noqa: BLE001 - revert must not mask the original failure
             LOG.warning("imgsign_resign: could not restore the original signature of image %s: %s",
                         self.image_id, exc)
+
+
+class _BackendSections:
+    """The key backends' sections as imgsign.conf names them: Glance's ``[imgsign_transit]`` is
+    ``[transit]`` (a PKCS#11 URI carries its own module path and PIN source)."""
+
+    @property
+    def transit(self) -> Any:
+        return CONF[TRANSIT_GROUP]
 
 
 def get_resign_flow(**kwargs: Any) -> linear_flow.Flow:

@@ -1,7 +1,8 @@
 """``imgsign.conf``: which key manager to use, in castellan's own terms.
 
 One oslo.config file with castellan's sections (``[key_manager]``, ``[vault]``,
-``[barbican]``) plus ``[imgsign]``, ``[imgsign_embedded]`` and ``[pkcs11]`` (keys in a token).  With nothing
+``[barbican]``) plus ``[imgsign]``, ``[imgsign_embedded]``, ``[pkcs11]`` (keys in a token) and
+``[transit]`` (signing keys in OpenBao/Vault transit, :func:`transit_opts`).  With nothing
 configured the embedded SQLite backend is used.  The file is the first of:
 ``--config``, ``$IMGSIGN_CONFIG``, ``/etc/imgsign/imgsign.conf``,
 ``~/.config/imgsign/imgsign.conf``.  ``$IMGSIGN_KEYSTORE`` overrides the
@@ -56,6 +57,21 @@ def _pkcs11_opts() -> list[cfg.Opt]:
     ]
 
 
+def transit_opts() -> list[cfg.Opt]:
+    """``[transit]``: the OpenBao/Vault transit engine that holds ``hashivault://`` signing keys.
+    ``BAO_*``/``VAULT_*`` environment variables take precedence (see :func:`imgsign.keys.transit.settings`)."""
+    from oslo_config import cfg
+
+    return [
+        cfg.StrOpt("address", help="URL of OpenBao/Vault, e.g. https://bao.example:8200 (VAULT_ADDR, BAO_ADDR)."),
+        cfg.StrOpt("mount", default="transit", help="Mount path of the transit engine (TRANSIT_SECRET_ENGINE_PATH)."),
+        cfg.StrOpt("token_file", help="File whose first line is the token (VAULT_TOKEN, BAO_TOKEN take precedence)."),
+        cfg.StrOpt("ca_file", help="CA certificates (PEM) to verify the server's TLS certificate (VAULT_CACERT)."),
+        cfg.StrOpt("namespace", help="Namespace of the transit engine (VAULT_NAMESPACE, BAO_NAMESPACE)."),
+        cfg.FloatOpt("timeout", default=30.0, min=0.1, help="Seconds to wait for each call to the service."),
+    ]
+
+
 def find_config_file(explicit: str | None = None) -> str | None:
     """The configuration file to read, or None to run on defaults."""
     if explicit:
@@ -82,6 +98,7 @@ def load(config_file: str | None = None) -> cfg.ConfigOpts:
     conf = cfg.ConfigOpts()
     conf.register_opts(_imgsign_opts(), group="imgsign")
     conf.register_opts(_pkcs11_opts(), group="pkcs11")
+    conf.register_opts(transit_opts(), group="transit")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
     path = find_config_file(config_file)
     try:

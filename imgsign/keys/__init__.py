@@ -7,9 +7,11 @@ from here:
 
 * :mod:`imgsign.keys.inprocess`: keys ``cryptography`` can use, in-process;
 * :mod:`imgsign._internal.openssl`: the binary ``ECC_SECT*`` curves, which
-  ``cryptography`` 47 removed, through the system OpenSSL.
+  ``cryptography`` 47 removed, through the system OpenSSL;
 * :mod:`imgsign.keys.pkcs11`: keys that never leave a PKCS#11 token (the
-  ``pkcs11`` extra).
+  ``pkcs11`` extra);
+* :mod:`imgsign.keys.transit`: keys that never leave an OpenBao/Vault transit
+  engine (``hashivault://NAME``).
 
 :mod:`imgsign.keys.loading` sits above both and picks one when it loads a key.
 """

@@ -102,9 +102,10 @@ def public_key_from_spki(spki_der: bytes) -> PublicKey:
 
 #: Signing-key backends by reference prefix: "prefix": "module" (imported only when a reference uses it).
 #: Each module has ``is_reference(text)``, ``open_key(reference, conf, ask_secret)`` and
-#: ``generate_key(reference, key_type, bits, conf, ask_secret)``.  Add a backend (``hashivault://``) here.
+#: ``generate_key(reference, key_type, bits, conf, ask_secret)``.  Add a backend here.
 REFERENCE_BACKENDS: dict[str, str] = {
     "pkcs11:": "imgsign.keys.pkcs11",
+    "hashivault://": "imgsign.keys.transit",
 }
 
 
@@ -122,7 +123,8 @@ def is_key_reference(text: str) -> bool:
 
 def open_signing_key(reference: str, *, passphrase: bytes | None = None, conf: Any = None,
                      ask_secret: Callable[[str], str] | None = None) -> PrivateKey:
-    """The signing key ``reference`` names: a ``pkcs11:`` URI, or else a PEM/DER key file.
+    """The signing key ``reference`` names: a ``pkcs11:`` URI, a ``hashivault://NAME`` transit key, or
+    else a PEM/DER key file.
 
     ``conf`` is imgsign.conf (oslo.config, or None) for the backends' own sections;
     ``ask_secret`` asks the user for a PIN when none is configured (None: never ask).
@@ -141,6 +143,6 @@ def generate_signing_key(reference: str, key_type: KeyType, bits: int | None = N
     """Generate a key pair inside the token or service ``reference`` names; the private key stays there."""
     backend = _reference_backend(reference)
     if backend is None:
-        raise InputError(f"{reference[:80]!r} names no token or signing service (e.g. pkcs11:token=...;object=...)")
+        raise InputError(f"{reference[:80]!r} names no token or signing service (pkcs11:token=...;object=... or hashivault://NAME)")
     key: PrivateKey = backend.generate_key(reference, key_type, bits, conf, ask_secret)
     return key

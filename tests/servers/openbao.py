@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import ssl
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -54,12 +55,15 @@ class OpenBaoServer:
     root_token: str
     workdir: Path
     log: Path
+    #: With ``tls=True``: the CA certificate of the server's TLS certificate (``-dev-tls``).
+    ca_file: Path | None = None
     _projects: dict[str, ProjectCredentials] = field(default_factory=dict, repr=False)
 
     def api(self, method: str, path: str, payload: dict | None = None) -> dict:
         """Call the OpenBao HTTP API as root (provisioning only; tests go through castellan)."""
         response = requests.request(method, f"{self.url}/v1/{path}", json=payload, timeout=30,
-                                    headers={"X-Vault-Token": self.root_token})
+                                    headers={"X-Vault-Token": self.root_token},
+                                    verify=str(self.ca_file) if self.ca_file else True)
         if response.status_code >= 400:
             raise ServerError(f"OpenBao {method} /v1/{path}: HTTP {response.status_code} {response.text}")
         return response.json() if response.content else {}
@@ -97,18 +101,21 @@ class OpenBaoServer:
         return "\n".join(lines) + "\n"
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, ca_file: Path | None = None) -> bool:
     # 200 only when initialised, unsealed and active; urllib raises on the other codes.
-    with urllib.request.urlopen(f"{url}/v1/sys/health", timeout=2) as response:
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+    with urllib.request.urlopen(f"{url}/v1/sys/health", timeout=2, context=context) as response:
         return response.status == 200
 
 
 @contextlib.contextmanager
-def openbao_server(workdir: Path | None = None) -> Iterator[OpenBaoServer]:
+def openbao_server(workdir: Path | None = None, *, tls: bool = False) -> Iterator[OpenBaoServer]:
     """Install (if needed) and run an OpenBao dev server on a free 127.0.0.1 port.
 
     ``workdir`` (default: a temporary directory, removed afterwards) holds the
-    server's HOME and its log. The server is stopped when the block ends.
+    server's HOME and its log. The server is stopped when the block ends. With
+    ``tls`` it serves https with a certificate from its own CA (``-dev-tls``,
+    files in ``workdir/tls``; the CA is :attr:`OpenBaoServer.ca_file`).
     """
     bao = bao_binary()
     with contextlib.ExitStack() as stack:
@@ -120,13 +127,19 @@ def openbao_server(workdir: Path | None = None) -> Iterator[OpenBaoServer]:
         token = secrets.token_hex(16)
         env = clean_env(home, drop_prefixes=("BAO_", "VAULT_"))
 
+        scheme, ca_file, tls_args = "http", None, []
+        if tls:
+            (workdir / "tls").mkdir(exist_ok=True)
+            scheme, ca_file = "https", workdir / "tls" / "vault-ca.pem"
+            tls_args = ["-dev-tls", f"-dev-tls-cert-dir={workdir / 'tls'}"]
+
         def start(port: int):
-            url = f"http://127.0.0.1:{port}"
+            url = f"{scheme}://127.0.0.1:{port}"
             return run_server("openbao", [str(bao), "server", "-dev", f"-dev-root-token-id={token}",
-                                          f"-dev-listen-address=127.0.0.1:{port}"],
-                              workdir=workdir, env=env, ready=lambda: _healthy(url), timeout=START_TIMEOUT)
+                                          f"-dev-listen-address=127.0.0.1:{port}", *tls_args],
+                              workdir=workdir, env=env, ready=lambda: _healthy(url, ca_file), timeout=START_TIMEOUT)
 
         port, _ = start_with_port_retry(start, stack, also_free=(1,))  # port + 1: cluster listener
-        server = OpenBaoServer(f"http://127.0.0.1:{port}", token, workdir, workdir / "openbao.log")
+        server = OpenBaoServer(f"{scheme}://127.0.0.1:{port}", token, workdir, workdir / "openbao.log", ca_file)
         server.api("POST", "sys/auth/approle", {"type": "approle"})
         yield server
