@@ -81,6 +81,8 @@ class CertificateReport:
 
     id: str
     subject: str | None = None
+    #: The subject's commonName (the subject when it has none): the signer, briefly.
+    common_name: str | None = None
     issuer: str | None = None
     serial: str | None = None
     not_after: datetime.datetime | None = None
@@ -92,8 +94,8 @@ class CertificateReport:
     problem: Problem | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "subject": self.subject, "issuer": self.issuer, "serial": self.serial,
-                "not_after": _iso(self.not_after), "days_left": self.days_left,
+        return {"id": self.id, "subject": self.subject, "common_name": self.common_name, "issuer": self.issuer,
+                "serial": self.serial, "not_after": _iso(self.not_after), "days_left": self.days_left,
                 "expires_soon": self.expires_soon, "error": _dict(self.problem)}
 
 
@@ -272,8 +274,8 @@ def _certificate(cert_id: str, certificates: CertificateLookup,
     except errors.ImgsignError as exc:
         problem = Problem.of(exc)
     return certificate, CertificateReport(
-        cert_id, describe(certificate), certificate.issuer.rfc4514_string(), f"{certificate.serial_number:#x}",
-        not_after, days_left, _expires_soon(not_after, policy), problem)
+        cert_id, describe(certificate), _common_name(certificate), certificate.issuer.rfc4514_string(),
+        f"{certificate.serial_number:#x}", not_after, days_left, _expires_soon(not_after, policy), problem)
 
 
 def _public_key(properties: SignatureProperties, certificate: x509.Certificate | None,
@@ -309,6 +311,16 @@ def _chain(certificate: x509.Certificate | None, policy: AuditPolicy) -> ChainRe
     not_after = min(c.not_valid_after_utc for c in path)
     return ChainReport(ChainStatus.TRUSTED, tuple(describe(c) for c in path), not_after,
                        _expires_soon(not_after, policy))
+
+
+def _common_name(certificate: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
+    from imgsign.certificates import describe
+
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[-1].value if names else None
+    return value if isinstance(value, str) and value else describe(certificate)
 
 
 def _expires_soon(not_after: datetime.datetime, policy: AuditPolicy) -> bool:
