@@ -9,7 +9,6 @@ import click
 
 from imgsign import errors
 from imgsign.cli._common import (
-    KEY_MANAGER_ID,
     fail,
     image_digest,
     is_quiet,
@@ -19,6 +18,7 @@ from imgsign.cli._common import (
     quiet_option,
     signing_certificate,
     trust_anchors,
+    trust_options,
 )
 from imgsign.cli._glance import cloud_options, glance_client
 from imgsign.properties import SignatureProperties
@@ -37,17 +37,7 @@ if TYPE_CHECKING:
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
-@click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
-              help="Require a chain to this trusted CA certificate in the key manager (repeatable; "
-                   "default: [imgsign] trusted_certificate_ids).")
-@click.option("--trusted-file", "trusted_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Require a chain to a trusted CA certificate in this PEM file (repeatable, bundles allowed).")
-@click.option("--intermediate", "intermediate_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Untrusted intermediate CA certificates (PEM bundle) to build the chain with.")
-@click.option("--crl", "crl_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Certificate revocation list, PEM or DER (repeatable; stored CRLs are used too).")
-@click.option("--require-crl", is_flag=True, default=None, help="Refuse when an issuer on the chain has no CRL.")
-@click.option("--max-chain-depth", type=click.IntRange(0, 255), help="Most intermediate CAs (default 8).")
+@trust_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
 @cloud_options
 @policy_options
