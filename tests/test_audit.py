@@ -215,3 +215,31 @@ def test_expiry_window_bounds():
             AuditPolicy(expiry_days=days)
     assert audit(record("leaf-rsa-pss"), at=datetime.datetime(9000, 1, 1, tzinfo=datetime.timezone.utc),
                  expiry_days=1_000_000).certificate.days_left < 0
+
+
+def test_table_shows_names_from_glance_without_control_characters():
+    from imgsign.cli.audit import _document, _table
+
+    policy = AuditPolicy(anchors(), Policy(at=NOW))
+    hostile = record(None, name="\x1b[2J\x1b[31mevil\nname\r", id="id-\x07")
+    reports = [assess(image, lookup, policy).report for image in (hostile, record("leaf-rsa-pss"))]
+    table = _table(reports, policy, download=False)
+    assert "\x1b" not in table and "\r" not in table and "\x07" not in table
+    lines = table.splitlines()
+    assert lines[1].split()[:3] == ["id-?", "?[2J?[31mevil?name?", "(unsigned)"] and lines[1].endswith("FAIL")
+    assert lines[2].split()[-1] == "pass" and "imgsign test leaf-rsa-pss" in lines[2]
+    assert "  unsigned-image: the image has no img_signature* properties" in lines
+    assert lines[-1] == ("2 image(s): 1 pass, 1 fail; expiry window 30 day(s); chains checked; "
+                         "data not downloaded (--download)")
+    document = json.loads(json.dumps(_document(reports, policy, False, None)))
+    assert document["summary"] == {"images": 2, "passed": 1, "failed": 1, "unsigned": 1, "expiring": 0,
+                                   "data_invalid": 0}
+    assert document["images"][0]["name"] == "\x1b[2J\x1b[31mevil\nname\r"  # JSON escapes it, keeps it exact
+    assert document["trusted"] == ["O=imgsign test PKI - NOT FOR PRODUCTION,CN=imgsign test root-ca"]
+
+
+def test_unusable_cloud_settings_exit_with_their_code(cli, tmp_path):
+    result = cli("audit", "--os-cloud", "no-such-cloud",
+                 env={"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml"), "HOME": str(tmp_path)})
+    assert result.code == errors.InputError.exit_code, result
+    assert result.stderr.startswith("imgsign: error: cannot use cloud 'no-such-cloud'") and result.stdout == ""
