@@ -10,6 +10,7 @@ maps the token to the project and roles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -183,6 +184,28 @@ def test_all_pass_exits_zero_and_glance_errors_keep_their_codes(cloud):
     document = json.loads(proc.stdout)
     assert document["summary"]["images"] == 1 and document["summary"]["passed"] == 1
     assert document["trusted"] is None and document["images"][0]["chain"]["status"] == "not-checked"
-    refused = cloud.audit("--json", cloud="bad-token")
+    refused = cloud.audit("--json", cloud="bad-token")  # Glance answers 401
     assert refused.returncode == errors.GlanceUnavailable.exit_code and refused.stdout == ""
     assert refused.stderr.startswith("imgsign: error: ")
+
+
+def test_progress_bar_only_on_a_terminal(cloud):
+    """stderr a terminal: a bar per phase; the JSON on stdout is untouched. Not a terminal: nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IMGSIGN_DEBUG"))}
+    env.update(OS_CLIENT_CONFIG_FILE=str(cloud.clouds), OS_CLOUD="demo", PYTHONPATH=str(REPO))
+    primary, secondary = os.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "imgsign", "-c", str(cloud.user_conf), "audit", "--project",
+                               OTHER, "--allow-unsigned", "--download", "--json"],
+                              stdout=subprocess.PIPE, stderr=secondary, text=True, env=env, timeout=300)
+        os.close(secondary)
+        terminal = b""
+        with contextlib.suppress(OSError):  # EIO once the child's end is closed and drained
+            while chunk := os.read(primary, 4096):
+                terminal += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["summary"]["passed"] == 1
+    assert b"assessing" in terminal and b"downloading" in terminal and b"Traceback" not in terminal
+    quiet = cloud.audit("--project", OTHER, "--allow-unsigned", "--download", "--json")
+    assert quiet.returncode == 0 and quiet.stderr == ""
