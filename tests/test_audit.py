@@ -243,3 +243,16 @@ def test_unusable_cloud_settings_exit_with_their_code(cli, tmp_path):
                  env={"OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml"), "HOME": str(tmp_path)})
     assert result.code == errors.InputError.exit_code, result
     assert result.stderr.startswith("imgsign: error: cannot use cloud 'no-such-cloud'") and result.stdout == ""
+
+
+def test_data_check_holds_one_chunk_not_the_image():
+    from tests.test_memory import BUDGET, MIB, peak_of
+
+    chunks = 96  # 96 MiB streamed, fresh bytes each time, as a download delivers them
+    key = load_private_key(pki("leaf-ecc-secp384r1.key").read_bytes())
+    image = record(None, **sign((bytes(MIB) for _ in range(chunks)), key, "leaf-ecc-secp384r1").as_dict())
+    assessment = assess(image, lookup, AuditPolicy(anchors(), Policy(at=NOW)))
+    reports = []
+    peak = peak_of(lambda: reports.append(assessment.verify_data(lambda: (bytes(MIB) for _ in range(chunks)))))
+    assert reports[-1].passed and reports[-1].data.size == chunks * MIB
+    assert peak < BUDGET, f"peak {peak / MIB:.1f} MiB"
