@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from imgsign import errors
-from tests.conftest import REPO, pki
+from tests.conftest import pki
 from tests.servers.glance import GlanceServer
 from tests.test_glance_client_e2e import Env
 from tests.test_glance_e2e import USER
@@ -47,11 +47,11 @@ class Cloud:
         return self.env.cli(cloud, "audit", *args)
 
 
-def _sign(user_conf: Path, image: Path, stem: str) -> dict[str, str]:
-    proc = subprocess.run([sys.executable, "-m", "imgsign", "-c", str(user_conf), "sign", image, "--key",
-                           pki(stem + ".key"), "--cert", pki(stem + ".pem"), "--store-cert", "--ignore-cert-dates",
-                           "-q"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          timeout=120)
+def _sign(env: Env, image: Path, stem: str) -> dict[str, str]:
+    """The properties of ``image`` signed by the test PKI's ``stem`` (dates ignored: the expired one too),
+    its certificate stored in the user's project."""
+    proc = env.cli("bare", "sign", image, "--key", pki(stem + ".key"), "--cert", pki(stem + ".pem"),
+                   "--store-cert", "--ignore-cert-dates", "-q")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -86,7 +86,7 @@ def cloud(tmp_path_factory) -> Cloud:
         env = Env(root, root / "keystore.sqlite3", {}, stack)
         data = root / "disk.raw"
         data.write_bytes(os.urandom(SIZE))
-        signed = {stem: _sign(env.user_conf, data, stem)
+        signed = {stem: _sign(env, data, stem)
                   for stem in ("leaf-rsa-pss", "leaf-expired", "leaf-untrusted", "leaf-ecc-secp384r1")}
         server = env.server("bare")
         ids = {
