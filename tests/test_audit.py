@@ -256,3 +256,46 @@ def test_data_check_holds_one_chunk_not_the_image():
     peak = peak_of(lambda: reports.append(assessment.verify_data(lambda: (bytes(MIB) for _ in range(chunks)))))
     assert reports[-1].passed and reports[-1].data.size == chunks * MIB
     assert peak < BUDGET, f"peak {peak / MIB:.1f} MiB"
+
+
+def test_intermediate_expiring_within_the_window():
+    """A signer valid for years under an intermediate CA that ends in 19 days: the chain fails the window."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    root = load_certificate(pki("root-ca.pem").read_bytes())
+    root_key = serialization.load_pem_private_key(pki("root-ca.key").read_bytes(), None)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    start, ca_end = NOW - datetime.timedelta(days=300), NOW + datetime.timedelta(days=19, hours=1)
+    ca = (x509.CertificateBuilder().subject_name(name("short-lived CA")).issuer_name(root.subject)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(ca_end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()), critical=False)
+          .sign(root_key, hashes.SHA384()))
+    signer_key = load_private_key(pki("leaf-ecc-secp384r1.key").read_bytes())
+    leaf_public = load_certificate(pki("leaf-ecc-secp384r1.pem").read_bytes()).public_key()
+    leaf = (x509.CertificateBuilder().subject_name(name("signer under a short-lived CA")).issuer_name(ca.subject)
+            .public_key(leaf_public).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(NOW + datetime.timedelta(days=700))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    image = record(None, **sign([DATA], signer_key, "short", HashMethod.SHA256).as_dict())
+    policy = AuditPolicy(TrustAnchors([root], [ca]), Policy(at=NOW))
+    report = assess(image, {"short": leaf.public_bytes(serialization.Encoding.PEM)}.__getitem__, policy).report
+    assert report.certificate is not None and not report.certificate.expires_soon
+    assert report.chain.status is ChainStatus.TRUSTED and report.chain.expires_soon
+    assert report.chain.not_after == ca.not_valid_after_utc
+    assert reasons(report) == ["expires-soon"]
+    assert "a certificate on the chain to" in report.failures[0].message
+    assert "within the 30-day window" in report.failures[0].message
+    assert assess(image, {"short": leaf.public_bytes(serialization.Encoding.PEM)}.__getitem__,
+                  AuditPolicy(policy.anchors, Policy(at=NOW), expiry_days=19)).report.passed
