@@ -99,7 +99,7 @@ def _certificate_lookup(ctx: click.Context) -> Callable[[str], bytes]:
 def _verify_all(glance: GlanceClient, assessments: Sequence[Assessment], jobs: int,
                 step: Callable[[int], None]) -> list[ImageReport]:
     """Download and verify the data of each image, ``jobs`` at a time; reports in the listing's order."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     stop = threading.Event()
 
@@ -112,10 +112,10 @@ def _verify_all(glance: GlanceClient, assessments: Sequence[Assessment], jobs: i
     executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imgsign-audit")
     try:
         futures = [executor.submit(verify, a) for a in assessments]
-        reports = []
-        for future in futures:
-            reports.append(future.result())
+        for future in as_completed(futures):
+            future.result()  # a bug in one raises now
             step(1)
+        reports = [future.result() for future in futures]
     except BaseException:
         stop.set()  # Ctrl-C or a bug: downloads under way end at their next chunk
         executor.shutdown(wait=False, cancel_futures=True)
