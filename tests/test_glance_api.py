@@ -167,3 +167,12 @@ def test_endpoint_drops_a_version_suffix(server):
     routes[f"GET /v2/images/{IMAGE}"] = reply(200, json.dumps({"id": IMAGE}).encode())
     assert client(f"{url}/v2/").get_image(IMAGE) == {"id": IMAGE}
     assert seen[-1][1] == f"/v2/images/{IMAGE}"
+
+
+def test_redirects_are_not_followed_with_the_token(server):
+    url, routes, seen = server
+    routes[f"GET /v2/images/{IMAGE}"] = reply(302, b"", {"Location": f"{url}/v2/images/elsewhere"})
+    routes["GET /v2/images/elsewhere"] = reply(200, json.dumps({"id": "elsewhere"}).encode())
+    with pytest.raises(errors.GlanceUnavailable, match="HTTP 302"):
+        client(url).get_image(IMAGE)
+    assert [path for _, path, _ in seen] == [f"/v2/images/{IMAGE}"]

@@ -328,6 +328,10 @@ def test_verify_image_errors(env, tmp_path):
     for cloud in ("stopped", "bad-token"):
         unavailable = env.cli(cloud, "verify", "--image", created.json()["id"])
         assert unavailable.returncode == errors.GlanceUnavailable.exit_code, (cloud, unavailable.stderr)
+        before = image_ids(env, env.direct)
+        not_uploaded = upload(env, cloud, tmp_path / "disk.raw")
+        assert not_uploaded.returncode == errors.GlanceUnavailable.exit_code, (cloud, not_uploaded.stderr)
+        assert image_ids(env, env.direct) == before
 
     unknown_cloud = env.cli("no-such-cloud", "verify", "--image", created.json()["id"])
     assert unknown_cloud.returncode == errors.InputError.exit_code, unknown_cloud.stderr

@@ -96,12 +96,14 @@ class GlanceClient:
         """One call to ``path`` (``/v2/...``); only transport and authentication failures raise here."""
         from keystoneauth1 import exceptions as ks
 
-        # Only paths under the image endpoint: the token never goes to a host a response named.
+        # Only paths under the image endpoint, and no redirects (keystoneauth would re-send the token
+        # to wherever a Location points): the token never goes to a host a response named.
         if not path.startswith("/v2/"):
             raise ValueError(f"not a Glance v2 path: {path!r}")
         try:
             return self._adapter.request(f"{self.endpoint}{path}", method, raise_exc=False, stream=stream,
-                                         timeout=self._timeout, log=not stream and "data" not in kwargs, **kwargs)
+                                         redirect=False, timeout=self._timeout,
+                                         log=not stream and "data" not in kwargs, **kwargs)
         except ks.ClientException as exc:  # connection refused, timeouts, TLS, no token, no endpoint
             raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: {_first_line(exc)}") from None
 
@@ -115,7 +117,7 @@ class GlanceClient:
         response.close()
         if status == 404 and image_id is not None:
             raise errors.ImageNotFound(f"Glance has no image {image_id} ({what}: {brief})")
-        if status in (401, 403) or status >= 500 or status < 200:
+        if status in (401, 403) or status >= 500 or status < 400:  # 3xx: redirects are not followed
             raise errors.GlanceUnavailable(f"Glance refused to {what} ({brief})")
         raise refused(f"Glance refused to {what} ({brief})")
 
