@@ -87,6 +87,11 @@ class SignatureProperties:
         return cls(decode_signature(str(properties[SIGNATURE])), hash_method, key_type, cert_uuid)
 
 
+def is_signed(properties: Mapping[str, object]) -> bool:
+    """Does the image carry any ``img_signature*`` property (a partial set is an error later)?"""
+    return any(name in properties for name in NAMES)
+
+
 def check_certificate_id(value: str) -> str:
     """Return ``value`` if it can be a key manager id (1-255 printable ASCII, no spaces)."""
     if not isinstance(value, str) or not _CERT_ID.fullmatch(value):

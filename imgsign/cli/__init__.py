@@ -1,7 +1,7 @@
 """The ``imgsign`` command line: a thin layer over the library.
 
 One module per command or command group (``sign``, ``verify``, ``keygen``,
-``cert``, ``key``, ``crl``, ``boot``), each imported only when its command
+``cert``, ``key``, ``crl``, ``boot``, ``audit``), each imported only when its command
 runs, so a short run loads only what it needs; helpers they share are in
 :mod:`imgsign.cli._common`.  Every failure is one
 :class:`~imgsign.errors.ImgsignError` subclass and exits with that class's code
@@ -25,11 +25,13 @@ from imgsign.cli._common import fail
 COMMANDS = {
     "sign": "imgsign.cli.sign:sign_command",
     "verify": "imgsign.cli.verify:verify_command",
+    "upload": "imgsign.cli.upload:upload_command",
     "keygen": "imgsign.cli.keygen:keygen_command",
     "cert": "imgsign.cli.cert:cert_group",
     "key": "imgsign.cli.key:key_group",
     "crl": "imgsign.cli.crl:crl_group",
     "boot": "imgsign.cli.boot:boot_group",
+    "audit": "imgsign.cli.audit:audit_command",
 }
 
 

@@ -278,3 +278,26 @@ class NonEmpty(click.ParamType[str]):
 
 
 NON_EMPTY = NonEmpty()
+
+
+def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--trusted``, ``--trusted-file``, ``--intermediate``, ``--crl``, ``--require-crl``, ``--max-chain-depth``:
+    the arguments of :func:`trust_anchors`, as ``verify`` has them."""
+    options = [
+        click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
+                     help="Require a chain to this trusted CA certificate in the key manager (repeatable; "
+                          "default: [imgsign] trusted_certificate_ids)."),
+        click.option("--trusted-file", "trusted_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Require a chain to a trusted CA certificate in this PEM file (repeatable, bundles "
+                          "allowed)."),
+        click.option("--intermediate", "intermediate_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Untrusted intermediate CA certificates (PEM bundle) to build the chain with."),
+        click.option("--crl", "crl_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Certificate revocation list, PEM or DER (repeatable; stored CRLs are used too)."),
+        click.option("--require-crl", is_flag=True, default=None,
+                     help="Refuse when an issuer on the chain has no CRL."),
+        click.option("--max-chain-depth", type=click.IntRange(0, 255), help="Most intermediate CAs (default 8)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

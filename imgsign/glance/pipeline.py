@@ -26,8 +26,8 @@ from imgsign.errors import InputError, PropertiesError
 from imgsign.keymanager import CertificateStore
 from imgsign.keys import PrivateKey
 from imgsign.policy import DEFAULT_POLICY, Policy
-from imgsign.properties import NAMES as PROPERTY_NAMES
 from imgsign.properties import SignatureProperties
+from imgsign.properties import is_signed as is_signed  # re-exported: pipelines ask it before verify_image
 from imgsign.signer import Signer
 from imgsign.stream import ImageData, iter_chunks
 from imgsign.verifier import Verifier
@@ -46,11 +46,6 @@ class VerifiedImage:
     chain: tuple[x509.Certificate, ...]
     digest: bytes
     size: int
-
-
-def is_signed(properties: Mapping[str, object]) -> bool:
-    """Does the image carry any ``img_signature*`` property (a partial set is an error later)?"""
-    return any(name in properties for name in PROPERTY_NAMES)
 
 
 def verify_image(

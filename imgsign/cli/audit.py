@@ -1,0 +1,210 @@
+"""``imgsign audit``: which images of a cloud are signed, by whom, valid, trusted, expiring soon?"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from imgsign import errors
+from imgsign.audit import DEFAULT_EXPIRY_DAYS, MAX_EXPIRY_DAYS
+from imgsign.cli._common import is_quiet, open_store, policy_options, quiet_option, trust_anchors, trust_options
+from imgsign.cli._glance import cloud_options, glance_client
+
+if TYPE_CHECKING:
+    from imgsign._internal.glance_api import GlanceClient
+    from imgsign.audit import Assessment, AuditPolicy, ImageReport
+
+#: Default of ``--jobs``: concurrent downloads (each streams, one chunk in memory).
+DEFAULT_JOBS = 2
+MAX_JOBS = 32
+
+
+@click.command("audit")
+@cloud_options
+@click.option("--project", "project_id", metavar="PROJECT_ID",
+              help="Only the images this project owns (default: every image the credentials can see).")
+@click.option("--expiry-days", type=click.IntRange(0, MAX_EXPIRY_DAYS), default=DEFAULT_EXPIRY_DAYS,
+              show_default=True, help="Fail images whose certificates expire within this many days (0: never).")
+@click.option("--download", is_flag=True, help="Also download each signed image and verify its data.")
+@click.option("--jobs", type=click.IntRange(1, MAX_JOBS), default=DEFAULT_JOBS, show_default=True,
+              help="Images downloaded at the same time with --download.")
+@click.option("--allow-unsigned", is_flag=True, help="Unsigned images pass (they are still reported).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON object on stdout.")
+@trust_options
+@policy_options
+@quiet_option
+@click.pass_context
+def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, project_id: str | None,
+                  expiry_days: int, download: bool, jobs: int, allow_unsigned: bool, as_json: bool,
+                  trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...], intermediate_files: tuple[str, ...],
+                  crl_files: tuple[str, ...], require_crl: bool | None, max_chain_depth: int | None,
+                  allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+    """Audit every image the credentials can see: signed, by whom, valid, trusted, expiring soon.
+
+    Exit 0 when every image passes, 75 when any fails (the report says why).
+    """
+    from imgsign.audit import AuditPolicy, assess
+    from imgsign.policy import Policy
+
+    quiet = is_quiet(ctx, quiet)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files, require_crl,
+                            max_chain_depth)
+    policy = AuditPolicy(anchors, Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates,
+                                         at=now), expiry_days, allow_unsigned)
+    glance = glance_client(os_cloud, os_region_name)
+    records = list(glance.iter_images(project_id))
+    lookup = _certificate_lookup(ctx)
+    with _progress(len(records), "assessing", quiet) as step:
+        assessments = [_step(assess(record, lookup, policy), step) for record in records]
+    if download:
+        with _progress(len(records), "downloading", quiet) as step:
+            reports = _verify_all(glance, assessments, jobs, step)
+    else:
+        reports = [a.report for a in assessments]
+    if as_json:
+        click.echo(json.dumps(_document(reports, policy, download, project_id), indent=2))
+    elif not quiet:
+        click.echo(_table(reports, policy, download))
+    failed = sum(not r.passed for r in reports)
+    if failed:
+        raise errors.PolicyViolation(f"{failed} of {len(reports)} image(s) fail the audit")
+
+
+def _certificate_lookup(ctx: click.Context) -> Callable[[str], bytes]:
+    """The key manager's certificates by id, each fetched once (errors included)."""
+    found: dict[str, bytes | errors.ImgsignError] = {}
+
+    def lookup(cert_id: str) -> bytes:
+        if cert_id not in found:
+            try:
+                found[cert_id] = open_store(ctx).get_certificate(cert_id)
+            except errors.ImgsignError as exc:
+                found[cert_id] = exc
+        value = found[cert_id]
+        if isinstance(value, errors.ImgsignError):
+            raise value
+        return value
+
+    return lookup
+
+
+def _verify_all(glance: GlanceClient, assessments: Sequence[Assessment], jobs: int,
+                step: Callable[[int], None]) -> list[ImageReport]:
+    """Download and verify the data of each image, ``jobs`` at a time; reports in the listing's order."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    stop = threading.Event()
+
+    def verify(assessment: Assessment) -> ImageReport:
+        image_id = assessment.report.id
+        if not assessment.can_verify_data or image_id is None:
+            return assessment.skip_data()
+        return assessment.verify_data(lambda: _until(stop, glance.iter_data(image_id)))
+
+    executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imgsign-audit")
+    try:
+        futures = [executor.submit(verify, a) for a in assessments]
+        for future in as_completed(futures):
+            future.result()  # a bug in one raises now
+            step(1)
+        reports = [future.result() for future in futures]
+    except BaseException:
+        stop.set()  # Ctrl-C or a bug: downloads under way end at their next chunk
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown()
+    return reports
+
+
+def _until(stop: threading.Event, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` until ``stop`` is set; the download's response is closed either way."""
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                raise errors.GlanceUnavailable("the download was interrupted")
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _step(value: Any, step: Callable[[int], None]) -> Any:
+    step(1)
+    return value
+
+
+@contextlib.contextmanager
+def _progress(length: int, label: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar over ``length`` images on stderr, when it is a terminal and not quiet."""
+    if quiet or not length or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar.update
+
+
+def _document(reports: Sequence[ImageReport], policy: AuditPolicy, download: bool,
+              project_id: str | None) -> dict[str, Any]:
+    """The ``--json`` document (README "Auditing a cloud" lists its keys)."""
+    from imgsign.audit import DataStatus
+    from imgsign.certificates import describe
+
+    anchors = policy.anchors
+    return {
+        "checked_at": policy.policy.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "project": project_id,
+        "expiry_days": policy.expiry_days,
+        "download": download,
+        "trusted": None if anchors is None else [describe(c) for c in anchors.trusted],
+        "summary": {
+            "images": len(reports),
+            "passed": sum(r.passed for r in reports),
+            "failed": sum(not r.passed for r in reports),
+            "unsigned": sum(not r.signed for r in reports),
+            "expiring": sum(any(p.reason == "expires-soon" for p in r.failures) for r in reports),
+            "data_invalid": sum(r.data.status is DataStatus.INVALID for r in reports),
+        },
+        "images": [r.as_dict() for r in reports],
+    }
+
+
+def _table(reports: Sequence[ImageReport], policy: AuditPolicy, download: bool) -> str:
+    """One line per image, then why each failing image fails, then a summary."""
+    header = ["ID", "NAME", "SIGNER", "NOT AFTER", "CHAIN", "DATA", "RESULT"]
+    rows = [header]
+    for r in reports:
+        cert = r.certificate
+        not_after = (f"{cert.not_after:%Y-%m-%d}" + (" (soon)" if cert.expires_soon else "")
+                     if cert is not None and cert.not_after is not None else "-")
+        signer = ((cert.common_name or "?") if cert is not None else "?") if r.signed else "(unsigned)"
+        rows.append([r.id or "-", r.name or "", signer, not_after, r.chain.status.value, r.data.status.value,
+                     "pass" if r.passed else "FAIL"])
+    rows = [[_cell(c, 40) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    failing = [r for r in reports if not r.passed]
+    if failing:
+        lines.append("")
+    for r in failing:
+        lines.append(_cell(f"{r.id} ({r.name or 'no name'}):", 200))
+        lines += [_cell(f"  {p.reason}: {p.message}", 400) for p in r.failures]
+    trust = "chains checked" if policy.anchors is not None else "chains not checked (no --trusted)"
+    data = "data verified" if download else "data not downloaded (--download)"
+    lines.append(f"\n{len(reports)} image(s): {len(reports) - len(failing)} pass, {len(failing)} fail; "
+                 f"expiry window {policy.expiry_days} day(s); {trust}; {data}")
+    return "\n".join(lines)
+
+
+def _cell(text: str, width: int) -> str:
+    """``text`` safe for a terminal (Glance's names are anyone's: no control characters) and at most ``width``."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= width else clean[:width - 1] + "…"
