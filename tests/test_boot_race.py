@@ -13,7 +13,7 @@ import pytest
 
 from imgsign import errors
 from imgsign.compute import libvirt_hook, protection
-from tests.conftest import release
+from tests.conftest import cert_of, release, run_cli
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY, Attacker, as_attacker
 from tests.test_real_images import qemu
@@ -216,3 +216,20 @@ def test_seal_bases_must_be_known(host):
     host.config.write_text(host.config.read_text() + "seal_bases = sometimes\n")
     with pytest.raises(errors.InputError, match="seal_bases must be immutable or owner"):
         libvirt_hook.load_config(str(host.config))
+
+
+def test_boot_cache_seal_owner_leaves_the_flag_off(host):
+    """``--seal owner`` (SELinux hosts): the base is root's and 0644 but not immutable, and nothing is
+    primed (a later full read decides)."""
+    image_id = host.image()[0]
+    base = host.base(image_id)
+    assert immutable(base)
+    source = host.tmp / f"{image_id}.qcow2"
+    again = run_cli("boot", "cache", source, "--image-id", image_id, "--properties", host.tmp / f"{image_id}.json",
+                    "--cert", cert_of("RSA-PSS"), "--instances-path", host.instances, "--state-dir", host.state,
+                    "--seal", "owner")
+    assert again.code == 0, again
+    assert not immutable(base) and base.stat().st_uid == 0 and stat.S_IMODE(base.stat().st_mode) == 0o644
+    checked = run_cli("boot", "check", base, "--state-dir", host.state, "--seal", "owner")
+    assert checked.code == 0 and "read and verified in full" in checked.stdout, checked
+    assert not immutable(base)

@@ -36,6 +36,13 @@ def boot_group() -> None:
     """Compute host: verified image cache and pre-boot checks (used by hooks/libvirt-qemu)."""
 
 
+#: How a verified base is sealed: as the hook's ``[boot] seal_bases`` (README, "Sealed bases").
+_SEAL_OPTION = click.option(
+    "--seal", type=click.Choice(["immutable", "owner"]), default="immutable", show_default=True,
+    help="Seal verified bases immutable (chattr +i), or only root's and 0644 (owner: SELinux hosts); "
+         "use what [boot] seal_bases says.")
+
+
 def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options of the commands that write a trust record: signer, trusted ids, where the cache and state are."""
     for option in reversed((
@@ -46,6 +53,7 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True,
                      type=click.Path(file_okay=False)),
         click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False)),
+        _SEAL_OPTION,
     )):
         func = option(func)
     return func
@@ -60,7 +68,7 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--keep-format", is_flag=True, help="Do not convert qcow2 to raw (Nova's force_raw_images = False).")
 @click.pass_context
 def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
-               trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, keep_format: bool) -> None:
+               trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, seal: str, keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
     properties = SignatureProperties.from_mapping(load_properties(properties_path))
     certificate = signing_certificate(ctx, cert_path, properties)
@@ -72,7 +80,7 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             handle, image_id, properties, certificate, RecordStore(state_dir), instances_path=instances_path,
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
-            force_raw=not keep_format,
+            force_raw=not keep_format, immutable=seal == "immutable",
         )
     click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
 
@@ -84,9 +92,11 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
               help="Trusted certificate id (repeatable; bound to its certificate by an earlier `boot cache`).")
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool) -> None:
-    """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes)."""
-    policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids)
+@_SEAL_OPTION
+def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool,
+               seal: str) -> None:
+    """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes; seals it as the hook does)."""
+    policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids, immutable_bases=seal == "immutable")
     decision = boot.verify_for_boot(base_file, RecordStore(state_dir), policy,
                                     None if no_cache else VerifiedCache(state_dir))
     result: dict[str, Any] = {"file": base_file, "allowed": decision.allowed, "reason": decision.reason,
@@ -117,7 +127,7 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
 @click.pass_context
 def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, properties_path: str,
                image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str,
-               state_dir: str, as_json: bool) -> None:
+               state_dir: str, seal: str, as_json: bool) -> None:
     """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
 
     BASE_OR_ID is the Glance image id (the base is looked up under --instances-path) or the base
@@ -127,7 +137,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     if adopt_all:
         if base_or_id is not None or image_id is not None:
             raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
-        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path, state_dir, as_json)
+        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path, state_dir, seal, as_json)
         return
     if base_or_id is None:
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
@@ -141,6 +151,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
         instances_path, image_id, properties, certificate, RecordStore(state_dir), anchors=anchors,
         trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
         certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
+        immutable=seal == "immutable",
     )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
     if as_json:
@@ -151,7 +162,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
 
 
 def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
-                      instances_path: str, state_dir: str, as_json: bool) -> None:
+                      instances_path: str, state_dir: str, seal: str, as_json: bool) -> None:
     """``boot adopt --all``: a progress line per file on stderr, a summary on stdout, exit status as documented."""
     from imgsign.compute import bulk_adoption
 
@@ -170,7 +181,8 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
     outcomes = bulk_adoption.adopt_all(
         instances_path, images, certificate_for, RecordStore(state_dir), anchors=anchors,
         trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
-        certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report)
+        certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
+        immutable=seal == "immutable")
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
     if as_json:

@@ -111,6 +111,7 @@ def adopt_all(
     certificate_ids_from_properties: bool = True,
     policy: Policy = DEFAULT_POLICY,
     report: Callable[[int, int, Outcome], None] | None = None,
+    immutable: bool = True,
 ) -> list[Outcome]:
     """Adopt every base of ``instances_path`` that has no valid trust record; one :class:`Outcome` per file.
 
@@ -136,7 +137,7 @@ def adopt_all(
             outcome = Outcome(name, SKIPPED, detail=what)
         else:
             outcome = _adopt_one(instances_path, name, by_name.get(name), images, certificate_for, records,
-                                 anchors, trusted_ids, certificate_ids_from_properties, policy)
+                                 anchors, trusted_ids, certificate_ids_from_properties, policy, immutable)
         outcomes.append(outcome)
         if report is not None:
             report(index, len(entries), outcome)
@@ -153,7 +154,7 @@ def _is_directory(dir_fd: int, name: str) -> bool:
 def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Mapping[str, Mapping[str, object]],
                certificate_for: Callable[[SignatureProperties], x509.Certificate], records: RecordStore,
                anchors: TrustAnchors | None, trusted_ids: Sequence[str], ids_from_properties: bool,
-               policy: Policy) -> Outcome:
+               policy: Policy, immutable: bool) -> Outcome:
     try:
         if image_id is None:
             image_id = _recorded_image_id(records, name)
@@ -170,7 +171,7 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
         record = adoption.adopt(instances_path, image_id, properties, certificate, records, anchors=anchors,
                                 trusted_ids=trusted_ids,
                                 certificate_id=signed.certificate_uuid if ids_from_properties else None,
-                                policy=policy)
+                                policy=policy, immutable=immutable)
     except ImgsignError as error:
         return Outcome(name, REFUSED, image_id, detail=error.message, reason=error.reason, exit_code=error.exit_code)
     return Outcome(name, ADOPTED, image_id, record=record)
