@@ -233,3 +233,16 @@ def test_boot_cache_seal_owner_leaves_the_flag_off(host):
     checked = run_cli("boot", "check", base, "--state-dir", host.state, "--seal", "owner")
     assert checked.code == 0 and "read and verified in full" in checked.stdout, checked
     assert not immutable(base)
+
+
+def test_the_hook_log_is_never_written_through_a_link(host, tmp_path):
+    """root appends the decision log: a link planted at its name must not redirect that write."""
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    host.log.parent.mkdir(parents=True, exist_ok=True)
+    host.log.symlink_to(target)
+    result = host.boot(image_id, disk, instance)
+    assert result.returncode == 0 and "cannot write log" in result.stderr, result.stderr
+    assert target.read_text() == ""

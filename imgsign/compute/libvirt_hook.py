@@ -485,8 +485,10 @@ def _log(config: HookConfig, entry: dict[str, Any]) -> None:
     if not config.log_file:
         return
     try:
-        os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
-        with open(config.log_file, "a") as handle:
+        os.makedirs(os.path.dirname(config.log_file), mode=0o750, exist_ok=True)
+        # Never through a symbolic link (root appends here), never readable by others.
+        fd = os.open(config.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
     except OSError as exc:
         print(f"imgsign hook: cannot write log {config.log_file}: {exc.strerror}", file=sys.stderr)
