@@ -25,6 +25,7 @@ from imgsign.cli._common import fail
 COMMANDS = {
     "sign": "imgsign.cli.sign:sign_command",
     "verify": "imgsign.cli.verify:verify_command",
+    "upload": "imgsign.cli.upload:upload_command",
     "keygen": "imgsign.cli.keygen:keygen_command",
     "cert": "imgsign.cli.cert:cert_group",
     "key": "imgsign.cli.key:key_group",

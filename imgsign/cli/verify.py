@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,17 +15,25 @@ from imgsign.cli._common import (
     is_quiet,
     load_properties,
     policy_options,
+    progress_bar,
     quiet_option,
     signing_certificate,
     trust_anchors,
 )
+from imgsign.cli._glance import cloud_options, glance_client
 from imgsign.properties import SignatureProperties
+
+if TYPE_CHECKING:
+    from imgsign.verifier import Verifier
 
 
 @click.command("verify")
-@click.argument("image", type=click.Path(dir_okay=True))
-@click.option("--properties", "properties_path", required=True, type=click.Path(dir_okay=False),
-              help="JSON: the properties, or `openstack image show -f json` output.")
+@click.argument("image", type=click.Path(dir_okay=True), required=False)
+@click.option("--image", "glance_image_id", metavar="ID",
+              help="Verify this Glance image instead of a file: streamed from Glance and checked as it arrives "
+                   "(nothing is written to disk), against the properties of its image record.")
+@click.option("--properties", "properties_path", type=click.Path(dir_okay=False),
+              help="JSON: the properties, or `openstack image show -f json` output (required with IMAGE).")
 @click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
@@ -41,47 +49,74 @@ from imgsign.properties import SignatureProperties
 @click.option("--require-crl", is_flag=True, default=None, help="Refuse when an issuer on the chain has no CRL.")
 @click.option("--max-chain-depth", type=click.IntRange(0, 255), help="Most intermediate CAs (default 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
+@cloud_options
 @policy_options
 @quiet_option
 @click.pass_context
-def verify_command(ctx: click.Context, image: str, properties_path: str, cert_path: str | None,
-           trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...], intermediate_files: tuple[str, ...],
-           crl_files: tuple[str, ...], require_crl: bool | None, max_chain_depth: int | None, as_json: bool,
+def verify_command(ctx: click.Context, image: str | None, glance_image_id: str | None, properties_path: str | None,
+           cert_path: str | None, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
+           intermediate_files: tuple[str, ...], crl_files: tuple[str, ...], require_crl: bool | None,
+           max_chain_depth: int | None, as_json: bool, os_cloud: str | None, os_region_name: str | None,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
-    """Verify IMAGE against its img_signature* properties. Exit 0 only if valid."""
+    """Verify IMAGE (or Glance image --image ID) against its img_signature* properties. Exit 0 only if valid."""
+    if (image is None) == (glance_image_id is None):
+        raise click.UsageError("give either IMAGE (a file) or --image ID (a Glance image)")
+    if image is not None and properties_path is None:
+        raise click.UsageError("verifying a file needs --properties")
+    if glance_image_id is not None and properties_path is not None:
+        raise click.UsageError("--image takes the properties from the image record: leave out --properties")
     quiet = is_quiet(ctx, quiet)
+    shown = image if image is not None else glance_image_id
     # Every key is always there (null until known), on success and on failure alike.
     result: dict[str, Any] = {
-        "image": image, "valid": False, "reason": None, "message": None, "exit_code": None,
+        "image": shown, "valid": False, "reason": None, "message": None, "exit_code": None,
         "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
         "certificate_subject": None, "chain": None,
     }
-    try:
-        properties = SignatureProperties.from_mapping(load_properties(properties_path))
-        result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
-        with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
-            # Everything below until digest() runs while the image is hashed on another core.
-            from imgsign import certificates, chain
-            from imgsign.policy import Policy
-            from imgsign.verifier import Verifier
 
-            certificate = signing_certificate(ctx, cert_path, properties)
-            result["certificate_subject"] = certificates.describe(certificate)
-            policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-            anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
-                                    require_crl, max_chain_depth)
-            if anchors is not None:
-                path = chain.validate_chain(certificate, anchors, policy)
-                result["chain"] = [certificates.describe(c) for c in path]
-            verifier = Verifier.for_certificate(properties, certificate, policy=policy)
-            verifier.verify_precomputed(digest())
+    def check_signer(properties: SignatureProperties) -> Verifier:
+        """Certificate, chain and key checks: everything that needs no image data."""
+        from imgsign import certificates, chain
+        from imgsign.policy import Policy
+        from imgsign.verifier import Verifier
+
+        result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
+        certificate = signing_certificate(ctx, cert_path, properties)
+        result["certificate_subject"] = certificates.describe(certificate)
+        policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+        anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
+                                require_crl, max_chain_depth)
+        if anchors is not None:
+            path = chain.validate_chain(certificate, anchors, policy)
+            result["chain"] = [certificates.describe(c) for c in path]
+        return Verifier.for_certificate(properties, certificate, policy=policy)
+
+    try:
+        if image is not None:
+            assert properties_path is not None  # noqa: S101 - checked above
+            properties = SignatureProperties.from_mapping(load_properties(properties_path))
+            with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
+                # check_signer runs while the image is hashed on another core.
+                check_signer(properties).verify_precomputed(digest())
+        else:
+            assert glance_image_id is not None  # noqa: S101 - checked above
+            from imgsign.properties import properties_from_document
+
+            glance = glance_client(os_cloud, os_region_name)
+            record = glance.get_image(glance_image_id)
+            properties = SignatureProperties.from_mapping(properties_from_document(record))
+            verifier = check_signer(properties)
+            size = record.get("size")
+            with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet or as_json) as progress:
+                verifier.verify_data(glance.iter_data(glance_image_id), progress)
     except errors.ImgsignError as exc:
         if as_json:
             result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
             click.echo(json.dumps(result, indent=2))
         fail(exc)
+    what = shown if image is not None else f"Glance image {shown}"
     trust = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
-    message = (f"{image} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
+    message = (f"{what} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
                f"certificate {result['certificate_subject']}{trust})")
     result.update({"valid": True, "reason": "ok", "message": message, "exit_code": 0})
     if as_json:

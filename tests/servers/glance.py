@@ -119,7 +119,7 @@ class GlanceServer:
             return ""
 
 
-def _api_conf(workdir: Path, keystore: Path) -> str:
+def _api_conf(workdir: Path, keystore: Path, import_methods: Sequence[str]) -> str:
     # Multi-store configuration (the single-store [glance_store] stores/default_store options are
     # deprecated for removal): one file store "fs"; staging in Glance's reserved staging store.
     return f"""\
@@ -127,7 +127,7 @@ def _api_conf(workdir: Path, keystore: Path) -> str:
 log_file = {workdir / "glance-api.log"}
 use_stderr = False
 enabled_backends = fs:file
-enabled_import_methods = [glance-direct]
+enabled_import_methods = [{", ".join(import_methods)}]
 
 [database]
 connection = sqlite:///{workdir / "glance.sqlite"}
@@ -172,12 +172,14 @@ def _ready(url: str) -> bool:
 
 @contextlib.contextmanager
 def glance_server(workdir: Path | None = None, *, keystore: Path, plugins: Sequence[str] = (),
-                  import_options: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[GlanceServer]:
+                  import_options: Mapping[str, Mapping[str, str]] | None = None,
+                  import_methods: Sequence[str] = ("glance-direct",)) -> Iterator[GlanceServer]:
     """Install Glance (if needed) and run it on a free 127.0.0.1 port until the block ends.
 
     ``plugins`` is ``[image_import_opts] image_import_plugins``; ``import_options``
     more sections for ``glance-image-import.conf`` (e.g. ``imgsign_import``,
-    ``image_conversion``). ``keystore`` is the embedded key manager's SQLite file,
+    ``image_conversion``); ``import_methods`` the ``enabled_import_methods`` (none: a
+    Glance that only takes ``PUT /file`` uploads). ``keystore`` is the embedded key manager's SQLite file,
     shared with the tests that store certificates and keys in it. ``workdir``
     (default: a temporary directory, removed afterwards) holds the configuration
     (``etc/``), database, staging and store directories, ``HOME`` and the logs.
@@ -190,7 +192,7 @@ def glance_server(workdir: Path | None = None, *, keystore: Path, plugins: Seque
         etc, home = workdir / "etc", workdir / "home"
         for directory in (etc, home, workdir / "staging", workdir / "images", workdir / "tasks"):
             directory.mkdir(parents=True, exist_ok=True)
-        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore))
+        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore, import_methods))
         plugin_list = ", ".join(f"'{name}'" for name in plugins)
         (etc / "glance-image-import.conf").write_text(_ini({
             "image_import_opts": {"image_import_plugins": f"[{plugin_list}]"}, **(import_options or {})}))
