@@ -17,10 +17,8 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +35,7 @@ from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY
 from tests.test_glance_e2e import USER, _conf, _stored_id
 from tests.test_real_images import qemu
+from tests.test_self_adoption_offline import closed_url, silent_server
 
 pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
@@ -316,43 +315,13 @@ def test_a_stopped_glance_refuses_the_boot_within_the_timeout(compute, cloud):
 
 
 def test_glance_refusing_connections_refuses_the_boot(compute, cloud):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    compute.configure(glance_url=closed)
+    compute.configure(glance_url=closed_url())
     path, properties = compute.signed_image("raw")
     image_id = cloud.image(path, "raw", properties)
     compute.nova_download(image_id)
     result = compute.boot_image(image_id)
     assert_refused_and_nothing_recorded(compute, result, image_id, errors.GlanceUnavailable.exit_code,
                                         "unavailable")
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[str]:
-    """A TCP server that accepts connections and never answers (a hung key manager)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not done.is_set():
-            with contextlib.suppress(OSError):
-                held.append(listener.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        done.set()
-        thread.join()
-        for connection in held:
-            connection.close()
-        listener.close()
 
 
 def test_a_hung_key_manager_refuses_the_boot_within_the_timeout(compute, cloud):

@@ -101,7 +101,7 @@ class HookConfig:
 
 def load_config(path: str | None = None) -> HookConfig:
     path = path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",))
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
         with open(path) as handle:
             parser.read_file(handle)

@@ -64,6 +64,7 @@ GLANCE_GROUP = "glance"
 #: The qcow2 magic (a base that starts with it is the downloaded qcow2 itself, not a conversion).
 _QCOW2_MAGIC = b"QFI\xfb"
 T = TypeVar("T")
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 #: (file, image id, decision): one line of the hook's log.
 Result = tuple[str, "str | None", BootDecision]
 
@@ -198,56 +199,69 @@ def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], sta
         raise GlanceUnavailable(f"Glance answered the request for image {image_id} with image {image.get('id')!r}")
     signed = signature_properties(image_id, image)  # unsigned: refused before the key manager is asked
     stage[0] = "key manager"
-    store = km_config.open_store(settings.conf)
+    conf = settings.options
+    store = km_config.open_store(conf)
     certificate = fetch_certificate(store, signed.certificate_uuid)
     anchors = None
     if trusted_ids:
-        anchors = fetch_trust_anchors(store, trusted_ids, require_crls=settings.conf.imgsign.require_crls,
-                                      max_depth=settings.conf.imgsign.max_chain_depth)
+        anchors = fetch_trust_anchors(store, trusted_ids, require_crls=conf.imgsign.require_crls,
+                                      max_depth=conf.imgsign.max_chain_depth)
     return Fetched(image, certificate, anchors)
 
 
 @dataclasses.dataclass
 class _Settings:
-    """boot.conf as self-adoption reads it."""
+    """boot.conf as self-adoption reads it (``conf`` is None when adoption is off)."""
 
-    conf: cfg.ConfigOpts
-    enabled: bool
+    conf: cfg.ConfigOpts | None
     timeout: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.conf is not None
+
+    @property
+    def options(self) -> cfg.ConfigOpts:
+        """The parsed configuration (adoption is on)."""
+        if self.conf is None:
+            raise InputError("self-adoption is off in the hook's configuration")
+        return self.conf
 
     @classmethod
     def load(cls, path: str | None) -> _Settings:
+        """Off (without loading oslo.config, keystoneauth or castellan) unless ``[boot] adopt`` is true,
+        or not set and ``[glance] auth_type`` is."""
+        if path is None:  # a HookConfig made in code, not read from a file
+            return cls(None, DEFAULT_TIMEOUT)
+        adopt, timeout = _boot_options(path)
+        if not adopt:
+            return cls(None, timeout)
         from keystoneauth1 import loading as ks_loading
 
         from imgsign.keymanager import config as km_config
 
-        if path is None:
-            raise InputError("the hook's configuration file is not known: cannot adopt")
-        adopt, timeout = _boot_options(path)
         conf = km_config.load(path)
         ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
         ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
         ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
-        try:
-            auth_type = conf[GLANCE_GROUP].auth_type
-        except Exception as exc:  # noqa: BLE001 - oslo.config's value errors
-            raise InputError(f"{path}: [glance]: {exc}") from None
-        return cls(conf, bool(auth_type) if adopt is None else adopt, timeout)
+        return cls(conf, timeout)
 
     def glance(self) -> Any:
         """A Glance client with the ``[glance]`` credentials, every request limited to the timeout."""
         from keystoneauth1 import exceptions as ks_errors
         from keystoneauth1 import loading as ks_loading
+        from oslo_config import cfg
 
         from imgsign._internal.glance_api import GlanceClient
 
-        group = self.conf[GLANCE_GROUP]
+        conf = self.options
+        group = conf[GLANCE_GROUP]
         try:
             timeout = float(group.timeout) if group.timeout else self.timeout
-            auth = ks_loading.load_auth_from_conf_options(self.conf, GLANCE_GROUP)
-            session = ks_loading.load_session_from_conf_options(self.conf, GLANCE_GROUP, auth=auth, timeout=timeout)
+            auth = ks_loading.load_auth_from_conf_options(conf, GLANCE_GROUP)
+            session = ks_loading.load_session_from_conf_options(conf, GLANCE_GROUP, auth=auth, timeout=timeout)
             interfaces = group.valid_interfaces
-        except (ks_errors.ClientException, ValueError) as exc:
+        except (ks_errors.ClientException, ValueError, cfg.Error) as exc:  # e.g. a "$" oslo cannot substitute
             raise GlanceUnavailable(f"the [glance] settings of the hook's configuration are not usable: "
                                     f"{type(exc).__name__}: {exc}") from None
         return GlanceClient(session, endpoint_override=group.endpoint_override,
@@ -255,9 +269,10 @@ class _Settings:
                             timeout=(timeout, timeout))
 
 
-def _boot_options(path: str) -> tuple[bool | None, float]:
-    """``[boot] adopt`` (None: not set) and ``adopt_timeout``, read as the hook reads ``[boot]``."""
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",))
+def _boot_options(path: str) -> tuple[bool, float]:
+    """Whether to adopt and ``[boot] adopt_timeout``, read as the hook reads ``[boot]``: ``adopt``
+    defaults to on when ``[glance] auth_type`` is set (the hook has credentials of its own)."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
         with open(path) as handle:
             parser.read_file(handle)
@@ -265,10 +280,13 @@ def _boot_options(path: str) -> tuple[bool | None, float]:
         raise InputError(f"cannot read hook configuration {path}: {exc}") from None
     section = parser["boot"] if parser.has_section("boot") else {}
     adopt_text = section.get("adopt", "").strip().lower()
-    if adopt_text not in ("", "true", "false", "yes", "no", "on", "off", "1", "0"):
+    if adopt_text in _BOOLEANS:
+        adopt = _BOOLEANS[adopt_text]
+    elif adopt_text:
         raise InputError(f"{path}: [boot] adopt must be true or false, not {adopt_text!r}")
-    adopt = None if not adopt_text else adopt_text in ("true", "yes", "on", "1")
-    timeout_text = section.get("adopt_timeout", str(DEFAULT_TIMEOUT)).strip()
+    else:
+        adopt = parser.has_section(GLANCE_GROUP) and bool(parser[GLANCE_GROUP].get("auth_type", "").strip())
+    timeout_text = section.get("adopt_timeout", f"{DEFAULT_TIMEOUT:g}").strip()
     try:
         timeout = float(timeout_text)
         if not 0 < timeout < float("inf"):
