@@ -139,18 +139,35 @@ class Compute(Host):
                     'mv "$1.converted" "$1"', base)
         else:
             as_nova('mv "$1.part" "$1"', base)
-        assert base.stat().st_uid == NOBODY and sorted(os.listdir(base.parent)) == [base.name]
+        assert base.stat().st_uid == NOBODY
+        assert not [name for name in os.listdir(base.parent) if name.startswith(f"{base.name}.")]  # no .part left
         return base
 
-    def boot_image(self, image_id: str):
-        """An instance over the image's base (its overlay made as Nova makes it), booted through the hook."""
+    def boot_image(self, image_id: str, kernel_id: str | None = None, ramdisk_id: str | None = None):
+        """An instance over the image's base (its overlay made as Nova makes it, and Nova's copies of the
+        kernel and ramdisk bases), booted through the hook."""
         instance = str(uuid.uuid4())
         disk = self.instances / instance / "disk"
         disk.parent.mkdir(parents=True)
         base = self.base(image_id)
         backing_format = "qcow2" if base.read_bytes()[:4] == b"QFI\xfb" else "raw"
         qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", backing_format, disk)
-        return self.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2")]))
+        os_extra = ""
+        for element, name, boot_file_id in (("kernel", "kernel", kernel_id), ("initrd", "ramdisk", ramdisk_id)):
+            if boot_file_id is not None:  # imagebackend Raw.create_image: a copy of the base
+                shutil.copyfile(self.base(boot_file_id), disk.parent / name)
+                os_extra += f"\n    <{element}>{disk.parent / name}</{element}>"
+        return self.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2")], os_extra=os_extra))
+
+    def nova_fetch_raw(self, image_id: str) -> Path:
+        """libvirt_utils.fetch_raw_image (kernel and ramdisk): the data straight into the base, as nova."""
+        base = self.base(image_id)
+        response = requests.get(f"{self.cloud.glance.url}/v2/images/{image_id}/file", headers=self.cloud.headers,
+                                timeout=60)
+        assert response.status_code == 200, response.text
+        base.write_bytes(response.content)
+        os.chown(base, NOBODY, NOBODY)
+        return base
 
     def record(self, image_id: str):
         return RecordStore(str(self.state)).get(image_id)
@@ -215,6 +232,28 @@ def test_qcow2_kept_by_nova_without_force_raw_is_adopted_as_the_signed_bytes(com
     assert result.returncode == 0, result.stderr
     record = compute.record(image_id)
     assert record.cached_format == record.source_format == "qcow2"
+
+
+def test_the_kernel_and_ramdisk_glance_names_for_the_image_are_adopted_with_it(compute, cloud):
+    ids = {}
+    for role, size in (("kernel", 2 << 20), ("ramdisk", 1 << 20)):
+        path = compute.tmp / role
+        path.write_bytes(os.urandom(size))
+        signed = run_cli("-c", cloud.user_conf, "sign", path, "--key", key_of("RSA-PSS"), "--cert",
+                         cert_of("RSA-PSS"), "--store-cert", "-q")
+        assert signed.code == 0, signed
+        ids[role] = cloud.image(path, "raw", signed.json())
+        compute.nova_fetch_raw(ids[role])
+    path, properties = compute.signed_image("raw")
+    image_id = cloud.image(path, "raw", {**properties, "kernel_id": ids["kernel"], "ramdisk_id": ids["ramdisk"]})
+    compute.nova_download(image_id)
+    result = compute.boot_image(image_id, ids["kernel"], ids["ramdisk"])
+    assert result.returncode == 0, result.stderr
+    entries = compute.log_entries()
+    adopted = [e["message"] for e in entries if e["reason"] == "adopted"]
+    assert len(adopted) == 3 and "(kernel_id of image" in adopted[1] and "(ramdisk_id of image" in adopted[2]
+    assert all(compute.record(i) is not None for i in (image_id, *ids.values()))
+    assert [e["allowed"] for e in entries] == [True] * len(entries) and len(entries) == 6
 
 
 def test_warn_mode_adopts_too(compute, cloud):

@@ -2,7 +2,8 @@
 
 Nova downloads an image into ``_base/<sha1(image id)>`` without writing a trust record
 (``fetch_to_raw``).  When the hook meets such a base for an image the domain XML names (Nova's
-``<nova:root type="image" uuid=...>``; its metadata names no kernel or ramdisk id), it gets the
+``<nova:root type="image" uuid=...>``; its metadata names no kernel or ramdisk id, so those are the
+``kernel_id``/``ramdisk_id`` Glance names for that image), it gets the
 image's properties from Glance (``GET /v2/images/{id}``) and the signing certificate (and the
 trusted certificates of ``[boot] trusted_certificate_ids``, with the stored CRLs) from the key
 manager, and hands them to :func:`imgsign.compute.adoption.adopt`, which verifies the base and
@@ -41,6 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from imgsign.compute import qemu_img
 from imgsign.compute.boot import BootDecision, Mode
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.errors import (
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
 #: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
 DEFAULT_TIMEOUT = 10.0
 GLANCE_GROUP = "glance"
+#: Glance properties naming more images Nova downloads into ``_base`` for an instance.
+AUXILIARY_IMAGES = ("kernel_id", "ramdisk_id")
 #: The qcow2 magic (a base that starts with it is the downloaded qcow2 itself, not a conversion).
 _QCOW2_MAGIC = b"QFI\xfb"
 T = TypeVar("T")
@@ -88,7 +92,7 @@ class SelfAdopter:
     def __init__(self, config_path: str | None, instances_path: str, records: RecordStore, mode: Mode,
                  trusted_ids: tuple[str, ...]) -> None:
         self.config_path = config_path
-        self.base_dir = os.path.join(os.path.normpath(instances_path), "_base")
+        self.base_dir = os.path.join(os.path.normpath(instances_path), qemu_img.CACHE)
         self.instances_path = instances_path
         self.records = records
         self.mode = mode
@@ -101,28 +105,46 @@ class SelfAdopter:
 
         Returns what to log: nothing when there is nothing to adopt (or adoption is off), an
         ``adopted`` line, or the reason adoption failed (a refusal under ``enforce``, a warning
-        under ``warn``); the hook's own check of the base follows in every case.
+        under ``warn``); the hook's own check of the base follows in every case.  When the image
+        is adopted, so are the unrecorded bases of the ``kernel_id`` and ``ramdisk_id`` Glance
+        names for it (Nova downloads them with the image; its metadata does not name them, the
+        hook checks ``<os><kernel>``/``<initrd>`` as copies of verified bases).
         """
-        if image_id is None or os.path.normpath(path) != os.path.join(self.base_dir, cache_name(image_id)):
+        if image_id is None or os.path.normpath(path) != self._base_of(image_id):
             return []
+        results, image = self._adopt_image(image_id)
+        for key in AUXILIARY_IMAGES:
+            auxiliary = image.get(key) if image is not None else None
+            if isinstance(auxiliary, str) and auxiliary and auxiliary != image_id:
+                results += self._adopt_image(auxiliary, f"{key} of image {image_id}")[0]
+        return results
+
+    def _base_of(self, image_id: str) -> str:
+        return os.path.join(self.base_dir, cache_name(image_id))
+
+    def _adopt_image(self, image_id: str, role: str = "") -> tuple[list[Result], dict[str, Any] | None]:
+        """Adopt the image's base if it has none; (what to log, Glance's record of the image if adopted)."""
+        path = self._base_of(image_id)
         try:
             if self.records.get(image_id) is not None or not os.path.isfile(path):
-                return []
+                return [], None
         except (TrustRecordError, OSError):
-            return []  # a damaged record is the boot check's refusal, not a reason to adopt again
+            return [], None  # a damaged record is the boot check's refusal, not a reason to adopt again
+        what = f"image {image_id}" + (f" ({role})" if role else "")
         try:
             settings = self.settings()
             if not settings.enabled:
-                return []
+                return [], None
             fetched = self._within_deadline(settings, lambda stage: _fetch(settings, image_id, self.trusted_ids, stage))
             record = self._adopt(image_id, fetched)
         except ImgsignError as exc:
-            message = f"cannot adopt the base Nova downloaded for image {image_id}: {exc.message}"
-            return [(path, image_id, BootDecision(self.mode is Mode.WARN, exc.exit_code, exc.reason, message))]
+            message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
+            return [(path, image_id, BootDecision(self.mode is Mode.WARN, exc.exit_code, exc.reason, message))], None
         converted = f", converted from {record.source_format}" if record.source_format != record.cached_format else ""
         return [(path, image_id, BootDecision(True, 0, "adopted",
-                                              f"adopted the base Nova downloaded for image {image_id} "
-                                              f"({record.cached_format}{converted}; properties from Glance)"))]
+                                              f"adopted the base Nova downloaded for {what} "
+                                              f"({record.cached_format}{converted}; properties from Glance)"))], \
+            fetched.image
 
     def settings(self) -> _Settings:
         if self._settings is None:
@@ -159,8 +181,7 @@ class SelfAdopter:
     def _adopt(self, image_id: str, fetched: Fetched) -> TrustRecord:
         from imgsign.compute import adoption
 
-        _refuse_conversion_without_statement(os.path.join(self.base_dir, cache_name(image_id)), image_id,
-                                             fetched.image)
+        _refuse_conversion_without_statement(self._base_of(image_id), image_id, fetched.image)
         signed = adoption.signature_properties(image_id, fetched.image)
         return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
