@@ -4,17 +4,25 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
+import pytest
+
 from imgsign import errors
-from tests.test_boot_hook import Host, domain_xml, host  # noqa: F401 - the host fixture
+from tests.test_boot_hook import Host, domain_xml
 
 TIMEOUT = 3.0
 SLACK = 6.0
+
+
+@pytest.fixture
+def host(tmp_path) -> Host:
+    return Host(tmp_path)
 
 
 @contextlib.contextmanager
@@ -115,3 +123,18 @@ def test_a_percent_sign_in_boot_conf_is_a_plain_character(host, tmp_path):
     result = host.boot(image_id, disk, instance)
     assert result.returncode == 0, result.stderr
     assert host.log_entries()[0]["allowed"]
+
+
+def test_the_conversion_check_never_blocks_on_a_fifo_or_follows_a_link(tmp_path):
+    """Nova's user can put a FIFO or a symbolic link where the base was: refused at once, never a hang."""
+    fifo, link = tmp_path / "fifo", tmp_path / "link"
+    os.mkfifo(fifo)
+    link.symlink_to("/dev/zero")
+    script = ("import sys\nfrom imgsign import errors\n"
+              "from imgsign.compute.self_adoption import _refuse_conversion_without_statement as check\n"
+              "try:\n    check(sys.argv[1], 'image', {'disk_format': 'qcow2'})\n"
+              "except errors.InputError as exc:\n    print(exc.message)\n")
+    for path in (fifo, link):
+        probe = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                               timeout=20)
+        assert probe.returncode == 0 and "base file" in probe.stdout, probe

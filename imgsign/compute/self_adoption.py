@@ -37,6 +37,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -196,9 +197,14 @@ def _refuse_conversion_without_statement(path: str, image_id: str, image: Mappin
     disk_format = image.get("disk_format")
     if disk_format in (None, "raw") or parse_raw_statement(image) is not None:
         return
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_QCOW2_MAGIC))
+    try:  # as adoption opens it: never through a link, never blocking on a FIFO Nova's user put there
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"base file {path} of image {image_id} is not a regular file")
+            head = os.pread(fd, len(_QCOW2_MAGIC), 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise InputError(f"cannot read base file {path} of image {image_id}: {exc.strerror}") from None
     if disk_format == "qcow2" and head == _QCOW2_MAGIC:
