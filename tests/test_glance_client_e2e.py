@@ -6,10 +6,12 @@ and chosen with ``--os-cloud``/``OS_CLOUD``. The harness Glance has no Keystone;
 its test-only paste filter ``token-identity`` (glance_app/token_identity.py) maps
 the token ``imgsign-test:PROJECT:ROLES`` to the identity keystonemiddleware would set.
 
-Two Glance instances for the whole module:
+Glance instances, each started on first use and kept for the module:
 
 * ``direct``: glance-direct imports with ``imgsign_verify``, ``image_conversion``
   (to raw) and ``imgsign_resign``, as an operator would run them;
+* ``bare``: glance-direct without plugins: only Glance's own signature check runs
+  on import (one test);
 * ``legacy``: no import methods at all (only ``PUT /file``), no plugins: imgsign
   falls back to hashing first and uploading second, and Glance's own signature
   check is the one that runs.
@@ -43,25 +45,61 @@ TOKEN = f"imgsign-test:{USER}:admin,member"
 KEYS = ("RSA-PSS", "ECC_SECP384R1", "DSA")
 
 
-class Env:
-    """The deployment: keystore, imgsign.conf of the user, both Glances, the clouds.yaml naming them."""
+#: The Glance instances: (import plugins, glance-image-import.conf sections, import methods); see the module doc.
+def _settings(name: str, service: dict[str, str]) -> dict[str, object]:
+    if name == "direct":
+        return {"plugins": ["imgsign_verify", "image_conversion", "imgsign_resign"],
+                "import_options": {"image_conversion": {"output_format": "raw"}, "imgsign_import": service}}
+    if name == "bare":
+        return {}
+    if name == "legacy":
+        return {"import_methods": ()}
+    raise AssertionError(name)
 
-    def __init__(self, root: Path, direct: GlanceServer, legacy: GlanceServer, user_conf: Path) -> None:
-        self.root, self.direct, self.legacy, self.user_conf = root, direct, legacy, user_conf
+
+class Env:
+    """The deployment: keystore, the user's imgsign.conf, the Glances (each started on first use, then
+    kept for the module) and the clouds.yaml naming them."""
+
+    def __init__(self, root: Path, keystore: Path, service: dict[str, str], stack: contextlib.ExitStack) -> None:
+        self.root, self.keystore, self.service, self.stack = root, keystore, service, stack
+        self.user_conf = _conf(root / "user.conf", keystore, USER)
         self.clouds = root / "clouds.yaml"
-        clouds = {
-            "direct": _cloud(direct.url, TOKEN),
-            "legacy": _cloud(legacy.url, TOKEN),
-            "bad-token": _cloud(direct.url, "not-a-valid-token"),
-            "stopped": _cloud("http://127.0.0.1:9", TOKEN),  # discard port: nothing listens
-        }
+        self.servers: dict[str, GlanceServer] = {}
+        self._write_clouds()
+
+    def server(self, name: str) -> GlanceServer:
+        if name not in self.servers:
+            self.servers[name] = self.stack.enter_context(glance_server(
+                self.root / f"glance-{name}", keystore=self.keystore, **_settings(name, self.service)))
+            self._write_clouds()
+        return self.servers[name]
+
+    @property
+    def direct(self) -> GlanceServer:
+        return self.server("direct")
+
+    @property
+    def legacy(self) -> GlanceServer:
+        return self.server("legacy")
+
+    def _write_clouds(self) -> None:
+        clouds = {name: _cloud(server.url, TOKEN) for name, server in self.servers.items()}
+        clouds["bad-token"] = _cloud(self.servers["direct"].url if "direct" in self.servers else "http://127.0.0.1:9",
+                                     "not-a-valid-token")
+        clouds["stopped"] = _cloud("http://127.0.0.1:9", TOKEN)  # discard port: nothing listens
         self.clouds.write_text(json.dumps({"clouds": clouds}))  # JSON is YAML
 
-    def cli(self, cloud: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli_env(self, cloud: str) -> dict[str, str]:
+        if cloud in ("direct", "bare", "legacy"):
+            self.server(cloud)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IMGSIGN_DEBUG"))}
         env.update(OS_CLIENT_CONFIG_FILE=str(self.clouds), OS_CLOUD=cloud, PYTHONPATH=str(REPO))
+        return env
+
+    def cli(self, cloud: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "imgsign", "-c", str(self.user_conf), *map(str, args)],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+                              capture_output=True, text=True, env=self.cli_env(cloud), timeout=timeout)
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc
 
@@ -83,12 +121,7 @@ def env(tmp_path_factory) -> Env:
                "service_certificate_id": _stored_id("-c", service_conf, "cert", "store", cert_of("ECC_SECP384R1")),
                "service_project_id": SERVICE}
     with contextlib.ExitStack() as stack:
-        direct = stack.enter_context(glance_server(
-            root / "glance-direct", keystore=keystore,
-            plugins=["imgsign_verify", "image_conversion", "imgsign_resign"],
-            import_options={"image_conversion": {"output_format": "raw"}, "imgsign_import": service}))
-        legacy = stack.enter_context(glance_server(root / "glance-legacy", keystore=keystore, import_methods=()))
-        yield Env(root, direct, legacy, _conf(root / "user.conf", keystore, USER))
+        yield Env(root, keystore, service, stack)
 
 
 def signing_args(key_type: str) -> list[object]:
@@ -165,6 +198,7 @@ def _upload_in_process(env: Env, cloud: str, image: Path, after_hash) -> errors.
     from imgsign.keys.loading import load_private_key
     from imgsign.signer import Signer
 
+    env.server(cloud)
     os.environ["OS_CLIENT_CONFIG_FILE"] = str(env.clouds)
     try:
         glance = session_from_cloud(cloud).glance()
@@ -183,25 +217,36 @@ def _upload_in_process(env: Env, cloud: str, image: Path, after_hash) -> errors.
     return caught.value
 
 
-def test_tampered_stage_is_refused_on_import_and_the_image_deleted(env, tmp_path):
+@pytest.mark.parametrize(("cloud", "refusal"), [
+    ("bare", None),  # Glance's own check while storing the import (its task says only "Internal Error")
+    ("direct", "imgsign_verify refused image"),  # imgsign's plugin, before anything is stored
+])
+def test_tampered_stage_is_refused_on_import_and_the_image_deleted(env, tmp_path, cloud, refusal):
+    server = env.server(cloud)
     image = make_raw(tmp_path / "disk.raw")
-    before = image_ids(env, env.direct)
+    before = image_ids(env, server)
     staged: list[Path] = []
 
     def tamper():
-        [path] = [p for p in env.direct.staging_dir.iterdir() if p.name not in before]
+        [path] = [p for p in server.staging_dir.iterdir() if p.name not in before]
         data = bytearray(path.read_bytes())
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))
         staged.append(path)
 
-    error = _upload_in_process(env, "direct", image, tamper)
+    error = _upload_in_process(env, cloud, image, tamper)
     assert isinstance(error, errors.ImportFailed), error
-    assert "invalid-signature" in error.message and "was deleted" in error.message, error.message
     image_id = staged[0].name
-    assert image_ids(env, env.direct) == before
-    assert env.api(env.direct, "GET", f"/images/{image_id}").status_code == 404
+    assert "was deleted" in error.message, error.message
+    if refusal is not None:
+        assert refusal in error.message, error.message
+    else:
+        log = server.glance_log_text()
+        assert f"Signature verification failed for image {image_id}" in log or "SignatureVerificationError" in log
+    assert image_ids(env, server) == before
+    assert env.api(server, "GET", f"/images/{image_id}").status_code == 404
     assert not staged[0].exists()
+    assert not list(server.images_dir.glob(f"{image_id}*"))
 
 
 def test_file_changed_between_hash_and_put_is_refused_by_glances_own_check(env, tmp_path):
@@ -224,8 +269,7 @@ def test_interrupted_upload_deletes_the_image(env, tmp_path):
     with open(image, "wb") as handle:
         handle.truncate(3 * 1024 ** 3)  # sparse: quick to read, slow enough to send
     before = image_ids(env, env.direct)
-    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    proc_env.update(OS_CLIENT_CONFIG_FILE=str(env.clouds), OS_CLOUD="direct", PYTHONPATH=str(REPO))
+    proc_env = env.cli_env("direct")
     proc = subprocess.Popen([sys.executable, "-m", "imgsign", "-c", str(env.user_conf), "upload", image,
                              *signing_args("RSA-PSS"), "-q"], env=proc_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -284,6 +328,10 @@ def test_verify_image_errors(env, tmp_path):
     for cloud in ("stopped", "bad-token"):
         unavailable = env.cli(cloud, "verify", "--image", created.json()["id"])
         assert unavailable.returncode == errors.GlanceUnavailable.exit_code, (cloud, unavailable.stderr)
+        before = image_ids(env, env.direct)
+        not_uploaded = upload(env, cloud, tmp_path / "disk.raw")
+        assert not_uploaded.returncode == errors.GlanceUnavailable.exit_code, (cloud, not_uploaded.stderr)
+        assert image_ids(env, env.direct) == before
 
     unknown_cloud = env.cli("no-such-cloud", "verify", "--image", created.json()["id"])
     assert unknown_cloud.returncode == errors.InputError.exit_code, unknown_cloud.stderr
@@ -310,8 +358,7 @@ def test_verify_image_streams_without_writing_to_disk(env, tmp_path):
         "    io = dict(l.split(': ') for l in open('/proc/self/io').read().splitlines())\n"
         "    sys.stderr.write('WCHAR=%s\\n' % io['wchar'])\n"
     )
-    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env_vars.update(OS_CLIENT_CONFIG_FILE=str(env.clouds), OS_CLOUD="direct", PYTHONPATH=str(REPO))
+    env_vars = env.cli_env("direct")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", script, str(env.user_conf), image_id], capture_output=True,
                           text=True, env=env_vars, timeout=120)

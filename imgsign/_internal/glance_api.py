@@ -33,12 +33,13 @@ PAGE_SIZE = 200
 #: Glance's JSON-patch media type for PATCH /v2/images/{id}.
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 _VERSION_SUFFIX = re.compile(r"/v2(\.\d+)?/?$")
+_NEXT_PAGE = re.compile(r"/v2/images(\?[\x21-\x7e]*)?")
 
 
 def _brief(response: requests.Response) -> str:
     """Glance's own words about a refusal, on one short line."""
-    try:
-        text = response.text
+    try:  # the first 4 KiB at most: an error page says what it says at its start
+        text = next(response.iter_content(4096), b"").decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - a body that cannot be read says nothing more
         text = ""
     text = re.sub(r"<[^>]*>", " ", text)
@@ -83,8 +84,9 @@ class GlanceClient:
 
             try:
                 found = self._adapter.get_endpoint()
-            except ks.ClientException as exc:
-                raise errors.GlanceUnavailable(f"cannot find the image service (Glance): {exc}") from None
+            except ks.ClientException as exc:  # authentication (Keystone) comes first, then the catalog
+                raise errors.GlanceUnavailable(
+                    f"cannot authenticate or find the image service (Glance): {_first_line(exc)}") from None
             if not found:
                 raise errors.GlanceUnavailable("cannot find the image service (Glance) in the service catalog")
             self._root = _VERSION_SUFFIX.sub("", str(found).rstrip("/") + "/").rstrip("/")
@@ -94,12 +96,16 @@ class GlanceClient:
         """One call to ``path`` (``/v2/...``); only transport and authentication failures raise here."""
         from keystoneauth1 import exceptions as ks
 
-        url = path if path.startswith(("http://", "https://")) else f"{self.endpoint}{path}"
+        # Only paths under the image endpoint, and no redirects (keystoneauth would re-send the token
+        # to wherever a Location points): the token never goes to a host a response named.
+        if not path.startswith("/v2/"):
+            raise ValueError(f"not a Glance v2 path: {path!r}")
         try:
-            return self._adapter.request(url, method, raise_exc=False, stream=stream, timeout=self._timeout,
-                                         log=not stream, **kwargs)
+            return self._adapter.request(f"{self.endpoint}{path}", method, raise_exc=False, stream=stream,
+                                         redirect=False, timeout=self._timeout,
+                                         log=not stream and "data" not in kwargs, **kwargs)
         except ks.ClientException as exc:  # connection refused, timeouts, TLS, no token, no endpoint
-            raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: {exc}") from None
+            raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: {_first_line(exc)}") from None
 
     def _check(self, response: requests.Response, what: str, image_id: str | None = None,
                refused: type[errors.ImgsignError] = errors.GlanceUnavailable) -> requests.Response:
@@ -111,7 +117,7 @@ class GlanceClient:
         response.close()
         if status == 404 and image_id is not None:
             raise errors.ImageNotFound(f"Glance has no image {image_id} ({what}: {brief})")
-        if status in (401, 403) or status >= 500 or status < 200:
+        if status in (401, 403) or status >= 500 or status < 400:  # 3xx: redirects are not followed
             raise errors.GlanceUnavailable(f"Glance refused to {what} ({brief})")
         raise refused(f"Glance refused to {what} ({brief})")
 
@@ -143,17 +149,11 @@ class GlanceClient:
         seen: set[str] = set()
         while path is not None:
             if path in seen:
-                raise errors.GlanceUnavailable(f"Glance's image list pages loop (next page {path} again)")
+                raise errors.GlanceUnavailable(f"Glance's image list pages loop (next page {path[:200]} again)")
             seen.add(path)
-            page = self._json(self._check(self._request("GET", path), "list images"), "list images")
-            images = page.get("images") if isinstance(page, dict) else None
-            if not isinstance(images, list):
-                raise errors.GlanceUnavailable("Glance answered the image list without an image list")
-            for image in images:
-                if isinstance(image, dict):
-                    yield image
-            following = page.get("next")
-            path = following if isinstance(following, str) and following else None
+            images, path = parse_image_page(self._json(self._check(self._request("GET", path), "list images"),
+                                                       "list images"))
+            yield from images
 
     def iter_data(self, image_id: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Stream the image's data (``GET /v2/images/{id}/file``) in chunks of at most ``chunk_size``.
@@ -171,7 +171,7 @@ class GlanceClient:
             if response.status_code == 204:
                 raise errors.ImageHasNoData(f"image {image_id} has no data in Glance (status "
                                             f"{self._status_of(image_id)})")
-            expected = _content_length(response)
+            expected = parse_content_length(response.headers.get("Content-Length"))
             received = 0
             try:
                 for chunk in response.iter_content(chunk_size):
@@ -202,9 +202,8 @@ class GlanceClient:
         if response.status_code == 404:
             response.close()
             return []
-        info = self._json(self._check(response, "list its import methods"), "the import-methods query")
-        methods = info.get("import-methods", {}).get("value") if isinstance(info, dict) else None
-        return [str(m) for m in methods] if isinstance(methods, list) else []
+        return parse_import_methods(self._json(self._check(response, "list its import methods"),
+                                               "the import-methods query"))
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -312,19 +311,40 @@ def _quote(image_id: str) -> str:
     return quote(image_id, safe="")
 
 
-def _content_length(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Length")
+def parse_content_length(value: str | None) -> int | None:
+    """A ``Content-Length`` header's byte count (None without one); anything but digits is refused."""
     if value is None:
         return None
-    try:
-        length = int(value)
-    except ValueError:
-        raise errors.GlanceUnavailable(f"Glance sent an invalid Content-Length {value[:40]!r}") from None
-    if length < 0:
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
         raise errors.GlanceUnavailable(f"Glance sent an invalid Content-Length {value[:40]!r}")
-    return length
+    return int(text)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return text[0][:300] if text else type(exc).__name__
+
+
+def parse_image_page(page: object) -> tuple[list[dict[str, Any]], str | None]:
+    """The images of one ``GET /v2/images`` answer and the path of the next page (None: the last).
+
+    The next page must be a path under ``/v2/images`` (Glance sends ``/v2/images?marker=...``):
+    anything else, a URL to another host included, is refused rather than followed with the token.
+    """
+    images = page.get("images") if isinstance(page, dict) else None
+    if not isinstance(images, list):
+        raise errors.GlanceUnavailable("Glance answered the image list without an image list")
+    following = page.get("next") if isinstance(page, dict) else None
+    if following in (None, ""):
+        return [image for image in images if isinstance(image, dict)], None
+    if not isinstance(following, str) or not _NEXT_PAGE.fullmatch(following):
+        raise errors.GlanceUnavailable(f"Glance named an unexpected next page of images: {str(following)[:200]!r}")
+    return [image for image in images if isinstance(image, dict)], following
+
+
+def parse_import_methods(info: object) -> list[str]:
+    """The method names in a ``GET /v2/info/import`` answer ([] if it names none)."""
+    methods = info.get("import-methods") if isinstance(info, dict) else None
+    values = methods.get("value") if isinstance(methods, dict) else None
+    return [m for m in values if isinstance(m, str)] if isinstance(values, list) else []
