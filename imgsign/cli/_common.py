@@ -137,12 +137,11 @@ def ask_secret(prompt: str) -> str:
 def signing_certificate(ctx: click.Context, cert_path: str | None, properties: SignatureProperties) -> x509.Certificate:
     """``--cert``, else the certificate the key manager holds under img_signature_certificate_uuid."""
     from imgsign import certificates
+    from imgsign.keymanager.anchors import fetch_certificate
 
     if cert_path is not None:
-        data = read_small_file(cert_path, "certificate")
-    else:
-        data = open_store(ctx).get_certificate(properties.certificate_uuid)
-    return certificates.load_certificate(data)
+        return certificates.load_certificate(read_small_file(cert_path, "certificate"))
+    return fetch_certificate(open_store(ctx), properties.certificate_uuid)
 
 
 def effective_trusted_ids(
@@ -163,7 +162,8 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
     given: its stored CRLs always count, and a key manager that cannot be reached is an error
     (KeyManagerError), never a chain validated without them.
     """
-    from imgsign import certificates, chain
+    from imgsign import chain
+    from imgsign.keymanager.anchors import fetch_trust_anchors
 
     settings = config(ctx).imgsign if has_config(ctx) else None
     ids = effective_trusted_ids(ctx, trusted_ids, trusted_files)
@@ -171,19 +171,15 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
         if intermediate_files or crl_files or require_crl:
             raise click.UsageError("--intermediate, --crl and --require-crl need --trusted or --trusted-file")
         return None
-    store = open_store(ctx)
-    trusted = [certificates.load_certificate(store.get_certificate(i)) for i in ids]
-    for path in trusted_files:
-        trusted += chain.load_certificates(read_small_file(path, "trusted certificates"))
-    intermediates = [c for path in intermediate_files
-                     for c in chain.load_certificates(read_small_file(path, "intermediate certificates"))]
-    crls = [chain.load_crl(read_small_file(path, "CRL")) for path in crl_files]
-    crls += [chain.load_crl(der) for _, der in store.get_crls()]
-    return chain.TrustAnchors(
-        trusted, intermediates, crls,
+    return fetch_trust_anchors(
+        open_store(ctx), ids,
+        trusted=[c for path in trusted_files
+                 for c in chain.load_certificates(read_small_file(path, "trusted certificates"))],
+        intermediates=[c for path in intermediate_files
+                       for c in chain.load_certificates(read_small_file(path, "intermediate certificates"))],
+        crls=[chain.load_crl(read_small_file(path, "CRL")) for path in crl_files],
         require_crls=require_crl if require_crl is not None else bool(settings and settings.require_crls),
-        max_depth=max_chain_depth if max_chain_depth is not None else (
-            settings.max_chain_depth if settings else chain.DEFAULT_MAX_DEPTH),
+        max_depth=max_chain_depth if max_chain_depth is not None else (settings.max_chain_depth if settings else None),
     )
 
 

@@ -82,14 +82,12 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         return Verifier.for_certificate(properties, certificate, policy=policy)
 
     try:
-        if image is not None:
-            assert properties_path is not None  # noqa: S101 - checked above
+        if image is not None and properties_path is not None:
             properties = SignatureProperties.from_mapping(load_properties(properties_path))
             with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
                 # check_signer runs while the image is hashed on another core.
                 check_signer(properties).verify_precomputed(digest())
-        else:
-            assert glance_image_id is not None  # noqa: S101 - checked above
+        elif glance_image_id is not None:
             from imgsign.properties import properties_from_document
 
             glance = glance_client(os_cloud, os_region_name)

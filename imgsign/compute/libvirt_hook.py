@@ -61,6 +61,7 @@ from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from imgsign.compute import protection, qemu_img
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
+from imgsign.compute.self_adoption import SelfAdopter
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
@@ -97,6 +98,8 @@ class HookConfig:
     state_dir: str
     log_file: str | None
     allow_unverified: tuple[str, ...] = ()
+    #: The file this was read from (self-adoption reads its [glance] and key manager sections).
+    path: str | None = None
 
     @property
     def cache_dir(self) -> str:
@@ -105,7 +108,7 @@ class HookConfig:
 
 def load_config(path: str | None = None) -> HookConfig:
     path = path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",))
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
         with open(path) as handle:
             parser.read_file(handle)
@@ -144,6 +147,7 @@ def load_config(path: str | None = None) -> HookConfig:
         state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
         log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
         allow_unverified=allow,
+        path=path,
     )
 
 
@@ -296,6 +300,8 @@ class _Decider:
         self.results: list[Result] = []
         self.bases_seen: set[str] = set()
         self.names_seen: set[str] = set()
+        self.adopter = SelfAdopter(config.path, config.instances_path, self.records, config.policy.mode,
+                                   config.policy.trusted_certificate_ids, config.policy.immutable_bases)
 
     def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
         allowed = allowed or self.config.policy.mode is Mode.WARN
@@ -372,6 +378,7 @@ class _Decider:
                     f"{layer.format}{' with a backing file' if layer.backing else ''}"))
             return
         self.names_seen.add(name)
+        self.results += self.adopter.adopt(layer.path, self.image_id_of(name))  # a base Nova downloaded itself
         decision = verify_for_boot(layer.path, self.records, self.config.policy, self.cache)
         if decision.allowed and decision.code == 0:
             try:

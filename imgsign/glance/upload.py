@@ -58,7 +58,7 @@ class HashingChunks:
         self._fd, self._size, self._name, self._progress = fd, size, name, progress
         self._hasher = hash_method.new()
         self.head = b""
-        self.digest: bytes | None = None
+        self._digest: bytes | None = None
 
     def __iter__(self) -> Iterator[memoryview]:
         sent = 0
@@ -75,7 +75,14 @@ class HashingChunks:
         if sent != self._size:
             raise errors.InputError(f"image {self._name} shrank while it was being uploaded "
                                     f"({sent} of {self._size} bytes)")
-        self.digest = self._hasher.digest()
+        self._digest = self._hasher.digest()
+
+    @property
+    def digest(self) -> bytes:
+        """The digest of all ``size`` bytes; only once they were all handed on."""
+        if self._digest is None:
+            raise RuntimeError("the image was not read to its end")
+        return self._digest
 
 
 def upload_signed(glance: GlanceClient, path: str, fields: Mapping[str, Any], hash_method: HashMethod,
@@ -95,7 +102,6 @@ def upload_signed(glance: GlanceClient, path: str, fields: Mapping[str, Any], ha
             chunks = HashingChunks(handle.fileno(), size, hash_method, path, progress)
             for _ in chunks:
                 pass
-            assert chunks.digest is not None  # noqa: S101 - set by the complete iteration
             properties = dict(make_properties(chunks.digest, handle, chunks.head))
             record = glance.create_image({**fields, **properties})
         else:
@@ -105,7 +111,6 @@ def upload_signed(glance: GlanceClient, path: str, fields: Mapping[str, Any], ha
             if direct:
                 chunks = HashingChunks(handle.fileno(), size, hash_method, path, progress)
                 glance.stage(image_id, chunks, size)
-                assert chunks.digest is not None  # noqa: S101 - set by the complete iteration
                 properties = dict(make_properties(chunks.digest, handle, chunks.head))
                 glance.update_image(image_id, properties)
                 glance.import_image(image_id, "glance-direct")

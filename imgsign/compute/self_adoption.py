@@ -1,0 +1,325 @@
+"""The boot hook adopts a base Nova downloaded by itself: once, from Glance and the key manager.
+
+Nova downloads an image into ``_base/<sha1(image id)>`` without writing a trust record
+(``fetch_to_raw``).  When the hook meets such a base for an image the domain XML names (Nova's
+``<nova:root type="image" uuid=...>``; its metadata names no kernel or ramdisk id, so those are the
+``kernel_id``/``ramdisk_id`` Glance names for that image), it gets the
+image's properties from Glance (``GET /v2/images/{id}``) and the signing certificate (and the
+trusted certificates of ``[boot] trusted_certificate_ids``, with the stored CRLs) from the key
+manager, and hands them to :func:`imgsign.compute.adoption.adopt`, which verifies the base and
+writes its record; every later boot is the usual offline check, with no network call.
+
+Configuration (``boot.conf``, the hook's own file; ``[boot]`` is read as the hook reads it, the
+other sections with oslo.config as Nova reads ``nova.conf``):
+
+* ``[glance]``: keystoneauth options (``keystoneauth1.loading``: ``auth_type`` and the plugin's
+  options, session ``cafile``/``insecure``/``timeout``..., adapter ``endpoint_override``,
+  ``valid_interfaces``, ``region_name``);
+* ``[key_manager]``, ``[barbican]``, ``[vault]``, ``[imgsign_embedded]``, ``[imgsign]``: the key
+  manager as castellan (and ``imgsign.conf``) configure it;
+* ``[boot] adopt``: ``true``/``false``; default: on when ``[glance] auth_type`` is set;
+* ``[boot] adopt_timeout``: seconds (default 10) for all network calls of one hook run together;
+  also the per-request timeout unless ``[glance] timeout`` sets one.
+
+Failures: Glance (or Keystone) unreachable, too slow or refusing is
+:class:`~imgsign.errors.GlanceUnavailable`, an unknown image
+:class:`~imgsign.errors.ImageNotFound`, the key manager
+:class:`~imgsign.errors.KeyManagerError`; a base Nova converted (the Glance image is not raw,
+the base is) without a raw-digest statement is refused
+(:class:`~imgsign.errors.RawStatementError`; downloading and converting the image again is not
+done here).  The network calls run on a daemon thread the hook stops waiting for at the
+deadline; it only fetches, everything that touches the base or the state directory runs after it,
+on the hook's own thread.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from imgsign.compute import qemu_img
+from imgsign.compute.boot import BootDecision, Mode
+from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
+from imgsign.errors import (
+    GlanceUnavailable,
+    ImgsignError,
+    InputError,
+    KeyManagerError,
+    RawStatementError,
+    TrustRecordError,
+)
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from oslo_config import cfg
+
+    from imgsign.chain import TrustAnchors
+
+#: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
+DEFAULT_TIMEOUT = 10.0
+GLANCE_GROUP = "glance"
+#: Glance properties naming more images Nova downloads into ``_base`` for an instance.
+AUXILIARY_IMAGES = ("kernel_id", "ramdisk_id")
+#: The qcow2 magic (a base that starts with it is the downloaded qcow2 itself, not a conversion).
+_QCOW2_MAGIC = b"QFI\xfb"
+T = TypeVar("T")
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+#: (file, image id, decision): one line of the hook's log.
+Result = tuple[str, "str | None", BootDecision]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """What one adoption needs from the network."""
+
+    image: dict[str, Any]
+    certificate: x509.Certificate
+    anchors: TrustAnchors | None
+
+
+class SelfAdopter:
+    """Adopts the unrecorded bases of one hook run (see the module docstring).
+
+    ``config_path`` is the hook's ``boot.conf``; nothing is read from it, and nothing imported
+    for the network, until a base actually lacks a record.
+    """
+
+    def __init__(self, config_path: str | None, instances_path: str, records: RecordStore, mode: Mode,
+                 trusted_ids: tuple[str, ...], immutable: bool = True) -> None:
+        self.config_path = config_path
+        self.immutable = immutable
+        self.base_dir = os.path.join(os.path.normpath(instances_path), qemu_img.CACHE)
+        self.instances_path = instances_path
+        self.records = records
+        self.mode = mode
+        self.trusted_ids = trusted_ids
+        self._settings: _Settings | None = None
+        self._deadline: float | None = None
+
+    def adopt(self, path: str, image_id: str | None) -> list[Result]:
+        """Adopt ``path`` (a layer of a disk) if it is ``_base/<sha1(image_id)>`` and has no record.
+
+        Returns what to log: nothing when there is nothing to adopt (or adoption is off), an
+        ``adopted`` line, or the reason adoption failed (a refusal under ``enforce``, a warning
+        under ``warn``); the hook's own check of the base follows in every case.  When the image
+        is adopted, so are the unrecorded bases of the ``kernel_id`` and ``ramdisk_id`` Glance
+        names for it (Nova downloads them with the image; its metadata does not name them, the
+        hook checks ``<os><kernel>``/``<initrd>`` as copies of verified bases).
+        """
+        if image_id is None or os.path.normpath(path) != self._base_of(image_id):
+            return []
+        results, image = self._adopt_image(image_id)
+        for key in AUXILIARY_IMAGES:
+            auxiliary = image.get(key) if image is not None else None
+            if isinstance(auxiliary, str) and auxiliary and auxiliary != image_id:
+                results += self._adopt_image(auxiliary, f"{key} of image {image_id}")[0]
+        return results
+
+    def _base_of(self, image_id: str) -> str:
+        return os.path.join(self.base_dir, cache_name(image_id))
+
+    def _adopt_image(self, image_id: str, role: str = "") -> tuple[list[Result], dict[str, Any] | None]:
+        """Adopt the image's base if it has none; (what to log, Glance's record of the image if adopted)."""
+        path = self._base_of(image_id)
+        try:
+            if self.records.get(image_id) is not None or not os.path.isfile(path):
+                return [], None
+        except (TrustRecordError, OSError):
+            return [], None  # a damaged record is the boot check's refusal, not a reason to adopt again
+        what = f"image {image_id}" + (f" ({role})" if role else "")
+        try:
+            settings = self.settings()
+            if not settings.enabled:
+                return [], None
+            fetched = self._within_deadline(settings, lambda stage: _fetch(settings, image_id, self.trusted_ids, stage))
+            record = self._adopt(image_id, fetched)
+        except ImgsignError as exc:
+            message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
+            return [(path, image_id, BootDecision(self.mode is Mode.WARN, exc.exit_code, exc.reason, message))], None
+        converted = f", converted from {record.source_format}" if record.source_format != record.cached_format else ""
+        return [(path, image_id, BootDecision(True, 0, "adopted",
+                                              f"adopted the base Nova downloaded for {what} "
+                                              f"({record.cached_format}{converted}; properties from Glance)"))], \
+            fetched.image
+
+    def settings(self) -> _Settings:
+        if self._settings is None:
+            self._settings = _Settings.load(self.config_path)
+        return self._settings
+
+    def _within_deadline(self, settings: _Settings, work: Callable[[list[str]], T]) -> T:
+        """Run ``work`` on a daemon thread; give up at this run's deadline (one budget for all images)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + settings.timeout
+        stage = ["glance"]
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, work(stage)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the hook's thread as it is
+                outcome.append((False, exc))
+
+        thread = threading.Thread(target=run, name="imgsign-adopt-fetch", daemon=True)
+        thread.start()
+        thread.join(max(0.0, self._deadline - time.monotonic()))
+        if not outcome:
+            what = ("Glance (or Keystone) did not answer" if stage[0] == "glance" else
+                    "the key manager did not answer")
+            error = GlanceUnavailable if stage[0] == "glance" else KeyManagerError
+            raise error(f"{what} within {settings.timeout:g} s ([boot] adopt_timeout)")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def _adopt(self, image_id: str, fetched: Fetched) -> TrustRecord:
+        from imgsign.compute import adoption
+
+        _refuse_conversion_without_statement(self._base_of(image_id), image_id, fetched.image)
+        signed = adoption.signature_properties(image_id, fetched.image)
+        return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
+                              anchors=fetched.anchors, trusted_ids=self.trusted_ids,
+                              certificate_id=signed.certificate_uuid, immutable=self.immutable)
+
+
+def _refuse_conversion_without_statement(path: str, image_id: str, image: Mapping[str, Any]) -> None:
+    """A raw base of an image Glance holds in another format is Nova's conversion: without a
+    raw-digest statement nothing says what the signed image converts to."""
+    from imgsign.raw_statement import parse_raw_statement
+
+    disk_format = image.get("disk_format")
+    if disk_format in (None, "raw") or parse_raw_statement(image) is not None:
+        return
+    try:  # as adoption opens it: never through a link, never blocking on a FIFO Nova's user put there
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"base file {path} of image {image_id} is not a regular file")
+            head = os.pread(fd, len(_QCOW2_MAGIC), 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise InputError(f"cannot read base file {path} of image {image_id}: {exc.strerror}") from None
+    if disk_format == "qcow2" and head == _QCOW2_MAGIC:
+        return  # force_raw_images = False: the base is the signed qcow2 itself
+    raise RawStatementError(
+        f"Nova converted image {image_id} ({disk_format} in Glance) to raw, and the image has no raw-digest "
+        "statement (imgsign_raw_v1_* properties) saying what it converts to: sign it with `imgsign sign` (qcow2), "
+        "or cache it with `imgsign boot cache`; the hook does not download and convert images itself")
+
+
+def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str]) -> Fetched:
+    """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are)."""
+    from imgsign.compute.adoption import signature_properties
+    from imgsign.keymanager import config as km_config
+    from imgsign.keymanager.anchors import fetch_certificate, fetch_trust_anchors
+
+    image = settings.glance().get_image(image_id)
+    if image.get("id") != image_id:
+        raise GlanceUnavailable(f"Glance answered the request for image {image_id} with image {image.get('id')!r}")
+    signed = signature_properties(image_id, image)  # unsigned: refused before the key manager is asked
+    stage[0] = "key manager"
+    conf = settings.options
+    store = km_config.open_store(conf)
+    certificate = fetch_certificate(store, signed.certificate_uuid)
+    anchors = None
+    if trusted_ids:
+        anchors = fetch_trust_anchors(store, trusted_ids, require_crls=conf.imgsign.require_crls,
+                                      max_depth=conf.imgsign.max_chain_depth)
+    return Fetched(image, certificate, anchors)
+
+
+@dataclasses.dataclass
+class _Settings:
+    """boot.conf as self-adoption reads it (``conf`` is None when adoption is off)."""
+
+    conf: cfg.ConfigOpts | None
+    timeout: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.conf is not None
+
+    @property
+    def options(self) -> cfg.ConfigOpts:
+        """The parsed configuration (adoption is on)."""
+        if self.conf is None:
+            raise InputError("self-adoption is off in the hook's configuration")
+        return self.conf
+
+    @classmethod
+    def load(cls, path: str | None) -> _Settings:
+        """Off (without loading oslo.config, keystoneauth or castellan) unless ``[boot] adopt`` is true,
+        or not set and ``[glance] auth_type`` is."""
+        if path is None:  # a HookConfig made in code, not read from a file
+            return cls(None, DEFAULT_TIMEOUT)
+        adopt, timeout = _boot_options(path)
+        if not adopt:
+            return cls(None, timeout)
+        from keystoneauth1 import loading as ks_loading
+
+        from imgsign.keymanager import config as km_config
+
+        conf = km_config.load(path)
+        ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
+        ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
+        ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
+        return cls(conf, timeout)
+
+    def glance(self) -> Any:
+        """A Glance client with the ``[glance]`` credentials, every request limited to the timeout."""
+        from keystoneauth1 import exceptions as ks_errors
+        from keystoneauth1 import loading as ks_loading
+        from oslo_config import cfg
+
+        from imgsign._internal.glance_api import GlanceClient
+
+        conf = self.options
+        group = conf[GLANCE_GROUP]
+        try:
+            timeout = float(group.timeout) if group.timeout else self.timeout
+            auth = ks_loading.load_auth_from_conf_options(conf, GLANCE_GROUP)
+            session = ks_loading.load_session_from_conf_options(conf, GLANCE_GROUP, auth=auth, timeout=timeout)
+            interfaces = group.valid_interfaces
+        except (ks_errors.ClientException, ValueError, cfg.Error) as exc:  # e.g. a "$" oslo cannot substitute
+            raise GlanceUnavailable(f"the [glance] settings of the hook's configuration are not usable: "
+                                    f"{type(exc).__name__}: {exc}") from None
+        return GlanceClient(session, endpoint_override=group.endpoint_override,
+                            interface=interfaces[0] if interfaces else None, region_name=group.region_name,
+                            timeout=(timeout, timeout))
+
+
+def _boot_options(path: str) -> tuple[bool, float]:
+    """Whether to adopt and ``[boot] adopt_timeout``, read as the hook reads ``[boot]``: ``adopt``
+    defaults to on when ``[glance] auth_type`` is set (the hook has credentials of its own)."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
+    try:
+        with open(path) as handle:
+            parser.read_file(handle)
+    except (OSError, UnicodeError, configparser.Error) as exc:
+        raise InputError(f"cannot read hook configuration {path}: {exc}") from None
+    section = parser["boot"] if parser.has_section("boot") else {}
+    adopt_text = section.get("adopt", "").strip().lower()
+    if adopt_text in _BOOLEANS:
+        adopt = _BOOLEANS[adopt_text]
+    elif adopt_text:
+        raise InputError(f"{path}: [boot] adopt must be true or false, not {adopt_text!r}")
+    else:
+        adopt = parser.has_section(GLANCE_GROUP) and bool(parser[GLANCE_GROUP].get("auth_type", "").strip())
+    timeout_text = section.get("adopt_timeout", f"{DEFAULT_TIMEOUT:g}").strip()
+    try:
+        timeout = float(timeout_text)
+        if not 0 < timeout < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"{path}: [boot] adopt_timeout must be a positive number of seconds, "
+                         f"not {timeout_text!r}") from None
+    return adopt, timeout
