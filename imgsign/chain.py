@@ -127,6 +127,12 @@ def _explain(certificate: x509.Certificate, anchors: TrustAnchors, detail: str) 
     if "exceeds max depth" in detail:
         detail = (f"no trusted certificate within {anchors.max_depth} intermediate level(s) "
                   "(a chain that long, or cross-signed CAs that issue each other)")
+    elif "Forbidden signature algorithm" in detail:
+        detail = ("an issuer signed with an algorithm chain validation does not accept (it takes RSASSA-PKCS1-v1_5, "
+                  "RSASSA-PSS with a salt as long as the hash, and ECDSA, with SHA-256/384/512; not DSA, not "
+                  "RSASSA-PSS with another salt such as the maximum)")
+    elif "Forbidden public key algorithm" in detail:
+        detail = "an issuer on the path has a key chain validation does not accept for a CA (RSA, P-256/384/521 only)"
     elif "no interior errors" in detail:
         detail = "no issuer among the trusted certificates and intermediates (missing intermediate or untrusted CA)"
     return (f"certificate {describe(certificate)} does not chain to any of the "

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import certificates, errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import KEY_MANAGER_ID, open_store
+from imgsign.cli._common import KEY_MANAGER_ID, load_key, open_store
 
 
 @click.group("cert")
@@ -23,10 +23,24 @@ def cert_group() -> None:
 @cert_group.command("store")
 @click.argument("cert_path", metavar="CERT", type=click.Path(dir_okay=False))
 @click.option("--name", help="A name for the certificate (default: its subject).")
+@click.option("--key", "key_path",
+              help="Refuse CERT unless it is a signing certificate for this private key (e.g. the one a CA "
+                   "returned for `keygen --csr`); from a PEM bundle, store the certificate for this key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --key.")
 @click.pass_context
-def cert_store(ctx: click.Context, cert_path: str, name: str | None) -> None:
+def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: str | None,
+               passphrase_file: str | None) -> None:
     """Store CERT (PEM or DER) and print its UUID (an identical stored one is reused)."""
-    cert = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+    if passphrase_file and not key_path:
+        raise click.UsageError("--passphrase-file needs --key")
+    data = read_small_file(cert_path, "certificate")
+    if key_path is None:
+        cert = certificates.load_certificate(data)
+    else:
+        from imgsign.chain import load_certificates
+
+        key, _ = load_key(key_path, passphrase_file)
+        cert = certificates.certificate_for_key(load_certificates(data), key.public_key(), f"the key {key_path}")
     der = cert.public_bytes(Encoding.DER)
     store = open_store(ctx)
     existing = store.find_certificate(der)
