@@ -335,18 +335,18 @@ def test_cert_store_refuses_a_certificate_that_may_not_sign(tmp_path, env):
     assert refused.code == errors.CertificateError.exit_code and "digitalSignature" in refused.stderr, refused
 
 
-@pytest.mark.parametrize("extra", [
-    ("--csr", "R", "--out-cert", "C"),
-    (),
-    ("--csr", "R", "--ca-cert", "CA", "--ca-key", "CAKEY"),
-    ("--csr", "R", "--days", "30"),
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--csr", "R", "--out-cert", "C"), "give --out-cert, or --csr"),
+    ((), "give --out-cert, or --csr"),
+    (("--csr", "R", "--ca-cert", "CA", "--ca-key", "CAKEY"), "--ca-cert does not go with --csr"),
+    (("--csr", "R", "--days", "30"), "--days does not go with --csr"),
 ], ids=["csr-and-cert", "neither", "csr-with-ca", "csr-with-days"])
-def test_keygen_csr_option_combinations(tmp_path, extra):
+def test_keygen_csr_option_combinations(tmp_path, extra, message):
     names = {"R": tmp_path / "r.csr", "C": tmp_path / "c.pem", "CA": pki("intermediate-ca.pem"),
              "CAKEY": pki("intermediate-ca.key")}
     result = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem",
                      *(names.get(a, a) for a in extra))
-    assert result.code == 2 and "Usage:" in result.stderr, result
+    assert result.code == 2 and "Usage:" in result.stderr and message in result.stderr, result
     assert not (tmp_path / "k.pem").exists() and not (tmp_path / "r.csr").exists()
 
 
