@@ -29,11 +29,23 @@ def load_certificate(data: bytes) -> x509.Certificate:
     pem = is_pem(data)
     try:
         if pem:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
+            return check_names(x509.load_pem_x509_certificate(data))
+        return check_names(x509.load_der_x509_certificate(data))
     except ValueError as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else "parse error"
         raise CertificateError(f"not a readable {'PEM' if pem else 'DER'} X.509 certificate ({first})") from None
+
+
+def check_names(cert: x509.Certificate) -> x509.Certificate:
+    """Return ``cert`` once its subject and issuer parse; raise ValueError if not.
+
+    ``cryptography`` reads the names only when they are first used, so a certificate with a
+    malformed name loads and then fails wherever it is named (a message, a store, a chain):
+    every loader calls this, so such a certificate is refused when it is read.
+    """
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    return cert
 
 
 def describe(cert: x509.Certificate) -> str:

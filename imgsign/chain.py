@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509 import verification
 
-from imgsign.certificates import describe
+from imgsign.certificates import check_names, describe
 from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 
@@ -63,6 +63,8 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             found = x509.load_pem_x509_certificates(data)
         else:
             found = [x509.load_der_x509_certificate(data)]
+        for cert in found:
+            check_names(cert)
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate or PEM bundle ({str(exc)[:120]})") from None
     return found
