@@ -46,7 +46,8 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     try:
         pem = data.lstrip().startswith(b"-----BEGIN")
         crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
-        for _ in crl.extensions:  # cryptography parses extensions lazily: find bad ones now
+        crl.issuer.rfc4514_string()  # cryptography parses the issuer and extensions lazily: find bad ones now
+        for _ in crl.extensions:
             pass
         for entry in crl:
             for _ in entry.extensions:

@@ -91,3 +91,37 @@ def test_a_certificate_with_a_malformed_name_is_refused_when_read(tmp_path):
     bad.write_bytes(pem)
     stored = run_cli("cert", "store", bad, env={"IMGSIGN_KEYSTORE": str(tmp_path / "ks.sqlite3"), "IMGSIGN_CONFIG": ""})
     assert stored.code == errors.CertificateError.exit_code and "not a readable" in stored.stderr, stored
+
+
+@FUZZ
+@given(INPUTS)
+def test_a_crl_that_loads_can_be_named_and_read(data):
+    """The sibling for CRLs: what ``crl store``/``crl list`` and the revocation check read of a loaded CRL."""
+    from imgsign.chain import crl_limits, load_crl
+
+    try:
+        crl = load_crl(data)
+    except errors.ImgsignError:
+        return
+    crl.issuer.rfc4514_string()
+    crl.last_update_utc, crl.next_update_utc, len(crl)  # noqa: B018
+    crl_limits(crl)
+    for entry in crl:
+        entry.serial_number, entry.revocation_date_utc  # noqa: B018
+
+
+def test_a_crl_with_a_malformed_issuer_is_refused_when_read(tmp_path):
+    """``crl store`` crashed naming such a CRL (exit 1, "internal error")."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.chain import load_crl
+    from tests.conftest import run_cli
+
+    der = bytearray(x509.load_pem_x509_crl(pki("intermediate-ca.crl.pem").read_bytes()).public_bytes(Encoding.DER))
+    der[der.find(b"NOT FOR") + 2] = 0xE0  # not UTF-8 in the issuer's UTF8String
+    with pytest.raises(errors.CertificateError, match="not a readable certificate revocation list"):
+        load_crl(bytes(der))
+    bad = tmp_path / "bad.crl"
+    bad.write_bytes(bytes(der))
+    stored = run_cli("crl", "store", bad, env={"IMGSIGN_KEYSTORE": str(tmp_path / "ks.sqlite3"), "IMGSIGN_CONFIG": ""})
+    assert stored.code == errors.CertificateError.exit_code and "not a readable" in stored.stderr, stored
