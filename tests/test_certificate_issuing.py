@@ -372,3 +372,58 @@ def test_keygen_ca_key_is_loaded_like_every_key(tmp_path):
     assert cert.signature_hash_algorithm.name == hashes.SHA256.name
     assert openssl_run("verify", "-CAfile", pki("ecdsa-root-ca.pem"), "-untrusted", pki("ecdsa-intermediate-ca.pem"),
                        tmp_path / "c.pem").returncode == 0
+
+
+def test_cert_request_and_issue_for_an_existing_key(tmp_path, env):
+    """``cert request`` and ``cert issue`` make a request or a certificate for a key that already exists
+    (loaded like every key: after the merge of the token backends, a key reference too)."""
+    key, pw = tmp_path / "existing.key", tmp_path / "pw"
+    pw.write_text("secret\n")
+    assert run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 2048, "--out-key", key, "--out-cert",
+                   tmp_path / "first.pem", "--passphrase-file", pw).code == 0
+    csr = tmp_path / "existing.csr"
+    requested = run_cli("cert", "request", "--key", key, "--passphrase-file", pw, "--out", csr,
+                        "--subject", "CN=existing key")
+    assert requested.code == 0 and "RSA 2048-bit" in requested.stderr, requested
+    assert openssl_run("req", "-verify", "-noout", "-in", csr).returncode == 0
+    issued = ca_signs(tmp_path, csr)
+    assert run_cli("cert", "store", issued, "--key", key, "--passphrase-file", pw, env=env).code == 0
+
+    image = tmp_path / "image.raw"
+    image.write_bytes(b"y" * 100_000)
+    for extra, trust in (((), ()), (("--ca-cert", pki("intermediate-ca.pem"), "--ca-key", pki("intermediate-ca.key"),
+                                     "--days", 7), ("--trusted-file", pki("root-ca.pem"), "--intermediate",
+                                                    pki("intermediate-ca.pem")))):
+        cert = tmp_path / f"issued-{len(extra)}.pem"
+        made = run_cli("cert", "issue", "--key", key, "--passphrase-file", pw, "--out", cert, *extra)
+        assert made.code == 0, made
+        assert ("self-signed" in made.stderr) == (not extra)
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert isinstance(loaded.signature_algorithm_parameters, padding.PKCS1v15)  # a file key can: cursive-compatible
+        signed = run_cli("sign", image, "--key", key, "--passphrase-file", pw, "--cert", cert, "--cert-uuid", CERT_UUID)
+        assert signed.code == 0, signed
+        props = tmp_path / "props.json"
+        props.write_text(signed.stdout)
+        verified = run_cli("verify", image, "--properties", props, "--cert", cert, *trust, env=env)
+        assert verified.code == 0, verified
+
+
+def test_cert_issue_and_request_refuse_keys_and_options_they_cannot_use(tmp_path):
+    p256 = run_cli("cert", "issue", "--key", pki("leaf-ecc-secp256r1.key"), "--out", tmp_path / "c.pem")
+    assert p256.code == errors.UnsupportedAlgorithm.exit_code and "secp256r1 keys cannot sign" in p256.stderr, p256
+    request = run_cli("cert", "request", "--key", pki("leaf-ecc-secp256r1.key"), "--out", tmp_path / "r.csr")
+    assert request.code == errors.UnsupportedAlgorithm.exit_code, request
+    for args, message in (
+        (("--ca-cert", pki("intermediate-ca.pem")), "--ca-cert and --ca-key go together"),
+        (("--ca-passphrase-file", tmp_path / "pw"), "--ca-passphrase-file needs --ca-key"),
+        (("--subject", "no equals sign"), "--subject"),
+    ):
+        result = run_cli("cert", "issue", "--key", pki("leaf-ecc-secp384r1.key"), "--out", tmp_path / "c.pem", *args)
+        assert result.code == 2 and message in result.stderr, result
+    not_ca = run_cli("cert", "issue", "--key", pki("leaf-ecc-secp384r1.key"), "--out", tmp_path / "c.pem",
+                     "--ca-cert", pki("not-a-ca.pem"), "--ca-key", pki("not-a-ca.key"))
+    assert not_ca.code == errors.CertificateError.exit_code and "not a CA" in not_ca.stderr, not_ca
+    wrong_key = run_cli("cert", "issue", "--key", pki("leaf-ecc-secp384r1.key"), "--out", tmp_path / "c.pem",
+                        "--ca-cert", pki("intermediate-ca.pem"), "--ca-key", pki("ecdsa-intermediate-ca.key"))
+    assert wrong_key.code == errors.CertificateKeyMismatch.exit_code and "does not belong" in wrong_key.stderr
+    assert not (tmp_path / "c.pem").exists() and not (tmp_path / "r.csr").exists()

@@ -7,9 +7,17 @@ from typing import Any
 import click
 
 from imgsign import errors, keygen
-from imgsign._internal.files import plan_outputs, read_small_file
+from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import KeyType
-from imgsign.cli._common import key_type_choice, load_key, read_passphrase
+from imgsign.cli._common import (
+    check_issuer_options,
+    issuer_inputs,
+    issuer_options,
+    key_type_choice,
+    load_issuer,
+    read_passphrase,
+    subject_option,
+)
 from imgsign.policy import MIN_RSA_DSA_BITS
 
 
@@ -20,13 +28,8 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 @click.option("--out-cert", type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
 @click.option("--csr", "out_csr", type=click.Path(dir_okay=False),
               help="Write a certificate request (PKCS#10 PEM) for your CA instead of a certificate.")
-@click.option("--ca-cert", type=click.Path(dir_okay=False),
-              help="Issue the certificate from this CA (else self-signed).")
-@click.option("--ca-key", help="The CA's private key.")
-@click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key.")
-@click.option("--days", type=click.IntRange(min=1), default=keygen.DEFAULT_DAYS, show_default=True,
-              help="Validity in days.")
-@click.option("--subject", default=keygen.DEFAULT_SUBJECT, show_default=True, help="RFC 4514 subject name.")
+@issuer_options
+@subject_option
 @click.option("--bits", type=int, help=f"RSA/DSA key size (default {keygen.DEFAULT_BITS}; not for curves).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
@@ -41,33 +44,20 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
         if given:
             raise click.UsageError(f"--{given[0].replace('_', '-')} does not go with --csr: the CA sets it")
-    if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
-        raise click.UsageError("--ca-cert and --ca-key go together")
-    if opts["ca_passphrase_file"] and not opts["ca_key"]:
-        raise click.UsageError("--ca-passphrase-file needs --ca-key")
+    check_issuer_options(opts)
     key_type = KeyType.parse(opts["key_type"])
-    for check, param in ((lambda: keygen.check_bits(key_type, opts["bits"]), "--bits"),
-                         (lambda: keygen.parse_subject(opts["subject"]), "--subject")):
-        try:
-            check()
-        except errors.InputError as exc:
-            raise click.BadParameter(exc.message, param_hint=param) from None
+    try:
+        keygen.check_bits(key_type, opts["bits"])
+    except errors.InputError as exc:
+        raise click.BadParameter(exc.message, param_hint="--bits") from None
     out_key, out_cert = plan_outputs(
         [(opts["out_key"], "private key", 0o600),
          (opts["out_csr"], "certificate request", 0o644) if opts["out_csr"] else
          (opts["out_cert"], "certificate", 0o644)],
-        [(opts["ca_cert"], "CA certificate"), (opts["ca_key"], "CA private key"),
-         (opts["ca_passphrase_file"], "CA passphrase file"), (opts["passphrase_file"], "passphrase file")],
+        [*issuer_inputs(opts), (opts["passphrase_file"], "passphrase file")],
         force=opts["force"],
     )
-    issuer = None
-    if opts["ca_cert"]:
-        from imgsign.certificates import load_certificate
-
-        ca_cert = load_certificate(read_small_file(opts["ca_cert"], "CA certificate"))
-        ca_key, _ = load_key(opts["ca_key"], opts["ca_passphrase_file"], "CA private key")
-        issuer = keygen.Issuer(ca_cert, ca_key)
-        keygen.check_issuer(issuer)
+    issuer = load_issuer(opts)
     passphrase = read_passphrase(opts["passphrase_file"])
     if passphrase == b"":
         raise errors.InputError(f"passphrase file {opts['passphrase_file']} holds an empty passphrase: "
