@@ -205,7 +205,7 @@ def issue_certificate(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier(authority_key_id, None, None), critical=False
         )
-    fields = asn1.der_sequence_elements(builder.sign(placeholder, None).tbs_certificate_bytes)
+    fields = _fields(builder.sign(placeholder, None).tbs_certificate_bytes, 6, placeholder)
 
     def tbs_certificate(algorithm: bytes) -> bytes:  # version, serialNumber, signature, ..., SPKI, extensions
         fields[2], fields[6] = algorithm, spki
@@ -230,10 +230,21 @@ def certificate_request(
         .add_extension(_CODE_SIGNING, critical=False)
         .sign(placeholder, None)
     )
-    fields = asn1.der_sequence_elements(request.tbs_certrequest_bytes)
+    fields = _fields(request.tbs_certrequest_bytes, 2, placeholder)
     fields[2] = key.public_key().spki_der()  # CertificationRequestInfo: version, subject, SPKI, attributes
     info = asn1.der_sequence(*fields)
     return x509.load_der_x509_csr(_signed(key, hash_method, lambda _: info))
+
+
+def _fields(to_be_signed: bytes, spki_index: int, placeholder: ed25519.Ed25519PrivateKey) -> list[bytes]:
+    """The elements of a TBSCertificate or CertificationRequestInfo ``cryptography`` encoded with
+    ``placeholder``, after checking that the public key is where it is replaced."""
+    fields = asn1.der_sequence_elements(to_be_signed)
+    spki = placeholder.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    if len(fields) <= spki_index or fields[spki_index] != spki:
+        raise RuntimeError("cryptography encoded the certificate or request in an unexpected layout")
+    return fields
 
 
 def check_issuer(issuer: Issuer) -> None:
