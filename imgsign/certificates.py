@@ -11,7 +11,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
-from imgsign.errors import CertificateError, CertificateExpired, CertificateNotYetValid, UnsupportedAlgorithm
+from imgsign.errors import (
+    CertificateError,
+    CertificateExpired,
+    CertificateKeyMismatch,
+    CertificateNotYetValid,
+    UnsupportedAlgorithm,
+)
 from imgsign.keys import PublicKey
 from imgsign.keys.inprocess import CryptographyPublicKey
 from imgsign.keys.loading import is_pem, public_key_from_spki
@@ -23,11 +29,23 @@ def load_certificate(data: bytes) -> x509.Certificate:
     pem = is_pem(data)
     try:
         if pem:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
+            return check_names(x509.load_pem_x509_certificate(data))
+        return check_names(x509.load_der_x509_certificate(data))
     except ValueError as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else "parse error"
         raise CertificateError(f"not a readable {'PEM' if pem else 'DER'} X.509 certificate ({first})") from None
+
+
+def check_names(cert: x509.Certificate) -> x509.Certificate:
+    """Return ``cert`` once its subject and issuer parse; raise ValueError if not.
+
+    ``cryptography`` reads the names only when they are first used, so a certificate with a
+    malformed name loads and then fails wherever it is named (a message, a store, a chain):
+    every loader calls this, so such a certificate is refused when it is read.
+    """
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    return cert
 
 
 def describe(cert: x509.Certificate) -> str:
@@ -102,3 +120,21 @@ def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_P
         raise CertificateError(
             f"certificate {name} may not sign code: its extendedKeyUsage ({names}) lacks codeSigning"
         )
+
+
+def certificate_for_key(found: list[x509.Certificate], key: PublicKey, key_name: str) -> x509.Certificate:
+    """The certificate for ``key`` among ``found`` (a CA's reply: the certificate, perhaps with its chain),
+    checked to be a signing certificate (usage; its dates are checked whenever it signs or verifies).
+
+    Raises :class:`CertificateKeyMismatch` when none is for ``key``, naming what was found.
+    """
+    spki = key.spki_der()
+    mine = [cert for cert in found if certificate_spki_der(cert) == spki]
+    if not mine:
+        names = "; ".join(describe(cert) for cert in found[:3]) + ("; ..." if len(found) > 3 else "")
+        raise CertificateKeyMismatch(
+            f"the certificate ({names}) is not for {key_name}: its public key is another one "
+            f"(was another request signed?)"
+        )
+    check_signing_certificate(mine[0], Policy(ignore_certificate_dates=True))
+    return mine[0]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509 import verification
 
-from imgsign.certificates import describe
+from imgsign.certificates import check_names, describe
 from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 
@@ -46,7 +46,8 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     try:
         pem = data.lstrip().startswith(b"-----BEGIN")
         crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
-        for _ in crl.extensions:  # cryptography parses extensions lazily: find bad ones now
+        crl.issuer.rfc4514_string()  # cryptography parses the issuer and extensions lazily: find bad ones now
+        for _ in crl.extensions:
             pass
         for entry in crl:
             for _ in entry.extensions:
@@ -63,6 +64,8 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             found = x509.load_pem_x509_certificates(data)
         else:
             found = [x509.load_der_x509_certificate(data)]
+        for cert in found:
+            check_names(cert)
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate or PEM bundle ({str(exc)[:120]})") from None
     return found
@@ -127,6 +130,12 @@ def _explain(certificate: x509.Certificate, anchors: TrustAnchors, detail: str) 
     if "exceeds max depth" in detail:
         detail = (f"no trusted certificate within {anchors.max_depth} intermediate level(s) "
                   "(a chain that long, or cross-signed CAs that issue each other)")
+    elif "Forbidden signature algorithm" in detail:
+        detail = ("an issuer signed with an algorithm chain validation does not accept (it takes RSASSA-PKCS1-v1_5, "
+                  "RSASSA-PSS with a salt as long as the hash, and ECDSA, with SHA-256/384/512; not DSA, not "
+                  "RSASSA-PSS with another salt such as the maximum)")
+    elif "Forbidden public key algorithm" in detail:
+        detail = "an issuer on the path has a key chain validation does not accept for a CA (RSA, P-256/384/521 only)"
     elif "no interior errors" in detail:
         detail = "no issuer among the trusted certificates and intermediates (missing intermediate or untrusted CA)"
     return (f"certificate {describe(certificate)} does not chain to any of the "

@@ -118,8 +118,8 @@ def bao(tmp_path_factory) -> Iterator[Transit]:
             else:  # the same through the library, faster
                 key = generate_signing_key(f"hashivault://{name}", KeyType.parse(args[1]),
                                            int(args[3]) if len(args) > 2 else None, conf=conf)
-                issuer = keygen.Issuer(pki("intermediate-ca.pem").read_bytes(), pki("intermediate-ca.key").read_bytes())
-                cert.write_bytes(keygen.certify(key.public_key(), issuer=issuer, subject=f"CN=transit {name}"))
+                cert.write_bytes(keygen.issue_certificate(keygen.parse_subject(f"CN=transit {name}"), key.public_key(),
+                                                          _intermediate_ca()).public_bytes(Encoding.PEM))
             transit.certs[name] = cert
             der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
             transit.uuids[name] = store.store_certificate(der, f"transit {name}")
@@ -322,3 +322,11 @@ def test_tls_is_verified_with_the_configured_ca(bao: Transit) -> None:
     assert untrusted.code == errors.SignerUnavailable.exit_code and "TLS connection" in untrusted.stderr, untrusted
     trusted = _sign(bao, REQUESTS_CA_BUNDLE=certifi.where())
     assert trusted.code == 0, trusted
+
+
+def _intermediate_ca() -> keygen.Issuer:
+    """The test PKI's intermediate CA, a key file (it signs certificates PKCS#1 v1.5)."""
+    from imgsign.keys.loading import load_private_key
+
+    return keygen.Issuer(load_certificate(pki("intermediate-ca.pem").read_bytes()),
+                         load_private_key(pki("intermediate-ca.key").read_bytes()))

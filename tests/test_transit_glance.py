@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imgsign import keygen
 from imgsign.algorithms import KeyType
 from imgsign.keys import transit
+from tests.test_transit import _intermediate_ca
 from tests.conftest import pki, run_cli
 from tests.servers import openbao
 from tests.servers.glance import glance_server
@@ -43,9 +44,9 @@ def setup(tmp_path_factory) -> Iterator[tuple[Deployment, API, str]]:
         key = transit.generate_key("hashivault://glance-resign", KeyType.RSA_PSS, 3072,
                                    transit.settings(None, {"VAULT_ADDR": bao.url, "VAULT_TOKEN": bao.root_token}))
         certificate = root / "glance-resign.pem"
-        certificate.write_bytes(keygen.certify(
-            key.public_key(), subject="CN=glance re-signing (transit)",
-            issuer=keygen.Issuer(pki("intermediate-ca.pem").read_bytes(), pki("intermediate-ca.key").read_bytes())))
+        certificate.write_bytes(keygen.issue_certificate(
+            keygen.parse_subject("CN=glance re-signing (transit)"), key.public_key(),
+            _intermediate_ca()).public_bytes(Encoding.PEM))
         keystore = root / "keystore.sqlite3"
         service_conf = _conf(root / "service.conf", keystore, SERVICE)
         deployment = Deployment(root, keystore, _conf(root / "user.conf", keystore, USER), service_key_id="",

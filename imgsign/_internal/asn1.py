@@ -85,41 +85,95 @@ def rsassa_pss_parameters(spki_der: bytes) -> PssParameters | None:
     return PssParameters(HASH_OIDS.get(hash_oid, hash_oid), HASH_OIDS.get(mgf_hash_oid, mgf_hash_oid), salt_length)
 
 
-def der_tlv(tag: int, body: bytes) -> bytes:
-    """One DER element: ``tag``, definite length, ``body`` (for the few structures built by hand)."""
-    length = len(body)
-    if length < 0x80:
-        return bytes([tag, length]) + body
-    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body
+# --- DER of signed objects (certificates, certification requests) ------------------------------------------
+#
+# These helpers read only DER that imgsign itself just made (with ``cryptography``); they are not parsers of
+# untrusted input.
 
 
-def der_children(der: bytes) -> list[bytes]:
-    """The encoded elements inside one DER SEQUENCE (each with its own tag and length)."""
-    body, children = _der_body(der), []
-    while body:
-        element = body[: _der_total(body)]
-        children.append(element)
-        body = body[len(element):]
-    return children
+def der_element(tag: int, content: bytes) -> bytes:
+    """One DER tag-length-value with a single-byte ``tag``."""
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
 
 
-def _der_total(der: bytes) -> int:
-    if len(der) < 2:
-        raise ValueError("truncated DER")
-    first = der[1]
+def der_sequence(*elements: bytes) -> bytes:
+    """A DER SEQUENCE of already encoded ``elements``."""
+    return der_element(0x30, b"".join(elements))
+
+
+def der_sequence_elements(der: bytes) -> list[bytes]:
+    """The encoded elements of the DER SEQUENCE ``der`` (each a whole tag-length-value)."""
+    if not der or der[0] != 0x30:
+        raise ValueError("not a DER SEQUENCE")
+    start, end = _der_header(der, 0)
+    if end != len(der):
+        raise ValueError("trailing data after a DER SEQUENCE")
+    elements = []
+    while start < end:
+        _, after = _der_header(der, start)
+        if after > end:
+            raise ValueError("a DER element overruns its SEQUENCE")
+        elements.append(der[start:after])
+        start = after
+    return elements
+
+
+def _der_header(der: bytes, offset: int) -> tuple[int, int]:
+    """(offset of the content, offset after the element) of the element at ``offset``."""
+    if offset + 2 > len(der) or der[offset] & 0x1F == 0x1F:
+        raise ValueError("truncated DER or a multi-byte tag")
+    first = der[offset + 1]
     if first < 0x80:
-        return 2 + first
+        return offset + 2, offset + 2 + first
     count = first & 0x7F
-    if count == 0 or len(der) < 2 + count:
-        raise ValueError("unsupported DER length")
-    total = 2 + count + int.from_bytes(der[2:2 + count], "big")
-    if total > len(der):
-        raise ValueError("truncated DER")
-    return total
+    if not 0 < count <= 4 or offset + 2 + count > len(der):
+        raise ValueError("bad DER length")
+    content = offset + 2 + count
+    return content, content + int.from_bytes(der[offset + 2 : content], "big")
 
 
-def _der_body(der: bytes) -> bytes:
-    total = _der_total(der)
-    header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
-    return der[header:total]
+def der_signed(to_be_signed: bytes, algorithm: bytes, signature: bytes) -> bytes:
+    """``SEQUENCE { toBeSigned, signatureAlgorithm, BIT STRING signature }``: an X.509 certificate,
+    CRL or PKCS#10 request (RFC 5280 §4.1, RFC 2986 §4)."""
+    return der_sequence(to_be_signed, algorithm, der_element(0x03, b"\x00" + signature))
+
+
+def spki_key_bits(spki_der: bytes) -> bytes:
+    """The subjectPublicKey bits of a DER SubjectPublicKeyInfo (what a key identifier hashes, RFC 5280 §4.2.1.2)."""
+    _, bit_string = der_sequence_elements(spki_der)
+    start, _ = _der_header(bit_string, 0)
+    return bit_string[start + 1 :]  # skip the unused-bits count
+
+
+def signature_algorithm(oid: str, parameters: bytes | None = None) -> bytes:
+    """A DER AlgorithmIdentifier: ``oid`` with already encoded ``parameters``, or none (absent)."""
+    from pyasn1.codec.der import encoder
+    from pyasn1.type import univ
+
+    encoded: bytes = encoder.encode(univ.ObjectIdentifier(oid))
+    return der_sequence(encoded, *([parameters] if parameters is not None else []))
+
+
+#: DER NULL, the parameters of the hash and PKCS#1 v1.5 AlgorithmIdentifiers.
+DER_NULL = b"\x05\x00"
+
+
+def rsassa_pss_algorithm(hash_name: str, salt_length: int) -> bytes:
+    """The RSASSA-PSS AlgorithmIdentifier with explicit parameters (RFC 4055 §3.1): hash ``hash_name``
+    (a key of :data:`HASH_OIDS`' values), MGF1 with the same hash, ``salt_length``, trailer 1."""
+    from pyasn1.codec.der import encoder
+    from pyasn1.type import univ
+
+    hash_oid = next(oid for oid, name in HASH_OIDS.items() if name == hash_name)
+    hash_algorithm = signature_algorithm(hash_oid, DER_NULL)
+    salt: bytes = encoder.encode(univ.Integer(salt_length))
+    parameters = der_sequence(
+        der_element(0xA0, hash_algorithm),
+        der_element(0xA1, signature_algorithm(MGF1_OID, hash_algorithm)),
+        der_element(0xA2, salt),
+    )
+    return signature_algorithm(RSASSA_PSS_OID, parameters)

@@ -16,7 +16,7 @@ from imgsign._internal.files import open_image, read_secret_file, read_small_fil
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from imgsign import chain
+    from imgsign import chain, keygen
     from imgsign.algorithms import HashMethod
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
@@ -297,3 +297,64 @@ def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+# --- certificates: the options keygen and cert issue/request share ---------------------------------------------
+
+
+def subject_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--subject``, checked as an RFC 4514 name (a usage error if it is not one)."""
+    from imgsign import keygen
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            keygen.parse_subject(value)
+        except errors.InputError as exc:
+            raise click.BadParameter(exc.message, ctx, param) from None
+        return value
+
+    return click.option("--subject", default=keygen.DEFAULT_SUBJECT, show_default=True, callback=check,
+                        help="RFC 4514 subject name.")(func)
+
+
+def issuer_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ca-cert``, ``--ca-key``, ``--ca-passphrase-file`` and ``--days``: who issues a certificate, for how long."""
+    from imgsign import keygen
+
+    for option in reversed((
+        click.option("--ca-cert", type=click.Path(dir_okay=False),
+                     help="Issue the certificate from this CA (else self-signed)."),
+        click.option("--ca-key", help="The CA's private key."),
+        click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key."),
+        click.option("--days", type=click.IntRange(min=1), default=keygen.DEFAULT_DAYS, show_default=True,
+                     help="Validity in days."),
+    )):
+        func = option(func)
+    return func
+
+
+def check_issuer_options(opts: dict[str, Any]) -> None:
+    """Usage errors in :func:`issuer_options` (before any file is read)."""
+    if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
+        raise click.UsageError("--ca-cert and --ca-key go together")
+    if opts["ca_passphrase_file"] and not opts["ca_key"]:
+        raise click.UsageError("--ca-passphrase-file needs --ca-key")
+
+
+def issuer_inputs(opts: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """The files of :func:`issuer_options`, as inputs an output must never overwrite."""
+    return [(opts["ca_cert"], "CA certificate"), (opts["ca_key"], "CA private key"),
+            (opts["ca_passphrase_file"], "CA passphrase file")]
+
+
+def load_issuer(opts: dict[str, Any]) -> keygen.Issuer | None:
+    """The CA of :func:`issuer_options` (its key loaded like every private key), checked; None: self-signed."""
+    from imgsign import keygen
+    from imgsign.certificates import load_certificate
+
+    if not opts["ca_cert"]:
+        return None
+    ca_cert = load_certificate(read_small_file(opts["ca_cert"], "CA certificate"))
+    ca_key, _ = load_key(opts["ca_key"], opts["ca_passphrase_file"], "CA private key")
+    issuer = keygen.Issuer(ca_cert, ca_key)
+    keygen.check_issuer(issuer)
+    return issuer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from cryptography import x509
@@ -11,22 +11,48 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import certificates, errors
-from imgsign._internal.files import read_small_file
-from imgsign.cli._common import KEY_MANAGER_ID, open_store
+from imgsign._internal.files import plan_outputs, read_small_file
+from imgsign.cli._common import (
+    KEY_MANAGER_ID,
+    check_issuer_options,
+    issuer_inputs,
+    issuer_options,
+    load_issuer,
+    load_key,
+    open_store,
+    subject_option,
+)
+
+if TYPE_CHECKING:
+    from imgsign.keys import PrivateKey
 
 
 @click.group("cert")
 def cert_group() -> None:
-    """Signing certificates in the key manager."""
+    """Signing certificates: make them for a key (issue, request), keep them in the key manager."""
 
 
 @cert_group.command("store")
 @click.argument("cert_path", metavar="CERT", type=click.Path(dir_okay=False))
 @click.option("--name", help="A name for the certificate (default: its subject).")
+@click.option("--key", "key_path",
+              help="Refuse CERT unless it is a signing certificate for this private key (e.g. the one a CA "
+                   "returned for `keygen --csr`); from a PEM bundle, store the certificate for this key.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --key.")
 @click.pass_context
-def cert_store(ctx: click.Context, cert_path: str, name: str | None) -> None:
+def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: str | None,
+               passphrase_file: str | None) -> None:
     """Store CERT (PEM or DER) and print its UUID (an identical stored one is reused)."""
-    cert = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+    if passphrase_file and not key_path:
+        raise click.UsageError("--passphrase-file needs --key")
+    data = read_small_file(cert_path, "certificate")
+    if key_path is None:
+        cert = certificates.load_certificate(data)
+    else:
+        from imgsign.chain import load_certificates
+
+        key, _ = load_key(key_path, passphrase_file)
+        cert = certificates.certificate_for_key(load_certificates(data), key.public_key(), f"the key {key_path}")
     der = cert.public_bytes(Encoding.DER)
     store = open_store(ctx)
     existing = store.find_certificate(der)
@@ -35,6 +61,66 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None) -> None:
         click.echo(existing)
         return
     click.echo(store.store_certificate(der, name or certificates.describe(cert)))
+
+
+_KEY_HELP = "The key's private key (a file, or a reference to a key in a token or signing service)."
+
+
+def _signing_key(key_ref: str, passphrase_file: str | None) -> PrivateKey:
+    """The key a certificate or request is made for; it must be able to sign OpenStack images."""
+    key, _ = load_key(key_ref, passphrase_file)
+    if key.key_type is None:
+        raise errors.UnsupportedAlgorithm(
+            f"{key.public_key().describe()} keys cannot sign OpenStack images (use RSA, DSA or an ECC_* curve)"
+        )
+    return key
+
+
+@cert_group.command("request")
+@click.option("--key", "key_ref", required=True, help=_KEY_HELP)
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --key.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Certificate request to write (PKCS#10 PEM).")
+@subject_option
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def cert_request(key_ref: str, passphrase_file: str | None, out_path: str, subject: str, force: bool) -> None:
+    """Make a certificate request for an existing key (for your CA), signed by the key itself."""
+    from imgsign import keygen
+
+    (out,) = plan_outputs([(out_path, "certificate request", 0o644)],
+                          [(key_ref, "private key"), (passphrase_file, "passphrase file")], force=force)
+    key = _signing_key(key_ref, passphrase_file)
+    request = keygen.certificate_request(keygen.parse_subject(subject), key)
+    out.write(request.public_bytes(Encoding.PEM))
+    click.echo(f"wrote {out_path} (certificate request for the {key.public_key().describe()} key: have your CA "
+               f"sign it, then: imgsign cert store CERT --key {key_ref})", err=True)
+
+
+@cert_group.command("issue")
+@click.option("--key", "key_ref", required=True, help=_KEY_HELP)
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --key.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Certificate to write (PEM).")
+@issuer_options
+@subject_option
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def cert_issue(**opts: Any) -> None:
+    """Make a code-signing certificate for an existing key: self-signed by it, or from --ca-cert."""
+    from imgsign import keygen
+
+    check_issuer_options(opts)
+    (out,) = plan_outputs(
+        [(opts["out_path"], "certificate", 0o644)],
+        [(opts["key_ref"], "private key"), (opts["passphrase_file"], "passphrase file"), *issuer_inputs(opts)],
+        force=opts["force"],
+    )
+    issuer = load_issuer(opts)
+    key = _signing_key(opts["key_ref"], opts["passphrase_file"])
+    cert = keygen.issue_certificate(keygen.parse_subject(opts["subject"]), key.public_key(), issuer or key,
+                                    days=opts["days"])
+    out.write(cert.public_bytes(Encoding.PEM))
+    by = f"issued by {certificates.describe(issuer.certificate)}" if issuer else "self-signed"
+    click.echo(f"wrote {opts['out_path']} ({by})", err=True)
 
 
 def _summary(cert_id: str, cert: x509.Certificate) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``imgsign keygen``: make a signing key and certificate."""
+"""``imgsign keygen``: make a signing key and its certificate, or a certificate request for a CA."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from typing import Any
 import click
 
 from imgsign import errors, keygen
-from imgsign._internal.files import plan_outputs, read_small_file
+from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import KeyType
-from imgsign.cli._common import key_type_choice, read_passphrase
+from imgsign.cli._common import (
+    check_issuer_options,
+    issuer_inputs,
+    issuer_options,
+    key_type_choice,
+    load_issuer,
+    read_passphrase,
+    subject_option,
+)
 from imgsign.policy import MIN_RSA_DSA_BITS
 
 
@@ -20,49 +28,44 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 @click.option("--key", "key_reference", metavar="REF",
               help="Instead of --out-key: generate the key inside this token (pkcs11:token=...;object=LABEL) or "
                    "OpenBao/Vault transit (hashivault://NAME); it never leaves it.")
-@click.option("--out-cert", required=True, type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
-@click.option("--ca-cert", type=click.Path(dir_okay=False),
-              help="Issue the certificate from this CA (else self-signed).")
-@click.option("--ca-key", type=click.Path(dir_okay=False), help="The CA's private key.")
-@click.option("--ca-passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --ca-key.")
-@click.option("--days", type=click.IntRange(min=1), default=keygen.DEFAULT_DAYS, show_default=True,
-              help="Validity in days.")
-@click.option("--subject", default=keygen.DEFAULT_SUBJECT, show_default=True, help="RFC 4514 subject name.")
+@click.option("--out-cert", type=click.Path(dir_okay=False), help="Certificate to write (PEM).")
+@click.option("--csr", "out_csr", type=click.Path(dir_okay=False),
+              help="Write a certificate request (PKCS#10 PEM) for your CA instead of a certificate.")
+@issuer_options
+@subject_option
 @click.option("--bits", type=int, help=f"RSA/DSA key size (default {keygen.DEFAULT_BITS}; not for curves).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.pass_context
 def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
-    """Make a signing key and certificate."""
+    """Make a signing key and a certificate (self-signed or from --ca-cert), or with --csr a certificate
+    request for an existing CA (store the certificate it returns with: imgsign cert store CERT --key KEY)."""
     if bool(opts["out_key"]) == bool(opts["key_reference"]):
-        raise click.UsageError("give --out-key (a key file) or --key (a key generated inside a token)")
-    if bool(opts["ca_cert"]) != bool(opts["ca_key"]):
-        raise click.UsageError("--ca-cert and --ca-key go together")
-    if opts["ca_passphrase_file"] and not opts["ca_key"]:
-        raise click.UsageError("--ca-passphrase-file needs --ca-key")
+        raise click.UsageError("give --out-key (a key file) or --key (a key generated inside a token or service)")
+    if bool(opts["out_cert"]) == bool(opts["out_csr"]):
+        raise click.UsageError("give --out-cert, or --csr to have a CA issue the certificate")
+    if opts["out_csr"]:
+        given = [name for name in ("ca_cert", "ca_key", "ca_passphrase_file", "days")
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} does not go with --csr: the CA sets it")
+    check_issuer_options(opts)
     key_type = KeyType.parse(opts["key_type"])
-    for check, param in ((lambda: keygen.check_bits(key_type, opts["bits"]), "--bits"),
-                         (lambda: keygen.parse_subject(opts["subject"]), "--subject")):
-        try:
-            check()
-        except errors.InputError as exc:
-            raise click.BadParameter(exc.message, param_hint=param) from None
+    try:
+        keygen.check_bits(key_type, opts["bits"])
+    except errors.InputError as exc:
+        raise click.BadParameter(exc.message, param_hint="--bits") from None
     if opts["key_reference"]:
         _keygen_in_backend(ctx, key_type, opts)
         return
     out_key, out_cert = plan_outputs(
-        [(opts["out_key"], "private key", 0o600), (opts["out_cert"], "certificate", 0o644)],
-        [(opts["ca_cert"], "CA certificate"), (opts["ca_key"], "CA private key"),
-         (opts["ca_passphrase_file"], "CA passphrase file"), (opts["passphrase_file"], "passphrase file")],
+        [(opts["out_key"], "private key", 0o600),
+         (opts["out_csr"], "certificate request", 0o644) if opts["out_csr"] else
+         (opts["out_cert"], "certificate", 0o644)],
+        [*issuer_inputs(opts), (opts["passphrase_file"], "passphrase file")],
         force=opts["force"],
     )
-    issuer = None
-    if opts["ca_cert"]:
-        issuer = keygen.Issuer(
-            read_small_file(opts["ca_cert"], "CA certificate"),
-            read_small_file(opts["ca_key"], "CA private key"),
-            read_passphrase(opts["ca_passphrase_file"]),
-        )
+    issuer = load_issuer(opts)
     passphrase = read_passphrase(opts["passphrase_file"])
     if passphrase == b"":
         raise errors.InputError(f"passphrase file {opts['passphrase_file']} holds an empty passphrase: "
@@ -71,6 +74,13 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     if bits is not None and bits < MIN_RSA_DSA_BITS:
         click.echo(f"imgsign: warning: a {bits}-bit {key_type.value} key is below the {MIN_RSA_DSA_BITS}-bit "
                    f"minimum: verifying its signatures needs --allow-weak-keys", err=True)
+    if opts["out_csr"]:
+        pending = keygen.generate_request(key_type, subject=opts["subject"], bits=bits, passphrase=passphrase)
+        out_key.write(pending.key_pem)
+        out_cert.write(pending.csr_pem)
+        click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_csr']} (certificate request: "
+                   f"have your CA sign it, then: imgsign cert store CERT --key {opts['out_key']})", err=True)
+        return
     identity = keygen.generate(
         key_type, subject=opts["subject"], days=opts["days"], bits=bits,
         issuer=issuer, passphrase=passphrase,
@@ -82,35 +92,29 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
 
 def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
     """``--key REF``: the key pair is generated in the token or service; its certificate is issued by
-    ``--ca-cert``/``--ca-key``, or else self-signed with the new key there."""
-    from imgsign._internal.external_cert import self_signed_certificate
+    ``--ca-cert``/``--ca-key`` or self-signed with the new key there, or ``--csr`` asks a CA for one."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     from imgsign.cli._common import ask_secret, config, has_config
     from imgsign.keys.loading import generate_signing_key
 
     if opts["passphrase_file"]:
         raise click.UsageError(f"--passphrase-file applies to key files, not to {opts['key_reference'][:80]}")
     if key_type.is_binary_curve:  # refused before a key pair is left in the token without a certificate
-        raise errors.UnsupportedAlgorithm(f"keygen cannot yet issue the certificate of a {key_type.value} key in a "
-                                          f"token or service; generate it with the token's own tools and sign "
-                                          f"with --key")
-    [out_cert] = plan_outputs(
-        [(opts["out_cert"], "certificate", 0o644)],
-        [(ctx.find_root().obj.get("config_file"), "configuration file"), (opts["ca_cert"], "CA certificate"),
-         (opts["ca_key"], "CA private key"), (opts["ca_passphrase_file"], "CA passphrase file")],
-        force=opts["force"])
-    issuer = None
-    if opts["ca_cert"]:
-        issuer = keygen.Issuer(read_small_file(opts["ca_cert"], "CA certificate"),
-                               read_small_file(opts["ca_key"], "CA private key"),
-                               read_passphrase(opts["ca_passphrase_file"]))
-        keygen.check_issuer(issuer)  # before the key is created
+        raise errors.UnsupportedAlgorithm(f"keygen cannot make {key_type.value} keys in a token or service; "
+                                          f"generate one with the token's own tools and sign with --key")
+    output, what = (opts["out_csr"], "certificate request") if opts["out_csr"] else (opts["out_cert"], "certificate")
+    [out] = plan_outputs([(output, what, 0o644)],
+                         [(ctx.find_root().obj.get("config_file"), "configuration file"), *issuer_inputs(opts)],
+                         force=opts["force"])
+    issuer = load_issuer(opts)  # checked before any key is created
     conf = config(ctx) if has_config(ctx) else None
     key = generate_signing_key(opts["key_reference"], key_type, opts["bits"], conf=conf,
                                ask_secret=ask_secret if sys.stdin.isatty() else None)
-    if issuer is not None:
-        certificate = keygen.certify(key.public_key(), issuer=issuer, subject=opts["subject"], days=opts["days"])
+    subject = keygen.parse_subject(opts["subject"])
+    if opts["out_csr"]:
+        out.write(keygen.certificate_request(subject, key).public_bytes(Encoding.PEM))
     else:
-        certificate = self_signed_certificate(key, keygen.parse_subject(opts["subject"]), opts["days"])
-    out_cert.write(certificate)
-    click.echo(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {opts['out_cert']}",
-               err=True)
+        certificate = keygen.issue_certificate(subject, key.public_key(), issuer or key, days=opts["days"])
+        out.write(certificate.public_bytes(Encoding.PEM))
+    click.echo(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {output}", err=True)

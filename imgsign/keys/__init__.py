@@ -82,3 +82,16 @@ class PrivateKey(abc.ABC):
     def close(self) -> None:
         """Release what the key holds open (a token session); nothing for a key in memory."""
         return None
+
+    def sign_digest_pkcs1v15(self, digest: bytes, hash_method: HashMethod) -> bytes:
+        """RSA keys that can: sign ``digest`` as RSASSA-PKCS1-v1_5 (the DigestInfo of ``hash_method``).
+
+        Only certificates and certificate requests use it: cursive checks a CA's signature on a
+        certificate as PKCS#1 v1.5 and nothing else, and X.509 verifiers (``cryptography``'s, so
+        imgsign's chain validation) accept RSASSA-PSS only with a salt as long as the hash, not the
+        maximum salt of :meth:`sign_digest`.  A key that cannot raises
+        :class:`~imgsign.errors.MechanismUnsupported`; its certificates are then RSASSA-PSS signed.
+        """
+        from imgsign.errors import MechanismUnsupported
+
+        raise MechanismUnsupported(f"this {type(self).__name__} cannot sign RSASSA-PKCS1-v1_5")

@@ -14,6 +14,7 @@ from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import InvalidSignature, KeyTypeMismatch, PrivateKeyError, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey, PublicKey
 
+_DAMAGED = "the private key is damaged: its signature does not verify with its public key"
 _PycaPrivate = rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
@@ -163,6 +164,18 @@ class CryptographyPrivateKey(PrivateKey):
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
+    def sign_digest_pkcs1v15(self, digest: bytes, hash_method: HashMethod) -> bytes:
+        key = self._key
+        if not isinstance(key, rsa.RSAPrivateKey):
+            return super().sign_digest_pkcs1v15(digest, hash_method)
+        prehashed = utils.Prehashed(hash_method.algorithm)
+        signature = key.sign(digest, padding.PKCS1v15(), prehashed)
+        try:
+            key.public_key().verify(signature, digest, padding.PKCS1v15(), prehashed)
+        except crypto_exceptions.InvalidSignature:
+            raise PrivateKeyError(_DAMAGED) from None
+        return signature
+
     def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
         """Sign, then verify the new signature with the public key: a damaged key or a
         computation fault (the RSA-CRT fault attack) never yields a signature that leaks
@@ -178,7 +191,5 @@ class CryptographyPrivateKey(PrivateKey):
         try:
             self.public_key().verify_digest(signature, digest, hash_method)
         except InvalidSignature:
-            raise PrivateKeyError(
-                "the private key is damaged: its signature does not verify with its public key"
-            ) from None
+            raise PrivateKeyError(_DAMAGED) from None
         return signature

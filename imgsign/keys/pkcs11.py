@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from imgsign._internal.asn1 import der_tlv
+from imgsign._internal.asn1 import der_element
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import (
     ImgsignError,
@@ -505,16 +505,16 @@ def _spki(obj: Any, p11: Any) -> bytes:
         point = bytes(obj[attr.EC_POINT])
         if point[:1] == b"\x04" and len(point) > 2 and point[1] in (len(point) - 2, 0x81, 0x82):
             point = _octet_string_value(point)  # PKCS#11 2.20+: DER OCTET STRING; some tokens give it raw
-        algorithm = der_tlv(0x30, _EC_PUBLIC_KEY_DER + bytes(obj[attr.EC_PARAMS]))
-        return der_tlv(0x30, algorithm + der_tlv(0x03, b"\0" + point))
+        algorithm = der_element(0x30, _EC_PUBLIC_KEY_DER + bytes(obj[attr.EC_PARAMS]))
+        return der_element(0x30, algorithm + der_element(0x03, b"\0" + point))
     raise UnsupportedAlgorithm(f"cannot use a {family or 'unknown'} public key")
 
 
 def _octet_string_value(der: bytes) -> bytes:
-    from imgsign._internal.asn1 import der_children
+    from imgsign._internal.asn1 import der_sequence_elements
 
     try:
-        [value] = der_children(der_tlv(0x30, der))
+        [value] = der_sequence_elements(der_element(0x30, der))
     except ValueError:
         return der
     if len(value) != len(der):
