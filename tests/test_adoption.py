@@ -26,7 +26,7 @@ from imgsign import errors, load_certificate
 from imgsign.compute.trust_record import RecordStore, cache_name
 from tests.conftest import CERT_UUID, cert_of, key_of, openssl, release, run_cli
 from tests.test_boot_hook import Host, domain_xml
-from tests.test_compute_hardening import NOBODY, Attacker, as_attacker
+from tests.test_compute_hardening import NOBODY, Attacker, as_attacker, nova_writable_cache
 from tests.test_real_images import qemu
 
 
@@ -37,11 +37,7 @@ def host():
     path = Path(tempfile.mkdtemp(prefix="imgsign-adopt-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
-    (host.instances / "_base").mkdir(parents=True)
-    os.chown(host.instances, 0, NOBODY)
-    os.chmod(host.instances, 0o1775)
-    os.chown(host.instances / "_base", 0, NOBODY)
-    os.chmod(host.instances / "_base", 0o775)
+    nova_writable_cache(host.instances)
     yield host
     shutil.rmtree(path, ignore_errors=True)
 

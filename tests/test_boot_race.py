@@ -15,7 +15,7 @@ from imgsign import errors
 from imgsign.compute import libvirt_hook, protection
 from tests.conftest import cert_of, release, run_cli
 from tests.test_boot_hook import Host, domain_xml
-from tests.test_compute_hardening import NOBODY, Attacker, as_attacker
+from tests.test_compute_hardening import NOBODY, Attacker, as_attacker, nova_writable_cache
 from tests.test_real_images import qemu
 
 
@@ -26,11 +26,7 @@ def host():
     path = Path(tempfile.mkdtemp(prefix="imgsign-race-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
-    (host.instances / "_base").mkdir(parents=True)
-    os.chown(host.instances, 0, NOBODY)
-    os.chmod(host.instances, 0o1775)
-    os.chown(host.instances / "_base", 0, NOBODY)
-    os.chmod(host.instances / "_base", 0o775)
+    nova_writable_cache(host.instances)
     yield host
     for directory, _, files in os.walk(path):
         for name in files:

@@ -96,6 +96,18 @@ def as_attacker(action: Callable[[], None]) -> None:
     assert attacker.finish() == 0
 
 
+def nova_writable_cache(instances: Path) -> Path:
+    """The image cache as the README sets it up (\"The path to each base\"): instances path root's and
+    sticky, ``_base`` root's, both writable by nova's group (nova here is uid/gid 65534)."""
+    base = instances / "_base"
+    base.mkdir(parents=True, exist_ok=True)
+    os.chown(instances, 0, NOBODY)
+    os.chmod(instances, 0o1775)
+    os.chown(base, 0, NOBODY)
+    os.chmod(base, 0o775)
+    return base
+
+
 def nova_owned_base(instances: Path) -> Path:
     """``_base`` as on a compute host: owned and writable by nova (here uid 65534)."""
     base = instances / "_base"

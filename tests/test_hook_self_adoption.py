@@ -32,7 +32,7 @@ from tests.conftest import cert_of, key_of, pki, run_cli
 from tests.servers.glance import GlanceServer, glance_server
 from tests.test_adoption import as_nova
 from tests.test_boot_hook import Host, domain_xml
-from tests.test_compute_hardening import NOBODY
+from tests.test_compute_hardening import NOBODY, nova_writable_cache
 from tests.test_glance_e2e import USER, _conf, _stored_id
 from tests.test_real_images import qemu
 from tests.test_self_adoption_offline import closed_url, silent_server
@@ -94,9 +94,7 @@ class Compute(Host):
         self.cloud = cloud
         super().__init__(tmp)
         self.configure()  # Host's own configuration has no [glance]
-        (self.instances / "_base").mkdir(parents=True)
-        os.chown(self.instances, NOBODY, NOBODY)
-        os.chown(self.instances / "_base", NOBODY, NOBODY)
+        nova_writable_cache(self.instances)
 
     def configure(self, mode: str = "enforce", trusted: str | None = None, allow_unverified: str = "", *,
                   glance_url: str | None = None, adopt: str | None = None, key_manager: str | None = None) -> None:
