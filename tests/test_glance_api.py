@@ -176,3 +176,22 @@ def test_redirects_are_not_followed_with_the_token(server):
     with pytest.raises(errors.GlanceUnavailable, match="HTTP 302"):
         client(url).get_image(IMAGE)
     assert [path for _, path, _ in seen] == [f"/v2/images/{IMAGE}"]
+
+
+def test_without_openstacksdk_the_glance_commands_name_the_extra(tmp_path):
+    """A Python where ``import openstack`` fails, as without ``pip install 'imgsign[openstack]'``."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    blocker = tmp_path / "openstack"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('openstacksdk is not installed')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    for args in (["verify", "--image", IMAGE], ["upload", __file__, "--key", "k", "--cert-uuid", "c"]):
+        proc = subprocess.run([sys.executable, "-m", "imgsign", *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert proc.returncode == errors.MissingExtra.exit_code, proc.stderr
+        assert "pip install 'imgsign[openstack]'" in proc.stderr and "Traceback" not in proc.stderr

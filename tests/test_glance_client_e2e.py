@@ -264,31 +264,37 @@ def test_file_changed_between_hash_and_put_is_refused_by_glances_own_check(env, 
     assert image_ids(env, env.legacy) == before
 
 
-def test_interrupted_upload_deletes_the_image(env, tmp_path):
+@pytest.mark.parametrize(("phase", "signum"), [("stage", signal.SIGINT), ("import", signal.SIGTERM)])
+def test_interrupted_upload_deletes_the_image(env, tmp_path, phase, signum):
+    """Ctrl-C while the data is staged, a stop (SIGTERM) while Glance imports it: the image is deleted."""
     image = tmp_path / "big.raw"
     with open(image, "wb") as handle:
-        handle.truncate(3 * 1024 ** 3)  # sparse: quick to read, slow enough to send
+        handle.truncate(3 * 1024 ** 3)  # sparse: quick to read, slow enough to send and import
     before = image_ids(env, env.direct)
-    proc_env = env.cli_env("direct")
     proc = subprocess.Popen([sys.executable, "-m", "imgsign", "-c", str(env.user_conf), "upload", image,
-                             *signing_args("RSA-PSS"), "-q"], env=proc_env, stdout=subprocess.PIPE,
+                             *signing_args("RSA-PSS"), "-q"], env=env.cli_env("direct"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         def staging_started():
             return [p for p in env.direct.staging_dir.iterdir() if p.stat().st_size > 0 and p.name not in before]
 
         [staged] = wait_for("the upload to reach the staging area", staging_started, timeout=60, interval=0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        image_id = staged.name
+        if phase == "import":
+            wait_for(f"image {image_id} to be importing", lambda: env.api(
+                env.direct, "GET", f"/images/{image_id}").json()["status"] == "importing", timeout=120, interval=0.05)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == errors.UploadInterrupted.exit_code, err
-    assert "the upload was interrupted" in err and f"image {staged.name} was deleted" in err, err
+    assert "the upload was interrupted" in err and f"image {image_id} was deleted" in err, err
     assert "Traceback" not in err
     assert image_ids(env, env.direct) == before
     wait_for("the staged data to go", lambda: not staged.exists(), timeout=30)
+    wait_for("no stored data", lambda: not list(env.direct.images_dir.glob(f"{image_id}*")), timeout=60)
 
 
 # --- verify --image ----------------------------------------------------------------------------------

@@ -259,9 +259,11 @@ class GlanceClient:
         self._check(response, f"delete image {image_id}", image_id).close()
         return True
 
-    def wait_for_import(self, image_id: str, timeout: float, interval: float = 1.0,
+    def wait_for_import(self, image_id: str, timeout: float, interval: float = 0.25, max_interval: float = 2.0,
                         sleep: Callable[[float], None] | None = None) -> dict[str, Any]:
         """Poll the image until its import ended; return the record if it is ``active``.
+
+        Polls every ``interval`` seconds at first, then less often (up to ``max_interval``).
 
         Raises :class:`~imgsign.errors.ImportFailed` when Glance reports the import as failed
         (``os_glance_failed_import``, a ``killed``/``deleted`` status, or the import task's
@@ -288,6 +290,7 @@ class GlanceClient:
                 raise errors.ImportFailed(f"the import of image {image_id} did not end within {timeout:.0f}s "
                                           f"(status {status})")
             pause(interval)
+            interval = min(max_interval, interval * 1.5)
 
     def import_failure(self, image_id: str) -> str | None:
         """The message of the image's failed import task, if Glance tells (``GET /v2/images/{id}/tasks``)."""
