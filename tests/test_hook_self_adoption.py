@@ -297,7 +297,7 @@ def test_a_converted_base_without_raw_statement_is_refused_without_reading_it(co
     compute.nova_download(image_id, force_raw=True)
     result = compute.boot_image(image_id)
     assert_refused_and_nothing_recorded(compute, result, image_id, errors.RawStatementError.exit_code,
-                                        "does not download and convert images")
+                                        "only with [boot] adopt_by_conversion = true")
 
 
 def test_a_base_changed_between_download_and_boot_is_refused(compute, cloud):

@@ -131,7 +131,7 @@ def test_the_conversion_check_never_blocks_on_a_fifo_or_follows_a_link(tmp_path)
     os.mkfifo(fifo)
     link.symlink_to("/dev/zero")
     script = ("import sys\nfrom imgsign import errors\n"
-              "from imgsign.compute.self_adoption import _refuse_conversion_without_statement as check\n"
+              "from imgsign.compute.self_adoption import _converted_without_statement as check\n"
               "try:\n    check(sys.argv[1], 'image', {'disk_format': 'qcow2'})\n"
               "except errors.InputError as exc:\n    print(exc.message)\n")
     for path in (fifo, link):
