@@ -256,8 +256,8 @@ def _check_signature(fd: int, verifier: Verifier, method: HashMethod, image_id: 
     except InvalidSignature:
         converted = ("" if base_format != "raw" else
                      ", or it is a converted base and no raw-digest statement (imgsign_raw_v1_* properties) "
-                     "says what the signed qcow2 converts to: sign the image with `imgsign sign`, or cache it "
-                     "with `imgsign boot cache`")
+                     "says what the signed qcow2 converts to: sign the image with `imgsign sign`, cache it "
+                     "with `imgsign boot cache`, or adopt it with --by-conversion from its signed original")
         raise InvalidSignature(f"the base file of image {image_id} does not match img_signature: it was changed"
                                f"{converted}") from None
     return digests[0], verifier.verified_digest
