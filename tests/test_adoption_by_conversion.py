@@ -8,6 +8,7 @@ exactly the base.  Nova's ``fetch_to_raw`` is replayed as the ``nova`` user with
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -70,7 +71,6 @@ def test_converted_base_is_adopted_by_conversion_and_boots_on_the_fast_path(host
     record = RecordStore(str(host.state)).get(image_id)
     assert record.cached_format == "raw" and record.source_format == "qcow2"
     assert record.cached_size == base.stat().st_size
-    import hashlib
     assert record.cached_sha256 == hashlib.sha256(base.read_bytes()).digest()
     assert record.signed_digest == hashlib.sha256(image.read_bytes()).digest()  # what img_signature signs
     info = base.stat()
