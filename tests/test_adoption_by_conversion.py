@@ -8,6 +8,7 @@ exactly the base.  Nova's ``fetch_to_raw`` is replayed as the ``nova`` user with
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -203,3 +204,45 @@ def test_by_conversion_usage_errors(host, args):
     result = run_cli("boot", "adopt", *target, "--properties", props, "--instances-path", host.instances,
                      "--state-dir", host.state, *args)
     assert result.code == 2, result
+
+
+@pytest.mark.parametrize("case", ["forged original", "base not the conversion", "adopted"])
+def test_without_o_tmpfile_the_named_private_files_are_removed_on_every_path(host, monkeypatch, case):
+    """Where _base's filesystem lacks O_TMPFILE (EOPNOTSUPP) the private files are named 0600 files: the
+    download and the conversion must still be gone afterwards, adopted or refused."""
+    image = make_image(host, "qcow2")
+    props = json.loads(signed_by_hand(host, image).read_text())
+    image_id = str(uuid.uuid4())
+    base = nova_download(host, image_id, image)
+    original = image
+    if case == "forged original":
+        original = host.tmp / "forged.qcow2"
+        original.write_bytes(image.read_bytes())
+        qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x66 1M 4k", original)
+    elif case == "base not the conversion":
+        as_nova("printf 'X' | dd of=\"$1\" bs=1 seek=41943041 conv=notrunc status=none", base)
+    real_open, created = os.open, []
+
+    def open_without_tmpfile(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        fd = real_open(path, flags, *args, **kwargs)
+        if str(path).startswith(".imgsign-"):
+            created.append(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_without_tmpfile)
+    with open(original, "rb") as data:
+        call = lambda: adoption.adopt(str(host.instances), image_id, props,  # noqa: E731
+                                      load_certificate(cert_of("RSA-PSS").read_bytes()), RecordStore(str(host.state)),
+                                      original=Original(data))
+        if case == "adopted":
+            assert call().source_format == "qcow2"
+        else:
+            with pytest.raises(errors.InvalidSignature):
+                call()
+    monkeypatch.undo()
+    assert len(created) == (1 if case == "forged original" else 2)  # the fallback was taken
+    assert base_dir_listing(host, image_id) == [base.name]
+    if case != "adopted":
+        assert_nothing_recorded(host, image_id)
