@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -246,3 +247,23 @@ def test_without_o_tmpfile_the_named_private_files_are_removed_on_every_path(hos
     assert base_dir_listing(host, image_id) == [base.name]
     if case != "adopted":
         assert_nothing_recorded(host, image_id)
+
+
+def test_a_conversion_past_the_deadline_is_refused_not_a_traceback(host, monkeypatch):
+    """qemu-img that does not end by the Original's deadline is stopped: a clear InputError, nothing
+    recorded, nothing left in _base (before, subprocess.TimeoutExpired escaped convert_to_raw)."""
+    image = make_image(host, "qcow2")
+    props = json.loads(signed_by_hand(host, image).read_text())
+    image_id = str(uuid.uuid4())
+    base = nova_download(host, image_id, image)
+    slow = host.tmp / "slow-qemu-img"
+    real = subprocess.run(["sh", "-c", "command -v qemu-img"], capture_output=True, text=True).stdout.strip()
+    slow.write_text(f'#!/bin/sh\n[ "$1" = convert ] && exec sleep 30\nexec {real} "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("IMGSIGN_QEMU_IMG", str(slow))
+    with open(image, "rb") as data, pytest.raises(errors.InputError, match="did not convert .* within"):
+        adoption.adopt(str(host.instances), image_id, props, load_certificate(cert_of("RSA-PSS").read_bytes()),
+                       RecordStore(str(host.state)), original=Original(data, deadline=time.monotonic() + 1))
+    monkeypatch.delenv("IMGSIGN_QEMU_IMG")
+    assert_nothing_recorded(host, image_id)
+    assert base_dir_listing(host, image_id) == [base.name]
