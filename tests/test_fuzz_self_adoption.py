@@ -1,6 +1,6 @@
 """Fuzzing what the boot hook's self-adoption reads before adopting: Glance's image record (its
 ``disk_format`` and raw-digest statement, written by whoever uploaded the image) and ``[boot] adopt`` /
-``adopt_timeout``.  Every input is accepted or refused with an ImgsignError, never anything else.
+``adopt_timeout`` / ``adopt_by_conversion`` / ``adopt_conversion_max_size`` / ``adopt_conversion_timeout``.  Every input is accepted or refused with an ImgsignError, never anything else.
 
 ``IMGSIGN_FUZZ_EXAMPLES`` sets the examples (default 200, a few seconds); run longer by hand.
 """
@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from imgsign import errors
 from imgsign.compute.adoption import signature_properties
-from imgsign.compute.self_adoption import _boot_options, _refuse_conversion_without_statement
+from imgsign.compute.conversion_adoption import parse_size
+from imgsign.compute.self_adoption import _boot_options, _conversion_options, _converted_without_statement
 from imgsign.properties import NAMES as SIGNATURE_NAMES
 from imgsign.raw_statement import NAMES as RAW_NAMES
 
@@ -40,7 +41,7 @@ BASES["qcow2"].write_bytes(b"QFI\xfb" + b"\0" * 4092)
 @given(record=records, base=st.sampled_from(sorted(BASES)))
 def test_any_glance_record_is_accepted_or_refused_with_an_imgsign_error(record, base):
     try:
-        _refuse_conversion_without_statement(str(BASES[base]), "fuzzed-image", record)
+        _converted_without_statement(str(BASES[base]), "fuzzed-image", record)
         signature_properties("fuzzed-image", record)
     except errors.ImgsignError:
         pass
@@ -57,3 +58,32 @@ def test_any_boot_options_parse_or_are_refused_with_an_imgsign_error(adopt, time
     except errors.ImgsignError:
         return
     assert isinstance(enabled, bool) and 0 < seconds < float("inf")
+
+
+sizes = st.text(max_size=16) | st.from_regex(r"\s*[0-9]{1,22}\s*[kKmMgGtTxX]?(i?[bB])?\s*", fullmatch=True)
+
+
+@FUZZ
+@given(text=sizes)
+def test_any_size_parses_to_a_positive_integer_or_is_refused(text):
+    try:
+        size = parse_size(text, "the size")
+    except errors.ImgsignError:
+        return
+    assert isinstance(size, int) and size > 0
+
+
+@FUZZ
+@given(enabled=st.text(max_size=12) | st.sampled_from(["true", "off", "Yes"]), size=sizes,
+       timeout=st.text(max_size=12) | st.sampled_from(["600", "0.5", "-1", "inf", "nan"]))
+def test_any_conversion_options_parse_or_are_refused_with_an_imgsign_error(enabled, size, timeout,
+                                                                          tmp_path_factory):
+    path = tmp_path_factory.mktemp("conf") / "boot.conf"
+    text = (f"[boot]\nadopt_by_conversion = {enabled}\nadopt_conversion_max_size = {size}\n"
+            f"adopt_conversion_timeout = {timeout}\n").replace("\r", "")
+    path.write_text(text, errors="surrogateescape")
+    try:
+        options = _conversion_options(str(path))
+    except errors.ImgsignError:
+        return
+    assert isinstance(options.enabled, bool) and options.max_size > 0 and 0 < options.timeout < float("inf")

@@ -97,12 +97,13 @@ class Compute(Host):
         nova_writable_cache(self.instances)
 
     def configure(self, mode: str = "enforce", trusted: str | None = None, allow_unverified: str = "", *,
-                  glance_url: str | None = None, adopt: str | None = None, key_manager: str | None = None) -> None:
+                  glance_url: str | None = None, adopt: str | None = None, key_manager: str | None = None,
+                  boot_extra: str = "") -> None:
         trusted = self.cloud.trusted_ca_id if trusted is None else trusted
         self.config.write_text(
             f"[boot]\nmode = {mode}\ntrusted_certificate_ids = {trusted}\ninstances_path = {self.instances}\n"
             f"state_dir = {self.state}\nlog_file = {self.log}\nallow_unverified = {allow_unverified}\n"
-            f"adopt_timeout = {TIMEOUT:g}\n" + (f"adopt = {adopt}\n" if adopt is not None else "") +
+            f"adopt_timeout = {TIMEOUT:g}\n" + (f"adopt = {adopt}\n" if adopt is not None else "") + boot_extra +
             f"\n[glance]\nauth_type = admin_token\nendpoint = {glance_url or self.cloud.glance.url}\n"
             f"token = {TOKEN}\n\n"
             + (key_manager or f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\n"
@@ -295,7 +296,52 @@ def test_a_converted_base_without_raw_statement_is_refused_without_reading_it(co
     compute.nova_download(image_id, force_raw=True)
     result = compute.boot_image(image_id)
     assert_refused_and_nothing_recorded(compute, result, image_id, errors.RawStatementError.exit_code,
-                                        "does not download and convert images")
+                                        "only with [boot] adopt_by_conversion = true")
+
+
+def without_statement(properties: dict[str, str]) -> dict[str, str]:
+    """What a qcow2 signed by another tool has: img_signature* only (still valid over the qcow2)."""
+    return {k: v for k, v in properties.items() if not k.startswith("imgsign_raw_v1_")}
+
+
+def test_a_converted_base_without_raw_statement_is_adopted_by_conversion_when_the_option_is_on(compute, cloud):
+    compute.configure(boot_extra="adopt_by_conversion = true\nadopt_conversion_timeout = 120\n")
+    path, properties = compute.signed_image("qcow2")
+    image_id = cloud.image(path, "qcow2", without_statement(properties))
+    base = compute.nova_download(image_id, force_raw=True)
+    assert base.read_bytes()[:4] != b"QFI\xfb"
+    first = compute.boot_image(image_id)
+    assert first.returncode == 0, first.stderr
+    adopted, checked = compute.log_entries()
+    assert adopted["reason"] == "adopted" and "raw, converted from qcow2" in adopted["message"]
+    assert checked["allowed"] and "unchanged since its last verification" in checked["message"]
+    record = compute.record(image_id)
+    assert record.cached_format == "raw" and record.source_format == "qcow2"
+    assert sorted(os.listdir(base.parent)) == [base.name]  # the download and its conversion left nothing
+    with cloud.stopped():  # adopted once: the next boot needs no Glance
+        assert compute.boot_image(image_id).returncode == 0
+
+
+def test_adoption_by_conversion_refuses_a_base_that_is_not_the_conversion(compute, cloud):
+    compute.configure(boot_extra="adopt_by_conversion = true\n")
+    path, properties = compute.signed_image("qcow2")
+    image_id = cloud.image(path, "qcow2", without_statement(properties))
+    base = compute.nova_download(image_id, force_raw=True)
+    as_nova('printf "\\377" | dd of="$1" bs=1 seek=1048576 conv=notrunc status=none', base)
+    result = compute.boot_image(image_id)
+    assert_refused_and_nothing_recorded(compute, result, image_id, errors.InvalidSignature.exit_code,
+                                        "is not the raw conversion of its signed qcow2")
+    assert sorted(os.listdir(base.parent)) == [base.name]
+
+
+def test_adoption_by_conversion_refuses_an_image_over_its_size_cap_before_downloading(compute, cloud):
+    compute.configure(boot_extra="adopt_by_conversion = true\nadopt_conversion_max_size = 64K\n")
+    path, properties = compute.signed_image("qcow2")
+    image_id = cloud.image(path, "qcow2", without_statement(properties))
+    compute.nova_download(image_id, force_raw=True)
+    result = compute.boot_image(image_id)
+    assert_refused_and_nothing_recorded(compute, result, image_id, errors.InputError.exit_code,
+                                        f"larger than {64 * 1024} bytes, the size limit of adoption by conversion")
 
 
 def test_a_base_changed_between_download_and_boot_is_refused(compute, cloud):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from imgsign.cli._common import (
     trust_anchors,
 )
 from imgsign.compute import adoption, boot, image_cache
+from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE, Original, parse_size
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy
@@ -112,6 +114,20 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
 
 
 
+class SizeType(click.ParamType[int]):
+    """A positive number of bytes (``parse_size``); a bad one is a usage error."""
+
+    name = "BYTES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value), "the size")
+        except errors.InputError as exc:
+            self.fail(exc.message, param, ctx)
+
+
 @boot_group.command("adopt")
 @click.argument("base_or_id", required=False)
 @click.option("--all", "adopt_all", is_flag=True,
@@ -124,19 +140,31 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
               help="Glance image id, when BASE_OR_ID is a path and the properties file has no id.")
 @_trust_record_options
 @click.option("--json", "as_json", is_flag=True, help="Print the adopted file (with --all: a summary) as JSON.")
+@click.option("--by-conversion", is_flag=True,
+              help="A raw base without raw-digest statement: verify the signed qcow2 given as --original, convert "
+                   "it as Nova does and adopt the base if it is exactly that conversion.")
+@click.option("--original", "original_path", type=click.Path(dir_okay=False),
+              help="With --by-conversion: the image's original (the signed qcow2, e.g. from `openstack image save`).")
+@click.option("--max-size", type=SizeType(), default=str(DEFAULT_MAX_SIZE), show_default=True,
+              help="With --by-conversion: refuse an original larger than this many bytes (K, M, G, T: powers of 1024).")
 @click.pass_context
 def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, properties_path: str,
                image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str,
-               state_dir: str, seal: str, as_json: bool) -> None:
+               state_dir: str, seal: str, as_json: bool, by_conversion: bool, original_path: str | None,
+               max_size: int) -> None:
     """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
 
     BASE_OR_ID is the Glance image id (the base is looked up under --instances-path) or the base
     file's path (the image id then comes from --image-id or the properties file's "id").  One image
     per call, or every base with --all.
     """
+    if by_conversion != (original_path is not None):
+        raise click.UsageError("--by-conversion and --original go together")
     if adopt_all:
         if base_or_id is not None or image_id is not None:
             raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
+        if by_conversion:
+            raise click.UsageError("--by-conversion adopts one image: give BASE_OR_ID, not --all")
         _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path, state_dir, seal, as_json)
         return
     if base_or_id is None:
@@ -147,12 +175,17 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
     certificate = signing_certificate(ctx, cert_path, signed)
     anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
-    record = adoption.adopt(
-        instances_path, image_id, properties, certificate, RecordStore(state_dir), anchors=anchors,
-        trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
-        certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
-        immutable=seal == "immutable",
-    )
+    with contextlib.ExitStack() as stack:
+        original = None
+        if original_path is not None:
+            handle, size = stack.enter_context(open_image(original_path))
+            original = Original(handle, max_size=max_size, announced_size=size)
+        record = adoption.adopt(
+            instances_path, image_id, properties, certificate, RecordStore(state_dir), anchors=anchors,
+            trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+            certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
+            immutable=seal == "immutable", original=original,
+        )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
     if as_json:
         click.echo(json.dumps(result, indent=2))

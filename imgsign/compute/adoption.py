@@ -14,7 +14,10 @@ O(1) check of :mod:`imgsign.compute.boot`:
   (:func:`~imgsign.raw_statement.verify_raw_statement`: its signature, and ``img_signature`` over
   the image digest it names), then the base's size and SHA-256 must be the statement's;
 * the base is raw without a statement: ``img_signature`` is verified over it (a raw image); if it
-  does not verify, the refusal says it was changed or is a converted base without a statement.
+  does not verify, the refusal says it was changed or is a converted base without a statement;
+* the same, with the signed ``original`` given (adoption by conversion): the original is verified
+  and converted again and must equal the base
+  (:func:`~imgsign.compute.conversion_adoption.check_conversion`).
 
 Threat model (README "Threat model"): ``nova`` can write ``_base`` and may change the base while
 it is adopted.  Everything uses ONE descriptor (``O_NOFOLLOW``, a regular file with one link).
@@ -45,6 +48,7 @@ from imgsign.certificates import certificate_public_key
 from imgsign.chain import TrustAnchors
 from imgsign.compute import protection, qemu_img
 from imgsign.compute.boot import BootPolicy, check_base
+from imgsign.compute.conversion_adoption import Original, check_conversion
 from imgsign.compute.image_cache import (
     base_dir,
     bind_fetched,
@@ -88,13 +92,16 @@ def adopt(
     certificate_id: str | None = None,
     policy: Policy = DEFAULT_POLICY,
     immutable: bool = True,
+    original: Original | None = None,
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
 
     ``properties``: the image's properties (``img_signature*`` and, for a converted qcow2, the
     ``imgsign_raw_v1_*`` statement); ``anchors``, ``trusted_ids``, ``certificate_id``: as for
     :func:`~imgsign.compute.image_cache.add_to_cache`; ``immutable``: seal the base immutable (else
-    only root's and 0644).  A base whose current record is valid is left alone and its record returned.
+    only root's and 0644); ``original``: the signed qcow2, used (and only then read) when the base is
+    raw and has no statement: adoption by conversion.  A base whose current record is valid is left
+    alone and its record returned.
     """
     signed = signature_properties(image_id, properties)
     records.prepare()  # an insecure state directory stops us before anything is touched
@@ -120,6 +127,9 @@ def adopt(
                 raise UnsafeImage(f"base file of image {image_id} names a backing file ({layer.backing}); refused")
         if base_format == "raw" and statement is not None:
             sha256, signed_digest, source_format = _check_statement(fd, identity, statement, image_id)
+        elif base_format == "raw" and original is not None:
+            sha256, signed_digest, source_format = check_conversion(dir_fd, fd, identity, original, verifier,
+                                                                    image_id)
         else:
             sha256, signed_digest = _check_signature(fd, verifier, signed.hash_method, image_id, base_format)
             source_format = base_format
@@ -246,8 +256,8 @@ def _check_signature(fd: int, verifier: Verifier, method: HashMethod, image_id: 
     except InvalidSignature:
         converted = ("" if base_format != "raw" else
                      ", or it is a converted base and no raw-digest statement (imgsign_raw_v1_* properties) "
-                     "says what the signed qcow2 converts to: sign the image with `imgsign sign`, or cache it "
-                     "with `imgsign boot cache`")
+                     "says what the signed qcow2 converts to: sign the image with `imgsign sign`, cache it "
+                     "with `imgsign boot cache`, or adopt it with --by-conversion from its signed original")
         raise InvalidSignature(f"the base file of image {image_id} does not match img_signature: it was changed"
                                f"{converted}") from None
     return digests[0], verifier.verified_digest

@@ -61,7 +61,7 @@ def open_base_dir(instances_path: str, *, create: bool = True) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _private_file(dir_fd: int) -> Iterator[int]:
+def private_file(dir_fd: int) -> Iterator[int]:
     """A new empty root-only (0600) file in ``dir_fd`` that only its descriptor reaches.
 
     ``O_TMPFILE`` where the filesystem has it; otherwise a uniquely named 0600 file whose name is
@@ -204,6 +204,19 @@ def new_record(image_id: str, properties: SignatureProperties, certificate: x509
     )
 
 
+def stream_verified(data: ImageData, verifier: Verifier, fd: int, image_id: str) -> None:
+    """Write ``data`` into the private file ``fd`` while ``verifier`` hashes it; raise unless it verifies."""
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            for chunk in iter_chunks(data):
+                verifier.update(chunk)
+                out.write(chunk)
+        os.fsync(fd)
+    except OSError as exc:
+        raise InputError(f"cannot write image {image_id} into the image cache: {exc.strerror}") from None
+    verifier.verify()
+
+
 @contextlib.contextmanager
 def qemu_step(step: str, image_id: str, fd: int) -> Iterator[None]:
     """Name the image, not ``/proc/<pid>/fd/N``, in a qemu-img error."""
@@ -242,17 +255,9 @@ def add_to_cache(
     trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
     verifier = Verifier.for_certificate(properties, certificate, policy=policy)
     name = cache_name(image_id)
-    with open_base_dir(instances_path) as dir_fd, _private_file(dir_fd) as download, \
+    with open_base_dir(instances_path) as dir_fd, private_file(dir_fd) as download, \
             contextlib.ExitStack() as stack:
-        try:
-            with open(download, "wb", closefd=False) as out:
-                for chunk in iter_chunks(data):
-                    verifier.update(chunk)
-                    out.write(chunk)
-            os.fsync(download)
-        except OSError as exc:
-            raise InputError(f"cannot write image {image_id} into the image cache: {exc.strerror}") from None
-        verifier.verify()
+        stream_verified(data, verifier, download, image_id)
         # From here on only the verified file, through its descriptor.
         source_format = format_of(download)
         with qemu_step("inspect", image_id, download):
@@ -261,7 +266,7 @@ def add_to_cache(
             raise UnsafeImage(f"image {image_id} names a backing file ({layer.backing}); refused")
         cached, cached_format = download, source_format
         if force_raw and source_format != "raw":
-            cached = stack.enter_context(_private_file(dir_fd))
+            cached = stack.enter_context(private_file(dir_fd))
             with qemu_step("convert", image_id, download):
                 qemu_img.convert_to_raw(fd_path(download), source_format, fd_path(cached))
             cached_format = "raw"

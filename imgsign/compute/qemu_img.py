@@ -38,6 +38,8 @@ class Layer:
     backing: str | None
     backing_format: str | None
     full_backing: str | None = None
+    #: the disk's size as the guest sees it (a raw conversion's size); None if qemu-img did not say
+    virtual_size: int | None = None
 
 
 def _qemu_img() -> str:
@@ -85,8 +87,10 @@ def inspect(path: str, fmt: str) -> Layer:
     backing = _text(info, "backing-filename")
     if backing is None and "full-backing-filename" in info:
         backing = _text(info, "full-backing-filename") or ""
+    size = info.get("virtual-size")
     return Layer(os.path.abspath(path), fmt, backing, _text(info, "backing-filename-format"),
-                 _text(info, "full-backing-filename"))
+                 _text(info, "full-backing-filename"),
+                 size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
 
 
 def has_protocol(name: str) -> bool:
@@ -201,15 +205,17 @@ def backing_chain(path: str, fmt: str, root: str) -> list[Layer]:
     return follow([open_layer(os.path.abspath(path), fmt, root)], root)
 
 
-def convert_to_raw(source: str, fmt: str, destination: str) -> None:
-    """What Nova's ``force_raw_images`` does after a download."""
+def convert_to_raw(source: str, fmt: str, destination: str, timeout: float = 3600) -> None:
+    """What Nova's ``force_raw_images`` does after a download; at most ``timeout`` seconds."""
     try:
         proc = subprocess.run(
             [_qemu_img(), "convert", "-f", fmt, "-O", "raw", source, destination],
-            capture_output=True, text=True, timeout=3600, check=False,
+            capture_output=True, text=True, timeout=timeout, check=False,
         )
     except OSError as exc:
         raise BackendUnavailable(f"cannot run qemu-img: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise InputError(f"qemu-img did not convert {source} to raw within {timeout:g} s") from None
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise InputError(f"qemu-img cannot convert {source} to raw: {detail}")

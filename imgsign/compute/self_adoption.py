@@ -19,17 +19,25 @@ other sections with oslo.config as Nova reads ``nova.conf``):
   manager as castellan (and ``imgsign.conf``) configure it;
 * ``[boot] adopt``: ``true``/``false``; default: on when ``[glance] auth_type`` is set;
 * ``[boot] adopt_timeout``: seconds (default 10) for all network calls of one hook run together;
-  also the per-request timeout unless ``[glance] timeout`` sets one.
+  also the per-request timeout unless ``[glance] timeout`` sets one;
+* ``[boot] adopt_by_conversion``: ``true``/``false`` (default false): a base Nova converted from a
+  qcow2 without raw-digest statement is adopted by downloading the qcow2 from Glance and converting
+  it again (:mod:`imgsign.compute.conversion_adoption`); ``adopt_conversion_max_size``: bytes the
+  image may have (default 20 GiB; Glance's ``size`` and the bytes streamed); ``adopt_conversion_timeout``:
+  seconds (default 600) for that download and conversion, on top of ``adopt_timeout``.
 
 Failures: Glance (or Keystone) unreachable, too slow or refusing is
 :class:`~imgsign.errors.GlanceUnavailable`, an unknown image
 :class:`~imgsign.errors.ImageNotFound`, the key manager
 :class:`~imgsign.errors.KeyManagerError`; a base Nova converted (the Glance image is not raw,
 the base is) without a raw-digest statement is refused
-(:class:`~imgsign.errors.RawStatementError`; downloading and converting the image again is not
-done here).  The network calls run on a daemon thread the hook stops waiting for at the
-deadline; it only fetches, everything that touches the base or the state directory runs after it,
-on the hook's own thread.
+(:class:`~imgsign.errors.RawStatementError`) unless ``adopt_by_conversion`` is on and Glance holds
+a qcow2.  The network calls for the image record and certificates run on a daemon thread the hook
+stops waiting for at the deadline; it only fetches, everything that touches the base or the state
+directory runs after it, on the hook's own thread.  The download of adoption by conversion runs on
+the hook's thread, in the sealed-base step: each read is bounded by the Glance request timeout,
+the whole download and conversion by ``adopt_conversion_timeout`` (checked after every chunk;
+Glance too slow is :class:`~imgsign.errors.GlanceUnavailable`).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from imgsign.compute import qemu_img
@@ -60,9 +68,12 @@ if TYPE_CHECKING:
     from oslo_config import cfg
 
     from imgsign.chain import TrustAnchors
+    from imgsign.compute.conversion_adoption import Original
 
 #: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
 DEFAULT_TIMEOUT = 10.0
+#: Seconds for the download and conversion of one adoption by conversion.
+DEFAULT_CONVERSION_TIMEOUT = 600.0
 GLANCE_GROUP = "glance"
 #: Glance properties naming more images Nova downloads into ``_base`` for an instance.
 AUXILIARY_IMAGES = ("kernel_id", "ramdisk_id")
@@ -72,6 +83,15 @@ T = TypeVar("T")
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 #: (file, image id, decision): one line of the hook's log.
 Result = tuple[str, "str | None", BootDecision]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionOptions:
+    """``[boot] adopt_by_conversion``, ``adopt_conversion_max_size`` and ``adopt_conversion_timeout``."""
+
+    enabled: bool = False
+    max_size: int = 20 * 1024 ** 3
+    timeout: float = DEFAULT_CONVERSION_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,21 +203,58 @@ class SelfAdopter:
     def _adopt(self, image_id: str, fetched: Fetched) -> TrustRecord:
         from imgsign.compute import adoption
 
-        _refuse_conversion_without_statement(self._base_of(image_id), image_id, fetched.image)
+        original = None
+        if _converted_without_statement(self._base_of(image_id), image_id, fetched.image):
+            original = self._original(image_id, fetched.image)
         signed = adoption.signature_properties(image_id, fetched.image)
         return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
-                              certificate_id=signed.certificate_uuid, immutable=self.immutable)
+                              certificate_id=signed.certificate_uuid, immutable=self.immutable, original=original)
+
+    def _original(self, image_id: str, image: Mapping[str, Any]) -> Original:
+        """The image's data from Glance for adoption by conversion (streamed only when adoption reads it);
+        :class:`RawStatementError` when that is off or Glance's image is not a qcow2."""
+        from imgsign.compute.conversion_adoption import Original
+
+        settings = self.settings()
+        options = settings.conversion
+        disk_format = image.get("disk_format")
+        if not options.enabled or disk_format != "qcow2":
+            raise RawStatementError(
+                f"Nova converted image {image_id} ({disk_format} in Glance) to raw, and the image has no raw-digest "
+                "statement (imgsign_raw_v1_* properties) saying what it converts to: sign it with `imgsign sign` "
+                "(qcow2), or cache it with `imgsign boot cache`" + (
+                    "; the hook downloads and converts such an image only with [boot] adopt_by_conversion = true"
+                    if not options.enabled else "; only a qcow2 is adopted by conversion"))
+        size = image.get("size")
+        deadline = time.monotonic() + options.timeout
+        return Original(_until(deadline, options.timeout, image_id, settings.glance().iter_data(image_id)),
+                        max_size=options.max_size, deadline=deadline,
+                        announced_size=size if isinstance(size, int) and not isinstance(size, bool) else None)
 
 
-def _refuse_conversion_without_statement(path: str, image_id: str, image: Mapping[str, Any]) -> None:
-    """A raw base of an image Glance holds in another format is Nova's conversion: without a
-    raw-digest statement nothing says what the signed image converts to."""
+def _until(deadline: float, timeout: float, image_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` until ``deadline``; :class:`GlanceUnavailable` (and the download closed) after it."""
+    try:
+        for chunk in chunks:
+            if time.monotonic() > deadline:
+                raise GlanceUnavailable(f"the download of image {image_id} from Glance did not end within "
+                                        f"{timeout:g} s ([boot] adopt_conversion_timeout)")
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _converted_without_statement(path: str, image_id: str, image: Mapping[str, Any]) -> bool:
+    """Is ``path`` Nova's raw conversion of an image Glance holds in another format, without a
+    raw-digest statement?  (Only the base's first bytes are read.)"""
     from imgsign.raw_statement import parse_raw_statement
 
     disk_format = image.get("disk_format")
     if disk_format in (None, "raw") or parse_raw_statement(image) is not None:
-        return
+        return False
     try:  # as adoption opens it: never through a link, never blocking on a FIFO Nova's user put there
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -208,12 +265,7 @@ def _refuse_conversion_without_statement(path: str, image_id: str, image: Mappin
             os.close(fd)
     except OSError as exc:
         raise InputError(f"cannot read base file {path} of image {image_id}: {exc.strerror}") from None
-    if disk_format == "qcow2" and head == _QCOW2_MAGIC:
-        return  # force_raw_images = False: the base is the signed qcow2 itself
-    raise RawStatementError(
-        f"Nova converted image {image_id} ({disk_format} in Glance) to raw, and the image has no raw-digest "
-        "statement (imgsign_raw_v1_* properties) saying what it converts to: sign it with `imgsign sign` (qcow2), "
-        "or cache it with `imgsign boot cache`; the hook does not download and convert images itself")
+    return not (disk_format == "qcow2" and head == _QCOW2_MAGIC)  # else force_raw_images = False: the qcow2 itself
 
 
 def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str]) -> Fetched:
@@ -243,6 +295,7 @@ class _Settings:
 
     conf: cfg.ConfigOpts | None
     timeout: float
+    conversion: ConversionOptions = ConversionOptions()
 
     @property
     def enabled(self) -> bool:
@@ -264,6 +317,7 @@ class _Settings:
         adopt, timeout = _boot_options(path)
         if not adopt:
             return cls(None, timeout)
+        conversion = _conversion_options(path)
         from keystoneauth1 import loading as ks_loading
 
         from imgsign.keymanager import config as km_config
@@ -272,7 +326,7 @@ class _Settings:
         ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
         ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
         ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
-        return cls(conf, timeout)
+        return cls(conf, timeout, conversion)
 
     def glance(self) -> Any:
         """A Glance client with the ``[glance]`` credentials, every request limited to the timeout."""
@@ -297,29 +351,55 @@ class _Settings:
                             timeout=(timeout, timeout))
 
 
-def _boot_options(path: str) -> tuple[bool, float]:
-    """Whether to adopt and ``[boot] adopt_timeout``, read as the hook reads ``[boot]``: ``adopt``
-    defaults to on when ``[glance] auth_type`` is set (the hook has credentials of its own)."""
+def _read_config(path: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
         with open(path) as handle:
             parser.read_file(handle)
     except (OSError, UnicodeError, configparser.Error) as exc:
         raise InputError(f"cannot read hook configuration {path}: {exc}") from None
+    return parser
+
+
+def _boot_options(path: str) -> tuple[bool, float]:
+    """Whether to adopt and ``[boot] adopt_timeout``, read as the hook reads ``[boot]``: ``adopt``
+    defaults to on when ``[glance] auth_type`` is set (the hook has credentials of its own)."""
+    parser = _read_config(path)
     section = parser["boot"] if parser.has_section("boot") else {}
-    adopt_text = section.get("adopt", "").strip().lower()
-    if adopt_text in _BOOLEANS:
-        adopt = _BOOLEANS[adopt_text]
-    elif adopt_text:
-        raise InputError(f"{path}: [boot] adopt must be true or false, not {adopt_text!r}")
-    else:
-        adopt = parser.has_section(GLANCE_GROUP) and bool(parser[GLANCE_GROUP].get("auth_type", "").strip())
-    timeout_text = section.get("adopt_timeout", f"{DEFAULT_TIMEOUT:g}").strip()
+    glance = parser.has_section(GLANCE_GROUP) and bool(parser[GLANCE_GROUP].get("auth_type", "").strip())
+    return _boolean(path, section, "adopt", glance), _seconds(path, section, "adopt_timeout", DEFAULT_TIMEOUT)
+
+
+def _conversion_options(path: str) -> ConversionOptions:
+    """``[boot] adopt_by_conversion`` (default false), ``adopt_conversion_max_size`` and
+    ``adopt_conversion_timeout``, read as :func:`_boot_options` reads ``[boot]``."""
+    from imgsign.compute.conversion_adoption import parse_size
+
+    parser = _read_config(path)
+    section = parser["boot"] if parser.has_section("boot") else {}
+    defaults = ConversionOptions()
+    size_text = section.get("adopt_conversion_max_size", "").strip()
+    return ConversionOptions(
+        _boolean(path, section, "adopt_by_conversion", False),
+        parse_size(size_text, f"{path}: [boot] adopt_conversion_max_size") if size_text else defaults.max_size,
+        _seconds(path, section, "adopt_conversion_timeout", defaults.timeout))
+
+
+def _boolean(path: str, section: Mapping[str, str], name: str, default: bool) -> bool:
+    text = section.get(name, "").strip().lower()
+    if text in _BOOLEANS:
+        return _BOOLEANS[text]
+    if text:
+        raise InputError(f"{path}: [boot] {name} must be true or false, not {text!r}")
+    return default
+
+
+def _seconds(path: str, section: Mapping[str, str], name: str, default: float) -> float:
+    text = section.get(name, f"{default:g}").strip()
     try:
-        timeout = float(timeout_text)
-        if not 0 < timeout < float("inf"):
+        seconds = float(text)
+        if not 0 < seconds < float("inf"):
             raise ValueError
     except ValueError:
-        raise InputError(f"{path}: [boot] adopt_timeout must be a positive number of seconds, "
-                         f"not {timeout_text!r}") from None
-    return adopt, timeout
+        raise InputError(f"{path}: [boot] {name} must be a positive number of seconds, not {text!r}") from None
+    return seconds
