@@ -135,6 +135,16 @@ def test_pkcs11_settings_from_config(token, image, tmp_path):
     result = run_cli("--config", config, "sign", image, "--key", uri(token, "ECC_SECP384R1", query=""),
                      "--cert", token["certs"]["ECC_SECP384R1"], "--cert-uuid", CERT_UUID, env=token["env"])
     assert result.code == 0, result
+    # every command that takes a key reference reads the same settings: cert request / issue / store
+    request = run_cli("--config", config, "cert", "request", "--key", uri(token, "ECC_SECP384R1", query=""),
+                      "--out", tmp_path / "signer.csr", env=token["env"])
+    assert request.code == 0, request
+    issued = run_cli("--config", config, "cert", "issue", "--key", uri(token, "ECC_SECP384R1", query=""),
+                     "--out", tmp_path / "self.pem", env=token["env"])
+    assert issued.code == 0, issued
+    stored = run_cli("--config", config, "cert", "store", tmp_path / "self.pem", "--key",
+                     uri(token, "ECC_SECP384R1", query=""), env={**token["env"], "IMGSIGN_KEYSTORE": str(tmp_path / "ks")})
+    assert stored.code == 0, stored
 
 
 def test_imported_key_signs_for_its_existing_certificate(token, image, tmp_path):

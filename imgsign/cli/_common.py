@@ -346,7 +346,7 @@ def issuer_inputs(opts: dict[str, Any]) -> list[tuple[str | None, str]]:
             (opts["ca_passphrase_file"], "CA passphrase file")]
 
 
-def load_issuer(opts: dict[str, Any]) -> keygen.Issuer | None:
+def load_issuer(opts: dict[str, Any], ctx: click.Context | None = None) -> keygen.Issuer | None:
     """The CA of :func:`issuer_options` (its key loaded like every private key), checked; None: self-signed."""
     from imgsign import keygen
     from imgsign.certificates import load_certificate
@@ -354,7 +354,7 @@ def load_issuer(opts: dict[str, Any]) -> keygen.Issuer | None:
     if not opts["ca_cert"]:
         return None
     ca_cert = load_certificate(read_small_file(opts["ca_cert"], "CA certificate"))
-    ca_key, _ = load_key(opts["ca_key"], opts["ca_passphrase_file"], "CA private key")
+    ca_key, _ = load_key(opts["ca_key"], opts["ca_passphrase_file"], "CA private key", ctx=ctx)
     issuer = keygen.Issuer(ca_cert, ca_key)
     keygen.check_issuer(issuer)
     return issuer

@@ -51,7 +51,7 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
     else:
         from imgsign.chain import load_certificates
 
-        key, _ = load_key(key_path, passphrase_file)
+        key, _ = load_key(key_path, passphrase_file, ctx=ctx)
         cert = certificates.certificate_for_key(load_certificates(data), key.public_key(), f"the key {key_path}")
     der = cert.public_bytes(Encoding.DER)
     store = open_store(ctx)
@@ -66,9 +66,9 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
 _KEY_HELP = "The key's private key (a file, or a reference to a key in a token or signing service)."
 
 
-def _signing_key(key_ref: str, passphrase_file: str | None) -> PrivateKey:
+def _signing_key(key_ref: str, passphrase_file: str | None, ctx: click.Context) -> PrivateKey:
     """The key a certificate or request is made for; it must be able to sign OpenStack images."""
-    key, _ = load_key(key_ref, passphrase_file)
+    key, _ = load_key(key_ref, passphrase_file, ctx=ctx)  # a reference's backend reads imgsign.conf
     if key.key_type is None:
         raise errors.UnsupportedAlgorithm(
             f"{key.public_key().describe()} keys cannot sign OpenStack images (use RSA, DSA or an ECC_* curve)"
@@ -83,13 +83,15 @@ def _signing_key(key_ref: str, passphrase_file: str | None) -> PrivateKey:
               help="Certificate request to write (PKCS#10 PEM).")
 @subject_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def cert_request(key_ref: str, passphrase_file: str | None, out_path: str, subject: str, force: bool) -> None:
+@click.pass_context
+def cert_request(ctx: click.Context, key_ref: str, passphrase_file: str | None, out_path: str, subject: str,
+                 force: bool) -> None:
     """Make a certificate request for an existing key (for your CA), signed by the key itself."""
     from imgsign import keygen
 
     (out,) = plan_outputs([(out_path, "certificate request", 0o644)],
                           [(key_ref, "private key"), (passphrase_file, "passphrase file")], force=force)
-    key = _signing_key(key_ref, passphrase_file)
+    key = _signing_key(key_ref, passphrase_file, ctx)
     request = keygen.certificate_request(keygen.parse_subject(subject), key)
     out.write(request.public_bytes(Encoding.PEM))
     click.echo(f"wrote {out_path} (certificate request for the {key.public_key().describe()} key: have your CA "
@@ -104,7 +106,8 @@ def cert_request(key_ref: str, passphrase_file: str | None, out_path: str, subje
 @issuer_options
 @subject_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def cert_issue(**opts: Any) -> None:
+@click.pass_context
+def cert_issue(ctx: click.Context, /, **opts: Any) -> None:
     """Make a code-signing certificate for an existing key: self-signed by it, or from --ca-cert."""
     from imgsign import keygen
 
@@ -114,8 +117,8 @@ def cert_issue(**opts: Any) -> None:
         [(opts["key_ref"], "private key"), (opts["passphrase_file"], "passphrase file"), *issuer_inputs(opts)],
         force=opts["force"],
     )
-    issuer = load_issuer(opts)
-    key = _signing_key(opts["key_ref"], opts["passphrase_file"])
+    issuer = load_issuer(opts, ctx)
+    key = _signing_key(opts["key_ref"], opts["passphrase_file"], ctx)
     cert = keygen.issue_certificate(keygen.parse_subject(opts["subject"]), key.public_key(), issuer or key,
                                     days=opts["days"])
     out.write(cert.public_bytes(Encoding.PEM))

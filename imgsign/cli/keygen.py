@@ -65,7 +65,7 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
         [*issuer_inputs(opts), (opts["passphrase_file"], "passphrase file")],
         force=opts["force"],
     )
-    issuer = load_issuer(opts)
+    issuer = load_issuer(opts, ctx)
     passphrase = read_passphrase(opts["passphrase_file"])
     if passphrase == b"":
         raise errors.InputError(f"passphrase file {opts['passphrase_file']} holds an empty passphrase: "
@@ -107,7 +107,7 @@ def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, An
     [out] = plan_outputs([(output, what, 0o644)],
                          [(ctx.find_root().obj.get("config_file"), "configuration file"), *issuer_inputs(opts)],
                          force=opts["force"])
-    issuer = load_issuer(opts)  # checked before any key is created
+    issuer = load_issuer(opts, ctx)  # checked before any key is created
     conf = config(ctx) if has_config(ctx) else None
     key = generate_signing_key(opts["key_reference"], key_type, opts["bits"], conf=conf,
                                ask_secret=ask_secret if sys.stdin.isatty() else None)
