@@ -416,6 +416,31 @@ class TransitPrivateKey(PrivateKey):
 
     def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
         """Sign ``digest`` in transit (RSA-PSS maximum salt, or DER ECDSA), then verify the result locally."""
+        if self.key_type is KeyType.RSA_PSS:
+            options: dict[str, Any] = {"signature_algorithm": "pss", "salt_length": self.max_salt_length(hash_method)}
+        else:
+            options = {"marshaling_algorithm": "asn1"}
+        signature = self._sign(digest, hash_method, options)
+        self.check(signature, digest, hash_method)
+        return signature
+
+    def sign_digest_pkcs1v15(self, digest: bytes, hash_method: HashMethod) -> bytes:
+        """RSA keys: RSASSA-PKCS1-v1_5 over ``digest`` (for certificates this key issues), verified locally."""
+        if self.key_type is not KeyType.RSA_PSS:
+            return super().sign_digest_pkcs1v15(digest, hash_method)
+        from cryptography import exceptions as crypto_exceptions
+        from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+        signature = self._sign(digest, hash_method, {"signature_algorithm": "pkcs1v15"})
+        try:
+            self._pyca_public.verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(hash_method.algorithm))
+        except crypto_exceptions.InvalidSignature:
+            raise SignerRefused(f"{self.reference} in {self._client.where} returned a PKCS#1 v1.5 signature that "
+                                f"does not verify") from None
+        return signature
+
+    def _sign(self, digest: bytes, hash_method: HashMethod, options: dict[str, Any]) -> bytes:
+        """``POST sign/NAME/HASH`` for the prehashed ``digest`` at this key version; the parsed signature."""
         hash_name = HASH_NAMES.get(hash_method)
         if hash_name is None:
             raise MechanismUnsupported(f"transit cannot sign {hash_method.value} digests")
@@ -426,20 +451,13 @@ class TransitPrivateKey(PrivateKey):
             "prehashed": True,
             "hash_algorithm": hash_name,
             "key_version": self.version,
+            **options,
         }
-        key_type = self.key_type
-        if key_type is KeyType.RSA_PSS:
-            payload["signature_algorithm"] = "pss"
-            payload["salt_length"] = self.max_salt_length(hash_method)
-        else:
-            payload["marshaling_algorithm"] = "asn1"
         data = self._client.call("POST", f"sign/{self.name}/{hash_name}", payload)
         returned_version = data.get("key_version", self.version)
         if type(returned_version) is not int or returned_version != self.version:
             raise SignerRefused(f"transit signed with key version {returned_version!r}, not {self.version}")
-        signature = parse_signature(data.get("signature"), self.version)
-        self.check(signature, digest, hash_method)
-        return signature
+        return parse_signature(data.get("signature"), self.version)
 
     def max_salt_length(self, hash_method: HashMethod) -> int:
         """RSA-PSS's maximum salt: ``ceil((bits - 1) / 8) - hLen - 2``."""
