@@ -242,3 +242,25 @@ def test_the_hook_log_is_never_written_through_a_link(host, tmp_path):
     result = host.boot(image_id, disk, instance)
     assert result.returncode == 0 and "cannot write log" in result.stderr, result.stderr
     assert target.read_text() == ""
+
+
+def test_release_gives_a_sealed_base_back_to_nova(host):
+    """Nova's image cache manager cannot remove an immutable base; `boot release` gives it back (owner,
+    flag, record), after which nova can remove it and booting from it again is a fresh decision."""
+    import pwd
+
+    image_id, _ = host.image()
+    base = host.base(image_id)
+    instance, disk = host.instance(image_id)
+    assert immutable(base)
+    as_attacker(lambda: pytest.raises(PermissionError, os.unlink, base))
+    released = run_cli("boot", "release", image_id, "--owner", pwd.getpwuid(NOBODY).pw_name,
+                       "--instances-path", host.instances, "--state-dir", host.state)
+    assert released.code == 0 and "released" in released.stdout, released
+    assert not immutable(base) and base.stat().st_uid == NOBODY
+    refused = host.boot(image_id, disk, instance)
+    assert refused.returncode == errors.UnsignedImage.exit_code, refused.stderr  # no record any more
+    as_attacker(lambda: os.unlink(base))  # what Nova's image cache manager does
+    assert not base.exists()
+    unknown = run_cli("boot", "release", image_id, "--owner", "no-such-user-here", "--state-dir", host.state)
+    assert unknown.code == 2, unknown

@@ -263,3 +263,36 @@ def _adopt_target(base_or_id: str, image_id: str | None, document: object, insta
         raise errors.InputError(f"{base_or_id} is not the base file of image {image_id} "
                                 f"(that is _base/{cache_name(image_id)})")
     return image_id, os.path.dirname(directory)
+
+
+@boot_group.command("release")
+@click.argument("bases_or_ids", nargs=-1, required=True)
+@click.option("--owner", default="nova", show_default=True,
+              help="User (and their group) to give each base to, so Nova's image cache manager can remove it.")
+@click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str, state_dir: str) -> None:
+    """Unseal bases Nova may remove (image ids or _base/<sha1> paths): the flag, owner and record go.
+
+    A sealed base is immutable (README, "Sealed bases"), so Nova's image cache manager cannot remove it
+    once no instance uses it; release it first.  Booting from a released base adopts or refuses it anew.
+    """
+    import pwd
+
+    try:
+        user = pwd.getpwnam(owner)
+    except KeyError:
+        raise click.BadParameter(f"no user {owner!r} on this host", param_hint="--owner") from None
+    records = RecordStore(state_dir)
+    for base_or_id in bases_or_ids:
+        if os.sep in base_or_id:
+            directory, name = os.path.split(os.path.abspath(base_or_id))
+            if os.path.basename(directory) != "_base":
+                raise errors.InputError(f"{base_or_id} is not in an image cache directory (_base)")
+            where = os.path.dirname(directory)
+        else:
+            name, where = cache_name(base_or_id), instances_path
+        found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
+        click.echo(f"released {os.path.join(image_cache.base_dir(where), name)}"
+                   + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
+                      else " (no such file; its record is gone)"))

@@ -295,3 +295,35 @@ def add_to_cache(
             cache = VerifiedCache(records.state_dir, owner=records.owner)
             cache.store(name, FileIdentity.of(cached), sha256)
     return record
+
+
+def release(instances_path: str, name: str, records: RecordStore, uid: int, gid: int) -> bool:
+    """Give the base ``_base/<name>`` back to Nova (``uid``/``gid``, mode 0644, not immutable) so its image
+    cache manager can remove it, and forget its trust record and fast-path entry: a later boot from it is
+    adopted or refused anew.  Returns whether there was such a file (a missing one only forgets)."""
+    records.prepare()  # an insecure state directory stops us before anything is touched
+    record = records.get_by_name(name)
+    try:
+        with open_base_dir(instances_path, create=False) as dir_fd:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                fd = None
+            except OSError as exc:
+                raise InputError(f"cannot open base file _base/{name}: {exc.strerror}") from None
+            if fd is not None:
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise InputError(f"_base/{name} is not a regular file")
+                    protection.set_immutable(fd, False)
+                    os.fchown(fd, uid, gid)
+                    os.fchmod(fd, protection.BASE_MODE)
+                except OSError as exc:
+                    raise InputError(f"cannot give _base/{name} back: {exc.strerror}") from None
+                finally:
+                    os.close(fd)
+    finally:
+        VerifiedCache(records.state_dir, owner=records.owner).forget(name)
+        if record is not None:
+            records.remove(record.image_id)
+    return fd is not None
