@@ -91,6 +91,53 @@ def sample_image(tmp_path_factory) -> Path:
     return path
 
 
+def intermediate_ca_under_root(spki_der: bytes, subject: str, out: Path) -> Path:
+    """Write (PEM, to ``out``) a CA certificate for the public key ``spki_der`` issued by the test root,
+    path length 0: an intermediate CA whose key lives elsewhere (a token, transit)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    root = x509.load_pem_x509_certificate(pki("root-ca.pem").read_bytes())
+    root_key = serialization.load_pem_private_key(pki("root-ca.key").read_bytes(), None)
+    public = serialization.load_der_public_key(spki_der)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string(subject))
+        .issuer_name(root.subject).public_key(public).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    out.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+def assert_ca_key_issues_a_chain(run_keygen, ca_key: str, ca_pem: Path, image: Path, work: Path) -> None:
+    """``keygen --ca-cert CA_PEM --ca-key CA_KEY`` (``run_keygen(*args)``, a CLI run) issues a leaf signed
+    sha256WithRSAEncryption by the RSA CA key; an image signed with the leaf verifies with the chain
+    up to the test root (imgsign's chain validation)."""
+    from cryptography import x509
+
+    made = run_keygen("keygen", "--key-type", "ECC_SECP384R1", "--out-key", work / "leaf.key", "--out-cert",
+                      work / "leaf.pem", "--ca-cert", ca_pem, "--ca-key", ca_key)
+    assert made.code == 0, made
+    leaf = x509.load_pem_x509_certificate((work / "leaf.pem").read_bytes())
+    assert leaf.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSA_WITH_SHA256
+    signed = run_cli("sign", image, "--key", work / "leaf.key", "--cert", work / "leaf.pem",
+                     "--cert-uuid", "00000000-0000-4000-8000-000000000001", "-o", work / "props.json")
+    assert signed.code == 0, signed
+    verified = run_cli("verify", image, "--properties", work / "props.json", "--cert", work / "leaf.pem",
+                       "--trusted-file", pki("root-ca.pem"), "--intermediate", ca_pem)
+    assert verified.code == 0, verified
+
+
 def release(path: str | os.PathLike[str]) -> Path:
     """Clear the immutable flag imgsign seals verified bases with (as root could), so a test can
     change, replace or remove the file; returns the path."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from imgsign import errors
-from tests.conftest import cert_of, key_of, openssl, pki, run_cli
+from tests.conftest import assert_ca_key_issues_a_chain, cert_of, intermediate_ca_under_root, key_of, openssl, pki, run_cli
 from tests.test_interop_cursive import run_cursive
 
 MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -348,44 +348,13 @@ def test_an_rsa_key_in_the_token_is_a_ca_whose_certificates_chain(token, image, 
     """``keygen --ca-key pkcs11:...``: an intermediate CA whose RSA key is in the token issues a leaf that
     imgsign's chain validation accepts (CKM_RSA_PKCS over the DigestInfo: X.509 verifiers refuse an RSA
     issuer's RSASSA-PSS with the maximum salt)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-
     from imgsign.keys.loading import open_signing_key
 
     ca_uri = uri(token, "RSA-PSS")
     for name, value in token["env"].items():
         monkeypatch.setenv(name, value)
     key = open_signing_key(ca_uri)
-    public = serialization.load_der_public_key(key.public_key().spki_der())
+    ca_pem = intermediate_ca_under_root(key.public_key().spki_der(), "CN=token intermediate CA",
+                                        tmp_path / "token-ca.pem")
     key.close()
-    root = x509.load_pem_x509_certificate(pki("root-ca.pem").read_bytes())
-    root_key = serialization.load_pem_private_key(pki("root-ca.key").read_bytes(), None)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=token intermediate CA"))
-        .issuer_name(root.subject).public_key(public).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()), critical=False)
-        .sign(root_key, hashes.SHA256())
-    )
-    ca_pem = tmp_path / "token-ca.pem"
-    ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    made = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "leaf.key", "--out-cert",
-                   tmp_path / "leaf.pem", "--ca-cert", ca_pem, "--ca-key", ca_uri, env=token["env"])
-    assert made.code == 0, made
-    leaf = x509.load_pem_x509_certificate((tmp_path / "leaf.pem").read_bytes())
-    assert leaf.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSA_WITH_SHA256
-    signed = run_cli("sign", image, "--key", tmp_path / "leaf.key", "--cert", tmp_path / "leaf.pem",
-                     "--cert-uuid", "00000000-0000-4000-8000-000000000001", "-o", tmp_path / "props.json")
-    assert signed.code == 0, signed
-    verified = run_cli("verify", image, "--properties", tmp_path / "props.json", "--cert", tmp_path / "leaf.pem",
-                       "--trusted-file", pki("root-ca.pem"), "--intermediate", ca_pem)
-    assert verified.code == 0, verified
+    assert_ca_key_issues_a_chain(lambda *args: run_cli(*args, env=token["env"]), ca_uri, ca_pem, image, tmp_path)

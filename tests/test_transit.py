@@ -36,7 +36,7 @@ from imgsign.certificates import load_certificate
 from imgsign.keymanager import config as keymanager_config
 from imgsign.keys.loading import generate_signing_key, open_signing_key
 from imgsign.signer import Signer
-from tests.conftest import CLIResult, openssl, pki, run_cli
+from tests.conftest import CLIResult, assert_ca_key_issues_a_chain, intermediate_ca_under_root, openssl, pki, run_cli
 from tests.servers import openbao
 from tests.servers.common import free_port
 
@@ -336,38 +336,9 @@ def test_an_rsa_key_in_transit_is_a_ca_whose_certificates_chain(bao: Transit, tm
     """``keygen --ca-key hashivault://NAME``: an intermediate CA whose RSA key lives in transit issues a leaf
     that imgsign's chain validation accepts (an RSA issuer signs PKCS#1 v1.5 through transit, since X.509
     verifiers refuse RSASSA-PSS with the maximum salt)."""
-    import datetime
-
-    from cryptography.hazmat.primitives import hashes, serialization
-
     conf = keymanager_config.load(str(bao.config))
     ca_key = generate_signing_key("hashivault://ca-rsa", KeyType.RSA_PSS, 3072, conf=conf)
-    root = x509.load_pem_x509_certificate(pki("root-ca.pem").read_bytes())
-    root_key = serialization.load_pem_private_key(pki("root-ca.key").read_bytes(), None)
-    public = serialization.load_der_public_key(ca_key.public_key().spki_der())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(keygen.parse_subject("CN=transit intermediate CA"))
-        .issuer_name(root.subject).public_key(public).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)  # type: ignore[arg-type]
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()), critical=False)  # type: ignore[arg-type]
-        .sign(root_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    ca_pem = tmp_path / "transit-ca.pem"
-    ca_pem.write_bytes(ca_cert.public_bytes(Encoding.PEM))
-    made = bao.run("-c", bao.config, "keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "leaf.key",
-                   "--out-cert", tmp_path / "leaf.pem", "--ca-cert", ca_pem, "--ca-key", "hashivault://ca-rsa")
-    assert made.code == 0, made
-    leaf = x509.load_pem_x509_certificate((tmp_path / "leaf.pem").read_bytes())
-    assert leaf.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSA_WITH_SHA256
-    signed = run_cli("sign", bao.image, "--key", tmp_path / "leaf.key", "--cert", tmp_path / "leaf.pem",
-                     "--cert-uuid", "00000000-0000-4000-8000-000000000001", "-o", tmp_path / "props.json")
-    assert signed.code == 0, signed
-    verified = run_cli("verify", bao.image, "--properties", tmp_path / "props.json", "--cert", tmp_path / "leaf.pem",
-                       "--trusted-file", pki("root-ca.pem"), "--intermediate", ca_pem)
-    assert verified.code == 0, verified
+    ca_pem = intermediate_ca_under_root(ca_key.public_key().spki_der(), "CN=transit intermediate CA",
+                                        tmp_path / "transit-ca.pem")
+    assert_ca_key_issues_a_chain(lambda *args: bao.run("-c", bao.config, *args), "hashivault://ca-rsa", ca_pem,
+                                 bao.image, tmp_path)
