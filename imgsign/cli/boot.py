@@ -256,13 +256,19 @@ def _adopt_target(base_or_id: str, image_id: str | None, document: object, insta
     if image_id is None:
         raise errors.InputError(f"{base_or_id} is a path: give the image id with --image-id (or use "
                                 "`openstack image show -f json` output, which has it, as --properties)")
-    directory, name = os.path.split(os.path.abspath(base_or_id))
-    if os.path.basename(directory) != "_base":
-        raise errors.InputError(f"{base_or_id} is not in an image cache directory (_base)")
+    instances, name = _split_base_path(base_or_id)
     if name != cache_name(image_id):
         raise errors.InputError(f"{base_or_id} is not the base file of image {image_id} "
                                 f"(that is _base/{cache_name(image_id)})")
-    return image_id, os.path.dirname(directory)
+    return image_id, instances
+
+
+def _split_base_path(path: str) -> tuple[str, str]:
+    """(instances path, name) of a base file's path ``.../_base/<name>``."""
+    directory, name = os.path.split(os.path.abspath(path))
+    if os.path.basename(directory) != "_base":
+        raise errors.InputError(f"{path} is not in an image cache directory (_base)")
+    return os.path.dirname(directory), name
 
 
 @boot_group.command("release")
@@ -285,13 +291,8 @@ def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str,
         raise click.BadParameter(f"no user {owner!r} on this host", param_hint="--owner") from None
     records = RecordStore(state_dir)
     for base_or_id in bases_or_ids:
-        if os.sep in base_or_id:
-            directory, name = os.path.split(os.path.abspath(base_or_id))
-            if os.path.basename(directory) != "_base":
-                raise errors.InputError(f"{base_or_id} is not in an image cache directory (_base)")
-            where = os.path.dirname(directory)
-        else:
-            name, where = cache_name(base_or_id), instances_path
+        where, name = _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path,
+                                                                                cache_name(base_or_id))
         found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
         click.echo(f"released {os.path.join(image_cache.base_dir(where), name)}"
                    + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
