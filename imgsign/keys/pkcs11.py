@@ -431,30 +431,18 @@ class TokenPrivateKey(PrivateKey):
 
 
     def sign_digest_pkcs1v15(self, digest: bytes, hash_method: HashMethod) -> bytes:
-        """RSA keys: RSASSA-PKCS1-v1_5 (``CKM_RSA_PKCS`` over the DigestInfo) for the certificates this key
-        issues; returned only if it verifies with the public key."""
+        """RSA keys: RSASSA-PKCS1-v1_5 (``CKM_RSA_PKCS`` over the DigestInfo), for the certificates this key
+        issues (the issuing code, :func:`imgsign.keygen.issue_certificate`, verifies it before it is used)."""
         if self._key_type is not KeyType.RSA_PSS:
             return super().sign_digest_pkcs1v15(digest, hash_method)
-        from cryptography import exceptions as crypto_exceptions
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-
         p11 = _library()
         if len(digest) != hash_method.digest_size:
             raise ValueError(f"a {hash_method.value} digest is {hash_method.digest_size} bytes")
         what = f"signing with {self._uri.describe()} in {self._session.name}"
         self._session.require_mechanism(p11.Mechanism.RSA_PKCS, "a PKCS#1 v1.5 certificate signature")
         with self._session.lock, _translate(what):
-            signature = bytes(self._handle.sign(_DIGEST_INFO_PREFIX[hash_method] + digest,
-                                                mechanism=p11.Mechanism.RSA_PKCS))
-        public = serialization.load_der_public_key(self._public.spki_der())
-        try:
-            if not isinstance(public, rsa.RSAPublicKey):
-                raise crypto_exceptions.InvalidSignature
-            public.verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(hash_method.algorithm))
-        except crypto_exceptions.InvalidSignature:
-            raise SignerRefused(f"{what}: the token returned a PKCS#1 v1.5 signature that does not verify") from None
-        return signature
+            return bytes(self._handle.sign(_DIGEST_INFO_PREFIX[hash_method] + digest,
+                                           mechanism=p11.Mechanism.RSA_PKCS))
 
 
 #: RFC 8017 section 9.2 note 1: the DER DigestInfo before the digest, per hash.
