@@ -6,11 +6,16 @@ one answers "may this certificate's key sign images right now?".
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from imgsign._internal import pyca_dsa
 from imgsign.errors import (
     CertificateError,
     CertificateExpired,
@@ -19,32 +24,66 @@ from imgsign.errors import (
     UnsupportedAlgorithm,
 )
 from imgsign.keys import PublicKey
-from imgsign.keys.inprocess import CryptographyPublicKey
-from imgsign.keys.loading import is_pem, public_key_from_spki
+from imgsign.keys.loading import is_pem, public_key_from_pyca, public_key_from_spki
 from imgsign.policy import DEFAULT_POLICY, Policy
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """Parse one X.509 certificate, PEM or DER; raise :class:`CertificateError` if unreadable."""
+    """Parse one X.509 certificate, PEM (the first in the text) or DER; raise :class:`CertificateError` if
+    unreadable or if RFC 5280 forbids it (see :func:`check_names`)."""
     pem = is_pem(data)
+    loader = x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate
     try:
-        if pem:
-            return check_names(x509.load_pem_x509_certificate(data))
-        return check_names(x509.load_der_x509_certificate(data))
+        return check_names(_parse(lambda: loader(data)))
     except ValueError as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else "parse error"
         raise CertificateError(f"not a readable {'PEM' if pem else 'DER'} X.509 certificate ({first})") from None
 
 
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """All certificates in a PEM bundle, or the one DER certificate; each checked as :func:`load_certificate`."""
+    try:
+        if b"-----BEGIN" in data:
+            found = _parse(lambda: x509.load_pem_x509_certificates(data))
+        else:
+            found = [_parse(lambda: x509.load_der_x509_certificate(data))]
+        for cert in found:
+            check_names(cert)
+    except ValueError as exc:
+        raise CertificateError(f"not a readable certificate or PEM bundle ({str(exc)[:120]})") from None
+    return found
+
+
+#: The start of ``cryptography``'s warning (51) for a serial number that is zero or negative, which a later
+#: release will raise for.
+_NON_POSITIVE_SERIAL = r"Parsed a serial number which wasn't positive"
+_SERIAL_FORBIDDEN = "its serial number is zero or negative, which RFC 5280 (4.1.2.2) forbids"
+
+_T = TypeVar("_T")
+
+
+def _parse(parse: Callable[[], _T]) -> _T:
+    """Run ``parse`` (a ``cryptography`` certificate loader); a non-positive serial number is an error now."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=_NON_POSITIVE_SERIAL)
+        try:
+            return parse()
+        except Warning:
+            raise CertificateError(f"refusing a certificate: {_SERIAL_FORBIDDEN}") from None
+
+
 def check_names(cert: x509.Certificate) -> x509.Certificate:
-    """Return ``cert`` once its subject and issuer parse; raise ValueError if not.
+    """Return ``cert`` once what RFC 5280 requires of it holds; raise ValueError or :class:`CertificateError`.
 
     ``cryptography`` reads the names only when they are first used, so a certificate with a
     malformed name loads and then fails wherever it is named (a message, a store, a chain):
-    every loader calls this, so such a certificate is refused when it is read.
+    every loader calls this, so such a certificate is refused when it is read.  Its serial number
+    must be positive (RFC 5280 4.1.2.2), which ``cryptography`` only warns about today.
     """
     cert.subject.rfc4514_string()
     cert.issuer.rfc4514_string()
+    if cert.serial_number <= 0:
+        raise CertificateError(f"refusing certificate {describe(cert)}: {_SERIAL_FORBIDDEN}")
     return cert
 
 
@@ -54,11 +93,14 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def certificate_public_key(cert: x509.Certificate) -> PublicKey:
-    """The certificate's key; binary-curve keys are handed to the OpenSSL backend, and an
-    RSASSA-PSS key is read from its SubjectPublicKeyInfo to keep its parameters."""
+    """The certificate's key; binary-curve keys (and DSA, when :mod:`imgsign.keys.loading` says so) are
+    handed to the OpenSSL backend, and an RSASSA-PSS key is read from its SubjectPublicKeyInfo to keep its
+    parameters."""
     try:
         if cert.public_key_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
-            return CryptographyPublicKey(cert.public_key())
+            with pyca_dsa.quiet():
+                key = cert.public_key()
+            return public_key_from_pyca(key)
     except (crypto_exceptions.UnsupportedAlgorithm, ValueError):
         pass
     try:

@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509 import verification
 
-from imgsign.certificates import check_names, describe
+from imgsign._internal import pyca_dsa
+from imgsign.certificates import describe
 from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 
@@ -55,20 +56,6 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
         return crl
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None
-
-
-def load_certificates(data: bytes) -> list[x509.Certificate]:
-    """All certificates in a PEM bundle, or the one DER certificate."""
-    try:
-        if b"-----BEGIN" in data:
-            found = x509.load_pem_x509_certificates(data)
-        else:
-            found = [x509.load_der_x509_certificate(data)]
-        for cert in found:
-            check_names(cert)
-    except ValueError as exc:
-        raise CertificateError(f"not a readable certificate or PEM bundle ({str(exc)[:120]})") from None
-    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +272,8 @@ def _crls_of(
         if crl.issuer != issuer.subject:
             continue
         try:
-            valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+            with pyca_dsa.quiet():
+                valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - unsupported key or algorithm: cannot trust the CRL
             valid = False
         if not valid:

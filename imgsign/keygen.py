@@ -19,7 +19,7 @@ from typing import TypeVar
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from imgsign._internal import asn1
@@ -141,23 +141,31 @@ def generate_request(
 
 
 def new_key(key_type: KeyType, bits: int | None = None, passphrase: bytes | None = None) -> tuple[PrivateKey, bytes]:
-    """A new private key of ``key_type`` and its PKCS#8 PEM (encrypted with ``passphrase`` if given)."""
+    """A new private key of ``key_type`` and its PKCS#8 PEM (encrypted with ``passphrase`` if given).
+
+    :mod:`imgsign.keys.loading` makes it, in ``cryptography`` or in the system OpenSSL (the binary
+    curves, and DSA where ``cryptography`` has none).
+    """
+    from imgsign.keys.inprocess import CryptographyPrivateKey
+    from imgsign.keys.loading import new_private_key, uses_openssl
+
     check_bits(key_type, bits)
-    if key_type.is_binary_curve:
+    size = DEFAULT_BITS if bits is None else bits
+    if uses_openssl(key_type):
         from imgsign._internal import openssl, openssl_keygen
 
         if passphrase:
             openssl.check_pipe_input(passphrase, InputError, "the passphrase")
-        der = openssl_keygen.new_key(key_type)
-        return openssl.load_private_key(der, None, pem=False), openssl_keygen.key_pem(key_type, der, passphrase)
-    from imgsign.keys.inprocess import CryptographyPrivateKey
-
-    key = _interruptible(lambda: _new_key(key_type, DEFAULT_BITS if bits is None else bits))
+        key = new_private_key(key_type, size)
+        return key, openssl_keygen.key_pem(key_type, key.export_pkcs8_der(), passphrase)
+    made = _interruptible(lambda: new_private_key(key_type, size))
+    if not isinstance(made, CryptographyPrivateKey):
+        raise RuntimeError(f"expected an in-process key, got {type(made).__name__}")
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    return CryptographyPrivateKey(key), pem
+    pem = made.pyca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return made, pem
 
 
 def issue_certificate(
@@ -388,12 +396,3 @@ def _interruptible(make: Callable[[], _T]) -> _T:
     if failure:
         raise failure[0]
     return outcome[0]
-
-
-def _new_key(key_type: KeyType, bits: int) -> rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey:
-    if key_type is KeyType.RSA_PSS:
-        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    if key_type is KeyType.DSA:
-        return dsa.generate_private_key(key_size=bits)
-    curve = {KeyType.ECC_SECP384R1: ec.SECP384R1, KeyType.ECC_SECP521R1: ec.SECP521R1}[key_type]
-    return ec.generate_private_key(curve())

@@ -10,7 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from imgsign import errors
-from imgsign.chain import TrustAnchors, load_certificates, load_crl, validate_chain
+from imgsign.certificates import load_certificates
+from imgsign.chain import TrustAnchors, load_crl, validate_chain
 from imgsign.policy import Policy
 from tests.conftest import LEAVES, pki
 

@@ -20,7 +20,7 @@ from imgsign.certificates import (
     describe,
     load_certificate,
 )
-from imgsign.chain import load_certificates
+from imgsign.certificates import load_certificates
 from imgsign.policy import Policy
 from tests.conftest import pki
 from tests.test_fuzz_chain import FUZZ, INPUTS, mutated

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from imgsign import errors
 from imgsign.certificates import load_certificate
-from imgsign.chain import TrustAnchors, load_certificates, load_crl, validate_chain
+from imgsign.certificates import load_certificates
+from imgsign.chain import TrustAnchors, load_crl, validate_chain
 from tests.conftest import pki
 
 EXAMPLES = int(os.environ.get("IMGSIGN_FUZZ_EXAMPLES", "200"))

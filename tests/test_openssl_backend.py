@@ -47,7 +47,7 @@ def test_sect_keys_sign_and_verify_through_openssl(key_type):
 def test_no_openssl_is_a_clear_error(monkeypatch):
     cert = load_certificate(cert_of("ECC_SECT571R1").read_bytes())
     monkeypatch.setenv("IMGSIGN_OPENSSL", "/nonexistent/openssl")
-    with pytest.raises(errors.BackendUnavailable, match="need the openssl command"):
+    with pytest.raises(errors.BackendUnavailable, match="needs the openssl command line for the ECC_SECT"):
         Verifier.for_certificate(
             SignatureProperties(b"\x30\x06\x02\x01\x05\x02\x01\x07", HashMethod.SHA256, KeyType.ECC_SECT571R1, CERT_UUID),
             cert,

@@ -7,6 +7,7 @@ import dataclasses
 from imgsign.errors import UnsupportedAlgorithm
 
 EC_PUBLIC_KEY_OID = "1.2.840.10045.2.1"
+DSA_OID = "1.2.840.10040.4.1"
 
 
 def spki_algorithm(spki_der: bytes) -> tuple[str, str | None]:
@@ -83,6 +84,45 @@ def rsassa_pss_parameters(spki_der: bytes) -> PssParameters | None:
     except PyAsn1Error as exc:
         raise UnsupportedAlgorithm(f"unreadable RSASSA-PSS key parameters ({str(exc)[:120]})") from None
     return PssParameters(HASH_OIDS.get(hash_oid, hash_oid), HASH_OIDS.get(mgf_hash_oid, mgf_hash_oid), salt_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class DsaSizes:
+    """The sizes of a DSA key's domain parameters in bits: ``p`` (the key size) and ``q``."""
+
+    p_bits: int
+    q_bits: int
+
+
+def dsa_sizes(spki_der: bytes) -> DsaSizes:
+    """The sizes of the DSA SubjectPublicKeyInfo ``spki_der`` (RFC 3279 §2.3.2: Dss-Parms p, q, g)."""
+    from pyasn1.codec.der import decoder
+    from pyasn1.error import PyAsn1Error
+    from pyasn1_modules import rfc3279, rfc5280
+
+    try:
+        spki, rest = decoder.decode(spki_der, asn1Spec=rfc5280.SubjectPublicKeyInfo())
+        if rest or str(spki["algorithm"]["algorithm"]) != DSA_OID or not spki["algorithm"]["parameters"].isValue:
+            raise PyAsn1Error("not a DSA key with domain parameters")
+        params, rest = decoder.decode(bytes(spki["algorithm"]["parameters"]), asn1Spec=rfc3279.Dss_Parms())
+        if rest:
+            raise PyAsn1Error("trailing data after the DSA parameters")
+        p, q = int(params["p"]), int(params["q"])
+    except PyAsn1Error as exc:
+        raise UnsupportedAlgorithm(f"unreadable DSA public key ({str(exc)[:120]})") from None
+    if p <= 0 or q <= 0:
+        raise UnsupportedAlgorithm("unreadable DSA public key (p or q is not positive)")
+    return DsaSizes(p.bit_length(), q.bit_length())
+
+
+def dsa_spki(p: int, q: int, g: int, y: int) -> bytes:
+    """The DER SubjectPublicKeyInfo of the DSA public key ``y`` with domain parameters ``p, q, g``."""
+    from pyasn1.codec.der import encoder
+    from pyasn1.type import univ
+
+    parameters = der_sequence(*(encoder.encode(univ.Integer(n)) for n in (p, q, g)))
+    key: bytes = encoder.encode(univ.Integer(y))
+    return der_sequence(signature_algorithm(DSA_OID, parameters), der_element(0x03, b"\x00" + key))
 
 
 # --- DER of signed objects (certificates, certification requests) ------------------------------------------

@@ -1,6 +1,9 @@
-"""The system OpenSSL as a fallback backend for the binary ``ECC_SECT*`` curves.
+"""The system OpenSSL as the backend for keys ``cryptography`` cannot use.
 
-``cryptography`` >= 47 cannot load sect409k1/r1 or sect571k1/r1 keys at all.
+* the binary ``ECC_SECT*`` curves, which ``cryptography`` 47 removed;
+* DSA, once ``cryptography`` removes it (51 deprecates it), or when
+  ``IMGSIGN_DSA_BACKEND=openssl`` asks for it (:mod:`imgsign.keys.loading` decides).
+
 imgsign still hashes in-process and hands only the digest to
 ``openssl pkeyutl``.  Keys, digests and signatures reach the child through
 pipes (``/dev/fd/N``), never through temporary files or argv; the child has
@@ -17,7 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from imgsign._internal.asn1 import spki_algorithm
+from imgsign._internal.asn1 import DSA_OID, EC_PUBLIC_KEY_OID, dsa_sizes, spki_algorithm
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import (
     BackendUnavailable,
@@ -31,19 +34,21 @@ from imgsign.keys import PrivateKey, PublicKey
 
 _TIMEOUT_SECONDS = 60
 _PIPE_LIMIT = 60 * 1024  # every input must fit in one pipe buffer (64 KiB on Linux)
-#: A binary-curve SubjectPublicKeyInfo is under 200 bytes (sect571: 145-byte point); anything much longer is not one.
-_MAX_SPKI = 1024
+#: A binary-curve SubjectPublicKeyInfo is under 200 bytes (sect571: 145-byte point), a 4096-bit DSA one about
+#: 1,600 (p, g and y of 512 bytes each); anything much longer is not one.
+_MAX_SPKI = {KeyType.DSA: 2048}
+_MAX_EC_SPKI = 1024
 _CURVE_BITS = {"sect409k1": 409, "sect409r1": 409, "sect571k1": 571, "sect571r1": 571}
 
 
-def executable() -> str:
-    """Path of the openssl binary to use, or raise :class:`BackendUnavailable`."""
+def executable(purpose: str = "the ECC_SECT* key types (OpenSSL with binary EC curves)") -> str:
+    """Path of the openssl binary to use, or raise :class:`BackendUnavailable` naming ``purpose``."""
     name = os.environ.get("IMGSIGN_OPENSSL") or "openssl"
     path = shutil.which(name)
     if path is None:
         raise BackendUnavailable(
-            f"the ECC_SECT* key types need the openssl command line (OpenSSL with binary "
-            f"EC curves), but {name!r} was not found (set IMGSIGN_OPENSSL or install openssl)"
+            f"imgsign needs the openssl command line for {purpose}, but {name!r} was not found "
+            f"(set IMGSIGN_OPENSSL or install openssl)"
         )
     return path
 
@@ -60,6 +65,13 @@ def _supported_curves(path: str) -> frozenset[str]:
         if head:
             names.add(head)
     return frozenset(names)
+
+
+def require(key_type: KeyType) -> str:
+    """Return the openssl path if it can use ``key_type`` keys, else raise :class:`BackendUnavailable`."""
+    if key_type is KeyType.DSA:
+        return executable("DSA keys (this cryptography does not handle DSA)")
+    return require_curve(key_type)
 
 
 def require_curve(key_type: KeyType) -> str:
@@ -121,23 +133,33 @@ def first_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     return text.splitlines()[0][:200] if text else f"exit status {result.returncode}"
 
 
-def _binary_curve_key_type(spki_der: bytes) -> KeyType:
-    _, curve_oid = spki_algorithm(spki_der)
+def key_type_of_spki(spki_der: bytes) -> KeyType:
+    """The key type of a SubjectPublicKeyInfo this backend handles: DSA or a named binary curve."""
+    algorithm, curve_oid = spki_algorithm(spki_der)
+    if algorithm == DSA_OID:
+        return KeyType.DSA
+    if algorithm != EC_PUBLIC_KEY_OID:
+        raise UnsupportedAlgorithm(f"public key algorithm {algorithm} is not DSA or EC")
     if curve_oid is None:
         raise UnsupportedAlgorithm("the key is not on a named EC curve")
     return KeyType.for_curve_oid(curve_oid)
 
 
 class OpenSSLPublicKey(PublicKey):
-    """A binary-curve public key, verified with ``openssl pkeyutl -verify``."""
+    """A binary-curve or DSA public key, verified with ``openssl pkeyutl -verify``."""
 
     def __init__(self, spki_der: bytes, key_type: KeyType) -> None:
-        if len(spki_der) > _MAX_SPKI:
+        limit = _MAX_SPKI.get(key_type, _MAX_EC_SPKI)
+        if len(spki_der) > limit:
             raise UnsupportedAlgorithm(
-                f"{key_type.value} public keys are under {_MAX_SPKI} bytes; this one is {len(spki_der)} bytes"
+                f"{key_type.value} public keys are under {limit} bytes; this one is {len(spki_der)} bytes"
             )
         self._spki = spki_der
         self._key_type = key_type
+        if key_type is KeyType.DSA:
+            self._bits = dsa_sizes(spki_der).p_bits
+        else:
+            self._bits = _CURVE_BITS.get(key_type.curve_name or "", 0)
 
     @property
     def key_type(self) -> KeyType:
@@ -145,9 +167,11 @@ class OpenSSLPublicKey(PublicKey):
 
     @property
     def key_size(self) -> int:
-        return _CURVE_BITS.get(self._key_type.curve_name or "", 0)
+        return self._bits
 
     def describe(self) -> str:
+        if self._key_type is KeyType.DSA:
+            return f"DSA {self._bits}-bit (via OpenSSL)"
         return f"EC {self._key_type.curve_name} (via OpenSSL)"
 
     def spki_der(self) -> bytes:
@@ -157,7 +181,7 @@ class OpenSSLPublicKey(PublicKey):
         from imgsign.signature_value import check_signature_value
 
         check_signature_value(signature, self._key_type, self.key_size)  # bounds its size before openssl
-        path = require_curve(self._key_type)
+        path = require(self._key_type)
         result = run(
             path,
             ["pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey", "{0}", "-in", "{1}", "-sigfile", "{2}"],
@@ -173,7 +197,7 @@ class OpenSSLPublicKey(PublicKey):
 
 
 class OpenSSLPrivateKey(PrivateKey):
-    """A binary-curve private key, signed with ``openssl pkeyutl -sign``.
+    """A binary-curve or DSA private key, signed with ``openssl pkeyutl -sign``.
 
     Holds the unencrypted PKCS#8 DER in memory only (as an in-process key would).
     """
@@ -200,7 +224,7 @@ class OpenSSLPrivateKey(PrivateKey):
         return self._der
 
     def sign_digest(self, digest: bytes, hash_method: HashMethod) -> bytes:
-        path = require_curve(self.key_type)
+        path = require(self.key_type)
         result = run(path, ["pkeyutl", "-sign", "-keyform", "DER", "-inkey", "{0}", "-in", "{1}"], [self._der, digest])
         if result.returncode != 0 or not result.stdout:
             raise BackendUnavailable(f"openssl could not sign: {first_error_line(result)}")
@@ -208,11 +232,11 @@ class OpenSSLPrivateKey(PrivateKey):
 
 
 def load_private_key(data: bytes, passphrase: bytes | None, *, pem: bool) -> OpenSSLPrivateKey:
-    """Load a key ``cryptography`` refused; only binary-curve EC keys are accepted."""
+    """Load a key ``cryptography`` refused (or may not use); only binary-curve EC and DSA keys are accepted."""
     check_pipe_input(data, PrivateKeyError, "the private key")
     if passphrase is not None:
         check_pipe_input(passphrase, PrivateKeyError, "the passphrase")
-    path = executable()
+    path = executable("keys cryptography cannot load (binary-curve EC, DSA)")
     inform = "PEM" if pem else "DER"
     # -passin fd:N reads the first line of its own pipe; an empty line for a plain key.
     secret = (passphrase or b"") + b"\n"
@@ -227,8 +251,8 @@ def load_private_key(data: bytes, passphrase: bytes | None, *, pem: bool) -> Ope
     pub = run(path, ["pkey", "-inform", "DER", "-in", "{0}", "-pubout", "-outform", "DER"], [pkcs8])
     if pub.returncode != 0 or not pub.stdout:
         raise PrivateKeyError(f"openssl could not derive the public key ({first_error_line(pub)})")
-    key_type = _binary_curve_key_type(pub.stdout)
-    if not key_type.is_binary_curve:
+    key_type = key_type_of_spki(pub.stdout)
+    if not (key_type.is_binary_curve or key_type is KeyType.DSA):
         raise UnsupportedAlgorithm(f"{key_type.value} key could not be loaded by cryptography")
-    require_curve(key_type)
+    require(key_type)
     return OpenSSLPrivateKey(pkcs8, pub.stdout, key_type)

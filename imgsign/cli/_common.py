@@ -162,7 +162,7 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
     given: its stored CRLs always count, and a key manager that cannot be reached is an error
     (KeyManagerError), never a chain validated without them.
     """
-    from imgsign import chain
+    from imgsign import certificates, chain
     from imgsign.keymanager.anchors import fetch_trust_anchors
 
     settings = config(ctx).imgsign if has_config(ctx) else None
@@ -174,9 +174,9 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
     return fetch_trust_anchors(
         open_store(ctx), ids,
         trusted=[c for path in trusted_files
-                 for c in chain.load_certificates(read_small_file(path, "trusted certificates"))],
+                 for c in certificates.load_certificates(read_small_file(path, "trusted certificates"))],
         intermediates=[c for path in intermediate_files
-                       for c in chain.load_certificates(read_small_file(path, "intermediate certificates"))],
+                       for c in certificates.load_certificates(read_small_file(path, "intermediate certificates"))],
         crls=[chain.load_crl(read_small_file(path, "CRL")) for path in crl_files],
         require_crls=require_crl if require_crl is not None else bool(settings and settings.require_crls),
         max_depth=max_chain_depth if max_chain_depth is not None else (settings.max_chain_depth if settings else None),

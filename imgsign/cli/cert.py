@@ -49,7 +49,7 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
     if key_path is None:
         cert = certificates.load_certificate(data)
     else:
-        from imgsign.chain import load_certificates
+        from imgsign.certificates import load_certificates
 
         key, _ = load_key(key_path, passphrase_file, ctx=ctx)
         cert = certificates.certificate_for_key(load_certificates(data), key.public_key(), f"the key {key_path}")

@@ -47,7 +47,7 @@ from castellan.common.objects import (
 )
 from castellan.key_manager import key_manager
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from oslo_config import cfg
 
 BACKEND = "imgsign"
@@ -287,7 +287,12 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         elif algorithm_name == "DSA":
             if length not in (1024, 2048, 3072, 4096):
                 raise exception.KeyManagerError(reason=f"DSA key length {length} is not 1024, 2048, 3072 or 4096")
-            pair = dsa.generate_private_key(key_size=length)
+            from imgsign.algorithms import KeyType
+            from imgsign.keys.loading import new_private_key
+
+            made = new_private_key(KeyType.DSA, length)  # cryptography's DSA, or OpenSSL's once it has none
+            return self._insert_pair(owner, algorithm_name, length, made.export_pkcs8_der(),
+                                     made.public_key().spki_der(), name, expiration)
         elif algorithm_name in ("EC", "ECDSA"):
             curves: dict[int, Callable[[], ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384R1,
                                                                  521: ec.SECP521R1}
@@ -300,9 +305,13 @@ class EmbeddedKeyManager(key_manager.KeyManager):
                                          serialization.NoEncryption())
         public_der = pair.public_key().public_bytes(serialization.Encoding.DER,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
-        private_id = self._insert(owner, private_key.PrivateKey(algorithm_name, length, private_der, name=name),
+        return self._insert_pair(owner, algorithm_name, length, private_der, public_der, name, expiration)
+
+    def _insert_pair(self, owner: str, algorithm: str, length: int, private_der: bytes, public_der: bytes,
+                     name: str | None, expiration: str | None) -> tuple[str, str]:
+        private_id = self._insert(owner, private_key.PrivateKey(algorithm, length, private_der, name=name),
                                   expiration)
-        public_id = self._insert(owner, public_key.PublicKey(algorithm_name, length, public_der, name=name),
+        public_id = self._insert(owner, public_key.PublicKey(algorithm, length, public_der, name=name),
                                  expiration)
         return private_id, public_id
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from imgsign._internal import pyca_dsa
 from imgsign._internal.asn1 import PssParameters
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import InvalidSignature, KeyTypeMismatch, PrivateKeyError, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey, PublicKey
 
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from cryptography.hazmat.primitives.asymmetric import dsa
+
+    _PycaPrivate: TypeAlias = rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey
+
 _DAMAGED = "the private key is damaged: its signature does not verify with its public key"
-_PycaPrivate = rsa.RSAPrivateKey | dsa.DSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def _pss(hash_method: HashMethod) -> padding.PSS:
@@ -26,7 +34,7 @@ def _pss(hash_method: HashMethod) -> padding.PSS:
 def _key_type_of(key: object) -> KeyType | None:
     if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
         return KeyType.RSA_PSS
-    if isinstance(key, (dsa.DSAPublicKey, dsa.DSAPrivateKey)):
+    if pyca_dsa.is_public_key(key) or pyca_dsa.is_private_key(key):
         return KeyType.DSA
     if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
         try:
@@ -40,7 +48,7 @@ def describe_key(key: object) -> str:
     """Human description of a cryptography key, e.g. ``RSA 3072-bit`` or ``EC secp256r1``."""
     if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
         return f"RSA {key.key_size}-bit"
-    if isinstance(key, (dsa.DSAPublicKey, dsa.DSAPrivateKey)):
+    if pyca_dsa.is_public_key(key) or pyca_dsa.is_private_key(key):
         return f"DSA {key.key_size}-bit"
     if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
         return f"EC {key.curve.name}"
@@ -122,7 +130,7 @@ class CryptographyPublicKey(PublicKey):
                             f"the signature's PSS salt is {salt} bytes, the certificate's RSASSA-PSS key "
                             f"requires at least {self._pss.salt_length}"
                         )
-            elif isinstance(key, dsa.DSAPublicKey):
+            elif pyca_dsa.is_public_key(key):
                 key.verify(signature, digest, prehashed)
             elif isinstance(key, ec.EllipticCurvePublicKey):
                 key.verify(signature, digest, ec.ECDSA(prehashed))
@@ -184,10 +192,12 @@ class CryptographyPrivateKey(PrivateKey):
         key = self._key
         if isinstance(key, rsa.RSAPrivateKey):
             signature = key.sign(digest, _pss(hash_method), prehashed)
-        elif isinstance(key, dsa.DSAPrivateKey):
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            signature = key.sign(digest, ec.ECDSA(prehashed))
+        elif pyca_dsa.is_private_key(key):
             signature = key.sign(digest, prehashed)
         else:
-            signature = key.sign(digest, ec.ECDSA(prehashed))
+            raise UnsupportedAlgorithm(f"cannot sign with a {describe_key(key)} key")
         try:
             self.public_key().verify_digest(signature, digest, hash_method)
         except InvalidSignature:

@@ -1,25 +1,30 @@
 """Loading keys: picks the implementation of :mod:`imgsign.keys` that can use a key.
 
 Keys ``cryptography`` can load run in-process (:mod:`imgsign.keys.inprocess`);
-the binary ``ECC_SECT*`` curves go to the OpenSSL fallback
-(:mod:`imgsign._internal.openssl`).  This module is the only one that knows
-both, so neither implementation imports the other or this one.  Keys named by a
-reference instead of a file (``pkcs11:`` URIs) go to their backend through
-:func:`open_signing_key`, imported only when a reference names it.
+the binary ``ECC_SECT*`` curves go to the OpenSSL backend
+(:mod:`imgsign._internal.openssl`), and so does DSA once ``cryptography`` has no
+DSA (51 deprecates it) or ``IMGSIGN_DSA_BACKEND=openssl`` asks for it
+(:func:`uses_openssl`).  This module is the only one that knows both, and the only
+one that makes that choice, so neither implementation imports the other or this
+one.  Keys named by a reference instead of a file (``pkcs11:`` URIs) go to their
+backend through :func:`open_signing_key`, imported only when a reference names it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from imgsign._internal.asn1 import EC_PUBLIC_KEY_OID, rsassa_pss_parameters, spki_algorithm
+from imgsign._internal import pyca_dsa
+from imgsign._internal.asn1 import DSA_OID, EC_PUBLIC_KEY_OID, rsassa_pss_parameters, spki_algorithm
 from imgsign.algorithms import KeyType
 from imgsign.errors import InputError, PrivateKeyError, UnsupportedAlgorithm
 from imgsign.keys import PrivateKey, PublicKey
@@ -27,6 +32,26 @@ from imgsign.keys.inprocess import CryptographyPrivateKey, CryptographyPublicKey
 
 #: DER of OBJECT IDENTIFIER 1.2.840.113549.1.1.10 (id-RSASSA-PSS).
 _RSASSA_PSS_DER_OID = bytes.fromhex("06092a864886f70d01010a")
+
+#: ``auto`` (default): DSA runs in ``cryptography`` while it has DSA, else in the system OpenSSL;
+#: ``openssl``: DSA always runs in the system OpenSSL (what a ``cryptography`` without DSA will do).
+DSA_BACKEND_VARIABLE = "IMGSIGN_DSA_BACKEND"
+
+
+def uses_openssl(key_type: KeyType) -> bool:
+    """Do keys of ``key_type`` go to the system OpenSSL rather than run in ``cryptography``?
+
+    The binary curves always do (``cryptography`` >= 47 cannot use them); DSA does when the
+    installed ``cryptography`` has no DSA, or when ``IMGSIGN_DSA_BACKEND=openssl``.
+    """
+    if key_type.is_binary_curve:
+        return True
+    if key_type is not KeyType.DSA:
+        return False
+    choice = os.environ.get(DSA_BACKEND_VARIABLE, "").strip().lower()
+    if choice not in ("", "auto", "openssl"):
+        raise InputError(f"{DSA_BACKEND_VARIABLE} is auto or openssl, not {choice[:40]!r}")
+    return choice == "openssl" or not pyca_dsa.AVAILABLE
 
 
 def is_pem(data: bytes) -> bool:
@@ -49,16 +74,20 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         raise PrivateKeyError("the private key is encrypted: give its passphrase (--passphrase-file or the prompt)")
     try:
         try:
-            key = loader(data, passphrase)
+            with pyca_dsa.quiet():
+                key = loader(data, passphrase)
         except TypeError as exc:
             if "not encrypted" in str(exc):
-                key = loader(data, None)  # a passphrase for a plain key is harmless
+                with pyca_dsa.quiet():
+                    key = loader(data, None)  # a passphrase for a plain key is harmless
             elif "encrypted" in str(exc):
                 raise PrivateKeyError(
                     "the private key is encrypted: give its passphrase (--passphrase-file or the prompt)"
                 ) from None
             else:
                 raise
+        if pyca_dsa.is_private_key(key) and uses_openssl(KeyType.DSA):
+            raise crypto_exceptions.UnsupportedAlgorithm("DSA goes to the OpenSSL backend")
     except crypto_exceptions.UnsupportedAlgorithm:
         from imgsign._internal import openssl
 
@@ -70,7 +99,7 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
         raise PrivateKeyError(
             f"not a readable {'PEM' if pem else 'DER'} private key ({text.splitlines()[0] if text else 'parse error'})"
         ) from None
-    if not isinstance(key, (rsa.RSAPrivateKey, dsa.DSAPrivateKey, ec.EllipticCurvePrivateKey)):
+    if not (isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) or pyca_dsa.is_private_key(key)):
         raise UnsupportedAlgorithm(
             f"{describe_key(key)} keys cannot sign OpenStack images (use RSA, DSA or an ECC_* curve)"
         )
@@ -78,17 +107,23 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
 
 
 def public_key_from_spki(spki_der: bytes) -> PublicKey:
-    """Load a DER SubjectPublicKeyInfo; binary-curve keys go to the OpenSSL backend."""
+    """Load a DER SubjectPublicKeyInfo; binary-curve keys (and DSA, see :func:`uses_openssl`) go to the
+    OpenSSL backend."""
     try:
-        key = serialization.load_der_public_key(spki_der)
+        with pyca_dsa.quiet():
+            key = serialization.load_der_public_key(spki_der)
         if _RSASSA_PSS_DER_OID in spki_der[:32]:  # pyasn1 loads only for RSASSA-PSS keys
             return CryptographyPublicKey(key, rsassa_pss_parameters(spki_der))
-        return CryptographyPublicKey(key)
+        return public_key_from_pyca(key)
     except crypto_exceptions.UnsupportedAlgorithm:
         pass
     except ValueError as exc:
         raise UnsupportedAlgorithm(f"unreadable public key ({str(exc)[:120]})") from None
     algorithm, curve_oid = spki_algorithm(spki_der)
+    if algorithm == DSA_OID and uses_openssl(KeyType.DSA):
+        from imgsign._internal import openssl
+
+        return openssl.OpenSSLPublicKey(spki_der, KeyType.DSA)
     if algorithm == EC_PUBLIC_KEY_OID and curve_oid:
         key_type = KeyType.for_curve_oid(curve_oid)
         if key_type.is_binary_curve:
@@ -96,6 +131,34 @@ def public_key_from_spki(spki_der: bytes) -> PublicKey:
 
             return openssl.OpenSSLPublicKey(spki_der, key_type)
     raise UnsupportedAlgorithm(f"public key algorithm {algorithm} ({curve_oid or 'no parameters'}) is not supported")
+
+
+def public_key_from_pyca(key: PublicKeyTypes) -> PublicKey:
+    """A key ``cryptography`` loaded (from a certificate, say), in the implementation that uses it:
+    a DSA key goes to the OpenSSL backend when :func:`uses_openssl` says so."""
+    if pyca_dsa.is_public_key(key) and uses_openssl(KeyType.DSA):
+        from imgsign._internal import openssl
+
+        spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return openssl.OpenSSLPublicKey(spki, KeyType.DSA)
+    return CryptographyPublicKey(key)
+
+
+def new_private_key(key_type: KeyType, bits: int) -> PrivateKey:
+    """A new private key of ``key_type`` (``bits``: an RSA or DSA key's size; curves ignore it), made
+    by ``cryptography`` or, where :func:`uses_openssl`, by the system OpenSSL."""
+    if uses_openssl(key_type):
+        from imgsign._internal import openssl, openssl_keygen
+
+        return openssl.load_private_key(openssl_keygen.new_key(key_type, bits), None, pem=False)
+    if key_type is KeyType.RSA_PSS:
+        return CryptographyPrivateKey(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+    if key_type is KeyType.DSA:
+        return CryptographyPrivateKey(pyca_dsa.generate_private_key(bits))
+    curves: dict[KeyType, Callable[[], ec.EllipticCurve]] = {
+        KeyType.ECC_SECP384R1: ec.SECP384R1, KeyType.ECC_SECP521R1: ec.SECP521R1,
+    }
+    return CryptographyPrivateKey(ec.generate_private_key(curves[key_type]()))
 
 
 # --- keys named by a reference (a hardware token or a signing service) instead of a file ---------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from imgsign._internal.asn1 import der_element
+from imgsign._internal.asn1 import der_element, dsa_spki
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import (
     ImgsignError,
@@ -469,6 +469,8 @@ def _check_pss_salt(public: PublicKey, signature: bytes, hash_method: HashMethod
 
     from imgsign.keys.inprocess import pss_salt_length
 
+    if public.key_type is not KeyType.RSA_PSS:
+        return
     key = serialization.load_der_public_key(public.spki_der())
     if isinstance(key, rsa.RSAPublicKey) and pss_salt_length(key, signature, hash_method) != salt:
         raise InvalidSignature("the token did not use the maximum PSS salt length")
@@ -509,7 +511,7 @@ def _read_public(obj: Any, p11: Any, uri: Pkcs11Uri) -> PublicKey:
 def _spki(obj: Any, p11: Any) -> bytes:
     """DER SubjectPublicKeyInfo of a public key, certificate or RSA private key object."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     attr = p11.Attribute
     if obj.object_class == p11.ObjectClass.CERTIFICATE:
@@ -522,8 +524,7 @@ def _spki(obj: Any, p11: Any) -> bytes:
         numbers = rsa.RSAPublicNumbers(_int(obj[attr.PUBLIC_EXPONENT]), _int(obj[attr.MODULUS]))
         return numbers.public_key().public_bytes(*der)
     if family == "DSA":
-        parameters = dsa.DSAParameterNumbers(_int(obj[attr.PRIME]), _int(obj[attr.SUBPRIME]), _int(obj[attr.BASE]))
-        return dsa.DSAPublicNumbers(_int(obj[attr.VALUE]), parameters).public_key().public_bytes(*der)
+        return dsa_spki(_int(obj[attr.PRIME]), _int(obj[attr.SUBPRIME]), _int(obj[attr.BASE]), _int(obj[attr.VALUE]))
     if family == "EC":
         point = bytes(obj[attr.EC_POINT])
         if point[:1] == b"\x04" and len(point) > 2 and point[1] in (len(point) - 2, 0x81, 0x82):

@@ -366,8 +366,11 @@ def _public_key(pem: str, key_type: str) -> tuple[CryptographyPublicKey, Any]:
     from imgsign.keys.inprocess import CryptographyPublicKey
 
     expected_type, bits = SIGNING_KEY_TYPES[key_type]
+    from imgsign._internal import pyca_dsa
+
     try:
-        key = serialization.load_pem_public_key(pem.encode("ascii"))
+        with pyca_dsa.quiet():  # a transit that answers with a DSA key is refused below, not warned about
+            key = serialization.load_pem_public_key(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:
         raise SignerRefused(f"transit returned an unreadable public key ({str(exc)[:80]})") from None
     except Exception as exc:  # noqa: BLE001 - cryptography's own UnsupportedAlgorithm and friends
