@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,8 +65,18 @@ class CLIResult:
         return f"<exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr}>"
 
 
+#: A Python warning as the warnings module prints it: ``path:line: SomeWarning: message``.
+PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ", re.MULTILINE)
+
+
+def assert_no_python_warning(stderr: str) -> None:
+    """No dependency warning reaches a user (imgsign's own are ``imgsign: warning: ...`` lines)."""
+    found = PYTHON_WARNING.search(stderr)
+    assert found is None, f"a Python warning reached stderr: {stderr[found.start():][:400] if found else ''}"
+
+
 def run_cli(*args: object, input: str | None = None, env: dict | None = None) -> CLIResult:
-    """Run ``imgsign ARGS`` in a subprocess, as a user would; never a traceback."""
+    """Run ``imgsign ARGS`` in a subprocess, as a user would; never a traceback, never a Python warning."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("IMGSIGN_DEBUG", None)
     proc = subprocess.run(
@@ -74,6 +85,7 @@ def run_cli(*args: object, input: str | None = None, env: dict | None = None) ->
     )
     result = CLIResult(proc)
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, result
+    assert_no_python_warning(proc.stderr)
     return result
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from imgsign import errors
 from imgsign.compute.trust_record import cache_name
-from tests.conftest import CERT_UUID, REPO, cert_of, key_of, release, run_cli
+from tests.conftest import CERT_UUID, REPO, assert_no_python_warning, cert_of, key_of, release, run_cli
 from tests.test_real_images import qemu
 
 HOOK = REPO / "hooks" / "libvirt-qemu"
@@ -118,6 +118,7 @@ class Host:
         proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         proc.elapsed = time.monotonic() - start  # type: ignore[attr-defined]
         assert "Traceback" not in proc.stderr, proc.stderr
+        assert_no_python_warning(proc.stderr)
         return proc
 
     def boot(self, image_id: str, disk: Path, instance: str):

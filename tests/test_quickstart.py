@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_no_python_warning
 
 
 def test_quickstart_twice_leaves_nothing_behind(tmp_path):
@@ -22,6 +22,7 @@ def test_quickstart_twice_leaves_nothing_behind(tmp_path):
                              text=True, timeout=300, check=False)
         assert run.returncode == 0, run
         assert "OK:" in run.stdout and "Traceback" not in run.stderr
+        assert_no_python_warning(run.stderr)
     for store in ("env-store", "conf-store", "xdg/imgsign", "home/.local/share/imgsign"):
         assert not (tmp_path / store).exists(), store
     assert list(scratch.iterdir()) == []
