@@ -30,6 +30,17 @@ HASHES = ("SHA-224", "SHA-256", "SHA-384", "SHA-512")
 CERT_UUID = "0b6e3e1c-6a43-4bde-9a5e-3d1f6d1b8c2a"
 
 
+#: Warnings .ci/latest turns into errors where imgsign's own code triggers them (see tests/strict_warnings).
+STRICT_WARNING_CATEGORIES = ("DeprecationWarning", "PendingDeprecationWarning", "FutureWarning",
+                             "cryptography.utils.CryptographyDeprecationWarning")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("IMGSIGN_WARNINGS_AS_ERRORS"):
+        for category in STRICT_WARNING_CATEGORIES:
+            config.addinivalue_line("filterwarnings", rf"error::{category}:imgsign\b")
+
+
 def pki(name: str) -> Path:
     """Path of a file in certs-test/."""
     path = PKI / name
