@@ -91,3 +91,41 @@ def test_the_compute_host_commands_and_the_hook(env, tmp_path):
     ok("boot", "release", image_id, "--owner", "root", "--instances-path", host.instances, "--state-dir", host.state,
        env=env)
     assert Path(base).exists()
+
+
+def test_quiet_is_exact_and_shared_by_threads():
+    """Only the DSA deprecation is silenced, other warnings still show, and threads leave the filters as
+    they found them (``audit --jobs`` verifies DSA images in threads)."""
+    import threading
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    from imgsign._internal import pyca_dsa
+    from imgsign.certificates import certificate_public_key, load_certificate
+
+    cert = load_certificate(cert_of("DSA").read_bytes())
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        start = threading.Barrier(8)
+
+        def work() -> None:
+            start.wait()
+            for _ in range(50):
+                certificate_public_key(cert)
+                with pyca_dsa.quiet():
+                    warnings.warn("DSA is deprecated (a test)", CryptographyDeprecationWarning, stacklevel=1)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with pyca_dsa.quiet():
+            warnings.warn("another deprecation", CryptographyDeprecationWarning, stacklevel=1)
+            warnings.warn("DSA is deprecated, said someone else", DeprecationWarning, stacklevel=1)
+        warnings.warn("DSA is deprecated outside quiet()", CryptographyDeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another deprecation", "DSA is deprecated, said someone else",
+                                              "DSA is deprecated outside quiet()"]
+    assert warnings.filters == before

@@ -19,6 +19,7 @@ release removes DSA, :data:`AVAILABLE` is False, the names are None, and
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -37,12 +38,34 @@ except ImportError:  # pragma: no cover - every cryptography imgsign supports ha
 MESSAGE = r"DSA is deprecated"
 
 
+_lock = threading.Lock()
+_depth = 0
+_saved: warnings.catch_warnings | None = None
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Run the body with ``cryptography``'s DSA deprecation warning, and only it, silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=MESSAGE, category=_Category)
+    """Run the body with ``cryptography``'s DSA deprecation warning, and only it, silenced.
+
+    The filter goes first in the list, so it holds under any other filter (``-W error`` included).
+    ``warnings.catch_warnings`` is process-wide, so imgsign's threads (``audit --jobs``) share one:
+    the first to enter installs it, the last to leave restores the filters.
+    """
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            _saved = warnings.catch_warnings()
+            _saved.__enter__()
+            warnings.filterwarnings("ignore", message=MESSAGE, category=_Category)
+        _depth += 1
+    try:
         yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _saved is not None:
+                _saved.__exit__(None, None, None)
+                _saved = None
 
 
 _public: tuple[type, ...] = ()
