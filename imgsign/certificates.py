@@ -6,9 +6,9 @@ one answers "may this certificate's key sign images right now?".
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
@@ -34,7 +34,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
     pem = is_pem(data)
     loader = x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate
     try:
-        return check_names(_parse(lambda: loader(data)))
+        return check_names(_parse(lambda: [loader(data)])[0])
     except ValueError as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else "parse error"
         raise CertificateError(f"not a readable {'PEM' if pem else 'DER'} X.509 certificate ({first})") from None
@@ -46,7 +46,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
         if b"-----BEGIN" in data:
             found = _parse(lambda: x509.load_pem_x509_certificates(data))
         else:
-            found = [_parse(lambda: x509.load_der_x509_certificate(data))]
+            found = _parse(lambda: [x509.load_der_x509_certificate(data)])
         for cert in found:
             check_names(cert)
     except ValueError as exc:
@@ -54,22 +54,35 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     return found
 
 
-#: The start of ``cryptography``'s warning (51) for a serial number that is zero or negative, which a later
-#: release will raise for.
+#: The start of ``cryptography``'s warning (51) for a serial number that is zero or negative, in a certificate
+#: or in an extension such as authorityKeyIdentifier's authorityCertSerialNumber; a later release raises.
 _NON_POSITIVE_SERIAL = r"Parsed a serial number which wasn't positive"
 _SERIAL_FORBIDDEN = "its serial number is zero or negative, which RFC 5280 (4.1.2.2) forbids"
 
-_T = TypeVar("_T")
-
-
-def _parse(parse: Callable[[], _T]) -> _T:
-    """Run ``parse`` (a ``cryptography`` certificate loader); a non-positive serial number is an error now."""
+@contextlib.contextmanager
+def refusing_non_positive_serials(what: str) -> Iterator[None]:
+    """Parse certificates or CRLs in the body; a serial number that is zero or negative anywhere in them is
+    a :class:`CertificateError` naming ``what`` (``cryptography`` only warns about it), never a warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=_NON_POSITIVE_SERIAL)
         try:
-            return parse()
+            yield
         except Warning:
-            raise CertificateError(f"refusing a certificate: {_SERIAL_FORBIDDEN}") from None
+            raise CertificateError(f"refusing {what}: it holds a serial number that is zero or negative, "
+                                   f"which RFC 5280 (4.1.2.2) forbids") from None
+
+
+def _parse(parse: Callable[[], list[x509.Certificate]]) -> list[x509.Certificate]:
+    """Run ``parse`` (a ``cryptography`` certificate loader) and parse every extension of what it loaded
+    (``cryptography`` parses them lazily), so a non-positive serial number anywhere is refused now.  A
+    malformed extension is left to the check that uses it (:func:`check_signing_certificate`...)."""
+    with refusing_non_positive_serials("a certificate"):
+        loaded = parse()
+        for cert in loaded:
+            with contextlib.suppress(ValueError):
+                for _ in cert.extensions:
+                    pass
+        return loaded
 
 
 def check_names(cert: x509.Certificate) -> x509.Certificate:

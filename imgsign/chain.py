@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.x509 import verification
 
 from imgsign._internal import pyca_dsa
-from imgsign.certificates import describe
+from imgsign.certificates import describe, refusing_non_positive_serials
 from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 
@@ -46,13 +46,14 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     """A PEM or DER certificate revocation list."""
     try:
         pem = data.lstrip().startswith(b"-----BEGIN")
-        crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
-        crl.issuer.rfc4514_string()  # cryptography parses the issuer and extensions lazily: find bad ones now
-        for _ in crl.extensions:
-            pass
-        for entry in crl:
-            for _ in entry.extensions:
+        with refusing_non_positive_serials("a certificate revocation list"):
+            crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
+            crl.issuer.rfc4514_string()  # cryptography parses the issuer and extensions lazily: find bad ones now
+            for _ in crl.extensions:
                 pass
+            for entry in crl:
+                for _ in entry.extensions:
+                    pass
         return crl
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from imgsign import errors
-from tests.conftest import pki
+from tests.conftest import assert_no_python_warning, pki
 from tests.servers.glance import GlanceServer
 from tests.test_glance_client_e2e import Env
 from tests.test_glance_e2e import USER
@@ -195,6 +195,7 @@ def test_progress_bar_only_on_a_terminal(cloud):
     finally:
         os.close(primary)
     assert proc.returncode == 0 and json.loads(proc.stdout)["summary"]["passed"] == 1
+    assert_no_python_warning(terminal.decode(errors="replace"))
     assert b"assessing" in terminal and b"downloading" in terminal and b"Traceback" not in terminal
     quiet = cloud.audit("--project", OTHER, "--allow-unsigned", "--download", "--json")
     assert quiet.returncode == 0 and quiet.stderr == ""

@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from imgsign import errors
-from tests.conftest import REPO, cert_of, key_of, pki
+from tests.conftest import REPO, assert_no_python_warning, cert_of, key_of, pki
 from tests.servers.glance import GlanceServer, glance_server, wait_for
 from tests.test_glance_e2e import SERVICE, USER, _conf, _stored_id, make_qcow2
 from tests.test_real_images import qemu
@@ -101,6 +101,7 @@ class Env:
         proc = subprocess.run([sys.executable, "-m", "imgsign", "-c", str(self.user_conf), *map(str, args)],
                               capture_output=True, text=True, env=self.cli_env(cloud), timeout=timeout)
         assert "Traceback" not in proc.stderr, proc.stderr
+        assert_no_python_warning(proc.stderr)
         return proc
 
     def api(self, server: GlanceServer, method: str, path: str, **kwargs: object) -> requests.Response:
