@@ -343,3 +343,13 @@ def test_keygen_of_the_largest_key_stops_on_ctrl_c(tmp_path):
         proc.wait()
     assert proc.returncode == 130 and "interrupted" in stderr, stderr
     assert "Traceback" not in stderr and not list(tmp_path.iterdir())
+
+
+def test_version_names_the_crypto_it_runs_on():
+    from cryptography import __version__ as cryptography_version
+
+    result = run_cli("--version")
+    assert result.code == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("imgsign ") and lines[1].startswith(f"cryptography {cryptography_version} with OpenSSL")
+    assert "openssl command" in lines[2] and "OpenSSL" in lines[2], result

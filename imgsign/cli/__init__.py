@@ -67,8 +67,34 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``imgsign --version``: imgsign's version and the crypto it runs on."""
+    if not value or ctx.resilient_parsing:
+        return
+    import importlib.metadata
+    import shutil
+    import subprocess
+
+    from cryptography import __version__ as cryptography_version
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    command = shutil.which(os.environ.get("IMGSIGN_OPENSSL") or "openssl")
+    system = "not found"
+    if command:
+        try:
+            system = subprocess.run([command, "version"], capture_output=True, text=True, timeout=10,
+                                    stdin=subprocess.DEVNULL, check=False).stdout.strip() or "no answer"
+        except (OSError, subprocess.SubprocessError) as exc:
+            system = f"unusable ({type(exc).__name__})"
+    click.echo(f"imgsign {importlib.metadata.version('imgsign')}\n"
+               f"cryptography {cryptography_version} with {backend.openssl_version_text()}\n"
+               f"openssl command (ECC_SECT* keys, DSA without cryptography): {system}")
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="imgsign")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show imgsign's, cryptography's and OpenSSL's versions and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
               help="imgsign.conf (default: $IMGSIGN_CONFIG, /etc/imgsign/imgsign.conf, "
