@@ -97,7 +97,7 @@ def test_trust_record_with_one_field_replaced(path, value):
         base.write(b"12345")
         base.flush()
         with contextlib.suppress(ImgsignError):
-            check_base(base.name, record, BootPolicy())
+            check_base(base.name, record, BootPolicy(immutable_bases=True))
 
 
 @FUZZ_IO
