@@ -39,8 +39,9 @@ from tests.test_compute_hardening import NOBODY, nova_writable_cache
 CHILD = REPO / "tests" / "fault_child.py"
 
 #: The nova user's watcher: inotify on ``_base`` (and a 20 ms poll besides); once it has seen a tracked
-#: base sealed (root's), whenever it can open that base for writing it rewrites one byte (``flip``: changed; else the same value, which proves
-#: write access without spoiling the image) and logs the time (CLOCK_MONOTONIC, shared by all processes).
+#: base sealed (root's), whenever it can open that base for writing it rewrites one byte (``flip``:
+#: changed; else the same value, which proves write access without spoiling the image) and logs the
+#: time (CLOCK_MONOTONIC, shared by all processes).
 ATTACKER = r"""
 import ctypes, ctypes.util, json, os, select, struct, sys, time
 base_dir, log_path, flip, names = sys.argv[1], sys.argv[2], sys.argv[3] == "flip", sys.argv[4:]
@@ -116,8 +117,8 @@ class Attacker:
         self.log.touch()
         os.chown(self.log, NOBODY, NOBODY)
         self.proc = subprocess.Popen(  # noqa: S603 - the system's interpreter (nova cannot run the venv's)
-            [shutil.which("python3", path="/usr/bin:/bin") or "python3", "-c", ATTACKER, str(host.instances / "_base"), str(self.log),
-             "flip" if flip else "same", *names], user=NOBODY, group=NOBODY, extra_groups=[],
+            [shutil.which("python3", path="/usr/bin:/bin") or "python3", "-c", ATTACKER,
+             str(host.instances / "_base"), str(self.log), "flip" if flip else "same", *names], user=NOBODY, group=NOBODY, extra_groups=[],
             stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while '"ready"' not in self.log.read_text():
