@@ -118,7 +118,8 @@ class Attacker:
         os.chown(self.log, NOBODY, NOBODY)
         self.proc = subprocess.Popen(  # noqa: S603 - the system's interpreter (nova cannot run the venv's)
             [shutil.which("python3", path="/usr/bin:/bin") or "python3", "-c", ATTACKER,
-             str(host.instances / "_base"), str(self.log), "flip" if flip else "same", *names], user=NOBODY, group=NOBODY, extra_groups=[],
+             str(host.instances / "_base"), str(self.log), "flip" if flip else "same", *names],
+            user=NOBODY, group=NOBODY, extra_groups=[],
             stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while '"ready"' not in self.log.read_text():
