@@ -8,12 +8,13 @@
      "run": ["cli", "boot", "adopt", ...]  or  ["hook", "<domain>", "prepare", "begin"]}
 
 Each fault wraps ``module:attribute`` (``Class.method`` allowed): before or after the real call it
-sleeps ``seconds`` and then ``raise`` (an :class:`~imgsign.errors.InputError`), ``crash`` (a
-``RuntimeError``, which no imgsign handler expects), ``exit`` (``os._exit``: no clean-up at all) or
-``sleep`` (only the pause).  ``fetch`` replaces the hook's network step (Glance's image record and the
-key manager's certificate) with local files: a stand-in, because these tests are about what runs do
-to the base and the state directory, not about the network (tests/test_hook_self_adoption.py runs the
-real Glance and key manager).
+sleeps ``seconds`` (or, with ``until``, until that file exists, ``seconds`` at most) and then
+``raise`` (an :class:`~imgsign.errors.InputError`), ``crash`` (a ``RuntimeError``, which no imgsign
+handler expects), ``exit`` (``os._exit``: no clean-up at all) or ``sleep`` (only the pause).
+
+``fetch`` replaces the hook's network step (Glance's image record and the key manager's certificate)
+with local files: a stand-in, because these tests are about what runs do to the base and the state
+directory, not about the network (tests/test_hook_self_adoption.py runs the real Glance and key manager).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def _install(fault: dict[str, Any]) -> None:
     when, action, seconds = fault.get("when", "before"), fault.get("action", "raise"), float(fault.get("seconds", 0))
 
     def fire() -> None:
-        time.sleep(seconds)
+        if "until" in fault:  # pause until the test creates this file, ``seconds`` at most
+            deadline = time.monotonic() + seconds
+            while not os.path.exists(fault["until"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            time.sleep(seconds)
         if action == "raise":
             raise InputError(f"injected fault at {fault['target']} ({when})")
         if action == "crash":

@@ -287,15 +287,17 @@ def test_a_failing_adoption_never_undoes_a_seal_another_run_recorded(host, seal)
     hook allows a boot.  The failing one must not give the base back: nova, watching, would rewrite it."""
     configure(host, seal)
     image = downloaded(host, "0x4f")
-    attacker = Attacker(host, [image.name], flip=True)
     runs = []
+    go = host.tmp / "go"  # the slow one fails when the others are done, or after 12 s (it holds the lock)
+    slow = adopt_run(host, image, seal,
+                     {"target": "imgsign.compute.adoption:_check_still_named", "when": "before",
+                      "action": "raise", "seconds": 12, "until": str(go)})
+    wait_until(lambda: host.base(image.image_id).stat().st_uid == 0, "the slow adoption never sealed the base")
+    runs.append(adopt_run(host, image, seal).wait())  # with the lock: waits for the slow one to fail
+    runs.append(hook_run(host, image).wait())
+    attacker = Attacker(host, [image.name], flip=True)  # from the allowed boot on, as a guest runs
     try:
-        slow = adopt_run(host, image, seal,
-                         {"target": "imgsign.compute.adoption:_check_still_named", "when": "before",
-                          "action": "raise", "seconds": 4})
-        wait_until(lambda: host.base(image.image_id).stat().st_uid == 0, "the slow adoption never sealed the base")
-        runs.append(adopt_run(host, image, seal).wait())  # with the lock: waits for the slow one to fail
-        runs.append(hook_run(host, image).wait())
+        go.touch()
         runs.append(slow.wait())
         assert slow.code == errors.InputError.exit_code and "injected fault" in slow.stderr, slow.stderr
         time.sleep(0.5)  # the attacker's chance at whatever the failure gave back
