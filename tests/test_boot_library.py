@@ -11,7 +11,7 @@ from imgsign.algorithms import HashMethod
 from imgsign.compute.boot import BootPolicy, Mode, verify_for_boot
 from imgsign.compute.image_cache import add_to_cache
 from imgsign.compute.trust_record import RecordStore, cache_name
-from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
+from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache
 from imgsign.policy import Policy
 from tests.conftest import CERT_UUID, cert_of, key_of
 
@@ -83,9 +83,9 @@ def test_cache_entry_is_bound_to_file_identity(tmp_path):
     path.write_bytes(b"abc")
     identity = FileIdentity.of(str(path))
     cache.store("f", identity, b"\x01" * 32)
-    assert cache.lookup("f", identity) == b"\x01" * 32
+    assert cache.lookup("f", identity, DEFAULT_MAX_AGE) == b"\x01" * 32
     os.chmod(path, 0o600)  # ctime moves
-    assert cache.lookup("f", FileIdentity.of(str(path))) is None
+    assert cache.lookup("f", FileIdentity.of(str(path)), DEFAULT_MAX_AGE) is None
 
 
 def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):
