@@ -446,3 +446,32 @@ def test_a_lock_file_nova_could_reach_is_refused(host):
     refused = adopt_run(host, image, "immutable").wait()
     assert refused.code == errors.InsecureState.exit_code and "symbolic link" in refused.stderr, refused.stderr
     assert host.base(image.image_id).stat().st_uid == NOBODY, "nothing was touched"
+
+
+@pytest.mark.parametrize("seal", ["immutable", "owner"])
+def test_a_failure_after_the_record_was_written_keeps_the_seal(host, seal):
+    """A run that fails after its record is on disk must not give the base back: the record relies on the
+    seal.  (On main the adoption's error path unsealed it anyway: a record for a base nova could write.)"""
+    configure(host, seal)
+    image = downloaded(host, "0x4f")
+    failed = adopt_run(host, image, seal, {"target": "imgsign.compute.trust_record:RecordStore.put",
+                                           "when": "after", "action": "raise"}).wait()
+    assert failed.code == errors.InputError.exit_code and "injected fault" in failed.stderr, failed.stderr
+    assert RecordStore(str(host.state)).get(image.image_id) is not None
+    assert_records_hold(host, [image], seal)
+    assert hook_run(host, image).wait().code == 0
+
+
+@pytest.mark.parametrize("point", ["imgsign.compute.protection:seal", "imgsign.compute.adoption:_nobody_writes",
+                                   "imgsign.compute.trust_record:RecordStore.put"])
+def test_a_run_killed_half_way_leaves_a_state_the_next_run_completes(host, point):
+    """No clean-up at all (the process dies): the next adoption of the same base completes it (idempotent).
+    Not a regression test (this held on main too): a guard that the lock and the stricter give-back keep it."""
+    configure(host, "immutable")
+    image = downloaded(host, "0x4f")
+    killed = adopt_run(host, image, "immutable", {"target": point, "when": "after", "action": "exit"}).wait()
+    assert killed.code == 99
+    again = adopt_run(host, image, "immutable").wait()
+    assert again.code == 0, again.stderr
+    assert_records_hold(host, [image], "immutable")
+    assert hook_run(host, image).wait().code == 0
