@@ -36,6 +36,7 @@ from imgsign.compute import boot, image_cache  # noqa: E402
 from imgsign.algorithms import HashMethod  # noqa: E402
 from imgsign.compute.trust_record import RecordStore, cache_name  # noqa: E402
 from imgsign.compute.verified_cache import VerifiedCache  # noqa: E402
+from imgsign.policy import Policy  # noqa: E402
 
 MIB = 1024 * 1024
 PKI = REPO / "certs-test"
@@ -70,13 +71,13 @@ def cached_image(work: Path, source: Path) -> tuple[Path, RecordStore, str]:
     image_id = str(uuid.uuid4())
     with open(source, "rb") as handle:
         image_cache.add_to_cache(handle, image_id, props, cert, records, instances_path=str(work / "instances"),
-                                 force_raw=False)
+                                 policy=Policy(), force_raw=False, immutable=True)
     return work / "instances" / "_base" / cache_name(image_id), records, image_id
 
 
 def time_boot(base: Path, records: RecordStore, cache: VerifiedCache) -> tuple[float, boot.BootDecision]:
     start = time.perf_counter()
-    decision = boot.verify_for_boot(str(base), records, boot.BootPolicy(), cache)
+    decision = boot.verify_for_boot(str(base), records, boot.BootPolicy(immutable_bases=True), cache)
     return time.perf_counter() - start, decision
 
 

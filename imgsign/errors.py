@@ -255,6 +255,13 @@ class AdoptionIncomplete(ImgsignError):
     reason = "adoption-incomplete"
 
 
+class BaseBusy(ImgsignError):
+    """Another imgsign run held the lock of a base longer than the bounded wait (``lock_timeout``)."""
+
+    exit_code = 66
+    reason = "base-busy"
+
+
 # --- 7x: Glance ---------------------------------------------------------------------
 
 class GlanceUnavailable(ImgsignError):
@@ -332,6 +339,7 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     InsecureState,
     UnverifiableDevice,
     AdoptionIncomplete,
+    BaseBusy,
     GlanceUnavailable,
     ImageNotFound,
     ImageHasNoData,

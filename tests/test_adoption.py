@@ -24,6 +24,7 @@ import pytest
 
 from imgsign import errors, load_certificate
 from imgsign.compute.trust_record import RecordStore, cache_name
+from imgsign.policy import Policy
 from tests.conftest import CERT_UUID, cert_of, key_of, openssl, release, run_cli
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY, Attacker, as_attacker, nova_writable_cache
@@ -295,7 +296,7 @@ def _library_adopt(host: Host, image_id: str, props: Path, *, immutable: bool = 
 
     return adopt_base(str(host.instances), image_id, load_properties(str(props)),
                       load_certificate(cert_of("RSA-PSS").read_bytes()), RecordStore(str(host.state)),
-                      immutable=immutable)
+                      policy=Policy(), immutable=immutable)
 
 
 def test_writer_holding_the_base_open_is_refused(host):

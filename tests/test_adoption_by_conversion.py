@@ -23,6 +23,7 @@ from imgsign import errors, load_certificate
 from imgsign.compute import adoption
 from imgsign.compute.conversion_adoption import Original
 from imgsign.compute.trust_record import RecordStore
+from imgsign.policy import Policy
 from tests.conftest import CERT_UUID, cert_of, key_of, openssl, run_cli
 from tests.test_adoption import adopt, as_nova, assert_nothing_recorded, boots_fast, host, make_image, nova_download
 from tests.test_real_images import qemu
@@ -159,8 +160,8 @@ def test_a_stream_passing_the_size_cap_is_stopped_at_once(host):
         pulled.clear()
         with pytest.raises(errors.InputError, match="size limit of adoption by conversion"):
             adoption.adopt(str(host.instances), image_id, props, load_certificate(cert_of("RSA-PSS").read_bytes()),
-                           RecordStore(str(host.state)), original=Original(stream(), max_size=cap,
-                                                                            announced_size=announced))
+                           RecordStore(str(host.state)), policy=Policy(), immutable=True,
+                           original=Original(stream(), max_size=cap, announced_size=announced))
         assert sum(pulled) == cap + chunk  # not one chunk more than the one that passed the cap
         assert_nothing_recorded(host, image_id)
         assert base_dir_listing(host, image_id) == [host.base(image_id).name]
@@ -236,7 +237,7 @@ def test_without_o_tmpfile_the_named_private_files_are_removed_on_every_path(hos
     with open(original, "rb") as data:
         call = lambda: adoption.adopt(str(host.instances), image_id, props,  # noqa: E731
                                       load_certificate(cert_of("RSA-PSS").read_bytes()), RecordStore(str(host.state)),
-                                      original=Original(data))
+                                      policy=Policy(), immutable=True, original=Original(data))
         if case == "adopted":
             assert call().source_format == "qcow2"
         else:
@@ -263,7 +264,8 @@ def test_a_conversion_past_the_deadline_is_refused_not_a_traceback(host, monkeyp
     monkeypatch.setenv("IMGSIGN_QEMU_IMG", str(slow))
     with open(image, "rb") as data, pytest.raises(errors.InputError, match="did not convert .* within"):
         adoption.adopt(str(host.instances), image_id, props, load_certificate(cert_of("RSA-PSS").read_bytes()),
-                       RecordStore(str(host.state)), original=Original(data, deadline=time.monotonic() + 1))
+                       RecordStore(str(host.state)), policy=Policy(), immutable=True,
+                       original=Original(data, deadline=time.monotonic() + 1))
     monkeypatch.delenv("IMGSIGN_QEMU_IMG")
     assert_nothing_recorded(host, image_id)
     assert base_dir_listing(host, image_id) == [base.name]

@@ -11,7 +11,8 @@ from imgsign.algorithms import HashMethod
 from imgsign.compute.boot import BootPolicy, Mode, verify_for_boot
 from imgsign.compute.image_cache import add_to_cache
 from imgsign.compute.trust_record import RecordStore, cache_name
-from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
+from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache
+from imgsign.policy import Policy
 from tests.conftest import CERT_UUID, cert_of, key_of
 
 DATA = os.urandom(5 * 1024 * 1024 + 3)
@@ -31,16 +32,17 @@ def signed():
 def test_stream_into_cache_then_boot(tmp_path, signed):
     props, cert = signed
     records = RecordStore(str(tmp_path / "state"))
-    record = add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path))
+    record = add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path),
+                          policy=Policy(), immutable=True)
     base = tmp_path / "_base" / cache_name("img-1")
     assert base.read_bytes() == DATA and record.cached_format == record.source_format == "raw"
     cache = VerifiedCache(records.state_dir)
-    first = verify_for_boot(str(base), records, BootPolicy(), cache)  # sealed and primed by add_to_cache
+    first = verify_for_boot(str(base), records, BootPolicy(immutable_bases=True), cache)  # sealed, primed
     assert first.allowed and first.code == 0 and "unchanged" in first.message
     cache.forget(cache_name("img-1"))
-    second = verify_for_boot(str(base), records, BootPolicy(), cache)
+    second = verify_for_boot(str(base), records, BootPolicy(immutable_bases=True), cache)
     assert second.allowed and "in full" in second.message
-    third = verify_for_boot(str(base), records, BootPolicy(), cache)
+    third = verify_for_boot(str(base), records, BootPolicy(immutable_bases=True), cache)
     assert third.allowed and "unchanged" in third.message
 
 
@@ -48,7 +50,8 @@ def test_stream_that_does_not_verify_leaves_nothing(tmp_path, signed):
     props, cert = signed
     records = RecordStore(str(tmp_path / "state"))
     with pytest.raises(errors.InvalidSignature):
-        add_to_cache(chunks(DATA[:-1]), "img-1", props, cert, records, instances_path=str(tmp_path))
+        add_to_cache(chunks(DATA[:-1]), "img-1", props, cert, records, instances_path=str(tmp_path),
+                     policy=Policy(), immutable=True)
     assert list((tmp_path / "_base").iterdir()) == []
     assert records.get("img-1") is None
 
@@ -57,16 +60,17 @@ def test_warn_mode_allows_with_the_reason(tmp_path):
     records = RecordStore(str(tmp_path / "state"))
     base = tmp_path / "unknown"
     base.write_bytes(b"x")
-    decision = verify_for_boot(str(base), records, BootPolicy(mode=Mode.WARN))
+    decision = verify_for_boot(str(base), records, BootPolicy(mode=Mode.WARN, immutable_bases=True))
     assert decision.allowed and decision.warning and decision.code == errors.UnsignedImage.exit_code
-    refused = verify_for_boot(str(base), records, BootPolicy())
+    refused = verify_for_boot(str(base), records, BootPolicy(immutable_bases=True))
     assert not refused.allowed and refused.reason == "unsigned-image"
 
 
 def test_record_of_another_image_is_refused(tmp_path, signed):
     props, cert = signed
     records = RecordStore(str(tmp_path / "state"))
-    add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path))
+    add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path),
+                 policy=Policy(), immutable=True)
     sealed = tmp_path / "state" / "records"
     os.rename(sealed / f"{cache_name('img-1')}.json", sealed / f"{cache_name('img-2')}.json")
     with pytest.raises(errors.TrustRecordError):
@@ -79,9 +83,9 @@ def test_cache_entry_is_bound_to_file_identity(tmp_path):
     path.write_bytes(b"abc")
     identity = FileIdentity.of(str(path))
     cache.store("f", identity, b"\x01" * 32)
-    assert cache.lookup("f", identity) == b"\x01" * 32
+    assert cache.lookup("f", identity, DEFAULT_MAX_AGE) == b"\x01" * 32
     os.chmod(path, 0o600)  # ctime moves
-    assert cache.lookup("f", FileIdentity.of(str(path))) is None
+    assert cache.lookup("f", FileIdentity.of(str(path)), DEFAULT_MAX_AGE) is None
 
 
 def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):
@@ -99,7 +103,8 @@ def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):
     props = sign([DATA], load_private_key(key_of("RSA-PSS").read_bytes()), CERT_UUID, HashMethod.SHA256)
     records = RecordStore(str(tmp_path / "state"))
     record = add_to_cache(chunks(DATA), "img-1", props, cert, records, instances_path=str(tmp_path),
-                          anchors=TrustAnchors([root, intermediate, unrelated]), trusted_ids=("r", "i", "u"),
+                          policy=Policy(), immutable=True, anchors=TrustAnchors([root, intermediate, unrelated]),
+                          trusted_ids=("r", "i", "u"),
                           certificate_id=CERT_UUID)
     fp = {c: fingerprint(c.public_bytes(Encoding.DER)) for c in (root, intermediate, unrelated, cert)}
     assert set(record.anchor_fingerprints) == {fp[root], fp[intermediate]}
@@ -108,7 +113,7 @@ def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):
     base = str(tmp_path / "_base" / cache_name("img-1"))
     for trusted, allowed in ((("r",), True), (("i",), True), ((CERT_UUID,), True), (("u",), False),
                              (("never",), False)):
-        decision = verify_for_boot(base, records, BootPolicy(trusted_certificate_ids=trusted))
+        decision = verify_for_boot(base, records, BootPolicy(trusted_certificate_ids=trusted, immutable_bases=True))
         assert decision.allowed is allowed, (trusted, decision)
 
 

@@ -31,6 +31,7 @@ from imgsign.compute.image_cache import add_to_cache
 from imgsign.compute.sealed import SealedStore
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
+from imgsign.policy import Policy
 from tests.conftest import CERT_UUID, REPO, cert_of, key_of, run_cli
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_real_images import qemu
@@ -183,14 +184,16 @@ def test_swapping_the_download_during_boot_cache_gets_no_record_for_unverified_b
             monkeypatch.setattr(image_cache, "_link_temporary", at_step(real, before=False))
     records = RecordStore(str(tmp_path / "state"))
     try:
-        add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances))
+        add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances),
+                     policy=Policy(), immutable=True)
     except errors.ImgsignError as exc:
         assert step == "link" and "replaced while it was being placed" in exc.message
     record = records.get("img-1")
     if record is not None:
         assert record.cached_sha256 == hashlib.sha256(genuine).digest(), "a record for bytes nobody verified"
     final = base / cache_name("img-1")
-    decision = verify_for_boot(str(final), records, BootPolicy(), VerifiedCache(records.state_dir))
+    decision = verify_for_boot(str(final), records, BootPolicy(immutable_bases=True),
+                               VerifiedCache(records.state_dir))
     if decision.allowed:
         assert final.read_bytes() == genuine, "the hook allows bytes nobody signed"
         info = final.stat()
@@ -204,7 +207,8 @@ def test_base_file_is_root_owned_and_read_only_for_others(tmp_path):
     nova_owned_base(instances)
     source, props, genuine = signed_qcow2(tmp_path)
     records = RecordStore(str(tmp_path / "state"))
-    add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances))
+    add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances),
+                 policy=Policy(), immutable=True)
     final = instances / "_base" / cache_name("img-1")
     info = final.stat()
     assert final.read_bytes() == genuine and info.st_uid == 0 and info.st_mode & 0o7777 == 0o644
@@ -266,11 +270,13 @@ def test_record_of_an_older_version_is_refused_with_a_clear_message(tmp_path):
     instances = tmp_path / "instances"
     source, props, _ = signed_qcow2(tmp_path)
     records = RecordStore(str(tmp_path / "state"))
-    add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances))
+    add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances),
+                 policy=Policy(), immutable=True)
     sealed = SealedStore(records.state_dir, "records")
     body = sealed.read(cache_name("img-1"))
     sealed.write(cache_name("img-1"), {**body, "version": 1, "trusted_ids": [CERT_UUID]})
-    decision = verify_for_boot(str(instances / "_base" / cache_name("img-1")), records, BootPolicy())
+    decision = verify_for_boot(str(instances / "_base" / cache_name("img-1")), records,
+                               BootPolicy(immutable_bases=True))
     assert not decision.allowed and decision.reason == "trust-record-error"
     assert "version 1 is not supported" in decision.message and "imgsign boot cache" in decision.message
 
@@ -288,7 +294,7 @@ def _cached_image(tmp_path: Path, immutable: bool = False) -> tuple[Path, Record
     source, props, genuine = signed_qcow2(tmp_path)
     records = RecordStore(str(tmp_path / "state"))
     add_to_cache(chunks(source), "img-1", props, rsa_cert(), records, instances_path=str(instances),
-                 immutable=immutable)
+                 policy=Policy(), immutable=immutable)
     return instances / "_base" / cache_name("img-1"), records, VerifiedCache(records.state_dir), genuine
 
 
@@ -546,6 +552,6 @@ def test_boot_cache_into_an_insecure_state_directory_writes_nothing(tmp_path):
     os.chown(state, NOBODY, NOBODY)
     with pytest.raises(errors.ImgsignError) as refused:
         add_to_cache(chunks(source), "img-1", props, rsa_cert(), RecordStore(str(state)),
-                     instances_path=str(tmp_path / "instances"))
+                     instances_path=str(tmp_path / "instances"), policy=Policy(), immutable=True)
     assert refused.value.exit_code == INSECURE_STATE
     assert not (tmp_path / "instances" / "_base").exists() or not os.listdir(tmp_path / "instances" / "_base")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from imgsign import HashMethod, Signer, errors, load_certificate, load_private_key
 from imgsign.compute.adoption import adopt
 from imgsign.compute.trust_record import RecordStore, cache_name
+from imgsign.policy import Policy
 from imgsign.raw_statement import NAMES, make_raw_statement
 from tests.conftest import CERT_UUID, cert_of, key_of
 
@@ -69,7 +70,7 @@ def compute(tmp_path: Path) -> tuple[Path, RecordStore]:
 def test_adopt_adopts_or_refuses(compute: tuple[Path, RecordStore], properties: dict[str, object]) -> None:
     instances, records = compute
     try:
-        record = adopt(str(instances), IMAGE_ID, properties, _CERT, records)
+        record = adopt(str(instances), IMAGE_ID, properties, _CERT, records, policy=Policy(), immutable=True)
     except errors.ImgsignError:
         assert records.get(IMAGE_ID) is None
         return

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from imgsign.compute.boot import BootPolicy, check_base
 from imgsign.compute.sealed import SealedStore
 from imgsign.compute.trust_record import VERSION, AnchorStore, RecordStore, TrustRecord, cache_name
-from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
+from imgsign.compute.verified_cache import DEFAULT_MAX_AGE, FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError
 from tests.conftest import CERT_UUID, cert_of
 
@@ -97,7 +97,7 @@ def test_trust_record_with_one_field_replaced(path, value):
         base.write(b"12345")
         base.flush()
         with contextlib.suppress(ImgsignError):
-            check_base(base.name, record, BootPolicy())
+            check_base(base.name, record, BootPolicy(immutable_bases=True))
 
 
 @FUZZ_IO
@@ -109,7 +109,7 @@ def test_sealed_store_read_of_arbitrary_bytes(state, raw):
         handle.write(raw)
     with contextlib.suppress(ImgsignError):
         assert isinstance(store.read("x"), dict)
-    assert VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5)) is None
+    assert VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5), DEFAULT_MAX_AGE) is None
 
 
 @FUZZ_IO
@@ -128,6 +128,6 @@ def test_sealed_bodies_that_pass_their_seal(state, body):
     with contextlib.suppress(ImgsignError):
         found_anchor = AnchorStore(state).fingerprint("ca")
         assert found_anchor is None or len(found_anchor) == 64
-    found = VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5))
+    found = VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5), DEFAULT_MAX_AGE)
     assert found is None or len(found) == 32
 

@@ -23,6 +23,7 @@ from imgsign.cli._common import (
     trust_anchors,
 )
 from imgsign.compute import adoption, boot, image_cache
+from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE, Original, parse_size
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
@@ -37,6 +38,12 @@ DEFAULT_INSTANCES = "/var/lib/nova/instances"
 def boot_group() -> None:
     """Compute host: verified image cache and pre-boot checks (used by hooks/libvirt-qemu)."""
 
+
+#: Seconds to wait for another imgsign run on the same base: as the hook's ``[boot] lock_timeout``.
+_LOCK_TIMEOUT_OPTION = click.option(
+    "--lock-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULT_LOCK_TIMEOUT,
+    show_default=True, help="Seconds to wait while another imgsign run (the boot hook, another command) works on "
+                            "the same base; then refuse with exit 66.")
 
 #: How a verified base is sealed: as the hook's ``[boot] seal_bases`` (README, "Sealed bases").
 _SEAL_OPTION = click.option(
@@ -56,6 +63,7 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.Path(file_okay=False)),
         click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False)),
         _SEAL_OPTION,
+        _LOCK_TIMEOUT_OPTION,
     )):
         func = option(func)
     return func
@@ -70,7 +78,8 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--keep-format", is_flag=True, help="Do not convert qcow2 to raw (Nova's force_raw_images = False).")
 @click.pass_context
 def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
-               trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, seal: str, keep_format: bool) -> None:
+               trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, seal: str, lock_timeout: float,
+               keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
     properties = SignatureProperties.from_mapping(load_properties(properties_path))
     certificate = signing_certificate(ctx, cert_path, properties)
@@ -79,7 +88,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
-            handle, image_id, properties, certificate, RecordStore(state_dir), instances_path=instances_path,
+            handle, image_id, properties, certificate, RecordStore(state_dir, lock_timeout=lock_timeout),
+            instances_path=instances_path,
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format, immutable=seal == "immutable",
@@ -95,11 +105,12 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @_SEAL_OPTION
+@_LOCK_TIMEOUT_OPTION
 def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool,
-               seal: str) -> None:
+               seal: str, lock_timeout: float) -> None:
     """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes; seals it as the hook does)."""
     policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids, immutable_bases=seal == "immutable")
-    decision = boot.verify_for_boot(base_file, RecordStore(state_dir), policy,
+    decision = boot.verify_for_boot(base_file, RecordStore(state_dir, lock_timeout=lock_timeout), policy,
                                     None if no_cache else VerifiedCache(state_dir))
     result: dict[str, Any] = {"file": base_file, "allowed": decision.allowed, "reason": decision.reason,
                               "message": decision.message, "exit_code": decision.code}
@@ -150,8 +161,8 @@ class SizeType(click.ParamType[int]):
 @click.pass_context
 def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, properties_path: str,
                image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str,
-               state_dir: str, seal: str, as_json: bool, by_conversion: bool, original_path: str | None,
-               max_size: int) -> None:
+               state_dir: str, seal: str, lock_timeout: float, as_json: bool, by_conversion: bool,
+               original_path: str | None, max_size: int) -> None:
     """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
 
     BASE_OR_ID is the Glance image id (the base is looked up under --instances-path) or the base
@@ -165,7 +176,8 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
         if by_conversion:
             raise click.UsageError("--by-conversion adopts one image: give BASE_OR_ID, not --all")
-        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path, state_dir, seal, as_json)
+        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path,
+                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, as_json)
         return
     if base_or_id is None:
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
@@ -181,7 +193,8 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             handle, size = stack.enter_context(open_image(original_path))
             original = Original(handle, max_size=max_size, announced_size=size)
         record = adoption.adopt(
-            instances_path, image_id, properties, certificate, RecordStore(state_dir), anchors=anchors,
+            instances_path, image_id, properties, certificate, RecordStore(state_dir, lock_timeout=lock_timeout),
+            anchors=anchors,
             trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
             immutable=seal == "immutable", original=original,
@@ -195,7 +208,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
 
 
 def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
-                      instances_path: str, state_dir: str, seal: str, as_json: bool) -> None:
+                      instances_path: str, records: RecordStore, seal: str, as_json: bool) -> None:
     """``boot adopt --all``: a progress line per file on stderr, a summary on stdout, exit status as documented."""
     from imgsign.compute import bulk_adoption
 
@@ -212,7 +225,7 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         click.echo(f"imgsign: [{index}/{total}] _base/{outcome.name}: {outcome.describe()}", err=True)
 
     outcomes = bulk_adoption.adopt_all(
-        instances_path, images, certificate_for, RecordStore(state_dir), anchors=anchors,
+        instances_path, images, certificate_for, records, anchors=anchors,
         trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
         certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
         immutable=seal == "immutable")
@@ -277,7 +290,9 @@ def _split_base_path(path: str) -> tuple[str, str]:
               help="User (and their group) to give each base to, so Nova's image cache manager can remove it.")
 @click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
-def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str, state_dir: str) -> None:
+@_LOCK_TIMEOUT_OPTION
+def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str, state_dir: str,
+                 lock_timeout: float) -> None:
     """Unseal bases Nova may remove (image ids or _base/<sha1> paths): the flag, owner and record go.
 
     A sealed base is immutable (README, "Sealed bases"), so Nova's image cache manager cannot remove it
@@ -289,7 +304,7 @@ def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str,
         user = pwd.getpwnam(owner)
     except KeyError:
         raise click.BadParameter(f"no user {owner!r} on this host", param_hint="--owner") from None
-    records = RecordStore(state_dir)
+    records = RecordStore(state_dir, lock_timeout=lock_timeout)
     for base_or_id in bases_or_ids:
         where, name = _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path,
                                                                                 cache_name(base_or_id))

@@ -4,6 +4,7 @@
 * :mod:`~imgsign.compute.adoption`: a trust record for a base file Nova downloaded by itself;
 * :mod:`~imgsign.compute.trust_record`: what was verified, sealed for later boots;
 * :mod:`~imgsign.compute.verified_cache`: the O(1) check of an unchanged base file;
+* :mod:`~imgsign.compute.base_lock`: one lock per base, held by every run that checks or changes it;
 * :mod:`~imgsign.compute.boot`: the decision "may an instance boot from this base file?";
 * :mod:`~imgsign.compute.libvirt_hook`: the libvirt qemu hook's logic (``hooks/libvirt-qemu``);
 * :mod:`~imgsign.compute.qemu_img` and :mod:`~imgsign.compute.sealed`: qemu-img inspection and

@@ -69,7 +69,7 @@ from imgsign.compute.verified_cache import (
     unsealed_reason,
 )
 from imgsign.errors import InputError, InvalidSignature, TrustRecordError, UnsafeImage, UnsignedImage
-from imgsign.policy import DEFAULT_POLICY, Policy
+from imgsign.policy import Policy
 from imgsign.properties import NAMES, SignatureProperties
 from imgsign.raw_statement import RawStatement, parse_raw_statement, verify_raw_statement
 from imgsign.stream import digests_of
@@ -90,24 +90,35 @@ def adopt(
     anchors: TrustAnchors | None = None,
     trusted_ids: Sequence[str] = (),
     certificate_id: str | None = None,
-    policy: Policy = DEFAULT_POLICY,
-    immutable: bool = True,
+    policy: Policy,
+    immutable: bool,
     original: Original | None = None,
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
 
     ``properties``: the image's properties (``img_signature*`` and, for a converted qcow2, the
     ``imgsign_raw_v1_*`` statement); ``anchors``, ``trusted_ids``, ``certificate_id``: as for
-    :func:`~imgsign.compute.image_cache.add_to_cache`; ``immutable``: seal the base immutable (else
-    only root's and 0644); ``original``: the signed qcow2, used (and only then read) when the base is
-    raw and has no statement: adoption by conversion.  A base whose current record is valid is left
-    alone and its record returned.
+    :func:`~imgsign.compute.image_cache.add_to_cache`; ``policy``: the certificate and key checks;
+    ``immutable``: seal the base immutable (else only root's and 0644: ``--seal``, ``[boot] seal_bases``);
+    ``original``: the signed qcow2, used (and only then read) when the base is raw and has no
+    statement: adoption by conversion.  A base whose current record is valid is left alone and its
+    record returned.  The base's lock (:mod:`imgsign.compute.base_lock`) is held throughout.
     """
     signed = signature_properties(image_id, properties)
     records.prepare()  # an insecure state directory stops us before anything is touched
+    with records.locks.hold(cache_name(image_id)):
+        return _adopt_locked(instances_path, image_id, properties, signed, certificate, records, anchors,
+                             trusted_ids, certificate_id, policy, immutable, original)
+
+
+def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, object], signed: SignatureProperties,
+                  certificate: x509.Certificate, records: RecordStore, anchors: TrustAnchors | None,
+                  trusted_ids: Sequence[str], certificate_id: str | None, policy: Policy, immutable: bool,
+                  original: Original | None) -> TrustRecord:
+    """:func:`adopt`, its base's lock held."""
     name = cache_name(image_id)
     cache = VerifiedCache(records.state_dir, owner=records.owner)
-    existing = current_record(instances_path, image_id, records, cache)
+    existing = current_record(instances_path, image_id, records, immutable=immutable, cache=cache)
     if existing is not None:
         return existing
     # Everything that needs no data first: certificate, chain, key, statement.
@@ -117,7 +128,7 @@ def adopt(
     if statement is not None:
         statement = verify_raw_statement(properties, certificate_public_key(certificate), policy=policy)
     with open_base_dir(instances_path, create=False) as dir_fd, \
-            _sealed(dir_fd, name, image_id, records.owner, immutable) as seal:
+            _sealed(dir_fd, name, image_id, records, immutable) as seal:
         fd, identity = seal.fd, seal.identity
         base_format = format_of(fd)
         if base_format == "qcow2":
@@ -162,26 +173,31 @@ def signature_properties(image_id: str, properties: Mapping[str, object]) -> Sig
     return SignatureProperties.from_mapping(properties)
 
 
-def current_record(instances_path: str, image_id: str, records: RecordStore,
+def current_record(instances_path: str, image_id: str, records: RecordStore, *, immutable: bool,
                    cache: VerifiedCache | None = None) -> TrustRecord | None:
     """The image's record if its base is sealed and exactly what the record describes, else None
-    (a damaged, outdated or stale record, or a base others could write, is to be adopted again)."""
-    path = os.path.join(base_dir(instances_path), cache_name(image_id))
+    (a damaged, outdated or stale record, or a base others could write, is to be adopted again).
+
+    ``immutable``: the seal the caller acts under (``--seal``, ``[boot] seal_bases``): the check seals
+    the base that way, never by a default of its own.  Holds the base's lock while it looks."""
+    name = cache_name(image_id)
+    path = os.path.join(base_dir(instances_path), name)
     if cache is None:
         cache = VerifiedCache(records.state_dir, owner=records.owner)
-    try:
-        record = records.get(image_id)
-        info = os.stat(path, follow_symlinks=False)
-    except TrustRecordError:
-        return None
-    except OSError:
-        return None  # no base: adoption says so
-    if record is None or unsealed_reason(info, records.owner) is not None:
-        return None
-    try:
-        check_base(path, record, BootPolicy(), cache, records)
-    except (InvalidSignature, TrustRecordError):
-        return None
+    with records.locks.hold(name):
+        try:
+            record = records.get(image_id)
+            info = os.stat(path, follow_symlinks=False)
+        except TrustRecordError:
+            return None
+        except OSError:
+            return None  # no base: adoption says so
+        if record is None or unsealed_reason(info, records.owner) is not None:
+            return None
+        try:
+            check_base(path, record, BootPolicy(immutable_bases=immutable), cache, records)
+        except (InvalidSignature, TrustRecordError):
+            return None
     return record
 
 
@@ -195,10 +211,13 @@ class _Seal:
 
 
 @contextlib.contextmanager
-def _sealed(dir_fd: int, name: str, image_id: str, owner: int, immutable: bool) -> Iterator[_Seal]:
-    """Open ``_base/<name>``, seal it through the descriptor (``owner``'s, 0644, immutable where the
-    filesystem can: :func:`imgsign.compute.protection.seal`), and make sure nobody can still write
-    it; on any failure inside, give the flag, owner and mode back."""
+def _sealed(dir_fd: int, name: str, image_id: str, records: RecordStore, immutable: bool) -> Iterator[_Seal]:
+    """Open ``_base/<name>``, seal it through the descriptor (``records.owner``'s, 0644, immutable where
+    the filesystem can: :func:`imgsign.compute.protection.seal`), and make sure nobody can still write
+    it.  On a failure inside, the flag, owner and mode are given back only when this run changed them
+    and no trust record names the base now (checked under the base's lock, which the caller holds):
+    a seal someone else made, or that a record relies on, is never undone."""
+    owner = records.owner
     try:
         fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -212,6 +231,7 @@ def _sealed(dir_fd: int, name: str, image_id: str, owner: int, immutable: bool) 
         if before.st_nlink != 1:
             raise InputError(f"base file _base/{name} of image {image_id} has {before.st_nlink} links; "
                              "a base Nova made has one")
+        was = protection.seal_state(fd)
         try:
             protection.seal(fd, owner, immutable=immutable)
         except OSError as exc:
@@ -219,7 +239,8 @@ def _sealed(dir_fd: int, name: str, image_id: str, owner: int, immutable: bool) 
         try:
             yield _Seal(fd, *_nobody_writes(fd, name, image_id))
         except BaseException:
-            protection.unseal(fd, before)
+            if protection.seal_state(fd) != was and not records.recorded(name):
+                protection.unseal(fd, before)
             raise
     finally:
         os.close(fd)

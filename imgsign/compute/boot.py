@@ -29,6 +29,7 @@ the reason is reported as a warning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import os
@@ -65,19 +66,20 @@ class Mode(str, enum.Enum):
     WARN = "warn"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BootPolicy:
     """``mode``: refuse (enforce) or only report (warn); ``trusted_certificate_ids``: when not
     empty, the signer must be one of them or chain to one of them (Nova's
     ``default_trusted_certificate_ids``); ``max_fast_path_age``: seconds after a full read during
     which an unchanged, sealed base may be accepted without reading it again; ``immutable_bases``:
-    seal verified bases immutable (``[boot] seal_bases = immutable``, the default) rather than only
-    root's and 0644 (``owner``)."""
+    seal verified bases immutable (``[boot] seal_bases = immutable``) rather than only root's and 0644
+    (``owner``).  The seal has no default here: whoever builds a policy says which one it acts under,
+    so no step can fall back to ``immutable`` behind an operator's ``owner``."""
 
     mode: Mode = Mode.ENFORCE
     trusted_certificate_ids: tuple[str, ...] = ()
     max_fast_path_age: float = DEFAULT_MAX_AGE
-    immutable_bases: bool = True
+    immutable_bases: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +153,9 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         try:
             return _check_content(handle.fileno(), path, sealed, record, policy, cache)
         except BaseException:
-            if sealed is not info:  # refused: give the file back as it was, for Nova to clean up
+            # Refused: give the file back as it was, for Nova to clean up, only if this run sealed it.  The
+            # caller holds the base's lock (verify_for_boot, adoption), so no other run has built on the seal.
+            if sealed is not info:
                 protection.unseal(handle.fileno(), info)
             raise
 
@@ -214,10 +218,14 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
                     cache: VerifiedCache | None = None, *, name: str | None = None) -> BootDecision:
-    """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError)."""
+    """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError).
+
+    With ``cache`` (the check seals the base) the base's lock is held throughout; a base another run
+    holds longer than the lock timeout is refused (:class:`~imgsign.errors.BaseBusy`)."""
     try:
-        record = records.get_by_name(name or os.path.basename(path))
-        how = check_base(path, record, policy, cache, records)
+        with records.locks.hold(os.path.basename(path)) if cache is not None else contextlib.nullcontext():
+            record = records.get_by_name(name or os.path.basename(path))
+            how = check_base(path, record, policy, cache, records)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)
     image = record.image_id if record is not None else "?"

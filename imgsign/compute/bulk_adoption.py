@@ -33,7 +33,7 @@ from imgsign.compute import adoption
 from imgsign.compute.image_cache import open_base_dir
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.errors import AdoptionIncomplete, ImgsignError, InputError, TrustRecordError
-from imgsign.policy import DEFAULT_POLICY, Policy
+from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties, properties_from_document
 
 ADOPTED = "adopted"
@@ -109,9 +109,9 @@ def adopt_all(
     anchors: TrustAnchors | None = None,
     trusted_ids: Sequence[str] = (),
     certificate_ids_from_properties: bool = True,
-    policy: Policy = DEFAULT_POLICY,
+    policy: Policy,
     report: Callable[[int, int, Outcome], None] | None = None,
-    immutable: bool = True,
+    immutable: bool,
 ) -> list[Outcome]:
     """Adopt every base of ``instances_path`` that has no valid trust record; one :class:`Outcome` per file.
 
@@ -119,7 +119,9 @@ def adopt_all(
     image's ``img_signature*`` properties (e.g. from the key manager by its id; its errors refuse that
     base only).  ``certificate_ids_from_properties``: the certificate came from the key manager under
     ``img_signature_certificate_uuid`` (bound for the hook, as :func:`~imgsign.compute.adoption.adopt`
-    does).  ``report(index, total, outcome)`` is called after each file.  An insecure state directory
+    does).  ``policy``, ``immutable``: the certificate checks and the seal (``--seal``) every base is
+    checked and adopted under, no default.  Each base's lock is held while it is checked and adopted.
+    ``report(index, total, outcome)`` is called after each file.  An insecure state directory
     or an unreadable ``_base`` raises before any base is touched.
     """
     by_name = {cache_name(image_id): image_id for image_id in images}
@@ -156,22 +158,23 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
                anchors: TrustAnchors | None, trusted_ids: Sequence[str], ids_from_properties: bool,
                policy: Policy, immutable: bool) -> Outcome:
     try:
-        if image_id is None:
-            image_id = _recorded_image_id(records, name)
-        if image_id is not None:
-            existing = adoption.current_record(instances_path, image_id, records)
-            if existing is not None:
-                return Outcome(name, ALREADY_SEALED, image_id, record=existing)
-        if image_id is None or image_id not in images:
-            raise InputError(f"no properties were given for base _base/{name} (no image id given hashes to its name)"
-                             if image_id is None else f"no properties were given for image {image_id}")
-        properties = images[image_id]
-        signed = adoption.signature_properties(image_id, properties)
-        certificate = certificate_for(signed)
-        record = adoption.adopt(instances_path, image_id, properties, certificate, records, anchors=anchors,
-                                trusted_ids=trusted_ids,
-                                certificate_id=signed.certificate_uuid if ids_from_properties else None,
-                                policy=policy, immutable=immutable)
+        with records.locks.hold(name):  # the check and the adoption, one run at a time
+            if image_id is None:
+                image_id = _recorded_image_id(records, name)
+            if image_id is not None:
+                existing = adoption.current_record(instances_path, image_id, records, immutable=immutable)
+                if existing is not None:
+                    return Outcome(name, ALREADY_SEALED, image_id, record=existing)
+            if image_id is None or image_id not in images:
+                raise InputError(f"no properties were given for base _base/{name} (no image id given hashes to "
+                                 "its name)" if image_id is None else f"no properties were given for image {image_id}")
+            properties = images[image_id]
+            signed = adoption.signature_properties(image_id, properties)
+            certificate = certificate_for(signed)
+            record = adoption.adopt(instances_path, image_id, properties, certificate, records, anchors=anchors,
+                                    trusted_ids=trusted_ids,
+                                    certificate_id=signed.certificate_uuid if ids_from_properties else None,
+                                    policy=policy, immutable=immutable)
     except ImgsignError as error:
         return Outcome(name, REFUSED, image_id, detail=error.message, reason=error.reason, exit_code=error.exit_code)
     return Outcome(name, ADOPTED, image_id, record=record)

@@ -34,7 +34,7 @@ from imgsign.compute import protection, qemu_img
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name, fingerprint
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UnsafeImage, UntrustedCertificate
-from imgsign.policy import DEFAULT_POLICY, Policy
+from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties
 from imgsign.stream import ImageData, digests_of, iter_chunks
 from imgsign.verifier import Verifier
@@ -105,13 +105,25 @@ def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
     the temporary link): the caller then records nothing.
     """
     temporary = _link_temporary(dir_fd, fd, name)
+    old = _open_regular(dir_fd, name)
     try:
-        _release_sealed(dir_fd, name)  # a sealed (immutable) old base cannot be renamed over
-        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=dir_fd)
-        raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
+        # A sealed (immutable) old base cannot be renamed over: clear its flag, and set it again if the
+        # rename fails (the old base and its record stay as they were; the caller holds the base's lock).
+        was_immutable = old is not None and protection.is_immutable(old) is True
+        try:
+            if old is not None:
+                protection.set_immutable(old, False)
+            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=dir_fd)
+            if was_immutable and old is not None:
+                with contextlib.suppress(OSError):
+                    protection.set_immutable(old, True)
+            raise InputError(f"cannot place {name} in the image cache: {exc.strerror}") from None
+    finally:
+        if old is not None:
+            os.close(old)
     try:
         os.fsync(dir_fd)
         mine = os.fstat(fd)
@@ -123,17 +135,19 @@ def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
     return FileIdentity.from_stat(mine)
 
 
-def _release_sealed(dir_fd: int, name: str) -> None:
-    """Clear the immutable flag of the regular file ``name`` (if any), so a new base can replace it."""
+def _open_regular(dir_fd: int, name: str) -> int | None:
+    """A descriptor of the regular file ``name`` in the directory (never through a link); None if there is none."""
     try:
-        old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
-        return
+        return None
     try:
-        if stat.S_ISREG(os.fstat(old).st_mode):
-            protection.set_immutable(old, False)
-    finally:
-        os.close(old)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def is_named(dir_fd: int, fd: int, name: str) -> bool:
@@ -154,7 +168,7 @@ def _link_temporary(dir_fd: int, fd: int, name: str) -> str:
 
 
 def validated_anchors(certificate: x509.Certificate, anchors: TrustAnchors,
-                      policy: Policy = DEFAULT_POLICY) -> tuple[x509.Certificate, ...]:
+                      policy: Policy) -> tuple[x509.Certificate, ...]:
     """Validate ``certificate``'s chain (raising as :func:`validate_chain`) and return every trusted
     certificate it chains to on its own (the others may help as intermediates)."""
     validate_chain(certificate, anchors, policy)
@@ -171,7 +185,7 @@ def validated_anchors(certificate: x509.Certificate, anchors: TrustAnchors,
 
 
 def trusted_anchors_of(certificate: x509.Certificate, anchors: TrustAnchors | None, trusted_ids: Sequence[str],
-                      policy: Policy = DEFAULT_POLICY) -> tuple[x509.Certificate, ...]:
+                      policy: Policy) -> tuple[x509.Certificate, ...]:
     """With ``anchors``: check the ids fit and validate the chain (:func:`validated_anchors`); else ()."""
     if anchors is None:
         return ()
@@ -238,18 +252,20 @@ def add_to_cache(
     anchors: TrustAnchors | None = None,
     trusted_ids: Sequence[str] = (),
     certificate_id: str | None = None,
-    policy: Policy = DEFAULT_POLICY,
+    policy: Policy,
     force_raw: bool = True,
-    immutable: bool = True,
+    immutable: bool,
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
     ``trusted_ids``: the key-manager ids of the first certificates of ``anchors.trusted``, in order;
     ``certificate_id``: the key-manager id ``certificate`` was fetched under (None: from a file).
     Each is sealed as an id -> fingerprint binding for the offline boot hook
-    (:class:`~imgsign.compute.trust_record.AnchorStore`).  ``immutable``: the placed base is made
-    immutable where the filesystem can (:mod:`imgsign.compute.protection`) and the verified-digest
-    cache primed, so the first boot does not read it again.
+    (:class:`~imgsign.compute.trust_record.AnchorStore`).  ``policy``: the certificate and key checks.
+    ``immutable`` (``--seal``, ``[boot] seal_bases``; no default): the placed base is made immutable
+    where the filesystem can (:mod:`imgsign.compute.protection`) and the verified-digest cache primed,
+    so the first boot does not read it again; else it is only root's and 0644.  The base's lock
+    (:mod:`imgsign.compute.base_lock`) is held from the first change of the cache to the seal.
     """
     records.prepare()  # an insecure state directory stops us before anything is written
     trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
@@ -276,6 +292,7 @@ def add_to_cache(
             os.fsync(cached)
         except OSError as exc:
             raise InputError(f"cannot read back image {image_id} in the image cache: {exc.strerror}") from None
+        stack.enter_context(records.locks.hold(name))
         bind_fetched(records, certificate, certificate_id, anchors, trusted_ids)
         VerifiedCache(records.state_dir, owner=records.owner).forget(name)
         identity = _place(dir_fd, cached, name)
@@ -300,30 +317,36 @@ def add_to_cache(
 def release(instances_path: str, name: str, records: RecordStore, uid: int, gid: int) -> bool:
     """Give the base ``_base/<name>`` back to Nova (``uid``/``gid``, mode 0644, not immutable) so its image
     cache manager can remove it, and forget its trust record and fast-path entry: a later boot from it is
-    adopted or refused anew.  Returns whether there was such a file (a missing one only forgets)."""
+    adopted or refused anew.  Returns whether there was such a file (a missing one only forgets).
+
+    Under the base's lock, the record and fast-path entry go first and the file is given back last: there
+    is never a record for a base others can write (a failure after that leaves a sealed, unrecorded base)."""
     records.prepare()  # an insecure state directory stops us before anything is touched
+    with records.locks.hold(name):
+        return _release_locked(instances_path, name, records, uid, gid)
+
+
+def _release_locked(instances_path: str, name: str, records: RecordStore, uid: int, gid: int) -> bool:
     record = records.get_by_name(name)
-    try:
-        with open_base_dir(instances_path, create=False) as dir_fd:
+    VerifiedCache(records.state_dir, owner=records.owner).forget(name)
+    if record is not None:
+        records.remove(record.image_id)
+    with open_base_dir(instances_path, create=False) as dir_fd:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            fd = None
+        except OSError as exc:
+            raise InputError(f"cannot open base file _base/{name}: {exc.strerror}") from None
+        if fd is not None:
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except FileNotFoundError:
-                fd = None
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise InputError(f"_base/{name} is not a regular file")
+                protection.set_immutable(fd, False)
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, protection.BASE_MODE)
             except OSError as exc:
-                raise InputError(f"cannot open base file _base/{name}: {exc.strerror}") from None
-            if fd is not None:
-                try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        raise InputError(f"_base/{name} is not a regular file")
-                    protection.set_immutable(fd, False)
-                    os.fchown(fd, uid, gid)
-                    os.fchmod(fd, protection.BASE_MODE)
-                except OSError as exc:
-                    raise InputError(f"cannot give _base/{name} back: {exc.strerror}") from None
-                finally:
-                    os.close(fd)
-    finally:
-        VerifiedCache(records.state_dir, owner=records.owner).forget(name)
-        if record is not None:
-            records.remove(record.image_id)
+                raise InputError(f"cannot give _base/{name} back: {exc.strerror}") from None
+            finally:
+                os.close(fd)
     return fd is not None

@@ -38,6 +38,7 @@ Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
     trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
     max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
     seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see README)
+    lock_timeout = 30                    # seconds to wait for another imgsign run on the same base
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
     log_file = /var/log/imgsign/boot-hook.log
@@ -60,11 +61,13 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from imgsign.compute import protection, qemu_img
+from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
 from imgsign.compute.self_adoption import SelfAdopter
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
+from imgsign.policy import Policy
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -100,6 +103,8 @@ class HookConfig:
     allow_unverified: tuple[str, ...] = ()
     #: The file this was read from (self-adoption reads its [glance] and key manager sections).
     path: str | None = None
+    #: Seconds to wait for another imgsign run on the same base before refusing (``[boot] lock_timeout``).
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
     @property
     def cache_dir(self) -> str:
@@ -138,16 +143,26 @@ def load_config(path: str | None = None) -> HookConfig:
             raise ValueError
     except ValueError:
         raise InputError(f"{path}: [boot] max_fast_path_age must be a number of seconds, not {age_text!r}") from None
+    lock_text = section.get("lock_timeout", f"{DEFAULT_LOCK_TIMEOUT:g}").strip()
+    try:
+        lock_timeout = float(lock_text)
+        if not 0 < lock_timeout < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"{path}: [boot] lock_timeout must be a positive number of seconds, "
+                         f"not {lock_text!r}") from None
     seal_text = section.get("seal_bases", "immutable").strip()
     if seal_text not in ("immutable", "owner"):
         raise InputError(f"{path}: [boot] seal_bases must be immutable or owner, not {seal_text!r}")
     return HookConfig(
-        policy=BootPolicy(mode, ids, max_age, immutable_bases=seal_text == "immutable"),
+        policy=BootPolicy(mode=mode, trusted_certificate_ids=ids, max_fast_path_age=max_age,
+                          immutable_bases=seal_text == "immutable"),
         instances_path=instances_path,
         state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
         log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
         allow_unverified=allow,
         path=path,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -295,13 +310,14 @@ class _Decider:
         self.config = config
         self.root = os.path.normpath(config.instances_path)
         self.base = config.cache_dir
-        self.records = RecordStore(config.state_dir)
+        self.records = RecordStore(config.state_dir, lock_timeout=config.lock_timeout)
         self.cache = VerifiedCache(config.state_dir)
         self.results: list[Result] = []
         self.bases_seen: set[str] = set()
         self.names_seen: set[str] = set()
         self.adopter = SelfAdopter(config.path, config.instances_path, self.records, config.policy.mode,
-                                   config.policy.trusted_certificate_ids, config.policy.immutable_bases)
+                                   config.policy.trusted_certificate_ids, policy=Policy(),  # the hook has no opt-outs
+                                   immutable=config.policy.immutable_bases)
 
     def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
         allowed = allowed or self.config.policy.mode is Mode.WARN
@@ -378,15 +394,29 @@ class _Decider:
                     f"{layer.format}{' with a backing file' if layer.backing else ''}"))
             return
         self.names_seen.add(name)
-        self.results += self.adopter.adopt(layer.path, self.image_id_of(name))  # a base Nova downloaded itself
-        decision = verify_for_boot(layer.path, self.records, self.config.policy, self.cache)
+        image_id = self.image_id_of(name)
+        try:
+            # One lock across adoption, check, seal and the path check: no other run on this base between them.
+            with self.records.locks.hold(name):
+                adopted, auxiliaries = self.adopter.adopt(layer.path, image_id)  # a base Nova downloaded itself
+                self.results += adopted
+                self.results.append(self.checked(layer.path, image_id))
+        except ImgsignError as exc:  # the lock: busy, or its directory insecure
+            self.failure(layer.path, exc)
+            return
+        for auxiliary, role in auxiliaries:  # each under its own lock, never nested in this one
+            self.results += self.adopter.adopt_auxiliary(auxiliary, role)
+
+    def checked(self, path: str, image_id: str | None) -> Result:
+        """The decision for the base ``path`` (its lock held): its record, its content, who can change it."""
+        decision = verify_for_boot(path, self.records, self.config.policy, self.cache)
         if decision.allowed and decision.code == 0:
             try:
-                self.protected(layer.path)
+                self.protected(path)
             except ImgsignError as exc:
-                self.failure(layer.path, exc)
-                return
-        self.results.append((layer.path, self.image_id_of(name), decision))
+                allowed = self.config.policy.mode is Mode.WARN
+                return path, self.domain.image_id, BootDecision(allowed, exc.exit_code, exc.reason, exc.message)
+        return path, image_id, decision
 
     def protected(self, path: str) -> None:
         """Raise :class:`InsecureState` when someone other than root could change or replace the verified

@@ -80,7 +80,14 @@ def is_sealed(fd: int, owner: int) -> bool:
             and is_immutable(fd) is True)
 
 
-def seal(fd: int, owner: int, *, immutable: bool = True) -> bool:
+def seal_state(fd: int) -> tuple[int, int, int, bool | None]:
+    """What :func:`seal` changes (owner, group, mode, immutable flag): a run compares it before and after
+    to know whether the seal is its own doing."""
+    info = os.fstat(fd)
+    return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), is_immutable(fd)
+
+
+def seal(fd: int, owner: int, *, immutable: bool) -> bool:
     """Make the file behind ``fd`` ``owner``'s and 0644, then (``immutable``) immutable if the filesystem
     can; returns whether it is immutable.  Raises OSError when the owner or mode cannot be set."""
     if immutable and is_sealed(fd, owner):

@@ -119,6 +119,14 @@ class SealedStore:
                 if fd is not None:
                     os.close(fd)
 
+    @contextlib.contextmanager
+    def checked_directory(self) -> Iterator[int]:
+        """A descriptor of this store's directory (made 0700 if missing), checked as every use checks it."""
+        with self._dirs(create=True) as fds:
+            if fds is None:
+                raise InputError(f"state directory {self.directory} vanished while it was being opened")
+            yield fds[1]
+
     # --- the key -----------------------------------------------------------------------
 
     def _read_key(self, state_fd: int) -> bytes | None:

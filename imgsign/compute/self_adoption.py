@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
     from imgsign.chain import TrustAnchors
     from imgsign.compute.conversion_adoption import Original
+    from imgsign.policy import Policy
 
 #: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
 DEFAULT_TIMEOUT = 10.0
@@ -111,8 +112,9 @@ class SelfAdopter:
     """
 
     def __init__(self, config_path: str | None, instances_path: str, records: RecordStore, mode: Mode,
-                 trusted_ids: tuple[str, ...], immutable: bool = True) -> None:
+                 trusted_ids: tuple[str, ...], *, policy: Policy, immutable: bool) -> None:
         self.config_path = config_path
+        self.policy = policy
         self.immutable = immutable
         self.base_dir = os.path.join(os.path.normpath(instances_path), qemu_img.CACHE)
         self.instances_path = instances_path
@@ -122,24 +124,36 @@ class SelfAdopter:
         self._settings: _Settings | None = None
         self._deadline: float | None = None
 
-    def adopt(self, path: str, image_id: str | None) -> list[Result]:
+    def adopt(self, path: str, image_id: str | None) -> tuple[list[Result], list[tuple[str, str]]]:
         """Adopt ``path`` (a layer of a disk) if it is ``_base/<sha1(image_id)>`` and has no record.
 
         Returns what to log: nothing when there is nothing to adopt (or adoption is off), an
         ``adopted`` line, or the reason adoption failed (a refusal under ``enforce``, a warning
-        under ``warn``); the hook's own check of the base follows in every case.  When the image
-        is adopted, so are the unrecorded bases of the ``kernel_id`` and ``ramdisk_id`` Glance
-        names for it (Nova downloads them with the image; its metadata does not name them, the
-        hook checks ``<os><kernel>``/``<initrd>`` as copies of verified bases).
+        under ``warn``); the hook's own check of the base follows in every case.  And, when the
+        image is adopted, the (image id, role) of the ``kernel_id`` and ``ramdisk_id`` Glance names
+        for it, for :meth:`adopt_auxiliary` (Nova downloads them with the image; its metadata does
+        not name them, the hook checks ``<os><kernel>``/``<initrd>`` as copies of verified bases).
+        The caller holds the base's lock (and none other: each auxiliary image takes its own after).
         """
         if image_id is None or os.path.normpath(path) != self._base_of(image_id):
-            return []
+            return [], []
         results, image = self._adopt_image(image_id)
+        auxiliaries = []
         for key in AUXILIARY_IMAGES:
             auxiliary = image.get(key) if image is not None else None
             if isinstance(auxiliary, str) and auxiliary and auxiliary != image_id:
-                results += self._adopt_image(auxiliary, f"{key} of image {image_id}")[0]
-        return results
+                auxiliaries.append((auxiliary, f"{key} of image {image_id}"))
+        return results, auxiliaries
+
+    def adopt_auxiliary(self, image_id: str, role: str) -> list[Result]:
+        """Adopt the unrecorded base of a kernel or ramdisk image (``role``), under its own lock."""
+        try:
+            with self.records.locks.hold(cache_name(image_id)):
+                return self._adopt_image(image_id, role)[0]
+        except ImgsignError as exc:  # the lock: busy, or its directory insecure
+            message = f"cannot adopt the base Nova downloaded for image {image_id} ({role}): {exc.message}"
+            return [(self._base_of(image_id), image_id,
+                     BootDecision(self.mode is Mode.WARN, exc.exit_code, exc.reason, message))]
 
     def _base_of(self, image_id: str) -> str:
         return os.path.join(self.base_dir, cache_name(image_id))
@@ -209,7 +223,8 @@ class SelfAdopter:
         signed = adoption.signature_properties(image_id, fetched.image)
         return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
-                              certificate_id=signed.certificate_uuid, immutable=self.immutable, original=original)
+                              certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
+                              original=original)
 
     def _original(self, image_id: str, image: Mapping[str, Any]) -> Original:
         """The image's data from Glance for adoption by conversion (streamed only when adoption reads it);

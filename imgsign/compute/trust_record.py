@@ -30,8 +30,9 @@ import datetime
 import hashlib
 from typing import Any
 
+from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT, BaseLocks
 from imgsign.compute.sealed import Damaged, SealedStore
-from imgsign.errors import InputError, TrustRecordError
+from imgsign.errors import ImgsignError, InputError, TrustRecordError
 from imgsign.properties import SignatureProperties
 
 #: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint.
@@ -193,15 +194,18 @@ class AnchorStore:
 
 
 class RecordStore:
-    """Trust records under ``state_dir/records/``, one sealed file per image id, and the trusted
-    certificate bindings (:attr:`anchors`).  ``owner``: the uid that must own the state
-    (default: the effective uid; root in production)."""
+    """Trust records under ``state_dir/records/``, one sealed file per image id, the trusted
+    certificate bindings (:attr:`anchors`) and the per-base locks every run holds while it works on
+    a base (:attr:`locks`, waiting at most ``lock_timeout`` seconds).  ``owner``: the uid that must
+    own the state (default: the effective uid; root in production)."""
 
-    def __init__(self, state_dir: str, *, owner: int | None = None) -> None:
+    def __init__(self, state_dir: str, *, owner: int | None = None,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         self._sealed = SealedStore(state_dir, "records", owner=owner)
         self.state_dir = state_dir
         self.owner = self._sealed.owner
         self.anchors = AnchorStore(state_dir, owner=self.owner)
+        self.locks = BaseLocks(state_dir, owner=self.owner, timeout=lock_timeout)
 
     def prepare(self) -> None:
         """Make sure the state directory, its key and subdirectories exist and are secure (or raise)."""
@@ -230,6 +234,13 @@ class RecordStore:
         if cache_name(record.image_id) != name:
             raise TrustRecordError(f"trust record {name} belongs to image {record.image_id}")
         return record
+
+    def recorded(self, name: str) -> bool:
+        """Is there a record file for the cache file ``name`` (a damaged or insecure one counts)?"""
+        try:
+            return self._sealed.read(name) is not None
+        except ImgsignError:
+            return True
 
     def remove(self, image_id: str) -> None:
         self._sealed.remove(cache_name(image_id))

@@ -133,8 +133,9 @@ class VerifiedCache:
     def owner(self) -> int:
         return self._sealed.owner
 
-    def lookup(self, name: str, identity: FileIdentity, max_age: float = DEFAULT_MAX_AGE) -> bytes | None:
-        """The SHA-256 recorded for this exact file state within ``max_age`` seconds, or None
+    def lookup(self, name: str, identity: FileIdentity, max_age: float) -> bytes | None:
+        """The SHA-256 recorded for this exact file state within ``max_age`` seconds (the caller's
+        ``max_fast_path_age``, no default of its own), or None
         (unknown, changed, too old or damaged).  An entry someone else could have written raises
         :class:`~imgsign.errors.InsecureState`."""
         try:
