@@ -62,8 +62,10 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("IMGSIGN_DEBUG"):
                 raise
-            click.echo(f"imgsign: internal error: {type(exc).__name__}: {exc} (IMGSIGN_DEBUG=1 shows details)",
-                       err=True)
+            from imgsign._internal.untrusted import one_line
+
+            click.echo(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)} (IMGSIGN_DEBUG=1 shows "
+                       "details)", err=True)
             sys.exit(1)
 
 
@@ -80,5 +82,14 @@ def cli(ctx: click.Context, quiet: bool, config_file: str | None) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: everything it prints passes :class:`~imgsign._internal.untrusted.SafeStream`
+    (control characters shown as escapes; on stderr, secret option values scrubbed)."""
+    from imgsign._internal import redact
+    from imgsign._internal.untrusted import SafeStream
+
+    redact.remember_environment()
+    if sys.stdout is not None:
+        sys.stdout = SafeStream(sys.stdout, scrub=False)
+    if sys.stderr is not None:
+        sys.stderr = SafeStream(sys.stderr)
     cli(prog_name="imgsign")

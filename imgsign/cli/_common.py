@@ -40,7 +40,9 @@ def key_type_choice() -> click.Choice[str]:
 
 def fail(exc: errors.ImgsignError) -> None:
     """Print ``exc`` as one line and exit with its class's code."""
-    click.echo(f"imgsign: error: {exc.message}", err=True)
+    from imgsign._internal.untrusted import safe
+
+    click.echo(f"imgsign: error: {safe(exc.message)}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -95,7 +97,11 @@ def progress_bar(size: int, label: str, quiet: bool) -> Iterator[Callable[[int],
     if quiet or not sys.stderr.isatty() or size < 64 * 1024 * 1024:
         yield None
         return
-    with click.progressbar(length=size, label=label, file=sys.stderr, show_pos=False, show_percent=True) as bar:
+    from imgsign._internal.untrusted import unfiltered
+
+    # The bar moves the cursor (CR, ESC sequences): it writes under the filtering stream, only its own text.
+    with click.progressbar(length=size, label=label, file=unfiltered(sys.stderr), show_pos=False,
+                           show_percent=True) as bar:
         yield bar.update
 
 
@@ -114,7 +120,8 @@ def load_key(path: str, passphrase_file: str | None, what: str = "private key",
 
     if is_key_reference(path):
         if passphrase_file is not None:
-            raise click.UsageError(f"--passphrase-file is for key files, not for {path[:80]} (a PIN or token "
+            raise click.UsageError(f"--passphrase-file is for key files, not for {path.partition('?')[0][:80]} "
+                                   f"(a PIN or token "
                                    f"comes from the reference, imgsign.conf or the environment)")
         conf = config(ctx) if ctx is not None and has_config(ctx) else None
         return open_signing_key(path, conf=conf, ask_secret=ask_secret if sys.stdin.isatty() else None), None
