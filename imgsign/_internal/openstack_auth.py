@@ -100,5 +100,7 @@ def _remember_secrets() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
+    from imgsign._internal.untrusted import one_line
+
+    text = one_line(exc)
+    return text if text else type(exc).__name__

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from imgsign import errors
-from imgsign.cli._common import fail
+from imgsign.cli._common import fail, say
 
 #: Every command, as "module:attribute"; a module is imported only when its command runs.
 COMMANDS = {
@@ -64,8 +64,8 @@ class _Group(click.Group):
                 raise
             from imgsign._internal.untrusted import one_line
 
-            click.echo(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)} (IMGSIGN_DEBUG=1 shows "
-                       "details)", err=True)
+            say(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)} (IMGSIGN_DEBUG=1 shows "
+                "details)", err=True)
             sys.exit(1)
 
 

@@ -38,11 +38,17 @@ def key_type_choice() -> click.Choice[str]:
     return click.Choice([k.value for k in KeyType])
 
 
-def fail(exc: errors.ImgsignError) -> None:
-    """Print ``exc`` as one line and exit with its class's code."""
+def say(text: str, err: bool = False) -> None:
+    """Print one line: foreign text in it (names, ids, subjects from a service or an image) cannot
+    break it into more lines or drive the terminal (:func:`imgsign._internal.untrusted.safe`)."""
     from imgsign._internal.untrusted import safe
 
-    click.echo(f"imgsign: error: {safe(exc.message)}", err=True)
+    click.echo(safe(text), err=err)
+
+
+def fail(exc: errors.ImgsignError) -> None:
+    """Print ``exc`` as one line and exit with its class's code."""
+    say(f"imgsign: error: {exc.message}", err=True)
     sys.exit(exc.exit_code)
 
 
