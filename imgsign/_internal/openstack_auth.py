@@ -69,7 +69,8 @@ def session_from_cloud(cloud: str | None, *, region_name: str | None = None, **o
         config = openstack.config.OpenStackConfig()
         region = config.get_one(cloud=cloud, **options)
         session = region.get_session()
-    except (openstack.exceptions.ConfigException, ks.ClientException, OSError, ValueError) as exc:
+    except (openstack.exceptions.ConfigException, ks.ClientException, OSError, ValueError, TypeError) as exc:
+        # TypeError: an auth plugin given a setting it does not take (e.g. a username for "token")
         raise errors.InputError(f"cannot use {named}: {_one_line(exc)}") from None
     except Exception as exc:  # a YAML error quotes the line it could not read
         if type(exc).__module__.split(".")[0] != "yaml":

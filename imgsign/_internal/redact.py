@@ -30,7 +30,8 @@ MARK = "[redacted]"
 SECRET_OPTIONS = frozenset({
     "password", "passwd", "token", "passcode", "passphrase", "secret",
     "application_credential_secret", "client_secret", "access_token", "refresh_token", "id_token",
-    "root_token_id", "approle_secret_id", "pin", "pin_value", "pin-value", "user_pin", "so_pin",
+    "root_token_id", "approle_role_id", "approle_secret_id", "pin", "pin_value", "pin-value", "user_pin", "so_pin",
+    "service_key",
     "secret_key", "aws_secret_access_key", "transport_url",
 })
 #: Names ending so are secrets too (``admin_password``, ``service_token`` ...).

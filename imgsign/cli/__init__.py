@@ -62,6 +62,10 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("IMGSIGN_DEBUG"):
                 raise
+            if type(exc).__module__.startswith("oslo_config"):  # a value of imgsign.conf, read where it is used
+                from imgsign.keymanager.config import describe_error
+
+                fail(errors.InputError(f"imgsign.conf is not usable: {describe_error(exc)}"))
             from imgsign._internal.untrusted import one_line
 
             say(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)} (IMGSIGN_DEBUG=1 shows "
