@@ -29,6 +29,7 @@ from tests.conftest import key_of, run_cli
 from tests.test_boot_hook import Host, domain_xml
 
 MIN = 4
+MARK = "[redacted]"
 PROCESS_RUNS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 #: A secret: any letters, digits, punctuation and symbols ("$", quotes, "%", "#" included), no whitespace.
 secrets = st.text(st.sampled_from(string.ascii_letters + string.digits + string.punctuation)
@@ -48,7 +49,9 @@ def neutral(secret: str) -> str:
 
 def leaked(secret: str, output: str, baseline: Callable[[], str]) -> set[str]:
     """Pieces of ``secret`` in ``output`` that the same run with a neutral secret does not print too (message
-    text such as "configuration" is no leak when a secret happens to contain it)."""
+    text such as "configuration" is no leak when a secret happens to contain it); a redaction mark is
+    imgsign's text, not the secret's."""
+    output = output.replace(MARK, "\x00")
     found = {g for g in grams(secret) if g in output}
     return found - grams(baseline()) if found else set()
 
@@ -63,9 +66,7 @@ def test_scrub_leaves_no_piece_of_a_secret(secret, before, after, start, stop):
 
     piece = secret[start:start + MIN + stop]
     for message in (before + secret + after, before + piece + after + secret[::-1], piece * 3):
-        cleaned = scrub(message, [secret])
-        if cleaned.startswith("(details withheld"):
-            continue
+        cleaned = scrub(message, [secret]).replace(MARK, "\x00")  # the mark is imgsign's text
         assert not grams(secret) & grams(cleaned), (message, cleaned)
 
 

@@ -104,7 +104,7 @@ def test_a_safe_stream_keeps_only_newlines(pieces):
     from imgsign._internal.untrusted import SafeStream
 
     under = io.StringIO()
-    stream = SafeStream(under)
+    stream = SafeStream(under, scrub=lambda text: text)
     for piece in pieces:
         stream.write(piece)
     assert all(is_safe_char(c) or c == "\n" for c in under.getvalue())

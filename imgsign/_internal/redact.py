@@ -19,6 +19,8 @@ import re
 import threading
 from collections.abc import Iterable
 
+from imgsign._internal.untrusted import safe
+
 #: Shortest piece of a secret that is taken out of messages (shorter ones say nothing).
 MIN_LENGTH = 4
 #: What a scrubbed piece reads as.
@@ -67,9 +69,13 @@ def remember(value: str | bytes | None) -> None:
             _secrets.update(spelling for spelling in _spellings(form) if len(spelling) >= MIN_LENGTH)
 
 
-def _spellings(value: str) -> set[str]:
-    from imgsign._internal.untrusted import safe
+def forget() -> None:
+    """Forget every remembered secret (tests run many configurations in one process)."""
+    with _lock:
+        _secrets.clear()
 
+
+def _spellings(value: str) -> set[str]:
     return {value, safe(value), repr(value)[1:-1], json.dumps(value)[1:-1],
             value.encode("unicode_escape").decode("ascii")}
 
@@ -161,18 +167,18 @@ def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
         pool = sorted({s for secret in secrets for s in _spellings(secret)})
     if not pool or not text:
         return text
-    for _ in range(4):  # a mark next to what is left could make a piece again: look once more
-        marked = _marks(text, pool)
-        if not any(marked):
-            return text
-        out: list[str] = []
-        for i, char in enumerate(text):
-            if not marked[i]:
-                out.append(char)
-            elif i == 0 or not marked[i - 1]:
-                out.append(MARK)
-        text = "".join(out)
-    return "(details withheld: they would show part of a secret option's value)"
+    # One pass: what is left between marks holds no piece of MIN_LENGTH characters (a piece across a
+    # mark is imgsign's text and fewer than MIN_LENGTH characters of the original on either side).
+    marked = _marks(text, pool)
+    if not any(marked):
+        return text
+    out: list[str] = []
+    for i, char in enumerate(text):
+        if not marked[i]:
+            out.append(char)
+        elif i == 0 or not marked[i - 1]:
+            out.append(MARK)
+    return "".join(out)
 
 
 def describe_parse_error(exc: BaseException) -> str:

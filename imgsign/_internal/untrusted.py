@@ -14,6 +14,7 @@ text cleaned twice reads the same, and only imgsign's own newlines survive the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import IO, TextIO
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -63,27 +64,25 @@ def one_line(text: object, limit: int | None = 300) -> str:
 
 
 class SafeStream:
-    """A text stream that passes everything written through :func:`safe` (newlines kept) and, unless
-    ``scrub`` is false (stdout, whose data must stay exact), :func:`imgsign._internal.redact.scrub`:
-    the last line of defence for a process's stdout or stderr.
+    """A text stream that passes everything written through ``scrub`` (for stderr:
+    :func:`imgsign._internal.redact.scrub`; none for stdout, whose data must stay exact) and
+    :func:`safe` (newlines kept): the last line of defence for a process's stdout or stderr.
 
     ``unfiltered`` is the stream underneath, for the few writers that need terminal control
     (the progress bar) and write only imgsign's own text. It has no ``buffer``: binary writes go
     through it as text or not at all.
     """
 
-    def __init__(self, stream: IO[str], *, scrub: bool = True) -> None:
+    def __init__(self, stream: IO[str], *, scrub: Callable[[str], str] | None = None) -> None:
         self.unfiltered = stream
         self._scrub = scrub
         self.encoding = getattr(stream, "encoding", None) or "utf-8"
         self.errors = getattr(stream, "errors", None) or "strict"
 
     def write(self, text: str) -> int:
-        from imgsign._internal.redact import scrub
-
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self.unfiltered.write(safe(scrub(text) if self._scrub else text, newlines=True))
+        self.unfiltered.write(safe(self._scrub(text) if self._scrub else text, newlines=True))
         return len(text)
 
     def writelines(self, lines: object) -> None:

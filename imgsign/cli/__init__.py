@@ -93,7 +93,7 @@ def main() -> None:
 
     redact.remember_environment()
     if sys.stdout is not None:
-        sys.stdout = SafeStream(sys.stdout, scrub=False)
+        sys.stdout = SafeStream(sys.stdout)
     if sys.stderr is not None:
-        sys.stderr = SafeStream(sys.stderr)
+        sys.stderr = SafeStream(sys.stderr, scrub=redact.scrub)
     cli(prog_name="imgsign")

@@ -518,7 +518,7 @@ def run(domain_name: str, xml: bytes | str, stderr: IO[str], config_path: str | 
     Everything written to ``stderr`` (libvirt's start error, Nova's instance fault) passes
     :class:`~imgsign._internal.untrusted.SafeStream`: no control characters, no secrets."""
     if not isinstance(stderr, SafeStream):
-        stderr = SafeStream(stderr)  # type: ignore[assignment]
+        stderr = SafeStream(stderr, scrub=redact.scrub)  # type: ignore[assignment]
     try:
         config = load_config(config_path)
     except ImgsignError as exc:
@@ -557,10 +557,16 @@ def main(argv: list[str], stdin: IO[bytes], stderr: IO[str] = sys.stderr) -> int
     """
     if len(argv) < 3 or (argv[1], argv[2]) not in CHECKED_OPERATIONS:
         return 0
-    stderr = SafeStream(stderr)  # type: ignore[assignment]
+    stderr = SafeStream(stderr, scrub=redact.scrub)  # type: ignore[assignment]
+    # What libraries print or log on their own (keystoneauth's warnings, through logging's last-resort
+    # handler) goes through the same filter while the hook runs.
+    previous, sys.stderr = sys.stderr, stderr
     try:
-        xml = stdin.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        _say(stderr, f"imgsign: refusing to start {argv[0]}: cannot read the domain XML ({exc})")
-        return InputError.exit_code
-    return run(argv[0], xml, stderr)
+        try:
+            xml = stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            _say(stderr, f"imgsign: refusing to start {argv[0]}: cannot read the domain XML ({exc})")
+            return InputError.exit_code
+        return run(argv[0], xml, stderr)
+    finally:
+        sys.stderr = previous
