@@ -101,8 +101,10 @@ def check_names(cert: x509.Certificate) -> x509.Certificate:
 
 
 def describe(cert: x509.Certificate) -> str:
-    """Short human name: the subject, RFC 4514."""
-    return cert.subject.rfc4514_string() or f"serial {cert.serial_number:#x}"
+    """Short human name: the subject, RFC 4514, safe to print (a subject may hold control characters)."""
+    from imgsign._internal.untrusted import safe
+
+    return safe(cert.subject.rfc4514_string()) or f"serial {cert.serial_number:#x}"
 
 
 def certificate_public_key(cert: x509.Certificate) -> PublicKey:

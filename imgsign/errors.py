@@ -11,13 +11,22 @@ from __future__ import annotations
 
 
 class ImgsignError(Exception):
-    """Base class of every error imgsign raises on purpose."""
+    """Base class of every error imgsign raises on purpose.
+
+    Its message is one line safe for a terminal and a log: pieces of secret option values are
+    scrubbed (:mod:`imgsign._internal.redact`) and control, format and line-break characters from
+    foreign text shown as escapes (:mod:`imgsign._internal.untrusted`), whoever prints it.
+    """
 
     exit_code = 1
     #: Short machine-readable name, printed by ``--json`` and the hook.
     reason = "error"
 
     def __init__(self, message: str) -> None:
+        from imgsign._internal.redact import scrub
+        from imgsign._internal.untrusted import safe
+
+        message = safe(scrub(message))
         super().__init__(message)
         self.message = message
 

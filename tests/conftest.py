@@ -175,6 +175,16 @@ def release(path: str | os.PathLike[str]) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _forget_secrets():
+    """Secrets one test's configuration made imgsign remember (imgsign._internal.redact) are not scrubbed
+    from the next test's messages."""
+    yield
+    from imgsign._internal import redact
+
+    redact.forget()
+
+
+@pytest.fixture(autouse=True)
 def _release_sealed_files(request):
     """After a test, clear the immutable flag of every file under its tmp_path, so it can be removed."""
     if "tmp_path" not in request.fixturenames:

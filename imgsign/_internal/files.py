@@ -39,8 +39,12 @@ def read_small_file(path: str, what: str) -> bytes:
 
 def read_secret_file(path: str, what: str) -> bytes:
     """A passphrase or PIN file's content, without its final line ending (``\\n`` or ``\\r\\n``)."""
+    from imgsign._internal import redact
+
     data = read_small_file(path, what)
-    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    secret = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    redact.remember(secret)  # no message from now on shows a piece of it
+    return secret
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from imgsign import errors
+from imgsign._internal.untrusted import one_line, safe
 
 if TYPE_CHECKING:
     import requests
@@ -42,9 +43,8 @@ def _brief(response: requests.Response) -> str:
         text = next(response.iter_content(4096), b"").decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - a body that cannot be read says nothing more
         text = ""
-    text = re.sub(r"<[^>]*>", " ", text)
-    text = " ".join(text.split())
-    return f"HTTP {response.status_code}" + (f": {text[:300]}" if text else "")
+    text = one_line(re.sub(r"<[^>]*>", " ", text))
+    return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
 
 class SizedBody:
@@ -304,7 +304,7 @@ class GlanceClient:
             return None
         for task in tasks if isinstance(tasks, list) else []:
             if isinstance(task, dict) and task.get("status") == "failure":
-                return " ".join(str(task.get("message") or "the import task failed").split())[:500]
+                return one_line(task.get("message") or "the import task failed", limit=500)
         return None
 
 
@@ -326,7 +326,7 @@ def parse_content_length(value: str | None) -> int | None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return safe(text[0], limit=300) if text else type(exc).__name__
 
 
 def parse_image_page(page: object) -> tuple[list[dict[str, Any]], str | None]:

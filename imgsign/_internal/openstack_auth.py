@@ -63,13 +63,20 @@ def session_from_cloud(cloud: str | None, *, region_name: str | None = None, **o
             f"talking to Glance needs openstacksdk: pip install 'imgsign[{EXTRA}]'") from None
     if region_name is not None:
         options["region_name"] = region_name
+    _remember_secrets()
+    named = f"cloud {cloud!r}" if cloud else "the OpenStack credentials (OS_CLOUD, OS_* or clouds.yaml)"
     try:
         config = openstack.config.OpenStackConfig()
         region = config.get_one(cloud=cloud, **options)
         session = region.get_session()
-    except (openstack.exceptions.ConfigException, ks.ClientException, OSError, ValueError) as exc:
-        named = f"cloud {cloud!r}" if cloud else "the OpenStack credentials (OS_CLOUD, OS_* or clouds.yaml)"
+    except (openstack.exceptions.ConfigException, ks.ClientException, OSError, ValueError, TypeError) as exc:
+        # TypeError: an auth plugin given a setting it does not take (e.g. a username for "token")
         raise errors.InputError(f"cannot use {named}: {_one_line(exc)}") from None
+    except Exception as exc:  # a YAML error quotes the line it could not read
+        if type(exc).__module__.split(".")[0] != "yaml":
+            raise
+        raise errors.InputError(f"cannot use {named}: a clouds.yaml or secure.yaml file is not valid YAML "
+                                f"({type(exc).__name__})") from None
     interface = region.get_interface("image")
     if isinstance(interface, list):  # a preference list: keystoneauth takes the first it finds
         interface = interface[0] if interface else None
@@ -77,6 +84,24 @@ def session_from_cloud(cloud: str | None, *, region_name: str | None = None, **o
                         region.get_region_name("image") or None)
 
 
+def _remember_secrets() -> None:
+    """Every secret openstacksdk may read (clouds.yaml, secure.yaml, ``OS_*``), scrubbed from messages
+    from now on (:mod:`imgsign._internal.redact`)."""
+    import os
+
+    from openstack.config import loader
+
+    from imgsign._internal import redact
+
+    redact.remember_environment()
+    for path in (os.environ.get("OS_CLIENT_CONFIG_FILE"), os.environ.get("OS_CLIENT_SECURE_FILE"),
+                 *loader.CONFIG_FILES, *loader.SECURE_FILES):
+        if path and os.path.isfile(path):
+            redact.remember_file(path)
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
+    from imgsign._internal.untrusted import one_line
+
+    text = one_line(exc)
+    return text if text else type(exc).__name__

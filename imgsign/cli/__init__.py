@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from imgsign import errors
-from imgsign.cli._common import fail
+from imgsign.cli._common import fail, say
 
 #: Every command, as "module:attribute"; a module is imported only when its command runs.
 COMMANDS = {
@@ -62,8 +62,14 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("IMGSIGN_DEBUG"):
                 raise
-            click.echo(f"imgsign: internal error: {type(exc).__name__}: {exc} (IMGSIGN_DEBUG=1 shows details)",
-                       err=True)
+            if type(exc).__module__.startswith("oslo_config"):  # a value of imgsign.conf, read where it is used
+                from imgsign.keymanager.config import describe_error
+
+                fail(errors.InputError(f"imgsign.conf is not usable: {describe_error(exc)}"))
+            from imgsign._internal.untrusted import one_line
+
+            say(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)} (IMGSIGN_DEBUG=1 shows "
+                "details)", err=True)
             sys.exit(1)
 
 
@@ -106,5 +112,14 @@ def cli(ctx: click.Context, quiet: bool, config_file: str | None) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: everything it prints passes :class:`~imgsign._internal.untrusted.SafeStream`
+    (control characters shown as escapes; on stderr, secret option values scrubbed)."""
+    from imgsign._internal import redact
+    from imgsign._internal.untrusted import SafeStream
+
+    redact.remember_environment()
+    if sys.stdout is not None:
+        sys.stdout = SafeStream(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = SafeStream(sys.stderr, scrub=redact.scrub)
     cli(prog_name="imgsign")

@@ -38,9 +38,17 @@ def key_type_choice() -> click.Choice[str]:
     return click.Choice([k.value for k in KeyType])
 
 
+def say(text: str, err: bool = False) -> None:
+    """Print one line: foreign text in it (names, ids, subjects from a service or an image) cannot
+    break it into more lines or drive the terminal (:func:`imgsign._internal.untrusted.safe`)."""
+    from imgsign._internal.untrusted import safe
+
+    click.echo(safe(text), err=err)
+
+
 def fail(exc: errors.ImgsignError) -> None:
     """Print ``exc`` as one line and exit with its class's code."""
-    click.echo(f"imgsign: error: {exc.message}", err=True)
+    say(f"imgsign: error: {exc.message}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -95,7 +103,11 @@ def progress_bar(size: int, label: str, quiet: bool) -> Iterator[Callable[[int],
     if quiet or not sys.stderr.isatty() or size < 64 * 1024 * 1024:
         yield None
         return
-    with click.progressbar(length=size, label=label, file=sys.stderr, show_pos=False, show_percent=True) as bar:
+    from imgsign._internal.untrusted import unfiltered
+
+    # The bar moves the cursor (CR, ESC sequences): it writes under the filtering stream, only its own text.
+    with click.progressbar(length=size, label=label, file=unfiltered(sys.stderr), show_pos=False,
+                           show_percent=True) as bar:
         yield bar.update
 
 
@@ -114,7 +126,8 @@ def load_key(path: str, passphrase_file: str | None, what: str = "private key",
 
     if is_key_reference(path):
         if passphrase_file is not None:
-            raise click.UsageError(f"--passphrase-file is for key files, not for {path[:80]} (a PIN or token "
+            raise click.UsageError(f"--passphrase-file is for key files, not for {path.partition('?')[0][:80]} "
+                                   f"(a PIN or token "
                                    f"comes from the reference, imgsign.conf or the environment)")
         conf = config(ctx) if ctx is not None and has_config(ctx) else None
         return open_signing_key(path, conf=conf, ask_secret=ask_secret if sys.stdin.isatty() else None), None

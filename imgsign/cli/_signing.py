@@ -9,7 +9,7 @@ import click
 
 from imgsign import errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import KEY_MANAGER_ID, hash_choice, key_type_choice, load_key, open_store
+from imgsign.cli._common import KEY_MANAGER_ID, hash_choice, key_type_choice, load_key, open_store, say
 
 if TYPE_CHECKING:
     from imgsign.algorithms import HashMethod
@@ -106,6 +106,6 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
             f"add --store-cert to store it, or give --cert-uuid"
         )
     cert_id = km.store_certificate(der, certificates.describe(certificate))
-    click.echo(f"stored certificate {certificates.describe(certificate)} as {cert_id} in the {km.description}",
-               err=True)
+    say(f"stored certificate {certificates.describe(certificate)} as {cert_id} in the {km.description}",
+        err=True)
     return cert_id

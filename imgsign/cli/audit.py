@@ -206,5 +206,7 @@ def _table(reports: Sequence[ImageReport], policy: AuditPolicy, download: bool) 
 
 def _cell(text: str, width: int) -> str:
     """``text`` safe for a terminal (Glance's names are anyone's: no control characters) and at most ``width``."""
-    clean = "".join(c if c.isprintable() else "?" for c in text)
+    from imgsign._internal.untrusted import safe
+
+    clean = safe(text)
     return clean if len(clean) <= width else clean[:width - 1] + "…"

@@ -19,6 +19,7 @@ from imgsign.cli._common import (
     effective_trusted_ids,
     load_properties,
     load_properties_document,
+    say,
     signing_certificate,
     trust_anchors,
 )
@@ -117,10 +118,10 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif decision.allowed:
-        click.echo(f"OK: {decision.message}")
+        say(f"OK: {decision.message}")
     if not decision.allowed:
         if not as_json:
-            click.echo(f"imgsign: error: {decision.message}", err=True)
+            say(f"imgsign: error: {decision.message}", err=True)
         sys.exit(decision.code)
 
 
@@ -203,8 +204,8 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"OK: adopted {os.path.join(image_cache.base_dir(instances_path), result['name'])} "
-                   f"({adoption.describe_adopted(image_id, record)})")
+        say(f"OK: adopted {os.path.join(image_cache.base_dir(instances_path), result['name'])} "
+            f"({adoption.describe_adopted(image_id, record)})")
 
 
 def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
@@ -222,7 +223,7 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         return fetched[signed.certificate_uuid]
 
     def report(index: int, total: int, outcome: bulk_adoption.Outcome) -> None:
-        click.echo(f"imgsign: [{index}/{total}] _base/{outcome.name}: {outcome.describe()}", err=True)
+        say(f"imgsign: [{index}/{total}] _base/{outcome.name}: {outcome.describe()}", err=True)
 
     outcomes = bulk_adoption.adopt_all(
         instances_path, images, certificate_for, records, anchors=anchors,
@@ -238,8 +239,8 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         click.echo(", ".join(f"{status.replace('-', ' ')} {count}" for status, count in totals.items())
                    + f" (of {len(outcomes)} files in {image_cache.base_dir(instances_path)})")
     if code:
-        click.echo(f"imgsign: error: {totals[bulk_adoption.REFUSED]} base(s) refused"
-                   f"{'' if code != errors.AdoptionIncomplete.exit_code else ' for different reasons'}", err=True)
+        say(f"imgsign: error: {totals[bulk_adoption.REFUSED]} base(s) refused"
+            f"{'' if code != errors.AdoptionIncomplete.exit_code else ' for different reasons'}", err=True)
         sys.exit(code)
 
 
@@ -309,6 +310,6 @@ def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str,
         where, name = _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path,
                                                                                 cache_name(base_or_id))
         found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
-        click.echo(f"released {os.path.join(image_cache.base_dir(where), name)}"
-                   + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
-                      else " (no such file; its record is gone)"))
+        say(f"released {os.path.join(image_cache.base_dir(where), name)}"
+            + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
+               else " (no such file; its record is gone)"))

@@ -20,6 +20,7 @@ from imgsign.cli._common import (
     load_issuer,
     load_key,
     open_store,
+    say,
     subject_option,
 )
 
@@ -57,10 +58,10 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
     store = open_store(ctx)
     existing = store.find_certificate(der)
     if existing is not None:
-        click.echo(f"identical certificate already stored in the {store.description}", err=True)
-        click.echo(existing)
+        say(f"identical certificate already stored in the {store.description}", err=True)
+        say(existing)
         return
-    click.echo(store.store_certificate(der, name or certificates.describe(cert)))
+    say(store.store_certificate(der, name or certificates.describe(cert)))
 
 
 _KEY_HELP = "The key's private key (a file, or a reference to a key in a token or signing service)."
@@ -94,8 +95,8 @@ def cert_request(ctx: click.Context, key_ref: str, passphrase_file: str | None, 
     key = _signing_key(key_ref, passphrase_file, ctx)
     request = keygen.certificate_request(keygen.parse_subject(subject), key)
     out.write(request.public_bytes(Encoding.PEM))
-    click.echo(f"wrote {out_path} (certificate request for the {key.public_key().describe()} key: have your CA "
-               f"sign it, then: imgsign cert store CERT --key {key_ref})", err=True)
+    say(f"wrote {out_path} (certificate request for the {key.public_key().describe()} key: have your CA "
+        f"sign it, then: imgsign cert store CERT --key {key_ref})", err=True)
 
 
 @cert_group.command("issue")
@@ -123,7 +124,7 @@ def cert_issue(ctx: click.Context, /, **opts: Any) -> None:
                                     days=opts["days"])
     out.write(cert.public_bytes(Encoding.PEM))
     by = f"issued by {certificates.describe(issuer.certificate)}" if issuer else "self-signed"
-    click.echo(f"wrote {opts['out_path']} ({by})", err=True)
+    say(f"wrote {opts['out_path']} ({by})", err=True)
 
 
 def _summary(cert_id: str, cert: x509.Certificate) -> dict[str, Any]:
@@ -159,9 +160,9 @@ def cert_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'ID':36}  {'NOT AFTER':10}  SUBJECT")
+    say(f"{'ID':36}  {'NOT AFTER':10}  SUBJECT")
     for row in rows:
-        click.echo(f"{row['id']:36}  {row['not_after'][:10]:10}  {row['subject']}")
+        say(f"{row['id']:36}  {row['not_after'][:10]:10}  {row['subject']}")
 
 
 @cert_group.command("show")
@@ -185,4 +186,4 @@ def cert_delete(ctx: click.Context, cert_id: str) -> None:
     store = open_store(ctx)
     store.get_certificate(cert_id)  # refuse to delete something that is not a certificate
     store.delete(cert_id)
-    click.echo(f"deleted {cert_id}", err=True)
+    say(f"deleted {cert_id}", err=True)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import chain, errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import KEY_MANAGER_ID, open_store
+from imgsign.cli._common import KEY_MANAGER_ID, open_store, say
 
 
 @click.group("crl")
@@ -25,7 +25,7 @@ def crl_group() -> None:
 def crl_store(ctx: click.Context, crl_path: str) -> None:
     """Store CRL (PEM or DER) and print its UUID."""
     crl = chain.load_crl(read_small_file(crl_path, "CRL"))
-    click.echo(open_store(ctx).store_crl(crl.public_bytes(Encoding.DER), crl.issuer.rfc4514_string()))
+    say(open_store(ctx).store_crl(crl.public_bytes(Encoding.DER), crl.issuer.rfc4514_string()))
 
 
 @crl_group.command("list")
@@ -40,11 +40,11 @@ def crl_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'ID':36}  {'NEXT UPDATE':11}  ISSUER  (REVOKED)  SCOPE")
+    say(f"{'ID':36}  {'NEXT UPDATE':11}  ISSUER  (REVOKED)  SCOPE")
     for row in rows:
         due = row["next_update"][:10] if row["next_update"] else "-"
         scope = ", ".join(row["limits"]) or "complete"
-        click.echo(f"{row['id']:36}  {due:11}  {row['issuer']}  ({row['revoked']} revoked)  {scope}")
+        say(f"{row['id']:36}  {due:11}  {row['issuer']}  ({row['revoked']} revoked)  {scope}")
 
 
 def _summary(crl_id: str, crl: x509.CertificateRevocationList) -> dict[str, Any]:
@@ -72,4 +72,4 @@ def crl_delete(ctx: click.Context, crl_id: str) -> None:
     if crl_id not in {i for i, _ in store.get_crls()}:
         raise errors.ObjectNotFound(f"no CRL {crl_id} in the {store.description}")
     store.delete(crl_id)
-    click.echo(f"deleted {crl_id}", err=True)
+    say(f"deleted {crl_id}", err=True)

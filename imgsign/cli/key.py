@@ -7,7 +7,7 @@ import json
 import click
 
 from imgsign import errors
-from imgsign.cli._common import KEY_MANAGER_ID, load_key, open_store
+from imgsign.cli._common import KEY_MANAGER_ID, load_key, open_store, say
 
 
 @click.group("key")
@@ -26,7 +26,7 @@ def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_fi
     if key.key_type is None:
         raise errors.UnsupportedAlgorithm("this key has no OpenStack key type; it cannot sign images")
     algorithm = {"RSA-PSS": "RSA", "DSA": "DSA"}.get(key.key_type.value, "EC")
-    click.echo(open_store(ctx).store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name))
+    say(open_store(ctx).store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name))
 
 
 @key_group.command("list")
@@ -40,10 +40,10 @@ def key_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps([{"id": i.id, "name": i.name, "algorithm": i.algorithm, "bit_length": i.bit_length,
                                 "created": i.created} for i in items], indent=2))
         return
-    click.echo(f"{'ID':36}  {'ALGORITHM':10}  NAME")
+    say(f"{'ID':36}  {'ALGORITHM':10}  NAME")
     for item in items:
         kind = f"{item.algorithm or '?'}-{item.bit_length or '?'}"
-        click.echo(f"{item.id:36}  {kind:10}  {item.name or ''}".rstrip())
+        say(f"{item.id:36}  {kind:10}  {item.name or ''}".rstrip())
 
 
 @key_group.command("delete")
@@ -54,4 +54,4 @@ def key_delete(ctx: click.Context, key_id: str) -> None:
     store = open_store(ctx)
     store.get_private_key(key_id)  # only delete what is a private key
     store.delete(key_id)
-    click.echo(f"deleted {key_id}", err=True)
+    say(f"deleted {key_id}", err=True)

@@ -17,6 +17,7 @@ from imgsign.cli._common import (
     key_type_choice,
     load_issuer,
     read_passphrase,
+    say,
     subject_option,
 )
 from imgsign.policy import MIN_RSA_DSA_BITS
@@ -72,14 +73,14 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
                                 f"the key would not be encrypted")
     bits = opts["bits"]
     if bits is not None and bits < MIN_RSA_DSA_BITS:
-        click.echo(f"imgsign: warning: a {bits}-bit {key_type.value} key is below the {MIN_RSA_DSA_BITS}-bit "
-                   f"minimum: verifying its signatures needs --allow-weak-keys", err=True)
+        say(f"imgsign: warning: a {bits}-bit {key_type.value} key is below the {MIN_RSA_DSA_BITS}-bit "
+            f"minimum: verifying its signatures needs --allow-weak-keys", err=True)
     if opts["out_csr"]:
         pending = keygen.generate_request(key_type, subject=opts["subject"], bits=bits, passphrase=passphrase)
         out_key.write(pending.key_pem)
         out_cert.write(pending.csr_pem)
-        click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_csr']} (certificate request: "
-                   f"have your CA sign it, then: imgsign cert store CERT --key {opts['out_key']})", err=True)
+        say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_csr']} (certificate request: "
+            f"have your CA sign it, then: imgsign cert store CERT --key {opts['out_key']})", err=True)
         return
     identity = keygen.generate(
         key_type, subject=opts["subject"], days=opts["days"], bits=bits,
@@ -87,7 +88,7 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     )
     out_key.write(identity.key_pem)
     out_cert.write(identity.cert_pem)
-    click.echo(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
+    say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
 
 
 def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
@@ -117,4 +118,4 @@ def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, An
     else:
         certificate = keygen.issue_certificate(subject, key.public_key(), issuer or key, days=opts["days"])
         out.write(certificate.public_bytes(Encoding.PEM))
-    click.echo(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {output}", err=True)
+    say(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {output}", err=True)

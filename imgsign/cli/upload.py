@@ -10,7 +10,7 @@ import click
 
 from imgsign import errors
 from imgsign.algorithms import HashMethod
-from imgsign.cli._common import NON_EMPTY, is_quiet, policy_options, progress_bar, quiet_option
+from imgsign.cli._common import NON_EMPTY, is_quiet, policy_options, progress_bar, quiet_option, say
 from imgsign.cli._glance import cloud_options, glance_client
 from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_properties, signing_options
 
@@ -76,7 +76,7 @@ def upload_command(ctx: click.Context, image: str, key_path: str, passphrase_fil
         return signed_properties(image, signer, key, digest, handle, head, not no_raw_digest, quiet)
 
     def note(message: str) -> None:
-        click.echo(f"imgsign: {message}", err=True)
+        say(f"imgsign: {message}", err=True)
 
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a stop is handled like Ctrl-C: clean up
     try:

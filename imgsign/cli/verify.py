@@ -16,6 +16,7 @@ from imgsign.cli._common import (
     policy_options,
     progress_bar,
     quiet_option,
+    say,
     signing_certificate,
     trust_anchors,
     trust_options,
@@ -110,4 +111,4 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not quiet:
-        click.echo(f"OK: {message}")
+        say(f"OK: {message}")

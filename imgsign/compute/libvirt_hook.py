@@ -60,6 +60,8 @@ from typing import IO, Any
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
+from imgsign._internal import redact
+from imgsign._internal.untrusted import SafeStream, safe
 from imgsign.compute import protection, qemu_img
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
@@ -113,6 +115,7 @@ class HookConfig:
 
 def load_config(path: str | None = None) -> HookConfig:
     path = path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG
+    redact.remember_file(path)  # before anything parses it: no error may quote a secret in it
     parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
         with open(path) as handle:
@@ -120,7 +123,7 @@ def load_config(path: str | None = None) -> HookConfig:
     except FileNotFoundError:
         raise InputError(f"hook configuration {path} does not exist") from None
     except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read hook configuration {path}: {exc}") from None
+        raise InputError(f"cannot read hook configuration {path}: {redact.describe_parse_error(exc)}") from None
     section = parser["boot"] if parser.has_section("boot") else {}
     mode_text = section.get("mode", "enforce").strip()
     try:
@@ -518,9 +521,12 @@ def decide(domain: Domain, config: HookConfig) -> list[Result]:
     return _Decider(domain, config).run()
 
 
-def _log(config: HookConfig, entry: dict[str, Any]) -> None:
+def _log(config: HookConfig, entry: dict[str, Any], stderr: IO[str] | None = None) -> None:
+    """Append ``entry`` as one JSON line (JSON escapes every control character; text values are
+    scrubbed of secrets)."""
     if not config.log_file:
         return
+    entry = {key: redact.scrub(value) if isinstance(value, str) else value for key, value in entry.items()}
     try:
         os.makedirs(os.path.dirname(config.log_file), mode=0o750, exist_ok=True)
         # Never through a symbolic link (root appends here), never readable by others.
@@ -528,15 +534,25 @@ def _log(config: HookConfig, entry: dict[str, Any]) -> None:
         with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
     except OSError as exc:
-        print(f"imgsign hook: cannot write log {config.log_file}: {exc.strerror}", file=sys.stderr)
+        _say(stderr or sys.stderr, f"imgsign hook: cannot write log {config.log_file}: {exc.strerror}")
+
+
+def _say(stderr: IO[str], line: str) -> None:
+    """One line on the hook's stderr: foreign text in it (paths, ids, names) cannot break it in two."""
+    print(safe(line), file=stderr)
 
 
 def run(domain_name: str, xml: bytes | str, stderr: IO[str], config_path: str | None = None) -> int:
-    """The check (``prepare begin``, ``start begin``); the process exit code (0 allows the start)."""
+    """The check (``prepare begin``, ``start begin``); the process exit code (0 allows the start).
+
+    Everything written to ``stderr`` (libvirt's start error, Nova's instance fault) passes
+    :class:`~imgsign._internal.untrusted.SafeStream`: no control characters, no secrets."""
+    if not isinstance(stderr, SafeStream):
+        stderr = SafeStream(stderr, scrub=redact.scrub)  # type: ignore[assignment]
     try:
         config = load_config(config_path)
     except ImgsignError as exc:
-        print(f"imgsign: refusing to start {domain_name}: {exc.message}", file=stderr)
+        _say(stderr, f"imgsign: refusing to start {domain_name}: {exc.message}")
         return exc.exit_code
     try:
         domain = parse_domain(xml)
@@ -551,14 +567,14 @@ def run(domain_name: str, xml: bytes | str, stderr: IO[str], config_path: str | 
                  "domain": domain.name, "instance": domain.uuid, "image": image_id or domain.image_id,
                  "file": path, "allowed": decision.allowed, "reason": decision.reason,
                  "message": decision.message, "mode": config.policy.mode.value}
-        _log(config, entry)
+        _log(config, entry, stderr)
         if not decision.allowed:
             status = status or decision.code
-            print(f"imgsign: refusing to start instance {domain.uuid} (image {entry['image']}, {path}): "
-                  f"{decision.message}", file=stderr)
+            _say(stderr, f"imgsign: refusing to start instance {domain.uuid} (image {entry['image']}, {path}): "
+                         f"{decision.message}")
         elif decision.warning:
-            print(f"imgsign: WARNING (mode={config.policy.mode.value}) instance {domain.uuid} "
-                  f"(image {entry['image']}, {path}): {decision.message}", file=stderr)
+            _say(stderr, f"imgsign: WARNING (mode={config.policy.mode.value}) instance {domain.uuid} "
+                         f"(image {entry['image']}, {path}): {decision.message}")
     return status
 
 
@@ -571,9 +587,16 @@ def main(argv: list[str], stdin: IO[bytes], stderr: IO[str] = sys.stderr) -> int
     """
     if len(argv) < 3 or (argv[1], argv[2]) not in CHECKED_OPERATIONS:
         return 0
+    stderr = SafeStream(stderr, scrub=redact.scrub)  # type: ignore[assignment]
+    # What libraries print or log on their own (keystoneauth's warnings, through logging's last-resort
+    # handler) goes through the same filter while the hook runs.
+    previous, sys.stderr = sys.stderr, stderr
     try:
-        xml = stdin.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"imgsign: refusing to start {argv[0]}: cannot read the domain XML ({exc})", file=stderr)
-        return InputError.exit_code
-    return run(argv[0], xml, stderr)
+        try:
+            xml = stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            _say(stderr, f"imgsign: refusing to start {argv[0]}: cannot read the domain XML ({exc})")
+            return InputError.exit_code
+        return run(argv[0], xml, stderr)
+    finally:
+        sys.stderr = previous

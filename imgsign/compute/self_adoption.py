@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from imgsign._internal import redact
 from imgsign.compute import qemu_img
 from imgsign.compute.boot import BootDecision, Mode
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
@@ -350,6 +351,7 @@ class _Settings:
         from oslo_config import cfg
 
         from imgsign._internal.glance_api import GlanceClient
+        from imgsign.keymanager import config as km_config
 
         conf = self.options
         group = conf[GLANCE_GROUP]
@@ -360,7 +362,7 @@ class _Settings:
             interfaces = group.valid_interfaces
         except (ks_errors.ClientException, ValueError, cfg.Error) as exc:  # e.g. a "$" oslo cannot substitute
             raise GlanceUnavailable(f"the [glance] settings of the hook's configuration are not usable: "
-                                    f"{type(exc).__name__}: {exc}") from None
+                                    f"{km_config.describe_error(exc)}") from None
         return GlanceClient(session, endpoint_override=group.endpoint_override,
                             interface=interfaces[0] if interfaces else None, region_name=group.region_name,
                             timeout=(timeout, timeout))
@@ -372,7 +374,7 @@ def _read_config(path: str) -> configparser.ConfigParser:
         with open(path) as handle:
             parser.read_file(handle)
     except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read hook configuration {path}: {exc}") from None
+        raise InputError(f"cannot read hook configuration {path}: {redact.describe_parse_error(exc)}") from None
     return parser
 
 

@@ -98,6 +98,8 @@ from taskflow import task
 from taskflow.patterns import linear_flow
 from taskflow.types import failure
 
+from imgsign._internal import redact
+from imgsign._internal.untrusted import safe
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
@@ -283,7 +285,21 @@ def _remove_quietly(path: str | None) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        LOG.error("imgsign: cannot remove staged data %s: %s", path, exc)
+        LOG.error("imgsign: cannot remove staged data %s: %s", safe(path), safe(exc))
+
+
+def _remember_secrets() -> None:
+    """Glance's configuration files (and so ``[keystone_authtoken] password``, the service key's PIN...)
+    are scrubbed from every message imgsign makes in this process (:mod:`imgsign._internal.redact`)."""
+    try:
+        files = [*(CONF.config_file or [])]
+        for directory in CONF.config_dir or []:
+            files.extend(os.path.join(directory, name) for name in sorted(os.listdir(directory))
+                         if name.endswith(".conf"))
+    except (cfg.Error, OSError, TypeError):
+        return
+    for path in files:
+        redact.remember_file(path)
 
 
 def _stores_list(stores: Any) -> list[str]:
@@ -370,7 +386,8 @@ class _VerifyStaged(task.Task):
                     action.remove_importing_stores(self.stores)
                     action.add_failed_stores(self.stores)
         except Exception as exc:  # noqa: BLE001 - revert must not mask the refusal
-            LOG.warning("imgsign_verify: could not reset image %s after refusing it: %s", self.image_id, exc)
+            LOG.warning("imgsign_verify: could not reset image %s after refusing it: %s", safe(self.image_id),
+                        safe(redact.scrub(str(exc))))
 
 
 def get_verify_flow(**kwargs: Any) -> linear_flow.Flow:
@@ -382,6 +399,7 @@ def get_verify_flow(**kwargs: Any) -> linear_flow.Flow:
     :param action_wrapper: glance's ImportActionWrapper for the image
     :param backend: the target stores
     """
+    _remember_secrets()
     task_type = kwargs.get("task_type")
     return linear_flow.Flow(task_type).add(
         _VerifyStaged(kwargs.get("context"), str(kwargs["task_id"]), str(task_type), kwargs.get("action_wrapper"),
@@ -512,7 +530,7 @@ class _ResignConverted(task.Task):
                 action.set_image_extra_properties(result)
         except Exception as exc:  # noqa: BLE001 - revert must not mask the original failure
             LOG.warning("imgsign_resign: could not restore the original signature of image %s: %s",
-                        self.image_id, exc)
+                        safe(self.image_id), safe(redact.scrub(str(exc))))
 
 
 class _BackendSections:
@@ -532,6 +550,7 @@ def get_resign_flow(**kwargs: Any) -> linear_flow.Flow:
     :param task_type: the import task's type
     :param action_wrapper: glance's ImportActionWrapper for the image
     """
+    _remember_secrets()
     task_type = kwargs.get("task_type")
     return linear_flow.Flow(task_type).add(
         _ResignConverted(kwargs.get("context"), str(kwargs["task_id"]), str(task_type), kwargs.get("action_wrapper")))

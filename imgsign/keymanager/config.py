@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from imgsign._internal import redact
 from imgsign.errors import InputError, KeyManagerError
 
 if TYPE_CHECKING:  # castellan and oslo load only when a key manager or a config file is used
@@ -101,12 +102,26 @@ def load(config_file: str | None = None) -> cfg.ConfigOpts:
     conf.register_opts(transit_opts(), group="transit")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
     path = find_config_file(config_file)
+    redact.remember_file(path)  # before oslo.config parses it: no error may quote a secret in it
     try:
         conf(args=[], project="imgsign", default_config_files=[path] if path else [], validate_default_values=True)
     except cfg.Error as exc:
-        raise InputError(f"cannot read configuration {path}: {exc}") from None
+        raise InputError(f"cannot read configuration {path}: {describe_error(exc)}") from None
     conf.imgsign_config_file = path  # type: ignore[attr-defined]
     return conf
+
+
+def describe_error(exc: BaseException) -> str:
+    """An oslo.config or keystoneauth error about a configuration, never quoting a line of it nor what
+    follows a ``$`` (oslo.config takes ``pa$sword`` for a reference to an option "sword")."""
+    from oslo_config import cfg
+
+    if isinstance(exc, (cfg.ConfigFileParseError, cfg.ParseError)):
+        return redact.describe_parse_error(exc)
+    if isinstance(exc, (cfg.NoSuchOptError, cfg.TemplateSubstitutionError)):
+        return ("a value holds a '$' that does not name another option (oslo.config substitutes $name and "
+                "${name}; write $$ for a '$')")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def backend_name(conf: cfg.ConfigOpts) -> str:

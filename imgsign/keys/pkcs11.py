@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from imgsign._internal import redact
 from imgsign._internal.asn1 import der_element, dsa_spki
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import (
@@ -136,6 +137,7 @@ def parse_uri(text: str) -> Pkcs11Uri:
         if not text_values["slot-id"].isdigit() or len(text_values["slot-id"]) > 20:
             raise InputError("the PKCS#11 URI attribute slot-id must be a decimal number")
         slot_id = int(text_values["slot-id"])
+    redact.remember(text_values.get("pin-value"))  # whatever reports the URI from now on leaves the PIN out
     pin_source = text_values.get("pin-source")
     if pin_source is not None:
         pin_source = _pin_path(pin_source)

@@ -36,6 +36,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from imgsign._internal import redact
+from imgsign._internal.untrusted import safe
 from imgsign.algorithms import HashMethod, KeyType
 from imgsign.errors import (
     InputError,
@@ -161,6 +163,7 @@ def settings(config: Any = None, environ: Mapping[str, str] | None = None) -> Tr
             raise SignerLoginError("no transit token: set VAULT_TOKEN (or BAO_TOKEN) or [transit] token_file "
                                    "in imgsign.conf")
         token = _read_token_file(str(token_file))
+    redact.remember(token)
     if not token or not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
         raise SignerLoginError("the transit token is empty or holds spaces, control or non-ASCII characters")
     return TransitSettings(address, token, mount, ca_file, namespace,
@@ -209,8 +212,7 @@ def _is_loopback(host: str) -> bool:
 def _show(value: object, limit: int = 80) -> str:
     """A value from the user or the network, safe to put into a one-line message."""
     text = value if isinstance(value, str) else repr(value)
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+    return repr(safe(text, limit=limit))
 
 
 # --- the service -----------------------------------------------------------------------------
@@ -308,7 +310,7 @@ class TransitClient:
         text = "; ".join(str(e) for e in errors[:5] if isinstance(e, str))
         text = text.replace(self.settings.token, "<token>")
         text = " ".join(re.sub(r"1 error occurred:|\*", " ", text).split())
-        return "".join(c if c.isprintable() else "?" for c in text)[:300]
+        return safe(text, limit=300)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
