@@ -5,8 +5,8 @@ line it cannot parse, oslo.config names the "variable" after a ``$`` in a passwo
 and openstacksdk quote their settings. The hook's stderr becomes libvirt's start error and Nova's
 instance fault. So the values of secret options (:func:`is_secret_option`: imgsign's one list) are
 collected from the raw files and the environment before they are parsed (:func:`remember_file`,
-:func:`remember`), and :func:`scrub` takes every piece of them of :data:`MIN_LENGTH` characters
-or more out of any text; the CLI's streams and the hook's stderr and log scrub everything they
+:func:`remember`), and :func:`scrub` takes them, and every piece of them of :data:`PIECE_LENGTH`
+characters or more, out of any text; the CLI's streams and the hook's stderr and log scrub everything they
 write (:class:`imgsign._internal.untrusted.SafeStream`). Errors about configuration files also
 never quote a line of them (:func:`describe_parse_error`).
 """
@@ -21,8 +21,14 @@ from collections.abc import Iterable
 
 from imgsign._internal.untrusted import safe
 
-#: Shortest piece of a secret that is taken out of messages (shorter ones say nothing).
+#: Shortest secret that is taken out of messages (shorter ones say nothing).
 MIN_LENGTH = 4
+#: Shortest proper piece of a secret that is taken out of messages.  Not shorter: which words of a message
+#: get redacted would tell the reader which short pieces the secret holds, and a reader who can put
+#: words into a message (an image name, a hostile Glance's error page) could ask that question
+#: piece by piece; guessing 8 characters at once is out of reach.  Errors never quote a secret option
+#: or a configuration line in the first place (:func:`describe_parse_error`), so this is the second line.
+PIECE_LENGTH = 8
 #: What a scrubbed piece reads as.
 MARK = "[redacted]"
 
@@ -137,29 +143,31 @@ def remember_environment(environ: os._Environ[str] | dict[str, str] | None = Non
 
 
 def _marks(text: str, secrets: Iterable[str]) -> list[bool]:
+    """Which characters of ``text`` belong to a run that is a whole secret, or a piece of one at least
+    :data:`PIECE_LENGTH` long."""
     marked = [False] * len(text)
     for secret in secrets:
         if len(secret) < MIN_LENGTH:
             continue
-        grams = {secret[i:i + MIN_LENGTH] for i in range(len(secret) - MIN_LENGTH + 1)}
+        size = min(PIECE_LENGTH, len(secret))
+        grams = {secret[i:i + size] for i in range(len(secret) - size + 1)}
         start = 0
-        while start <= len(text) - MIN_LENGTH:
-            if text[start:start + MIN_LENGTH] not in grams:
+        while start <= len(text) - size:
+            if text[start:start + size] not in grams:
                 start += 1
                 continue
-            end = start + MIN_LENGTH  # grow the piece while it still is a piece of the secret
+            end = start + size  # grow the piece while it still is a piece of the secret
             while end < len(text) and text[start:end + 1] in secret:
                 end += 1
-            if text[start:end] in secret:
-                for i in range(start, end):
-                    marked[i] = True
+            for i in range(start, end):
+                marked[i] = True
             start += 1
     return marked
 
 
 def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
-    """``text`` with every piece of ``secrets`` (default: every remembered one) at least
-    :data:`MIN_LENGTH` characters long replaced by :data:`MARK`."""
+    """``text`` with every occurrence of ``secrets`` (default: every remembered one), and of every piece of
+    them at least :data:`PIECE_LENGTH` characters long, replaced by :data:`MARK`."""
     if secrets is None:
         with _lock:
             pool = sorted(_secrets)
