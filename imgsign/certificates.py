@@ -132,7 +132,7 @@ def certificate_spki_der(cert: x509.Certificate) -> bytes:
 
     try:
         parsed, _ = decoder.decode(cert.public_bytes(Encoding.DER), asn1Spec=rfc5280.Certificate())
-    except PyAsn1Error as exc:
+    except (PyAsn1Error, ValueError, TypeError, OverflowError) as exc:  # pyasn1 raises all of these on bad input
         raise CertificateError(f"cannot read the certificate's public key info ({str(exc)[:120]})") from None
     spki: bytes = encoder.encode(parsed["tbsCertificate"]["subjectPublicKeyInfo"])
     return spki

@@ -59,7 +59,7 @@ def decode_dss_signature_strict(signature: bytes) -> tuple[int, int]:
     spec = rfc3279.ECDSA_Sig_Value()  # same shape as Dss_Sig_Value
     try:
         value, rest = decoder.decode(signature, asn1Spec=spec)
-    except (PyAsn1Error, ValueError, TypeError) as exc:
+    except (PyAsn1Error, ValueError, TypeError, OverflowError) as exc:
         raise MalformedSignature(
             f"the signature is not a DER SEQUENCE of two INTEGERs ({_short(exc)})"
         ) from None

@@ -18,7 +18,7 @@ def spki_algorithm(spki_der: bytes) -> tuple[str, str | None]:
 
     try:
         spki, rest = decoder.decode(spki_der, asn1Spec=rfc5280.SubjectPublicKeyInfo())
-    except PyAsn1Error as exc:
+    except (PyAsn1Error, ValueError, TypeError, OverflowError) as exc:  # pyasn1 raises all of these on bad input
         raise UnsupportedAlgorithm(f"unreadable SubjectPublicKeyInfo ({str(exc)[:120]})") from None
     if rest:
         raise UnsupportedAlgorithm("unreadable SubjectPublicKeyInfo (trailing data)")
@@ -31,7 +31,7 @@ def spki_algorithm(spki_der: bytes) -> tuple[str, str | None]:
         try:
             curve, _ = decoder.decode(bytes(params), asn1Spec=univ.ObjectIdentifier())
             curve_oid = str(curve)
-        except PyAsn1Error:
+        except (PyAsn1Error, ValueError, TypeError, OverflowError):
             curve_oid = None  # explicit curve parameters: not a named curve
     return algorithm, curve_oid
 
@@ -81,7 +81,7 @@ def rsassa_pss_parameters(spki_der: bytes) -> PssParameters | None:
         salt_length = int(params["saltLength"])
         if int(params["trailerField"]) != 1:
             raise UnsupportedAlgorithm("RSASSA-PSS key with a trailer field other than 1")
-    except PyAsn1Error as exc:
+    except (PyAsn1Error, ValueError, TypeError, OverflowError) as exc:  # pyasn1 raises all of these on bad input
         raise UnsupportedAlgorithm(f"unreadable RSASSA-PSS key parameters ({str(exc)[:120]})") from None
     return PssParameters(HASH_OIDS.get(hash_oid, hash_oid), HASH_OIDS.get(mgf_hash_oid, mgf_hash_oid), salt_length)
 
@@ -108,7 +108,7 @@ def dsa_sizes(spki_der: bytes) -> DsaSizes:
         if rest:
             raise PyAsn1Error("trailing data after the DSA parameters")
         p, q = int(params["p"]), int(params["q"])
-    except PyAsn1Error as exc:
+    except (PyAsn1Error, ValueError, TypeError, OverflowError) as exc:  # pyasn1 raises all of these on bad input
         raise UnsupportedAlgorithm(f"unreadable DSA public key ({str(exc)[:120]})") from None
     if p <= 0 or q <= 0:
         raise UnsupportedAlgorithm("unreadable DSA public key (p or q is not positive)")
