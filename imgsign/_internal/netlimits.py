@@ -123,18 +123,20 @@ class Phase:
 
     # --- the error -------------------------------------------------------------------------
 
-    def error(self, error: type[ImgsignError], service: str, action: str) -> ImgsignError:
+    def error(self, error: type[ImgsignError], service: str, action: str,
+              too_large: type[ImgsignError] | None = None) -> ImgsignError:
         if self.tripped == "cap":
-            return error(f"{service} sent an answer larger than {_size(self.max_body or 0)}, the most imgsign "
-                         f"reads from a service; nothing more was read")
+            return (too_large or error)(f"{service} sent an answer larger than {_size(self.max_body or 0)}, the "
+                                        f"most imgsign reads from a service; nothing more was read")
         return error(f"{service} did not {action} " + (self.deadline.describe() if self.deadline else "in time"))
 
 
 @contextlib.contextmanager
 def limited(deadline: Deadline | None, error: type[ImgsignError], service: str, *, action: str = "answer",
-            max_body: int | None = MAX_DOCUMENT) -> Iterator[Phase]:
+            max_body: int | None = MAX_DOCUMENT, too_large: type[ImgsignError] | None = None) -> Iterator[Phase]:
     """Run the ``with`` body as one phase under ``deadline`` and ``max_body`` (see the module
-    docstring); ``error(f"{service} did not {action} within ...")`` when it was cut short."""
+    docstring); ``error(f"{service} did not {action} within ...")`` when it was cut short
+    (``too_large``, if given, instead of ``error`` for an answer over the cap)."""
     _install()
     phase = Phase(deadline, max_body)
     stack = _stack()  # this thread's list (a generator holding a phase may be finalised on another thread)
@@ -150,7 +152,7 @@ def limited(deadline: Deadline | None, error: type[ImgsignError], service: str, 
         with contextlib.suppress(ValueError):
             stack.remove(phase)
     if phase.tripped is not None:
-        raise phase.error(error, service, action) from None
+        raise phase.error(error, service, action, too_large) from None
     if failure is not None:
         raise failure
 
