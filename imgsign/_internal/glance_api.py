@@ -106,6 +106,9 @@ class GlanceClient:
             except ks.ClientException as exc:  # authentication (Keystone) comes first, then the catalog
                 raise errors.GlanceUnavailable(
                     f"cannot authenticate or find the image service (Glance): {_first_line(exc)}") from None
+            except Exception as exc:  # noqa: BLE001 - keystoneauth parsing a broken or hostile Keystone's answer
+                raise errors.GlanceUnavailable(f"Keystone's answer is not usable ({type(exc).__name__}): cannot "
+                                               "authenticate or find the image service (Glance)") from None
             if not found:
                 raise errors.GlanceUnavailable("cannot find the image service (Glance) in the service catalog")
             self._root = _VERSION_SUFFIX.sub("", str(found).rstrip("/") + "/").rstrip("/")
@@ -125,6 +128,11 @@ class GlanceClient:
                                          log=not stream and "data" not in kwargs, **kwargs)
         except ks.ClientException as exc:  # connection refused, timeouts, TLS, no token, no endpoint
             raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: {_first_line(exc)}") from None
+        except errors.ImgsignError:  # from finding the endpoint: says what it is itself
+            raise
+        except Exception as exc:  # noqa: BLE001 - keystoneauth re-authenticating with a hostile Keystone, a cut body
+            raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: the request failed "
+                                           f"({type(exc).__name__})") from None
 
     def _check(self, response: requests.Response, what: str, image_id: str | None = None,
                refused: type[errors.ImgsignError] = errors.GlanceUnavailable) -> requests.Response:

@@ -140,13 +140,13 @@ class Handler(socketserver.BaseRequestHandler):
             while (size := int(reader.readline().split(b";")[0], 16)) > 0:
                 reader.read(size + 2)
             reader.readline()
-        path = target.split("?", 1)[0]
+        path, _, query = target.partition("?")
         segment, _, rest = path.lstrip("/").partition("/")
         behaviour, _, tag = segment.partition("@")
         base = f"http://127.0.0.1:{self.server.server_address[1]}/{segment}"
         self.server.record({"method": method, "target": target, "headers": headers,
                             "body": request_body[:4096].decode("latin-1")})
-        route = self.server.route(method, "/" + rest)
+        route = self.server.route(method, "/" + rest, query)
         if route is None:
             self._send(sock, 404, {"Content-Type": "application/json"}, b'{"error": "no such route"}')
             return True
@@ -257,9 +257,10 @@ class Server(socketserver.ThreadingTCPServer):
         self.log = log
         self._log_lock = threading.Lock()
 
-    def route(self, method: str, path: str) -> Route | None:
+    def route(self, method: str, path: str, query: str) -> Route | None:
+        """The first route for ``method`` whose pattern matches the path with its query, or without."""
         for route, pattern in self.routes:
-            if route.method == method and pattern.fullmatch(path):
+            if route.method == method and (pattern.fullmatch(f"{path}?{query}") or pattern.fullmatch(path)):
                 return route
         return None
 
