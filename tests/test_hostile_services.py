@@ -40,6 +40,8 @@ from tests.test_boot_hook import HOOK, Host, domain_xml
 from tests.test_real_images import qemu
 
 IMAGE_ID = "6b0d5c8e-1f7a-4c2e-9a53-0d5e1c6f7a11"
+#: A qcow2 image Nova converted to raw, without a raw-digest statement: adopted by conversion.
+QCOW2_ID = "0f3c2b1a-5d4e-4f60-9a7b-8c9d0e1f2a3b"
 CERT_ID = "9c1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 TOKEN = "hostile-test-token"
 #: Deadline of one in-process client call, and the slack allowed on top (thread start, a GC pause).
@@ -56,7 +58,8 @@ def _record(data: bytes, properties: dict[str, str]) -> dict[str, Any]:
             "size": len(data), **properties}
 
 
-def _routes(data: bytes, record: dict[str, Any], cert_der: bytes, cert_pem: bytes, transit_pem: str) -> list[Route]:
+def _routes(data: bytes, record: dict[str, Any], cert_der: bytes, cert_pem: bytes, transit_pem: str,
+            qcow2: bytes, qcow2_record: dict[str, Any]) -> list[Route]:
     catalog = [
         {"type": "image", "name": "glance", "endpoints": [
             {"interface": "public", "region": "RegionOne", "region_id": "RegionOne", "id": "g",
@@ -97,12 +100,15 @@ def _routes(data: bytes, record: dict[str, Any], cert_der: bytes, cert_pem: byte
         Route("GET", f"/barbican/v1/secrets/{CERT_ID}/payload", 200, cert_pem,  # Barbican keeps certificates as PEM
               {"Content-Type": "application/octet-stream"}, "barbican"),
         json_route("GET", "/transit/v1/transit/keys/k", transit, tag="transit"),
+        json_route("GET", f"/glance/v2/images/{QCOW2_ID}", qcow2_record),
+        Route("GET", f"/glance/v2/images/{QCOW2_ID}/file", 200, qcow2, {"Content-Type": "application/octet-stream"},
+              "glance-data"),
     ]
 
 
 class Fixture:
-    def __init__(self, server: Hostile, data: bytes, record: dict[str, Any], cert_der: bytes) -> None:
-        self.server, self.data, self.record, self.cert_der = server, data, record, cert_der
+    def __init__(self, server: Hostile, data: bytes, record: dict[str, Any], cert_der: bytes, qcow2: Path) -> None:
+        self.server, self.data, self.record, self.cert_der, self.qcow2 = server, data, record, cert_der, qcow2
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +135,16 @@ def hostile(tmp_path_factory) -> Iterator[Fixture]:
         serialization.Encoding.DER)
     transit_pem = rsa.generate_private_key(65537, 2048).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    routes = _routes(data, record, cert_der, cert_of("RSA-PSS").read_bytes(), transit_pem)
+    qcow2 = tmp / "image.qcow2"
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", qcow2, "8M")
+    qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x4f 0 1M", qcow2)
+    signed_qcow2 = run_cli("sign", qcow2, "--key", key_of("RSA-PSS"), "--cert-uuid", CERT_ID, "--no-raw-digest")
+    assert signed_qcow2.code == 0, signed_qcow2
+    qcow2_record = {**_record(qcow2.read_bytes(), signed_qcow2.json()), "id": QCOW2_ID, "disk_format": "qcow2"}
+    routes = _routes(data, record, cert_der, cert_of("RSA-PSS").read_bytes(), transit_pem, qcow2.read_bytes(),
+                     qcow2_record)
     with hostile_server(routes, tmp) as server:
-        yield Fixture(server, data, record, cert_der)
+        yield Fixture(server, data, record, cert_der, qcow2)
 
 
 # --- the clients, in process ------------------------------------------------------------------------
@@ -277,3 +290,86 @@ def test_no_client_follows_a_redirect(hostile, tmp_path):
 
 
 # --- the boot hook ----------------------------------------------------------------------------------
+
+#: [boot] adopt_timeout and adopt_conversion_timeout of the hook runs; the slack covers Python's start
+#: and imports (keystoneauth, castellan, oslo) on a busy CI machine.
+HOOK_TIMEOUT = 1.5
+HOOK_SLACK = 5.0
+#: Most the hook's maximum RSS may be (its imports take about 100 MiB; a 64 MiB answer read whole, or
+#: the 512 MiB gzip bomb inflated, would pass it).
+HOOK_MEMORY = 170 * 1024 * 1024
+
+
+def _hook(host: Host, image_id: str, hostile: Fixture, *, glance: str, vault: str, extra: str = "",
+          base: bytes | None = None) -> tuple[int, str, float, int]:
+    """Boot an instance over an unrecorded base of ``image_id`` through the real hook: (exit code,
+    stderr, seconds, maximum RSS in bytes)."""
+    host.config.write_text(
+        host.config.read_text() + f"adopt_timeout = {HOOK_TIMEOUT:g}\n{extra}"
+        f"\n[glance]\nauth_type = admin_token\nendpoint = {glance}/glance\ntoken = {TOKEN}\n"
+        f"\n[key_manager]\nbackend = vault\n\n[vault]\nvault_url = {vault}/vault\nroot_token_id = {TOKEN}\n"
+        "kv_mountpoint = secret\nkv_version = 2\ntimeout = 30\n")
+    (host.instances / "_base").mkdir(parents=True, exist_ok=True)
+    if base is None:
+        host.base(image_id).write_bytes(hostile.data)
+    else:
+        host.base(image_id).write_bytes(base)
+    instance, disk = host.instance(image_id)
+    rss = host.tmp / "maxrss"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", _MEASURED, str(rss), sys.executable, str(HOOK),
+                             f"instance-{instance[:8]}", "prepare", "begin", "-"],
+                            input=domain_xml(instance, image_id, [(disk, "qcow2")]).encode(), capture_output=True,
+                            timeout=60, env={**os.environ, "IMGSIGN_BOOT_CONFIG": str(host.config)})
+    elapsed = time.monotonic() - start
+    return result.returncode, result.stderr.decode(errors="replace"), elapsed, int(rss.read_text()) * 1024
+
+
+#: Runs a command and writes its maximum RSS (KiB, from the kernel's accounting of the reaped child) to argv[1].
+_MEASURED = ("import resource, subprocess, sys\n"
+             "code = subprocess.call(sys.argv[2:])\n"
+             "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+             "sys.exit(code)\n")
+
+
+def _judge(code: int, stderr: str, elapsed: float, rss: int, behaviour: str, codes: set[int],
+           survivable: set[str], bound: float) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert elapsed < bound + HOOK_SLACK, (behaviour, elapsed, stderr)
+    assert rss < HOOK_MEMORY, (behaviour, rss // 2 ** 20, stderr)
+    if behaviour in survivable and code == 0:
+        return
+    assert behaviour != "ok", (code, stderr)
+    assert code in codes, (behaviour, code, stderr)
+
+
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_the_hook_refuses_a_hostile_glance_within_adopt_timeout(hostile, behaviour, tmp_path):
+    """Glance's image record misbehaves; the key manager is well-behaved."""
+    host = Host(tmp_path)
+    code, stderr, elapsed, rss = _hook(host, IMAGE_ID, hostile, glance=hostile.server.url(behaviour, "glance"),
+                                       vault=hostile.server.url())
+    _judge(code, stderr, elapsed, rss, behaviour, {70}, {"ok"}, HOOK_TIMEOUT)
+
+
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_the_hook_refuses_a_hostile_key_manager_within_adopt_timeout(hostile, behaviour, tmp_path):
+    """castellan's Vault backend meets the misbehaviour; Glance is well-behaved."""
+    host = Host(tmp_path)
+    code, stderr, elapsed, rss = _hook(host, IMAGE_ID, hostile, glance=hostile.server.url(),
+                                       vault=hostile.server.url(behaviour, "vault"))
+    _judge(code, stderr, elapsed, rss, behaviour, {50, 51}, {"ok", "other-image"}, HOOK_TIMEOUT)
+
+
+@pytest.mark.parametrize("behaviour", [b for b in BEHAVIOURS if b not in ("other-image", "escapes")])  # JSON only
+def test_the_hook_refuses_a_hostile_download_within_adopt_conversion_timeout(hostile, behaviour, tmp_path):
+    """Adoption by conversion: the qcow2's data misbehaves (the record and the key manager do not).  A
+    larger original than adopt_conversion_max_size is an input error (10), one that does not verify 31."""
+    host = Host(tmp_path)
+    raw = tmp_path / "nova.raw"
+    qemu("qemu-img", "convert", "-f", "qcow2", "-O", "raw", hostile.qcow2, raw)  # what Nova did
+    code, stderr, elapsed, rss = _hook(
+        host, QCOW2_ID, hostile, glance=hostile.server.url(behaviour, "glance-data"), vault=hostile.server.url(),
+        extra=f"adopt_by_conversion = true\nadopt_conversion_timeout = {HOOK_TIMEOUT:g}\n"
+              "adopt_conversion_max_size = 16M\n", base=raw.read_bytes())
+    _judge(code, stderr, elapsed, rss, behaviour, {70, 10, 31}, {"ok"}, 2 * HOOK_TIMEOUT)
