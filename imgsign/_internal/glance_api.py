@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = (10.0, 120.0)
 #: Images per page when listing.
 PAGE_SIZE = 200
+#: Most pages of a listing (two million images): a Glance that keeps naming new pages is refused.
+MAX_PAGES = 10_000
 #: Glance's JSON-patch media type for PATCH /v2/images/{id}.
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 _VERSION_SUFFIX = re.compile(r"/v2(\.\d+)?/?$")
@@ -181,6 +183,8 @@ class GlanceClient:
         while path is not None:
             if path in seen:
                 raise errors.GlanceUnavailable(f"Glance's image list pages loop (next page {path[:200]} again)")
+            if len(seen) >= MAX_PAGES:
+                raise errors.GlanceUnavailable(f"Glance's image list has more than {MAX_PAGES} pages; refused")
             seen.add(path)
             with self._phase("list images"):
                 page = self._json(self._check(self._request("GET", path), "list images"), "list images")
