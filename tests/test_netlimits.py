@@ -114,3 +114,16 @@ def test_the_watchdog_never_shuts_down_a_socket_that_took_a_closed_ones_number()
     finally:
         for sock in (left, right):
             sock.close()
+
+
+def test_a_connection_kept_alive_from_before_the_phase_is_cut_at_the_deadline_too(server):
+    """requests reuses a pooled connection (no new connect): the phase must still cut it at its deadline."""
+    session = requests.Session()
+    assert session.get(f"{server.url()}/thing", timeout=30).content == BODY  # pooled, kept alive
+    start = time.monotonic()
+    with pytest.raises(errors.GlanceUnavailable, match="did not answer within 1 s"), \
+            netlimits.limited(Deadline(1.0, "the test"), errors.GlanceUnavailable, "Glance"):
+        session.get(f"{server.url('trickle')}/thing", timeout=30).content  # noqa: B018 - reads the body
+    assert time.monotonic() - start < 1.0 + SLACK
+    connections = {r["peer"] for r in server.requests()[-2:]}
+    assert len(connections) == 1, "the second request did not reuse the first one's connection"

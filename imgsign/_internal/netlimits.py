@@ -5,7 +5,8 @@ calling thread:
 
 * **The deadline bounds everything, not each read.**  Every socket the thread connects during
   the phase, by any library (requests, keystoneauth, castellan's Vault client, barbicanclient),
-  is seen through Python's ``socket.connect`` audit event and registered with the phase.  At the
+  is seen through Python's ``socket.connect`` audit event and registered with the phase, and so
+  is every kept-alive connection urllib3's pool hands out again to a request in the phase.  At the
   deadline a watchdog shuts every registered socket down, so a connect that hangs, headers or a
   body that trickle in a byte at a time, or a stalled read return at once; a connect tried after
   the deadline is refused.  (Name resolution, ``getaddrinfo``, cannot be interrupted: the
@@ -25,8 +26,8 @@ calling thread:
   saying which limit was hit.  Otherwise exceptions pass through unchanged.
 
 Phases nest (each keeps its own deadline, the innermost its cap).  Outside a phase nothing
-changes: the audit hook and the two ``requests`` adapter hooks are installed on first use and
-only look at a thread-local list.  The libraries build their own HTTP sessions (castellan,
+changes: the audit hook, the two ``requests`` adapter hooks and the urllib3 pool hook are
+installed on first use and only look at a thread-local list.  The libraries build their own HTTP sessions (castellan,
 keystoneauth, barbicanclient), which is why the limits are applied at the socket and adapter
 level rather than by options passed to each.
 """
@@ -239,7 +240,28 @@ def _install() -> None:
 
         adapter.add_headers = limited_add_headers  # type: ignore[method-assign]
         adapter.build_response = limited_build_response  # type: ignore[method-assign]
+        _watch_pooled_connections()
         _installed = True
+
+
+def _watch_pooled_connections() -> None:
+    """A kept-alive connection urllib3 hands out again was connected before the phase (no connect event):
+    register its socket when the pool gives it to a request made in a phase."""
+    import urllib3.connectionpool
+
+    pool = urllib3.connectionpool.HTTPConnectionPool
+    get_conn = pool._get_conn
+
+    def limited_get_conn(self: Any, timeout: float | None = None) -> Any:
+        connection = get_conn(self, timeout)
+        stack = getattr(_local, "stack", None)
+        sock = getattr(connection, "sock", None)
+        if stack and sock is not None:
+            for phase in stack:
+                phase.register(sock)
+        return connection
+
+    pool._get_conn = limited_get_conn  # type: ignore[method-assign]
 
 
 class _CappedBody:

@@ -144,7 +144,7 @@ class Handler(socketserver.BaseRequestHandler):
         segment, _, rest = path.lstrip("/").partition("/")
         behaviour, _, tag = segment.partition("@")
         base = f"http://127.0.0.1:{self.server.server_address[1]}/{segment}"
-        self.server.record({"method": method, "target": target, "headers": headers,
+        self.server.record({"method": method, "target": target, "headers": headers, "peer": self.client_address[1],
                             "body": request_body[:4096].decode("latin-1")})
         route = self.server.route(method, "/" + rest, query)
         if route is None:
