@@ -81,6 +81,11 @@ def _routes(data: bytes, record: dict[str, Any], cert_der: bytes, cert_pem: byte
     transit = {"data": {"type": "rsa-2048", "latest_version": 1, "name": "k",
                         "keys": {"1": {"public_key": transit_pem, "creation_time": "2026-01-01T00:00:00Z"}}}}
     return [
+        json_route("GET", "/identity/v3/?", {"version": {  # Keystone's version discovery
+            "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+            "links": [{"rel": "self", "href": "{base}/identity/v3/"}],
+            "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}]}},
+                   tag="keystone"),
         json_route("POST", "/identity/v3/auth/tokens", token, status=201, tag="keystone",
                    headers={"X-Subject-Token": TOKEN}),
         json_route("GET", f"/glance/v2/images/{IMAGE_ID}", record, tag="glance"),
@@ -300,12 +305,17 @@ HOOK_MEMORY = 170 * 1024 * 1024
 
 
 def _hook(host: Host, image_id: str, hostile: Fixture, *, glance: str, vault: str, extra: str = "",
-          base: bytes | None = None) -> tuple[int, str, float, int]:
+          base: bytes | None = None, keystone: str | None = None) -> tuple[int, str, float, int]:
     """Boot an instance over an unrecorded base of ``image_id`` through the real hook: (exit code,
-    stderr, seconds, maximum RSS in bytes)."""
+    stderr, seconds, maximum RSS in bytes).  With ``keystone`` the hook gets a token there (password
+    auth) and Glance's endpoint from its catalog, else it uses ``glance`` with a token of its own."""
+    credentials = (f"auth_type = admin_token\nendpoint = {glance}/glance\ntoken = {TOKEN}\n" if keystone is None
+                   else f"auth_type = password\nauth_url = {keystone}/identity/v3\nusername = demo\n"
+                        "password = secret\nproject_name = demo\nuser_domain_id = default\n"
+                        "project_domain_id = default\nvalid_interfaces = public\n")
     host.config.write_text(
         host.config.read_text() + f"adopt_timeout = {HOOK_TIMEOUT:g}\n{extra}"
-        f"\n[glance]\nauth_type = admin_token\nendpoint = {glance}/glance\ntoken = {TOKEN}\n"
+        f"\n[glance]\n{credentials}"
         f"\n[key_manager]\nbackend = vault\n\n[vault]\nvault_url = {vault}/vault\nroot_token_id = {TOKEN}\n"
         "kv_mountpoint = secret\nkv_version = 2\ntimeout = 30\n")
     (host.instances / "_base").mkdir(parents=True, exist_ok=True)
@@ -349,6 +359,15 @@ def test_the_hook_refuses_a_hostile_glance_within_adopt_timeout(hostile, behavio
     code, stderr, elapsed, rss = _hook(host, IMAGE_ID, hostile, glance=hostile.server.url(behaviour, "glance"),
                                        vault=hostile.server.url())
     _judge(code, stderr, elapsed, rss, behaviour, {70}, {"ok"}, HOOK_TIMEOUT)
+
+
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_the_hook_refuses_a_hostile_keystone_within_adopt_timeout(hostile, behaviour, tmp_path):
+    """Keystone's token answer misbehaves (the catalog it names points at a well-behaved Glance)."""
+    host = Host(tmp_path)
+    code, stderr, elapsed, rss = _hook(host, IMAGE_ID, hostile, glance="", vault=hostile.server.url(),
+                                       keystone=hostile.server.url(behaviour, "keystone"))
+    _judge(code, stderr, elapsed, rss, behaviour, {70}, {"ok", "other-image"}, HOOK_TIMEOUT)
 
 
 @pytest.mark.parametrize("behaviour", BEHAVIOURS)
