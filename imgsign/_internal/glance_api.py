@@ -166,7 +166,7 @@ class GlanceClient:
                                             image_id), what)
         if not isinstance(record, dict):
             raise errors.GlanceUnavailable(f"Glance answered {what} with something that is not an image record")
-        if record.get("id") != image_id:
+        if not isinstance(record.get("id"), str) or record["id"].lower() != image_id.lower():  # a UUID's case
             raise errors.GlanceUnavailable(f"Glance answered {what} with the record of another image "
                                            f"({str(record.get('id'))[:80]!r})")
         return record
