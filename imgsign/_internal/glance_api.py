@@ -11,6 +11,16 @@ a 5xx, 401 or 403 is :class:`~imgsign.errors.GlanceUnavailable` (70); an unknown
 image :class:`~imgsign.errors.ImageNotFound` (71); an image without data
 :class:`~imgsign.errors.ImageHasNoData` (72). A download that ends early raises;
 it never looks like a shorter image.
+
+Limits (:mod:`imgsign._internal.netlimits`): every call that answers a JSON document (with the
+Keystone calls it makes) ends within the request timeout's connect plus read seconds *in total*,
+however slowly Glance sends, and reads at most :data:`~imgsign._internal.netlimits.MAX_DOCUMENT`
+(4 MiB); a stream of image data is never buffered, must not be compressed (``Accept-Encoding:
+identity`` is sent, any other ``Content-Encoding`` is refused), must not pass its
+``Content-Length``, and ends by the deadline its caller gives (the hook's
+``adopt_conversion_timeout``); without one, each read waits at most the read timeout.  An uploaded
+body has no total deadline (it may be gigabytes); Glance's answer to it is capped.  Redirects are
+never followed.  Going over a limit is :class:`~imgsign.errors.GlanceUnavailable` (70).
 """
 
 from __future__ import annotations
@@ -21,16 +31,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from imgsign import errors
+from imgsign._internal import netlimits
+from imgsign._internal.deadline import Deadline
 from imgsign._internal.untrusted import one_line, safe
 
 if TYPE_CHECKING:
     import requests
     from keystoneauth1.session import Session
 
-#: (connect, read) seconds for one request; the read timeout is per socket read, not the whole body.
+#: (connect, read) seconds for one request: each socket read waits at most the read timeout, and a call
+#: that answers a JSON document ends within their sum in total (a wall-clock deadline).
 DEFAULT_TIMEOUT = (10.0, 120.0)
 #: Images per page when listing.
 PAGE_SIZE = 200
+#: Most pages of a listing (two million images): a Glance that keeps naming new pages is refused.
+MAX_PAGES = 10_000
 #: Glance's JSON-patch media type for PATCH /v2/images/{id}.
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 _VERSION_SUFFIX = re.compile(r"/v2(\.\d+)?/?$")
@@ -74,6 +89,12 @@ class GlanceClient:
         self._timeout = timeout
         self._root: str | None = None
 
+    def _phase(self, what: str, deadline: Deadline | None = None, *, bounded: bool = True) -> Any:
+        """One call as a network phase: within the request timeout in total (and ``deadline``, whichever
+        comes first; ``bounded=False``: ``deadline`` only), its answer capped at MAX_DOCUMENT."""
+        total = Deadline(sum(self._timeout), "the Glance request timeout").sooner(deadline) if bounded else deadline
+        return netlimits.limited(total, errors.GlanceUnavailable, f"Glance (asked to {what})")
+
     # --- plumbing ------------------------------------------------------------------------------
 
     @property
@@ -87,6 +108,9 @@ class GlanceClient:
             except ks.ClientException as exc:  # authentication (Keystone) comes first, then the catalog
                 raise errors.GlanceUnavailable(
                     f"cannot authenticate or find the image service (Glance): {_first_line(exc)}") from None
+            except Exception as exc:  # noqa: BLE001 - keystoneauth parsing a broken or hostile Keystone's answer
+                raise errors.GlanceUnavailable(f"Keystone's answer is not usable ({type(exc).__name__}): cannot "
+                                               "authenticate or find the image service (Glance)") from None
             if not found:
                 raise errors.GlanceUnavailable("cannot find the image service (Glance) in the service catalog")
             self._root = _VERSION_SUFFIX.sub("", str(found).rstrip("/") + "/").rstrip("/")
@@ -106,6 +130,11 @@ class GlanceClient:
                                          log=not stream and "data" not in kwargs, **kwargs)
         except ks.ClientException as exc:  # connection refused, timeouts, TLS, no token, no endpoint
             raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: {_first_line(exc)}") from None
+        except errors.ImgsignError:  # from finding the endpoint: says what it is itself
+            raise
+        except Exception as exc:  # noqa: BLE001 - keystoneauth re-authenticating with a hostile Keystone, a cut body
+            raise errors.GlanceUnavailable(f"Glance at {self.endpoint} is unavailable: the request failed "
+                                           f"({type(exc).__name__})") from None
 
     def _check(self, response: requests.Response, what: str, image_id: str | None = None,
                refused: type[errors.ImgsignError] = errors.GlanceUnavailable) -> requests.Response:
@@ -129,13 +158,17 @@ class GlanceClient:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def get_image(self, image_id: str) -> dict[str, Any]:
+    def get_image(self, image_id: str, deadline: Deadline | None = None) -> dict[str, Any]:
         """The image record (``GET /v2/images/{id}``): fields and properties in one mapping."""
         what = f"show image {image_id}"
-        record = self._json(self._check(self._request("GET", f"/v2/images/{_quote(image_id)}"), what, image_id),
-                            what)
+        with self._phase(what, deadline):
+            record = self._json(self._check(self._request("GET", f"/v2/images/{_quote(image_id)}"), what,
+                                            image_id), what)
         if not isinstance(record, dict):
             raise errors.GlanceUnavailable(f"Glance answered {what} with something that is not an image record")
+        if not isinstance(record.get("id"), str) or record["id"].lower() != image_id.lower():  # a UUID's case
+            raise errors.GlanceUnavailable(f"Glance answered {what} with the record of another image "
+                                           f"({str(record.get('id'))[:80]!r})")
         return record
 
     def iter_images(self, project_id: str | None = None) -> Iterator[dict[str, Any]]:
@@ -150,24 +183,39 @@ class GlanceClient:
         while path is not None:
             if path in seen:
                 raise errors.GlanceUnavailable(f"Glance's image list pages loop (next page {path[:200]} again)")
+            if len(seen) >= MAX_PAGES:
+                raise errors.GlanceUnavailable(f"Glance's image list has more than {MAX_PAGES} pages; refused")
             seen.add(path)
-            images, path = parse_image_page(self._json(self._check(self._request("GET", path), "list images"),
-                                                       "list images"))
+            with self._phase("list images"):
+                page = self._json(self._check(self._request("GET", path), "list images"), "list images")
+            images, path = parse_image_page(page)
             yield from images
 
-    def iter_data(self, image_id: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    def iter_data(self, image_id: str, chunk_size: int = 1024 * 1024,
+                  deadline: Deadline | None = None) -> Iterator[bytes]:
         """Stream the image's data (``GET /v2/images/{id}/file``) in chunks of at most ``chunk_size``.
 
         Raises :class:`~imgsign.errors.ImageHasNoData` when Glance has none, and
         :class:`~imgsign.errors.GlanceUnavailable` when the body ends before its
-        ``Content-Length`` (or breaks off): a truncated image is never yielded as complete.
+        ``Content-Length`` (or breaks off), passes it, comes compressed, or does not end by
+        ``deadline`` (the whole download, connect to last byte): a truncated image is never
+        yielded as complete.
         """
+        with netlimits.limited(deadline, errors.GlanceUnavailable, f"the download of image {image_id} from Glance",
+                               action="end", max_body=None):
+            yield from self._data(image_id, chunk_size)
+
+    def _data(self, image_id: str, chunk_size: int) -> Iterator[bytes]:
         import requests
 
         what = f"download image {image_id}"
         response = self._check(self._request("GET", f"/v2/images/{_quote(image_id)}/file", stream=True,
                                              headers={"Accept-Encoding": "identity"}), what, image_id)
         with response:
+            encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                raise errors.GlanceUnavailable(f"Glance sent the data of image {image_id} compressed "
+                                               f"({encoding[:40]!r}) though imgsign asked for it as it is; refused")
             if response.status_code == 204:
                 raise errors.ImageHasNoData(f"image {image_id} has no data in Glance (status "
                                             f"{self._status_of(image_id)})")
@@ -198,21 +246,23 @@ class GlanceClient:
 
     def import_methods(self) -> list[str]:
         """The import methods this Glance offers (``GET /v2/info/import``); [] where there is no such call."""
-        response = self._request("GET", "/v2/info/import")
-        if response.status_code == 404:
-            response.close()
-            return []
-        return parse_import_methods(self._json(self._check(response, "list its import methods"),
-                                               "the import-methods query"))
+        with self._phase("list its import methods"):
+            response = self._request("GET", "/v2/info/import")
+            if response.status_code == 404:
+                response.close()
+                return []
+            return parse_import_methods(self._json(self._check(response, "list its import methods"),
+                                                   "the import-methods query"))
 
     # --- writing ---------------------------------------------------------------------------------
 
     def create_image(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Create an image record (``POST /v2/images``); Glance's refusal is an InputError (bad fields)."""
         what = "create the image"
-        response = self._check(self._request("POST", "/v2/images", json=dict(fields)), what,
-                               refused=errors.InputError)
-        record = self._json(response, what)
+        with self._phase(what):
+            response = self._check(self._request("POST", "/v2/images", json=dict(fields)), what,
+                                   refused=errors.InputError)
+            record = self._json(response, what)
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
             raise errors.GlanceUnavailable("Glance created an image but did not say its id")
         return record
@@ -223,10 +273,11 @@ class GlanceClient:
         patch = [{"op": "replace" if name in current else "add", "path": f"/{name}", "value": value}
                  for name, value in properties.items()]
         what = f"set properties of image {image_id}"
-        response = self._check(self._request("PATCH", f"/v2/images/{_quote(image_id)}", data=json.dumps(patch),
-                                             headers={"Content-Type": PATCH_TYPE}), what, image_id,
-                               refused=errors.ImportFailed)
-        record = self._json(response, what)
+        with self._phase(what):
+            response = self._check(self._request("PATCH", f"/v2/images/{_quote(image_id)}", data=json.dumps(patch),
+                                                 headers={"Content-Type": PATCH_TYPE}), what, image_id,
+                                   refused=errors.ImportFailed)
+            record = self._json(response, what)
         return record if isinstance(record, dict) else {}
 
     def stage(self, image_id: str, data: Iterable[bytes | memoryview], size: int) -> None:
@@ -240,23 +291,26 @@ class GlanceClient:
 
     def _put_data(self, image_id: str, where: str, data: Iterable[bytes | memoryview], size: int) -> None:
         what = f"accept the data of image {image_id} (PUT /{where})"
-        response = self._request("PUT", f"/v2/images/{_quote(image_id)}/{where}", data=SizedBody(data, size),
-                                 headers={"Content-Type": "application/octet-stream"})
-        self._check(response, what, image_id, refused=errors.ImportFailed).close()
+        with self._phase(what, bounded=False):  # gigabytes may take long to send; the answer is capped
+            response = self._request("PUT", f"/v2/images/{_quote(image_id)}/{where}", data=SizedBody(data, size),
+                                     headers={"Content-Type": "application/octet-stream"})
+            self._check(response, what, image_id, refused=errors.ImportFailed).close()
 
     def import_image(self, image_id: str, method: str = "glance-direct") -> None:
         """Start the import of the image's staged data (``POST /v2/images/{id}/import``)."""
-        self._check(self._request("POST", f"/v2/images/{_quote(image_id)}/import",
-                                  json={"method": {"name": method}}),
-                    f"import image {image_id}", image_id, refused=errors.ImportFailed).close()
+        with self._phase(f"import image {image_id}"):
+            self._check(self._request("POST", f"/v2/images/{_quote(image_id)}/import",
+                                      json={"method": {"name": method}}),
+                        f"import image {image_id}", image_id, refused=errors.ImportFailed).close()
 
     def delete_image(self, image_id: str) -> bool:
         """Delete the image; False if Glance had no such image (any more)."""
-        response = self._request("DELETE", f"/v2/images/{_quote(image_id)}")
-        if response.status_code == 404:
-            response.close()
-            return False
-        self._check(response, f"delete image {image_id}", image_id).close()
+        with self._phase(f"delete image {image_id}"):
+            response = self._request("DELETE", f"/v2/images/{_quote(image_id)}")
+            if response.status_code == 404:
+                response.close()
+                return False
+            self._check(response, f"delete image {image_id}", image_id).close()
         return True
 
     def wait_for_import(self, image_id: str, timeout: float, interval: float = 0.25, max_interval: float = 2.0,
@@ -267,14 +321,16 @@ class GlanceClient:
 
         Raises :class:`~imgsign.errors.ImportFailed` when Glance reports the import as failed
         (``os_glance_failed_import``, a ``killed``/``deleted`` status, or the import task's
-        failure message) and when it has not ended within ``timeout`` seconds.
+        failure message) and when it has not ended within ``timeout`` seconds; every call to
+        Glance ends by then too (:class:`~imgsign.errors.GlanceUnavailable` if one does not).
         """
         import time
 
         pause = sleep or time.sleep
         deadline = time.monotonic() + timeout
+        clock = Deadline(timeout, "--import-timeout")
         while True:
-            record = self.get_image(image_id)
+            record = self.get_image(image_id, clock)
             status = record.get("status")
             if status == "active":
                 return record
@@ -289,17 +345,18 @@ class GlanceClient:
             if time.monotonic() > deadline:
                 raise errors.ImportFailed(f"the import of image {image_id} did not end within {timeout:.0f}s "
                                           f"(status {status})")
-            pause(interval)
+            pause(min(interval, clock.remaining()))
             interval = min(max_interval, interval * 1.5)
 
     def import_failure(self, image_id: str) -> str | None:
         """The message of the image's failed import task, if Glance tells (``GET /v2/images/{id}/tasks``)."""
         try:
-            response = self._request("GET", f"/v2/images/{_quote(image_id)}/tasks")
-            if response.status_code != 200:
-                response.close()
-                return None
-            tasks = self._json(response, "the task list").get("tasks", [])
+            with self._phase(f"list the tasks of image {image_id}"):
+                response = self._request("GET", f"/v2/images/{_quote(image_id)}/tasks")
+                if response.status_code != 200:
+                    response.close()
+                    return None
+                tasks = self._json(response, "the task list").get("tasks", [])
         except (errors.ImgsignError, AttributeError):
             return None
         for task in tasks if isinstance(tasks, list) else []:

@@ -35,9 +35,18 @@ the base is) without a raw-digest statement is refused
 a qcow2.  The network calls for the image record and certificates run on a daemon thread the hook
 stops waiting for at the deadline; it only fetches, everything that touches the base or the state
 directory runs after it, on the hook's own thread.  The download of adoption by conversion runs on
-the hook's thread, in the sealed-base step: each read is bounded by the Glance request timeout,
-the whole download and conversion by ``adopt_conversion_timeout`` (checked after every chunk;
-Glance too slow is :class:`~imgsign.errors.GlanceUnavailable`).
+the hook's thread, in the sealed-base step.
+
+Deadlines are on the clock, not per read (:mod:`imgsign._internal.netlimits`): every network
+call of one hook run (Keystone, Glance's records, the key manager) runs under one
+``adopt_timeout`` deadline that bounds connecting, every read and every body as a whole, and
+all downloads and conversions of adoption by conversion of the run under one
+``adopt_conversion_timeout`` deadline; a peer that trickles, stalls or never answers is cut off
+at the deadline (:class:`~imgsign.errors.GlanceUnavailable` or
+:class:`~imgsign.errors.KeyManagerError`).  So the hook decides within ``adopt_timeout +
+adopt_conversion_timeout`` seconds plus its local work, whatever the services do.  Every answer
+is capped (4 MiB for a record, a token or a secret; the image data at
+``adopt_conversion_max_size`` and its announced size, streamed to disk, never held in memory).
 """
 
 from __future__ import annotations
@@ -47,11 +56,11 @@ import dataclasses
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imgsign._internal import redact
+from imgsign._internal import netlimits, redact
+from imgsign._internal.deadline import Deadline
 from imgsign.compute import qemu_img
 from imgsign.compute.boot import BootDecision, Mode
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
@@ -123,7 +132,9 @@ class SelfAdopter:
         self.mode = mode
         self.trusted_ids = trusted_ids
         self._settings: _Settings | None = None
-        self._deadline: float | None = None
+        #: One for all of this run's fetches ([boot] adopt_timeout), one for all its conversions.
+        self._deadline: Deadline | None = None
+        self._conversion_deadline: Deadline | None = None
 
     def adopt(self, path: str, image_id: str | None) -> tuple[list[Result], list[tuple[str, str]]]:
         """Adopt ``path`` (a layer of a disk) if it is ``_base/<sha1(image_id)>`` and has no record.
@@ -172,7 +183,8 @@ class SelfAdopter:
             settings = self.settings()
             if not settings.enabled:
                 return [], None
-            fetched = self._within_deadline(settings, lambda stage: _fetch(settings, image_id, self.trusted_ids, stage))
+            fetched = self._within_deadline(
+                settings, lambda stage, deadline: _fetch(settings, image_id, self.trusted_ids, stage, deadline))
             record = self._adopt(image_id, fetched)
         except ImgsignError as exc:
             message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
@@ -188,22 +200,24 @@ class SelfAdopter:
             self._settings = _Settings.load(self.config_path)
         return self._settings
 
-    def _within_deadline(self, settings: _Settings, work: Callable[[list[str]], T]) -> T:
-        """Run ``work`` on a daemon thread; give up at this run's deadline (one budget for all images)."""
+    def _within_deadline(self, settings: _Settings, work: Callable[[list[str], Deadline], T]) -> T:
+        """Run ``work`` on a daemon thread under this run's deadline (one budget for all images); the
+        thread's sockets are cut at the deadline, and the hook stops waiting for it then in any case."""
         if self._deadline is None:
-            self._deadline = time.monotonic() + settings.timeout
+            self._deadline = Deadline(settings.timeout, "[boot] adopt_timeout")
+        deadline = self._deadline
         stage = ["glance"]
         outcome: list[Any] = []
 
         def run() -> None:
             try:
-                outcome.append((True, work(stage)))
+                outcome.append((True, work(stage, deadline)))
             except BaseException as exc:  # noqa: BLE001 - handed to the hook's thread as it is
                 outcome.append((False, exc))
 
         thread = threading.Thread(target=run, name="imgsign-adopt-fetch", daemon=True)
         thread.start()
-        thread.join(max(0.0, self._deadline - time.monotonic()))
+        thread.join(deadline.remaining())
         if not outcome:
             what = ("Glance (or Keystone) did not answer" if stage[0] == "glance" else
                     "the key manager did not answer")
@@ -243,19 +257,22 @@ class SelfAdopter:
                     "; the hook downloads and converts such an image only with [boot] adopt_by_conversion = true"
                     if not options.enabled else "; only a qcow2 is adopted by conversion"))
         size = image.get("size")
-        deadline = time.monotonic() + options.timeout
-        return Original(_until(deadline, options.timeout, image_id, settings.glance().iter_data(image_id)),
-                        max_size=options.max_size, deadline=deadline,
+        if self._conversion_deadline is None:
+            self._conversion_deadline = Deadline(options.timeout, "[boot] adopt_conversion_timeout")
+        deadline = self._conversion_deadline
+        return Original(_until(deadline, image_id, settings.glance().iter_data(image_id, deadline=deadline)),
+                        max_size=options.max_size, deadline=deadline.at,
                         announced_size=size if isinstance(size, int) and not isinstance(size, bool) else None)
 
 
-def _until(deadline: float, timeout: float, image_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """``chunks`` until ``deadline``; :class:`GlanceUnavailable` (and the download closed) after it."""
+def _until(deadline: Deadline, image_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` until ``deadline`` (the stream itself is cut there too); :class:`GlanceUnavailable`
+    (and the download closed) after it."""
     try:
         for chunk in chunks:
-            if time.monotonic() > deadline:
-                raise GlanceUnavailable(f"the download of image {image_id} from Glance did not end within "
-                                        f"{timeout:g} s ([boot] adopt_conversion_timeout)")
+            if deadline.expired:
+                raise GlanceUnavailable(f"the download of image {image_id} from Glance did not end "
+                                        f"{deadline.describe()}")
             yield chunk
     finally:
         close = getattr(chunks, "close", None)
@@ -284,24 +301,28 @@ def _converted_without_statement(path: str, image_id: str, image: Mapping[str, A
     return not (disk_format == "qcow2" and head == _QCOW2_MAGIC)  # else force_raw_images = False: the qcow2 itself
 
 
-def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str]) -> Fetched:
-    """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are)."""
+def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str],
+           deadline: Deadline) -> Fetched:
+    """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are),
+    each service as one network phase under ``deadline``."""
     from imgsign.compute.adoption import signature_properties
     from imgsign.keymanager import config as km_config
     from imgsign.keymanager.anchors import fetch_certificate, fetch_trust_anchors
 
-    image = settings.glance().get_image(image_id)
+    with netlimits.limited(deadline, GlanceUnavailable, "Glance (or Keystone)"):
+        image = settings.glance().get_image(image_id, deadline)
     if image.get("id") != image_id:
         raise GlanceUnavailable(f"Glance answered the request for image {image_id} with image {image.get('id')!r}")
     signed = signature_properties(image_id, image)  # unsigned: refused before the key manager is asked
     stage[0] = "key manager"
     conf = settings.options
-    store = km_config.open_store(conf)
-    certificate = fetch_certificate(store, signed.certificate_uuid)
-    anchors = None
-    if trusted_ids:
-        anchors = fetch_trust_anchors(store, trusted_ids, require_crls=conf.imgsign.require_crls,
-                                      max_depth=conf.imgsign.max_chain_depth)
+    with netlimits.limited(deadline, KeyManagerError, "the key manager"):
+        store = km_config.open_store(conf)
+        certificate = fetch_certificate(store, signed.certificate_uuid)
+        anchors = None
+        if trusted_ids:
+            anchors = fetch_trust_anchors(store, trusted_ids, require_crls=conf.imgsign.require_crls,
+                                          max_depth=conf.imgsign.max_chain_depth)
     return Fetched(image, certificate, anchors)
 
 

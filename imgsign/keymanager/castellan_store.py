@@ -1,4 +1,13 @@
-"""A :class:`CertificateStore` over any castellan key manager."""
+"""A :class:`CertificateStore` over any castellan key manager.
+
+Every call is a network phase (:mod:`imgsign._internal.netlimits`) whatever the backend does
+inside (castellan's Vault and Barbican drivers, keystoneauth, barbicanclient build their own HTTP
+sessions): each answer is capped at 4 MiB (a certificate, a CRL, a page of secrets, a token),
+redirects are not followed, and a call that fetches or stores one object ends within
+:data:`CALL_TIMEOUT` seconds in total, however slowly the server answers; a listing (many pages)
+has the cap only.  Going over either is :class:`~imgsign.errors.KeyManagerError` (50).  The boot
+hook runs its key-manager calls under its own, shorter ``[boot] adopt_timeout``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,8 @@ from typing import Any
 from castellan.common import exception as castellan_errors
 from castellan.common.objects import opaque_data, private_key, public_key, x_509
 
+from imgsign._internal import netlimits
+from imgsign._internal.deadline import Deadline
 from imgsign.errors import KeyManagerError, ObjectNotFound
 from imgsign.keymanager import CertificateStore, StoredObject
 
@@ -18,6 +29,9 @@ from imgsign.keymanager import CertificateStore, StoredObject
 BARBICAN_PAGE_SIZE = 100
 #: Listings of Barbican tried before giving up when secrets keep changing meanwhile.
 BARBICAN_LIST_ATTEMPTS = 3
+
+#: Seconds one call for one object may take in total (Keystone, redirects refused, every read).
+CALL_TIMEOUT = 60.0
 
 #: Name prefix that marks opaque data holding a certificate revocation list.
 CRL_NAME_PREFIX = "X.509 CRL: "
@@ -35,8 +49,15 @@ class CastellanStore(CertificateStore):
         self.description = description
 
     @contextlib.contextmanager
-    def _calling(self, action: str, object_id: str | None = None) -> Iterator[None]:
-        """Map castellan and transport errors to imgsign's, naming the backend, never a secret."""
+    def _calling(self, action: str, object_id: str | None = None, *, listing: bool = False) -> Iterator[None]:
+        """One network phase (:data:`CALL_TIMEOUT` in total unless ``listing``); castellan and
+        transport errors mapped to imgsign's, naming the backend, never a secret."""
+        deadline = None if listing else Deadline(CALL_TIMEOUT, "a key-manager call")
+        with netlimits.limited(deadline, KeyManagerError, self.description), self._errors(action, object_id):
+            yield
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, object_id: str | None) -> Iterator[None]:
         try:
             yield
         except castellan_errors.ManagedObjectNotFoundError:
@@ -62,7 +83,7 @@ class CastellanStore(CertificateStore):
 
     def find_certificate(self, der: bytes) -> str | None:
         """The id of a stored certificate with exactly these DER bytes, if any."""
-        with self._calling("list certificates"):
+        with self._calling("list certificates", listing=True):
             for obj in self._list(x_509.X509):
                 if bytes(obj.get_encoded()) == der:
                     return str(obj.id)
@@ -87,13 +108,13 @@ class CastellanStore(CertificateStore):
 
     def get_crls(self) -> list[tuple[str, bytes]]:
         """Every stored CRL as (id, DER); any object that cannot be read is an error, never skipped."""
-        with self._calling("list CRLs"):
+        with self._calling("list CRLs", listing=True):
             objects = self._list(opaque_data.OpaqueData)
             return [(str(o.id), _payload(o, str(o.id), self.description))
                     for o in objects if (o.name or "").startswith(CRL_NAME_PREFIX)]
 
     def list_objects(self, kind: str) -> list[StoredObject]:
-        with self._calling(f"list {kind}s"):
+        with self._calling(f"list {kind}s", listing=True):
             objects = self._list(_KINDS[kind], metadata_only=True)
         return [
             StoredObject(str(o.id), kind, o.name, o.created, getattr(o, "algorithm", None),

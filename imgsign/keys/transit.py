@@ -18,8 +18,12 @@ first) or from ``[transit]`` in imgsign.conf (:func:`settings`).  The token is
 never part of a message, a log line or a repr.
 
 The HTTP client is ``requests`` (which castellan requires anyway): three
-endpoints, every call with a timeout, TLS verified unless the address is a
-loopback ``http://`` one, redirects never followed (they would carry the token).
+endpoints, TLS verified unless the address is a loopback ``http://`` one, redirects
+never followed (they would carry the token).  Each call is one network phase
+(:mod:`imgsign._internal.netlimits`): it ends within ``[transit] timeout`` seconds in
+total, connect to last byte, however slowly the service answers
+(:class:`~imgsign.errors.SignerUnavailable`), and reads at most :data:`MAX_RESPONSE`
+(:class:`~imgsign.errors.SignerRefused`), compressed or not.
 """
 
 from __future__ import annotations
@@ -241,9 +245,18 @@ class TransitClient:
 
     def call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         """``method`` ``/v1/{mount}/{path}``; the response's ``data`` object (empty for 204)."""
+        from imgsign._internal import netlimits
+        from imgsign._internal.deadline import Deadline
+
+        deadline = Deadline(self.settings.timeout, "[transit] timeout")
+        with netlimits.limited(deadline, SignerUnavailable, self.where, max_body=MAX_RESPONSE,
+                               too_large=SignerRefused):
+            status, body = self._send(method, f"{self.settings.address}/v1/{self.settings.mount}/{path}", payload)
+        return self._result(status, body, path)
+
+    def _send(self, method: str, url: str, payload: dict[str, Any] | None) -> tuple[int, bytes]:
         import requests
 
-        url = f"{self.settings.address}/v1/{self.settings.mount}/{path}"
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE override a Session's own verify.
             response = self._session.request(method, url, json=payload, timeout=self.settings.timeout,
@@ -268,7 +281,7 @@ class TransitClient:
             raise SignerUnavailable(f"request to {self.where} failed ({type(exc).__name__})") from None
         if len(body) > MAX_RESPONSE:
             raise SignerRefused(f"{self.where} sent a response larger than {MAX_RESPONSE // 1024} KiB")
-        return self._result(response.status_code, body, path)
+        return response.status_code, body
 
     def _result(self, status: int, body: bytes, path: str) -> dict[str, Any]:
         document = _json_object(body) if body else {}

@@ -6,7 +6,9 @@ always stops it again (its whole process group):
 - :mod:`tests.servers.openbao` — an OpenBao dev server (Vault API), used through
   castellan's ``vault`` backend;
 - :mod:`tests.servers.barbican` — a keystone-less Barbican API, used through
-  castellan's ``barbican`` backend.
+  castellan's ``barbican`` backend;
+- :mod:`tests.servers.hostile` — a stand-in for Glance, Keystone, a key manager and transit
+  that misbehaves on purpose (stdlib only, nothing to install).
 
 The server software is installed on first use into virtualenvs kept under a cache
 directory (``$IMGSIGN_TEST_CACHE``, else ``$XDG_CACHE_HOME/imgsign-tests``, else
