@@ -326,3 +326,35 @@ def test_owner_sealed_base_is_handed_to_the_qemu_user_after_start_begin(libvirt,
     assert "read and verified in full" in entries[0]["message"], entries
     assert "unchanged since its last verification" in entries[1]["message"], entries
     assert base.stat().st_uid == pwd.getpwnam(QEMU_USER).pw_uid
+
+
+def test_save_and_restore_are_checked_again(libvirt, host):
+    """``virsh restore`` (what a migration-style restore does): libvirt passes the saved XML through the
+    hook's ``restore`` call, whose output would replace it (the hook prints nothing), then checks at
+    prepare and start as for a boot; a base changed while the guest was saved is refused."""
+    image_id, _ = host.image()
+    guest = Guest(libvirt, host, image_id)
+    assert guest.start().returncode == 0
+    saved = host.tmp / "saved.img"
+    libvirt.virsh("save", guest.name, str(saved))
+    assert libvirt.state(guest.name) == "shut off"
+    logged = len(guest.entries())
+    libvirt.virsh("restore", str(saved))
+    assert_running(guest)
+    calls = guest.calls()
+    restore = calls.index(("restore", "begin"))
+    assert calls[restore + 1:restore + 3] == [("prepare", "begin"), ("start", "begin")], calls
+    assert [e["allowed"] for e in guest.entries()[logged:]] == [True, True]
+
+    libvirt.virsh("save", guest.name, str(saved))
+    with open(release(host.base(image_id)), "r+b") as handle:  # (root could; nova cannot: sealed)
+        handle.seek(1024 * 1024)
+        byte = handle.read(1)
+        handle.seek(1024 * 1024)
+        handle.write(bytes([byte[0] ^ 1]))
+    refused = libvirt.virsh("restore", str(saved), check=False)
+    assert refused.returncode != 0
+    assert f"{guest.name} prepare begin -) unexpected exit status {errors.InvalidSignature.exit_code}" \
+        in refused.stderr, refused.stderr
+    assert libvirt.state(guest.name) == "shut off"
+    assert libvirt.qemu_processes(guest.name) == []
