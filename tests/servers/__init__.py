@@ -10,6 +10,11 @@ always stops it again (its whole process group):
 - :mod:`tests.servers.hostile` — a stand-in for Glance, Keystone, a key manager and transit
   that misbehaves on purpose (stdlib only, nothing to install).
 
+Beside them, for the compute side: :mod:`tests.servers.libvirt` runs a private
+libvirtd (root, its own mount namespace) that boots real qemu guests through the
+installed hook, and :mod:`tests.servers.nova` runs Nova 34's own image download
+(``fetch_to_raw``) in a venv of its own.
+
 The server software is installed on first use into virtualenvs kept under a cache
 directory (``$IMGSIGN_TEST_CACHE``, else ``$XDG_CACHE_HOME/imgsign-tests``, else
 ``~/.cache/imgsign-tests``), never into the project's own venv: Barbican pins
