@@ -184,14 +184,8 @@ def _forget_secrets():
     redact.forget()
 
 
-@pytest.fixture(autouse=True)
-def _release_sealed_files(request):
-    """After a test, clear the immutable flag of every file under its tmp_path, so it can be removed."""
-    if "tmp_path" not in request.fixturenames:
-        yield
-        return
-    root = request.getfixturevalue("tmp_path")
-    yield
+def release_all(root: str | os.PathLike[str]) -> None:
+    """Clear the immutable flag of every file under ``root`` (not through links), so it can be removed."""
     for directory, _, files in os.walk(root):
         for name in files:
             path = os.path.join(directory, name)
@@ -200,3 +194,26 @@ def _release_sealed_files(request):
                     release(path)
                 except OSError:
                     pass
+
+
+def seal_state(path: str | os.PathLike[str]) -> tuple[int, int, bool | None]:
+    """(owner, mode bits, immutable flag) of ``path``, read through a descriptor (the flag as ``lsattr`` reads it)."""
+    from imgsign.compute import protection
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        return info.st_uid, info.st_mode & 0o7777, protection.is_immutable(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(autouse=True)
+def _release_sealed_files(request):
+    """After a test, clear the immutable flag of every file under its tmp_path, so it can be removed."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    root = request.getfixturevalue("tmp_path")
+    yield
+    release_all(root)

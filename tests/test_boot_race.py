@@ -13,7 +13,7 @@ import pytest
 
 from imgsign import errors
 from imgsign.compute import libvirt_hook, protection
-from tests.conftest import cert_of, release, run_cli
+from tests.conftest import cert_of, release, release_all, run_cli
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY, Attacker, as_attacker, nova_writable_cache
 from tests.test_real_images import qemu
@@ -28,10 +28,7 @@ def host():
     host = Host(path)
     nova_writable_cache(host.instances)
     yield host
-    for directory, _, files in os.walk(path):
-        for name in files:
-            if not os.path.islink(os.path.join(directory, name)):
-                release(os.path.join(directory, name))
+    release_all(path)
     shutil.rmtree(path, ignore_errors=True)
 
 

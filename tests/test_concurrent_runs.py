@@ -29,9 +29,8 @@ from pathlib import Path
 import pytest
 
 from imgsign import errors
-from imgsign.compute import protection
 from imgsign.compute.trust_record import RecordStore, cache_name
-from tests.conftest import REPO, cert_of, release, run_cli
+from tests.conftest import REPO, cert_of, release_all, run_cli, seal_state
 from tests.test_adoption import nova_download, signed_image
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY, nova_writable_cache
@@ -102,10 +101,7 @@ def host():
     host = Host(path)
     os.chmod(nova_writable_cache(host.instances), 0o1775)  # sticky, as the README says: for seal_bases = owner
     yield host
-    for directory, _, files in os.walk(path):
-        for name in files:
-            if not os.path.islink(os.path.join(directory, name)):
-                release(os.path.join(directory, name))
+    release_all(path)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -216,13 +212,8 @@ def configure(host: Host, seal: str, lock_timeout: float = 120) -> None:
 
 def sealed(path: Path, seal: str) -> bool:
     """Root's, 0644 and (``immutable``) immutable: what no non-root user can write."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        immutable = protection.is_immutable(fd)
-    finally:
-        os.close(fd)
-    return info.st_uid == 0 and info.st_mode & 0o7777 == 0o644 and (seal == "owner" or immutable is True)
+    owner, mode, immutable = seal_state(path)
+    return owner == 0 and mode == 0o644 and (seal == "owner" or immutable is True)
 
 
 def wait_until(condition, what: str, timeout: float = 60) -> None:

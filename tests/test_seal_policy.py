@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from imgsign.compute import protection
-from tests.conftest import cert_of, run_cli
+from tests.conftest import cert_of, run_cli, seal_state
 from tests.test_adoption import adopt, nova_download, signed_image
 from tests.test_adoption_all import adopt_all, show_directory
 from tests.test_adoption_by_conversion import make_image, signed_by_hand
@@ -34,13 +33,8 @@ SEALS = ["immutable", "owner"]
 def assert_sealed_as(path: Path, seal: str) -> None:
     """Root's, 0644, and immutable exactly when the seal says so (the flag read with the FS_IOC_GETFLAGS
     ioctl, as ``lsattr`` reads it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        immutable = protection.is_immutable(fd)
-    finally:
-        os.close(fd)
-    assert info.st_uid == 0 and info.st_mode & 0o7777 == 0o644, (path, info)
+    owner, mode, immutable = seal_state(path)
+    assert owner == 0 and mode == 0o644, (path, owner, oct(mode))
     assert immutable is (seal == "immutable"), f"{path}: immutable={immutable} under seal {seal}"
     if shutil.which("lsattr"):
         flags = os.popen(f"lsattr -- {path} 2>/dev/null").read().split()  # noqa: S605 - our own temp path
