@@ -190,3 +190,12 @@ def _release_sealed_files(request):
                     release(path)
                 except OSError:
                     pass
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory):
+    """One real Keystone per test session (per pytest-xdist worker), for the servers that need one."""
+    from tests.servers.keystone import keystone_server
+
+    with keystone_server(tmp_path_factory.mktemp("keystone")) as server:
+        yield server
