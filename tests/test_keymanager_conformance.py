@@ -62,8 +62,8 @@ def openbao_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def barbican_server(tmp_path_factory):
-    with barbican.barbican_server(tmp_path_factory.mktemp("barbican")) as server:
+def barbican_server(tmp_path_factory, keystone):
+    with barbican.barbican_server(tmp_path_factory.mktemp("barbican"), keystone=keystone) as server:
         yield server
 
 

@@ -130,6 +130,7 @@ class KeystoneServer:
     accounts: dict[str, Account] = field(default_factory=dict)
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _account_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def auth_url(self) -> str:
@@ -161,6 +162,7 @@ class KeystoneServer:
         return token
 
     def project_id(self, project: str) -> str:
+        """The id of ``project`` (one that has an account here)."""
         for account in (self.admin, *self.accounts.values()):
             if account.project == project:
                 return account.project_id
@@ -185,8 +187,8 @@ class KeystoneServer:
             "www_authenticate_uri": self.auth_url, "auth_url": self.auth_url, "auth_type": "password",
             "username": auth["username"], "password": auth["password"], "project_name": auth["project_name"],
             "user_domain_name": DOMAIN, "project_domain_name": DOMAIN, "region_name": REGION,
-            "service_token_roles_required": "True", "service_type": "",
-        }.items() if value != "") + "\n"
+            "service_token_roles_required": "True", "interface": "public",
+        }.items()) + "\n"
 
     def keystoneauth_options(self, user: str) -> str:
         """The keystoneauth options of a config-file section (castellan, Nova, Glance style) for ``user``."""
@@ -214,6 +216,10 @@ class KeystoneServer:
 
     def account(self, user: str, project: str, roles: Sequence[str] = ("member",)) -> Account:
         """The account ``user`` of ``project`` with ``roles``, made if it does not exist yet."""
+        with self._account_lock:
+            return self._account(user, project, roles)
+
+    def _account(self, user: str, project: str, roles: Sequence[str]) -> Account:
         existing = self.accounts.get(user)
         if existing is not None:
             if existing.project != project or not set(roles) <= set(existing.roles):
@@ -309,7 +315,8 @@ def keystone_server(workdir: Path | None = None) -> Iterator[KeystoneServer]:
             _manage(venv, conf, ["bootstrap", "--bootstrap-username", "admin",
                                  "--bootstrap-password", admin_password, "--bootstrap-project-name", "admin",
                                  "--bootstrap-role-name", "admin", "--bootstrap-region-id", REGION,
-                                 "--bootstrap-public-url", f"{url}/v3"], workdir, env)
+                                 "--bootstrap-public-url", f"{url}/v3", "--bootstrap-internal-url", f"{url}/v3",
+                                 "--bootstrap-admin-url", f"{url}/v3"], workdir, env)
             return run_server("keystone", [str(python), str(APP_DIR / "serve.py"), str(port), str(os.getpid())],
                               workdir=workdir, env=env, ready=lambda: _ready(url), timeout=START_TIMEOUT,
                               other_logs=[workdir / "keystone-api.log"])
