@@ -199,3 +199,12 @@ def keystone(tmp_path_factory):
 
     with keystone_server(tmp_path_factory.mktemp("keystone")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def barbican_server(tmp_path_factory, keystone):
+    """One Barbican behind the session's Keystone (tests/servers/barbican.py)."""
+    from tests.servers import barbican
+
+    with barbican.barbican_server(tmp_path_factory.mktemp("barbican"), keystone=keystone) as server:
+        yield server

@@ -59,7 +59,7 @@ def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str 
                             max_chain_depth)
     policy = AuditPolicy(anchors, Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates,
                                          at=now), expiry_days, allow_unsigned)
-    glance = glance_client(os_cloud, os_region_name)
+    glance = glance_client(ctx)
     records = list(glance.iter_images(project_id))
     lookup = _certificate_lookup(ctx)
     with _progress(len(records), "assessing", quiet) as step:

@@ -185,4 +185,4 @@ def cert_delete(ctx: click.Context, cert_id: str) -> None:
     store = open_store(ctx)
     store.get_certificate(cert_id)  # refuse to delete something that is not a certificate
     store.delete(cert_id)
-    click.echo(f"deleted {cert_id}", err=True)
+    click.echo(f"deleted {cert_id} from the {store.description}", err=True)

@@ -126,7 +126,8 @@ class GlanceServer:
             return ""
 
 
-def _api_conf(workdir: Path, keystore: Path, import_methods: Sequence[str], keystone: KeystoneServer) -> str:
+def _api_conf(workdir: Path, keystore: Path, import_methods: Sequence[str], keystone: KeystoneServer,
+              key_manager: str | None) -> str:
     # Multi-store configuration (the single-store [glance_store] stores/default_store options are
     # deprecated for removal): one file store "fs"; staging in Glance's reserved staging store.
     return f"""\
@@ -154,11 +155,7 @@ filesystem_store_datadir = {workdir / "tasks"}
 [paste_deploy]
 config_file = {APP_DIR / "glance-api-paste.ini"}
 
-[key_manager]
-backend = imgsign
-
-[imgsign_embedded]
-path = {keystore}
+{key_manager or f"[key_manager]{chr(10)}backend = imgsign{chr(10)}{chr(10)}[imgsign_embedded]{chr(10)}path = {keystore}"}
 
 {keystone.authtoken_conf("glance")}"""
 
@@ -183,7 +180,8 @@ def _ready(url: str, keystone: KeystoneServer) -> bool:
 @contextlib.contextmanager
 def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keystore: Path, plugins: Sequence[str] = (),
                   import_options: Mapping[str, Mapping[str, str]] | None = None,
-                  import_methods: Sequence[str] = ("glance-direct",)) -> Iterator[GlanceServer]:
+                  import_methods: Sequence[str] = ("glance-direct",),
+                  key_manager: str | None = None) -> Iterator[GlanceServer]:
     """Install Glance (if needed) and run it on a free 127.0.0.1 port until the block ends.
 
     ``plugins`` is ``[image_import_opts] image_import_plugins``; ``import_options``
@@ -191,7 +189,8 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
     ``image_conversion``); ``import_methods`` the ``enabled_import_methods`` (none: a
     Glance that only takes ``PUT /file`` uploads). ``keystone`` is the Keystone it validates tokens
     with (the session's ``keystone`` fixture). ``keystore`` is the embedded key manager's SQLite file,
-    shared with the tests that store certificates and keys in it. ``workdir``
+    shared with the tests that store certificates and keys in it; ``key_manager`` (castellan
+    config-file text, e.g. :meth:`BarbicanServer.castellan_config`) replaces it. ``workdir``
     (default: a temporary directory, removed afterwards) holds the configuration
     (``etc/``), database, staging and store directories, ``HOME`` and the logs.
     """
@@ -203,7 +202,7 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
         etc, home = workdir / "etc", workdir / "home"
         for directory in (etc, home, workdir / "staging", workdir / "images", workdir / "tasks"):
             directory.mkdir(parents=True, exist_ok=True)
-        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore, import_methods, keystone))
+        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore, import_methods, keystone, key_manager))
         plugin_list = ", ".join(f"'{name}'" for name in plugins)
         (etc / "glance-image-import.conf").write_text(_ini({
             "image_import_opts": {"image_import_plugins": f"[{plugin_list}]"}, **(import_options or {})}))
