@@ -74,6 +74,8 @@ class Project:
     name: str | None
     #: Where the id came from: ``[imgsign] project_id in FILE``, a cloud's token, imgsign's default.
     source: str
+    #: ``id`` holds a project *name* (credentials that name their project): Keystone resolves it at login.
+    by_name: bool = False
 
     def __str__(self) -> str:
         if self.name and self.name != self.id:
@@ -95,7 +97,7 @@ def resolve_project(conf: cfg.ConfigOpts, scope: KeystoneScope | None) -> Projec
 
 def check_project_for_glance(project: Project, scope: KeystoneScope) -> None:
     """Glance (and Nova) read an image's certificate as the uploader's token's project: refuse another one."""
-    if project.id == scope.project_id:
+    if project.id == scope.project_id or (project.by_name and project.id == scope.project_name):
         return
     token = Project(scope.project_id, scope.project_name, "")
     hint = (f"{project.id!r} is that project's name; the key manager needs its id"
@@ -208,8 +210,16 @@ def project_matters(conf: cfg.ConfigOpts) -> bool:
     return backend_name(conf) != "vault"
 
 
+def has_credentials(conf: cfg.ConfigOpts) -> bool:
+    """Does the file give castellan credentials of its own (``[key_manager] auth_type``, a service's way)?
+    They take precedence over a command's Keystone session (the file is specific to the key manager)."""
+    return backend_name(conf) != EMBEDDED and bool(conf.key_manager.auth_type)
+
+
 def needs_keystone(conf: cfg.ConfigOpts) -> bool:
     """Does opening the key manager need the command's Keystone session (for its project or its token)?"""
+    if has_credentials(conf):
+        return False
     return not conf.imgsign.project_id or backend_name(conf) in KEYSTONE_BACKENDS
 
 
@@ -243,8 +253,10 @@ def open_store(conf: cfg.ConfigOpts, scope: KeystoneScope | None = None) -> Cast
         raise KeyManagerError(
             f"cannot start key manager backend {name!r} set by [key_manager] backend {where}: {detail}"
         ) from None
+    if has_credentials(conf):
+        scope = None
     project = resolve_project(conf, scope)
-    if scope is None and name != EMBEDDED and conf.key_manager.auth_type:
+    if scope is None and has_credentials(conf):
         project = _credentials_project(conf, project)
     if scope is not None and name in KEYSTONE_BACKENDS and project.id != scope.project_id:
         # Barbican files every secret under the token's project, whatever the context says.
@@ -262,7 +274,7 @@ def _context(conf: cfg.ConfigOpts, backend: str, project: Project, scope: Keysto
 
     if scope is not None:
         return _session_context(scope, project_id=project.id, project_name=project.name)
-    if backend != EMBEDDED and conf.key_manager.auth_type:
+    if has_credentials(conf):
         from castellan.common import utils as castellan_utils
 
         try:
@@ -281,7 +293,7 @@ def _credentials_project(conf: cfg.ConfigOpts, fallback: Project) -> Project:
         return fallback
     where = getattr(conf, "imgsign_config_file", None) or "the configuration"
     return Project(project_id or project_name, project_name if project_id else None,
-                   f"[key_manager] credentials in {where}")
+                   f"[key_manager] credentials in {where}", by_name=not project_id)
 
 
 @functools.cache

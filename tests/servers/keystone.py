@@ -237,6 +237,13 @@ class KeystoneServer:
         self.accounts[user] = account
         return account
 
+    def grant(self, user: str, role: str) -> None:
+        """Give ``user`` one more role on its project (tokens issued from now on carry it)."""
+        account = self.accounts[user]
+        self._admin_call("PUT", f"/projects/{account.project_id}/users/{account.user_id}/roles/{self.role_id(role)}")
+        with self._lock:
+            self._tokens.pop(user, None)
+
     def project_user(self, project: str, roles: Sequence[str] = ("member",)) -> Account:
         """A user of ``project`` with ``roles`` (``user-of-PROJECT``; both made on first use)."""
         suffix = "" if tuple(roles) == ("member",) else "-" + "-".join(roles)
@@ -312,11 +319,12 @@ def keystone_server(workdir: Path | None = None) -> Iterator[KeystoneServer]:
 
         def start(port: int):
             url = f"http://127.0.0.1:{port}"
-            _manage(venv, conf, ["bootstrap", "--bootstrap-username", "admin",
-                                 "--bootstrap-password", admin_password, "--bootstrap-project-name", "admin",
+            # The password through the environment: not on a command line, and a leading "-" is no option.
+            _manage(venv, conf, ["bootstrap", "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
                                  "--bootstrap-role-name", "admin", "--bootstrap-region-id", REGION,
                                  "--bootstrap-public-url", f"{url}/v3", "--bootstrap-internal-url", f"{url}/v3",
-                                 "--bootstrap-admin-url", f"{url}/v3"], workdir, env)
+                                 "--bootstrap-admin-url", f"{url}/v3"], workdir,
+                    {**env, "OS_BOOTSTRAP_PASSWORD": admin_password})
             return run_server("keystone", [str(python), str(APP_DIR / "serve.py"), str(port), str(os.getpid())],
                               workdir=workdir, env=env, ready=lambda: _ready(url), timeout=START_TIMEOUT,
                               other_logs=[workdir / "keystone-api.log"])
