@@ -205,3 +205,10 @@ def test_progress_bar_only_on_a_terminal(cloud):
     assert b"assessing" in terminal and b"downloading" in terminal and b"Traceback" not in terminal
     quiet = cloud.audit("--project", cloud.project(OTHER), "--allow-unsigned", "--download", "--json")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_project_name_for_the_id_is_refused(cloud):
+    """Glance's owner filter with the project's *name* matches nothing: main audited zero images and exited 0."""
+    refused = cloud.audit("--project", USER, "--json")
+    assert refused.returncode == errors.InputError.exit_code and refused.stdout == "", refused.stderr
+    assert f"project {USER} ({cloud.project(USER)})" in refused.stderr, refused.stderr

@@ -240,3 +240,16 @@ def test_sign_with_os_cloud_stores_in_that_clouds_project(cloud, tmp_path):
                          "-q", cloud=False)  # no session: project "default", where nothing was stored
     assert unscoped.returncode == errors.ObjectNotFound.exit_code, unscoped.stderr
     assert "project default" in unscoped.stderr, unscoped.stderr
+
+
+def test_verify_reads_the_certificate_from_barbican_with_the_users_token(cloud, tmp_path):
+    image = make_qcow2(tmp_path / "disk.qcow2")
+    signed = cloud.cli("alice", cloud.barbican_conf, "sign", image, "--key", key_of("ECC_SECP384R1"),
+                       "--cert", cert_of("ECC_SECP384R1"), "--store-cert", "-o", tmp_path / "props.json", "-q")
+    assert signed.returncode == 0, signed.stderr
+    verified = cloud.cli("alice", cloud.barbican_conf, "verify", image, "--properties", tmp_path / "props.json")
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: "), verified.stderr
+    # bob's token cannot read alpha's certificate: refused, naming bob's project.
+    refused = cloud.cli("bob", cloud.barbican_conf, "verify", image, "--properties", tmp_path / "props.json")
+    assert refused.returncode == errors.KeyManagerError.exit_code, refused.stderr
+    assert cloud.project("bob") in refused.stderr, refused.stderr
