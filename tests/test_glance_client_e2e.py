@@ -74,7 +74,8 @@ class Env:
     def server(self, name: str) -> GlanceServer:
         if name not in self.servers:
             self.servers[name] = self.stack.enter_context(glance_server(
-                self.root / f"glance-{name}", keystone=self.keystone, keystore=self.keystore, **_settings(name, self.service)))
+                self.root / f"glance-{name}", keystone=self.keystone, keystore=self.keystore,
+                **_settings(name, self.service)))
             self._write_clouds()
         return self.servers[name]
 

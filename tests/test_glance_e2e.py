@@ -125,7 +125,8 @@ def glance_instances(deployment, keystone):
             if name not in running:
                 plugins, options = _instance_settings(name, deployment)
                 running[name] = stack.enter_context(glance_server(
-                    deployment.root / f"glance-{name}", keystone=keystone, keystore=deployment.keystore, plugins=plugins,
+                    deployment.root / f"glance-{name}", keystone=keystone, keystore=deployment.keystore,
+                    plugins=plugins,
                     import_options=options))
             return running[name]
 

@@ -231,7 +231,8 @@ def test_barbican_with_castellan_keystone_options_in_the_config_file(cloud):
 def test_sign_with_os_cloud_stores_in_that_clouds_project(cloud, tmp_path):
     image = make_qcow2(tmp_path / "disk.qcow2")
     keystore = tmp_path / "keystore.sqlite3"
-    conf = cloud.conf("embedded-bob.conf", f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n")
+    conf = cloud.conf("embedded-bob.conf",
+                      f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n")
     signed = cloud.cli("bob", conf, "sign", image, "--key", key_of("RSA-PSS"), "--cert", cert_of("RSA-PSS"),
                        "--store-cert", "--os-cloud", "bob", "-q", cloud=False, clouds_file=True)
     assert signed.returncode == 0, signed.stderr

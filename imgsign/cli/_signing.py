@@ -101,8 +101,8 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
     der = certificate.public_bytes(Encoding.DER)
     km = open_store(ctx)
     conf = config(ctx)
-    scope = keystone_scope(ctx)
-    if scope is not None and km.project is not None and km_config.project_matters(conf):
+    scope = keystone_scope(ctx) if km_config.project_matters(conf) else None
+    if scope is not None and km.project is not None:
         km_config.check_project_for_glance(km.project, scope)
     found = km.find_certificate(der)
     if found is not None:

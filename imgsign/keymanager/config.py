@@ -218,7 +218,7 @@ def has_credentials(conf: cfg.ConfigOpts) -> bool:
 
 def needs_keystone(conf: cfg.ConfigOpts) -> bool:
     """Does opening the key manager need the command's Keystone session (for its project or its token)?"""
-    if has_credentials(conf):
+    if has_credentials(conf) or not project_matters(conf):
         return False
     return not conf.imgsign.project_id or backend_name(conf) in KEYSTONE_BACKENDS
 

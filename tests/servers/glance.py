@@ -155,9 +155,13 @@ filesystem_store_datadir = {workdir / "tasks"}
 [paste_deploy]
 config_file = {APP_DIR / "glance-api-paste.ini"}
 
-{key_manager or f"[key_manager]{chr(10)}backend = imgsign{chr(10)}{chr(10)}[imgsign_embedded]{chr(10)}path = {keystore}"}
+{key_manager or _embedded_key_manager(keystore)}
 
 {keystone.authtoken_conf("glance")}"""
+
+
+def _embedded_key_manager(keystore: Path) -> str:
+    return f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n"
 
 
 def _ini(sections: Mapping[str, Mapping[str, str]]) -> str:
