@@ -254,3 +254,26 @@ def test_verify_reads_the_certificate_from_barbican_with_the_users_token(cloud, 
     refused = cloud.cli("bob", cloud.barbican_conf, "verify", image, "--properties", tmp_path / "props.json")
     assert refused.returncode == errors.KeyManagerError.exit_code, refused.stderr
     assert cloud.project("bob") in refused.stderr, refused.stderr
+
+
+def test_glance_import_plugin_reads_the_certificate_from_barbican_with_the_users_token(
+        cloud, keystone, barbican_server, tmp_path):
+    """``imgsign_verify`` inside Glance fetches the uploader's certificate from Barbican through castellan
+    with the request context Glance builds from the user's token (``[barbican] auth_endpoint``)."""
+    with glance_server(tmp_path / "glance-verify", keystone=keystone, keystore=tmp_path / "unused.sqlite3",
+                       plugins=["imgsign_verify"], import_options={"imgsign_import": {"require_signature": "True"}},
+                       key_manager=barbican_server.castellan_config()) as verifying:
+        clouds = tmp_path / "clouds.yaml"
+        clouds.write_text(json.dumps({"clouds": {"alice": keystone.cloud("alice",
+                                                                          image_endpoint_override=verifying.url)}}))
+        image = make_qcow2(tmp_path / "disk.qcow2")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IMGSIGN_"))}
+        env.update(PYTHONPATH=str(REPO), OS_CLIENT_CONFIG_FILE=str(clouds), OS_CLOUD="alice")
+        argv = [sys.executable, "-m", "imgsign", "-c", str(cloud.barbican_conf), "upload", str(image),
+                "--key", str(key_of("RSA-PSS")), "--cert", str(cert_of("RSA-PSS")), "--store-cert",
+                "--name", "plugin-checked"]
+        uploaded = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert uploaded.returncode == 0, uploaded.stderr
+        image_id = json.loads(uploaded.stdout)["id"]
+        log = verifying.glance_log_text()
+        assert f"imgsign_verify: image {image_id}: signature by" in log, log[-3000:]
