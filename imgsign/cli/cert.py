@@ -15,6 +15,7 @@ from imgsign._internal.files import plan_outputs, read_small_file
 from imgsign.cli._common import (
     KEY_MANAGER_ID,
     check_issuer_options,
+    is_quiet,
     issuer_inputs,
     issuer_options,
     load_issuer,
@@ -60,7 +61,11 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
         click.echo(f"identical certificate already stored in the {store.description}", err=True)
         click.echo(existing)
         return
-    click.echo(store.store_certificate(der, name or certificates.describe(cert)))
+    cert_id = store.store_certificate(der, name or certificates.describe(cert))
+    if not is_quiet(ctx, False):
+        click.echo(f"stored certificate {certificates.describe(cert)} as {cert_id} in the {store.description}",
+                   err=True)
+    click.echo(cert_id)
 
 
 _KEY_HELP = "The key's private key (a file, or a reference to a key in a token or signing service)."
