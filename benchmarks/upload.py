@@ -47,9 +47,9 @@ from imgsign._internal.glance_api import GlanceClient  # noqa: E402
 from imgsign.errors import ImgsignError  # noqa: E402
 from tests.conftest import cert_of, key_of  # noqa: E402
 from tests.servers.glance import GlanceServer, glance_server  # noqa: E402
+from tests.servers.keystone import keystone_server  # noqa: E402
 
 PROJECT = "bench"
-TOKEN = f"imgsign-test:{PROJECT}:admin,member"
 WRAPPER = """\
 import runpy, sys
 sys.argv = ["imgsign", *sys.argv[1:]]
@@ -77,11 +77,12 @@ def evict(path: Path) -> None:
 
 def _imgsign_env(server: GlanceServer, workdir: Path) -> tuple[dict[str, str], Path]:
     clouds = workdir / "clouds.yaml"
-    clouds.write_text(json.dumps({"clouds": {"bench": {"auth_type": "admin_token",
-                                                         "auth": {"endpoint": server.url, "token": TOKEN}}}}))
+    user = server.keystone.project_user(PROJECT).user
+    cloud = server.keystone.cloud(user, image_endpoint_override=server.url)
+    clouds.write_text(json.dumps({"clouds": {"bench": cloud}}))
     conf = workdir / "imgsign.conf"
     conf.write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {server.keystore}\n\n"
-                    f"[imgsign]\nproject_id = {PROJECT}\n")
+                    f"[imgsign]\nproject_id = {server.project_id(PROJECT)}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env.update(OS_CLIENT_CONFIG_FILE=str(clouds), OS_CLOUD="bench", PYTHONPATH=str(REPO))
     return env, conf
@@ -109,7 +110,8 @@ def library_upload(server: GlanceServer, image: Path) -> dict[str, float]:
     from imgsign.keys.loading import load_private_key
     from imgsign.signer import Signer
 
-    glance = GlanceClient(session.Session(auth=token_endpoint.Token(server.url, TOKEN)))
+    token = server.keystone.token(server.keystone.project_user(PROJECT).user)
+    glance = GlanceClient(session.Session(auth=token_endpoint.Token(server.url, token)))
     signer = Signer(load_private_key(key_of("RSA-PSS").read_bytes()), "bench-certificate-id", HashMethod.SHA256)
     staged: list[float] = []
 
@@ -186,7 +188,8 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"imgsign upload": [], "plain PUT /file": [],
                                                        "plain glance-direct": [], "upload_signed data phase": [],
                                                        "manual signed PUT /file": []}
-        with glance_server(workdir / "glance", keystore=workdir / "keystore.sqlite3") as server:
+        with keystone_server(workdir / "keystone") as keystone, \
+                glance_server(workdir / "glance", keystone=keystone, keystore=workdir / "keystore.sqlite3") as server:
             runs = [("imgsign upload", lambda: imgsign_upload(server, workdir, image)),
                     ("plain PUT /file", lambda: plain_upload(server, image, direct=False)),
                     ("plain glance-direct", lambda: plain_upload(server, image, direct=True)),

@@ -217,3 +217,21 @@ def _release_sealed_files(request):
     root = request.getfixturevalue("tmp_path")
     yield
     release_all(root)
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory):
+    """One real Keystone per test session (per pytest-xdist worker), for the servers that need one."""
+    from tests.servers.keystone import keystone_server
+
+    with keystone_server(tmp_path_factory.mktemp("keystone")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def barbican_server(tmp_path_factory, keystone):
+    """One Barbican behind the session's Keystone (tests/servers/barbican.py)."""
+    from tests.servers import barbican
+
+    with barbican.barbican_server(tmp_path_factory.mktemp("barbican"), keystone=keystone) as server:
+        yield server

@@ -4,8 +4,10 @@ Project ``demo`` holds a mix: a valid signed image, an unsigned one, one signed 
 certificate, one whose signer chains to an untrusted root, and one whose data is replaced in the
 file store behind Glance's back after a valid upload (only ``--download`` can see that). Project
 ``other`` holds one unsigned image. imgsign authenticates as in tests/test_glance_client_e2e.py:
-a clouds.yaml with keystoneauth's ``admin_token`` plugin; the harness's ``token-identity`` filter
-maps the token to the project and roles (the deployment is that module's ``Env``).
+a clouds.yaml with keystoneauth's ``password`` plugin against the session's real Keystone, as an
+admin of ``demo`` (an auditor: Glance shows an admin every project's images; the deployment is that
+module's ``Env``). ``--project`` takes the Keystone project *id*, which is what Glance records as the
+image's owner.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Cloud:
     def audit(self, *args: object, cloud: str = "bare") -> subprocess.CompletedProcess[str]:
         return self.env.cli(cloud, "audit", *args)
 
+    def project(self, name: str) -> str:
+        """The Keystone id of project ``name``: the owner Glance records."""
+        return self.server.project_id(name)
+
 
 def _sign(env: Env, image: Path, stem: str) -> dict[str, str]:
     """The properties of ``image`` signed by the test PKI's ``stem`` (dates ignored: the expired one too),
@@ -78,12 +84,12 @@ def _image(server: GlanceServer, project: str, name: str, data: Path, properties
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Cloud:
+def cloud(tmp_path_factory, keystone) -> Cloud:
     """test_glance_client_e2e's deployment (keystore, user's imgsign.conf, clouds.yaml with the token),
     with its plain Glance only: no import plugins, uploads with PUT /file."""
     root = tmp_path_factory.mktemp("audit")
     with contextlib.ExitStack() as stack:
-        env = Env(root, root / "keystore.sqlite3", {}, stack)
+        env = Env(root, root / "keystore.sqlite3", {}, stack, keystone, roles=("admin", "member"))
         data = root / "disk.raw"
         data.write_bytes(os.urandom(SIZE))
         signed = {stem: _sign(env, data, stem)
@@ -118,11 +124,12 @@ def _reasons(image: dict) -> list[str]:
 
 
 def test_audit_without_download(cloud):
-    proc = cloud.audit("--project", USER, "--json", *TRUST)
+    proc = cloud.audit("--project", cloud.project(USER), "--json", *TRUST)
     assert proc.returncode == errors.PolicyViolation.exit_code, proc.stderr
     assert "imgsign: error: 3 of 5 image(s) fail the audit" in proc.stderr
     document = json.loads(proc.stdout)
-    assert document["project"] == USER and document["download"] is False and document["expiry_days"] == 30
+    assert document["project"] == cloud.project(USER) and document["download"] is False
+    assert document["expiry_days"] == 30
     assert document["summary"] == {"images": 5, "passed": 2, "failed": 3, "unsigned": 1, "expiring": 0,
                                    "data_invalid": 0}
     images = _by_kind(cloud, document)
@@ -132,7 +139,8 @@ def test_audit_without_download(cloud):
     assert valid["certificate"]["common_name"] == "imgsign test leaf-rsa-pss"
     assert valid["certificate"]["not_after"] == "2075-01-01T00:00:00Z" and not valid["certificate"]["expires_soon"]
     assert valid["chain"]["status"] == "trusted" and len(valid["chain"]["path"]) == 3
-    assert valid["data"]["status"] == "not-checked" and valid["status"] == "active" and valid["owner"] == USER
+    assert valid["data"]["status"] == "not-checked" and valid["status"] == "active"
+    assert valid["owner"] == cloud.project(USER)
     assert _reasons(images["unsigned"]) == ["unsigned-image"] and not images["unsigned"]["signed"]
     expired = images["expired"]
     assert "certificate-expired" in _reasons(expired) and expired["certificate"]["days_left"] < 0
@@ -143,7 +151,7 @@ def test_audit_without_download(cloud):
 
 
 def test_download_finds_the_tampered_image(cloud):
-    proc = cloud.audit("--project", USER, "--json", "--download", "--jobs", "2", *TRUST)
+    proc = cloud.audit("--project", cloud.project(USER), "--json", "--download", "--jobs", "2", *TRUST)
     assert proc.returncode == errors.PolicyViolation.exit_code, proc.stderr
     document = json.loads(proc.stdout)
     images = _by_kind(cloud, document)
@@ -170,7 +178,7 @@ def test_every_visible_image_and_a_table(cloud):
 
 
 def test_all_pass_exits_zero_and_glance_errors_keep_their_codes(cloud):
-    proc = cloud.audit("--project", OTHER, "--allow-unsigned", "--json")
+    proc = cloud.audit("--project", cloud.project(OTHER), "--allow-unsigned", "--json")
     assert proc.returncode == 0, proc.stderr
     document = json.loads(proc.stdout)
     assert document["summary"]["images"] == 1 and document["summary"]["passed"] == 1
@@ -185,7 +193,7 @@ def test_progress_bar_only_on_a_terminal(cloud):
     primary, secondary = os.openpty()
     try:
         proc = subprocess.run([sys.executable, "-m", "imgsign", "-c", str(cloud.env.user_conf), "audit", "--project",
-                               OTHER, "--allow-unsigned", "--download", "--json"], stdout=subprocess.PIPE,
+                               cloud.project(OTHER), "--allow-unsigned", "--download", "--json"], stdout=subprocess.PIPE,
                               stderr=secondary, text=True, env=cloud.env.cli_env("bare"), timeout=300)
         os.close(secondary)
         terminal = b""
@@ -197,5 +205,12 @@ def test_progress_bar_only_on_a_terminal(cloud):
     assert proc.returncode == 0 and json.loads(proc.stdout)["summary"]["passed"] == 1
     assert_no_python_warning(terminal.decode(errors="replace"))
     assert b"assessing" in terminal and b"downloading" in terminal and b"Traceback" not in terminal
-    quiet = cloud.audit("--project", OTHER, "--allow-unsigned", "--download", "--json")
+    quiet = cloud.audit("--project", cloud.project(OTHER), "--allow-unsigned", "--download", "--json")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_project_name_for_the_id_is_refused(cloud):
+    """Glance's owner filter with the project's *name* matches nothing: main audited zero images and exited 0."""
+    refused = cloud.audit("--project", USER, "--json")
+    assert refused.returncode == errors.InputError.exit_code and refused.stdout == "", refused.stderr
+    assert f"project {USER} ({cloud.project(USER)})" in refused.stderr, refused.stderr

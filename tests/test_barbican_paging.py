@@ -18,7 +18,7 @@ from imgsign.chain import TrustAnchors, load_crl, validate_chain
 from imgsign.keymanager.castellan_store import CastellanStore
 from tests.conftest import PKI, pki
 from tests.test_chain import cert, scoped_crl
-from tests.test_keymanager_conformance import _load_conf, barbican_server  # noqa: F401 - the server fixture
+from tests.test_keymanager_conformance import _load_conf
 
 pytestmark = pytest.mark.servers
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.servers
 
 
 @pytest.fixture
-def store(barbican_server, tmp_path):  # noqa: F811 - the fixture imported above
+def store(barbican_server, tmp_path):
     manager = key_manager.API(_load_conf(tmp_path / "castellan.conf", barbican_server.castellan_config()))
     project = f"paging-{uuid.uuid4().hex[:10]}"
     return CastellanStore(manager, barbican_server.context(project), "barbican key manager (test)")

@@ -1,10 +1,10 @@
 """``imgsign upload`` and ``imgsign verify --image`` against a real Glance 33 (tests/servers/glance.py).
 
-imgsign authenticates as a real client: keystoneauth's ``admin_token`` plugin (a
-token and the endpoint) from a clouds.yaml found through ``OS_CLIENT_CONFIG_FILE``
-and chosen with ``--os-cloud``/``OS_CLOUD``. The harness Glance has no Keystone;
-its test-only paste filter ``token-identity`` (glance_app/token_identity.py) maps
-the token ``imgsign-test:PROJECT:ROLES`` to the identity keystonemiddleware would set.
+imgsign authenticates as a real client: keystoneauth's ``password`` plugin against the
+session's Keystone (tests/servers/keystone.py), as a member of project ``demo``, from a
+clouds.yaml found through ``OS_CLIENT_CONFIG_FILE`` and chosen with
+``--os-cloud``/``OS_CLOUD`` (``image_endpoint_override``: each Glance instance has its
+own port). Glance validates the token with keystonemiddleware.
 
 Glance instances, each started on first use and kept for the module:
 
@@ -34,6 +34,7 @@ import requests
 from imgsign import errors
 from tests.conftest import REPO, assert_no_python_warning, cert_of, key_of, pki
 from tests.servers.glance import GlanceServer, glance_server, wait_for
+from tests.servers.keystone import KeystoneServer
 from tests.test_glance_e2e import SERVICE, USER, _conf, _stored_id, make_qcow2
 from tests.test_real_images import qemu
 
@@ -41,7 +42,6 @@ pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
     pytest.skip("Glance 33 needs Python 3.11 or later", allow_module_level=True)
 
-TOKEN = f"imgsign-test:{USER}:admin,member"
 KEYS = ("RSA-PSS", "ECC_SECP384R1", "DSA")
 
 
@@ -61,9 +61,12 @@ class Env:
     """The deployment: keystore, the user's imgsign.conf, the Glances (each started on first use, then
     kept for the module) and the clouds.yaml naming them."""
 
-    def __init__(self, root: Path, keystore: Path, service: dict[str, str], stack: contextlib.ExitStack) -> None:
+    def __init__(self, root: Path, keystore: Path, service: dict[str, str], stack: contextlib.ExitStack,
+                 keystone: KeystoneServer, roles: tuple[str, ...] = ("member",)) -> None:
         self.root, self.keystore, self.service, self.stack = root, keystore, service, stack
-        self.user_conf = _conf(root / "user.conf", keystore, USER)
+        self.keystone = keystone
+        self.user = keystone.project_user(USER, roles)
+        self.user_conf = _conf(root / "user.conf", keystore, self.user.project_id)
         self.clouds = root / "clouds.yaml"
         self.servers: dict[str, GlanceServer] = {}
         self._write_clouds()
@@ -71,7 +74,8 @@ class Env:
     def server(self, name: str) -> GlanceServer:
         if name not in self.servers:
             self.servers[name] = self.stack.enter_context(glance_server(
-                self.root / f"glance-{name}", keystore=self.keystore, **_settings(name, self.service)))
+                self.root / f"glance-{name}", keystone=self.keystone, keystore=self.keystore,
+                **_settings(name, self.service)))
             self._write_clouds()
         return self.servers[name]
 
@@ -84,10 +88,12 @@ class Env:
         return self.server("legacy")
 
     def _write_clouds(self) -> None:
-        clouds = {name: _cloud(server.url, TOKEN) for name, server in self.servers.items()}
-        clouds["bad-token"] = _cloud(self.servers["direct"].url if "direct" in self.servers else "http://127.0.0.1:9",
-                                     "not-a-valid-token")
-        clouds["stopped"] = _cloud("http://127.0.0.1:9", TOKEN)  # discard port: nothing listens
+        clouds = {name: self.keystone.cloud(self.user.user, image_endpoint_override=server.url)
+                  for name, server in self.servers.items()}
+        # A token Keystone never issued, sent straight to Glance: keystonemiddleware refuses it.
+        clouds["bad-token"] = _token_cloud(
+            self.servers["direct"].url if "direct" in self.servers else "http://127.0.0.1:9", "not-a-valid-token")
+        clouds["stopped"] = self.keystone.cloud(self.user.user, image_endpoint_override="http://127.0.0.1:9")
         self.clouds.write_text(json.dumps({"clouds": clouds}))  # JSON is YAML
 
     def cli_env(self, cloud: str) -> dict[str, str]:
@@ -109,20 +115,21 @@ class Env:
                                 **kwargs)  # type: ignore[arg-type]
 
 
-def _cloud(url: str, token: str) -> dict[str, object]:
+def _token_cloud(url: str, token: str) -> dict[str, object]:
     return {"auth_type": "admin_token", "auth": {"endpoint": url, "token": token}}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> Env:
+def env(tmp_path_factory, keystone) -> Env:
     root = tmp_path_factory.mktemp("glance-client")
     keystore = root / "keystore.sqlite3"
-    service_conf = _conf(root / "service.conf", keystore, SERVICE)
+    service_project_id = keystone.project_user(SERVICE).project_id
+    service_conf = _conf(root / "service.conf", keystore, service_project_id)
     service = {"service_key_id": _stored_id("-c", service_conf, "key", "store", key_of("ECC_SECP384R1")),
                "service_certificate_id": _stored_id("-c", service_conf, "cert", "store", cert_of("ECC_SECP384R1")),
-               "service_project_id": SERVICE}
+               "service_project_id": service_project_id}
     with contextlib.ExitStack() as stack:
-        yield Env(root, keystore, service, stack)
+        yield Env(root, keystore, service, stack, keystone)
 
 
 def signing_args(key_type: str) -> list[object]:

@@ -1,10 +1,13 @@
 """End to end with a real Glance 33 (tests/servers/glance.py): uploads, imports and imgsign's import plugins.
 
-Everything goes through Glance's HTTP API on 127.0.0.1, as user project ``demo``.
-Glance and the imgsign CLI share one embedded key manager store (castellan
-``[key_manager] backend = imgsign``): the signer's certificate is stored in
-``demo`` by ``imgsign sign --store-cert``; the deployment's re-signing key and
-certificate and the trusted CA live in the project ``imgsign-service``.
+Everything goes through Glance's HTTP API on 127.0.0.1, as a member of the Keystone
+project ``demo`` with a real token (Glance runs behind keystonemiddleware and the
+session's Keystone, tests/servers/keystone.py). Glance and the imgsign CLI share one
+embedded key manager store (castellan ``[key_manager] backend = imgsign``): the
+signer's certificate is stored in ``demo`` (by its Keystone project *id*, which is what
+Glance's request context carries) by ``imgsign sign --store-cert``; the deployment's
+re-signing key and certificate and the trusted CA live in the project
+``imgsign-service`` (by id too).
 
 Glance instances (started on first use, once per pytest-xdist worker):
 
@@ -58,6 +61,8 @@ class Deployment:
     service_key_id: str
     service_cert_id: str
     trusted_ca_id: str
+    user_project_id: str
+    service_project_id: str
 
 
 def _conf(path: Path, keystore: Path, project: str) -> Path:
@@ -73,21 +78,24 @@ def _stored_id(*args: object) -> str:
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory) -> Deployment:
+def deployment(tmp_path_factory, keystone) -> Deployment:
     root = tmp_path_factory.mktemp("glance")
     keystore = root / "keystore.sqlite3"
-    service_conf = _conf(root / "service.conf", keystore, SERVICE)
+    user_project_id = keystone.project_user(USER).project_id
+    service_project_id = keystone.project_user(SERVICE).project_id
+    service_conf = _conf(root / "service.conf", keystore, service_project_id)
     return Deployment(
-        root, keystore, _conf(root / "user.conf", keystore, USER),
+        root, keystore, _conf(root / "user.conf", keystore, user_project_id),
         service_key_id=_stored_id("-c", service_conf, "key", "store", key_of("ECC_SECP384R1")),
         service_cert_id=_stored_id("-c", service_conf, "cert", "store", cert_of("ECC_SECP384R1")),
         trusted_ca_id=_stored_id("-c", service_conf, "cert", "store", pki("intermediate-ca.pem")),
+        user_project_id=user_project_id, service_project_id=service_project_id,
     )
 
 
 def _instance_settings(name: str, dep: Deployment) -> tuple[list[str], dict[str, dict[str, str]]]:
     service = {"service_key_id": dep.service_key_id, "service_certificate_id": dep.service_cert_id,
-               "service_project_id": SERVICE}
+               "service_project_id": dep.service_project_id}
     if name == "full":
         return (["imgsign_verify", "image_conversion", "imgsign_resign"],
                 {"image_conversion": {"output_format": "raw"},
@@ -109,7 +117,7 @@ def _instance_settings(name: str, dep: Deployment) -> tuple[list[str], dict[str,
 
 
 @pytest.fixture(scope="session")
-def glance_instances(deployment):
+def glance_instances(deployment, keystone):
     """Start each Glance configuration on first use; stop them all at the end of the session."""
     running: dict[str, GlanceServer] = {}
     with contextlib.ExitStack() as stack:
@@ -117,7 +125,8 @@ def glance_instances(deployment):
             if name not in running:
                 plugins, options = _instance_settings(name, deployment)
                 running[name] = stack.enter_context(glance_server(
-                    deployment.root / f"glance-{name}", keystore=deployment.keystore, plugins=plugins,
+                    deployment.root / f"glance-{name}", keystone=keystone, keystore=deployment.keystore,
+                    plugins=plugins,
                     import_options=options))
             return running[name]
 
@@ -328,8 +337,8 @@ def test_import_converts_and_resigns_so_glance_imgsign_and_cursive_verify(glance
 
     new_properties = {name: shown[name] for name in SIGNATURE_PROPERTIES}
     assert cursive(deployment, glance, [
-        {"image": str(raw), "properties": new_properties, "project_id": USER},
-        {"image": str(raw), "properties": original, "project_id": USER},  # conversion broke the original
+        {"image": str(raw), "properties": new_properties, "project_id": deployment.user_project_id},
+        {"image": str(raw), "properties": original, "project_id": deployment.user_project_id},  # conversion broke the original
     ]) == ["ok", "InvalidSignature"]
 
 

@@ -2,9 +2,10 @@
 from the embedded key manager that Glance shares (tests/servers/glance.py).
 
 The hook authenticates to Glance as a real client would, from ``[glance]`` in its ``boot.conf``:
-keystoneauth's ``admin_token`` plugin (token + endpoint); the harness Glance's test-only paste filter
-``token-identity`` maps the token ``imgsign-test:PROJECT:ROLES`` to the identity keystonemiddleware
-would set.  Nova's ``fetch_to_raw`` is replayed as the ``nova`` user (uid 65534, owner of ``_base``):
+keystoneauth's ``password`` plugin against the session's real Keystone (tests/servers/keystone.py) and
+``endpoint_override``; Glance validates the token with keystonemiddleware. The hook's user is an admin
+of project ``demo``, so Glance shows it the images it must adopt. The certificates are read from
+``demo``'s Keystone project *id* in the key manager, which is what Glance reads them with.  Nova's ``fetch_to_raw`` is replayed as the ``nova`` user (uid 65534, owner of ``_base``):
 the image data is downloaded from Glance to ``<base>.part``; a qcow2 with ``force_raw_images`` is
 converted with ``qemu-img convert -t none -O raw`` to ``<base>.converted``, ``.part`` unlinked and
 ``.converted`` renamed to the base; otherwise ``.part`` is renamed.  Boots go through the real hook
@@ -41,7 +42,8 @@ pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
     pytest.skip("Glance 33 needs Python 3.11 or later", allow_module_level=True)
 
-TOKEN = f"imgsign-test:{USER}:admin,member"
+#: Roles of the hook's Glance user in project ``demo``.
+HOOK_ROLES = ("admin", "member")
 #: [boot] adopt_timeout of these tests: a hook run must end within it (plus Python's start and a read).
 TIMEOUT = 4.0
 SLACK = 6.0
@@ -53,6 +55,9 @@ class Cloud:
     def __init__(self, root: Path, glance: GlanceServer, user_conf: Path, trusted_ca_id: str) -> None:
         self.root, self.glance, self.user_conf, self.trusted_ca_id = root, glance, user_conf, trusted_ca_id
         self.headers = glance.headers(USER)
+        self.project_id = glance.project_id(USER)
+        #: keystoneauth options of the hook's [glance] section.
+        self.hook_auth = glance.keystone.keystoneauth_options(glance.keystone.project_user(USER, HOOK_ROLES).user)
 
     def image(self, path: Path, disk_format: str, properties: dict[str, str]) -> str:
         """Create and upload an image (Glance's own cursive check runs on the upload)."""
@@ -77,13 +82,13 @@ class Cloud:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory) -> Iterator[Cloud]:
+def cloud(tmp_path_factory, keystone) -> Iterator[Cloud]:
     root = tmp_path_factory.mktemp("self-adoption")
     os.chmod(root, 0o755)
     keystore = root / "keystore.sqlite3"
-    user_conf = _conf(root / "user.conf", keystore, USER)
+    user_conf = _conf(root / "user.conf", keystore, keystone.project_user(USER).project_id)
     trusted_ca_id = _stored_id("-c", user_conf, "cert", "store", pki("intermediate-ca.pem"))
-    with glance_server(root / "glance", keystore=keystore, import_methods=()) as glance:
+    with glance_server(root / "glance", keystone=keystone, keystore=keystore, import_methods=()) as glance:
         yield Cloud(root, glance, user_conf, trusted_ca_id)
 
 
@@ -104,11 +109,10 @@ class Compute(Host):
             f"[boot]\nmode = {mode}\ntrusted_certificate_ids = {trusted}\ninstances_path = {self.instances}\n"
             f"state_dir = {self.state}\nlog_file = {self.log}\nallow_unverified = {allow_unverified}\n"
             f"adopt_timeout = {TIMEOUT:g}\n" + (f"adopt = {adopt}\n" if adopt is not None else "") + boot_extra +
-            f"\n[glance]\nauth_type = admin_token\nendpoint = {glance_url or self.cloud.glance.url}\n"
-            f"token = {TOKEN}\n\n"
+            f"\n[glance]\nendpoint_override = {glance_url or self.cloud.glance.url}\n{self.cloud.hook_auth}\n"
             + (key_manager or f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\n"
                               f"path = {self.cloud.glance.keystore}\n")
-            + f"\n[imgsign]\nproject_id = {USER}\n")
+            + f"\n[imgsign]\nproject_id = {self.cloud.project_id}\n")
 
     def signed_image(self, fmt: str, *, sign: bool = True, pattern: str = "0x4f") -> tuple[Path, dict[str, str]]:
         """A real image (qemu-img/qemu-io) and its properties from ``imgsign sign --store-cert``."""

@@ -34,7 +34,7 @@ from oslo_config import cfg
 from oslo_context import context as oslo_context
 
 from tests.conftest import cert_of
-from tests.servers import barbican, openbao
+from tests.servers import openbao
 
 
 def _load_conf(config_file, text: str) -> cfg.ConfigOpts:
@@ -58,12 +58,6 @@ def ctx(project: str = "project-a") -> oslo_context.RequestContext:
 @pytest.fixture(scope="session")
 def openbao_server(tmp_path_factory):
     with openbao.openbao_server(tmp_path_factory.mktemp("openbao")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def barbican_server(tmp_path_factory):
-    with barbican.barbican_server(tmp_path_factory.mktemp("barbican")) as server:
         yield server
 
 

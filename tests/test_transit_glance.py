@@ -30,7 +30,7 @@ pytestmark = pytest.mark.servers
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> Iterator[tuple[Deployment, API, str]]:
+def setup(tmp_path_factory, keystone) -> Iterator[tuple[Deployment, API, str]]:
     root = tmp_path_factory.mktemp("transit-glance")
     with openbao.openbao_server(root / "openbao") as bao:
         bao.api("POST", "sys/mounts/transit", {"type": "transit"})
@@ -48,19 +48,23 @@ def setup(tmp_path_factory) -> Iterator[tuple[Deployment, API, str]]:
             keygen.parse_subject("CN=glance re-signing (transit)"), key.public_key(),
             _intermediate_ca()).public_bytes(Encoding.PEM))
         keystore = root / "keystore.sqlite3"
-        service_conf = _conf(root / "service.conf", keystore, SERVICE)
-        deployment = Deployment(root, keystore, _conf(root / "user.conf", keystore, USER), service_key_id="",
+        user_project_id = keystone.project_user(USER).project_id
+        service_project_id = keystone.project_user(SERVICE).project_id
+        service_conf = _conf(root / "service.conf", keystore, service_project_id)
+        deployment = Deployment(root, keystore, _conf(root / "user.conf", keystore, user_project_id),
+                                service_key_id="",
                                 service_cert_id=_stored_id("-c", service_conf, "cert", "store", certificate),
                                 trusted_ca_id=_stored_id("-c", service_conf, "cert", "store",
-                                                         pki("intermediate-ca.pem")))
+                                                         pki("intermediate-ca.pem")),
+                                user_project_id=user_project_id, service_project_id=service_project_id)
         options = {
             "image_conversion": {"output_format": "raw"},
             "imgsign_import": {"trusted_certificate_ids": deployment.trusted_ca_id,
                                "service_key": "hashivault://glance-resign",
-                               "service_certificate_id": deployment.service_cert_id, "service_project_id": SERVICE},
+                               "service_certificate_id": deployment.service_cert_id, "service_project_id": service_project_id},
             "imgsign_transit": {"address": bao.url, "token_file": str(token_file), "timeout": "20"},
         }
-        with glance_server(root / "glance", keystore=keystore, import_options=options,
+        with glance_server(root / "glance", keystone=keystone, keystore=keystore, import_options=options,
                            plugins=["imgsign_verify", "image_conversion", "imgsign_resign"]) as glance:
             yield deployment, API(glance), token
 

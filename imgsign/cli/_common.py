@@ -71,11 +71,14 @@ def config(ctx: click.Context) -> Any:
 
 def open_store(ctx: click.Context) -> CastellanStore:
     """The configured key manager (embedded SQLite store unless configured otherwise)."""
+    from imgsign.cli._glance import keystone_scope
     from imgsign.keymanager import config as config_file
 
     root = ctx.find_root()
     if "store" not in root.obj:
-        root.obj["store"] = config_file.open_store(config(ctx))
+        conf = config(ctx)
+        scope = keystone_scope(ctx) if config_file.needs_keystone(conf) else None
+        root.obj["store"] = config_file.open_store(conf, scope)
     store: CastellanStore = root.obj["store"]
     return store
 

@@ -94,9 +94,16 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from imgsign import certificates
+    from imgsign.cli._common import config
+    from imgsign.cli._glance import keystone_scope
+    from imgsign.keymanager import config as km_config
 
     der = certificate.public_bytes(Encoding.DER)
     km = open_store(ctx)
+    conf = config(ctx)
+    scope = keystone_scope(ctx) if km_config.project_matters(conf) else None
+    if scope is not None and km.project is not None:
+        km_config.check_project_for_glance(km.project, scope)
     found = km.find_certificate(der)
     if found is not None:
         return found
@@ -108,4 +115,9 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
     cert_id = km.store_certificate(der, certificates.describe(certificate))
     say(f"stored certificate {certificates.describe(certificate)} as {cert_id} in the {km.description}",
         err=True)
+    if scope is not None and km_config.backend_name(conf) == km_config.EMBEDDED:
+        say(f"imgsign: warning: the {km.description} is a file on this machine: Glance and Nova cannot "
+            f"read the certificate from it unless their [key_manager] opens this same file; in a cloud, "
+            f"store it in the key manager they use ([key_manager] backend = barbican, see the README's "
+            f"\"Key manager topology\")", err=True)
     return cert_id

@@ -59,7 +59,9 @@ def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str 
                             max_chain_depth)
     policy = AuditPolicy(anchors, Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates,
                                          at=now), expiry_days, allow_unsigned)
-    glance = glance_client(os_cloud, os_region_name)
+    glance = glance_client(ctx)
+    if project_id is not None:
+        _check_project_is_an_id(ctx, project_id)
     records = list(glance.iter_images(project_id))
     lookup = _certificate_lookup(ctx)
     with _progress(len(records), "assessing", quiet) as step:
@@ -150,6 +152,17 @@ def _progress(length: int, label: str, quiet: bool) -> Iterator[Callable[[int], 
         return
     with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True) as bar:
         yield bar.update
+
+
+def _check_project_is_an_id(ctx: click.Context, project_id: str) -> None:
+    """Glance's owner is a project id: the token's project *name* would match no image and pass silently."""
+    from imgsign.cli._glance import keystone_scope
+
+    scope = keystone_scope(ctx)
+    if scope is not None and project_id == scope.project_name and project_id != scope.project_id:
+        raise errors.InputError(f"--project {project_id} is the name of your token's project, project {project_id} "
+                                f"({scope.project_id}); Glance records an image's owner by id: "
+                                f"--project {scope.project_id}")
 
 
 def _document(reports: Sequence[ImageReport], policy: AuditPolicy, download: bool,

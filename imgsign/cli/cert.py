@@ -15,6 +15,7 @@ from imgsign._internal.files import plan_outputs, read_small_file
 from imgsign.cli._common import (
     KEY_MANAGER_ID,
     check_issuer_options,
+    is_quiet,
     issuer_inputs,
     issuer_options,
     load_issuer,
@@ -61,7 +62,11 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
         say(f"identical certificate already stored in the {store.description}", err=True)
         say(existing)
         return
-    say(store.store_certificate(der, name or certificates.describe(cert)))
+    cert_id = store.store_certificate(der, name or certificates.describe(cert))
+    if not is_quiet(ctx, False):
+        say(f"stored certificate {certificates.describe(cert)} as {cert_id} in the {store.description}",
+            err=True)
+    say(cert_id)
 
 
 _KEY_HELP = "The key's private key (a file, or a reference to a key in a token or signing service)."
@@ -186,4 +191,4 @@ def cert_delete(ctx: click.Context, cert_id: str) -> None:
     store = open_store(ctx)
     store.get_certificate(cert_id)  # refuse to delete something that is not a certificate
     store.delete(cert_id)
-    say(f"deleted {cert_id}", err=True)
+    say(f"deleted {cert_id} from the {store.description}", err=True)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from imgsign import chain, errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import KEY_MANAGER_ID, open_store, say
+from imgsign.cli._common import KEY_MANAGER_ID, is_quiet, open_store, say
 
 
 @click.group("crl")
@@ -25,7 +25,11 @@ def crl_group() -> None:
 def crl_store(ctx: click.Context, crl_path: str) -> None:
     """Store CRL (PEM or DER) and print its UUID."""
     crl = chain.load_crl(read_small_file(crl_path, "CRL"))
-    say(open_store(ctx).store_crl(crl.public_bytes(Encoding.DER), crl.issuer.rfc4514_string()))
+    store = open_store(ctx)
+    crl_id = store.store_crl(crl.public_bytes(Encoding.DER), crl.issuer.rfc4514_string())
+    if not is_quiet(ctx, False):
+        say(f"stored CRL of {crl.issuer.rfc4514_string()} as {crl_id} in the {store.description}", err=True)
+    say(crl_id)
 
 
 @crl_group.command("list")

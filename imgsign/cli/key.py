@@ -7,7 +7,7 @@ import json
 import click
 
 from imgsign import errors
-from imgsign.cli._common import KEY_MANAGER_ID, load_key, open_store, say
+from imgsign.cli._common import KEY_MANAGER_ID, is_quiet, load_key, open_store, say
 
 
 @click.group("key")
@@ -26,7 +26,11 @@ def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_fi
     if key.key_type is None:
         raise errors.UnsupportedAlgorithm("this key has no OpenStack key type; it cannot sign images")
     algorithm = {"RSA-PSS": "RSA", "DSA": "DSA"}.get(key.key_type.value, "EC")
-    say(open_store(ctx).store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name))
+    store = open_store(ctx)
+    key_id = store.store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name)
+    if not is_quiet(ctx, False):
+        say(f"stored private key as {key_id} in the {store.description}", err=True)
+    say(key_id)
 
 
 @key_group.command("list")

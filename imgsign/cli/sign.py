@@ -7,6 +7,7 @@ import click
 from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import HashMethod
 from imgsign.cli._common import image_digest, is_quiet, policy_options, quiet_option
+from imgsign.cli._glance import cloud_options
 from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_properties, signing_options
 
 
@@ -16,14 +17,19 @@ from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_pro
 @click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@cloud_options
 @policy_options
 @quiet_option
 @click.pass_context
 def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
-         output: str | None, force: bool, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool,
-         no_raw_digest: bool) -> None:
-    """Sign IMAGE and print its img_signature* properties."""
+         output: str | None, force: bool, os_cloud: str | None, os_region_name: str | None, allow_weak_keys: bool,
+         ignore_cert_dates: bool, quiet: bool, no_raw_digest: bool) -> None:
+    """Sign IMAGE and print its img_signature* properties.
+
+    With a Keystone session (--os-cloud, $OS_CLOUD or $OS_AUTH_URL) the certificate is looked up in,
+    or stored into, the key manager under the token's project, where Glance reads it.
+    """
     check_signing_usage(cert_path, cert_uuid, store_cert)
     outputs = plan_outputs(
         [(output, "output", 0o644)] if output else [],

@@ -60,7 +60,7 @@ def upload_command(ctx: click.Context, image: str, key_path: str, passphrase_fil
     reserved = [n for n, _ in pairs if n.startswith(("img_signature", "imgsign_"))]
     if reserved:
         raise click.BadParameter(f"{reserved[0]} is set by imgsign itself", param_hint="--property")
-    glance = glance_client(os_cloud, os_region_name)  # a missing extra or unusable cloud before any key is read
+    glance = glance_client(ctx)  # a missing extra or unusable cloud before any key is read
     method = HashMethod.parse(hash_method)
     policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
     signer, key = prepare_signer(ctx, key_path, passphrase_file, cert_path, cert_uuid, store_cert, method,

@@ -91,7 +91,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         elif glance_image_id is not None:
             from imgsign.properties import properties_from_document
 
-            glance = glance_client(os_cloud, os_region_name)
+            glance = glance_client(ctx)
             record = glance.get_image(glance_image_id)
             properties = SignatureProperties.from_mapping(properties_from_document(record))
             verifier = check_signer(properties)

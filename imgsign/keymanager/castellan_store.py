@@ -43,10 +43,12 @@ _KINDS: dict[str, type] = {"certificate": x_509.X509, "private-key": private_key
 class CastellanStore(CertificateStore):
     """Certificates and keys in a castellan backend, for one request context (project)."""
 
-    def __init__(self, manager: Any, context: Any, description: str) -> None:
+    def __init__(self, manager: Any, context: Any, description: str, project: Any = None) -> None:
         self._manager = manager
         self._context = context
         self.description = description
+        #: The :class:`~imgsign.keymanager.config.Project` it works in, when the CLI opened it.
+        self.project = project
 
     @contextlib.contextmanager
     def _calling(self, action: str, object_id: str | None = None, *, listing: bool = False) -> Iterator[None]:
@@ -61,7 +63,8 @@ class CastellanStore(CertificateStore):
         try:
             yield
         except castellan_errors.ManagedObjectNotFoundError:
-            raise ObjectNotFound(f"no object {object_id} in {self.description} (for this project)") from None
+            raise ObjectNotFound(f"no object {object_id} in {self.description}"
+                                 + ("" if self.project is not None else " (for this project)")) from None
         except castellan_errors.Forbidden:
             raise KeyManagerError(f"{self.description} refused to {action}: forbidden") from None
         except (ObjectNotFound, KeyManagerError):

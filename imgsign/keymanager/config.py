@@ -11,19 +11,107 @@ embedded store's path when the file does not set it.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from imgsign._internal import redact
 from imgsign.errors import InputError, KeyManagerError
 
 if TYPE_CHECKING:  # castellan and oslo load only when a key manager or a config file is used
+    from keystoneauth1.session import Session
     from oslo_config import cfg
 
     from imgsign.keymanager.castellan_store import CastellanStore
 
 EMBEDDED = "imgsign"
 SEARCH_PATH = ("/etc/imgsign/imgsign.conf", "~/.config/imgsign/imgsign.conf")
+#: The key-manager project without a Keystone session and without ``[imgsign] project_id``.
+DEFAULT_PROJECT = "default"
+#: Backends that authenticate every call with the caller's Keystone token (the project is the token's).
+KEYSTONE_BACKENDS = frozenset({"barbican"})
+
+
+@dataclass(frozen=True)
+class KeystoneScope:
+    """A Keystone session and the project its token is scoped to (what Glance and Nova see as the project)."""
+
+    session: Session
+    #: The cloud's name in clouds.yaml ("envvars" for OS_* alone), for messages.
+    cloud: str
+    project_id: str
+    project_name: str | None
+
+    @classmethod
+    def of(cls, session: Session, cloud: str) -> KeystoneScope | None:
+        """Authenticate ``session`` (if it has not yet) and read its token's project; None for an auth type
+        without a Keystone token to read one from (``admin_token``, ``none``: a token and an endpoint only).
+        Keystone refusing or unreachable is :class:`~imgsign.errors.GlanceUnavailable`, as for Glance calls."""
+        from keystoneauth1 import exceptions as ks
+
+        from imgsign.errors import GlanceUnavailable
+
+        get_access = getattr(session.auth, "get_access", None)
+        if get_access is None:
+            return None
+        try:
+            access = get_access(session)
+        except ks.ClientException as exc:
+            raise GlanceUnavailable(f"cannot authenticate with cloud {cloud!r} to learn its token's project: "
+                                    f"{type(exc).__name__}: {_one_line(exc)}") from None
+        project_id = getattr(access, "project_id", None)
+        if not project_id:
+            raise InputError(f"the Keystone token of cloud {cloud!r} is not scoped to a project (give a "
+                             f"project_name or project_id in its auth): the key manager needs a project")
+        return cls(session, cloud, str(project_id), getattr(access, "project_name", None))
+
+
+@dataclass(frozen=True)
+class Project:
+    """The key-manager project a command works in, and where that choice came from."""
+
+    id: str
+    name: str | None
+    #: Where the id came from: ``[imgsign] project_id in FILE``, a cloud's token, imgsign's default.
+    source: str
+    #: ``id`` holds a project *name* (credentials that name their project): Keystone resolves it at login.
+    by_name: bool = False
+
+    def __str__(self) -> str:
+        if self.name and self.name != self.id:
+            return f"project {self.name} ({self.id})"
+        return f"project {self.id}"
+
+
+def resolve_project(conf: cfg.ConfigOpts, scope: KeystoneScope | None) -> Project:
+    """``[imgsign] project_id`` if set, else the Keystone token's project, else ``default``."""
+    configured = conf.imgsign.project_id
+    if configured:
+        name = scope.project_name if scope is not None and scope.project_id == configured else None
+        where = getattr(conf, "imgsign_config_file", None)
+        return Project(configured, name, f"[imgsign] project_id in {where}" if where else "[imgsign] project_id")
+    if scope is not None:
+        return Project(scope.project_id, scope.project_name, f"the Keystone token of cloud {scope.cloud!r}")
+    return Project(DEFAULT_PROJECT, None, "imgsign's default (no Keystone session, no [imgsign] project_id)")
+
+
+def check_project_for_glance(project: Project, scope: KeystoneScope) -> None:
+    """Glance (and Nova) read an image's certificate as the uploader's token's project: refuse another one."""
+    if project.id == scope.project_id or (project.by_name and project.id == scope.project_name):
+        return
+    token = Project(scope.project_id, scope.project_name, "")
+    hint = (f"{project.id!r} is that project's name; the key manager needs its id"
+            if scope.project_name and project.id == scope.project_name
+            else "the image's certificate would be stored where Glance does not look")
+    raise InputError(f"the key-manager project is {project} ({project.source}), but Glance reads certificates "
+                     f"as {token}, the project of the token of cloud {scope.cloud!r}: {hint}; set "
+                     f"[imgsign] project_id = {scope.project_id}, or remove it to use the token's project")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
 
 
 
@@ -31,8 +119,10 @@ def _imgsign_opts() -> list[cfg.Opt]:
     from oslo_config import cfg
 
     return [
-        cfg.StrOpt("project_id", default="default",
-                   help="Project (owner) under which imgsign stores and reads objects in the key manager."),
+        cfg.StrOpt("project_id",
+                   help="Project (owner, a Keystone project id) under which imgsign stores and reads objects in "
+                        "the key manager. Default: the project of the command's Keystone session (clouds.yaml, "
+                        "OS_*, --os-cloud) when it has one, else 'default'."),
         cfg.ListOpt("trusted_certificate_ids", default=[],
                     help="Key-manager ids of trusted CA certificates: when set, `imgsign verify` requires the "
                          "signing certificate to chain to one of them (like Nova's "
@@ -94,6 +184,7 @@ def find_config_file(explicit: str | None = None) -> str | None:
 def load(config_file: str | None = None) -> cfg.ConfigOpts:
     """Read the configuration into a private ConfigOpts (never the global one)."""
     from castellan import options as castellan_options
+    from castellan.common import utils as castellan_utils
     from oslo_config import cfg
 
     conf = cfg.ConfigOpts()
@@ -101,6 +192,7 @@ def load(config_file: str | None = None) -> cfg.ConfigOpts:
     conf.register_opts(_pkcs11_opts(), group="pkcs11")
     conf.register_opts(transit_opts(), group="transit")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
+    conf.register_opts(castellan_utils.credential_opts, group="key_manager")  # [key_manager] auth_type...
     path = find_config_file(config_file)
     redact.remember_file(path)  # before oslo.config parses it: no error may quote a secret in it
     try:
@@ -128,12 +220,38 @@ def backend_name(conf: cfg.ConfigOpts) -> str:
     return str(conf.key_manager.backend)
 
 
-def open_store(conf: cfg.ConfigOpts) -> CastellanStore:
-    """The configured key manager, for the configured project."""
+def project_matters(conf: cfg.ConfigOpts) -> bool:
+    """Does the backend file objects by project (castellan's vault backend ignores the request context)?"""
+    return backend_name(conf) != "vault"
+
+
+def has_credentials(conf: cfg.ConfigOpts) -> bool:
+    """Does the file give castellan credentials of its own (``[key_manager] auth_type``, a service's way)?
+    They take precedence over a command's Keystone session (the file is specific to the key manager)."""
+    return backend_name(conf) != EMBEDDED and bool(conf.key_manager.auth_type)
+
+
+def needs_keystone(conf: cfg.ConfigOpts) -> bool:
+    """Does opening the key manager need the command's Keystone session (for its project or its token)?"""
+    if has_credentials(conf) or not project_matters(conf):
+        return False
+    return not conf.imgsign.project_id or backend_name(conf) in KEYSTONE_BACKENDS
+
+
+def open_store(conf: cfg.ConfigOpts, scope: KeystoneScope | None = None) -> CastellanStore:
+    """The configured key manager, for the project :func:`resolve_project` chooses.
+
+    With a Keystone ``scope`` (a command's clouds.yaml/OS_* session), castellan gets a request
+    context carrying that session's keystoneauth plugin, so Barbican is called with the user's
+    token; otherwise castellan's ``credential_factory`` reads ``[key_manager] auth_type`` and the
+    keystoneauth options of the config file (as services configure it), and without those a bare
+    context names the project (the embedded store and Vault need nothing more).
+    """
     from castellan import key_manager
-    from oslo_context import context as oslo_context
 
     from imgsign.keymanager.castellan_store import CastellanStore
+
+    _quiet_client_loggers()
 
     name = backend_name(conf)
     where = f"(config {conf.imgsign_config_file})" if getattr(conf, "imgsign_config_file", None) else "(defaults)"
@@ -150,8 +268,84 @@ def open_store(conf: cfg.ConfigOpts) -> CastellanStore:
         raise KeyManagerError(
             f"cannot start key manager backend {name!r} set by [key_manager] backend {where}: {detail}"
         ) from None
-    context = oslo_context.RequestContext(project_id=conf.imgsign.project_id)
-    return CastellanStore(manager, context, describe_backend(conf, manager))
+    if has_credentials(conf):
+        scope = None
+    project = resolve_project(conf, scope)
+    if scope is None and has_credentials(conf):
+        project = _credentials_project(conf, project)
+    if scope is not None and name in KEYSTONE_BACKENDS and project.id != scope.project_id:
+        # Barbican files every secret under the token's project, whatever the context says.
+        raise KeyManagerError(
+            f"[key_manager] backend {name!r} works in the project of the Keystone token, "
+            f"{Project(scope.project_id, scope.project_name, '')} (cloud {scope.cloud!r}), not {project} "
+            f"({project.source}): remove [imgsign] project_id, or use credentials scoped to that project")
+    context = _context(conf, name, project, scope)
+    return CastellanStore(manager, context, f"{describe_backend(conf, manager)}, {project}", project=project)
+
+
+def _context(conf: cfg.ConfigOpts, backend: str, project: Project, scope: KeystoneScope | None) -> Any:
+    """The castellan context: the session's plugin, else the config file's credentials, else the bare project."""
+    from oslo_context import context as oslo_context
+
+    if scope is not None:
+        return _session_context(scope, project_id=project.id, project_name=project.name)
+    if has_credentials(conf):
+        from castellan.common import utils as castellan_utils
+
+        try:
+            return castellan_utils.credential_factory(conf=conf)
+        except Exception as exc:  # noqa: BLE001 - castellan's credential errors are of several kinds
+            raise KeyManagerError(f"the [key_manager] credentials for backend {backend!r} are not usable: "
+                                  f"{_one_line(exc)}") from None
+    return oslo_context.RequestContext(project_id=project.id)
+
+
+def _credentials_project(conf: cfg.ConfigOpts, fallback: Project) -> Project:
+    """The project of ``[key_manager]``'s own credentials (a service's), as far as the file names it."""
+    options = conf.key_manager
+    project_id, project_name = options.project_id, options.project_name
+    if not (project_id or project_name):
+        return fallback
+    where = getattr(conf, "imgsign_config_file", None) or "the configuration"
+    return Project(project_id or project_name, project_name if project_id else None,
+                   f"[key_manager] credentials in {where}", by_name=not project_id)
+
+
+@functools.cache
+def _session_context_class() -> type:
+    from oslo_context import context as oslo_context
+
+    class SessionContext(oslo_context.RequestContext):
+        """A request context whose keystoneauth plugin is the CLI's Keystone session's (castellan uses it)."""
+
+        def __init__(self, scope: KeystoneScope, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._scope = scope
+
+        def get_auth_plugin(self) -> Any:
+            return self._scope.session.auth
+
+    return SessionContext
+
+
+def _session_context(scope: KeystoneScope, **kwargs: Any) -> Any:
+    return _session_context_class()(scope, **kwargs)
+
+
+#: Loggers of the key-manager client libraries, which log every failure they also raise.
+CLIENT_LOGGERS = ("castellan", "barbicanclient", "keystoneauth", "hvac")
+
+
+@functools.cache
+def _quiet_client_loggers() -> None:
+    """Keep castellan's and its clients' own error logs ("missing auth_token", "4xx Client error: ...")
+    off a command's stderr when nothing configured logging: their failures reach the user as one
+    imgsign error instead. A program that configures logging (Glance, Nova) still gets the records:
+    a NullHandler only stops Python's last-resort handler, not propagation."""
+    import logging
+
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).addHandler(logging.NullHandler())
 
 
 def installed_backends() -> set[str]:

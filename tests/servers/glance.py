@@ -1,4 +1,4 @@
-"""A keystone-less Glance 33 with imgsign's import plugins and castellan backend.
+"""A Glance 33 behind the harness Keystone, with imgsign's import plugins and castellan backend.
 
 Server side
     Glance 33.0.0 from PyPI, installed into its own cached venv (its pinned
@@ -21,9 +21,10 @@ Server side
     db_sync``), the ``file`` store, ``glance-direct`` imports with a staging
     directory, castellan ``[key_manager] backend = imgsign`` on a given embedded
     store, and the paste pipeline of ``glance_app/glance-api-paste.ini``: Glance's
-    ``context`` middleware without ``authtoken``, so the request context (project,
-    roles) comes from the ``X-Project-Id``/``X-Roles`` headers the client sends
-    (:meth:`GlanceServer.headers`).
+    ``keystone`` flavour (keystonemiddleware's ``authtoken``, then ``context``),
+    validating tokens with the session's Keystone (tests/servers/keystone.py) as the
+    service user ``glance``. The request context's project is the token's project
+    id, as in production; :meth:`GlanceServer.headers` gets a real token.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.servers.common import ServerError, clean_env, ensure_venv, run_server, start_with_port_retry, tail
+from tests.servers.keystone import KeystoneServer
 
 GLANCE = "glance==33.0.0"
 #: imgsign's runtime dependencies that Glance does not already bring.
@@ -51,7 +53,8 @@ APP_DIR = Path(__file__).resolve().with_name("glance_app")
 CONSTRAINTS = APP_DIR / "constraints.txt"
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90.0
-ROLES = ("admin", "member")
+#: A project member, as the users who upload images are (not an admin: Glance admins see every project).
+ROLES = ("member",)
 
 
 def glance_venv() -> Path:
@@ -94,12 +97,16 @@ class GlanceServer:
     images_dir: Path
     keystore: Path
     pid: int
+    keystone: KeystoneServer
 
-    @staticmethod
-    def headers(project: str, roles: Sequence[str] = ROLES, **extra: str) -> dict[str, str]:
-        """What keystonemiddleware would set for a user of ``project``; the pipeline trusts it."""
-        return {"X-Identity-Status": "Confirmed", "X-Project-Id": project, "X-User-Id": f"user-of-{project}",
-                "X-Roles": ",".join(roles), **extra}
+    def headers(self, project: str, roles: Sequence[str] = ROLES, **extra: str) -> dict[str, str]:
+        """A real Keystone token of a user of ``project`` (Keystone project *name*) with ``roles``."""
+        user = self.keystone.project_user(project, roles)
+        return {"X-Auth-Token": self.keystone.token(user.user), **extra}
+
+    def project_id(self, project: str) -> str:
+        """The Keystone id of ``project`` (what Glance calls the image owner, and the key manager's project)."""
+        return self.keystone.project_id(project)
 
     def castellan_config(self) -> str:
         """castellan config-file text for the key manager this Glance uses."""
@@ -119,7 +126,8 @@ class GlanceServer:
             return ""
 
 
-def _api_conf(workdir: Path, keystore: Path, import_methods: Sequence[str]) -> str:
+def _api_conf(workdir: Path, keystore: Path, import_methods: Sequence[str], keystone: KeystoneServer,
+              key_manager: str | None) -> str:
     # Multi-store configuration (the single-store [glance_store] stores/default_store options are
     # deprecated for removal): one file store "fs"; staging in Glance's reserved staging store.
     return f"""\
@@ -147,12 +155,13 @@ filesystem_store_datadir = {workdir / "tasks"}
 [paste_deploy]
 config_file = {APP_DIR / "glance-api-paste.ini"}
 
-[key_manager]
-backend = imgsign
+{key_manager or _embedded_key_manager(keystore)}
 
-[imgsign_embedded]
-path = {keystore}
-"""
+{keystone.authtoken_conf("glance")}"""
+
+
+def _embedded_key_manager(keystore: Path) -> str:
+    return f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n"
 
 
 def _ini(sections: Mapping[str, Mapping[str, str]]) -> str:
@@ -160,9 +169,11 @@ def _ini(sections: Mapping[str, Mapping[str, str]]) -> str:
                    for name, options in sections.items())
 
 
-def _ready(url: str) -> bool:
-    # A real /v2 call through the pipeline and the database, so a broken set-up fails start-up.
-    request = urllib.request.Request(f"{url}/v2/images?limit=1", headers=GlanceServer.headers("readiness-probe"))
+def _ready(url: str, keystone: KeystoneServer) -> bool:
+    # A real /v2 call through the pipeline (token validation included) and the database,
+    # so a broken set-up fails start-up.
+    token = keystone.token(keystone.project_user("readiness-probe").user)
+    request = urllib.request.Request(f"{url}/v2/images?limit=1", headers={"X-Auth-Token": token})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status == 200
@@ -171,16 +182,19 @@ def _ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def glance_server(workdir: Path | None = None, *, keystore: Path, plugins: Sequence[str] = (),
+def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keystore: Path, plugins: Sequence[str] = (),
                   import_options: Mapping[str, Mapping[str, str]] | None = None,
-                  import_methods: Sequence[str] = ("glance-direct",)) -> Iterator[GlanceServer]:
+                  import_methods: Sequence[str] = ("glance-direct",),
+                  key_manager: str | None = None) -> Iterator[GlanceServer]:
     """Install Glance (if needed) and run it on a free 127.0.0.1 port until the block ends.
 
     ``plugins`` is ``[image_import_opts] image_import_plugins``; ``import_options``
     more sections for ``glance-image-import.conf`` (e.g. ``imgsign_import``,
     ``image_conversion``); ``import_methods`` the ``enabled_import_methods`` (none: a
-    Glance that only takes ``PUT /file`` uploads). ``keystore`` is the embedded key manager's SQLite file,
-    shared with the tests that store certificates and keys in it. ``workdir``
+    Glance that only takes ``PUT /file`` uploads). ``keystone`` is the Keystone it validates tokens
+    with (the session's ``keystone`` fixture). ``keystore`` is the embedded key manager's SQLite file,
+    shared with the tests that store certificates and keys in it; ``key_manager`` (castellan
+    config-file text, e.g. :meth:`BarbicanServer.castellan_config`) replaces it. ``workdir``
     (default: a temporary directory, removed afterwards) holds the configuration
     (``etc/``), database, staging and store directories, ``HOME`` and the logs.
     """
@@ -192,7 +206,7 @@ def glance_server(workdir: Path | None = None, *, keystore: Path, plugins: Seque
         etc, home = workdir / "etc", workdir / "home"
         for directory in (etc, home, workdir / "staging", workdir / "images", workdir / "tasks"):
             directory.mkdir(parents=True, exist_ok=True)
-        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore, import_methods))
+        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore, import_methods, keystone, key_manager))
         plugin_list = ", ".join(f"'{name}'" for name in plugins)
         (etc / "glance-image-import.conf").write_text(_ini({
             "image_import_opts": {"image_import_plugins": f"[{plugin_list}]"}, **(import_options or {})}))
@@ -215,12 +229,12 @@ def glance_server(workdir: Path | None = None, *, keystore: Path, plugins: Seque
         def start(port: int):
             url = f"http://127.0.0.1:{port}"
             return run_server("glance", [str(python), str(APP_DIR / "serve.py"), str(port), str(os.getpid())],
-                              workdir=workdir, env=env, ready=lambda: _ready(url), timeout=START_TIMEOUT,
+                              workdir=workdir, env=env, ready=lambda: _ready(url, keystone), timeout=START_TIMEOUT,
                               other_logs=[workdir / "glance-api.log"])
 
         port, proc = start_with_port_retry(start, stack)
         yield GlanceServer(f"http://127.0.0.1:{port}", workdir, workdir / "glance.log", workdir / "glance-api.log",
-                           workdir / "staging", workdir / "images", Path(keystore), proc.pid)
+                           workdir / "staging", workdir / "images", Path(keystore), proc.pid, keystone)
 
 
 def wait_for(what: str, probe, timeout: float = 60.0, interval: float = 0.2, on_timeout=None):
@@ -238,8 +252,11 @@ def wait_for(what: str, probe, timeout: float = 60.0, interval: float = 0.2, on_
 
 
 if __name__ == "__main__":  # manual use: python -m tests.servers.glance KEYSTORE [PLUGIN ...]
-    with glance_server(keystore=Path(sys.argv[1]).resolve(), plugins=sys.argv[2:]) as server:
-        print(server.url, server.workdir, flush=True)
+    from tests.servers.keystone import keystone_server
+
+    with keystone_server() as identity, glance_server(keystone=identity, keystore=Path(sys.argv[1]).resolve(),
+                                                      plugins=sys.argv[2:]) as server:
+        print(server.url, server.workdir, identity.url, identity.admin.password, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)

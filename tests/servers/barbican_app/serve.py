@@ -1,4 +1,4 @@
-"""Serve the keystone-less Barbican API on 127.0.0.1 with a threaded wsgiref server.
+"""Serve the Barbican API (behind Keystone) on 127.0.0.1 with a threaded wsgiref server.
 
 Run by tests/servers/barbican.py with the cached Barbican venv's Python (not the
 project's), as ``serve.py PORT PARENT_PID``. Barbican's packaged WSGI entry point
