@@ -128,6 +128,31 @@ def test_flagship_sign_store_cert_into_openstack_image_create(cloud, tmp_path):
     assert f"Successfully verified signature for image {shown['id']}" in cloud.glance.glance_log_text()
 
 
+def test_flagship_journey_as_written_with_the_openstack_command(cloud, tmp_path):
+    """The README's example, run as written by a shell: ``imgsign sign disk.qcow2 --key signer.key --cert
+    signer.pem --store-cert --format openstack | xargs openstack image create --disk-format qcow2 --file
+    disk.qcow2 my-image``, with the real ``openstack`` command (python-openstackclient) and ``OS_CLOUD``."""
+    from tests.servers.openstackclient import openstack_bin
+
+    image = make_qcow2(tmp_path / "disk.qcow2")
+    for name, source in (("signer.key", key_of("ECC_SECP384R1")), ("signer.pem", cert_of("ECC_SECP384R1"))):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    name = f"my-image-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IMGSIGN_"))}
+    env.update(OS_CLIENT_CONFIG_FILE=str(cloud.clouds), OS_CLOUD="alice", IMGSIGN_CONFIG=str(cloud.barbican_conf),
+               PYTHONPATH=str(REPO), HOME=str(tmp_path),
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), str(openstack_bin()), env.get("PATH", "")]))
+    script = ("set -o pipefail; imgsign sign disk.qcow2 --key signer.key --cert signer.pem --store-cert "
+              "--format openstack | xargs openstack image create --disk-format qcow2 --file disk.qcow2 " + name)
+    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert cloud.project("alice") in run.stderr, run.stderr  # stored in alpha, named by name and id
+    created = [i for i in cloud.images("alice") if i["name"] == name]
+    assert len(created) == 1 and created[0]["status"] == "active", created
+    assert created[0]["img_signature_key_type"] == "ECC_SECP384R1"
+    assert f"Successfully verified signature for image {created[0]['id']}" in cloud.glance.glance_log_text()
+
+
 def test_upload_stores_the_certificate_in_the_token_project_and_glance_verifies(cloud, tmp_path):
     image = make_qcow2(tmp_path / "disk.qcow2")
     uploaded = cloud.cli("alice", cloud.barbican_conf, "upload", image, "--key", key_of("ECC_SECP384R1"),

@@ -11,6 +11,8 @@ always stops it again (its whole process group):
   (keystonemiddleware), used through castellan's ``barbican`` backend;
 - :mod:`tests.servers.glance` — a glance-api behind that Keystone, with imgsign's
   import plugins;
+- :mod:`tests.servers.openstackclient` — the ``openstack`` command, for the README's
+  journeys run as written;
 - :mod:`tests.servers.hostile` — a stand-in for Glance, Keystone, a key manager and transit
   that misbehaves on purpose (stdlib only, nothing to install).
 
