@@ -353,3 +353,18 @@ def test_version_names_the_crypto_it_runs_on():
     lines = result.stdout.splitlines()
     assert lines[0].startswith("imgsign ") and lines[1].startswith(f"cryptography {cryptography_version} with OpenSSL")
     assert "openssl command" in lines[2] and "OpenSSL" in lines[2], result
+
+
+@pytest.mark.parametrize("section, option, value", [
+    ("imgsign", "max_chain_depth", "lots"), ("imgsign", "max_chain_depth", "256"), ("imgsign", "require_crls", "maybe"),
+    ("transit", "timeout", "0"), ("transit", "timeout", "soon"),
+])
+def test_an_invalid_config_value_is_an_error_at_start_naming_the_option(tmp_path, section, option, value):
+    """oslo.config checks a value only when something reads it: imgsign reads them all at start, so a command
+    that never needs the option (`cert list`) refuses the file too, naming the option."""
+    conf = tmp_path / "imgsign.conf"
+    conf.write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {tmp_path / 'ks'}\n\n"
+                    f"[{section}]\n{option} = {value}\n")
+    result = run_cli("-c", conf, "cert", "list")
+    assert result.code == errors.InputError.exit_code, result
+    assert f"invalid value for [{section}] {option}" in result.stderr, result

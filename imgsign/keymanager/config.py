@@ -199,8 +199,30 @@ def load(config_file: str | None = None) -> cfg.ConfigOpts:
         conf(args=[], project="imgsign", default_config_files=[path] if path else [], validate_default_values=True)
     except cfg.Error as exc:
         raise InputError(f"cannot read configuration {path}: {describe_error(exc)}") from None
+    _check_values(conf, path, {"imgsign": _imgsign_opts(), "pkcs11": _pkcs11_opts(), "transit": transit_opts()})
     conf.imgsign_config_file = path  # type: ignore[attr-defined]
     return conf
+
+
+def _check_values(conf: cfg.ConfigOpts, path: str | None, groups: dict[str, list[cfg.Opt]]) -> None:
+    """Read every option of imgsign's own sections once, so an invalid value (``max_chain_depth = lots``)
+    is an error at start naming the option, not ignored until some command happens to read it.
+
+    oslo.config checks a value only when it is read; its message quotes the value, so imgsign's names
+    the option and what it takes instead."""
+    from oslo_config import cfg
+
+    for group, options in groups.items():
+        for option in options:
+            try:
+                conf[group][option.dest]
+            except (cfg.ConfigFileValueError, ValueError) as exc:
+                takes = getattr(option.type, "type_name", None) or type(option.type).__name__.lower()
+                bounds = [f"{word} {value}" for word, value in (("at least", getattr(option.type, "min", None)),
+                                                                ("at most", getattr(option.type, "max", None)))
+                          if value is not None]
+                raise InputError(f"invalid value for [{group}] {option.name} in {path}: it takes {takes}"
+                                 f"{' (' + ', '.join(bounds) + ')' if bounds else ''}") from exc
 
 
 def describe_error(exc: BaseException) -> str:
