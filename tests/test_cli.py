@@ -368,3 +368,17 @@ def test_an_invalid_config_value_is_an_error_at_start_naming_the_option(tmp_path
     result = run_cli("-c", conf, "cert", "list")
     assert result.code == errors.InputError.exit_code, result
     assert f"invalid value for [{section}] {option}" in result.stderr, result
+
+
+@pytest.mark.parametrize("missing", ["no-such.img", "a-directory"])
+def test_sign_store_cert_stores_nothing_for_an_image_it_cannot_read(tmp_path, missing):
+    (tmp_path / "a-directory").mkdir()
+    env = {"IMGSIGN_CONFIG": str(tmp_path / "imgsign.conf")}
+    (tmp_path / "imgsign.conf").write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\n"
+                                           f"path = {tmp_path / 'ks.sqlite3'}\n")
+    result = run_cli("sign", tmp_path / missing, "--key", key_of("RSA-PSS"), "--cert", cert_of("RSA-PSS"),
+                     "--store-cert", env=env)
+    assert result.code == errors.InputError.exit_code, result
+    assert "stored certificate" not in result.stderr, result
+    listed = run_cli("cert", "list", "--json", env=env)
+    assert listed.code == 0 and json.loads(listed.stdout) == [], listed

@@ -43,10 +43,13 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         from imgsign.policy import Policy
 
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+        # --store-cert changes the key manager: only once the whole image has been read, so a missing or
+        # unreadable image leaves nothing stored (the key and certificate are checked after it, then stored).
+        image_digest_now = digest() if store_cert and cert_uuid is None else None
         signer, key = prepare_signer(ctx, key_path, passphrase_file, cert_path, cert_uuid, store_cert, method,
                                      key_type, policy)
-        emitted = signed_properties(image, signer, key, digest(), digest.handle, digest.head, not no_raw_digest,
-                                    is_quiet(ctx, quiet))
+        emitted = signed_properties(image, signer, key, image_digest_now or digest(), digest.handle, digest.head,
+                                    not no_raw_digest, is_quiet(ctx, quiet))
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
