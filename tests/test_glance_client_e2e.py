@@ -351,6 +351,21 @@ def test_verify_image_errors(env, tmp_path):
     assert unknown_cloud.returncode == errors.InputError.exit_code, unknown_cloud.stderr
     assert "no-such-cloud" in unknown_cloud.stderr
 
+    # An image without any img_signature* property is unsigned (60), as audit and the hook call it; one
+    # with only some of them is malformed (11).
+    bare = env.api(env.direct, "POST", "/images", json={"name": "unsigned", "disk_format": "raw",
+                                                        "container_format": "bare"})
+    assert bare.status_code == 201, bare.text
+    unsigned = env.cli("direct", "verify", "--image", bare.json()["id"], "--json")
+    assert unsigned.returncode == errors.UnsignedImage.exit_code, unsigned.stderr
+    assert json.loads(unsigned.stdout)["reason"] == errors.UnsignedImage.reason
+    partial = env.api(env.direct, "POST", "/images", json={"name": "partial", "disk_format": "raw",
+                                                          "container_format": "bare",
+                                                          "img_signature_hash_method": "SHA-256"})
+    assert partial.status_code == 201, partial.text
+    malformed = env.cli("direct", "verify", "--image", partial.json()["id"])
+    assert malformed.returncode == errors.PropertiesError.exit_code, malformed.stderr
+
 
 def test_verify_image_usage(env, tmp_path):
     both = env.cli("direct", "verify", tmp_path / "x", "--image", "abc")

@@ -89,11 +89,15 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
                 # check_signer runs while the image is hashed on another core.
                 check_signer(properties).verify_precomputed(digest())
         elif glance_image_id is not None:
-            from imgsign.properties import properties_from_document
+            from imgsign.properties import is_signed, properties_from_document
 
             glance = glance_client(ctx)
             record = glance.get_image(glance_image_id)
-            properties = SignatureProperties.from_mapping(properties_from_document(record))
+            document = properties_from_document(record)
+            if not is_signed(document):  # as audit and the hook say it: unsigned (60), not malformed (11)
+                raise errors.UnsignedImage(f"Glance image {glance_image_id} is not signed: it has no "
+                                           f"img_signature* properties")
+            properties = SignatureProperties.from_mapping(document)
             verifier = check_signer(properties)
             size = record.get("size")
             with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet or as_json) as progress:
