@@ -199,6 +199,21 @@ def test_the_base_path_names_the_image(host):
     boots_fast(host, image_id)
 
 
+def test_another_images_properties_document_is_named_not_a_mismatch(host):
+    """`openstack image show -f json` output of another image: refused naming both ids (10), not a signature
+    mismatch (31) that sends the operator looking for a tampered base."""
+    image, props = signed_image(host, "raw")
+    image_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    base = nova_download(host, image_id, image)
+    shown = host.tmp / "other-image.json"
+    shown.write_text(json.dumps({"id": other, "name": "other", "properties": json.loads(props.read_text())}))
+    for target, extra in ((image_id, ()), (base, ("--image-id", image_id))):
+        refused = adopt(host, str(target), shown, *extra)
+        assert refused.code == errors.InputError.exit_code, refused
+        assert f"image {other}'s, not image {image_id}'s" in refused.stderr, refused
+    assert_nothing_recorded(host, image_id)
+
+
 # --- refusals: nothing recorded ---------------------------------------------------------------------
 
 def test_statement_of_another_image_is_refused(host):
@@ -260,8 +275,8 @@ def test_one_byte_changed_in_the_base_before_adoption_is_refused(host, fmt):
 def test_unsigned_image_is_refused(host):
     image = make_image(host, "raw")
     props = host.tmp / "unsigned.json"
-    props.write_text(json.dumps({"id": "x", "properties": {"os_distro": "debian"}}))
     image_id = str(uuid.uuid4())
+    props.write_text(json.dumps({"id": image_id, "properties": {"os_distro": "debian"}}))
     nova_download(host, image_id, image)
     refused = adopt(host, image_id, props)
     assert refused.code == errors.UnsignedImage.exit_code and "not signed" in refused.stderr, refused

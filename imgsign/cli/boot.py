@@ -260,13 +260,23 @@ def _images_of(path: str) -> dict[str, Any]:
 
 
 def _adopt_target(base_or_id: str, image_id: str | None, document: object, instances_path: str) -> tuple[str, str]:
-    """(image id, instances path) for ``boot adopt``'s argument."""
+    """(image id, instances path) for ``boot adopt``'s argument; a properties document that names another
+    image (`openstack image show -f json` output has its ``id``) is refused, naming both."""
+    named = document.get("id") if isinstance(document, dict) and isinstance(document.get("id"), str) else None
     if os.sep not in base_or_id:
         if image_id is not None and image_id != base_or_id:
             raise errors.InputError(f"--image-id {image_id} differs from the image id {base_or_id}")
-        return base_or_id, instances_path
-    if image_id is None and isinstance(document, dict) and isinstance(document.get("id"), str):
-        image_id = document["id"]
+        image_id = base_or_id
+    elif image_id is None:
+        image_id = named
+    for checked in (image_id, named):
+        if checked is not None:
+            cache_name(checked)  # an id Nova cannot hash (not valid UTF-8) is refused as such first
+    if named is not None and image_id is not None and named != image_id:
+        raise errors.InputError(f"the --properties document is image {named}'s, not image {image_id}'s: give the "
+                                f"properties of the image being adopted")
+    if os.sep not in base_or_id and image_id is not None:
+        return image_id, instances_path
     if image_id is None:
         raise errors.InputError(f"{base_or_id} is a path: give the image id with --image-id (or use "
                                 "`openstack image show -f json` output, which has it, as --properties)")
