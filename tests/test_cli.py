@@ -382,3 +382,23 @@ def test_sign_store_cert_stores_nothing_for_an_image_it_cannot_read(tmp_path, mi
     assert "stored certificate" not in result.stderr, result
     listed = run_cli("cert", "list", "--json", env=env)
     assert listed.code == 0 and json.loads(listed.stdout) == [], listed
+
+
+def test_quiet_after_the_command_name_too(tmp_path):
+    """`-q` after the command means what `imgsign -q COMMAND` means: no success messages, for keygen and for
+    sign --store-cert's stored-certificate line."""
+    env = {"IMGSIGN_CONFIG": str(tmp_path / "imgsign.conf")}
+    (tmp_path / "imgsign.conf").write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\n"
+                                           f"path = {tmp_path / 'ks.sqlite3'}\n")
+    for where, args in (("before", ("-q", "keygen")), ("after", ("keygen", "-q"))):
+        made = run_cli(*args, "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / f"{where}.key",
+                       "--out-cert", tmp_path / f"{where}.pem", env=env)
+        assert made.code == 0 and made.stderr == "", made
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"data" * 1000)
+    signed = run_cli("sign", image, "--key", tmp_path / "after.key", "--cert", tmp_path / "after.pem",
+                     "--store-cert", "-q", env=env)
+    assert signed.code == 0 and signed.stderr == "", signed
+    loud = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "loud.key",
+                   "--out-cert", tmp_path / "loud.pem", env=env)
+    assert loud.code == 0 and loud.stderr.startswith("wrote "), loud

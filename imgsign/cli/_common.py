@@ -84,7 +84,17 @@ def open_store(ctx: click.Context) -> CastellanStore:
 
 
 def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")(func)
+    """``-q/--quiet`` after a command name; it means what ``imgsign -q COMMAND`` means, for every step of
+    the command (:func:`is_quiet` answers for both)."""
+    return click.option("-q", "--quiet", is_flag=True, callback=_remember_quiet,
+                        help="No progress bar and no success messages.")(func)
+
+
+def _remember_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    root = ctx.find_root()
+    if value and isinstance(root.obj, dict):
+        root.obj["quiet"] = True
+    return value
 
 
 def policy_options(func: Callable[..., Any]) -> Callable[..., Any]:

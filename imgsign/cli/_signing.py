@@ -9,7 +9,7 @@ import click
 
 from imgsign import errors
 from imgsign._internal.files import read_small_file
-from imgsign.cli._common import KEY_MANAGER_ID, hash_choice, key_type_choice, load_key, open_store, say
+from imgsign.cli._common import KEY_MANAGER_ID, hash_choice, is_quiet, key_type_choice, load_key, open_store, say
 
 if TYPE_CHECKING:
     from imgsign.algorithms import HashMethod
@@ -113,8 +113,9 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
             f"add --store-cert to store it, or give --cert-uuid"
         )
     cert_id = km.store_certificate(der, certificates.describe(certificate))
-    say(f"stored certificate {certificates.describe(certificate)} as {cert_id} in the {km.description}",
-        err=True)
+    if not is_quiet(ctx, False):
+        say(f"stored certificate {certificates.describe(certificate)} as {cert_id} in the {km.description}",
+            err=True)
     if scope is not None and km_config.backend_name(conf) == km_config.EMBEDDED:
         say(f"imgsign: warning: the {km.description} is a file on this machine: Glance and Nova cannot "
             f"read the certificate from it unless their [key_manager] opens this same file; in a cloud, "

@@ -17,8 +17,10 @@ from imgsign.cli._common import (
     KEY_MANAGER_ID,
     NON_EMPTY,
     effective_trusted_ids,
+    is_quiet,
     load_properties,
     load_properties_document,
+    quiet_option,
     say,
     signing_certificate,
     trust_anchors,
@@ -107,8 +109,10 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @_SEAL_OPTION
 @_LOCK_TIMEOUT_OPTION
-def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool, as_json: bool,
-               seal: str, lock_timeout: float) -> None:
+@quiet_option
+@click.pass_context
+def boot_check(ctx: click.Context, base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool,
+               as_json: bool, seal: str, lock_timeout: float, quiet: bool) -> None:
     """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes; seals it as the hook does)."""
     policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids, immutable_bases=seal == "immutable")
     decision = boot.verify_for_boot(base_file, RecordStore(state_dir, lock_timeout=lock_timeout), policy,
@@ -117,7 +121,7 @@ def boot_check(base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_
                               "message": decision.message, "exit_code": decision.code}
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    elif decision.allowed:
+    elif decision.allowed and not is_quiet(ctx, quiet):
         say(f"OK: {decision.message}")
     if not decision.allowed:
         if not as_json:

@@ -12,10 +12,12 @@ from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import KeyType
 from imgsign.cli._common import (
     check_issuer_options,
+    is_quiet,
     issuer_inputs,
     issuer_options,
     key_type_choice,
     load_issuer,
+    quiet_option,
     read_passphrase,
     say,
     subject_option,
@@ -37,6 +39,7 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 @click.option("--bits", type=int, help=f"RSA/DSA key size (default {keygen.DEFAULT_BITS}; not for curves).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@quiet_option
 @click.pass_context
 def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     """Make a signing key and a certificate (self-signed or from --ca-cert), or with --csr a certificate
@@ -79,8 +82,9 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
         pending = keygen.generate_request(key_type, subject=opts["subject"], bits=bits, passphrase=passphrase)
         out_key.write(pending.key_pem)
         out_cert.write(pending.csr_pem)
-        say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_csr']} (certificate request: "
-            f"have your CA sign it, then: imgsign cert store CERT --key {opts['out_key']})", err=True)
+        if not is_quiet(ctx, opts["quiet"]):
+            say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_csr']} (certificate request: "
+                f"have your CA sign it, then: imgsign cert store CERT --key {opts['out_key']})", err=True)
         return
     identity = keygen.generate(
         key_type, subject=opts["subject"], days=opts["days"], bits=bits,
@@ -88,7 +92,8 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     )
     out_key.write(identity.key_pem)
     out_cert.write(identity.cert_pem)
-    say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
+    if not is_quiet(ctx, opts["quiet"]):
+        say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
 
 
 def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
@@ -118,4 +123,5 @@ def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, An
     else:
         certificate = keygen.issue_certificate(subject, key.public_key(), issuer or key, days=opts["days"])
         out.write(certificate.public_bytes(Encoding.PEM))
-    say(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {output}", err=True)
+    if not is_quiet(ctx, opts["quiet"]):
+        say(f"generated {key!r} ({key.public_key().describe()}, never leaves it) and wrote {output}", err=True)
