@@ -180,10 +180,16 @@ def backing_path(layer: Layer, root: str) -> tuple[str, str]:
 
 
 def open_layer(path: str, fmt: str, root: str) -> Layer:
-    """Inspect ``path`` as ``fmt`` after checking it is a regular file reached without symbolic links."""
+    """Inspect ``path`` as ``fmt`` after checking it is a regular file reached without symbolic links.
+
+    A raw layer is not handed to ``qemu-img``: raw has no header, so qemu reads no backing name, data
+    file or other reference from it, and ``qemu-img info -f raw`` could only report its size (about
+    6 ms of each hook call per raw layer). Every check of the path is made as for qcow2."""
     if ".." in path.split("/"):
         raise UnsafeImage(f"{path} contains '..'")
     check_no_symlink(path, root)
+    if fmt == "raw":
+        return Layer(os.path.abspath(path), fmt, None, None)
     return inspect(path, fmt)
 
 
