@@ -1,7 +1,8 @@
 """Disk-image inspection and conversion with ``qemu-img`` (Debian's qemu-utils).
 
 The backing chain is walked one layer at a time (``qemu-img info --output=json``
-with an explicit format; ``qemu-img info`` never opens the backing file), checking
+with an explicit format; ``qemu-img info`` never opens the backing file; a raw
+layer has no header, so it names nothing and is not handed to ``qemu-img``), checking
 each layer *before* opening the file it points to.  A reference is followed only
 when qemu would open it as a plain local file: a backing name that qemu reads as
 ``protocol:...`` (``json:{...}``, ``nbd:``, ``file:``, ``host_device:``, ...: a colon
