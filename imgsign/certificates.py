@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from imgsign._internal import pyca_dsa
@@ -126,6 +125,7 @@ def certificate_public_key(cert: x509.Certificate) -> PublicKey:
 
 def certificate_spki_der(cert: x509.Certificate) -> bytes:
     """DER SubjectPublicKeyInfo of ``cert``, read without asking ``cryptography`` to load the key."""
+    from cryptography.hazmat.primitives.serialization import Encoding
     from pyasn1.codec.der import decoder, encoder
     from pyasn1.error import PyAsn1Error
     from pyasn1_modules import rfc5280

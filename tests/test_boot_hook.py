@@ -364,3 +364,46 @@ def test_signer_validated_against_a_trusted_ca_at_download_is_trusted_at_boot(ho
     assert host.boot(image_id, disk, instance).returncode == 0
     host.configure("enforce", trusted=str(uuid.uuid4()))
     assert host.boot(image_id, disk, instance).returncode == errors.UntrustedCertificate.exit_code
+
+
+def test_warm_boot_loads_nothing_the_fast_path_does_not_use(host, tmp_path):
+    """Start-up is most of a warm call (issue 21, "What a boot costs"): a warm boot runs without
+    cryptography's serialization package (its ssh and cipher modules), tempfile, or anything for the
+    network. Fails on main before this change (serialization and tempfile were loaded at import)."""
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    assert host.boot(image_id, disk, instance).returncode == 0  # full read; the fast path is primed
+    xml = tmp_path / "domain.xml"
+    xml.write_text(domain_xml(instance, image_id, [(disk, "qcow2")]))
+    heavy = ("cryptography.hazmat.primitives.serialization", "tempfile", "keystoneauth1", "oslo_config",
+             "castellan", "requests", "pyasn1", "urllib3", "imgsign.compute.adoption", "imgsign.chain")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import io, sys\nfrom imgsign.compute.libvirt_hook import main\n"
+         f"code = main(['vm', 'prepare', 'begin', '-'], open({str(xml)!r}, 'rb'))\n"
+         f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "IMGSIGN_BOOT_CONFIG": str(host.config)})
+    assert probe.stdout.strip() == "0 []", probe
+    assert "unchanged since its last verification" in host.log_entries()[-1]["message"]
+
+
+def test_a_raw_layer_is_checked_without_qemu_img(host, tmp_path):
+    """raw has no header (no backing name, no data file): the chain walk checks the raw base's path
+    (regular file, no link, in _base) and does not start qemu-img for it; the qcow2 overlay still goes
+    through qemu-img. Fails on main (qemu-img info ran for the base too)."""
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    calls = tmp_path / "qemu-img-calls"
+    wrapper = tmp_path / "qemu-img"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> '{calls}'\nexec qemu-img \"$@\"\n")
+    wrapper.chmod(0o755)
+    first = host.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2")]),
+                      env={**os.environ, "IMGSIGN_QEMU_IMG": str(wrapper)})
+    assert first.returncode == 0, first.stderr
+    inspected = [line.split()[-1] for line in calls.read_text().splitlines() if line.startswith("info ")]
+    assert inspected == [str(disk)], inspected
+    # A raw disk whose file is a link, or not a regular file, is still refused before any use.
+    link = host.instances / instance / "link.raw"
+    link.symlink_to(host.base(image_id))
+    refused = host.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2"), (link, "raw")]))
+    assert refused.returncode == errors.UnsafeImage.exit_code, refused.stderr
+    assert "symbolic link" in refused.stderr

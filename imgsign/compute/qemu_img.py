@@ -1,7 +1,8 @@
 """Disk-image inspection and conversion with ``qemu-img`` (Debian's qemu-utils).
 
 The backing chain is walked one layer at a time (``qemu-img info --output=json``
-with an explicit format; ``qemu-img info`` never opens the backing file), checking
+with an explicit format; ``qemu-img info`` never opens the backing file; a raw
+layer has no header, so it names nothing and is not handed to ``qemu-img``), checking
 each layer *before* opening the file it points to.  A reference is followed only
 when qemu would open it as a plain local file: a backing name that qemu reads as
 ``protocol:...`` (``json:{...}``, ``nbd:``, ``file:``, ``host_device:``, ...: a colon
@@ -180,10 +181,16 @@ def backing_path(layer: Layer, root: str) -> tuple[str, str]:
 
 
 def open_layer(path: str, fmt: str, root: str) -> Layer:
-    """Inspect ``path`` as ``fmt`` after checking it is a regular file reached without symbolic links."""
+    """Inspect ``path`` as ``fmt`` after checking it is a regular file reached without symbolic links.
+
+    A raw layer is not handed to ``qemu-img``: raw has no header, so qemu reads no backing name, data
+    file or other reference from it, and ``qemu-img info -f raw`` could only report its size (about
+    6 ms of each hook call per raw layer). Every check of the path is made as for qcow2."""
     if ".." in path.split("/"):
         raise UnsafeImage(f"{path} contains '..'")
     check_no_symlink(path, root)
+    if fmt == "raw":
+        return Layer(os.path.abspath(path), fmt, None, None)
     return inspect(path, fmt)
 
 

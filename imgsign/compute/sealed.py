@@ -28,7 +28,6 @@ import hmac
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,6 +148,8 @@ class SealedStore:
 
     def _create_key(self, state_fd: int) -> None:
         """Write a new key under a unique name and link it to ``hmac.key``: the first link wins."""
+        import tempfile  # only the first run on a host writes the key: the hook's start-up stays without it
+
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=self.state_dir)
         except OSError as exc:

@@ -6,7 +6,6 @@ import hashlib
 from typing import TYPE_CHECKING
 
 from cryptography import exceptions as crypto_exceptions
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
@@ -114,6 +113,8 @@ class CryptographyPublicKey(PublicKey):
         return describe_key(self._key)
 
     def spki_der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def verify_digest(self, signature: bytes, digest: bytes, hash_method: HashMethod) -> None:
@@ -168,6 +169,8 @@ class CryptographyPrivateKey(PrivateKey):
         return f"<CryptographyPrivateKey {self.public_key().describe()}>"
 
     def export_pkcs8_der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography import exceptions as crypto_exceptions
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
@@ -63,6 +62,8 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
 
     Binary-curve (``ECC_SECT*``) keys go to the OpenSSL backend.
     """
+    from cryptography.hazmat.primitives import serialization
+
     pem = is_pem(data)
     # RSA key validation costs ~0.1 s for a 3072-bit key on every run; instead every signature is
     # verified right after it is made (CryptographyPrivateKey.sign_digest), which catches a bad key.
@@ -109,6 +110,8 @@ def load_private_key(data: bytes, passphrase: bytes | None = None) -> PrivateKey
 def public_key_from_spki(spki_der: bytes) -> PublicKey:
     """Load a DER SubjectPublicKeyInfo; binary-curve keys (and DSA, see :func:`uses_openssl`) go to the
     OpenSSL backend."""
+    from cryptography.hazmat.primitives import serialization
+
     try:
         with pyca_dsa.quiet():
             key = serialization.load_der_public_key(spki_der)
@@ -137,6 +140,8 @@ def public_key_from_pyca(key: PublicKeyTypes) -> PublicKey:
     """A key ``cryptography`` loaded (from a certificate, say), in the implementation that uses it:
     a DSA key goes to the OpenSSL backend when :func:`uses_openssl` says so."""
     if pyca_dsa.is_public_key(key) and uses_openssl(KeyType.DSA):
+        from cryptography.hazmat.primitives import serialization
+
         from imgsign._internal import openssl
 
         spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
