@@ -73,14 +73,20 @@ def refusing_non_positive_serials(what: str) -> Iterator[None]:
 
 def _parse(parse: Callable[[], list[x509.Certificate]]) -> list[x509.Certificate]:
     """Run ``parse`` (a ``cryptography`` certificate loader) and parse every extension of what it loaded
-    (``cryptography`` parses them lazily), so a non-positive serial number anywhere is refused now.  A
-    malformed extension is left to the check that uses it (:func:`check_signing_certificate`...)."""
+    (``cryptography`` parses them lazily), so that a certificate whose extensions do not parse (malformed,
+    duplicated) or hold a non-positive serial number is refused when it is read, not wherever an
+    extension is first used (where ``DuplicateExtension``, say, is no ``ValueError``)."""
     with refusing_non_positive_serials("a certificate"):
         loaded = parse()
         for cert in loaded:
-            with contextlib.suppress(ValueError):
+            try:
                 for _ in cert.extensions:
                     pass
+            except Warning:
+                raise  # a non-positive serial number: refusing_non_positive_serials says so
+            except Exception as exc:  # noqa: BLE001 - whatever cryptography raises for it, the certificate is refused
+                detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+                raise CertificateError(f"certificate {describe(cert)} has malformed extensions ({detail})") from None
         return loaded
 
 

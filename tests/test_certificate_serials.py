@@ -141,3 +141,20 @@ def test_a_non_positive_serial_in_an_extension_is_refused_too():
            .sign(CA_KEY, hashes.SHA256()))  # type: ignore[arg-type]
     with pytest.raises(errors.CertificateError, match="refusing a certificate revocation list: it holds a serial"):
         load_crl(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_certificate_whose_extensions_do_not_parse_is_refused_when_loaded():
+    """A duplicated extension (RFC 5280 4.2: at most one instance of each) made cryptography raise
+    DuplicateExtension, no ValueError, wherever the extensions were first read: an internal error. Found
+    by the fuzz test of the loaders once they read every extension."""
+    tbs = asn1.der_sequence_elements(LEAF.tbs_certificate_bytes)
+    start, _ = asn1._der_header(tbs[-1], 0)  # [3] EXPLICIT Extensions
+    extensions = asn1.der_sequence_elements(tbs[-1][start:])
+    tbs[-1] = asn1.der_element(0xA3, asn1.der_sequence(*extensions, extensions[0]))
+    to_be_signed = asn1.der_sequence(*tbs)
+    signature = CA_KEY.sign(to_be_signed, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+    algorithm = asn1.der_sequence_elements(LEAF.public_bytes(serialization.Encoding.DER))[1]
+    der = asn1.der_signed(to_be_signed, algorithm, signature)
+    for loader in (load_certificate, load_certificates):
+        with pytest.raises(errors.CertificateError, match="has malformed extensions"):
+            loader(pem(der))
