@@ -119,7 +119,7 @@ def test_flagship_sign_store_cert_into_openstack_image_create(cloud, tmp_path):
     """README: ``imgsign sign ... --store-cert --format openstack | xargs openstack image create ...``."""
     image = make_qcow2(tmp_path / "disk.qcow2")
     signed = cloud.cli("alice", cloud.barbican_conf, "sign", image, "--key", key_of("RSA-PSS"),
-                       "--cert", cert_of("RSA-PSS"), "--store-cert", "--format", "openstack", "-q")
+                       "--cert", cert_of("RSA-PSS"), "--store-cert", "--format", "openstack")
     assert signed.returncode == 0, signed.stderr
     assert f"in the barbican key manager ({cloud.glance.url}" not in signed.stderr  # Barbican's, not Glance's
     assert cloud.project("alice") in signed.stderr, signed.stderr  # "stored certificate ... project alpha (id)"
@@ -135,7 +135,8 @@ def test_flagship_journey_as_written_with_the_openstack_command(cloud, tmp_path)
     from tests.servers.openstackclient import openstack_bin
 
     image = make_qcow2(tmp_path / "disk.qcow2")
-    for name, source in (("signer.key", key_of("ECC_SECP384R1")), ("signer.pem", cert_of("ECC_SECP384R1"))):
+    # A signer no other test here stores, so this run stores it (and says where).
+    for name, source in (("signer.key", key_of("ECC_SECP521R1")), ("signer.pem", cert_of("ECC_SECP521R1"))):
         (tmp_path / name).write_bytes(source.read_bytes())
     name = f"my-image-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IMGSIGN_"))}
@@ -149,7 +150,7 @@ def test_flagship_journey_as_written_with_the_openstack_command(cloud, tmp_path)
     assert cloud.project("alice") in run.stderr, run.stderr  # stored in alpha, named by name and id
     created = [i for i in cloud.images("alice") if i["name"] == name]
     assert len(created) == 1 and created[0]["status"] == "active", created
-    assert created[0]["img_signature_key_type"] == "ECC_SECP384R1"
+    assert created[0]["img_signature_key_type"] == "ECC_SECP521R1"
     assert f"Successfully verified signature for image {created[0]['id']}" in cloud.glance.glance_log_text()
 
 
