@@ -9,10 +9,10 @@ Nova's own ``verify_glance_signatures`` on and off, the base is adopted with
 the private libvirtd (tests/servers/libvirt.py) with the hook installed.
 
 Glance validates Keystone tokens (the session's Keystone, tests/servers/keystone.py);
-Nova downloads with the uploader's token and its project id. Nova runs as root here,
-not as the nova user: its signature check reads the test's embedded key store (a
-root-only SQLite file standing in for Barbican). Nova as the nova user, check off, is
-tests/test_hook_self_adoption.py's.
+Nova downloads with the uploader's token and its project id. With its signature check
+on, Nova runs as root: the check reads the test's embedded key store (a root-only
+SQLite file standing in for Barbican); with it off, Nova runs as the nova user
+(uid 65534) and the base is nova's until ``imgsign boot adopt`` seals it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.servers.glance import GlanceServer, glance_server
 from tests.servers.libvirt import libvirt_daemon, unavailable
 from tests.servers.nova import fetch_to_raw
 from tests.test_boot_hook import Host
+from tests.test_compute_hardening import NOBODY, nova_writable_cache
 from tests.test_libvirt_e2e import Guest, assert_running
 from tests.test_real_images import qemu
 
@@ -90,12 +91,16 @@ def test_base_written_by_novas_own_download_is_adopted_and_boots(stack, force_ra
     qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x4f 0 3M", "-c", "write -P 0x21 40M 1M", source)
     image_id, shown = upload_signed(glance, conf, source)
 
-    base = host.instances / "_base" / cache_name(image_id)
-    base.parent.mkdir(parents=True)
+    # The image cache as the README sets it up; Nova's check reads the root-only key store, so with the
+    # check on Nova runs as root, with it off as the nova user (its base is then nova's, as on a host).
+    base = nova_writable_cache(host.instances) / cache_name(image_id)
+    nova_uid = 0 if verify else NOBODY
     nova = fetch_to_raw(root / "nova", glance_url=glance.url, token=glance.headers(PROJECT)["X-Auth-Token"],
                         project_id=glance.project_id(PROJECT), keystore=keystore, image_id=image_id, dest=base,
-                        force_raw_images=force_raw, verify_glance_signatures=verify)
+                        force_raw_images=force_raw, verify_glance_signatures=verify,
+                        user=None if verify else nova_uid)
     assert nova.returncode == 0, nova.stderr[-3000:]
+    assert base.stat().st_uid == nova_uid
     assert ("Image signature verification succeeded" in nova.stderr) is verify, nova.stderr[-3000:]
     assert sorted(os.listdir(base.parent)) == [base.name]  # no .part or .converted left
     magic = base.read_bytes()[:4]
