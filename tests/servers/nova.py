@@ -22,11 +22,11 @@ root's, so a run as the nova user (``user=``) must leave the check off.
 
 With ``user=``, all of Nova runs as that uid (``setpriv``, no supplementary groups), so
 every file it writes (the ``.part``, ``qemu-img convert``'s output, the base) is the
-nova user's, as on a compute host. The cached venv lives under root's home, which the
-nova user cannot traverse (Nova also re-executes its own interpreter, for
-``oslo_concurrency.prlimit`` around ``qemu-img info``): it is bind-mounted onto
-``WORKDIR/venv`` in a private mount namespace (``unshare --mount``) that ends with the
-process, so nothing outside it changes.
+nova user's, as on a compute host. The cached venv (and, with pyenv, its base
+interpreter) may live under root's home, which the nova user cannot traverse (Nova also
+re-executes its own interpreter, for ``oslo_concurrency.prlimit`` around ``qemu-img
+info``): :func:`_as_user` makes them reachable at their own paths in a private mount
+namespace (``unshare --mount``) that ends with the process, so nothing outside it changes.
 """
 
 from __future__ import annotations
