@@ -1,9 +1,13 @@
 """``imgsign boot adopt``: a trust record for a base file Nova downloaded by itself.
 
-Nova's download path is replayed with real tools as the ``nova`` user (here uid 65534, owner of
+No Glance runs in these tests, so Nova's own download cannot fill ``_base`` here: :func:`nova_download`
+is a stand-in that replays it with real tools as the ``nova`` user (here uid 65534, owner of
 ``_base``): the image is copied to ``_base/<sha1(id)>.part`` and renamed, or a qcow2 is converted
 with ``qemu-img convert -t none -O raw`` to ``.converted``, ``.part`` unlinked and ``.converted``
-renamed (facts doc, "Nova's download path in detail").  Images are real qcow2/raw files signed by
+renamed (facts doc, "Nova's download path in detail").  Nova 34's own ``fetch_to_raw`` fills
+``_base`` from a real glance-api for the same cases in tests/test_hook_self_adoption.py (as the nova
+user, ``force_raw_images`` on and off, the hook adopting) and tests/test_libvirt_nova.py (``imgsign
+boot adopt`` of that base, booted under a real libvirtd).  Images are real qcow2/raw files signed by
 ``imgsign sign`` (or by hand with ``openssl dgst``); boots go through the real hook.
 """
 
@@ -50,7 +54,12 @@ def as_nova(script: str, *args: object) -> None:
 
 
 def nova_download(host: Host, image_id: str, source: Path, *, force_raw: bool = True) -> Path:
-    """What nova/virt/images.py fetch_to_raw does: download to .part, convert a qcow2 to raw, rename."""
+    """A stand-in for Nova's ``fetch_to_raw`` (download to .part, convert a qcow2 to raw, rename), as nova.
+
+    A stand-in because no Glance runs in these unit tests: the image comes from a local file. Nova's own
+    code does this against a real glance-api in tests/test_hook_self_adoption.py (``Compute.nova_download``,
+    as the nova user, both ``force_raw_images`` settings) and tests/test_libvirt_nova.py.
+    """
     base = host.base(image_id)
     qcow2 = source.read_bytes()[:4] == b"QFI\xfb"
     if qcow2 and force_raw:

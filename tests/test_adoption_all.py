@@ -1,7 +1,9 @@
 """``imgsign boot adopt --all``: every base Nova downloaded, in one run, with a summary.
 
-Real images (qemu-img), Nova's download path replayed as the ``nova`` user (tests/test_adoption.py),
-properties as ``openstack image show -f json`` files or as one mapping file.
+Real images (qemu-img), properties as ``openstack image show -f json`` files or as one mapping file.
+No Glance runs here, so Nova's download is a stand-in replayed as the ``nova`` user
+(tests/test_adoption.py's ``nova_download``); Nova 34's own ``fetch_to_raw`` fills ``_base`` from a real
+glance-api in tests/test_hook_self_adoption.py and tests/test_libvirt_nova.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Adoption by conversion (``imgsign boot adopt --by-conversion --original FILE``): a base Nova converted
 from a qcow2 that has no raw-digest statement (signed by the manual ``openssl dgst`` procedure or with
 ``imgsign sign --no-raw-digest``) is adopted when the signed qcow2, verified and converted again, is
-exactly the base.  Nova's ``fetch_to_raw`` is replayed as the ``nova`` user with real qemu-img
-(tests/test_adoption.py); the hook's use of it against a real Glance: tests/test_hook_self_adoption.py.
+exactly the base.  No Glance runs here, so Nova's ``fetch_to_raw`` is a stand-in, replayed as the
+``nova`` user with real qemu-img (tests/test_adoption.py's ``nova_download``).  Nova 34's own
+``fetch_to_raw`` converts such a qcow2 from a real glance-api, as the nova user, and the hook adopts it by
+conversion (and refuses a base that is not the conversion) in tests/test_hook_self_adoption.py.
 """
 
 from __future__ import annotations

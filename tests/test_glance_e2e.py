@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from imgsign import errors
 from imgsign.compute.trust_record import cache_name
 from tests.conftest import REPO, cert_of, key_of, pki, run_cli
 from tests.servers.glance import GlanceServer, glance_server, wait_for
+from tests.servers.nova import fetch_to_raw
 from tests.test_real_images import qemu
 
 pytestmark = pytest.mark.servers
@@ -364,11 +366,21 @@ def test_import_converted_to_qcow2_gets_a_raw_statement_that_adopts_novas_raw_co
     qcow2 = api.download(image_id, tmp_path / "downloaded.qcow2")
     assert qcow2.read_bytes()[:4] == b"QFI\xfb"
 
-    # Nova's fetch_to_raw: the qcow2 converted to raw into _base/<sha1(image id)>.
+    # Nova 34's own fetch_to_raw (tests/servers/nova.py), force_raw_images on: the qcow2 downloaded with
+    # the user's token and converted to raw into _base/<sha1(image id)>. Nova's verify_glance_signatures is
+    # on: its cursive check, in the user's context, accepts the service key's signature over the qcow2
+    # (the certificate copied into the user's project). It runs as root: its check reads the embedded
+    # key store, a root-only file, and this test boots nothing (the nova-owned _base is
+    # tests/test_hook_self_adoption.py's).
     instances = tmp_path / "instances"
     base = instances / "_base" / cache_name(image_id)
     base.parent.mkdir(parents=True)
-    qemu("qemu-img", "convert", "-t", "none", "-f", "qcow2", "-O", "raw", qcow2, base)
+    nova = fetch_to_raw(tmp_path / "nova", glance_url=server.url, token=api.headers["X-Auth-Token"],
+                        project_id=deployment.user_project_id, image_id=image_id, dest=base,
+                        force_raw_images=True, verify_glance_signatures=True, keystore=deployment.keystore)
+    assert nova.returncode == 0, nova.stderr[-3000:]
+    assert "Image signature verification succeeded" in nova.stderr, nova.stderr[-3000:]
+    assert sorted(os.listdir(base.parent)) == [base.name]  # no .part or .converted left
     assert base.read_bytes() == image.read_bytes()
     document = tmp_path / "image.json"
     document.write_text(json.dumps(shown))

@@ -5,10 +5,18 @@ The hook authenticates to Glance as a real client would, from ``[glance]`` in it
 keystoneauth's ``password`` plugin against the session's real Keystone (tests/servers/keystone.py) and
 ``endpoint_override``; Glance validates the token with keystonemiddleware. The hook's user is an admin
 of project ``demo``, so Glance shows it the images it must adopt. The certificates are read from
-``demo``'s Keystone project *id* in the key manager, which is what Glance reads them with.  Nova's ``fetch_to_raw`` is replayed as the ``nova`` user (uid 65534, owner of ``_base``):
-the image data is downloaded from Glance to ``<base>.part``; a qcow2 with ``force_raw_images`` is
-converted with ``qemu-img convert -t none -O raw`` to ``<base>.converted``, ``.part`` unlinked and
-``.converted`` renamed to the base; otherwise ``.part`` is renamed.  Boots go through the real hook
+``demo``'s Keystone project *id* in the key manager, which is what Glance reads them with.
+
+``_base`` is filled by Nova 34's own code (tests/servers/nova.py, its cached venv): ``nova.virt.images.
+fetch_to_raw`` for a disk image (download to ``<base>.part``, deep format inspection, ``qemu-img info``,
+under ``force_raw_images`` a qcow2 converted to ``<base>.converted`` and renamed) and
+``nova.virt.libvirt.utils.fetch_raw_image`` for a kernel or ramdisk, both running as the ``nova`` user
+(uid 65534, owner of ``_base``) with the uploader's Keystone token, as nova-compute does.  Nova's own
+``verify_glance_signatures`` is off in these tests: they prove what the hook decides by itself, and with
+it on Nova would stop the tampered and re-labelled images before they reach ``_base`` (the hook's
+refusals would go unexercised); besides, its check reads the certificate from the embedded key store, a
+root-only file the nova user cannot open.  Nova's check on and off, as root, is run by
+tests/test_libvirt_nova.py and tests/test_glance_e2e.py.  Boots go through the real hook
 (``hooks/libvirt-qemu``, domain XML with Nova's metadata on stdin).
 """
 
@@ -31,6 +39,7 @@ from imgsign import errors
 from imgsign.compute.trust_record import RecordStore
 from tests.conftest import cert_of, key_of, pki, run_cli
 from tests.servers.glance import GlanceServer, glance_server
+from tests.servers.nova import fetch_to_raw
 from tests.test_adoption import as_nova
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_compute_hardening import NOBODY, nova_writable_cache
@@ -126,22 +135,14 @@ class Compute(Host):
         assert signed.code == 0, signed
         return path, signed.json()
 
-    def nova_download(self, image_id: str, *, force_raw: bool = True) -> Path:
-        """nova/virt/images.py fetch_to_raw, as the nova user: download to .part, convert or rename."""
+    def nova_download(self, image_id: str, *, force_raw: bool = True, function: str = "fetch_to_raw") -> Path:
+        """Nova 34's own ``fetch_to_raw`` (or ``fetch_raw_image``) of the image into its base, as the nova user."""
         base = self.base(image_id)
-        part = Path(f"{base}.part")
-        response = requests.get(f"{self.cloud.glance.url}/v2/images/{image_id}/file", headers=self.cloud.headers,
-                                stream=True, timeout=60)
-        assert response.status_code == 200, response.text
-        with open(part, "wb") as handle:
-            for chunk in response.iter_content(1 << 20):
-                handle.write(chunk)
-        os.chown(part, NOBODY, NOBODY)
-        if force_raw and part.read_bytes()[:4] == b"QFI\xfb":
-            as_nova('qemu-img convert -t none -f qcow2 -O raw "$1.part" "$1.converted"; rm "$1.part"; '
-                    'mv "$1.converted" "$1"', base)
-        else:
-            as_nova('mv "$1.part" "$1"', base)
+        nova = fetch_to_raw(self.tmp / "nova", glance_url=self.cloud.glance.url,
+                            token=self.cloud.headers["X-Auth-Token"], project_id=self.cloud.project_id,
+                            image_id=image_id, dest=base, force_raw_images=force_raw,
+                            verify_glance_signatures=False, user=NOBODY, function=function)
+        assert nova.returncode == 0, nova.stderr[-3000:]
         assert base.stat().st_uid == NOBODY
         assert not [name for name in os.listdir(base.parent) if name.startswith(f"{base.name}.")]  # no .part left
         return base
@@ -163,14 +164,8 @@ class Compute(Host):
         return self.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2")], os_extra=os_extra))
 
     def nova_fetch_raw(self, image_id: str) -> Path:
-        """libvirt_utils.fetch_raw_image (kernel and ramdisk): the data straight into the base, as nova."""
-        base = self.base(image_id)
-        response = requests.get(f"{self.cloud.glance.url}/v2/images/{image_id}/file", headers=self.cloud.headers,
-                                timeout=60)
-        assert response.status_code == 200, response.text
-        base.write_bytes(response.content)
-        os.chown(base, NOBODY, NOBODY)
-        return base
+        """libvirt_utils.fetch_raw_image (kernel and ramdisk), Nova's own: the data straight into the base."""
+        return self.nova_download(image_id, function="fetch_raw_image")
 
     def record(self, image_id: str):
         return RecordStore(str(self.state)).get(image_id)

@@ -8,8 +8,11 @@ Nova's own ``verify_glance_signatures`` on and off, the base is adopted with
 ``imgsign boot adopt`` (certificate from the key manager), and the guest starts under
 the private libvirtd (tests/servers/libvirt.py) with the hook installed.
 
-Nova runs as root here, not as the nova user: its signature check reads the test's
-embedded key store (a root-only SQLite file standing in for Barbican).
+Glance validates Keystone tokens (the session's Keystone, tests/servers/keystone.py);
+Nova downloads with the uploader's token and its project id. With its signature check
+on, Nova runs as root: the check reads the test's embedded key store (a root-only
+SQLite file standing in for Barbican); with it off, Nova runs as the nova user
+(uid 65534) and the base is nova's until ``imgsign boot adopt`` seals it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tests.servers.glance import GlanceServer, glance_server
 from tests.servers.libvirt import libvirt_daemon, unavailable
 from tests.servers.nova import fetch_to_raw
 from tests.test_boot_hook import Host
+from tests.test_compute_hardening import NOBODY, nova_writable_cache
 from tests.test_libvirt_e2e import Guest, assert_running
 from tests.test_real_images import qemu
 
@@ -40,7 +44,7 @@ TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(keystone):
     """The private libvirtd and a glance-api sharing one embedded key store (in the libvirt scratch tree)."""
     reason = unavailable()
     if reason:
@@ -49,8 +53,8 @@ def stack():
         keystore = libvirt.workdir / "keystore.sqlite3"
         conf = libvirt.workdir / "user.conf"
         conf.write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n\n"
-                        f"[imgsign]\nproject_id = {PROJECT}\n")
-        with glance_server(libvirt.workdir / "glance", keystore=keystore) as glance:
+                        f"[imgsign]\nproject_id = {keystone.project_user(PROJECT).project_id}\n")
+        with glance_server(libvirt.workdir / "glance", keystone=keystone, keystore=keystore) as glance:
             yield libvirt, glance, conf, keystore
 
 
@@ -87,11 +91,16 @@ def test_base_written_by_novas_own_download_is_adopted_and_boots(stack, force_ra
     qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x4f 0 3M", "-c", "write -P 0x21 40M 1M", source)
     image_id, shown = upload_signed(glance, conf, source)
 
-    base = host.instances / "_base" / cache_name(image_id)
-    base.parent.mkdir(parents=True)
-    nova = fetch_to_raw(root / "nova", glance_url=glance.url, keystore=keystore, project=PROJECT,
-                        image_id=image_id, dest=base, force_raw_images=force_raw, verify_glance_signatures=verify)
+    # The image cache as the README sets it up; Nova's check reads the root-only key store, so with the
+    # check on Nova runs as root, with it off as the nova user (its base is then nova's, as on a host).
+    base = nova_writable_cache(host.instances) / cache_name(image_id)
+    nova_uid = 0 if verify else NOBODY
+    nova = fetch_to_raw(root / "nova", glance_url=glance.url, token=glance.headers(PROJECT)["X-Auth-Token"],
+                        project_id=glance.project_id(PROJECT), keystore=keystore, image_id=image_id, dest=base,
+                        force_raw_images=force_raw, verify_glance_signatures=verify,
+                        user=None if verify else nova_uid)
     assert nova.returncode == 0, nova.stderr[-3000:]
+    assert base.stat().st_uid == nova_uid
     assert ("Image signature verification succeeded" in nova.stderr) is verify, nova.stderr[-3000:]
     assert sorted(os.listdir(base.parent)) == [base.name]  # no .part or .converted left
     magic = base.read_bytes()[:4]
@@ -140,8 +149,9 @@ def test_novas_own_check_refuses_a_signature_changed_in_glance(stack):
     assert patched.status_code == 200, patched.text
     base = root / "instances" / "_base" / cache_name(image_id)
     base.parent.mkdir(parents=True)
-    nova = fetch_to_raw(root / "nova", glance_url=glance.url, keystore=keystore, project=PROJECT,
-                        image_id=image_id, dest=base, force_raw_images=True, verify_glance_signatures=True)
+    nova = fetch_to_raw(root / "nova", glance_url=glance.url, token=glance.headers(PROJECT)["X-Auth-Token"],
+                        project_id=glance.project_id(PROJECT), keystore=keystore, image_id=image_id, dest=base,
+                        force_raw_images=True, verify_glance_signatures=True)
     assert nova.returncode == 1, nova.stderr[-3000:]
     assert "Image signature verification failed" in nova.stderr, nova.stderr[-3000:]
     assert os.listdir(base.parent) == []

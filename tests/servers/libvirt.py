@@ -80,6 +80,9 @@ BINARIES = ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64")
 BINDS = {"/etc/libvirt": "etc", "/run/libvirt": "run", "/var/lib/libvirt": "lib", "/var/log/libvirt": "log",
          "/etc/imgsign": "imgsign-etc"}
 CAPS_CACHE = "/var/cache/libvirt"
+#: The kernel's AppArmor interface (securityfs) and libvirt's per-guest profile directory.
+APPARMOR_FS = "/sys/kernel/security/apparmor"
+APPARMOR_LIBVIRT = "/etc/apparmor.d/libvirt"
 KVM = "/dev/kvm"
 START_TIMEOUT = 180.0  # a cold capabilities probe of both qemu binaries takes about 15 s here
 INSTALL_TIMEOUT = 900
@@ -316,14 +319,35 @@ def _kill_leftover_qemu(run_dir: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def apparmor_unavailable() -> str | None:
+    """Why libvirt's sVirt AppArmor driver cannot confine guests on this machine, or None."""
+    if not os.path.isdir(APPARMOR_FS):
+        return (f"the kernel offers no AppArmor here ({APPARMOR_FS} is missing: a container without the "
+                "securityfs, or a kernel without AppArmor)")
+    if shutil.which("aa-status", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        return "aa-status is missing (Debian's apparmor package)"
+    enabled = subprocess.run(["aa-status", "--enabled"], capture_output=True, text=True, check=False,
+                             env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"})
+    if enabled.returncode != 0:
+        return f"aa-status --enabled: AppArmor is not enabled in this kernel or namespace (exit {enabled.returncode})"
+    if not os.path.isfile(f"{APPARMOR_LIBVIRT}/TEMPLATE.qemu"):
+        return f"libvirt's AppArmor templates are missing ({APPARMOR_LIBVIRT}/TEMPLATE.qemu)"
+    return None
+
+
 @contextlib.contextmanager
-def libvirt_daemon(workdir: Path | None = None) -> Iterator[Libvirt]:
+def libvirt_daemon(workdir: Path | None = None, *, security_driver: str = "none") -> Iterator[Libvirt]:
     """Start virtlogd and libvirtd with private directories and imgsign's hook; stop and restore after.
 
     ``workdir`` (default: a new directory under /tmp, removed afterwards) must be
     reachable by the qemu user (mode 0755 on the way); guests' files may live in it.
+    ``security_driver = "apparmor"`` turns libvirt's sVirt AppArmor driver on: virt-aa-helper
+    writes each guest's profile into a private copy of ``/etc/apparmor.d/libvirt`` (bound over
+    it in the namespace) and loads it into the kernel, which unloads it when the guest stops.
     """
-    reason = unavailable()
+    if security_driver not in ("none", "apparmor"):
+        raise ValueError(f"unsupported security driver: {security_driver}")
+    reason = unavailable() or (apparmor_unavailable() if security_driver == "apparmor" else None)
     if reason:
         raise ServerError(f"libvirtd cannot run here: {reason}")
     with contextlib.ExitStack() as stack:
@@ -340,7 +364,8 @@ def libvirt_daemon(workdir: Path | None = None) -> Iterator[Libvirt]:
         caps = cache_dir() / "libvirt-capabilities-cache"
         caps.mkdir(parents=True, exist_ok=True)
         (dirs["etc"] / "libvirtd.conf").write_text(LIBVIRTD_CONF)
-        (dirs["etc"] / "qemu.conf").write_text(QEMU_CONF)
+        (dirs["etc"] / "qemu.conf").write_text(
+            QEMU_CONF.replace('security_driver = "none"', f'security_driver = "{security_driver}"'))
         (dirs["etc"] / "virtlogd.conf").write_text("")
         hook = dirs["etc"] / "hooks" / "qemu"
         body = HOOK.read_text().split("\n", 1)[1]
@@ -353,6 +378,10 @@ def libvirt_daemon(workdir: Path | None = None) -> Iterator[Libvirt]:
         boot_config.write_text("[boot]\n")
         binds = "\n".join(f"mount --bind '{dirs[name]}' {target}" for target, name in BINDS.items())
         binds += f"\nmount --bind '{caps}' {CAPS_CACHE}"
+        if security_driver == "apparmor":
+            profiles = workdir / "apparmor.d-libvirt"
+            shutil.copytree(APPARMOR_LIBVIRT, profiles, symlinks=True, dirs_exist_ok=True)
+            binds += f"\nmount --bind '{profiles}' {APPARMOR_LIBVIRT}"
         namespace = workdir / "namespace.sh"
         namespace.write_text(NAMESPACE_SCRIPT.format(binds=binds, kvm=_kvm_lines(workdir / "dev")))
         stack.enter_context(_mount_points())

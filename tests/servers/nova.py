@@ -8,11 +8,30 @@ Nova's Python through the same ``pylib`` directory (:func:`tests.servers.glance.
 never installed into the shared venv. ``nova_app/fetch.py`` makes one call of
 ``fetch_to_raw`` with a nova.conf written here: what Nova's image cache does when
 ``_base`` lacks an image (download to ``.part``, deep format inspection, ``qemu-img
-info`` checks, conversion to raw under ``force_raw_images``, rename).
+info`` checks, conversion to raw under ``force_raw_images``, rename), or of
+``nova.virt.libvirt.utils.fetch_raw_image`` (how Nova's libvirt driver caches a kernel
+or ramdisk: the data straight into the base, no inspection).
+
+Nova reaches Glance with the user's Keystone token (the request context's
+``auth_token``, handed over in the environment, never on a command line), as
+``nova-compute`` does for the instance's owner; Glance validates it with the session's
+Keystone. With ``verify_glance_signatures`` on, Nova's check reads the certificate
+through castellan as the context's project (``project_id``, the Keystone project *id*
+Glance stored it under) from the embedded key store ``keystore``: that SQLite file is
+root's, so a run as the nova user (``user=``) must leave the check off.
+
+With ``user=``, all of Nova runs as that uid (``setpriv``, no supplementary groups), so
+every file it writes (the ``.part``, ``qemu-img convert``'s output, the base) is the
+nova user's, as on a compute host. The cached venv (and, with pyenv, its base
+interpreter) may live under root's home, which the nova user cannot traverse (Nova also
+re-executes its own interpreter, for ``oslo_concurrency.prlimit`` around ``qemu-img
+info``): :func:`_as_user` makes them reachable at their own paths in a private mount
+namespace (``unshare --mount``) that ends with the process, so nothing outside it changes.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,12 +51,53 @@ def nova_venv() -> Path:
                              "click, defusedxml")
 
 
-def fetch_to_raw(workdir: Path, *, glance_url: str, keystore: Path, project: str, image_id: str, dest: Path,
-                 force_raw_images: bool, verify_glance_signatures: bool,
-                 user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Nova's ``fetch_to_raw`` of ``image_id`` into ``dest`` (as uid ``user``, e.g. the nova user)."""
+def _blocked(path: Path) -> Path | None:
+    """The top-most directory above ``path`` that others cannot traverse (e.g. ``/root``), if any."""
+    for parent in reversed(path.parents):
+        if parent != Path("/") and not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+def _as_user(user: int, workdir: Path, trees: list[Path], command: list[str]) -> list[str]:
+    """``command`` run as ``user`` (setpriv, no supplementary groups), with ``trees`` reachable by it.
+
+    A tree under a directory the user cannot traverse (the cached venv and its base interpreter under
+    root's home) stays at its own path: in a private mount namespace (``unshare --mount``, gone with the
+    process) the tree is bind-mounted aside, an empty tmpfs (mode 0755) covers the closed directory, and
+    the tree is bind-mounted back into it. Nothing outside the namespace changes; the user sees only
+    those trees of the closed directory.
+    """
+    closed = {tree: _blocked(tree) for tree in trees}
+    staged = {tree: workdir / f"mnt{index}" for index, tree in enumerate(trees) if closed[tree] is not None}
+    script = ["set -e"]
+    for tree, stage in staged.items():
+        stage.mkdir(exist_ok=True)
+        script.append(f"mount --bind '{tree}' '{stage}'")
+    for cover in dict.fromkeys(closed[tree] for tree in staged):
+        script.append(f"mount -t tmpfs -o mode=0755 imgsign-nova '{cover}'")
+    for tree, stage in staged.items():
+        script += [f"mkdir -p '{tree}'", f"mount --bind '{stage}' '{tree}'"]
+    script.append(f'exec setpriv --reuid={user} --regid={user} --clear-groups -- "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script), "nova-fetch",
+            *command]
+
+
+def fetch_to_raw(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str, dest: Path,
+                 force_raw_images: bool = True, verify_glance_signatures: bool, keystore: Path | None = None,
+                 user: int | None = None, function: str = "fetch_to_raw") -> subprocess.CompletedProcess[str]:
+    """Nova's ``fetch_to_raw`` (or ``fetch_raw_image``) of ``image_id`` into ``dest``, as uid ``user`` (e.g. nova).
+
+    ``token`` is a Keystone token of the image's user, ``project_id`` that token's project id.
+    """
+    if function not in ("fetch_to_raw", "fetch_raw_image"):
+        raise ValueError(f"not a Nova download function: {function}")
+    if verify_glance_signatures and keystore is None:
+        raise ValueError("verify_glance_signatures needs the key store Nova's check reads")
     python = nova_venv() / "bin" / "python"
     workdir.mkdir(parents=True, exist_ok=True)
+    key_manager = ("" if keystore is None
+                   else f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n")
     conf = workdir / "nova.conf"
     conf.write_text(f"""\
 [DEFAULT]
@@ -48,20 +108,21 @@ state_path = {workdir}
 api_servers = {glance_url}
 verify_glance_signatures = {verify_glance_signatures}
 
-[key_manager]
-backend = imgsign
-
-[imgsign_embedded]
-path = {keystore}
-
+{key_manager}
 [oslo_concurrency]
 lock_path = {workdir}
 """)
     conf.chmod(0o644)
+    if user is not None:  # Nova's state and lock paths are its own
+        os.chown(workdir, user, user)
     env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
     env["PYTHONPATH"] = str(imgsign_pylib(workdir / "pylib"))
     env["PYTHONWARNINGS"] = "ignore"
     env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
-    return subprocess.run([str(python), str(FETCH), str(conf), project, image_id, str(dest)], env=env,
+    env["NOVA_AUTH_TOKEN"] = token
+    command = [str(python), str(FETCH), str(conf), project_id, image_id, str(dest), function]
+    if user is not None:
+        command = _as_user(user, workdir, [python.parent.parent, Path(os.path.realpath(python)).parents[1]], command)
+    return subprocess.run(command, env=env,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
-                          user=user, group=user, extra_groups=[] if user is not None else None, cwd=workdir)
+                          cwd=workdir)
