@@ -106,6 +106,9 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
         km_config.check_project_for_glance(km.project, scope)
     found = km.find_certificate(der)
     if found is not None:
+        if store and not is_quiet(ctx, False):  # say where, as when it is stored
+            say(f"imgsign: using certificate {certificates.describe(certificate)}, already stored as {found} in the "
+                f"{km.description}", err=True)
         return found
     if not store:
         raise errors.ObjectNotFound(
