@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,6 +17,7 @@ from keystoneauth1 import session, token_endpoint
 
 from imgsign import errors
 from imgsign._internal.glance_api import GlanceClient
+from tests.conftest import serving
 
 IMAGE = "3c6b0a5e-7d1f-4c3a-9f7e-0a1b2c3d4e5f"
 Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
@@ -68,14 +68,8 @@ def server() -> Iterator[tuple[str, dict[str, Handler], list[tuple[str, str, str
 
         do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _any
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Requests)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", routes, seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(Requests) as url:
+        yield url, routes, seen
 
 
 def client(url: str) -> GlanceClient:

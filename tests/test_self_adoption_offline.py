@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from imgsign import errors
-from tests.conftest import cert_of, key_of, run_cli
+from tests.conftest import cert_of, key_of, run_cli, serving
 from tests.test_boot_hook import Host, domain_xml
 from tests.test_glance_e2e import _conf, _stored_id
 from tests.test_real_images import qemu
@@ -150,7 +150,7 @@ def test_the_conversion_check_never_blocks_on_a_fifo_or_follows_a_link(tmp_path)
 def trickling_glance(image: dict, data: bytes, every: float) -> Iterator[str]:
     """A real HTTP server answering as Glance's v2 API: the image record at once, its data in 64 KiB
     pieces every ``every`` seconds (a Glance that keeps sending, too slowly: no single read times out)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -179,15 +179,8 @@ def trickling_glance(image: dict, data: bytes, every: float) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url
 
 
 def test_a_download_for_adoption_by_conversion_ends_at_adopt_conversion_timeout(host, tmp_path):

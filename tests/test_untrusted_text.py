@@ -18,11 +18,10 @@ import datetime
 import json
 import os
 import sys
-import threading
 import unicodedata
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgsign import errors
-from tests.conftest import cert_of, key_of, pki, run_cli
+from tests.conftest import cert_of, key_of, pki, run_cli, serving
 
 #: Every character a terminal or a reader could be fooled by: C0, DEL, C1, the format characters of the
 #: BMP (bidi overrides and isolates, zero-width ones), line and paragraph separators, and whole sequences:
@@ -160,16 +159,8 @@ def hostile_glance() -> Iterator[HostileGlance]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    glance.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(Handler) as glance.url:
         yield glance
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")
