@@ -156,7 +156,7 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
         records.put(record)
         rememberable = seal.rememberable
     if rememberable:  # the fast-path conditions of imgsign.compute.verified_cache hold
-        cache.store(name, identity, sha256)
+        cache.store(name, identity, sha256, record.digest())
     return record
 
 

@@ -13,11 +13,14 @@ trust record written when the image was verified at download
    against, must be one of those certificates (by fingerprint; the
    ``img_signature_certificate_uuid`` label is never trusted);
 3. the record's signed digest carries a valid signature of the recorded
-   certificate (microseconds; a record cannot be made up without the signer);
+   certificate (a record cannot be made up without the signer);
 4. the file is the one that was verified: same size and SHA-256 as recorded
    (and, when it was not converted, its digest is the signed digest itself).
-   The SHA-256 comes from the verified-digest cache only under the conditions
-   of :mod:`imgsign.compute.verified_cache`; otherwise the whole file is read.
+   Steps 3 and 4 are skipped together only on the fast path: under the
+   conditions of :mod:`imgsign.compute.verified_cache`, a sealed entry says this
+   file state and this very record (by digest) passed both in a full check;
+   otherwise the record's signature is verified and the whole file is read.
+   (So a warm boot never loads an X.509 or signature stack.)
    With a verified-digest cache (the hook, running as root) the file is first
    sealed through its descriptor (:func:`imgsign.compute.protection.seal`:
    root's, 0644, immutable where the filesystem can), and refused if another
@@ -37,7 +40,6 @@ import stat
 
 from imgsign import errors
 from imgsign.algorithms import HashMethod
-from imgsign.certificates import certificate_public_key, load_certificate
 from imgsign.compute import protection
 from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
 from imgsign.compute.verified_cache import (
@@ -57,8 +59,6 @@ from imgsign.errors import (
     UntrustedCertificate,
 )
 from imgsign.policy import Policy
-from imgsign.stream import digests_of
-from imgsign.verifier import verify_digest
 
 
 class Mode(str, enum.Enum):
@@ -133,8 +133,6 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         if records is None:
             raise TypeError("check_base needs the RecordStore to check trusted certificate ids")
         check_signer(record, records, policy)
-    key = certificate_public_key(load_certificate(record.certificate_der))
-    verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -175,15 +173,28 @@ def _seal_for_boot(fd: int, path: str, info: os.stat_result, owner: int, policy:
     return os.fstat(fd)
 
 
+def check_record_signature(record: TrustRecord) -> None:
+    """Raise :class:`~imgsign.errors.InvalidSignature` unless the record's signed digest carries a
+    valid signature of its certificate (the signing stack loads here, not for a warm boot)."""
+    from imgsign.certificates import certificate_public_key, load_certificate
+    from imgsign.verifier import verify_digest
+
+    key = certificate_public_key(load_certificate(record.certificate_der))
+    verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
+
+
 def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord, policy: BootPolicy,
                    cache: VerifiedCache | None) -> str:
-    """The file behind ``fd`` must be the verified one (size checked); returns how it was checked."""
+    """The file behind ``fd`` must be the verified one of a record with a valid signature (size
+    checked); returns how it was checked."""
     name = os.path.basename(path)
     identity = FileIdentity.from_stat(info)
     unsealed = unsealed_reason(info, cache.owner) if cache is not None else None
+    record_digest = record.digest()
     if cache is not None and unsealed is None and \
-            cache.lookup(name, identity, policy.max_fast_path_age) == record.cached_sha256:
+            cache.lookup(name, identity, policy.max_fast_path_age, record_digest) == record.cached_sha256:
         return "unchanged since its last verification"
+    check_record_signature(record)
     if cache is not None and unsealed is None:  # before the read: see imgsign.compute.verified_cache
         mappers = shared_mappers(info)
         if mappers is None:
@@ -195,6 +206,8 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
     methods = [HashMethod.SHA256]
     if not converted and record.properties.hash_method is not HashMethod.SHA256:
         methods.append(record.properties.hash_method)
+    from imgsign.stream import digests_of
+
     try:
         digests, _ = digests_of(fd, *methods)
     except OSError as exc:
@@ -210,7 +223,7 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
     if cache is None:
         return "read and verified in full"
     if unsealed is None and after == identity:
-        cache.store(name, identity, sha256)
+        cache.store(name, identity, sha256, record_digest)
         return "read and verified in full"
     cache.forget(name)
     return f"read and verified in full (not remembered: {unsealed or 'it changed while it was read'})"

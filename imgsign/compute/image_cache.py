@@ -310,7 +310,7 @@ def add_to_cache(
         # flag changes ctime, so the fast-path entry is written for the sealed state.
         if immutable and protection.seal(cached, records.owner, immutable=True):
             cache = VerifiedCache(records.state_dir, owner=records.owner)
-            cache.store(name, FileIdentity.of(cached), sha256)
+            cache.store(name, FileIdentity.of(cached), sha256, record.digest())
     return record
 
 

@@ -55,7 +55,7 @@ import os
 import re
 import sys
 import xml.etree.ElementTree as ET
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
@@ -65,11 +65,13 @@ from imgsign._internal.untrusted import SafeStream, safe
 from imgsign.compute import protection, qemu_img
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
-from imgsign.compute.self_adoption import SelfAdopter
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
 from imgsign.policy import Policy
+
+if TYPE_CHECKING:
+    from imgsign.compute.self_adoption import SelfAdopter
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -318,9 +320,19 @@ class _Decider:
         self.results: list[Result] = []
         self.bases_seen: set[str] = set()
         self.names_seen: set[str] = set()
-        self.adopter = SelfAdopter(config.path, config.instances_path, self.records, config.policy.mode,
-                                   config.policy.trusted_certificate_ids, policy=Policy(),  # the hook has no opt-outs
-                                   immutable=config.policy.immutable_bases)
+        self._adopter: SelfAdopter | None = None
+
+    @property
+    def adopter(self) -> SelfAdopter:
+        """Made (and its module, with the network stack, imported) only when a base lacks a record."""
+        if self._adopter is None:
+            from imgsign.compute.self_adoption import SelfAdopter
+
+            self._adopter = SelfAdopter(self.config.path, self.config.instances_path, self.records,
+                                        self.config.policy.mode, self.config.policy.trusted_certificate_ids,
+                                        policy=Policy(),  # the hook has no opt-outs
+                                        immutable=self.config.policy.immutable_bases)
+        return self._adopter
 
     def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
         allowed = allowed or self.config.policy.mode is Mode.WARN
@@ -401,7 +413,9 @@ class _Decider:
         try:
             # One lock across adoption, check, seal and the path check: no other run on this base between them.
             with self.records.locks.hold(name):
-                adopted, auxiliaries = self.adopter.adopt(layer.path, image_id)  # a base Nova downloaded itself
+                # A base Nova downloaded itself (a recorded one, even a damaged record, is only checked).
+                adopted, auxiliaries = ([], []) if self.records.recorded(name) else \
+                    self.adopter.adopt(layer.path, image_id)
                 self.results += adopted
                 self.results.append(self.checked(layer.path, image_id))
         except ImgsignError as exc:  # the lock: busy, or its directory insecure

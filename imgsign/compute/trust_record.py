@@ -28,6 +28,7 @@ import base64
 import dataclasses
 import datetime
 import hashlib
+import json
 from typing import Any
 
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT, BaseLocks
@@ -91,6 +92,12 @@ class TrustRecord:
             "source_format": self.source_format,
             "recorded_at": self.recorded_at,
         }
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the record's canonical body: what a fast-path entry is bound to, so that an
+        entry stands only for the very record whose signature was verified when the entry was written."""
+        canonical = json.dumps(self.to_body(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod
     def from_body(cls, body: Any) -> TrustRecord:
