@@ -55,7 +55,6 @@ import os
 import re
 import sys
 import xml.etree.ElementTree as ET
-from typing import IO, TYPE_CHECKING, Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
@@ -70,7 +69,12 @@ from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
 from imgsign.policy import Policy
 
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from imgsign.compute.self_adoption import SelfAdopter
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"

@@ -20,9 +20,14 @@ import os
 import shutil
 import stat
 import subprocess
-from typing import Any
 
 from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_CHAIN = 16
 FORMATS = ("raw", "qcow2")

@@ -29,12 +29,17 @@ import dataclasses
 import datetime
 import hashlib
 import json
-from typing import Any
 
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT, BaseLocks
 from imgsign.compute.sealed import Damaged, SealedStore
 from imgsign.errors import ImgsignError, InputError, TrustRecordError
 from imgsign.properties import SignatureProperties
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint.
 VERSION = 2

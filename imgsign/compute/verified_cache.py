@@ -39,9 +39,14 @@ import fcntl
 import os
 import stat
 import time
-from typing import Any
 
 from imgsign.compute.sealed import Damaged, SealedStore, writable_by_others
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Default bound on the age of a fast-path entry (``[boot] max_fast_path_age``): one day.
 DEFAULT_MAX_AGE = 24 * 3600.0
