@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509 import verification
 
-from imgsign._internal import pyca_dsa
-from imgsign.certificates import describe, refusing_non_positive_serials
+from imgsign._internal import known_warnings, pyca_dsa
+from imgsign.certificates import check_serials, describe
 from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 
@@ -46,7 +46,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     """A PEM or DER certificate revocation list."""
     try:
         pem = data.lstrip().startswith(b"-----BEGIN")
-        with refusing_non_positive_serials("a certificate revocation list"):
+        with known_warnings.quiet():
             crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
             crl.issuer.rfc4514_string()  # cryptography parses the issuer and extensions lazily: find bad ones now
             for _ in crl.extensions:
@@ -54,6 +54,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
             for entry in crl:
                 for _ in entry.extensions:
                     pass
+        check_serials(crl, "a certificate revocation list")
         return crl
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None
