@@ -195,3 +195,32 @@ def test_every_oslo_config_namespace_is_in_the_configuration_reference() -> None
     shown = re.findall(r"```\{show-options\}\n((?:[^`\n]+\n)+)```", reference)
     listed = {line.strip() for block in shown for line in block.splitlines() if line.strip()}
     assert set(namespaces) <= listed, set(namespaces) - listed
+
+
+def test_every_library_name_the_docs_mention_exists() -> None:
+    """The README once showed ``imgsign.signer(...)``, a module, not a function: every dotted
+    ``imgsign.x.y`` name in the documents must import, and be callable where the text calls it
+    (file names such as imgsign.conf and config namespaces aside)."""
+    namespaces = {ep.name for ep in importlib.metadata.entry_points(group="oslo.config.opts")}
+    mentions = {(match[1], bool(match[2])) for page in pages()
+                for match in re.finditer(r"(?<![\w/.-])(imgsign(?:\.[A-Za-z_]\w*)+)(\()?", page.read_text())}
+    wrong = []
+    for name, called in sorted(mentions):
+        if name in namespaces or name == "imgsign.conf":
+            continue
+        parts = name.split(".")
+        for split in range(len(parts), 0, -1):
+            try:
+                target: object = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            try:
+                for attribute in parts[split:]:
+                    target = getattr(target, attribute)
+            except AttributeError:
+                wrong.append(f"{name}: no such name")
+            else:
+                if called and not callable(target):
+                    wrong.append(f"{name}(...): not callable")
+            break
+    assert len(mentions) > 10 and not wrong, wrong
