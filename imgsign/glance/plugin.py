@@ -101,7 +101,8 @@ from taskflow.types import failure
 from imgsign._internal import redact
 from imgsign._internal.untrusted import safe
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
-from imgsign.glance import options
+from imgsign.glance.options import GROUP, OPTS, TRANSIT_GROUP, TRANSIT_OPTS
+from imgsign.glance.options import list_opts as list_opts
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
@@ -111,20 +112,16 @@ from imgsign.raw_statement import PREFIX as RAW_STATEMENT_PREFIX
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
 
-GROUP = options.GROUP
 #: Name under which imgsign_verify hands its result to imgsign_resign in the flow.
 VERIFIED = "imgsign_verified"
 SERVICE_CERTIFICATE_NAME = "imgsign import service certificate"
 
-OPTS = options.OPTS
+# The options live in imgsign.glance.options, which imports no Glance, for oslo-config-generator and the
+# configuration reference; list_opts is re-exported here for whoever imported it from this module.
 CONF.register_opts(OPTS, group=GROUP)
-#: imgsign.conf's ``[transit]`` options, for ``service_key = hashivault://NAME``.
-TRANSIT_GROUP = options.TRANSIT_GROUP
-TRANSIT_OPTS = options.TRANSIT_OPTS
 CONF.register_opts(TRANSIT_OPTS, group=TRANSIT_GROUP)
 
 
-list_opts = options.list_opts
 
 
 class ImgsignImportRefused(glance_exception.UploadException):
