@@ -29,7 +29,7 @@ path = $work/keystore.sqlite3
 CONF
 imgsign() { "$python" -m imgsign -c "$work/imgsign.conf" "$@"; }
 
-# A qcow2 image when qemu-img is there; its raw-digest statement (see the README) also needs
+# A qcow2 image when qemu-img is there; its raw-digest statement (doc/source/specs/raw-digest-statement.md) also needs
 # qemu-nbd and nbdcopy (Debian: qemu-utils, libnbd-bin), so without nbdcopy it is skipped.
 raw_digest=()
 if command -v qemu-img >/dev/null 2>&1; then

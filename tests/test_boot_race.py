@@ -1,5 +1,5 @@
 """Between the hook's check and qemu's open: the second check at ``start begin``, sealed (immutable)
-bases, and the path to each base (README, "Between the check and qemu's open")."""
+bases, and the path to each base (docs, "Between the check and qemu's open")."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.test_real_images import qemu
 @pytest.fixture
 def host():
     """A host nova (uid 65534) can reach: instances path root's and sticky, ``_base`` root's and
-    writable by nova's group (README, "The path to each base")."""
+    writable by nova's group (docs, "The path to each base")."""
     path = Path(tempfile.mkdtemp(prefix="imgsign-race-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)

@@ -69,7 +69,7 @@ VERIFY_JSON_KEYS = {"image", "valid", "reason", "message", "exit_code", "img_sig
 
 
 def test_verify_json_has_the_same_keys_on_success_and_failure(signed, tmp_path):
-    """The README's list of keys, exactly, whether the image verifies or not (null when not known)."""
+    """The documented list of keys, exactly, whether the image verifies or not (null when not known)."""
     _, image, props = signed
     ok = verify(image, props, None, "--json").json()
     assert set(ok) == VERIFY_JSON_KEYS and ok["message"] and ok["chain"] is None, ok

@@ -1,4 +1,4 @@
-"""The compute side against its threat model (README "Threat model"): an attacker who can write what
+"""The compute side against its threat model (docs: security/threat-model.md): an attacker who can write what
 the ``nova`` user, a guest's qemu or a shared ``_base`` can write, racing imgsign, never root.
 
 The attacker runs as a real non-root process (a forked child that drops to uid 65534, the owner of
@@ -98,7 +98,7 @@ def as_attacker(action: Callable[[], None]) -> None:
 
 
 def nova_writable_cache(instances: Path) -> Path:
-    """The image cache as the README sets it up (\"The path to each base\"): instances path root's and
+    """The image cache as the install guide sets it up (\"The path to each base\"): instances path root's and
     sticky, ``_base`` root's, both writable by nova's group (nova here is uid/gid 65534)."""
     base = instances / "_base"
     base.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Concurrent runs on one base (README, "Concurrent runs"): real processes, faults at every step, and
+"""Concurrent runs on one base (docs, "Concurrent runs"): real processes, faults at every step, and
 the nova user watching ``_base`` with inotify, trying to rewrite a base the instant a seal is undone.
 
 Every run that touches a base (the hook, ``boot adopt``/``cache``/``release``/``check``) holds the
@@ -94,12 +94,12 @@ while True:
 
 @pytest.fixture
 def host():
-    """A host nova (uid 65534) can reach, ``_base`` sticky and writable by nova's group (README, "The path to
+    """A host nova (uid 65534) can reach, ``_base`` sticky and writable by nova's group (docs, "The path to
     each base")."""
     path = Path(tempfile.mkdtemp(prefix="imgsign-concurrent-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
-    os.chmod(nova_writable_cache(host.instances), 0o1775)  # sticky, as the README says: for seal_bases = owner
+    os.chmod(nova_writable_cache(host.instances), 0o1775)  # sticky, as the docs say: for seal_bases = owner
     yield host
     release_all(path)
     shutil.rmtree(path, ignore_errors=True)

@@ -138,7 +138,7 @@ def test_cursive_accepts_what_imgsign_refuses(cloud, tmp_path):
     props = imgsign_properties(cloud, "ECC_SECP384R1", "SHA-256")
     props["img_signature_key_type"] = "ECC_SECP521R1"
     [result] = run_cursive(cloud, [{"image": str(cloud["image"]), "properties": props}])
-    assert result == "ok"  # cursive's laxness, documented in the README
+    assert result == "ok"  # cursive's laxness, documented in specs/openstack-compatibility.md
     path = tmp_path / "p.json"
     path.write_text(json.dumps(props))
     refused = run_cli("verify", cloud["image"], "--properties", path, "--cert", cert_of("ECC_SECP384R1"))

@@ -5,7 +5,7 @@ One module per command or command group (``sign``, ``verify``, ``keygen``,
 runs, so a short run loads only what it needs; helpers they share are in
 :mod:`imgsign.cli._common`.  Every failure is one
 :class:`~imgsign.errors.ImgsignError` subclass and exits with that class's code
-(see README "Exit codes"); no traceback reaches the user unless
+(doc/source/specs/exit-codes.md); no traceback reaches the user unless
 ``IMGSIGN_DEBUG=1``.
 """
 

@@ -122,6 +122,6 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
     if scope is not None and km_config.backend_name(conf) == km_config.EMBEDDED:
         say(f"imgsign: warning: the {km.description} is a file on this machine: Glance and Nova cannot "
             f"read the certificate from it unless their [key_manager] opens this same file; in a cloud, "
-            f"store it in the key manager they use ([key_manager] backend = barbican, see the README's "
-            f"\"Key manager topology\")", err=True)
+            f"store it in the key manager they use ([key_manager] backend = barbican, see "
+            f"doc/source/admin/key-manager.md)", err=True)
     return cert_id

@@ -167,7 +167,7 @@ def _check_project_is_an_id(ctx: click.Context, project_id: str) -> None:
 
 def _document(reports: Sequence[ImageReport], policy: AuditPolicy, download: bool,
               project_id: str | None) -> dict[str, Any]:
-    """The ``--json`` document (README "Auditing a cloud" lists its keys)."""
+    """The ``--json`` document (doc/source/specs/json-output.md lists its keys)."""
     from imgsign.audit import DataStatus
     from imgsign.certificates import describe
 

@@ -48,7 +48,7 @@ _LOCK_TIMEOUT_OPTION = click.option(
     show_default=True, help="Seconds to wait while another imgsign run (the boot hook, another command) works on "
                             "the same base; then refuse with exit 66.")
 
-#: How a verified base is sealed: as the hook's ``[boot] seal_bases`` (README, "Sealed bases").
+#: How a verified base is sealed: as the hook's ``[boot] seal_bases`` (docs: security/hook-checks.md).
 _SEAL_OPTION = click.option(
     "--seal", type=click.Choice(["immutable", "owner"]), default="immutable", show_default=True,
     help="Seal verified bases immutable (chattr +i), or only root's and 0644 (owner: SELinux hosts); "
@@ -310,7 +310,7 @@ def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str,
                  lock_timeout: float) -> None:
     """Unseal bases Nova may remove (image ids or _base/<sha1> paths): the flag, owner and record go.
 
-    A sealed base is immutable (README, "Sealed bases"), so Nova's image cache manager cannot remove it
+    A sealed base is immutable, so Nova's image cache manager cannot remove it
     once no instance uses it; release it first.  Booting from a released base adopts or refuses it anew.
     """
     import pwd

@@ -19,7 +19,7 @@ O(1) check of :mod:`imgsign.compute.boot`:
   and converted again and must equal the base
   (:func:`~imgsign.compute.conversion_adoption.check_conversion`).
 
-Threat model (README "Threat model"): ``nova`` can write ``_base`` and may change the base while
+Threat model (doc/source/security/threat-model.md): ``nova`` can write ``_base`` and may change the base while
 it is adopted.  Everything uses ONE descriptor (``O_NOFOLLOW``, a regular file with one link).
 Before a byte is read the file is sealed through it: owned by imgsign's user, mode 0644 and
 immutable where the filesystem can (:mod:`imgsign.compute.protection`), so no other user can open

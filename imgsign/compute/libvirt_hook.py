@@ -37,7 +37,7 @@ Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
     mode = enforce                       # or warn
     trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
     max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
-    seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see README)
+    seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see the docs)
     lock_timeout = 30                    # seconds to wait for another imgsign run on the same base
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
@@ -442,7 +442,8 @@ class _Decider:
     def protected(self, path: str) -> None:
         """Raise :class:`InsecureState` when someone other than root could change or replace the verified
         base ``path`` between this check and qemu's open (see :mod:`imgsign.compute.protection`)."""
-        fix = ("(README, 'The path to each base': instances_path, _base and every directory above them "
+        fix = ("(doc/source/install/compute.md, 'Ownership of the instances path': instances_path, _base and every "
+               "directory above them "
                "root's, e.g. `chown root:nova instances _base; chmod 1775 instances _base`)")
         if self.config.policy.immutable_bases:
             try:

@@ -13,7 +13,7 @@ What runs
     machine's own files alone. Clients reach the daemon through
     ``qemu:///system?socket=<scratch>/run/libvirt-sock``.
 
-    The hook is installed as the README says: ``hooks/libvirt-qemu`` copied to
+    The hook is installed as the install guide says: ``hooks/libvirt-qemu`` copied to
     ``/etc/libvirt/hooks/qemu`` with its first line pointing at the Python that has
     imgsign (this test run's), configured by ``/etc/imgsign/boot.conf``. libvirt
     runs hooks with ``LC_ALL=C``, ``PATH`` and ``HOME`` only, so nothing reaches it
