@@ -27,7 +27,7 @@ GLANCE_GROUP = "glance"
 
 
 def boot_opts() -> list[cfg.Opt]:
-    """``[boot]``."""
+    """[boot]."""
     from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
     from imgsign.compute.boot import BootPolicy
     from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE
@@ -41,9 +41,9 @@ def boot_opts() -> list[cfg.Opt]:
                    help="What the hook does when a check fails."),
         cfg.ListOpt("trusted_certificate_ids", default=[], item_type=types.String(regex=KEY_MANAGER_ID),
                     help="Key-manager ids of trusted (CA) certificates: a base boots only if its signer's "
-                         "certificate is one of them or chains to one of them (as bound by `imgsign boot "
-                         "cache/adopt` or self-adoption). Empty: any signer with a valid trust record. "
-                         "`imgsign boot` commands use it when --trusted is not given."),
+                         "certificate is one of them or chains to one of them (as bound by imgsign boot "
+                         "cache/adopt or self-adoption). Empty: any signer with a valid trust record. "
+                         "imgsign boot commands use it when --trusted is not given."),
         cfg.Opt("max_fast_path_age", type=Seconds(), default=BootPolicy.max_fast_path_age,
                 help="Seconds after a full read during which a sealed, unchanged base is accepted without "
                      "reading it again."),
@@ -51,16 +51,16 @@ def boot_opts() -> list[cfg.Opt]:
                    choices=[("immutable", "root's, 0644 and immutable (chattr +i)"),
                             ("owner", "root's and 0644 only (e.g. SELinux hosts, where libvirt cannot "
                                       "relabel an immutable file)")],
-                   help="How a verified base is sealed (README, 'Sealed bases'); also `imgsign boot --seal`."),
+                   help="How a verified base is sealed (README, 'Sealed bases'); also imgsign boot --seal."),
         cfg.Opt("lock_timeout", type=Seconds(positive=True), default=DEFAULT_LOCK_TIMEOUT,
                 help="Seconds to wait while another imgsign run works on the same base; then refuse "
-                     "(exit 66). Also `imgsign boot --lock-timeout`."),
+                     "(exit 66). Also imgsign boot --lock-timeout."),
         cfg.StrOpt("instances_path", default="/var/lib/nova/instances", regex=ABSOLUTE_PATH,
                    help="Nova's instances_path (its image cache is _base in it); an absolute path. Also "
-                        "`imgsign boot --instances-path`."),
+                        "imgsign boot --instances-path."),
         cfg.StrOpt("state_dir", default="/var/lib/imgsign/boot", regex=ABSOLUTE_PATH,
                    help="Root-only directory of the trust records, the verified-digest cache and the locks; "
-                        "an absolute path. Also `imgsign boot --state-dir`."),
+                        "an absolute path. Also imgsign boot --state-dir."),
         cfg.StrOpt("log_file", default="/var/log/imgsign/boot-hook.log", regex=ABSOLUTE_PATH_OR_EMPTY,
                    help="JSON-lines log of every decision (absolute path; empty: no log)."),
         cfg.ListOpt("allow_unverified", default=[], item_type=types.String(choices=UNVERIFIABLE_KINDS),
@@ -77,7 +77,7 @@ def boot_opts() -> list[cfg.Opt]:
                          "the qcow2 from Glance and converting it again."),
         cfg.Opt("adopt_conversion_max_size", type=Size(), default=DEFAULT_MAX_SIZE,
                 help="Most bytes the image adopted by conversion may have (Glance's size and the bytes "
-                     "streamed); K, M, G, T are powers of 1024. Also `imgsign boot adopt --max-size`."),
+                     "streamed); K, M, G, T are powers of 1024. Also imgsign boot adopt --max-size."),
         cfg.Opt("adopt_conversion_timeout", type=Seconds(positive=True), default=DEFAULT_CONVERSION_TIMEOUT,
                 help="Seconds for the download and conversion of adoption by conversion, on top of "
                      "adopt_timeout."),

@@ -124,7 +124,7 @@ def _imgsign_opts() -> list[cfg.Opt]:
                         "the key manager. Default: the project of the command's Keystone session (clouds.yaml, "
                         "OS_*, --os-cloud) when it has one, else 'default'."),
         cfg.ListOpt("trusted_certificate_ids", default=[],
-                    help="Key-manager ids of trusted CA certificates: when set, `imgsign verify` requires the "
+                    help="Key-manager ids of trusted CA certificates: when set, imgsign verify requires the "
                          "signing certificate to chain to one of them (like Nova's "
                          "default_trusted_certificate_ids). --trusted replaces the list."),
         cfg.IntOpt("max_chain_depth", default=8, min=0, max=255,
@@ -255,7 +255,7 @@ def describe_error(exc: BaseException) -> str:
 
     if isinstance(exc, (cfg.ConfigFileParseError, cfg.ParseError)):
         return redact.describe_parse_error(exc)
-    if isinstance(exc, (cfg.NoSuchOptError, cfg.TemplateSubstitutionError)):
+    if isinstance(exc, (cfg.NoSuchOptError, cfg.NoSuchGroupError, cfg.TemplateSubstitutionError)):
         return ("a value holds a '$' that does not name another option (oslo.config substitutes $name and "
                 "${name}; write $$ for a '$')")
     return f"{type(exc).__name__}: {exc}"
