@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgsign import errors
 from imgsign.compute import boot_config
@@ -350,3 +352,17 @@ def test_the_glance_plugins_options_are_checked(tmp_path):
 def test_the_snapshot_holds_every_boot_option():
     """A new [boot] option must reach the hook through the snapshot too."""
     assert {option.dest for option in boot_options.boot_opts()} == set(boot_config._TYPES)
+
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.dictionaries(st.sampled_from(sorted(boot_config._TYPES)) | st.text(max_size=8),
+                              st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+                              | st.lists(st.text(max_size=5) | st.integers(), max_size=3), max_size=16))
+def test_a_damaged_snapshot_is_ignored_never_an_error(values):
+    """Snapshot parsing (root's own file, but it may be cut short or written by an older imgsign): anything that
+    is not exactly the expected fields and types is ignored (the file is then validated again)."""
+    result = boot_config._settings_of(values, "/etc/imgsign/boot.conf")
+    assert result is None or isinstance(result, boot_config.BootSettings)
+    if result is not None:
+        assert all(0 <= value < float("inf") for value in (result.max_fast_path_age, result.lock_timeout))

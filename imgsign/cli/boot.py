@@ -63,23 +63,24 @@ def boot_settings(ctx: click.Context) -> BootSettings:
     return settings
 
 
-def _trusted_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def _trusted_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--trusted UUID`` (repeatable), as every command names it; ``--trusted-id``, its old name in
     ``boot check``, still works (hidden, with a one-line warning)."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, trusted_id_alias: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        if trusted_id_alias:
-            say("imgsign: warning: --trusted-id is deprecated, use --trusted", err=True)
-            kwargs["trusted_ids"] = (*kwargs.get("trusted_ids", ()), *trusted_id_alias)
-        return func(*args, **kwargs)
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, trusted_id_alias: tuple[str, ...] = (), **kwargs: Any) -> Any:
+            if trusted_id_alias:
+                say("imgsign: warning: --trusted-id is deprecated, use --trusted", err=True)
+                kwargs["trusted_ids"] = (*kwargs.get("trusted_ids", ()), *trusted_id_alias)
+            return func(*args, **kwargs)
 
-    wrapper = click.option("--trusted-id", "trusted_id_alias", multiple=True, hidden=True, metavar="UUID",
-                           type=KEY_MANAGER_ID)(wrapper)
-    return click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
-                        help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook; "
-                             "default: [boot] trusted_certificate_ids of boot.conf, else [imgsign] "
-                             "trusted_certificate_ids of imgsign.conf).")(wrapper)
+        wrapper = click.option("--trusted-id", "trusted_id_alias", multiple=True, hidden=True, metavar="UUID",
+                               type=KEY_MANAGER_ID)(wrapper)
+        return click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
+                            help=help_text)(wrapper)
+
+    return decorate
 
 
 #: Seconds to wait for another imgsign run on the same base: as the hook's ``[boot] lock_timeout``.
@@ -106,7 +107,9 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed((
         click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
                      help="Signing certificate (default: from the key manager by img_signature_certificate_uuid)."),
-        _trusted_option,
+        _trusted_option("Trusted CA certificate id in the key manager (repeatable; recorded for the hook; default: "
+                        "[boot] trusted_certificate_ids of boot.conf, else [imgsign] trusted_certificate_ids of "
+                        "imgsign.conf)."),
         _INSTANCES_OPTION,
         _STATE_DIR_OPTION,
         _SEAL_OPTION,
@@ -157,7 +160,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @boot_group.command("check")
 @click.argument("base_file", type=click.Path(dir_okay=False))
 @_STATE_DIR_OPTION
-@_trusted_option
+@_trusted_option("Trusted certificate id (repeatable; bound to its certificate by an earlier boot cache or adopt; "
+                 "default: [boot] trusted_certificate_ids of boot.conf).")
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @_SEAL_OPTION

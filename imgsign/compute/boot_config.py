@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import stat
 from typing import Any
@@ -219,6 +220,8 @@ def _settings_of(values: Any, path: str) -> BootSettings | None:
                               for name, value in values.items()}
     for name in ("max_fast_path_age", "lock_timeout", "adopt_timeout", "adopt_conversion_timeout"):
         fields[name] = float(fields[name])
+        if not math.isfinite(fields[name]) or fields[name] < 0:
+            return None
     return BootSettings(path=path, **fields)
 
 
