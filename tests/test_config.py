@@ -96,6 +96,22 @@ def test_an_invalid_value_in_any_section_of_boot_conf_refuses_every_boot(tmp_pat
     assert f"invalid value for [{section}] {option} in {host.config}" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("exposure", ["file-group-writable", "file-not-root", "directory-not-root"])
+def test_a_boot_conf_others_could_change_refuses_every_boot(tmp_path, exposure):
+    """boot.conf sets the policy (mode = warn, trusted ids): on main any owner and mode was read as is."""
+    host = Host(tmp_path)
+    if exposure == "file-group-writable":
+        host.config.chmod(0o664)
+    elif exposure == "file-not-root":
+        os.chown(host.config, 65534, 0)
+    else:
+        os.chown(tmp_path, 65534, 65534)
+    result = host.hook("i", domain_xml(str(uuid.uuid4()), None, []))
+    os.chown(tmp_path, 0, 0)
+    assert result.returncode == errors.InsecureState.exit_code, result.stderr
+    assert f"hook configuration {host.config}" in result.stderr and "only root" in result.stderr, result.stderr
+
+
 def test_a_misspelt_boot_option_is_refused(tmp_path, run_dir):
     """``trusted_certificate_id`` (no s) used to be ignored: the hook then trusted every signer."""
     path = write(tmp_path / "boot.conf", "[boot]\ntrusted_certificate_id = ca-1\n")

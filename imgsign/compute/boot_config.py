@@ -25,7 +25,8 @@ Why this is safe (threat model: the attacker is not root, controls what ``nova``
 ``qemu`` or a shared ``_base`` can write, and races with us):
 
 * boot.conf and the snapshot directory are root's.  Whoever can rewrite boot.conf owns the
-  policy anyway; the snapshot adds no way in for anyone else.
+  policy anyway, so the hook refuses (exit 63) a boot.conf that anyone but root could change or
+  replace (the file and every directory above it); the snapshot adds no way in for anyone else.
 * A snapshot is read only if the directory chain up to ``/`` and the file itself can be changed by
   root alone (:func:`imgsign.compute.protection.replaceable_by_others`: every directory root's and
   not group/other-writable, or sticky with a root-owned entry), and the file is a regular file
@@ -51,7 +52,7 @@ import stat
 from typing import Any
 
 from imgsign._internal import redact
-from imgsign.errors import InputError
+from imgsign.errors import InputError, InsecureState
 
 DEFAULT_PATH = "/etc/imgsign/boot.conf"
 #: Environment variable naming boot.conf (the hook's and ``imgsign boot``'s).
@@ -104,6 +105,7 @@ def load(path: str | None = None) -> BootSettings:
     path = config_path(path)
     data, info = _read(path)
     redact.remember_text(data.decode("utf-8", "replace"))  # before anything parses it: no message may quote them
+    _check_owner(path)
     key = _key(path, data, info)
     snapshot = _snapshot_path(path)
     settings = _read_snapshot(snapshot, key, path)
@@ -116,6 +118,19 @@ def load(path: str | None = None) -> BootSettings:
     if _key(path, after, after_info) == key:
         _write_snapshot(snapshot, key, settings)
     return settings
+
+
+def _check_owner(path: str) -> None:
+    """Running as root (the hook), refuse a boot.conf that someone else could change or replace: it sets the
+    policy (``mode = warn``, no trusted ids), so it must be root's alone, as the snapshot's safety assumes."""
+    if os.geteuid() != 0:
+        return
+    from imgsign.compute.protection import replaceable_by_others
+
+    problem = replaceable_by_others(path)
+    if problem is not None:
+        raise InsecureState(f"hook configuration {path}: {problem}; it sets the boot policy, so only root may be "
+                            "able to change it (chown root:root; chmod 0600, it may hold a Glance password)")
 
 
 def _read(path: str) -> tuple[bytes, os.stat_result]:

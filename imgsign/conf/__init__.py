@@ -111,17 +111,20 @@ def check_values(conf: cfg.ConfigOpts, path: str | None, groups: Iterable[str] |
 def _is_group(conf: cfg.ConfigOpts, name: str) -> bool:
     try:
         return isinstance(conf[name], cfg.ConfigOpts.GroupAttr)
-    except cfg.Error:
+    except (cfg.Error, ValueError):  # an option of [DEFAULT], not a group
         return False
 
 
 def _invalid(conf: cfg.ConfigOpts, group: str, name: str, path: str | None,
              raw: Mapping[str, Mapping[str, list[str]]] | None) -> str:
     """``invalid value for [group] name in FILE: it takes ...``, without the value."""
-    opt = conf._get_opt_info(name, group)["opt"]  # oslo.config has no public way from a name to its Opt
-    kind = opt.type
-    takes = getattr(kind, "type_name", None) or type(kind).__name__.lower()
-    if isinstance(kind, types.List) and getattr(kind, "item_type", None) is not None:
+    try:
+        kind = conf._get_opt_info(name, group)["opt"].type  # oslo.config has no public way from a name to its Opt
+    except (AttributeError, KeyError, cfg.Error):
+        kind = None
+    if kind is None:
+        takes = "a value of the option's type"
+    elif isinstance(kind, types.List) and getattr(kind, "item_type", None) is not None:
         takes = f"a comma-separated list of {_describe(kind.item_type)}"
     else:
         takes = _describe(kind)
