@@ -236,6 +236,19 @@ def _release_sealed_files(request):
     release_all(root)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _hook_run_dir(tmp_path_factory):
+    """The boot hook's snapshots of boot.conf (imgsign.compute.boot_config) go to a directory of the test
+    session, not to the machine's /run/imgsign (hooks the tests start inherit the variable)."""
+    previous = os.environ.get("IMGSIGN_RUN_DIR")
+    os.environ["IMGSIGN_RUN_DIR"] = str(tmp_path_factory.mktemp("imgsign-run") / "run")
+    yield
+    if previous is None:
+        os.environ.pop("IMGSIGN_RUN_DIR", None)
+    else:
+        os.environ["IMGSIGN_RUN_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def keystone(tmp_path_factory):
     """One real Keystone per test session (per pytest-xdist worker), for the servers that need one."""

@@ -207,7 +207,7 @@ def test_a_filesystem_without_the_immutable_flag_is_refused_unless_owner(host, m
 
 def test_seal_bases_must_be_known(host):
     host.config.write_text(host.config.read_text() + "seal_bases = sometimes\n")
-    with pytest.raises(errors.InputError, match="seal_bases must be immutable or owner"):
+    with pytest.raises(errors.InputError, match=r"\[boot\] seal_bases in .*: expected one of immutable, owner"):
         libvirt_hook.load_config(str(host.config))
 
 

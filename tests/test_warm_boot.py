@@ -95,7 +95,7 @@ def _modules_of_hook(host: Host, instance: str, xml: str, operation: str, tmp_pa
                f"runpy.run_path({str(HOOK)!r}, run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", wrapper, f"instance-{instance[:8]}", operation, "begin", "-"],
                           input=xml.encode(), capture_output=True, timeout=120,
-                          env={**os.environ, "IMGSIGN_BOOT_CONFIG": str(host.config)})
+                          env={**os.environ, "IMGSIGN_BOOT_CONFIG": str(host.config), "IMGSIGN_RUN_DIR": str(host.run_dir)})
     return proc.returncode, proc.stderr.decode(errors="replace"), json.loads(out.read_text())
 
 

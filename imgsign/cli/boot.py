@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -26,33 +27,79 @@ from imgsign.cli._common import (
     trust_anchors,
 )
 from imgsign.compute import adoption, boot, image_cache
-from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
-from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE, Original, parse_size
+from imgsign.compute.boot_config import DEFAULT_PATH, ENV_PATH, BootSettings
+from imgsign.compute.conversion_adoption import Original, parse_size
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties, properties_from_document
 
-DEFAULT_STATE_DIR = "/var/lib/imgsign/boot"
-DEFAULT_INSTANCES = "/var/lib/nova/instances"
-
 
 @click.group("boot")
-def boot_group() -> None:
+@click.option("--boot-config", type=click.Path(dir_okay=False),
+              help="boot.conf, the hook's configuration, whose [boot] options are the defaults of --trusted, "
+                   f"--seal, --state-dir, --instances-path, --lock-timeout and --max-size (default: ${ENV_PATH}, "
+                   f"else {DEFAULT_PATH} if it exists, else the options' own defaults).")
+@click.pass_context
+def boot_group(ctx: click.Context, boot_config: str | None) -> None:
     """Compute host: verified image cache and pre-boot checks (used by hooks/libvirt-qemu)."""
+    ctx.ensure_object(dict)
+    ctx.obj["boot_config"] = boot_config
+
+
+def boot_settings(ctx: click.Context) -> BootSettings:
+    """boot.conf as the hook reads it (``--boot-config``, ``$IMGSIGN_BOOT_CONFIG``, else
+    ``/etc/imgsign/boot.conf`` when it exists, else the defaults), checked in full once per command.
+    A flag given on the command line overrides the file's value."""
+    root = ctx.find_root()
+    obj = root.obj if isinstance(root.obj, dict) else {}
+    if "boot_settings" not in obj:
+        from imgsign.conf import boot as boot_options
+
+        explicit = ctx.obj.get("boot_config") if isinstance(ctx.obj, dict) else None
+        path = explicit or os.environ.get(ENV_PATH) or (DEFAULT_PATH if os.path.isfile(DEFAULT_PATH) else None)
+        obj["boot_settings"] = boot_options.validate(path)
+    settings: BootSettings = obj["boot_settings"]
+    return settings
+
+
+def _trusted_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--trusted UUID`` (repeatable), as every command names it; ``--trusted-id``, its old name in
+    ``boot check``, still works (hidden, with a one-line warning)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, trusted_id_alias: tuple[str, ...] = (), **kwargs: Any) -> Any:
+            if trusted_id_alias:
+                say("imgsign: warning: --trusted-id is deprecated, use --trusted", err=True)
+                kwargs["trusted_ids"] = (*kwargs.get("trusted_ids", ()), *trusted_id_alias)
+            return func(*args, **kwargs)
+
+        wrapper = click.option("--trusted-id", "trusted_id_alias", multiple=True, hidden=True, metavar="UUID",
+                               type=KEY_MANAGER_ID)(wrapper)
+        return click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
+                            help=help_text)(wrapper)
+
+    return decorate
 
 
 #: Seconds to wait for another imgsign run on the same base: as the hook's ``[boot] lock_timeout``.
 _LOCK_TIMEOUT_OPTION = click.option(
-    "--lock-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULT_LOCK_TIMEOUT,
-    show_default=True, help="Seconds to wait while another imgsign run (the boot hook, another command) works on "
-                            "the same base; then refuse with exit 66.")
+    "--lock-timeout", type=click.FloatRange(min=0, min_open=True, max=86400),
+    help="Seconds to wait while another imgsign run (the boot hook, another command) works on the same base; "
+         "then refuse with exit 66 (default: [boot] lock_timeout, 30).")
 
 #: How a verified base is sealed: as the hook's ``[boot] seal_bases`` (docs: security/hook-checks.md).
 _SEAL_OPTION = click.option(
-    "--seal", type=click.Choice(["immutable", "owner"]), default="immutable", show_default=True,
-    help="Seal verified bases immutable (chattr +i), or only root's and 0644 (owner: SELinux hosts); "
-         "use what [boot] seal_bases says.")
+    "--seal", type=click.Choice(["immutable", "owner"]),
+    help="Seal verified bases immutable (chattr +i), or only root's and 0644 (owner: SELinux hosts) "
+         "(default: [boot] seal_bases, immutable).")
+
+_STATE_DIR_OPTION = click.option("--state-dir", type=click.Path(file_okay=False),
+                                 help="The hook's state directory (default: [boot] state_dir, /var/lib/imgsign/boot).")
+_INSTANCES_OPTION = click.option("--instances-path", type=click.Path(file_okay=False),
+                                 help="Nova's instances path (default: [boot] instances_path, "
+                                      "/var/lib/nova/instances).")
 
 
 def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,16 +107,21 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed((
         click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
                      help="Signing certificate (default: from the key manager by img_signature_certificate_uuid)."),
-        click.option("--trusted", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
-                     help="Trusted CA certificate id in the key manager (repeatable; recorded for the hook)."),
-        click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True,
-                     type=click.Path(file_okay=False)),
-        click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False)),
+        _trusted_option("Trusted CA certificate id in the key manager (repeatable; recorded for the hook; default: "
+                        "[boot] trusted_certificate_ids of boot.conf, else [imgsign] trusted_certificate_ids of "
+                        "imgsign.conf)."),
+        _INSTANCES_OPTION,
+        _STATE_DIR_OPTION,
         _SEAL_OPTION,
         _LOCK_TIMEOUT_OPTION,
     )):
         func = option(func)
     return func
+
+
+def _or_file(value: Any, settings: BootSettings, name: str) -> Any:
+    """A flag's value, else boot.conf's ``[boot] name``."""
+    return value if value is not None else getattr(settings, name)
 
 
 @boot_group.command("cache")
@@ -81,9 +133,14 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--keep-format", is_flag=True, help="Do not convert qcow2 to raw (Nova's force_raw_images = False).")
 @click.pass_context
 def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
-               trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, seal: str, lock_timeout: float,
-               keep_format: bool) -> None:
+               trusted_ids: tuple[str, ...], instances_path: str | None, state_dir: str | None, seal: str | None,
+               lock_timeout: float | None, keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
+    settings = boot_settings(ctx)
+    trusted_ids = trusted_ids or settings.trusted_certificate_ids
+    instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
+        _or_file(state_dir, settings, "state_dir")
+    seal, lock_timeout = _or_file(seal, settings, "seal_bases"), _or_file(lock_timeout, settings, "lock_timeout")
     properties = SignatureProperties.from_mapping(load_properties(properties_path))
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
@@ -102,21 +159,28 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 
 @boot_group.command("check")
 @click.argument("base_file", type=click.Path(dir_okay=False))
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
-@click.option("--trusted-id", "trusted_ids", multiple=True, metavar="UUID", type=KEY_MANAGER_ID,
-              help="Trusted certificate id (repeatable; bound to its certificate by an earlier `boot cache`).")
+@_STATE_DIR_OPTION
+@_trusted_option("Trusted certificate id (repeatable; bound to its certificate by an earlier boot cache or adopt; "
+                 "default: [boot] trusted_certificate_ids of boot.conf).")
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @_SEAL_OPTION
 @_LOCK_TIMEOUT_OPTION
 @quiet_option
 @click.pass_context
-def boot_check(ctx: click.Context, base_file: str, state_dir: str, trusted_ids: tuple[str, ...], no_cache: bool,
-               as_json: bool, seal: str, lock_timeout: float, quiet: bool) -> None:
-    """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes; seals it as the hook does)."""
-    policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids, immutable_bases=seal == "immutable")
-    decision = boot.verify_for_boot(base_file, RecordStore(state_dir, lock_timeout=lock_timeout), policy,
-                                    None if no_cache else VerifiedCache(state_dir))
+def boot_check(ctx: click.Context, base_file: str, state_dir: str | None, trusted_ids: tuple[str, ...],
+               no_cache: bool, as_json: bool, seal: str | None, lock_timeout: float | None, quiet: bool) -> None:
+    """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes; seals it as the hook does).
+
+    Decides with boot.conf's [boot] settings as the hook does (trusted ids, seal, max_fast_path_age),
+    unless a flag overrides one."""
+    settings = boot_settings(ctx)
+    state_dir = _or_file(state_dir, settings, "state_dir")
+    policy = boot.BootPolicy(trusted_certificate_ids=trusted_ids or settings.trusted_certificate_ids,
+                             max_fast_path_age=settings.max_fast_path_age,
+                             immutable_bases=_or_file(seal, settings, "seal_bases") == "immutable")
+    decision = boot.verify_for_boot(base_file, RecordStore(state_dir, lock_timeout=_or_file(
+        lock_timeout, settings, "lock_timeout")), policy, None if no_cache else VerifiedCache(state_dir))
     result: dict[str, Any] = {"file": base_file, "allowed": decision.allowed, "reason": decision.reason,
                               "message": decision.message, "exit_code": decision.code}
     if as_json:
@@ -127,7 +191,6 @@ def boot_check(ctx: click.Context, base_file: str, state_dir: str, trusted_ids: 
         if not as_json:
             say(f"imgsign: error: {decision.message}", err=True)
         sys.exit(decision.code)
-
 
 
 class SizeType(click.ParamType[int]):
@@ -161,13 +224,14 @@ class SizeType(click.ParamType[int]):
                    "it as Nova does and adopt the base if it is exactly that conversion.")
 @click.option("--original", "original_path", type=click.Path(dir_okay=False),
               help="With --by-conversion: the image's original (the signed qcow2, e.g. from `openstack image save`).")
-@click.option("--max-size", type=SizeType(), default=str(DEFAULT_MAX_SIZE), show_default=True,
-              help="With --by-conversion: refuse an original larger than this many bytes (K, M, G, T: powers of 1024).")
+@click.option("--max-size", type=SizeType(),
+              help="With --by-conversion: refuse an original larger than this many bytes (K, M, G, T: powers of "
+                   "1024; default: [boot] adopt_conversion_max_size, 20G).")
 @click.pass_context
 def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, properties_path: str,
-               image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str,
-               state_dir: str, seal: str, lock_timeout: float, as_json: bool, by_conversion: bool,
-               original_path: str | None, max_size: int) -> None:
+               image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str | None,
+               state_dir: str | None, seal: str | None, lock_timeout: float | None, as_json: bool,
+               by_conversion: bool, original_path: str | None, max_size: int | None) -> None:
     """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
 
     BASE_OR_ID is the Glance image id (the base is looked up under --instances-path) or the base
@@ -176,6 +240,12 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     """
     if by_conversion != (original_path is not None):
         raise click.UsageError("--by-conversion and --original go together")
+    settings = boot_settings(ctx)
+    trusted_ids = trusted_ids or settings.trusted_certificate_ids
+    instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
+        _or_file(state_dir, settings, "state_dir")
+    seal, lock_timeout = _or_file(seal, settings, "seal_bases"), _or_file(lock_timeout, settings, "lock_timeout")
+    max_size = _or_file(max_size, settings, "adopt_conversion_max_size")
     if adopt_all:
         if base_or_id is not None or image_id is not None:
             raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
@@ -303,11 +373,12 @@ def _split_base_path(path: str) -> tuple[str, str]:
 @click.argument("bases_or_ids", nargs=-1, required=True)
 @click.option("--owner", default="nova", show_default=True,
               help="User (and their group) to give each base to, so Nova's image cache manager can remove it.")
-@click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@_INSTANCES_OPTION
+@_STATE_DIR_OPTION
 @_LOCK_TIMEOUT_OPTION
-def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str, state_dir: str,
-                 lock_timeout: float) -> None:
+@click.pass_context
+def boot_release(ctx: click.Context, bases_or_ids: tuple[str, ...], owner: str, instances_path: str | None,
+                 state_dir: str | None, lock_timeout: float | None) -> None:
     """Unseal bases Nova may remove (image ids or _base/<sha1> paths): the flag, owner and record go.
 
     A sealed base is immutable, so Nova's image cache manager cannot remove it
@@ -315,6 +386,10 @@ def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str,
     """
     import pwd
 
+    settings = boot_settings(ctx)
+    instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
+        _or_file(state_dir, settings, "state_dir")
+    lock_timeout = _or_file(lock_timeout, settings, "lock_timeout")
     try:
         user = pwd.getpwnam(owner)
     except KeyError:

@@ -31,23 +31,28 @@ looks at every part of the guest that reads a host file:
   never allowed under ``enforce``.
 
 Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
-``/etc/imgsign/boot.conf``)::
+``/etc/imgsign/boot.conf``), an oslo.config file (comments on lines of their own; every option,
+its type and default: ``doc/source/reference/configuration.md``, ``etc/imgsign/boot.conf.sample``)::
 
     [boot]
-    mode = enforce                       # or warn
-    trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
-    max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
-    seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see the docs)
-    lock_timeout = 30                    # seconds to wait for another imgsign run on the same base
+    # enforce or warn
+    mode = enforce
+    # empty: any signer with a valid record
+    trusted_certificate_ids = id1, id2
+    # seconds an unchanged sealed base is accepted unread
+    max_fast_path_age = 86400
+    # or owner: root's and 0644 only (e.g. SELinux hosts, see the docs)
+    seal_bases = immutable
+    # seconds to wait for another imgsign run on the same base
+    lock_timeout = 30
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
-    log_file = /var/log/imgsign/boot-hook.log
-    allow_unverified =                   # e.g. block, network: Cinder volumes, allowed with a warning
+    # e.g. block, network: Cinder volumes, allowed with a warning
+    allow_unverified =
 """
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import datetime
 import json
@@ -61,7 +66,7 @@ from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from imgsign._internal import redact
 from imgsign._internal.untrusted import SafeStream, safe
-from imgsign.compute import protection, qemu_img
+from imgsign.compute import boot_config, protection, qemu_img
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
 from imgsign.compute.trust_record import RecordStore, cache_name
@@ -77,7 +82,7 @@ if TYPE_CHECKING:
 
     from imgsign.compute.self_adoption import SelfAdopter
 
-DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
+DEFAULT_CONFIG = boot_config.DEFAULT_PATH
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 #: Base files Nova makes itself (not images): ephemeral and swap disks.
 NOT_IMAGES = ("ephemeral_", "swap_")
@@ -120,63 +125,15 @@ class HookConfig:
 
 
 def load_config(path: str | None = None) -> HookConfig:
-    path = path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG
-    redact.remember_file(path)  # before anything parses it: no error may quote a secret in it
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
-    try:
-        with open(path) as handle:
-            parser.read_file(handle)
-    except FileNotFoundError:
-        raise InputError(f"hook configuration {path} does not exist") from None
-    except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read hook configuration {path}: {redact.describe_parse_error(exc)}") from None
-    section = parser["boot"] if parser.has_section("boot") else {}
-    mode_text = section.get("mode", "enforce").strip()
-    try:
-        mode = Mode(mode_text)
-    except ValueError:
-        raise InputError(f"{path}: [boot] mode must be enforce or warn, not {mode_text!r}") from None
-    ids = _list(section.get("trusted_certificate_ids", ""))
-    allow = _list(section.get("allow_unverified", ""))
-    unknown = [kind for kind in allow if kind not in UNVERIFIABLE_KINDS]
-    if unknown:
-        raise InputError(f"{path}: [boot] allow_unverified names {', '.join(unknown)}; "
-                         f"known kinds: {', '.join(UNVERIFIABLE_KINDS)}")
-    instances_path = section.get("instances_path", "/var/lib/nova/instances").strip()
-    if not os.path.isabs(instances_path):
-        raise InputError(f"{path}: [boot] instances_path must be an absolute path")
-    age_text = section.get("max_fast_path_age", str(BootPolicy.max_fast_path_age)).strip()
-    try:
-        max_age = float(age_text)
-        if not 0 <= max_age < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise InputError(f"{path}: [boot] max_fast_path_age must be a number of seconds, not {age_text!r}") from None
-    lock_text = section.get("lock_timeout", f"{DEFAULT_LOCK_TIMEOUT:g}").strip()
-    try:
-        lock_timeout = float(lock_text)
-        if not 0 < lock_timeout < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise InputError(f"{path}: [boot] lock_timeout must be a positive number of seconds, "
-                         f"not {lock_text!r}") from None
-    seal_text = section.get("seal_bases", "immutable").strip()
-    if seal_text not in ("immutable", "owner"):
-        raise InputError(f"{path}: [boot] seal_bases must be immutable or owner, not {seal_text!r}")
+    """boot.conf (``path``, ``$IMGSIGN_BOOT_CONFIG``, ``/etc/imgsign/boot.conf``), checked by oslo.config
+    or, when it is unchanged since, by its validated snapshot (:mod:`imgsign.compute.boot_config`)."""
+    settings = boot_config.load(path)
     return HookConfig(
-        policy=BootPolicy(mode=mode, trusted_certificate_ids=ids, max_fast_path_age=max_age,
-                          immutable_bases=seal_text == "immutable"),
-        instances_path=instances_path,
-        state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
-        log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
-        allow_unverified=allow,
-        path=path,
-        lock_timeout=lock_timeout,
-    )
-
-
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+        policy=BootPolicy(mode=Mode(settings.mode), trusted_certificate_ids=settings.trusted_certificate_ids,
+                          max_fast_path_age=settings.max_fast_path_age,
+                          immutable_bases=settings.seal_bases == "immutable"),
+        instances_path=settings.instances_path, state_dir=settings.state_dir, log_file=settings.log_file,
+        allow_unverified=settings.allow_unverified, path=settings.path, lock_timeout=settings.lock_timeout)
 
 
 @dataclasses.dataclass(frozen=True)

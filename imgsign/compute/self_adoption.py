@@ -9,8 +9,8 @@ trusted certificates of ``[boot] trusted_certificate_ids``, with the stored CRLs
 manager, and hands them to :func:`imgsign.compute.adoption.adopt`, which verifies the base and
 writes its record; every later boot is the usual offline check, with no network call.
 
-Configuration (``boot.conf``, the hook's own file; ``[boot]`` is read as the hook reads it, the
-other sections with oslo.config as Nova reads ``nova.conf``):
+Configuration (``boot.conf``, the hook's own file, read with oslo.config as Nova reads ``nova.conf``;
+options: :mod:`imgsign.conf.boot`):
 
 * ``[glance]``: keystoneauth options (``keystoneauth1.loading``: ``auth_type`` and the plugin's
   options, session ``cafile``/``insecure``/``timeout``..., adapter ``endpoint_override``,
@@ -51,7 +51,6 @@ is capped (4 MiB for a record, a token or a secret; the image data at
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import os
 import stat
@@ -59,7 +58,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imgsign._internal import netlimits, redact
+from imgsign._internal import netlimits
 from imgsign._internal.deadline import Deadline
 from imgsign.compute import qemu_img
 from imgsign.compute.boot import BootDecision, Mode
@@ -91,7 +90,6 @@ AUXILIARY_IMAGES = ("kernel_id", "ramdisk_id")
 #: The qcow2 magic (a base that starts with it is the downloaded qcow2 itself, not a conversion).
 _QCOW2_MAGIC = b"QFI\xfb"
 T = TypeVar("T")
-_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 #: (file, image id, decision): one line of the hook's log.
 Result = tuple[str, "str | None", BootDecision]
 
@@ -351,19 +349,16 @@ class _Settings:
         or not set and ``[glance] auth_type`` is."""
         if path is None:  # a HookConfig made in code, not read from a file
             return cls(None, DEFAULT_TIMEOUT)
-        adopt, timeout = _boot_options(path)
-        if not adopt:
-            return cls(None, timeout)
-        conversion = _conversion_options(path)
-        from keystoneauth1 import loading as ks_loading
+        from imgsign.compute import boot_config
 
-        from imgsign.keymanager import config as km_config
+        boot = boot_config.load(path)  # checked in full, or its validated snapshot
+        if not boot.adopt:
+            return cls(None, boot.adopt_timeout)
+        from imgsign.conf import boot as boot_options
 
-        conf = km_config.load(path)
-        ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
-        ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
-        ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
-        return cls(conf, timeout, conversion)
+        conversion = ConversionOptions(boot.adopt_by_conversion, boot.adopt_conversion_max_size,
+                                       boot.adopt_conversion_timeout)
+        return cls(boot_options.load(path), boot.adopt_timeout, conversion)
 
     def glance(self) -> Any:
         """A Glance client with the ``[glance]`` credentials, every request limited to the timeout."""
@@ -387,57 +382,3 @@ class _Settings:
         return GlanceClient(session, endpoint_override=group.endpoint_override,
                             interface=interfaces[0] if interfaces else None, region_name=group.region_name,
                             timeout=(timeout, timeout))
-
-
-def _read_config(path: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
-    try:
-        with open(path) as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read hook configuration {path}: {redact.describe_parse_error(exc)}") from None
-    return parser
-
-
-def _boot_options(path: str) -> tuple[bool, float]:
-    """Whether to adopt and ``[boot] adopt_timeout``, read as the hook reads ``[boot]``: ``adopt``
-    defaults to on when ``[glance] auth_type`` is set (the hook has credentials of its own)."""
-    parser = _read_config(path)
-    section = parser["boot"] if parser.has_section("boot") else {}
-    glance = parser.has_section(GLANCE_GROUP) and bool(parser[GLANCE_GROUP].get("auth_type", "").strip())
-    return _boolean(path, section, "adopt", glance), _seconds(path, section, "adopt_timeout", DEFAULT_TIMEOUT)
-
-
-def _conversion_options(path: str) -> ConversionOptions:
-    """``[boot] adopt_by_conversion`` (default false), ``adopt_conversion_max_size`` and
-    ``adopt_conversion_timeout``, read as :func:`_boot_options` reads ``[boot]``."""
-    from imgsign.compute.conversion_adoption import parse_size
-
-    parser = _read_config(path)
-    section = parser["boot"] if parser.has_section("boot") else {}
-    defaults = ConversionOptions()
-    size_text = section.get("adopt_conversion_max_size", "").strip()
-    return ConversionOptions(
-        _boolean(path, section, "adopt_by_conversion", False),
-        parse_size(size_text, f"{path}: [boot] adopt_conversion_max_size") if size_text else defaults.max_size,
-        _seconds(path, section, "adopt_conversion_timeout", defaults.timeout))
-
-
-def _boolean(path: str, section: Mapping[str, str], name: str, default: bool) -> bool:
-    text = section.get(name, "").strip().lower()
-    if text in _BOOLEANS:
-        return _BOOLEANS[text]
-    if text:
-        raise InputError(f"{path}: [boot] {name} must be true or false, not {text!r}")
-    return default
-
-
-def _seconds(path: str, section: Mapping[str, str], name: str, default: float) -> float:
-    text = section.get(name, f"{default:g}").strip()
-    try:
-        seconds = float(text)
-        if not 0 < seconds < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise InputError(f"{path}: [boot] {name} must be a positive number of seconds, not {text!r}") from None
-    return seconds

@@ -100,9 +100,10 @@ from taskflow.types import failure
 
 from imgsign._internal import redact
 from imgsign._internal.untrusted import safe
+from imgsign.conf.glance_import import GROUP, OPTS, TRANSIT_GROUP, TRANSIT_OPTS
+from imgsign.conf.glance_import import check as check_options
+from imgsign.conf.glance_import import list_opts as list_opts
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
-from imgsign.glance.options import GROUP, OPTS, TRANSIT_GROUP, TRANSIT_OPTS
-from imgsign.glance.options import list_opts as list_opts
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
@@ -116,12 +117,8 @@ CONF = cfg.CONF
 VERIFIED = "imgsign_verified"
 SERVICE_CERTIFICATE_NAME = "imgsign import service certificate"
 
-# The options live in imgsign.glance.options, which imports no Glance, for oslo-config-generator and the
-# configuration reference; list_opts is re-exported here for whoever imported it from this module.
 CONF.register_opts(OPTS, group=GROUP)
 CONF.register_opts(TRANSIT_OPTS, group=TRANSIT_GROUP)
-
-
 
 
 class ImgsignImportRefused(glance_exception.UploadException):
@@ -274,6 +271,17 @@ def _stores_list(stores: Any) -> list[str]:
     return [store for store in (stores or []) if store]
 
 
+def _check_options(plugin: str, image_id: str) -> None:
+    """Every ``[imgsign_import]`` and ``[imgsign_transit]`` value read at the start of a task: an invalid one
+    refuses the import, naming the option (never its value), instead of failing later or passing."""
+    try:
+        check_options(CONF)
+    except ImgsignError as error:
+        refusal = _refusal(plugin, image_id, error)
+        LOG.error("%s", refusal.msg)
+        raise refusal from None
+
+
 def _refusal(plugin: str, image_id: str, error: ImgsignError) -> ImgsignImportRefused:
     return ImgsignImportRefused(f"{plugin} refused image {image_id}: {error.reason}: {error.message}", error.reason)
 
@@ -300,6 +308,7 @@ class _VerifyStaged(task.Task):
         from imgsign.glance.pipeline import verify_image
 
         self.staged_path = _local_path(file_path)
+        _check_options("imgsign_verify", self.image_id)
         with self.action_wrapper as action:
             properties = action.image_extra_properties
         if not is_signed(properties):
@@ -394,6 +403,7 @@ class _ResignConverted(task.Task):
         return refusal
 
     def execute(self, file_path: str, imgsign_verified: dict[str, Any] | None = None) -> dict[str, str] | None:
+        _check_options("imgsign_resign", self.image_id)
         with self.action_wrapper as action:
             current = _signature_properties(action.image_extra_properties)
         verified = imgsign_verified

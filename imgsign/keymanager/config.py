@@ -124,7 +124,7 @@ def _imgsign_opts() -> list[cfg.Opt]:
                         "the key manager. Default: the project of the command's Keystone session (clouds.yaml, "
                         "OS_*, --os-cloud) when it has one, else 'default'."),
         cfg.ListOpt("trusted_certificate_ids", default=[],
-                    help="Key-manager ids of trusted CA certificates: when set, `imgsign verify` requires the "
+                    help="Key-manager ids of trusted CA certificates: when set, imgsign verify requires the "
                          "signing certificate to chain to one of them (like Nova's "
                          "default_trusted_certificate_ids). --trusted replaces the list."),
         cfg.IntOpt("max_chain_depth", default=8, min=0, max=255,
@@ -181,48 +181,71 @@ def find_config_file(explicit: str | None = None) -> str | None:
     return None
 
 
-def load(config_file: str | None = None) -> cfg.ConfigOpts:
-    """Read the configuration into a private ConfigOpts (never the global one)."""
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """imgsign.conf's options (castellan's with the embedded backend as default), on ``conf``."""
     from castellan import options as castellan_options
     from castellan.common import utils as castellan_utils
-    from oslo_config import cfg
 
-    conf = cfg.ConfigOpts()
+    from imgsign.keymanager import embedded
+
     conf.register_opts(_imgsign_opts(), group="imgsign")
+    conf.register_opts(embedded.OPTS, group=embedded.GROUP)
     conf.register_opts(_pkcs11_opts(), group="pkcs11")
     conf.register_opts(transit_opts(), group="transit")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
     conf.register_opts(castellan_utils.credential_opts, group="key_manager")  # [key_manager] auth_type...
-    path = find_config_file(config_file)
-    redact.remember_file(path)  # before oslo.config parses it: no error may quote a secret in it
-    try:
-        conf(args=[], project="imgsign", default_config_files=[path] if path else [], validate_default_values=True)
-    except cfg.Error as exc:
-        raise InputError(f"cannot read configuration {path}: {describe_error(exc)}") from None
-    _check_values(conf, path, {"imgsign": _imgsign_opts(), "pkcs11": _pkcs11_opts(), "transit": transit_opts()})
-    conf.imgsign_config_file = path  # type: ignore[attr-defined]
-    return conf
 
 
-def _check_values(conf: cfg.ConfigOpts, path: str | None, groups: dict[str, list[cfg.Opt]]) -> None:
-    """Read every option of imgsign's own sections once, so an invalid value (``max_chain_depth = lots``)
-    is an error at start naming the option, not ignored until some command happens to read it.
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """imgsign.conf's sections, for oslo-config-generator (namespace ``imgsign``): imgsign's own, and
+    castellan's (``[key_manager]``, ``[barbican]``, ``[vault]``...) with imgsign's default backend."""
+    import copy
 
-    oslo.config checks a value only when it is read; its message quotes the value, so imgsign's names
-    the option and what it takes instead."""
+    from castellan import options as castellan_options
+    from castellan.common import utils as castellan_utils
+
+    from imgsign.keymanager import embedded
+
+    listing: list[tuple[str, list[cfg.Opt]]] = [
+        ("imgsign", _imgsign_opts()), ("pkcs11", _pkcs11_opts()), ("transit", transit_opts()),
+        (embedded.GROUP, list(embedded.OPTS))]
+    for group, options in castellan_options.list_opts():
+        options = [copy.copy(option) for option in options]
+        for option in options:
+            if group == "key_manager" and option.dest == "backend":
+                option.default = EMBEDDED
+        listing.append((str(group), options))
+    listing.append(("key_manager", list(castellan_utils.credential_opts)))
+    return listing
+
+
+def load(config_file: str | None = None) -> cfg.ConfigOpts:
+    """Read the configuration into a private ConfigOpts (never the global one)."""
     from oslo_config import cfg
 
-    for group, options in groups.items():
-        for option in options:
-            try:
-                conf[group][option.dest]
-            except (cfg.ConfigFileValueError, ValueError) as exc:
-                takes = getattr(option.type, "type_name", None) or type(option.type).__name__.lower()
-                bounds = [f"{word} {value}" for word, value in (("at least", getattr(option.type, "min", None)),
-                                                                ("at most", getattr(option.type, "max", None)))
-                          if value is not None]
-                raise InputError(f"invalid value for [{group}] {option.name} in {path}: it takes {takes}"
-                                 f"{' (' + ', '.join(bounds) + ')' if bounds else ''}") from exc
+    conf = cfg.ConfigOpts()
+    register_opts(conf)
+    return parse(conf, find_config_file(config_file))
+
+
+def parse(conf: cfg.ConfigOpts, path: str | None, *, use_env: bool = True) -> cfg.ConfigOpts:
+    """Parse ``path`` (None: defaults only) into ``conf``, whose options are registered, and check every
+    value of every registered option (:func:`imgsign.conf.check_values`): an invalid one is an
+    :class:`InputError` naming the option and the file, never quoting the value."""
+    from oslo_config import cfg
+
+    from imgsign.conf import check_values, raw_sections
+
+    redact.remember_file(path)  # before oslo.config parses it: no error may quote a secret in it
+    raw = raw_sections(path) if path else None
+    try:
+        conf(args=[], project="imgsign", default_config_files=[path] if path else [],
+             validate_default_values=True, use_env=use_env)
+    except cfg.Error as exc:
+        raise InputError(f"cannot read configuration {path}: {describe_error(exc)}") from None
+    check_values(conf, path, raw=raw)
+    conf.imgsign_config_file = path  # type: ignore[attr-defined]
+    return conf
 
 
 def describe_error(exc: BaseException) -> str:
@@ -232,7 +255,7 @@ def describe_error(exc: BaseException) -> str:
 
     if isinstance(exc, (cfg.ConfigFileParseError, cfg.ParseError)):
         return redact.describe_parse_error(exc)
-    if isinstance(exc, (cfg.NoSuchOptError, cfg.TemplateSubstitutionError)):
+    if isinstance(exc, (cfg.NoSuchOptError, cfg.NoSuchGroupError, cfg.TemplateSubstitutionError)):
         return ("a value holds a '$' that does not name another option (oslo.config substitutes $name and "
                 "${name}; write $$ for a '$')")
     return f"{type(exc).__name__}: {exc}"

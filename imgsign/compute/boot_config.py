@@ -1,0 +1,263 @@
+"""boot.conf's ``[boot]`` settings for the hook: validated in full once, then read from a snapshot.
+
+The options, their types and the full check are oslo.config's (:mod:`imgsign.conf.boot`), but
+importing oslo.config alone costs about 60 ms, and a warm boot calls the hook twice within a budget
+of 100 ms.  So the hook validates boot.conf with oslo.config when it meets a file it has not seen
+(the slow path), and keeps what it found, the :class:`BootSettings`, as a JSON snapshot; later calls
+(the warm path) read the snapshot when the file is provably the same, and import nothing more
+than this module.
+
+Where: ``$IMGSIGN_RUN_DIR`` or ``/run/imgsign`` (root's, 0700; emptied at every reboot), one file
+per boot.conf path (``boot-conf-<sha256 of the path>.json``, 0600).  Not in ``[boot] state_dir``:
+which directory that is, is written in the very file the snapshot stands for.
+
+The key.  A snapshot holds the key of the file it was made from, and is used only when all of it
+matches the file as read now: its absolute path; ``(st_dev, st_ino, st_size, st_mtime_ns,
+st_ctime_ns)`` and owner, group and mode of the descriptor the bytes were read from; the SHA-256
+of those bytes; and the size and times of the modules that define and check the options (an
+upgrade of imgsign validates again).  ``st_ctime`` changes on every write, rename, chmod and chown
+and cannot be set back (unlike ``st_mtime``, which ``touch -d`` restores); the content's digest
+makes two writes within one tick of the file-system clock (same size, same times: the "racy"
+case) harmless as well.  The snapshot is written only when the file's key after the full check
+equals its key before it (a file edited while being validated is validated again next time).
+
+Why this is safe (threat model: the attacker is not root, controls what ``nova``, a guest's
+``qemu`` or a shared ``_base`` can write, and races with us):
+
+* boot.conf and the snapshot directory are root's.  Whoever can rewrite boot.conf owns the
+  policy anyway, so the hook refuses (exit 63) a boot.conf that anyone but root could change or
+  replace (the file and every directory above it); the snapshot adds no way in for anyone else.
+* A snapshot is read only if the directory chain up to ``/`` and the file itself can be changed by
+  root alone (:func:`imgsign.compute.protection.replaceable_by_others`: every directory root's and
+  not group/other-writable, or sticky with a root-owned entry), and the file is a regular file
+  (opened with ``O_NOFOLLOW``: never through a link), root's and 0600.  Anything else: the
+  snapshot is ignored, never written into, and boot.conf is validated in full at every call
+  (slower, never less strict).
+* It is written all or nothing (temporary file, fsync, rename), so a reader sees the old or the
+  new snapshot, never half of one; a snapshot that does not parse, or whose values do not have the
+  expected types, is ignored.
+* A stale snapshot can only be used when the key matches, i.e. for the very bytes it was made
+  from: the settings it holds are the ones oslo.config found in those bytes.  Nothing in it is a
+  secret ([boot] holds none), and nothing the attacker writes ever reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import stat
+from typing import Any
+
+from imgsign._internal import redact
+from imgsign.errors import InputError, InsecureState
+
+DEFAULT_PATH = "/etc/imgsign/boot.conf"
+#: Environment variable naming boot.conf (the hook's and ``imgsign boot``'s).
+ENV_PATH = "IMGSIGN_BOOT_CONFIG"
+#: Root-only directory of the validated snapshots (a cache, emptied at reboot).
+RUN_DIR = "/run/imgsign"
+ENV_RUN_DIR = "IMGSIGN_RUN_DIR"
+#: Bumped when the snapshot's layout changes.
+FORMAT = 1
+#: A boot.conf larger than this is refused (it is a few hundred bytes).
+MAX_SIZE = 1024 * 1024
+_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+#: The modules whose code decides what a boot.conf means (their change invalidates every snapshot).
+_DEFINITIONS = (os.path.join("conf", "boot.py"), os.path.join("conf", "__init__.py"),
+                os.path.join("keymanager", "config.py"), os.path.join("compute", "boot_config.py"))
+
+
+@dataclasses.dataclass(frozen=True)
+class BootSettings:
+    """The ``[boot]`` section of a checked boot.conf (see :func:`imgsign.conf.boot.boot_opts` for each)."""
+
+    path: str | None
+    mode: str
+    trusted_certificate_ids: tuple[str, ...]
+    max_fast_path_age: float
+    seal_bases: str
+    lock_timeout: float
+    instances_path: str
+    state_dir: str
+    log_file: str | None
+    allow_unverified: tuple[str, ...]
+    #: ``[boot] adopt``, or (not set) whether ``[glance] auth_type`` is.
+    adopt: bool
+    adopt_timeout: float
+    adopt_by_conversion: bool
+    adopt_conversion_max_size: int
+    adopt_conversion_timeout: float
+
+
+def config_path(path: str | None = None) -> str:
+    """``path``, else ``$IMGSIGN_BOOT_CONFIG``, else ``/etc/imgsign/boot.conf``."""
+    return path or os.environ.get(ENV_PATH) or DEFAULT_PATH
+
+
+def load(path: str | None = None) -> BootSettings:
+    """boot.conf's settings, checked in full by oslo.config unless a snapshot proves them checked already.
+
+    :class:`InputError` (exit 10) for a file that is missing, unreadable or invalid, naming the option
+    and the file and never quoting a value."""
+    path = config_path(path)
+    data, info = _read(path)
+    redact.remember_text(data.decode("utf-8", "replace"))  # before anything parses it: no message may quote them
+    _check_owner(path)
+    key = _key(path, data, info)
+    snapshot = _snapshot_path(path)
+    settings = _read_snapshot(snapshot, key, path)
+    if settings is not None:
+        return settings
+    from imgsign.conf import boot as boot_options
+
+    settings = boot_options.validate(path)
+    after, after_info = _read(path)
+    if _key(path, after, after_info) == key:
+        _write_snapshot(snapshot, key, settings)
+    return settings
+
+
+def _check_owner(path: str) -> None:
+    """Running as root (the hook), refuse a boot.conf that someone else could change or replace: it sets the
+    policy (``mode = warn``, no trusted ids), so it must be root's alone, as the snapshot's safety assumes."""
+    if os.geteuid() != 0:
+        return
+    from imgsign.compute.protection import replaceable_by_others
+
+    problem = replaceable_by_others(path)
+    if problem is not None:
+        raise InsecureState(f"hook configuration {path}: {problem}; it sets the boot policy, so only root may be "
+                            "able to change it (chown root:root; chmod 0600, it may hold a Glance password)")
+
+
+def _read(path: str) -> tuple[bytes, os.stat_result]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(f"hook configuration {path} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read hook configuration {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"hook configuration {path} is not a regular file")
+        if info.st_size > MAX_SIZE:
+            raise InputError(f"hook configuration {path} is larger than {MAX_SIZE} bytes")
+        chunks, total = [], 0
+        while total <= MAX_SIZE:
+            chunk = os.read(fd, MAX_SIZE + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read hook configuration {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SIZE:
+        raise InputError(f"hook configuration {path} is larger than {MAX_SIZE} bytes")
+    return data, info
+
+
+def _key(path: str, data: bytes, info: os.stat_result) -> dict[str, Any]:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    definitions = []
+    for name in _DEFINITIONS:
+        try:
+            module = os.stat(os.path.join(here, name))
+            definitions.append([name, module.st_size, module.st_mtime_ns, module.st_ctime_ns, module.st_ino])
+        except OSError:
+            definitions.append([name, None])
+    return {"format": FORMAT, "path": os.path.abspath(path),
+            "stat": [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                     info.st_uid, info.st_gid, info.st_mode],
+            "sha256": hashlib.sha256(data).hexdigest(), "definitions": definitions}
+
+
+def _snapshot_path(path: str) -> str:
+    name = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return os.path.join(os.environ.get(ENV_RUN_DIR) or RUN_DIR, f"boot-conf-{name}.json")
+
+
+def _read_snapshot(snapshot: str, key: dict[str, Any], path: str) -> BootSettings | None:
+    """The settings in ``snapshot`` if only root can have written it and its key is ``key``; else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        fd = os.open(snapshot, _OPEN)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077 or info.st_size > MAX_SIZE:
+            return None
+        data = os.read(fd, MAX_SIZE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    from imgsign.compute.protection import replaceable_by_others
+
+    if replaceable_by_others(snapshot) is not None:
+        return None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or document.get("key") != key:
+        return None
+    return _settings_of(document.get("settings"), path)
+
+
+#: The JSON types of each field of :class:`BootSettings` in a snapshot.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "mode": (str,), "trusted_certificate_ids": (list,), "max_fast_path_age": (float, int), "seal_bases": (str,),
+    "lock_timeout": (float, int), "instances_path": (str,), "state_dir": (str,), "log_file": (str, type(None)),
+    "allow_unverified": (list,), "adopt": (bool,), "adopt_timeout": (float, int), "adopt_by_conversion": (bool,),
+    "adopt_conversion_max_size": (int,), "adopt_conversion_timeout": (float, int),
+}
+
+
+def _settings_of(values: Any, path: str) -> BootSettings | None:
+    if not isinstance(values, dict) or set(values) != set(_TYPES):
+        return None
+    for name, kinds in _TYPES.items():
+        value = values[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return None
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            return None
+    fields: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in values.items()}
+    for name in ("max_fast_path_age", "lock_timeout", "adopt_timeout", "adopt_conversion_timeout"):
+        fields[name] = float(fields[name])
+        if not math.isfinite(fields[name]) or fields[name] < 0:
+            return None
+    return BootSettings(path=path, **fields)
+
+
+def _write_snapshot(snapshot: str, key: dict[str, Any], settings: BootSettings) -> None:
+    """Keep ``settings`` for ``key`` (best effort: without a usable directory every call validates in full)."""
+    if os.geteuid() != 0:
+        return
+    directory = os.path.dirname(snapshot)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError:
+        return
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        return  # not ours alone: never written into (and never read, see _read_snapshot)
+    values = dataclasses.asdict(settings)
+    del values["path"]
+    values = {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+    from imgsign._internal.files import atomic_write
+
+    try:
+        atomic_write(snapshot, json.dumps({"key": key, "settings": values}, sort_keys=True).encode(), 0o600)
+    except InputError:
+        return
