@@ -78,9 +78,14 @@ class TrustAnchors:
 
 
 def validate_chain(
-    certificate: x509.Certificate, anchors: TrustAnchors, policy: Policy = DEFAULT_POLICY
+    certificate: x509.Certificate, anchors: TrustAnchors, policy: Policy = DEFAULT_POLICY, *,
+    at: datetime.datetime | None = None,
 ) -> list[x509.Certificate]:
     """The validated path ``[certificate, ..., trusted]``, or raise.
+
+    Every certificate on the path must be valid at ``at`` (default: the policy's time), e.g. the
+    genTime of a verified timestamp (:mod:`imgsign.timestamp`); CRLs and OCSP answers must still
+    be current at the policy's time, and a revocation refuses whenever it happened.
 
     Raises :class:`UntrustedCertificate` when no valid path to a trusted
     certificate exists (the reason names what broke it),
@@ -95,7 +100,7 @@ def validate_chain(
     builder = (
         verification.PolicyBuilder()
         .store(verification.Store(list(anchors.trusted)))
-        .time(now)
+        .time(at or now)
         .max_chain_depth(anchors.max_depth)
         .extension_policies(
             ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),

@@ -8,12 +8,20 @@ from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import HashMethod
 from imgsign.cli._common import image_digest, is_quiet, policy_options, quiet_option
 from imgsign.cli._glance import cloud_options
-from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_properties, signing_options
+from imgsign.cli._signing import (
+    check_signing_usage,
+    prepare_signer,
+    signed_properties,
+    signing_options,
+    timestamp_options,
+    timestamp_settings,
+)
 
 
 @click.command("sign")
 @click.argument("image", type=click.Path(dir_okay=True))
 @signing_options
+@timestamp_options
 @click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
@@ -24,13 +32,15 @@ from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_pro
 def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
          output: str | None, force: bool, os_cloud: str | None, os_region_name: str | None, allow_weak_keys: bool,
-         ignore_cert_dates: bool, quiet: bool, no_raw_digest: bool) -> None:
+         ignore_cert_dates: bool, quiet: bool, no_raw_digest: bool, tsa_url: str | None, tsa_hash: str | None,
+         tsa_ca_files: tuple[str, ...]) -> None:
     """Sign IMAGE and print its img_signature* properties.
 
     With a Keystone session (--os-cloud, $OS_CLOUD or $OS_AUTH_URL) the certificate is looked up in,
     or stored into, the key manager under the token's project, where Glance reads it.
     """
     check_signing_usage(cert_path, cert_uuid, store_cert)
+    stamp = timestamp_settings(ctx, tsa_url, tsa_hash, tsa_ca_files)
     outputs = plan_outputs(
         [(output, "output", 0o644)] if output else [],
         [(image, "image"), (key_path, "private key"), (passphrase_file, "passphrase file"),
@@ -49,7 +59,7 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         signer, key = prepare_signer(ctx, key_path, passphrase_file, cert_path, cert_uuid, store_cert, method,
                                      key_type, policy)
         emitted = signed_properties(image, signer, key, image_digest_now or digest(), digest.handle, digest.head,
-                                    not no_raw_digest, is_quiet(ctx, quiet))
+                                    not no_raw_digest, is_quiet(ctx, quiet), stamp)
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
