@@ -90,20 +90,19 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         if stamp.status == "not-checked" and not (quiet or as_json):
             say("imgsign: warning: the image has a timestamp token but no TSA certificates are trusted "
                 "(--tsa-ca, [imgsign] tsa_ca_file): it was not checked", err=True)
+        if (stamp.timestamp is not None and stamp.judge_at is None and not ignore_cert_dates
+                and certificate.not_valid_after_utc < policy.now()):
+            raise errors.CertificateExpired(
+                f"certificate {certificates.describe(certificate)} expired on "
+                f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC and its timestamp "
+                f"({stamp.timestamp.gen_time:%Y-%m-%d %H:%M:%S} UTC) is not inside its validity")
         judged = dataclasses.replace(policy, at=stamp.judge_at) if stamp.judge_at else policy
-        try:
-            anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
-                                    require_crl, max_chain_depth)
-            if anchors is not None:
-                path = chain.validate_chain(certificate, anchors, policy, at=stamp.judge_at)
-                result["chain"] = [certificates.describe(c) for c in path]
-            return Verifier.for_certificate(properties, certificate, policy=judged)
-        except errors.CertificateExpired as exc:
-            if stamp.timestamp is not None:
-                raise errors.CertificateExpired(
-                    f"{exc.message}; its timestamp ({stamp.timestamp.gen_time:%Y-%m-%d %H:%M:%S} UTC) is not "
-                    f"inside the certificate's validity") from None
-            raise
+        anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
+                                require_crl, max_chain_depth)
+        if anchors is not None:
+            path = chain.validate_chain(certificate, anchors, policy, at=stamp.judge_at)
+            result["chain"] = [certificates.describe(c) for c in path]
+        return Verifier.for_certificate(properties, certificate, policy=judged)
 
     try:
         if image is not None and properties_path is not None:

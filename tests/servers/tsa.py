@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import shutil
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+#: The openssl command (installed with the apt packages the tests need).
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 _CONFIG = """\
 [tsa]
@@ -60,8 +65,9 @@ def issue(out: Path, name: str, issuer_key: Path, issuer_cert: Path, *, not_befo
     key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"imgsign test {name}"),
-                                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imgsign test PKI - NOT FOR PRODUCTION")]))
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, f"imgsign test {name}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imgsign test PKI - NOT FOR PRODUCTION")]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(serial or x509.random_serial_number())
@@ -105,18 +111,18 @@ def tsa_handler(key: Path, cert: Path, chain: Path | None, workdir: Path) -> typ
 
     class Handler(BaseHTTPRequestHandler):
         #: Every request body received (a test can check the nonce, the imprint, certReq).
-        received: list[bytes] = []
+        received: ClassVar[list[bytes]] = []
 
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             query = self.rfile.read(length)
             Handler.received.append(query)
             with lock, tempfile.TemporaryDirectory(dir=workdir) as tmp:
                 (Path(tmp) / "query.tsq").write_bytes(query)
-                args = ["openssl", "ts", "-reply", "-config", str(config), "-queryfile", f"{tmp}/query.tsq",
+                args = [OPENSSL, "ts", "-reply", "-config", str(config), "-queryfile", f"{tmp}/query.tsq",
                         "-inkey", str(key), "-signer", str(cert), "-out", f"{tmp}/reply.tsr"]
                 if chain is not None:
                     args += ["-chain", str(chain)]
