@@ -26,7 +26,22 @@ from imgsign.cli._glance import cloud_options, glance_client
 from imgsign.properties import SignatureProperties
 
 if TYPE_CHECKING:
+    from imgsign._internal.ocsp_client import OcspClient
     from imgsign.verifier import Verifier
+
+
+def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClient | None:
+    """OCSP for the chain, as ``[imgsign] ocsp`` says (None when off): the response stored with the
+    signature (imgsign_ocsp_v1) first, then the responders the certificates name."""
+    from imgsign import ocsp
+    from imgsign._internal.ocsp_client import OcspClient
+    from imgsign.cli._common import config, has_config
+
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    if settings is not None and settings.ocsp == "off":
+        return None
+    stored = ocsp.response_from_properties(document)
+    return OcspClient([stored] if stored else [], timeout=settings.ocsp_timeout if settings is not None else 10.0)
 
 
 @click.command("verify")
@@ -68,7 +83,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     result: dict[str, Any] = {
         "image": shown, "valid": False, "reason": None, "message": None, "exit_code": None,
         "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
-        "certificate_subject": None, "chain": None, "timestamp": None,
+        "certificate_subject": None, "chain": None, "timestamp": None, "ocsp": None,
     }
 
     def check_signer(properties: SignatureProperties, document: Mapping[str, object]) -> Verifier:
@@ -100,7 +115,13 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
                                 require_crl, max_chain_depth)
         if anchors is not None:
-            path = chain.validate_chain(certificate, anchors, policy, at=stamp.judge_at)
+            client = ocsp_client(ctx, document)
+            anchors = dataclasses.replace(anchors, ocsp=client)
+            try:
+                path = chain.validate_chain(certificate, anchors, policy, at=stamp.judge_at)
+            finally:
+                if client is not None:
+                    result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]
             result["chain"] = [certificates.describe(c) for c in path]
         return Verifier.for_certificate(properties, certificate, policy=judged)
 
