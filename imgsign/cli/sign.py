@@ -65,8 +65,7 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
                                      key_type, policy)
         stapled = staple_ocsp(ctx, cert_path, ocsp_issuer) if ocsp_issuer and cert_path else {}
         emitted = stapled | signed_properties(image, signer, key, image_digest_now or digest(), digest.handle,
-                                              digest.head,
-                                    not no_raw_digest, is_quiet(ctx, quiet), stamp)
+                                              digest.head, not no_raw_digest, is_quiet(ctx, quiet), stamp)
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
