@@ -193,9 +193,9 @@ def _signer(response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
             raise OCSPStatusUnknown(f"the OCSP responder certificate {describe(cert)} is not issued by "
                                     f"{describe(issuer)}") from None
         try:
-            purposes = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            purposes = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         except x509.ExtensionNotFound:
-            purposes = x509.ExtendedKeyUsage([])
+            purposes = []
         if ExtendedKeyUsageOID.OCSP_SIGNING not in purposes:
             raise OCSPStatusUnknown(f"the OCSP responder certificate {describe(cert)} lacks id-kp-OCSPSigning")
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
