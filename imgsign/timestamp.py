@@ -122,10 +122,13 @@ def token_from_properties(props: Mapping[str, object]) -> bytes | None:
     return attachments.decode(PROPERTY, props, TimestampError, f"the timestamp token ({PROPERTY})")
 
 
-def verify(token: bytes, signature: bytes, roots: Sequence[x509.Certificate],
-           intermediates: Sequence[x509.Certificate] = (), *, now: datetime.datetime) -> Timestamp:
+def verify(token: bytes, signature: bytes, roots: Sequence[x509.Certificate], *,
+           now: datetime.datetime) -> Timestamp:
     """Check ``token`` over ``signature`` against the TSA trust anchors ``roots``; raise
-    :class:`TimestampError` (naming what broke) or return what it proves."""
+    :class:`TimestampError` (naming what broke) or return what it proves.
+
+    Every certificate in ``roots`` is trusted (a TSA's own certificate, or a CA above it); the
+    intermediates between them and the TSA's certificate travel in the token."""
     import rfc3161_client
 
     if not roots:
@@ -142,16 +145,16 @@ def verify(token: bytes, signature: bytes, roots: Sequence[x509.Certificate],
         if cert not in seen:
             builder = builder.add_root_certificate(cert)
             seen.append(cert)
-    for cert in intermediates:
-        if cert not in seen:
-            builder = builder.add_intermediate_certificate(cert)
-            seen.append(cert)
     try:
         builder.build().verify(response, hasher(signature).digest())
     except rfc3161_client.VerificationError as exc:
         raise TimestampError(f"the timestamp token does not verify: {_why(str(exc))}") from None
     except Exception as exc:  # noqa: BLE001 - the Rust layer raises various types for hostile CMS
         raise TimestampError(f"the timestamp token does not verify ({type(exc).__name__})") from None
+    signer = _tsa_certificate(response)
+    if signer is None or _purposes(signer) != [x509.oid.ExtendedKeyUsageOID.TIME_STAMPING]:
+        raise TimestampError("the timestamp token's TSA certificate is not for time-stamping only "
+                             "(RFC 3161 2.3: extendedKeyUsage id-kp-timeStamping alone, critical)")
     gen_time = _utc(info.gen_time)
     if gen_time > now + SKEW:
         raise TimestampError(f"the timestamp token's time {gen_time:%Y-%m-%d %H:%M:%S} UTC is in the future")
@@ -190,8 +193,7 @@ class TimestampCheck:
 
 
 def check(props: Mapping[str, object], signature: bytes, certificate: x509.Certificate,
-          roots: Sequence[x509.Certificate], intermediates: Sequence[x509.Certificate] = (), *,
-          now: datetime.datetime) -> TimestampCheck:
+          roots: Sequence[x509.Certificate], *, now: datetime.datetime) -> TimestampCheck:
     """Read and verify the image's token (if any) over ``signature``; see :class:`TimestampCheck`.
 
     A token that is present while TSA trust anchors are configured must verify, or this raises
@@ -202,7 +204,7 @@ def check(props: Mapping[str, object], signature: bytes, certificate: x509.Certi
         return TimestampCheck("absent")
     if not roots:
         return TimestampCheck("not-checked")
-    stamp = verify(token, signature, roots, intermediates, now=now)
+    stamp = verify(token, signature, roots, now=now)
     valid_now = certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc
     return TimestampCheck("valid", stamp, None if valid_now else signing_time(stamp, certificate))
 
@@ -254,18 +256,33 @@ def _accuracy(info: TimeStampTokenInfo) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds, milliseconds=millis, microseconds=micros)
 
 
+def _tsa_certificate(response: TimeStampResponse) -> x509.Certificate | None:
+    """The certificate the token's one SignerInfo names (issuer and serial number), among those it carries."""
+    try:
+        signers = list(response.signed_data.signer_infos)
+        if len(signers) != 1:
+            return None
+        for der in response.signed_data.certificates:
+            cert = x509.load_der_x509_certificate(der)
+            if cert.issuer == signers[0].issuer and cert.serial_number == signers[0].serial_number:
+                return cert
+    except Exception:  # noqa: BLE001 - a certificate that does not parse names nobody
+        return None
+    return None
+
+
+def _purposes(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except Exception:  # noqa: BLE001 - absent or malformed: no purpose
+        return []
+
+
 def _tsa_name(response: TimeStampResponse) -> str:
     from imgsign.certificates import describe
 
-    try:
-        signer = next(iter(response.signed_data.signer_infos))
-        for der in response.signed_data.certificates:
-            cert = x509.load_der_x509_certificate(der)
-            if cert.issuer == signer.issuer and cert.serial_number == signer.serial_number:
-                return describe(cert)
-    except Exception:  # noqa: BLE001, S110 - only a name for messages
-        pass
-    return "the TSA"
+    cert = _tsa_certificate(response)
+    return describe(cert) if cert is not None else "the TSA"
 
 
 def _why(text: str) -> str:

@@ -25,7 +25,7 @@ DEFAULT_TIMEOUT = 30.0
 
 
 def fetch_token(url: str, signature: bytes, *, hash_method: str = "SHA-256", timeout: float = DEFAULT_TIMEOUT,
-                roots: Sequence[x509.Certificate] = (), intermediates: Sequence[x509.Certificate] = ()) -> bytes:
+                roots: Sequence[x509.Certificate] = ()) -> bytes:
     """The TimeStampToken (DER) the TSA at ``url`` issues over ``signature``.
 
     :class:`TimestampUnavailable` when the TSA cannot be reached in time or gives no usable answer;
@@ -40,5 +40,5 @@ def fetch_token(url: str, signature: bytes, *, hash_method: str = "SHA-256", tim
     except TimestampError as exc:
         raise TimestampUnavailable(f"the TSA at {url} gave no usable timestamp: {exc.message}") from None
     if roots:
-        timestamp.verify(token, signature, roots, intermediates, now=datetime.datetime.now(datetime.timezone.utc))
+        timestamp.verify(token, signature, roots, now=datetime.datetime.now(datetime.timezone.utc))
     return token
