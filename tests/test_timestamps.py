@@ -285,3 +285,86 @@ def test_layout_of_the_property_names():
     assert attachments.names(timestamp.PROPERTY, {"imgsign_tst_v1_0": "", "img_signature": "", "imgsign_tst_v10": ""}) \
         == ["imgsign_tst_v1_0"]
     assert Path(timestamp.__file__).name == "timestamp.py"
+
+
+def test_verify_image_from_glance_honours_the_timestamp(world, tmp_path):
+    """`verify --image`: the token comes from the image record.  Glance here is a stand-in (the record and the
+    data, served by tests.conftest.serving) because the real glance-api harness is a `servers` test; what is
+    under test is that the properties of a record reach the timestamp check, not Glance."""
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.conftest import serving
+
+    wait_until_expired(world)
+    image_id = "5f1b7c2e-55d2-4a43-9a8e-0d9c1f0b6a11"
+    data = world["image"].read_bytes()
+    record = {"id": image_id, "status": "active", "size": len(data), **world["short_props"]}
+
+    class Glance(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, kind = ((data, "application/octet-stream") if self.path.endswith("/file")
+                          else (json.dumps(record).encode(), "application/json"))
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Glance) as url:
+        clouds = tmp_path / "clouds.yaml"
+        clouds.write_text(json.dumps({"clouds": {"stand-in": {"auth_type": "admin_token",
+                                                              "auth": {"endpoint": url, "token": "t"}}}}))
+        env = {**world["env"], "OS_CLIENT_CONFIG_FILE": str(clouds), "OS_CLOUD": "stand-in"}
+        args = ("verify", "--image", image_id, "--cert", world["short"][1], "--json", *TRUST)
+        ok = run_cli(*args, "--tsa-ca", pki("root-ca.pem"), env=env)
+        assert ok.code == 0, ok
+        assert ok.json()["timestamp"]["certificate_judged_at"] is not None
+        for key in [k for k in record if k.startswith(timestamp.PROPERTY)]:
+            del record[key]
+        refused = run_cli(*args, "--tsa-ca", pki("root-ca.pem"), env=env)
+        assert refused.code == errors.UntrustedCertificate.exit_code, refused
+
+
+def _cert_valid(not_before, not_after):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dates")])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(not_before).not_valid_after(not_after).sign(key, hashes.SHA256()))
+
+
+def test_signing_time_boundaries():
+    base = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    second = datetime.timedelta(seconds=1)
+    stamp = timestamp.Timestamp(base, base - second, base + second, "tsa", "SHA-256", 1)
+    inside = _cert_valid(base - 2 * second, base + 2 * second)
+    assert timestamp.signing_time(stamp, inside) == base
+    # notAfter falls inside the accuracy interval: the signature may have been made after expiry.
+    assert timestamp.signing_time(stamp, _cert_valid(base - 2 * second, base)) is None
+    assert timestamp.signing_time(stamp, _cert_valid(base, base + 2 * second)) is None
+    assert timestamp.signing_time(stamp, _cert_valid(base + 2 * second, base + 10 * second)) is None
+
+
+def test_check_judges_an_expired_certificate_at_gen_time(world):
+    """The pure decision, with the verifier's clock moved past the signer's expiry (a real token)."""
+    props = sign(world, world["valid"], world["image"], "--tsa", world["url"])
+    signature = base64.b64decode(props["img_signature"])
+    cert = x509.load_pem_x509_certificate(world["valid"][1].read_bytes())
+    roots = [x509.load_pem_x509_certificate(pki("root-ca.pem").read_bytes())]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert timestamp.check(props, signature, cert, roots, now=now).judge_at is None
+    later = cert.not_valid_after_utc + datetime.timedelta(days=1)
+    checked = timestamp.check(props, signature, cert, roots, now=later)
+    assert checked.status == "valid" and checked.timestamp is not None
+    assert checked.judge_at == checked.timestamp.gen_time
+    assert timestamp.check(props, signature, cert, [], now=later).status == "not-checked"
+    assert timestamp.check(without_token(props), signature, cert, roots, now=later).status == "absent"
+    # A verifier whose clock is far behind the TSA's: a genTime in the future is refused.
+    with pytest.raises(errors.TimestampError, match="future"):
+        timestamp.check(props, signature, cert, roots, now=now - datetime.timedelta(hours=1))
