@@ -115,8 +115,11 @@ def test_stale_response_is_refused(world):
     assert result.status == "good" and result.next_update is not None
     with pytest.raises(ocsp.Stale):
         ocsp.check_response(der, cert, issuer, now=later)
-    # Stored with a signature: ignored once stale (OcspClient goes on to the responder, here offline).
-    assert ocsp_client.OcspClient([der], network=False).status(cert, issuer, later) is None
+    # Stored with a signature: used while current, ignored once stale (then, offline, nothing answers for it).
+    assert ocsp_client.OcspClient([der], network=False).status(cert, issuer, datetime.datetime.now(
+        datetime.timezone.utc)).source == "stored"
+    with pytest.raises(errors.OCSPUnavailable, match="offline"):
+        ocsp_client.OcspClient([der], network=False).status(cert, issuer, later)
 
 
 def test_stapled_response_verifies_offline(world, tmp_path):
@@ -135,6 +138,14 @@ def test_stapled_response_verifies_offline(world, tmp_path):
     assert ok.json()["ocsp"][0]["source"] == "stored" and ok.json()["ocsp"][0]["status"] == "good"
     without = verify(world, "stapled", {k: v for k, v in props.items() if not k.startswith(ocsp.PROPERTY)})
     assert without.code == errors.OCSPUnavailable.exit_code, without
+    # ocsp = offline: the stored answer, and never the network (a CRL would be needed without it).
+    conf = tmp_path / "offline.conf"
+    conf.write_text("[imgsign]\nocsp = offline\n")
+    offline_env = {**world["env"], "IMGSIGN_CONFIG": str(conf)}
+    assert verify(world, "stapled", props, env=offline_env).code == 0
+    assert verify(world, "good", sign(world, "good"), env=offline_env).code == errors.OCSPUnavailable.exit_code
+    crl = ("--crl", pki("intermediate-ca.crl.pem"))
+    assert verify(world, "good", sign(world, "good"), *crl, env=offline_env).code == 0
     # A stored answer that was tampered with is refused, not ignored.
     der = bytearray(ocsp.response_from_properties(props))
     signature = x509_ocsp.load_der_ocsp_response(bytes(der)).signature

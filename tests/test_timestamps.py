@@ -368,3 +368,26 @@ def test_check_judges_an_expired_certificate_at_gen_time(world):
     # A verifier whose clock is far behind the TSA's: a genTime in the future is refused.
     with pytest.raises(errors.TimestampError, match="future"):
         timestamp.check(props, signature, cert, roots, now=now - datetime.timedelta(hours=1))
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("tsa_url = ftp://tsa.example/\n", errors.InputError.exit_code),
+    ("tsa_url = http://127.0.0.1:9/\ntsa_hash = MD5\n", errors.InputError.exit_code),
+    ("tsa_url = http://127.0.0.1:9/\ntsa_timeout = 0\n", errors.InputError.exit_code),
+    ("ocsp = sometimes\n", errors.InputError.exit_code),
+])
+def test_invalid_timestamp_and_ocsp_settings_are_refused_at_start(world, tmp_path, text, code):
+    conf = tmp_path / "imgsign.conf"
+    conf.write_text("[imgsign]\n" + text)
+    key, cert = world["valid"]
+    result = run_cli("sign", world["image"], "--key", key, "--cert", cert, "--cert-uuid", "c0ffee",
+                     env={**world["env"], "IMGSIGN_CONFIG": str(conf)})
+    assert result.code == code, result
+    assert result.stdout == ""
+
+
+def test_tsa_options_without_a_tsa_are_a_usage_error(world):
+    key, cert = world["valid"]
+    result = run_cli("sign", world["image"], "--key", key, "--cert-uuid", "c0ffee", "--tsa-ca", pki("root-ca.pem"),
+                     env=world["env"])
+    assert result.code == 2 and "--tsa" in result.stderr, result

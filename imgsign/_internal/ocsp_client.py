@@ -6,7 +6,8 @@ certificate on the path it tries, in order:
 1. the responses stored with the signature (``imgsign_ocsp_v1``): one about this certificate
    that is current is the answer, with no network; a stale one is ignored; a forged or
    malformed one is an error;
-2. the responders the certificate names (authorityInformationAccess), when ``network``:
+2. the responders the certificate names (authorityInformationAccess), when ``network``
+   (else, offline, a certificate that names one is :class:`~imgsign.errors.OCSPUnavailable`):
    a fresh nonce per request, one deadline per exchange (``[imgsign] ocsp_timeout``), an
    answer of at most :data:`MAX_ANSWER` bytes, no redirect.  None reachable:
    :class:`~imgsign.errors.OCSPUnavailable` (the chain then needs a complete CRL);
@@ -85,6 +86,9 @@ class OcspClient:
             self.results.append((describe(cert), result))
             return result
         if not self.network:
+            if ocsp.responder_urls(cert):
+                raise OCSPUnavailable(f"certificate {describe(cert)} names an OCSP responder, no current response "
+                                      f"is stored with the signature, and OCSP is offline here")
             return None
         fetched = fetch(cert, issuer, timeout=self.timeout, now=now)
         if fetched is None:

@@ -41,7 +41,8 @@ def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClien
     if settings is not None and settings.ocsp == "off":
         return None
     stored = ocsp.response_from_properties(document)
-    return OcspClient([stored] if stored else [], timeout=settings.ocsp_timeout if settings is not None else 10.0)
+    return OcspClient([stored] if stored else [], network=settings is None or settings.ocsp == "strict",
+                      timeout=settings.ocsp_timeout if settings is not None else 10.0)
 
 
 @click.command("verify")

@@ -144,10 +144,11 @@ def _imgsign_opts() -> list[cfg.Opt]:
                         "TSA chains to one of them (a signature whose certificate has since expired then "
                         "verifies if it was timestamped while the certificate was valid); `sign` checks the "
                         "token it gets against them. --tsa-ca overrides it."),
-        cfg.StrOpt("ocsp", default="strict", choices=["strict", "off"],
-                   help="OCSP for certificates that name a responder (authorityInfoAccess): strict asks it "
-                        "(a stored response when fresh, else the network) and refuses when it cannot be "
-                        "reached and no complete CRL covers the certificate; off uses CRLs only."),
+        cfg.StrOpt("ocsp", default="strict", choices=["strict", "offline", "off"],
+                   help="OCSP for certificates that name a responder (authorityInfoAccess): strict uses the "
+                        "response stored with the signature when current, else asks the responder, and refuses "
+                        "when it cannot be reached and no complete CRL covers the certificate; offline is the "
+                        "same without the network (hosts with no route to the responder); off uses CRLs only."),
         cfg.FloatOpt("ocsp_timeout", default=10.0, min=0.1,
                      help="Seconds each exchange with an OCSP responder may take."),
     ]
