@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import warnings
 from collections.abc import Mapping
 
 from cryptography import x509
@@ -123,9 +124,16 @@ def check_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
     caller decides whether they are errors).
     """
     name = describe(cert)
+    with warnings.catch_warnings():  # whatever cryptography only warns about in a response makes it unusable
+        warnings.simplefilter("error")
+        return _check(der, cert, issuer, name, now=now, nonce=nonce, stored=stored)
+
+
+def _check(der: bytes, cert: x509.Certificate, issuer: x509.Certificate, name: str, *, now: datetime.datetime,
+           nonce: bytes | None, stored: bool) -> OcspResult:
     try:
         response = ocsp.load_der_ocsp_response(der)
-    except ValueError as exc:
+    except (ValueError, Warning) as exc:
         raise OCSPStatusUnknown(f"the OCSP response for {name} is not well formed ({str(exc)[:100]})") from None
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OCSPStatusUnknown(f"the OCSP responder for {name} answered {response.response_status.name.lower()}")
@@ -138,6 +146,7 @@ def check_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
         status = single.certificate_status
         revocation_time = single.revocation_time_utc if status == ocsp.OCSPCertStatus.REVOKED else None
         reason = single.revocation_reason if status == ocsp.OCSPCertStatus.REVOKED else None
+        responder = describe(signer)
     except (NotAbout, OCSPStatusUnknown):
         raise
     except Exception as exc:  # noqa: BLE001 - cryptography parses lazily; any failure makes the response unusable
@@ -153,7 +162,7 @@ def check_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
         raise Stale(f"the OCSP response for {name} is stale (current until {until:%Y-%m-%d %H:%M} UTC)")
     return OcspResult(
         {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(status, "unknown"),
-        this_update, next_update, describe(signer), "stored" if stored else "responder", revocation_time,
+        this_update, next_update, responder, "stored" if stored else "responder", revocation_time,
         reason.name if reason is not None else None)
 
 

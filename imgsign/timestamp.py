@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -146,7 +147,9 @@ def verify(token: bytes, signature: bytes, roots: Sequence[x509.Certificate], *,
             builder = builder.add_root_certificate(cert)
             seen.append(cert)
     try:
-        builder.build().verify(response, hasher(signature).digest())
+        with warnings.catch_warnings():  # a certificate cryptography only warns about is refused here
+            warnings.simplefilter("error")
+            builder.build().verify(response, hasher(signature).digest())
     except rfc3161_client.VerificationError as exc:
         raise TimestampError(f"the timestamp token does not verify: {_why(str(exc))}") from None
     except Exception as exc:  # noqa: BLE001 - the Rust layer raises various types for hostile CMS
@@ -216,9 +219,11 @@ def _parse_response(der: bytes, what: str) -> TimeStampResponse:
     import rfc3161_client
 
     try:
-        response = rfc3161_client.decode_timestamp_response(der)
-        if response.status == 0:
-            response.tst_info.message_imprint  # noqa: B018 - read now, so a bad field fails here
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            response = rfc3161_client.decode_timestamp_response(der)
+            if response.status == 0:
+                response.tst_info.message_imprint  # noqa: B018 - read now, so a bad field fails here
     except Exception as exc:  # noqa: BLE001 - the Rust parser raises ValueError and others on hostile DER
         raise TimestampError(f"{what} is not a well-formed RFC 3161 response ({_why(str(exc))})") from None
     return response
@@ -259,13 +264,18 @@ def _accuracy(info: TimeStampTokenInfo) -> datetime.timedelta:
 def _tsa_certificate(response: TimeStampResponse) -> x509.Certificate | None:
     """The certificate the token's one SignerInfo names (issuer and serial number), among those it carries."""
     try:
-        signers = list(response.signed_data.signer_infos)
-        if len(signers) != 1:
-            return None
-        for der in response.signed_data.certificates:
-            cert = x509.load_der_x509_certificate(der)
-            if cert.issuer == signers[0].issuer and cert.serial_number == signers[0].serial_number:
-                return cert
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            signers = list(response.signed_data.signer_infos)
+            if len(signers) != 1:
+                return None
+            for der in response.signed_data.certificates:
+                cert = x509.load_der_x509_certificate(der)
+                if cert.issuer == signers[0].issuer and cert.serial_number == signers[0].serial_number:
+                    cert.subject.rfc4514_string()
+                    for _ in cert.extensions:
+                        pass
+                    return cert
     except Exception:  # noqa: BLE001 - a certificate that does not parse names nobody
         return None
     return None
