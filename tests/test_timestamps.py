@@ -391,3 +391,47 @@ def test_tsa_options_without_a_tsa_are_a_usage_error(world):
     result = run_cli("sign", world["image"], "--key", key, "--cert-uuid", "c0ffee", "--tsa-ca", pki("root-ca.pem"),
                      env=world["env"])
     assert result.code == 2 and "--tsa" in result.stderr, result
+
+
+def test_a_replayed_or_refused_tsa_answer_gives_no_token(world, tmp_path):
+    """A real, valid answer to an earlier request (another nonce and imprint), and a rejection (status 2)."""
+    import requests as http
+
+    request = timestamp.make_request(b"an earlier signature")
+    earlier = http.post(world["url"], data=request.der, headers={"Content-Type": "application/timestamp-query"},
+                        timeout=30).content
+    assert timestamp.token_from_response(earlier, request)  # a good answer to its own request
+    rejection = b"\x30\x05\x30\x03\x02\x01\x02"
+    routes = [Route("POST", "/replay", 200, earlier, {"Content-Type": "application/timestamp-reply"}),
+              Route("POST", "/reject", 200, rejection, {"Content-Type": "application/timestamp-reply"})]
+    with hostile_server(routes, tmp_path) as server:
+        replayed = sign(world, world["valid"], world["image"], "--tsa", f"{server.url()}/replay",
+                        code=errors.TimestampUnavailable.exit_code)
+        rejected = sign(world, world["valid"], world["image"], "--tsa", f"{server.url()}/reject",
+                        code=errors.TimestampUnavailable.exit_code)
+    assert "another nonce" in replayed.stderr
+    assert "did not grant" in rejected.stderr
+
+
+def test_a_sha384_imprint_is_accepted(world, tmp_path):
+    """rfc3161-client builds requests with SHA-256 or SHA-512; a token made over SHA-384 (openssl ts -query)
+    still verifies, and only over its own signature."""
+    import subprocess
+
+    import requests as http
+    from rfc3161_client import decode_timestamp_response
+
+    from tests.servers.tsa import OPENSSL
+
+    signature = os.urandom(256)
+    (tmp_path / "sig").write_bytes(signature)
+    subprocess.run([OPENSSL, "ts", "-query", "-data", tmp_path / "sig", "-sha384", "-cert", "-out",
+                    tmp_path / "q.tsq"], check=True, capture_output=True)
+    reply = http.post(world["url"], data=(tmp_path / "q.tsq").read_bytes(),
+                      headers={"Content-Type": "application/timestamp-query"}, timeout=30).content
+    token = decode_timestamp_response(reply).time_stamp_token()
+    root = x509.load_pem_x509_certificate(pki("root-ca.pem").read_bytes())
+    later = datetime.datetime.now(datetime.timezone.utc)
+    assert timestamp.verify(token, signature, [root], now=later).hash_method == "SHA-384"
+    with pytest.raises(errors.TimestampError):
+        timestamp.verify(token, signature[::-1], [root], now=later)
