@@ -387,7 +387,7 @@ def test_invalid_timestamp_and_ocsp_settings_are_refused_at_start(world, tmp_pat
 
 
 def test_tsa_options_without_a_tsa_are_a_usage_error(world):
-    key, cert = world["valid"]
+    key = world["valid"][0]
     result = run_cli("sign", world["image"], "--key", key, "--cert-uuid", "c0ffee", "--tsa-ca", pki("root-ca.pem"),
                      env=world["env"])
     assert result.code == 2 and "--tsa" in result.stderr, result
