@@ -100,14 +100,13 @@ class TrustAnchors:
 
 
 def validate_chain(
-    certificate: x509.Certificate, anchors: TrustAnchors, policy: Policy = DEFAULT_POLICY, *,
-    at: datetime.datetime | None = None,
+    certificate: x509.Certificate, anchors: TrustAnchors, policy: Policy = DEFAULT_POLICY
 ) -> list[x509.Certificate]:
     """The validated path ``[certificate, ..., trusted]``, or raise.
 
-    Every certificate on the path must be valid at ``at`` (default: the policy's time), e.g. the
-    genTime of a verified timestamp (:mod:`imgsign.timestamp`); CRLs and OCSP answers must still
-    be current at the policy's time, and a revocation refuses whenever it happened.
+    Every certificate on the path must be valid at ``policy.certificate_time()``: now, or the genTime
+    of a verified timestamp (:mod:`imgsign.timestamp`, ``Policy.certificates_at``); CRLs and OCSP
+    answers must still be current now, and a revocation refuses whenever it happened.
 
     Raises :class:`UntrustedCertificate` when no valid path to a trusted
     certificate exists (the reason names what broke it),
@@ -122,7 +121,7 @@ def validate_chain(
     builder = (
         verification.PolicyBuilder()
         .store(verification.Store(list(anchors.trusted)))
-        .time(at or now)
+        .time(policy.certificate_time())
         .max_chain_depth(anchors.max_depth)
         .extension_policies(
             ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),

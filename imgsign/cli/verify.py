@@ -112,19 +112,19 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
                 f"certificate {certificates.describe(certificate)} expired on "
                 f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC and its timestamp "
                 f"({stamp.timestamp.gen_time:%Y-%m-%d %H:%M:%S} UTC) is not inside its validity")
-        judged = dataclasses.replace(policy, at=stamp.judge_at) if stamp.judge_at else policy
+        policy = dataclasses.replace(policy, certificates_at=stamp.judge_at)
         anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
                                 require_crl, max_chain_depth)
         if anchors is not None:
             client = ocsp_client(ctx, document)
             anchors = dataclasses.replace(anchors, ocsp=client)
             try:
-                path = chain.validate_chain(certificate, anchors, policy, at=stamp.judge_at)
+                path = chain.validate_chain(certificate, anchors, policy)
             finally:
                 if client is not None:
                     result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]
             result["chain"] = [certificates.describe(c) for c in path]
-        return Verifier.for_certificate(properties, certificate, policy=judged)
+        return Verifier.for_certificate(properties, certificate, policy=policy)
 
     try:
         if image is not None and properties_path is not None:
