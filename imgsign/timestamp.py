@@ -32,6 +32,7 @@ from cryptography import x509
 
 from imgsign import attachments
 from imgsign.errors import TimestampError
+from imgsign.policy import Policy
 
 if TYPE_CHECKING:
     from rfc3161_client import TimeStampResponse, TimeStampTokenInfo
@@ -210,6 +211,14 @@ def check(props: Mapping[str, object], signature: bytes, certificate: x509.Certi
     stamp = verify(token, signature, roots, now=now)
     valid_now = certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc
     return TimestampCheck("valid", stamp, None if valid_now else signing_time(stamp, certificate))
+
+
+def judged_policy(policy: Policy, props: Mapping[str, object], signature: bytes, certificate: x509.Certificate,
+                  roots: Sequence[x509.Certificate]) -> Policy:
+    """``policy``, with ``certificates_at`` set to the token's genTime when :func:`check` says the
+    certificate is to be judged then (an expired certificate, timestamped while valid)."""
+    stamp = check(props, signature, certificate, roots, now=policy.now())
+    return dataclasses.replace(policy, certificates_at=stamp.judge_at) if stamp.judge_at else policy
 
 
 # --- DER plumbing ------------------------------------------------------------------------------

@@ -435,3 +435,48 @@ def test_a_sha384_imprint_is_accepted(world, tmp_path):
     assert timestamp.verify(token, signature, [root], now=later).hash_method == "SHA-384"
     with pytest.raises(errors.TimestampError):
         timestamp.verify(token, signature[::-1], [root], now=later)
+
+
+def test_boot_cache_honours_the_timestamp_with_the_tsa_trust_of_imgsign_conf(world, tmp_path):
+    """The compute side (`boot cache`, and adoption through the same judgement): an expired signer verifies into
+    the image cache when its token checks against [imgsign] tsa_ca_file; without that trust it is refused."""
+    import uuid
+
+    wait_until_expired(world)
+    props = tmp_path / "props.json"
+    props.write_text(json.dumps(world["short_props"]))
+    args = ("boot", "cache", world["image"], "--image-id", str(uuid.uuid4()), "--properties", props,
+            "--cert", world["short"][1], "--instances-path", tmp_path / "instances", "--state-dir", tmp_path / "state")
+    refused = run_cli(*args, env=world["env"])
+    assert refused.code == errors.CertificateExpired.exit_code, refused
+    conf = tmp_path / "imgsign.conf"
+    conf.write_text(f"[imgsign]\ntsa_ca_file = {pki('root-ca.pem')}\n")
+    cached = run_cli(*args, env={**world["env"], "IMGSIGN_CONFIG": str(conf)})
+    assert cached.code == 0, cached
+    rogue = tmp_path / "rogue.conf"
+    rogue.write_text(f"[imgsign]\ntsa_ca_file = {pki('untrusted-root-ca.pem')}\n")
+    untrusted = run_cli(*args, env={**world["env"], "IMGSIGN_CONFIG": str(rogue)})
+    assert untrusted.code == errors.TimestampError.exit_code, untrusted
+
+
+def test_boot_adopt_honours_the_timestamp(world, tmp_path):
+    """`boot adopt` (the path the hook's self-adoption and `--all` share: compute.adoption.adopt)."""
+    import hashlib
+    import shutil
+    import uuid
+
+    wait_until_expired(world)
+    image_id = str(uuid.uuid4())
+    base = tmp_path / "instances" / "_base"
+    base.mkdir(parents=True)
+    shutil.copyfile(world["image"], base / hashlib.sha1(image_id.encode()).hexdigest())  # noqa: S324 - Nova's name
+    props = tmp_path / "props.json"
+    props.write_text(json.dumps(world["short_props"]))
+    args = ("boot", "adopt", image_id, "--properties", props, "--cert", world["short"][1],
+            "--instances-path", tmp_path / "instances", "--state-dir", tmp_path / "state")
+    refused = run_cli(*args, env=world["env"])
+    assert refused.code == errors.CertificateExpired.exit_code, refused
+    conf = tmp_path / "imgsign.conf"
+    conf.write_text(f"[imgsign]\ntsa_ca_file = {pki('root-ca.pem')}\n")
+    adopted = run_cli(*args, env={**world["env"], "IMGSIGN_CONFIG": str(conf)})
+    assert adopted.code == 0, adopted
