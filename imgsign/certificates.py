@@ -152,7 +152,7 @@ def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_P
     """
     name = describe(cert)
     if not policy.ignore_certificate_dates:
-        now = policy.now()
+        now = policy.certificate_time()
         if now < cert.not_valid_before_utc:
             raise CertificateNotYetValid(
                 f"certificate {name} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"

@@ -116,10 +116,38 @@ class UntrustedCertificate(ImgsignError):
 
 
 class CertificateRevoked(ImgsignError):
-    """A certificate in the chain is revoked by a CRL."""
+    """A certificate in the chain is revoked (by a CRL or an OCSP response)."""
 
     exit_code = 25
     reason = "certificate-revoked"
+
+
+class TimestampError(ImgsignError):
+    """An RFC 3161 timestamp token is malformed, invalid, from an untrusted TSA, or not over this signature."""
+
+    exit_code = 26
+    reason = "timestamp-invalid"
+
+
+class TimestampUnavailable(ImgsignError):
+    """The time-stamping authority could not be reached, was too slow, or answered with no usable token."""
+
+    exit_code = 27
+    reason = "timestamp-unavailable"
+
+
+class OCSPUnavailable(ImgsignError):
+    """A certificate names an OCSP responder that could not be reached, and no complete CRL covers it."""
+
+    exit_code = 28
+    reason = "ocsp-unavailable"
+
+
+class OCSPStatusUnknown(ImgsignError):
+    """An OCSP responder answered "unknown", or its answer is stale, unsigned or not about this certificate."""
+
+    exit_code = 29
+    reason = "ocsp-status-unknown"
 
 
 # --- 3x: signature -------------------------------------------------------------
@@ -329,6 +357,10 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     CertificateKeyMismatch,
     UntrustedCertificate,
     CertificateRevoked,
+    TimestampError,
+    TimestampUnavailable,
+    OCSPUnavailable,
+    OCSPStatusUnknown,
     MalformedSignature,
     InvalidSignature,
     IncompleteVerification,

@@ -65,7 +65,8 @@ def test_verify_json(signed):
 
 
 VERIFY_JSON_KEYS = {"image", "valid", "reason", "message", "exit_code", "img_signature_hash_method",
-                    "img_signature_key_type", "img_signature_certificate_uuid", "certificate_subject", "chain"}
+                    "img_signature_key_type", "img_signature_certificate_uuid", "certificate_subject", "chain", "timestamp",
+                    "ocsp"}
 
 
 def test_verify_json_has_the_same_keys_on_success_and_failure(signed, tmp_path):

@@ -26,6 +26,7 @@ from imgsign.cli._common import (
     signing_certificate,
     trust_anchors,
 )
+from imgsign.cli._signing import tsa_roots
 from imgsign.compute import adoption, boot, image_cache
 from imgsign.compute.boot_config import DEFAULT_PATH, ENV_PATH, BootSettings
 from imgsign.compute.conversion_adoption import Original, parse_size
@@ -141,7 +142,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
         _or_file(state_dir, settings, "state_dir")
     seal, lock_timeout = _or_file(seal, settings, "seal_bases"), _or_file(lock_timeout, settings, "lock_timeout")
-    properties = SignatureProperties.from_mapping(load_properties(properties_path))
+    document = load_properties(properties_path)
+    properties = SignatureProperties.from_mapping(document)
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
@@ -152,7 +154,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             instances_path=instances_path,
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
-            force_raw=not keep_format, immutable=seal == "immutable",
+            force_raw=not keep_format, immutable=seal == "immutable", document=document,
+            tsa_roots=tsa_roots(ctx, ()),
         )
     click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
 
@@ -272,7 +275,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             anchors=anchors,
             trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
-            immutable=seal == "immutable", original=original,
+            immutable=seal == "immutable", original=original, tsa_roots=tsa_roots(ctx, ()),
         )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
     if as_json:
@@ -303,7 +306,7 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         instances_path, images, certificate_for, records, anchors=anchors,
         trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
         certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
-        immutable=seal == "immutable")
+        immutable=seal == "immutable", tsa_roots=tsa_roots(ctx, ()))
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
     if as_json:

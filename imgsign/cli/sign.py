@@ -8,15 +8,26 @@ from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import HashMethod
 from imgsign.cli._common import image_digest, is_quiet, policy_options, quiet_option
 from imgsign.cli._glance import cloud_options
-from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_properties, signing_options
+from imgsign.cli._signing import (
+    check_signing_usage,
+    prepare_signer,
+    signed_properties,
+    signing_options,
+    timestamp_options,
+    timestamp_settings,
+)
 
 
 @click.command("sign")
 @click.argument("image", type=click.Path(dir_okay=True))
 @signing_options
+@timestamp_options
 @click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@click.option("--ocsp-staple", "ocsp_issuer", metavar="ISSUER_PEM", type=click.Path(dir_okay=False),
+              help="Ask the OCSP responder --cert names about it (ISSUER_PEM: the certificate of its issuer) and "
+                   "store the answer with the signature (imgsign_ocsp_v1), so hosts check revocation offline.")
 @cloud_options
 @policy_options
 @quiet_option
@@ -24,13 +35,17 @@ from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_pro
 def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file: str | None, cert_path: str | None,
          cert_uuid: str | None, store_cert: bool, hash_method: str, key_type: str | None, fmt: str,
          output: str | None, force: bool, os_cloud: str | None, os_region_name: str | None, allow_weak_keys: bool,
-         ignore_cert_dates: bool, quiet: bool, no_raw_digest: bool) -> None:
+         ignore_cert_dates: bool, quiet: bool, no_raw_digest: bool, tsa_url: str | None, tsa_hash: str | None,
+         tsa_ca_files: tuple[str, ...], ocsp_issuer: str | None) -> None:
     """Sign IMAGE and print its img_signature* properties.
 
     With a Keystone session (--os-cloud, $OS_CLOUD or $OS_AUTH_URL) the certificate is looked up in,
     or stored into, the key manager under the token's project, where Glance reads it.
     """
     check_signing_usage(cert_path, cert_uuid, store_cert)
+    stamp = timestamp_settings(ctx, tsa_url, tsa_hash, tsa_ca_files)
+    if ocsp_issuer is not None and cert_path is None:
+        raise click.UsageError("--ocsp-staple needs --cert (the certificate the responder is asked about)")
     outputs = plan_outputs(
         [(output, "output", 0o644)] if output else [],
         [(image, "image"), (key_path, "private key"), (passphrase_file, "passphrase file"),
@@ -48,8 +63,9 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         image_digest_now = digest() if store_cert and cert_uuid is None else None
         signer, key = prepare_signer(ctx, key_path, passphrase_file, cert_path, cert_uuid, store_cert, method,
                                      key_type, policy)
-        emitted = signed_properties(image, signer, key, image_digest_now or digest(), digest.handle, digest.head,
-                                    not no_raw_digest, is_quiet(ctx, quiet))
+        stapled = staple_ocsp(ctx, cert_path, ocsp_issuer) if ocsp_issuer and cert_path else {}
+        emitted = stapled | signed_properties(image, signer, key, image_digest_now or digest(), digest.handle,
+                                              digest.head, not no_raw_digest, is_quiet(ctx, quiet), stamp)
     from imgsign.properties import render_properties
 
     text = render_properties(emitted, fmt)
@@ -57,3 +73,27 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         outputs[0].write(text.encode())
     else:
         click.echo(text, nl=False)
+
+
+def staple_ocsp(ctx: click.Context, cert_path: str, issuer_path: str) -> dict[str, str]:
+    """The imgsign_ocsp_v1 properties: a current "good" answer about the certificate from its responder."""
+    from imgsign import certificates, errors, ocsp
+    from imgsign._internal.files import read_small_file
+    from imgsign._internal.ocsp_client import DEFAULT_TIMEOUT, fetch
+    from imgsign.cli._common import config, has_config
+
+    cert = certificates.load_certificate(read_small_file(cert_path, "certificate"))
+    issuer = certificates.load_certificate(read_small_file(issuer_path, "issuer certificate"))
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    fetched = fetch(cert, issuer, timeout=settings.ocsp_timeout if settings is not None else DEFAULT_TIMEOUT)
+    if fetched is None:
+        raise errors.OCSPUnavailable(f"certificate {certificates.describe(cert)} names no OCSP responder "
+                                     f"(authorityInformationAccess): there is nothing to staple")
+    answer, result = fetched
+    if result.status == "revoked":
+        raise errors.CertificateRevoked(f"certificate {certificates.describe(cert)} is revoked, says its OCSP "
+                                        f"responder: refusing to sign with it")
+    if result.status != "good":
+        raise errors.OCSPStatusUnknown(
+            f"the OCSP responder does not know certificate {certificates.describe(cert)}")
+    return ocsp.properties(answer)

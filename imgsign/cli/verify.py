@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,7 +26,23 @@ from imgsign.cli._glance import cloud_options, glance_client
 from imgsign.properties import SignatureProperties
 
 if TYPE_CHECKING:
+    from imgsign._internal.ocsp_client import OcspClient
     from imgsign.verifier import Verifier
+
+
+def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClient | None:
+    """OCSP for the chain, as ``[imgsign] ocsp`` says (None when off): the response stored with the
+    signature (imgsign_ocsp_v1) first, then the responders the certificates name."""
+    from imgsign import ocsp
+    from imgsign._internal.ocsp_client import OcspClient
+    from imgsign.cli._common import config, has_config
+
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    if settings is not None and settings.ocsp == "off":
+        return None
+    stored = ocsp.response_from_properties(document)
+    return OcspClient([stored] if stored else [], network=settings is None or settings.ocsp == "strict",
+                      timeout=settings.ocsp_timeout if settings is not None else 10.0)
 
 
 @click.command("verify")
@@ -39,6 +56,10 @@ if TYPE_CHECKING:
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
 @trust_options
+@click.option("--tsa-ca", "tsa_ca_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Trusted TSA certificates (PEM): a timestamp token (imgsign_tst_v1) whose TSA chains to one of "
+                   "them is checked, and lets a signature whose certificate has since expired verify if it was "
+                   "timestamped while the certificate was valid (default: [imgsign] tsa_ca_file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
 @cloud_options
 @policy_options
@@ -47,7 +68,8 @@ if TYPE_CHECKING:
 def verify_command(ctx: click.Context, image: str | None, glance_image_id: str | None, properties_path: str | None,
            cert_path: str | None, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
            intermediate_files: tuple[str, ...], crl_files: tuple[str, ...], require_crl: bool | None,
-           max_chain_depth: int | None, as_json: bool, os_cloud: str | None, os_region_name: str | None,
+           max_chain_depth: int | None, tsa_ca_files: tuple[str, ...], as_json: bool, os_cloud: str | None,
+           os_region_name: str | None,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE (or Glance image --image ID) against its img_signature* properties. Exit 0 only if valid."""
     if (image is None) == (glance_image_id is None):
@@ -62,12 +84,15 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     result: dict[str, Any] = {
         "image": shown, "valid": False, "reason": None, "message": None, "exit_code": None,
         "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
-        "certificate_subject": None, "chain": None,
+        "certificate_subject": None, "chain": None, "timestamp": None, "ocsp": None,
     }
 
-    def check_signer(properties: SignatureProperties) -> Verifier:
-        """Certificate, chain and key checks: everything that needs no image data."""
-        from imgsign import certificates, chain
+    def check_signer(properties: SignatureProperties, document: Mapping[str, object]) -> Verifier:
+        """Certificate, timestamp, chain and key checks: everything that needs no image data."""
+        import dataclasses
+
+        from imgsign import certificates, chain, timestamp
+        from imgsign.cli._signing import tsa_roots
         from imgsign.policy import Policy
         from imgsign.verifier import Verifier
 
@@ -75,19 +100,39 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         certificate = signing_certificate(ctx, cert_path, properties)
         result["certificate_subject"] = certificates.describe(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+        stamp = timestamp.check(document, properties.signature, certificate, tsa_roots(ctx, tsa_ca_files),
+                                now=policy.now())
+        result["timestamp"] = stamp.as_dict()
+        if stamp.status == "not-checked" and not (quiet or as_json):
+            say("imgsign: warning: the image has a timestamp token but no TSA certificates are trusted "
+                "(--tsa-ca, [imgsign] tsa_ca_file): it was not checked", err=True)
+        if (stamp.timestamp is not None and stamp.judge_at is None and not ignore_cert_dates
+                and certificate.not_valid_after_utc < policy.now()):
+            raise errors.CertificateExpired(
+                f"certificate {certificates.describe(certificate)} expired on "
+                f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC and its timestamp "
+                f"({stamp.timestamp.gen_time:%Y-%m-%d %H:%M:%S} UTC) is not inside its validity")
+        policy = dataclasses.replace(policy, certificates_at=stamp.judge_at)
         anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
                                 require_crl, max_chain_depth)
         if anchors is not None:
-            path = chain.validate_chain(certificate, anchors, policy)
+            client = ocsp_client(ctx, document)
+            anchors = dataclasses.replace(anchors, ocsp=client)
+            try:
+                path = chain.validate_chain(certificate, anchors, policy)
+            finally:
+                if client is not None:
+                    result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]
             result["chain"] = [certificates.describe(c) for c in path]
         return Verifier.for_certificate(properties, certificate, policy=policy)
 
     try:
         if image is not None and properties_path is not None:
-            properties = SignatureProperties.from_mapping(load_properties(properties_path))
+            document = load_properties(properties_path)
+            properties = SignatureProperties.from_mapping(document)
             with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
                 # check_signer runs while the image is hashed on another core.
-                check_signer(properties).verify_precomputed(digest())
+                check_signer(properties, document).verify_precomputed(digest())
         elif glance_image_id is not None:
             from imgsign.properties import is_signed, properties_from_document
 
@@ -98,7 +143,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
                 raise errors.UnsignedImage(f"Glance image {glance_image_id} is not signed: it has no "
                                            f"img_signature* properties")
             properties = SignatureProperties.from_mapping(document)
-            verifier = check_signer(properties)
+            verifier = check_signer(properties, document)
             size = record.get("size")
             with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet or as_json) as progress:
                 verifier.verify_data(glance.iter_data(glance_image_id), progress)

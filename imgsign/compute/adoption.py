@@ -93,6 +93,7 @@ def adopt(
     policy: Policy,
     immutable: bool,
     original: Original | None = None,
+    tsa_roots: Sequence[x509.Certificate] = (),
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
 
@@ -105,6 +106,11 @@ def adopt(
     record returned.  The base's lock (:mod:`imgsign.compute.base_lock`) is held throughout.
     """
     signed = signature_properties(image_id, properties)
+    # ``tsa_roots``: an expired certificate whose timestamp token (imgsign_tst_v1) verifies against them and
+    # lies inside its validity is judged at the token's time (imgsign.timestamp.judged_policy).
+    from imgsign import timestamp
+
+    policy = timestamp.judged_policy(policy, properties, signed.signature, certificate, tsa_roots)
     records.prepare()  # an insecure state directory stops us before anything is touched
     with records.locks.hold(cache_name(image_id)):
         return _adopt_locked(instances_path, image_id, properties, signed, certificate, records, anchors,

@@ -22,7 +22,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -255,6 +255,8 @@ def add_to_cache(
     policy: Policy,
     force_raw: bool = True,
     immutable: bool,
+    document: Mapping[str, object] | None = None,
+    tsa_roots: Sequence[x509.Certificate] = (),
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
@@ -266,7 +268,13 @@ def add_to_cache(
     where the filesystem can (:mod:`imgsign.compute.protection`) and the verified-digest cache primed,
     so the first boot does not read it again; else it is only root's and 0644.  The base's lock
     (:mod:`imgsign.compute.base_lock`) is held from the first change of the cache to the seal.
+    ``document``: all the image's properties, whose timestamp token (checked against ``tsa_roots``)
+    lets an expired certificate be judged at the token's time (:func:`imgsign.timestamp.judged_policy`).
     """
+    if document is not None:  # its timestamp token, checked against tsa_roots, may say when to judge the certificate
+        from imgsign import timestamp
+
+        policy = timestamp.judged_policy(policy, document, properties.signature, certificate, tsa_roots)
     records.prepare()  # an insecure state directory stops us before anything is written
     trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
     verifier = Verifier.for_certificate(properties, certificate, policy=policy)

@@ -237,7 +237,18 @@ class SelfAdopter:
         return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
                               certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
-                              original=original)
+                              original=original, tsa_roots=self._tsa_roots())
+
+    def _tsa_roots(self) -> list[x509.Certificate]:
+        """``[imgsign] tsa_ca_file`` of boot.conf: the TSAs whose timestamps count (none: tokens are not checked)."""
+        settings = self._settings
+        path = settings.options.imgsign.tsa_ca_file if settings is not None and settings.enabled else None
+        if not path:
+            return []
+        from imgsign._internal.files import read_small_file
+        from imgsign.certificates import load_certificates
+
+        return load_certificates(read_small_file(path, "TSA certificates ([imgsign] tsa_ca_file)"))
 
     def _original(self, image_id: str, image: Mapping[str, Any]) -> Original:
         """The image's data from Glance for adoption by conversion (streamed only when adoption reads it);

@@ -132,6 +132,25 @@ def _imgsign_opts() -> list[cfg.Opt]:
         cfg.BoolOpt("require_crls", default=False,
                     help="Refuse a chain when an issuer on it has no complete CRL in scope "
                          "(files or stored ones; delta, partitioned and indirect CRLs do not count)."),
+        cfg.StrOpt("tsa_url",
+                   help="RFC 3161 time-stamping authority (http:// or https:// URL): `imgsign sign` and "
+                        "`upload` add a timestamp token over the signature (imgsign_tst_v1). --tsa overrides it."),
+        cfg.StrOpt("tsa_hash", default="SHA-256", choices=["SHA-256", "SHA-512"],
+                   help="Hash of the signature sent to the TSA (the timestamp's message imprint)."),
+        cfg.FloatOpt("tsa_timeout", default=30.0, min=0.1,
+                     help="Seconds the whole exchange with the TSA may take when signing."),
+        cfg.StrOpt("tsa_ca_file",
+                   help="PEM file of trusted TSA certificates: `verify` honours a timestamp token only when its "
+                        "TSA chains to one of them (a signature whose certificate has since expired then "
+                        "verifies if it was timestamped while the certificate was valid); `sign` checks the "
+                        "token it gets against them. --tsa-ca overrides it."),
+        cfg.StrOpt("ocsp", default="strict", choices=["strict", "offline", "off"],
+                   help="OCSP for certificates that name a responder (authorityInfoAccess): strict uses the "
+                        "response stored with the signature when current, else asks the responder, and refuses "
+                        "when it cannot be reached and no complete CRL covers the certificate; offline is the "
+                        "same without the network (hosts with no route to the responder); off uses CRLs only."),
+        cfg.FloatOpt("ocsp_timeout", default=10.0, min=0.1,
+                     help="Seconds each exchange with an OCSP responder may take."),
     ]
 
 
