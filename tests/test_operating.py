@@ -91,3 +91,112 @@ def test_debug_log_never_carries_a_request_body():
     redact.LogFilter().filter(quoted)
     assert "s3cret" not in quoted.getMessage()
     redact.forget()
+
+
+# --- -f/--format -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signed(tmp_path, sample_image):
+    """The sample image's properties (RSA-PSS, a fixed certificate id) in props.json."""
+    made = run_cli("sign", sample_image, "--key", key_of("RSA-PSS"), "--cert", cert_of("RSA-PSS"),
+                   "--cert-uuid", CERT_ID, "-o", tmp_path / "props.json")
+    assert made.code == 0, made
+    return tmp_path / "props.json"
+
+
+def test_sign_formats_show_the_same_properties(sample_image, signed):
+    import yaml
+
+    properties = json.loads(signed.read_text())
+    args = ["sign", sample_image, "--key", key_of("RSA-PSS"), "--cert", cert_of("RSA-PSS"), "--cert-uuid", CERT_ID,
+            "--no-raw-digest"]
+    fixed = {k: v for k, v in properties.items() if k != "img_signature"}  # RSA-PSS signatures are randomised
+    as_json = run_cli(*args, "-f", "json")
+    as_yaml = run_cli(*args, "--format", "yaml")
+    as_value = run_cli(*args, "-f", "value")
+    as_table = run_cli(*args, "-f", "table")
+    for result in (as_json, as_yaml, as_value, as_table):
+        assert result.code == 0, result
+    assert {k: v for k, v in json.loads(as_json.stdout).items() if k != "img_signature"} == fixed
+    assert {k: v for k, v in yaml.safe_load(as_yaml.stdout).items() if k != "img_signature"} == fixed
+    assert as_value.stdout.splitlines()[1:] == list(fixed.values())  # img_signature first, then the rest
+    assert "| Field " in as_table.stdout and "| img_signature_key_type " in as_table.stdout, as_table
+    assert "RSA-PSS" in as_table.stdout
+
+
+def test_verify_formats_and_the_hidden_json_alias(sample_image, signed):
+    import yaml
+
+    args = ["verify", sample_image, "--properties", signed, "--cert", cert_of("RSA-PSS")]
+    old = run_cli(*args, "--json")
+    new = run_cli(*args, "-f", "json")
+    assert old.code == new.code == 0, (old, new)
+    assert old.stdout == new.stdout  # the same document, byte for byte
+    document = json.loads(new.stdout)
+    assert document["valid"] is True and document["exit_code"] == 0, document
+    assert yaml.safe_load(run_cli(*args, "-f", "yaml").stdout) == document
+    table = run_cli(*args, "-f", "table").stdout
+    assert "| valid " in table and "| true " in table, table
+    assert run_cli(*args, "-f", "value").stdout.splitlines()[:2] == [str(sample_image), "true"]
+    assert "--json" not in run_cli("verify", "--help").stdout  # kept, not advertised
+    clash = run_cli(*args, "--json", "-f", "yaml")
+    assert clash.code == 2 and "--json and --format yaml" in clash.stderr, clash
+
+
+def test_a_failed_verification_prints_its_document_in_every_format(tmp_path, sample_image, signed):
+    import yaml
+
+    other = tmp_path / "other.img"
+    other.write_bytes(sample_image.read_bytes()[:-1] + b"\x00")
+    args = ["verify", other, "--properties", signed, "--cert", cert_of("RSA-PSS")]
+    for fmt, parse in (("json", json.loads), ("yaml", yaml.safe_load)):
+        result = run_cli(*args, "-f", fmt)
+        assert result.code == errors.InvalidSignature.exit_code, result
+        document = parse(result.stdout)
+        assert document["valid"] is False and document["exit_code"] == errors.InvalidSignature.exit_code
+    value = run_cli(*args, "-f", "value")
+    assert value.code == errors.InvalidSignature.exit_code and value.stdout.splitlines()[1] == "false", value
+
+
+def test_store_and_list_commands_take_the_format_option(tmp_path):
+    import yaml
+
+    env = {"HOME": str(tmp_path), "IMGSIGN_KEYSTORE": str(tmp_path / "keystore.sqlite3")}
+    stored = run_cli("cert", "store", cert_of("ECC_SECP384R1"), "-f", "json", env=env)
+    assert stored.code == 0, stored
+    cert_id = json.loads(stored.stdout)["id"]
+    again = run_cli("cert", "store", cert_of("ECC_SECP384R1"), env=env)  # no -f: the bare id, as always
+    assert again.stdout.strip() == cert_id, again
+    listed_old = run_cli("cert", "list", "--json", env=env)
+    listed_new = run_cli("cert", "list", "-f", "json", env=env)
+    assert listed_old.stdout == listed_new.stdout and json.loads(listed_new.stdout)[0]["id"] == cert_id
+    assert yaml.safe_load(run_cli("cert", "list", "-f", "yaml", env=env).stdout)[0]["id"] == cert_id
+    value = run_cli("cert", "list", "-f", "value", env=env).stdout
+    assert value.split()[0] == cert_id, value
+    shown = run_cli("cert", "show", cert_id, "-f", "table", env=env)
+    assert shown.code == 0 and f"| id " in shown.stdout and cert_id in shown.stdout, shown
+    assert run_cli("cert", "show", cert_id, env=env).json()["id"] == cert_id  # default stays JSON
+    key = run_cli("key", "store", key_of("RSA-PSS"), "-f", "value", env=env)
+    assert key.code == 0, key
+    keys = run_cli("key", "list", "-f", "json", env=env).json()
+    assert [k["id"] for k in keys] == [key.stdout.strip()]
+    crls = run_cli("crl", "list", "-f", "table", env=env)
+    assert crls.code == 0 and crls.stdout == "", crls  # no rows: nothing, as OSC prints for an empty list
+
+
+def test_a_format_whose_library_is_missing_fails_before_the_command_runs(tmp_path):
+    """Without PyYAML (imgsign[formats]), ``-f yaml`` is a MissingExtra naming the extra, and nothing is stored."""
+    import subprocess
+
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['yaml'] = None\n")
+    store = {"HOME": str(tmp_path), "IMGSIGN_KEYSTORE": str(tmp_path / "keystore.sqlite3")}
+    env = {**os.environ, **store,
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("IMGSIGN_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "imgsign", "cert", "store", str(cert_of("RSA-PSS")), "-f", "yaml"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == errors.MissingExtra.exit_code, proc.stderr
+    assert "imgsign[formats]" in proc.stderr and proc.stdout == "", proc.stderr
+    listed = run_cli("cert", "list", "-f", "json", env=store)
+    assert listed.json() == [], listed

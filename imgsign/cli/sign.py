@@ -8,13 +8,14 @@ from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import HashMethod
 from imgsign.cli._common import image_digest, is_quiet, policy_options, quiet_option
 from imgsign.cli._glance import cloud_options
+from imgsign.cli._output import format_option, render
 from imgsign.cli._signing import check_signing_usage, prepare_signer, signed_properties, signing_options
 
 
 @click.command("sign")
 @click.argument("image", type=click.Path(dir_okay=True))
 @signing_options
-@click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
+@format_option(default="json", extra=("openstack", "env"), legacy_json=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
 @cloud_options
@@ -52,7 +53,7 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
                                     not no_raw_digest, is_quiet(ctx, quiet))
     from imgsign.properties import render_properties
 
-    text = render_properties(emitted, fmt)
+    text = render_properties(emitted, fmt) if fmt in ("json", "openstack", "env") else render(emitted, fmt)
     if outputs:
         outputs[0].write(text.encode())
     else:

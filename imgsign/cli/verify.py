@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,6 +22,7 @@ from imgsign.cli._common import (
     trust_options,
 )
 from imgsign.cli._glance import cloud_options, glance_client
+from imgsign.cli._output import emit, format_option
 from imgsign.properties import SignatureProperties
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
 @trust_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
+@format_option()
 @cloud_options
 @policy_options
 @quiet_option
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 def verify_command(ctx: click.Context, image: str | None, glance_image_id: str | None, properties_path: str | None,
            cert_path: str | None, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
            intermediate_files: tuple[str, ...], crl_files: tuple[str, ...], require_crl: bool | None,
-           max_chain_depth: int | None, as_json: bool, os_cloud: str | None, os_region_name: str | None,
+           max_chain_depth: int | None, fmt: str | None, os_cloud: str | None, os_region_name: str | None,
            allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE (or Glance image --image ID) against its img_signature* properties. Exit 0 only if valid."""
     if (image is None) == (glance_image_id is None):
@@ -57,13 +58,36 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     if glance_image_id is not None and properties_path is not None:
         raise click.UsageError("--image takes the properties from the image record: leave out --properties")
     quiet = is_quiet(ctx, quiet)
+    trust = {"trusted_ids": trusted_ids, "trusted_files": trusted_files, "intermediate_files": intermediate_files,
+             "crl_files": crl_files, "require_crl": require_crl, "max_chain_depth": max_chain_depth}
+    result, error = verify_result(ctx, image=image, glance_image_id=glance_image_id, properties_path=properties_path,
+                                  cert_path=cert_path, trust=trust, allow_weak_keys=allow_weak_keys,
+                                  ignore_cert_dates=ignore_cert_dates,
+                                  progress=not quiet and fmt is None)  # a document on stdout: no bar
+    if fmt is not None:
+        emit(result, fmt)
+    if error is not None:
+        fail(error)
+    if fmt is None and not quiet:
+        say(f"OK: {result['message']}")
+
+
+def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_id: str | None = None,
+                  properties_path: str | None = None, cert_path: str | None = None,
+                  trust: Mapping[str, Any] | None = None, allow_weak_keys: bool = False,
+                  ignore_cert_dates: bool = False,
+                  progress: bool = False) -> tuple[dict[str, Any], errors.ImgsignError | None]:
+    """Verify a file against its properties file, or a Glance image against its record: the result document
+    (every key always there, null until known; JSON output schemas) and the error that made it invalid (None:
+    valid). ``trust`` holds :func:`~imgsign.cli._common.trust_anchors`' arguments by name."""
+    trust = dict(trust or {})
     shown = image if image is not None else glance_image_id
-    # Every key is always there (null until known), on success and on failure alike.
     result: dict[str, Any] = {
         "image": shown, "valid": False, "reason": None, "message": None, "exit_code": None,
         "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
         "certificate_subject": None, "chain": None,
     }
+    quiet = not progress
 
     def check_signer(properties: SignatureProperties) -> Verifier:
         """Certificate, chain and key checks: everything that needs no image data."""
@@ -75,8 +99,9 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         certificate = signing_certificate(ctx, cert_path, properties)
         result["certificate_subject"] = certificates.describe(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-        anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
-                                require_crl, max_chain_depth)
+        anchors = trust_anchors(ctx, tuple(trust.get("trusted_ids") or ()), tuple(trust.get("trusted_files") or ()),
+                                tuple(trust.get("intermediate_files") or ()), tuple(trust.get("crl_files") or ()),
+                                trust.get("require_crl"), trust.get("max_chain_depth"))
         if anchors is not None:
             path = chain.validate_chain(certificate, anchors, policy)
             result["chain"] = [certificates.describe(c) for c in path]
@@ -85,7 +110,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     try:
         if image is not None and properties_path is not None:
             properties = SignatureProperties.from_mapping(load_properties(properties_path))
-            with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
+            with image_digest(image, properties.hash_method, "verifying", quiet) as digest:
                 # check_signer runs while the image is hashed on another core.
                 check_signer(properties).verify_precomputed(digest())
         elif glance_image_id is not None:
@@ -100,19 +125,16 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
             properties = SignatureProperties.from_mapping(document)
             verifier = check_signer(properties)
             size = record.get("size")
-            with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet or as_json) as progress:
-                verifier.verify_data(glance.iter_data(glance_image_id), progress)
+            with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet) as bar:
+                verifier.verify_data(glance.iter_data(glance_image_id), bar)
+        else:
+            raise click.UsageError("give either IMAGE (a file) with --properties or --image ID (a Glance image)")
     except errors.ImgsignError as exc:
-        if as_json:
-            result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
-            click.echo(json.dumps(result, indent=2))
-        fail(exc)
+        result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
+        return result, exc
     what = shown if image is not None else f"Glance image {shown}"
-    trust = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
+    anchor = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
     message = (f"{what} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
-               f"certificate {result['certificate_subject']}{trust})")
+               f"certificate {result['certificate_subject']}{anchor})")
     result.update({"valid": True, "reason": "ok", "message": message, "exit_code": 0})
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    elif not quiet:
-        say(f"OK: {message}")
+    return result, None
