@@ -154,7 +154,7 @@ def assert_ca_key_issues_a_chain(run_keygen, ca_key: str, ca_pem: Path, image: P
     up to the test root (imgsign's chain validation)."""
     from cryptography import x509
 
-    made = run_keygen("keygen", "--key-type", "ECC_SECP384R1", "--out-key", work / "leaf.key", "--out-cert",
+    made = run_keygen("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", work / "leaf.key", "--out-cert",
                       work / "leaf.pem", "--ca-cert", ca_pem, "--ca-key", ca_key)
     assert made.code == 0, made
     leaf = x509.load_pem_x509_certificate((work / "leaf.pem").read_bytes())

@@ -200,3 +200,97 @@ def test_a_format_whose_library_is_missing_fails_before_the_command_runs(tmp_pat
     assert "imgsign[formats]" in proc.stderr and proc.stdout == "", proc.stderr
     listed = run_cli("cert", "list", "-f", "json", env=store)
     assert listed.json() == [], listed
+
+
+# --- keygen encrypts by default --------------------------------------------------------------------------------
+
+
+def test_keygen_without_a_passphrase_source_refuses_at_once_off_a_terminal(tmp_path):
+    """No terminal to ask on, no --passphrase-file, no --no-encrypt: a usage error naming the choices, at once
+    (stdin is a closed pipe here: nothing waits for input), and no file written."""
+    import time
+
+    start = time.monotonic()
+    result = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem", "--out-cert",
+                     tmp_path / "c.pem", input="")
+    assert result.code == 2, result
+    assert "--passphrase-file" in result.stderr and "--no-encrypt" in result.stderr, result
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "k.pem").exists() and not (tmp_path / "c.pem").exists()
+
+
+def test_keygen_no_encrypt_warns_in_one_line_and_passphrase_file_encrypts(tmp_path, sample_image):
+    plain = run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "plain.pem",
+                    "--out-cert", tmp_path / "plain-cert.pem", input="")
+    assert plain.code == 0, plain
+    warnings = [line for line in plain.stderr.splitlines() if line.startswith("imgsign: warning: ")]
+    assert len(warnings) == 1 and "unencrypted" in warnings[0], plain.stderr
+    assert b"-----BEGIN PRIVATE KEY-----" in (tmp_path / "plain.pem").read_bytes()
+    quiet = run_cli("-q", "keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "q.pem",
+                    "--out-cert", tmp_path / "q-cert.pem", input="")
+    assert quiet.code == 0 and quiet.stderr == "", quiet  # -q: the user said so twice
+    passphrase = tmp_path / "pw"
+    passphrase.write_text("a passphrase of some length\n")
+    encrypted = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "enc.pem", "--out-cert",
+                        tmp_path / "enc-cert.pem", "--passphrase-file", passphrase, input="")
+    assert encrypted.code == 0 and "warning" not in encrypted.stderr and "encrypted" in encrypted.stderr, encrypted
+    assert b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in (tmp_path / "enc.pem").read_bytes()
+    signed = run_cli("sign", sample_image, "--key", tmp_path / "enc.pem", "--passphrase-file", passphrase,
+                     "--cert", tmp_path / "enc-cert.pem", "--cert-uuid", CERT_ID, input="")
+    assert signed.code == 0, signed
+    both = run_cli("keygen", "--no-encrypt", "--passphrase-file", passphrase, "--key-type", "ECC_SECP384R1",
+                   "--out-key", tmp_path / "x.pem", "--out-cert", tmp_path / "x-cert.pem", input="")
+    assert both.code == 2 and "exclude each other" in both.stderr, both
+
+
+def _on_a_terminal(args: list[str], answers: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``imgsign ARGS`` with a pseudo-terminal as its controlling terminal, answering each prompt once it
+    is ready to read (getpass writes the prompt's last space after it turned echo off)."""
+    import pty
+    import select
+    import signal
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty
+        os.execve(sys.executable, [sys.executable, "-m", "imgsign", *args], env)
+    output = b""
+    deadline = time.monotonic() + 120
+    pending = list(answers)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal (EIO)
+                break
+            if not chunk:
+                break
+            output += chunk
+            if pending and output.endswith(b": "):
+                time.sleep(0.2)  # getpass has turned echo off and reads now
+                os.write(fd, pending.pop(0).encode() + b"\n")
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
+
+
+def test_keygen_on_a_terminal_asks_twice_and_encrypts(tmp_path, sample_image):
+    env = {k: v for k, v in os.environ.items() if k != "IMGSIGN_DEBUG"}
+    secret = "typed at the terminal"
+    code, shown = _on_a_terminal(["keygen", "--key-type", "ECC_SECP384R1", "--out-key", str(tmp_path / "k.pem"),
+                                  "--out-cert", str(tmp_path / "c.pem")], [secret, secret], env)
+    assert code == 0, shown
+    assert shown.count("Passphrase for the new key") == 1 and "Repeat for confirmation" in shown, shown
+    assert secret not in shown  # not echoed
+    assert b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in (tmp_path / "k.pem").read_bytes()
+    passphrase = tmp_path / "pw"
+    passphrase.write_text(secret + "\n")
+    signed = run_cli("sign", sample_image, "--key", tmp_path / "k.pem", "--passphrase-file", passphrase,
+                     "--cert", tmp_path / "c.pem", "--cert-uuid", CERT_ID, input="")
+    assert signed.code == 0, signed

@@ -38,8 +38,30 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
          (cert_path, "certificate"), (ctx.find_root().obj.get("config_file"), "configuration file")],
         force=force,
     )
+    emitted = image_properties(ctx, image, key_path=key_path, passphrase_file=passphrase_file, cert_path=cert_path,
+                               cert_uuid=cert_uuid, store_cert=store_cert, hash_method=hash_method,
+                               key_type=key_type, allow_weak_keys=allow_weak_keys,
+                               ignore_cert_dates=ignore_cert_dates, no_raw_digest=no_raw_digest,
+                               quiet=is_quiet(ctx, quiet))
+    from imgsign.properties import render_properties
+
+    text = render_properties(emitted, fmt) if fmt in ("json", "openstack", "env") else render(emitted, fmt)
+    if outputs:
+        outputs[0].write(text.encode())
+    else:
+        click.echo(text, nl=False)
+
+
+def image_properties(ctx: click.Context, image: str, *, key_path: str, passphrase_file: str | None = None,
+                     cert_path: str | None = None, cert_uuid: str | None = None, store_cert: bool = False,
+                     hash_method: str = "SHA-256", key_type: str | None = None, allow_weak_keys: bool = False,
+                     ignore_cert_dates: bool = False, no_raw_digest: bool = False,
+                     quiet: bool = True) -> dict[str, str]:
+    """Sign the file ``image``: its img_signature* properties (and the raw-digest statement of a qcow2
+    image unless ``no_raw_digest``), with the certificate looked up in, or stored into, the key manager."""
+    check_signing_usage(cert_path, cert_uuid, store_cert)
     method = HashMethod.parse(hash_method)
-    with image_digest(image, method, "signing", is_quiet(ctx, quiet)) as digest:
+    with image_digest(image, method, "signing", quiet) as digest:
         # Everything below until digest() runs while the image is hashed on another core.
         from imgsign.policy import Policy
 
@@ -49,12 +71,5 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         image_digest_now = digest() if store_cert and cert_uuid is None else None
         signer, key = prepare_signer(ctx, key_path, passphrase_file, cert_path, cert_uuid, store_cert, method,
                                      key_type, policy)
-        emitted = signed_properties(image, signer, key, image_digest_now or digest(), digest.handle, digest.head,
-                                    not no_raw_digest, is_quiet(ctx, quiet))
-    from imgsign.properties import render_properties
-
-    text = render_properties(emitted, fmt) if fmt in ("json", "openstack", "env") else render(emitted, fmt)
-    if outputs:
-        outputs[0].write(text.encode())
-    else:
-        click.echo(text, nl=False)
+        return signed_properties(image, signer, key, image_digest_now or digest(), digest.handle, digest.head,
+                                 not no_raw_digest, quiet)

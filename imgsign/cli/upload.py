@@ -87,10 +87,15 @@ def upload_command(ctx: click.Context, image: str, key_path: str, passphrase_fil
     finally:
         signal.signal(signal.SIGTERM, previous)
     record = result.image
+    changed = result.changed
     if not quiet:
         note(f"image {record.get('id')} is {record.get('status')} (signed, uploaded by {result.method})")
+        if changed:
+            note(f"Glance holds other signature properties than imgsign sent ({', '.join(changed)}): an import "
+                 f"plugin changed them (imgsign_resign re-signs a converted image); shown are Glance's")
+    # "properties": what Glance holds after the import (read again), which Nova and verify --image check.
     emit({"id": record.get("id"), "status": record.get("status"), "import_method": result.method,
-          "properties": result.properties}, fmt)
+          "properties": result.held, "changed_by_glance": changed}, fmt)
 
 
 def _interrupt(signum: int, frame: object) -> None:
