@@ -27,9 +27,7 @@ def add_options(parser: argparse.ArgumentParser, click_command: click.Command,
                 skip: Iterable[str] = ()) -> argparse.ArgumentParser:
     """Add ``click_command``'s options (not its arguments, not ``skip``) to ``parser`` under their names."""
     group = parser.add_argument_group(f"imgsign {click_command.name} options")
-    for param in click_command.params:
-        if not isinstance(param, click.Option) or param.name in _OSC_HAS or param.name in skip or param.hidden:
-            continue
+    for param in _options(click_command, skip):
         kwargs: dict[str, Any] = {"dest": f"imgsign_{param.name}", "default": None, "help": param.help}
         if param.is_flag:
             kwargs.update(action="store_const", const=True)
@@ -45,24 +43,37 @@ def add_options(parser: argparse.ArgumentParser, click_command: click.Command,
 
 
 def click_values(ctx: click.Context, click_command: click.Command, parsed_args: argparse.Namespace,
-                 skip: Iterable[str] = ()) -> dict[str, Any]:
-    """The values :func:`add_options` parsed, converted and checked by the click options themselves
-    (defaults, types, ranges); a bad value is OSC's CommandError, as for its own options."""
+                 skip: Iterable[str] = (), arguments: Sequence[str] = ()) -> dict[str, Any]:
+    """The values :func:`add_options` parsed, handed back to the click command's own parser (``arguments``: its
+    positional arguments), so that defaults, types, ranges and checks are exactly ``imgsign``'s. A bad value is
+    OSC's CommandError, as for its own options."""
     from osc_lib import exceptions
 
-    values: dict[str, Any] = {}
-    for param in click_command.params:
-        if not isinstance(param, click.Option) or param.name in _OSC_HAS or param.name in skip or param.hidden:
-            continue
+    argv: list[str] = []
+    wanted: list[str] = []
+    for param in _options(click_command, skip):
         assert param.name is not None  # noqa: S101 - every option has a name
+        wanted.append(param.name)
         value = getattr(parsed_args, f"imgsign_{param.name}", None)
-        if value is None:
-            value = param.get_default(ctx)
-        try:
-            values[param.name] = param.process_value(ctx, value)
-        except click.ClickException as exc:
-            raise exceptions.CommandError(exc.format_message()) from None
-    return values
+        flag = max(param.opts, key=len)
+        if value is None or value is False:
+            continue
+        if param.is_flag:
+            argv.append(flag)
+        else:
+            argv += [f"{flag}={item}" for item in (value if param.multiple else [value])]
+    try:
+        sub = click_command.make_context(str(click_command.name), [*argv, "--", *arguments], parent=ctx)
+    except click.ClickException as exc:
+        raise exceptions.CommandError(exc.format_message()) from None
+    return {name: sub.params[name] for name in wanted}
+
+
+def _options(click_command: click.Command, skip: Iterable[str]) -> list[click.Option]:
+    """The options of ``click_command`` an OSC command takes over."""
+    skipped = _OSC_HAS | set(skip)
+    return [p for p in click_command.params
+            if isinstance(p, click.Option) and p.name not in skipped and not p.hidden]
 
 
 def _clean(value: Any) -> Any:
@@ -111,9 +122,9 @@ class _ImgsignCommand(command.Command):
         self._exit_code = exc.exit_code
 
     def run(self, parsed_args: argparse.Namespace) -> int:
-        from imgsign._internal import redact
+        from imgsign._internal.openstack_auth import remember_secrets
 
-        redact.remember_environment()
+        remember_secrets()  # clouds.yaml's and OS_*'s secrets: never in a message or --debug line of imgsign's
         try:
             status = super().run(parsed_args)
         except errors.ImgsignError as exc:
@@ -151,7 +162,7 @@ class SignImage(_ImgsignCommand, command.ShowOne):
 
         ctx = self._context()
         with ctx:
-            values = click_values(ctx, sign_command, parsed_args)
+            values = click_values(ctx, sign_command, parsed_args, arguments=[parsed_args.file])
             return _show(image_properties(ctx, parsed_args.file, quiet=ctx.obj["quiet"], **values))
 
 
