@@ -276,12 +276,14 @@ def test_bad_option_values_and_combinations_are_usage_errors(signed, tmp_path, a
 
 
 def test_keygen_warns_below_the_verification_minimum(tmp_path):
-    result = run_cli("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--bits", 1024, "--out-key", tmp_path / "k.pem",
-                     "--out-cert", tmp_path / "c.pem")
+    passphrase = tmp_path / "pw"
+    passphrase.write_text("a passphrase\n")  # an encrypted key: no warning about that
+    result = run_cli("keygen", "--passphrase-file", passphrase, "--key-type", "RSA-PSS", "--bits", 1024, "--out-key",
+                     tmp_path / "k.pem", "--out-cert", tmp_path / "c.pem")
     assert result.code == 0, result
     assert "warning" in result.stderr and "--allow-weak-keys" in result.stderr
-    quiet = run_cli("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--bits", 2048, "--out-key", tmp_path / "k2.pem",
-                    "--out-cert", tmp_path / "c2.pem")
+    quiet = run_cli("keygen", "--passphrase-file", passphrase, "--key-type", "RSA-PSS", "--bits", 2048, "--out-key",
+                    tmp_path / "k2.pem", "--out-cert", tmp_path / "c2.pem")
     assert quiet.code == 0 and "warning" not in quiet.stderr, quiet
 
 
