@@ -87,6 +87,10 @@ def test_debug_log_never_carries_a_request_body():
     assert redact.LogFilter().filter(record)
     text = record.getMessage()
     assert "LS0tLS1CRUdJTi" not in text and redact.OMITTED_BODY in text and "/v1/secrets" in text, text
+    body = logging.LogRecord("keystoneauth.session", logging.DEBUG, __file__, 1, "RESP BODY: %s",
+                             ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n",), None)
+    redact.LogFilter().filter(body)
+    assert "MIIEvQ" not in body.getMessage() and body.getMessage().startswith("RESP BODY: <omitted"), body.msg
     quoted = logging.LogRecord("x", logging.DEBUG, __file__, 1, "password is %s", ("s3cret-passw0rd",), None)
     redact.LogFilter().filter(quoted)
     assert "s3cret" not in quoted.getMessage()

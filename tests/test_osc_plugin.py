@@ -128,3 +128,28 @@ def test_openstack_image_sign_usage_errors_are_oscs(osc_bin, cloud, tmp_path):
     assert missing.returncode == 2 and "--key" in missing.stderr, missing  # argparse: required
     bad = openstack(osc_bin, cloud, "alice", "image", "audit", "--jobs", "0")
     assert bad.returncode == 1 and "--jobs" in bad.stderr and "0" in bad.stderr, bad  # click's range check
+
+
+def test_imgsign_debug_never_logs_the_key_it_stores_in_barbican(cloud):
+    """``imgsign --debug key store`` against the real Barbican: keystoneauth's request log is there, the
+    private key (PEM lines, its base64 DER as Barbican receives it) and alice's password are not."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    key_file = key_of("ECC_SECP384R1")
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "IMGSIGN_"))}
+    env.update(OS_CLIENT_CONFIG_FILE=str(cloud.clouds), OS_CLOUD="alice")
+    proc = subprocess.run([sys.executable, "-m", "imgsign", "--debug", "-c", str(cloud.barbican_conf), "key",
+                           "store", str(key_file)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REQ: curl" in proc.stderr and "/v1/secrets" in proc.stderr, proc.stderr[-3000:]
+    assert "<request body omitted by imgsign" in proc.stderr
+    pem_lines = [line for line in key_file.read_text().splitlines() if line and not line.startswith("-----")]
+    assert not [line for line in pem_lines if line in proc.stderr]
+    encoded = base64.b64encode(der).decode()
+    assert not [encoded[i:i + 16] for i in range(0, len(encoded) - 16, 16) if encoded[i:i + 16] in proc.stderr]
+    assert cloud.keystone.auth("alice")["password"] not in proc.stderr

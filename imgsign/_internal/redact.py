@@ -214,6 +214,8 @@ def describe_parse_error(exc: BaseException) -> str:
 
 #: What a request body in a debug log reads as (:class:`LogFilter`).
 OMITTED_BODY = "<request body omitted by imgsign: it may hold key material>"
+#: Text that marks PEM key material, as it is and base64-encoded (Barbican's payloads).
+_KEY_MARKS = ("-----BEGIN", "LS0tLS1CRUdJT")
 #: keystoneauth's debug line for a request ends with the body: ``REQ: curl ... -d '<body>'``.
 _REQUEST_BODY = re.compile(r"(?s) -d '.*\Z")
 
@@ -223,7 +225,8 @@ class LogFilter(logging.Filter):
 
     Request bodies that the HTTP clients log (keystoneauth's ``REQ: curl ... -d '...'``) are dropped whole:
     a key or certificate stored in Barbican travels in one, and no scrubber knows a key it was never
-    told about. Then :func:`scrub` takes out every remembered secret. The record keeps its level and
+    told about; a line showing PEM material (a ``text/plain`` response body) is cut after its first
+    colon. Then :func:`scrub` takes out every remembered secret. The record keeps its level and
     logger; its message becomes the cleaned text (arguments already merged in).
     """
 
@@ -233,6 +236,8 @@ class LogFilter(logging.Filter):
         except Exception:  # noqa: BLE001 - a logger's own bad format string: say so rather than lose the record
             text = f"<unformattable log record from {record.name}>"
         text = _REQUEST_BODY.sub(" -d '" + OMITTED_BODY + "'", text)
+        if any(mark in text for mark in _KEY_MARKS):  # a logged response body holding a key or certificate
+            text = text.split(":", 1)[0] + ": <omitted by imgsign: it holds key material>"
         record.msg = scrub(text)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:

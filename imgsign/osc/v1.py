@@ -102,8 +102,6 @@ class _ImgsignCommand(command.Command):
         options = self.app.options
         clients: Any = self.app.client_manager  # the plugins' clients are set on it at run time
         session = clients.imgsign  # make_client: OSC's authenticated session
-        if getattr(options, "debug", False):
-            _filter_debug_logging()
         ctx = click.Context(cli, info_name="openstack", obj={
             "quiet": getattr(options, "verbose_level", 1) < 1, "debug": bool(getattr(options, "debug", False)),
             "config_file": getattr(options, "imgsign_config", None), "cloud_session": session,
@@ -125,6 +123,8 @@ class _ImgsignCommand(command.Command):
         from imgsign._internal.openstack_auth import remember_secrets
 
         remember_secrets()  # clouds.yaml's and OS_*'s secrets: never in a message or --debug line of imgsign's
+        if getattr(self.app.options, "debug", False):
+            _filter_debug_logging()
         try:
             status = super().run(parsed_args)
         except errors.ImgsignError as exc:
