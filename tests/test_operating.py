@@ -298,3 +298,18 @@ def test_keygen_on_a_terminal_asks_twice_and_encrypts(tmp_path, sample_image):
     signed = run_cli("sign", sample_image, "--key", tmp_path / "k.pem", "--passphrase-file", passphrase,
                      "--cert", tmp_path / "c.pem", "--cert-uuid", CERT_ID, input="")
     assert signed.code == 0, signed
+
+
+def test_boot_check_takes_the_format_option_and_keeps_its_exit_code(tmp_path):
+    import yaml
+
+    base = tmp_path / "no-record-base"
+    base.write_bytes(b"\x00" * 4096)
+    args = ["boot", "check", base, "--state-dir", tmp_path / "state"]
+    old = run_cli(*args, "--json")
+    new = run_cli(*args, "-f", "json")
+    assert old.code == new.code == errors.UnsignedImage.exit_code and old.stdout == new.stdout, (old, new)
+    as_yaml = run_cli(*args, "-f", "yaml")
+    assert as_yaml.code == errors.UnsignedImage.exit_code and yaml.safe_load(as_yaml.stdout) == new.json()
+    value = run_cli(*args, "-f", "value")
+    assert value.stdout.splitlines()[:2] == [str(base), "false"], value
