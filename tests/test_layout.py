@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 import tomllib
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_no_import_cycles() -> None:
 def test_the_core_does_no_io_imports_of_the_sides() -> None:
     """The pure core never imports the compute side, the Glance side or the command line."""
     graph = _graph()
-    sides = ("imgsign.compute", "imgsign.glance", "imgsign.cli")
+    sides = ("imgsign.compute", "imgsign.glance", "imgsign.cli", "imgsign.osc")
     for name, targets in graph.items():
         if name.startswith(sides) or name in ("imgsign", "imgsign.__main__"):
             continue
@@ -108,12 +109,22 @@ def test_entry_points_resolve() -> None:
     assert set(targets) == {
         "imgsign", "castellan.drivers:imgsign", "glance.image_import.plugins:imgsign_verify",
         "glance.image_import.plugins:imgsign_resign", "oslo.config.opts:imgsign.glance_import",
+        "openstack.cli.extension:imgsign", "openstack.imgsign.v1:image_sign", "openstack.imgsign.v1:image_verify",
+        "openstack.imgsign.v1:image_audit",
     }
     for name, target in targets.items():
+        if ":" not in target:  # OSC's openstack.cli.extension names a module (the plugin's API_NAME, make_client)
+            plugin = importlib.import_module(target)
+            assert plugin.API_NAME == name.rpartition(":")[2] and callable(plugin.make_client), name
+            continue
         module, attr = target.split(":")
         if module == "imgsign.glance.plugin":  # needs Glance: check the definition without importing it
             tree = ast.parse((PACKAGE / "glance" / "plugin.py").read_text())
             assert attr in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, name
+            continue
+        if module == "imgsign.osc.v1" and importlib.util.find_spec("osc_lib") is None:  # imgsign[osc] not here
+            tree = ast.parse((PACKAGE / "osc" / "v1.py").read_text())
+            assert attr in {n.name for n in tree.body if isinstance(n, ast.ClassDef)}, name
             continue
         assert callable(getattr(importlib.import_module(module), attr)), name
 

@@ -49,7 +49,7 @@ def test_every_command_of_a_dsa_signer(env, tmp_path):
     image = tmp_path / "disk.img"
     image.write_bytes(b"\x42" * (1024 * 1024 + 7))
     key, cert = tmp_path / "dsa.key", tmp_path / "dsa.pem"
-    ok("keygen", "--key-type", "DSA", "--bits", "2048", "--out-key", key, "--out-cert", cert,
+    ok("keygen", "--no-encrypt", "--key-type", "DSA", "--bits", "2048", "--out-key", key, "--out-cert", cert,
        "--ca-cert", pki("intermediate-ca.pem"), "--ca-key", pki("intermediate-ca.key"), env=env)
     ok("cert", "request", "--key", key, "--out", tmp_path / "dsa.csr", env=env)
     ok("cert", "issue", "--key", key, "--out", tmp_path / "self.pem", env=env)

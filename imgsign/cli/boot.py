@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from imgsign.cli._common import (
     signing_certificate,
     trust_anchors,
 )
+from imgsign.cli._output import emit, format_option
 from imgsign.cli._signing import tsa_roots
 from imgsign.compute import adoption, boot, image_cache
 from imgsign.compute.boot_config import DEFAULT_PATH, ENV_PATH, BootSettings
@@ -132,10 +132,11 @@ def _or_file(value: Any, settings: BootSettings, name: str) -> Any:
               help="The image's img_signature* properties (JSON or `openstack image show -f json`).")
 @_trust_record_options
 @click.option("--keep-format", is_flag=True, help="Do not convert qcow2 to raw (Nova's force_raw_images = False).")
+@format_option(default="json", legacy_json=False)
 @click.pass_context
 def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: str, cert_path: str | None,
                trusted_ids: tuple[str, ...], instances_path: str | None, state_dir: str | None, seal: str | None,
-               lock_timeout: float | None, keep_format: bool) -> None:
+               lock_timeout: float | None, keep_format: bool, fmt: str) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
     settings = boot_settings(ctx)
     trusted_ids = trusted_ids or settings.trusted_certificate_ids
@@ -157,7 +158,7 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             force_raw=not keep_format, immutable=seal == "immutable", document=document,
             tsa_roots=tsa_roots(ctx, ()),
         )
-    click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
+    emit(record.to_body()["cached_file"] | {"image_id": image_id}, fmt)
 
 
 @boot_group.command("check")
@@ -166,13 +167,13 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
 @_trusted_option("Trusted certificate id (repeatable; bound to its certificate by an earlier boot cache or adopt; "
                  "default: [boot] trusted_certificate_ids of boot.conf).")
 @click.option("--no-cache", is_flag=True, help="Read the whole file even if it is unchanged.")
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@format_option()
 @_SEAL_OPTION
 @_LOCK_TIMEOUT_OPTION
 @quiet_option
 @click.pass_context
 def boot_check(ctx: click.Context, base_file: str, state_dir: str | None, trusted_ids: tuple[str, ...],
-               no_cache: bool, as_json: bool, seal: str | None, lock_timeout: float | None, quiet: bool) -> None:
+               no_cache: bool, fmt: str | None, seal: str | None, lock_timeout: float | None, quiet: bool) -> None:
     """Would an instance be allowed to boot from BASE_FILE? (enforce mode; exit 0 = yes; seals it as the hook does).
 
     Decides with boot.conf's [boot] settings as the hook does (trusted ids, seal, max_fast_path_age),
@@ -186,12 +187,12 @@ def boot_check(ctx: click.Context, base_file: str, state_dir: str | None, truste
         lock_timeout, settings, "lock_timeout")), policy, None if no_cache else VerifiedCache(state_dir))
     result: dict[str, Any] = {"file": base_file, "allowed": decision.allowed, "reason": decision.reason,
                               "message": decision.message, "exit_code": decision.code}
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+    if fmt is not None:
+        emit(result, fmt)
     elif decision.allowed and not is_quiet(ctx, quiet):
         say(f"OK: {decision.message}")
     if not decision.allowed:
-        if not as_json:
+        if fmt is None:
             say(f"imgsign: error: {decision.message}", err=True)
         sys.exit(decision.code)
 
@@ -221,7 +222,7 @@ class SizeType(click.ParamType[int]):
 @click.option("--image-id", type=NON_EMPTY,
               help="Glance image id, when BASE_OR_ID is a path and the properties file has no id.")
 @_trust_record_options
-@click.option("--json", "as_json", is_flag=True, help="Print the adopted file (with --all: a summary) as JSON.")
+@format_option()
 @click.option("--by-conversion", is_flag=True,
               help="A raw base without raw-digest statement: verify the signed qcow2 given as --original, convert "
                    "it as Nova does and adopt the base if it is exactly that conversion.")
@@ -233,7 +234,7 @@ class SizeType(click.ParamType[int]):
 @click.pass_context
 def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, properties_path: str,
                image_id: str | None, cert_path: str | None, trusted_ids: tuple[str, ...], instances_path: str | None,
-               state_dir: str | None, seal: str | None, lock_timeout: float | None, as_json: bool,
+               state_dir: str | None, seal: str | None, lock_timeout: float | None, fmt: str | None,
                by_conversion: bool, original_path: str | None, max_size: int | None) -> None:
     """Verify a base file Nova downloaded itself (_base/<sha1(image id)>) and record it for the boot hook.
 
@@ -255,7 +256,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
         if by_conversion:
             raise click.UsageError("--by-conversion adopts one image: give BASE_OR_ID, not --all")
         _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path,
-                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, as_json)
+                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, fmt)
         return
     if base_or_id is None:
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
@@ -278,15 +279,15 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             immutable=seal == "immutable", original=original, tsa_roots=tsa_roots(ctx, ()),
         )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+    if fmt is not None:
+        emit(result, fmt)
     else:
         say(f"OK: adopted {os.path.join(image_cache.base_dir(instances_path), result['name'])} "
             f"({adoption.describe_adopted(image_id, record)})")
 
 
 def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
-                      instances_path: str, records: RecordStore, seal: str, as_json: bool) -> None:
+                      instances_path: str, records: RecordStore, seal: str, fmt: str | None) -> None:
     """``boot adopt --all``: a progress line per file on stderr, a summary on stdout, exit status as documented."""
     from imgsign.compute import bulk_adoption
 
@@ -309,9 +310,9 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         immutable=seal == "immutable", tsa_roots=tsa_roots(ctx, ()))
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
-    if as_json:
-        click.echo(json.dumps({"instances_path": instances_path, "bases": [o.to_json() for o in outcomes],
-                               "totals": totals, "exit_code": code}, indent=2))
+    if fmt is not None:
+        bases = [o.to_json() for o in outcomes]
+        emit({"instances_path": instances_path, "bases": bases, "totals": totals, "exit_code": code}, fmt, rows=bases)
     else:
         click.echo(", ".join(f"{status.replace('-', ' ')} {count}" for status, count in totals.items())
                    + f" (of {len(outcomes)} files in {image_cache.base_dir(instances_path)})")

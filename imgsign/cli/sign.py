@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from imgsign._internal.files import plan_outputs
 from imgsign.algorithms import HashMethod
 from imgsign.cli._common import image_digest, is_quiet, policy_options, quiet_option
 from imgsign.cli._glance import cloud_options
+
+if TYPE_CHECKING:
+    from imgsign.cli._signing import TimestampSettings
+from imgsign.cli._output import format_option, render
 from imgsign.cli._signing import (
     check_signing_usage,
     prepare_signer,
@@ -22,7 +28,7 @@ from imgsign.cli._signing import (
 @click.argument("image", type=click.Path(dir_okay=True))
 @signing_options
 @timestamp_options
-@click.option("--format", "fmt", type=click.Choice(["json", "openstack", "env"]), default="json", show_default=True)
+@format_option(default="json", extra=("openstack", "env"), legacy_json=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the properties here (atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
 @click.option("--ocsp-staple", "ocsp_issuer", metavar="ISSUER_PEM", type=click.Path(dir_okay=False),
@@ -52,8 +58,33 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
          (cert_path, "certificate"), (ctx.find_root().obj.get("config_file"), "configuration file")],
         force=force,
     )
+    emitted = image_properties(ctx, image, key_path=key_path, passphrase_file=passphrase_file, cert_path=cert_path,
+                               cert_uuid=cert_uuid, store_cert=store_cert, hash_method=hash_method,
+                               key_type=key_type, allow_weak_keys=allow_weak_keys,
+                               ignore_cert_dates=ignore_cert_dates, no_raw_digest=no_raw_digest,
+                               quiet=is_quiet(ctx, quiet), stamp=stamp, ocsp_issuer=ocsp_issuer)
+    from imgsign.properties import render_properties
+
+    text = render_properties(emitted, fmt) if fmt in ("json", "openstack", "env") else render(emitted, fmt)
+    if outputs:
+        outputs[0].write(text.encode())
+    else:
+        click.echo(text, nl=False)
+
+
+def image_properties(ctx: click.Context, image: str, *, key_path: str, passphrase_file: str | None = None,
+                     cert_path: str | None = None, cert_uuid: str | None = None, store_cert: bool = False,
+                     hash_method: str = "SHA-256", key_type: str | None = None, allow_weak_keys: bool = False,
+                     ignore_cert_dates: bool = False, no_raw_digest: bool = False,
+                     quiet: bool = True, stamp: TimestampSettings | None = None,
+                     ocsp_issuer: str | None = None) -> dict[str, str]:
+    """Sign the file ``image``: its img_signature* properties (and the raw-digest statement of a qcow2
+    image unless ``no_raw_digest``), with the certificate looked up in, or stored into, the key manager;
+    with ``stamp``, an RFC 3161 timestamp over the signature; with ``ocsp_issuer`` (the issuer's PEM
+    file), the OCSP answer about the certificate stored beside it."""
+    check_signing_usage(cert_path, cert_uuid, store_cert)
     method = HashMethod.parse(hash_method)
-    with image_digest(image, method, "signing", is_quiet(ctx, quiet)) as digest:
+    with image_digest(image, method, "signing", quiet) as digest:
         # Everything below until digest() runs while the image is hashed on another core.
         from imgsign.policy import Policy
 
@@ -64,15 +95,8 @@ def sign_command(ctx: click.Context, image: str, key_path: str, passphrase_file:
         signer, key = prepare_signer(ctx, key_path, passphrase_file, cert_path, cert_uuid, store_cert, method,
                                      key_type, policy)
         stapled = staple_ocsp(ctx, cert_path, ocsp_issuer) if ocsp_issuer and cert_path else {}
-        emitted = stapled | signed_properties(image, signer, key, image_digest_now or digest(), digest.handle,
-                                              digest.head, not no_raw_digest, is_quiet(ctx, quiet), stamp)
-    from imgsign.properties import render_properties
-
-    text = render_properties(emitted, fmt)
-    if outputs:
-        outputs[0].write(text.encode())
-    else:
-        click.echo(text, nl=False)
+        return stapled | signed_properties(image, signer, key, image_digest_now or digest(), digest.handle,
+                                           digest.head, not no_raw_digest, quiet, stamp)
 
 
 def staple_ocsp(ctx: click.Context, cert_path: str, issuer_path: str) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from typing import Any
 
@@ -12,6 +11,7 @@ from imgsign import errors
 from imgsign.algorithms import HashMethod
 from imgsign.cli._common import NON_EMPTY, is_quiet, policy_options, progress_bar, quiet_option, say
 from imgsign.cli._glance import cloud_options, glance_client
+from imgsign.cli._output import emit, format_option
 from imgsign.cli._signing import (
     check_signing_usage,
     prepare_signer,
@@ -41,6 +41,7 @@ def _property(value: str) -> tuple[str, str]:
               help="More image properties (repeatable); img_signature* are set by imgsign.")
 @click.option("--import-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds to wait for Glance's import to end.")
+@format_option(default="json", legacy_json=False)
 @cloud_options
 @policy_options
 @quiet_option
@@ -49,10 +50,10 @@ def upload_command(ctx: click.Context, image: str, key_path: str, passphrase_fil
                    cert_path: str | None, cert_uuid: str | None, store_cert: bool, hash_method: str,
                    key_type: str | None, no_raw_digest: bool, name: str | None, disk_format: str | None,
                    container_format: str, visibility: str | None, extra_properties: tuple[str, ...],
-                   import_timeout: float, os_cloud: str | None, os_region_name: str | None,
+                   import_timeout: float, fmt: str, os_cloud: str | None, os_region_name: str | None,
                    allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool, tsa_url: str | None,
                    tsa_hash: str | None, tsa_ca_files: tuple[str, ...]) -> None:
-    """Upload IMAGE to Glance as a new image signed with --key; print the image record as JSON.
+    """Upload IMAGE to Glance as a new image signed with --key; print the image record (-f json by default).
 
     The file is read once: its data is staged while it is hashed, then the signature is set and
     Glance imports it (glance-direct), checking the signature itself. A failed or interrupted
@@ -96,10 +97,15 @@ def upload_command(ctx: click.Context, image: str, key_path: str, passphrase_fil
     finally:
         signal.signal(signal.SIGTERM, previous)
     record = result.image
+    changed = result.changed
     if not quiet:
         note(f"image {record.get('id')} is {record.get('status')} (signed, uploaded by {result.method})")
-    click.echo(json.dumps({"id": record.get("id"), "status": record.get("status"), "import_method": result.method,
-                           "properties": result.properties}, indent=2))
+        if changed:
+            note(f"Glance holds other signature properties than imgsign sent ({', '.join(changed)}): an import "
+                 f"plugin changed them (imgsign_resign re-signs a converted image); shown are Glance's")
+    # "properties": what Glance holds after the import (read again), which Nova and verify --image check.
+    emit({"id": record.get("id"), "status": record.get("status"), "import_method": result.method,
+          "properties": result.held, "changed_by_glance": changed}, fmt)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from imgsign.cli._common import (
     trust_options,
 )
 from imgsign.cli._glance import cloud_options, glance_client
+from imgsign.cli._output import emit, format_option
 from imgsign.properties import SignatureProperties
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClien
               help="Trusted TSA certificates (PEM): a timestamp token (imgsign_tst_v1) whose TSA chains to one of "
                    "them is checked, and lets a signature whose certificate has since expired verify if it was "
                    "timestamped while the certificate was valid (default: [imgsign] tsa_ca_file).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
+@format_option()
 @cloud_options
 @policy_options
 @quiet_option
@@ -68,9 +68,8 @@ def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClien
 def verify_command(ctx: click.Context, image: str | None, glance_image_id: str | None, properties_path: str | None,
            cert_path: str | None, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
            intermediate_files: tuple[str, ...], crl_files: tuple[str, ...], require_crl: bool | None,
-           max_chain_depth: int | None, tsa_ca_files: tuple[str, ...], as_json: bool, os_cloud: str | None,
-           os_region_name: str | None,
-           allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+           max_chain_depth: int | None, tsa_ca_files: tuple[str, ...], fmt: str | None, os_cloud: str | None,
+           os_region_name: str | None, allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
     """Verify IMAGE (or Glance image --image ID) against its img_signature* properties. Exit 0 only if valid."""
     if (image is None) == (glance_image_id is None):
         raise click.UsageError("give either IMAGE (a file) or --image ID (a Glance image)")
@@ -79,13 +78,38 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     if glance_image_id is not None and properties_path is not None:
         raise click.UsageError("--image takes the properties from the image record: leave out --properties")
     quiet = is_quiet(ctx, quiet)
+    trust = {"trusted_ids": trusted_ids, "trusted_files": trusted_files, "intermediate_files": intermediate_files,
+             "crl_files": crl_files, "require_crl": require_crl, "max_chain_depth": max_chain_depth}
+    result, error = verify_result(ctx, image=image, glance_image_id=glance_image_id, properties_path=properties_path,
+                                  cert_path=cert_path, trust=trust, tsa_ca_files=tsa_ca_files,
+                                  allow_weak_keys=allow_weak_keys,
+                                  ignore_cert_dates=ignore_cert_dates,
+                                  progress=not quiet and fmt is None)  # a document on stdout: no bar
+    if fmt is not None:
+        emit(result, fmt)
+    if error is not None:
+        fail(error)
+    if fmt is None and not quiet:
+        say(f"OK: {result['message']}")
+
+
+def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_id: str | None = None,
+                  properties_path: str | None = None, cert_path: str | None = None,
+                  trust: Mapping[str, Any] | None = None, tsa_ca_files: tuple[str, ...] = (),
+                  allow_weak_keys: bool = False,
+                  ignore_cert_dates: bool = False,
+                  progress: bool = False) -> tuple[dict[str, Any], errors.ImgsignError | None]:
+    """Verify a file against its properties file, or a Glance image against its record: the result document
+    (every key always there, null until known; JSON output schemas) and the error that made it invalid (None:
+    valid). ``trust`` holds :func:`~imgsign.cli._common.trust_anchors`' arguments by name."""
+    trust = dict(trust or {})
     shown = image if image is not None else glance_image_id
-    # Every key is always there (null until known), on success and on failure alike.
     result: dict[str, Any] = {
         "image": shown, "valid": False, "reason": None, "message": None, "exit_code": None,
         "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
         "certificate_subject": None, "chain": None, "timestamp": None, "ocsp": None,
     }
+    quiet = not progress
 
     def check_signer(properties: SignatureProperties, document: Mapping[str, object]) -> Verifier:
         """Certificate, timestamp, chain and key checks: everything that needs no image data."""
@@ -103,7 +127,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         stamp = timestamp.check(document, properties.signature, certificate, tsa_roots(ctx, tsa_ca_files),
                                 now=policy.now())
         result["timestamp"] = stamp.as_dict()
-        if stamp.status == "not-checked" and not (quiet or as_json):
+        if stamp.status == "not-checked" and not quiet:
             say("imgsign: warning: the image has a timestamp token but no TSA certificates are trusted "
                 "(--tsa-ca, [imgsign] tsa_ca_file): it was not checked", err=True)
         if (stamp.timestamp is not None and stamp.judge_at is None and not ignore_cert_dates
@@ -113,8 +137,9 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
                 f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC and its timestamp "
                 f"({stamp.timestamp.gen_time:%Y-%m-%d %H:%M:%S} UTC) is not inside its validity")
         policy = dataclasses.replace(policy, certificates_at=stamp.judge_at)
-        anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files,
-                                require_crl, max_chain_depth)
+        anchors = trust_anchors(ctx, tuple(trust.get("trusted_ids") or ()), tuple(trust.get("trusted_files") or ()),
+                                tuple(trust.get("intermediate_files") or ()), tuple(trust.get("crl_files") or ()),
+                                trust.get("require_crl"), trust.get("max_chain_depth"))
         if anchors is not None:
             client = ocsp_client(ctx, document)
             anchors = dataclasses.replace(anchors, ocsp=client)
@@ -130,7 +155,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         if image is not None and properties_path is not None:
             document = load_properties(properties_path)
             properties = SignatureProperties.from_mapping(document)
-            with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
+            with image_digest(image, properties.hash_method, "verifying", quiet) as digest:
                 # check_signer runs while the image is hashed on another core.
                 check_signer(properties, document).verify_precomputed(digest())
         elif glance_image_id is not None:
@@ -145,19 +170,16 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
             properties = SignatureProperties.from_mapping(document)
             verifier = check_signer(properties, document)
             size = record.get("size")
-            with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet or as_json) as progress:
-                verifier.verify_data(glance.iter_data(glance_image_id), progress)
+            with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet) as bar:
+                verifier.verify_data(glance.iter_data(glance_image_id), bar)
+        else:
+            raise click.UsageError("give either IMAGE (a file) with --properties or --image ID (a Glance image)")
     except errors.ImgsignError as exc:
-        if as_json:
-            result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
-            click.echo(json.dumps(result, indent=2))
-        fail(exc)
+        result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
+        return result, exc
     what = shown if image is not None else f"Glance image {shown}"
-    trust = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
+    anchor = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
     message = (f"{what} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
-               f"certificate {result['certificate_subject']}{trust})")
+               f"certificate {result['certificate_subject']}{anchor})")
     result.update({"valid": True, "reason": "ok", "message": message, "exit_code": 0})
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    elif not quiet:
-        say(f"OK: {message}")
+    return result, None
