@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from imgsign import errors
 from imgsign.compute import boot_config
-from imgsign.conf import boot as boot_options
 from tests.conftest import cert_of, run_cli, seal_state
 from tests.test_boot_hook import Host, domain_xml
 
@@ -354,20 +353,21 @@ def test_a_missing_or_invalid_boot_conf_is_an_input_error_for_commands(tmp_path)
 def test_the_glance_plugins_options_are_checked(tmp_path):
     from oslo_config import cfg
 
-    from imgsign.conf import glance_import
+    from imgsign.conf import check_values
+    from imgsign.glance import options
 
     conf = cfg.ConfigOpts()
-    for group, options in glance_import.list_opts():
-        conf.register_opts(options, group=group)
+    for group, opts in options.list_opts():
+        conf.register_opts(opts, group=group)
     path = write(tmp_path / "glance-image-import.conf", "[imgsign_import]\nrequire_signature = sometimes\n")
     conf(args=[], default_config_files=[str(path)])
     with pytest.raises(errors.InputError, match=r"invalid value for \[imgsign_import\] require_signature"):
-        glance_import.check(conf)
+        check_values(conf, None, [options.GROUP, options.TRANSIT_GROUP])
 
 
 def test_the_snapshot_holds_every_boot_option():
     """A new [boot] option must reach the hook through the snapshot too."""
-    assert {option.dest for option in boot_options.boot_opts()} == set(boot_config._TYPES)
+    assert {option.dest for option in boot_config.boot_opts()} == set(boot_config._TYPES)
 
 
 

@@ -108,6 +108,7 @@ def test_entry_points_resolve() -> None:
     assert set(targets) == {
         "imgsign", "castellan.drivers:imgsign", "glance.image_import.plugins:imgsign_verify",
         "glance.image_import.plugins:imgsign_resign", "oslo.config.opts:imgsign.glance_import",
+        "oslo.config.opts:imgsign", "oslo.config.opts:imgsign.boot",
     }
     for name, target in targets.items():
         module, attr = target.split(":")
