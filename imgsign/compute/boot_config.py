@@ -131,7 +131,8 @@ def load(path: str | None = None) -> BootSettings:
     """boot.conf's settings, checked in full by oslo.config unless a snapshot proves them checked already.
 
     :class:`InputError` (exit 10) for a file that is missing, unreadable or invalid, naming the option
-    and the file and never quoting a value."""
+    and the file and never quoting a value; :class:`InsecureState` (exit 63), run as root, for a file
+    someone other than root could change or replace."""
     path = config_path(path)
     data, info = _read(path)
     redact.remember_text(data.decode("utf-8", "replace"))  # before anything parses it: no message may quote them
