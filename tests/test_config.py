@@ -353,16 +353,15 @@ def test_a_missing_or_invalid_boot_conf_is_an_input_error_for_commands(tmp_path)
 def test_the_glance_plugins_options_are_checked(tmp_path):
     from oslo_config import cfg
 
-    from imgsign.conf import check_values
-    from imgsign.glance import options
+    from imgsign.conf import glance_import
 
     conf = cfg.ConfigOpts()
-    for group, opts in options.list_opts():
-        conf.register_opts(opts, group=group)
+    for group, options in glance_import.list_opts():
+        conf.register_opts(options, group=group)
     path = write(tmp_path / "glance-image-import.conf", "[imgsign_import]\nrequire_signature = sometimes\n")
     conf(args=[], default_config_files=[str(path)])
     with pytest.raises(errors.InputError, match=r"invalid value for \[imgsign_import\] require_signature"):
-        check_values(conf, None, [options.GROUP, options.TRANSIT_GROUP])
+        glance_import.check(conf)
 
 
 def test_the_snapshot_holds_every_boot_option():

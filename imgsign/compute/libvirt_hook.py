@@ -70,7 +70,7 @@ from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
 from imgsign.policy import Policy
 
-DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
+DEFAULT_CONFIG = boot_config.DEFAULT_PATH
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 #: Base files Nova makes itself (not images): ephemeral and swap disks.
 NOT_IMAGES = ("ephemeral_", "swap_")

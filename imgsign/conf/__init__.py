@@ -6,7 +6,7 @@ One module per file, each with a ``list_opts()`` registered under the ``oslo.con
 * ``imgsign.conf`` (namespace ``imgsign``, :mod:`imgsign.keymanager.config`): the key manager and trust;
 * ``boot.conf`` (namespace ``imgsign.boot``, :mod:`imgsign.compute.boot_config`): the boot hook and
   ``imgsign boot``;
-* Glance's configuration (namespace ``imgsign.glance_import``, :mod:`imgsign.glance.options`).
+* Glance's configuration (namespace ``imgsign.glance_import``, :mod:`imgsign.conf.glance_import`).
 
 oslo.config checks a value only when something reads it, and its message quotes the value (which
 may be a secret).  :func:`check_values` reads every registered option once, at start, and names the

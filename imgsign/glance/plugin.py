@@ -100,9 +100,10 @@ from taskflow.types import failure
 
 from imgsign._internal import redact
 from imgsign._internal.untrusted import safe
+from imgsign.conf.glance_import import GROUP, OPTS, TRANSIT_GROUP, TRANSIT_OPTS
+from imgsign.conf.glance_import import check as check_options
+from imgsign.conf.glance_import import list_opts as list_opts
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
-from imgsign.glance.options import GROUP, OPTS, TRANSIT_GROUP, TRANSIT_OPTS
-from imgsign.glance.options import list_opts as list_opts
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
@@ -116,12 +117,8 @@ CONF = cfg.CONF
 VERIFIED = "imgsign_verified"
 SERVICE_CERTIFICATE_NAME = "imgsign import service certificate"
 
-# The options live in imgsign.glance.options, which imports no Glance, for oslo-config-generator and the
-# configuration reference; list_opts is re-exported here for whoever imported it from this module.
 CONF.register_opts(OPTS, group=GROUP)
 CONF.register_opts(TRANSIT_OPTS, group=TRANSIT_GROUP)
-
-
 
 
 class ImgsignImportRefused(glance_exception.UploadException):
@@ -277,10 +274,8 @@ def _stores_list(stores: Any) -> list[str]:
 def _check_options(plugin: str, image_id: str) -> None:
     """Every ``[imgsign_import]`` and ``[imgsign_transit]`` value read at the start of a task: an invalid one
     refuses the import, naming the option (never its value), instead of failing later or passing."""
-    from imgsign.conf import check_values
-
     try:
-        check_values(CONF, None, [GROUP, TRANSIT_GROUP])
+        check_options(CONF)
     except ImgsignError as error:
         refusal = _refusal(plugin, image_id, error)
         LOG.error("%s", refusal.msg)

@@ -1,8 +1,8 @@
-"""The Glance import plugins' options (``glance-image-import.conf``), without Glance.
+"""The Glance image-import plugins' options (``imgsign_verify``, ``imgsign_resign``: :mod:`imgsign.glance.plugin`),
+in Glance's own configuration (``glance-image-import.conf`` or ``glance-api.conf``).
 
-:mod:`imgsign.glance.plugin` registers them inside glance-api; this module imports neither Glance
-nor taskflow, so ``oslo-config-generator --namespace imgsign.glance_import`` and the configuration
-reference (``doc/source/reference``) list them on any machine.
+This module imports neither Glance nor taskflow, so oslo-config-generator and the docs can list the
+options anywhere (namespace ``imgsign.glance_import``).
 """
 
 from __future__ import annotations
@@ -42,11 +42,16 @@ OPTS = [
                      "copy's id in img_signature_certificate_uuid, so checks made with the user's context (Glance, "
                      "Nova) find it. False: use service_certificate_id as is (it must be readable by every project)."),
 ]
-
-
 TRANSIT_OPTS = transit_opts()
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """The plugins' options, for documentation and oslo-config-generator."""
     return [(GROUP, OPTS), (TRANSIT_GROUP, TRANSIT_OPTS)]
+
+
+def check(conf: cfg.ConfigOpts) -> None:
+    """Read every plugin option once (an invalid value is an :class:`~imgsign.errors.InputError` naming it)."""
+    from imgsign.conf import check_values
+
+    check_values(conf, None, [GROUP, TRANSIT_GROUP])
