@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from imgsign import errors
 from imgsign.compute import boot_config
-from imgsign.conf import boot as boot_options
 from tests.conftest import cert_of, run_cli, seal_state
 from tests.test_boot_hook import Host, domain_xml
 
@@ -367,7 +366,7 @@ def test_the_glance_plugins_options_are_checked(tmp_path):
 
 def test_the_snapshot_holds_every_boot_option():
     """A new [boot] option must reach the hook through the snapshot too."""
-    assert {option.dest for option in boot_options.boot_opts()} == set(boot_config._TYPES)
+    assert {option.dest for option in boot_config.boot_opts()} == set(boot_config._TYPES)
 
 
 

@@ -192,7 +192,8 @@ def test_every_oslo_config_namespace_is_in_the_configuration_reference() -> None
                   if ep.group == "oslo.config.opts"}
     assert namespaces
     reference = (DOCS / "reference" / "configuration.md").read_text()
-    shown = re.findall(r"```\{show-options\}\n((?:[^`\n]+\n)+)```", reference)
+    shown = re.findall(r"```\{show-options\}\n((?:[^`\n]+\n)+)```", reference)  # MyST's directive
+    shown += re.findall(r"```\{eval-rst\}\n\.\. show-options::\n((?:[^`\n]*\n)+)```", reference)  # reST's
     listed = {line.strip() for block in shown for line in block.splitlines() if line.strip()}
     assert set(namespaces) <= listed, set(namespaces) - listed
 

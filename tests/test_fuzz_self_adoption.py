@@ -18,7 +18,7 @@ from imgsign import errors
 from imgsign.compute.adoption import signature_properties
 from imgsign.compute.conversion_adoption import parse_size
 from imgsign.compute.self_adoption import _converted_without_statement
-from imgsign.conf.boot import validate
+from imgsign.compute.boot_config import validate
 from imgsign.properties import NAMES as SIGNATURE_NAMES
 from imgsign.raw_statement import NAMES as RAW_NAMES
 

@@ -55,11 +55,11 @@ def boot_settings(ctx: click.Context) -> BootSettings:
     root = ctx.find_root()
     obj = root.obj if isinstance(root.obj, dict) else {}
     if "boot_settings" not in obj:
-        from imgsign.conf import boot as boot_options
+        from imgsign.compute import boot_config
 
         explicit = ctx.obj.get("boot_config") if isinstance(ctx.obj, dict) else None
         path = explicit or os.environ.get(ENV_PATH) or (DEFAULT_PATH if os.path.isfile(DEFAULT_PATH) else None)
-        obj["boot_settings"] = boot_options.validate(path)
+        obj["boot_settings"] = boot_config.validate(path)
     settings: BootSettings = obj["boot_settings"]
     return settings
 

@@ -1,6 +1,20 @@
-"""boot.conf's ``[boot]`` settings for the hook: validated in full once, then read from a snapshot.
+"""``boot.conf``: its options, and the hook's way of reading it: validated in full once, then from a snapshot.
 
-The options, their types and the full check are oslo.config's (:mod:`imgsign.conf.boot`), but
+One oslo.config file, read by the hook (:mod:`imgsign.compute.libvirt_hook`) and by ``imgsign boot``
+for its defaults (namespace ``imgsign.boot`` and ``imgsign``, :func:`list_opts`):
+
+* ``[boot]``: :func:`boot_opts`;
+* ``[glance]``: keystoneauth's session, adapter and auth options (``auth_type`` and its plugin's),
+  how self-adoption reaches Glance;
+* ``[imgsign]``, ``[key_manager]``, ``[barbican]``, ``[vault]``, ``[imgsign_embedded]``...: the key
+  manager, as in ``imgsign.conf`` (:mod:`imgsign.keymanager.config`).
+
+Every value of every section is checked (:func:`imgsign.conf.check_values`), and a name in ``[boot]``
+that is no option (``trusted_certificate_id``: a typo that would trust every signer) is refused too.
+oslo.config's syntax: a comment is a line of its own (``mode = warn # x`` is the value ``warn # x``,
+refused), ``$name`` refers to another option (``$$`` is a ``$``).
+
+This module imports oslo.config only inside the functions that validate (:func:`validate`), but
 importing oslo.config alone costs about 60 ms, and a warm boot calls the hook twice within a budget
 of 100 ms.  So the hook validates boot.conf with oslo.config when it meets a file it has not seen
 (the slow path), and keeps what it found, the :class:`BootSettings`, as a JSON snapshot; later calls
@@ -49,10 +63,16 @@ import json
 import math
 import os
 import stat
-from typing import Any
 
 from imgsign._internal import redact
 from imgsign.errors import InputError, InsecureState
+
+#: ``typing.TYPE_CHECKING`` without importing typing (the hook's warm path does not load it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from oslo_config import cfg
 
 DEFAULT_PATH = "/etc/imgsign/boot.conf"
 #: Environment variable naming boot.conf (the hook's and ``imgsign boot``'s).
@@ -62,17 +82,27 @@ RUN_DIR = "/run/imgsign"
 ENV_RUN_DIR = "IMGSIGN_RUN_DIR"
 #: Bumped when the snapshot's layout changes.
 FORMAT = 1
+#: Kinds of guest storage the hook cannot verify (libvirt disk types, ``filesystem`` shares, SCSI ``hostdev``
+#: pass-through and file-backed ``memory`` devices such as vPMEM), which ``allow_unverified`` may allow.
+UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", "vhostvdpa", "filesystem",
+                      "hostdev", "memory")
+#: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
+DEFAULT_ADOPT_TIMEOUT = 10.0
+#: Seconds for the download and conversion of one adoption by conversion.
+DEFAULT_CONVERSION_TIMEOUT = 600.0
+GROUP = "boot"
+GLANCE_GROUP = "glance"
 #: A boot.conf larger than this is refused (it is a few hundred bytes).
 MAX_SIZE = 1024 * 1024
 _OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 #: The modules whose code decides what a boot.conf means (their change invalidates every snapshot).
-_DEFINITIONS = (os.path.join("conf", "boot.py"), os.path.join("conf", "__init__.py"),
-                os.path.join("keymanager", "config.py"), os.path.join("compute", "boot_config.py"))
+_DEFINITIONS = (os.path.join("compute", "boot_config.py"), os.path.join("conf", "__init__.py"),
+                os.path.join("keymanager", "config.py"))
 
 
 @dataclasses.dataclass(frozen=True)
 class BootSettings:
-    """The ``[boot]`` section of a checked boot.conf (see :func:`imgsign.conf.boot.boot_opts` for each)."""
+    """The ``[boot]`` section of a checked boot.conf (see :func:`boot_opts` for each)."""
 
     path: str | None
     mode: str
@@ -101,7 +131,8 @@ def load(path: str | None = None) -> BootSettings:
     """boot.conf's settings, checked in full by oslo.config unless a snapshot proves them checked already.
 
     :class:`InputError` (exit 10) for a file that is missing, unreadable or invalid, naming the option
-    and the file and never quoting a value."""
+    and the file and never quoting a value; :class:`InsecureState` (exit 63), run as root, for a file
+    someone other than root could change or replace."""
     path = config_path(path)
     data, info = _read(path)
     redact.remember_text(data.decode("utf-8", "replace"))  # before anything parses it: no message may quote them
@@ -111,9 +142,7 @@ def load(path: str | None = None) -> BootSettings:
     settings = _read_snapshot(snapshot, key, path)
     if settings is not None:
         return settings
-    from imgsign.conf import boot as boot_options
-
-    settings = boot_options.validate(path)
+    settings = validate(path)
     after, after_info = _read(path)
     if _key(path, after, after_info) == key:
         _write_snapshot(snapshot, key, settings)
@@ -261,3 +290,136 @@ def _write_snapshot(snapshot: str, key: dict[str, Any], settings: BootSettings) 
         atomic_write(snapshot, json.dumps({"key": key, "settings": values}, sort_keys=True).encode(), 0o600)
     except InputError:
         return
+
+
+# --- the options (oslo.config, imported only here) ----------------------------------------------------
+
+
+def boot_opts() -> list[cfg.Opt]:
+    """[boot]."""
+    from oslo_config import cfg, types
+
+    from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
+    from imgsign.compute.boot import BootPolicy
+    from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE, parse_size
+    from imgsign.conf import ABSOLUTE_PATH, ABSOLUTE_PATH_OR_EMPTY, KEY_MANAGER_ID, Seconds, Size
+
+    return [
+        cfg.StrOpt("mode", default="enforce",
+                   choices=[("enforce", "refuse to start an instance whose image is not verified"),
+                            ("warn", "start it, with a warning in the log and on libvirt's stderr")],
+                   help="What the hook does when a check fails."),
+        cfg.ListOpt("trusted_certificate_ids", default=[], item_type=types.String(regex=KEY_MANAGER_ID),
+                    help="Key-manager ids of trusted (CA) certificates: a base boots only if its signer's "
+                         "certificate is one of them or chains to one of them (as bound by imgsign boot "
+                         "cache/adopt or self-adoption). Empty: any signer with a valid trust record. "
+                         "imgsign boot commands use it when --trusted is not given."),
+        cfg.Opt("max_fast_path_age", type=Seconds(), default=BootPolicy.max_fast_path_age,
+                help="Seconds after a full read during which a sealed, unchanged base is accepted without "
+                     "reading it again."),
+        cfg.StrOpt("seal_bases", default="immutable",
+                   choices=[("immutable", "root's, 0644 and immutable (chattr +i)"),
+                            ("owner", "root's and 0644 only (e.g. SELinux hosts, where libvirt cannot "
+                                      "relabel an immutable file)")],
+                   help="How a verified base is sealed (README, 'Sealed bases'); also imgsign boot --seal."),
+        cfg.Opt("lock_timeout", type=Seconds(positive=True), default=DEFAULT_LOCK_TIMEOUT,
+                help="Seconds to wait while another imgsign run works on the same base; then refuse "
+                     "(exit 66). Also imgsign boot --lock-timeout."),
+        cfg.StrOpt("instances_path", default="/var/lib/nova/instances", regex=ABSOLUTE_PATH,
+                   help="Nova's instances_path (its image cache is _base in it); an absolute path. Also "
+                        "imgsign boot --instances-path."),
+        cfg.StrOpt("state_dir", default="/var/lib/imgsign/boot", regex=ABSOLUTE_PATH,
+                   help="Root-only directory of the trust records, the verified-digest cache and the locks; "
+                        "an absolute path. Also imgsign boot --state-dir."),
+        cfg.StrOpt("log_file", default="/var/log/imgsign/boot-hook.log", regex=ABSOLUTE_PATH_OR_EMPTY,
+                   help="JSON-lines log of every decision (absolute path; empty: no log)."),
+        cfg.ListOpt("allow_unverified", default=[], item_type=types.String(choices=UNVERIFIABLE_KINDS),
+                    help="Kinds of guest storage the hook cannot verify that are allowed under enforce, with a "
+                         "warning (e.g. block, network: Cinder volumes)."),
+        cfg.BoolOpt("adopt",
+                    help="Adopt a base Nova downloaded itself (no trust record) from Glance and the key "
+                         "manager. Default: on when [glance] auth_type is set."),
+        cfg.Opt("adopt_timeout", type=Seconds(positive=True), default=DEFAULT_ADOPT_TIMEOUT,
+                help="Seconds for all network calls of one hook run together (also the per-request timeout "
+                     "unless [glance] timeout sets one)."),
+        cfg.BoolOpt("adopt_by_conversion", default=False,
+                    help="Adopt a base Nova converted from a qcow2 without raw-digest statement by downloading "
+                         "the qcow2 from Glance and converting it again."),
+        cfg.Opt("adopt_conversion_max_size", type=Size(parse_size), default=DEFAULT_MAX_SIZE,
+                help="Most bytes the image adopted by conversion may have (Glance's size and the bytes "
+                     "streamed); K, M, G, T are powers of 1024. Also imgsign boot adopt --max-size."),
+        cfg.Opt("adopt_conversion_timeout", type=Seconds(positive=True), default=DEFAULT_CONVERSION_TIMEOUT,
+                help="Seconds for the download and conversion of adoption by conversion, on top of "
+                     "adopt_timeout."),
+    ]
+
+
+def glance_opts() -> list[cfg.Opt]:
+    """``[glance]``: how self-adoption reaches Glance (keystoneauth; a password plugin shown for the sample)."""
+    from keystoneauth1 import loading as ks_loading
+
+    options: list[cfg.Opt] = (ks_loading.get_session_conf_options() + ks_loading.get_adapter_conf_options()
+               + ks_loading.get_auth_common_conf_options())
+    names = {option.dest for option in options}
+    return options + [option for option in ks_loading.get_auth_plugin_conf_options("password")
+                      if option.dest not in names]
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """boot.conf's own sections, for oslo-config-generator (namespace ``imgsign.boot``; the key manager's
+    are namespaces ``imgsign`` and ``castellan.config``)."""
+    return [(GROUP, boot_opts()), (GLANCE_GROUP, glance_opts())]
+
+
+def load_options(path: str | None) -> cfg.ConfigOpts:
+    """boot.conf at ``path`` (None: the defaults) in a private ConfigOpts, every value checked.
+
+    The environment never overrides the file (``use_env=False``): the hook's validated snapshot is
+    keyed by the file alone."""
+    from keystoneauth1 import loading as ks_loading
+    from oslo_config import cfg
+
+    from imgsign.conf import raw_sections
+    from imgsign.keymanager import config as km_config
+
+    conf = cfg.ConfigOpts()
+    conf.register_opts(boot_opts(), group=GROUP)
+    km_config.register_opts(conf)
+    ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
+    if path is not None:
+        _check_names(path, raw_sections(path))
+    km_config.parse(conf, path, use_env=False)
+    return conf
+
+
+def _check_names(path: str, sections: dict[str, dict[str, list[str]]]) -> None:
+    """A name in ``[boot]`` that is no option is refused (a typo must not fall back to a default)."""
+    known = {option.dest for option in boot_opts()}
+    for section, values in sections.items():
+        if section.lower() != GROUP:
+            continue
+        unknown = sorted(name for name in values if name not in known)
+        if unknown:
+            shown = ", ".join(name[:60] for name in unknown[:5])
+            raise InputError(f"{path}: [boot] has no option {shown} (options: {', '.join(sorted(known))})")
+
+
+def _settings_from(conf: cfg.ConfigOpts, path: str | None) -> BootSettings:
+    """The ``[boot]`` values of a loaded boot.conf (``adopt`` resolved)."""
+    boot = conf[GROUP]
+    adopt = boot.adopt if boot.adopt is not None else bool(conf[GLANCE_GROUP].auth_type)
+    return BootSettings(
+        path=path, mode=boot.mode, trusted_certificate_ids=tuple(boot.trusted_certificate_ids),
+        max_fast_path_age=float(boot.max_fast_path_age), seal_bases=boot.seal_bases,
+        lock_timeout=float(boot.lock_timeout), instances_path=boot.instances_path, state_dir=boot.state_dir,
+        log_file=boot.log_file or None, allow_unverified=tuple(boot.allow_unverified), adopt=bool(adopt),
+        adopt_timeout=float(boot.adopt_timeout), adopt_by_conversion=bool(boot.adopt_by_conversion),
+        adopt_conversion_max_size=int(boot.adopt_conversion_max_size),
+        adopt_conversion_timeout=float(boot.adopt_conversion_timeout))
+
+
+def validate(path: str | None) -> BootSettings:
+    """boot.conf at ``path`` (None: the defaults) checked in full (every section), without a snapshot."""
+    return _settings_from(load_options(path), path)

@@ -88,8 +88,7 @@ NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 NOT_IMAGES = ("ephemeral_", "swap_")
 #: Kinds of guest storage the hook cannot verify (libvirt disk types, ``filesystem`` shares, SCSI ``hostdev``
 #: pass-through and file-backed ``memory`` devices such as vPMEM), which ``allow_unverified`` may allow.
-UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", "vhostvdpa", "filesystem",
-                      "hostdev", "memory")
+UNVERIFIABLE_KINDS = boot_config.UNVERIFIABLE_KINDS
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 #: Host files read at boot, by role: the ``<os>`` elements, ACPI tables and fw_cfg entries.
 BOOT_FILES = {"kernel": "<os><kernel>", "initrd": "<os><initrd>", "dtb": "<os><dtb>", "loader": "<os><loader>",

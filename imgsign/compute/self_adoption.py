@@ -10,7 +10,7 @@ manager, and hands them to :func:`imgsign.compute.adoption.adopt`, which verifie
 writes its record; every later boot is the usual offline check, with no network call.
 
 Configuration (``boot.conf``, the hook's own file, read with oslo.config as Nova reads ``nova.conf``;
-options: :mod:`imgsign.conf.boot`):
+options: :mod:`imgsign.compute.boot_config`):
 
 * ``[glance]``: keystoneauth options (``keystoneauth1.loading``: ``auth_type`` and the plugin's
   options, session ``cafile``/``insecure``/``timeout``..., adapter ``endpoint_override``,
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from imgsign._internal import netlimits
 from imgsign._internal.deadline import Deadline
-from imgsign.compute import qemu_img
+from imgsign.compute import boot_config, qemu_img
 from imgsign.compute.boot import BootDecision, Mode
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.errors import (
@@ -81,10 +81,10 @@ if TYPE_CHECKING:
     from imgsign.policy import Policy
 
 #: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = boot_config.DEFAULT_ADOPT_TIMEOUT
 #: Seconds for the download and conversion of one adoption by conversion.
-DEFAULT_CONVERSION_TIMEOUT = 600.0
-GLANCE_GROUP = "glance"
+DEFAULT_CONVERSION_TIMEOUT = boot_config.DEFAULT_CONVERSION_TIMEOUT
+GLANCE_GROUP = boot_config.GLANCE_GROUP
 #: Glance properties naming more images Nova downloads into ``_base`` for an instance.
 AUXILIARY_IMAGES = ("kernel_id", "ramdisk_id")
 #: The qcow2 magic (a base that starts with it is the downloaded qcow2 itself, not a conversion).
@@ -360,16 +360,12 @@ class _Settings:
         or not set and ``[glance] auth_type`` is."""
         if path is None:  # a HookConfig made in code, not read from a file
             return cls(None, DEFAULT_TIMEOUT)
-        from imgsign.compute import boot_config
-
         boot = boot_config.load(path)  # checked in full, or its validated snapshot
         if not boot.adopt:
             return cls(None, boot.adopt_timeout)
-        from imgsign.conf import boot as boot_options
-
         conversion = ConversionOptions(boot.adopt_by_conversion, boot.adopt_conversion_max_size,
                                        boot.adopt_conversion_timeout)
-        return cls(boot_options.load(path), boot.adopt_timeout, conversion)
+        return cls(boot_config.load_options(path), boot.adopt_timeout, conversion)
 
     def glance(self) -> Any:
         """A Glance client with the ``[glance]`` credentials, every request limited to the timeout."""

@@ -4,7 +4,8 @@ One module per file, each with a ``list_opts()`` registered under the ``oslo.con
 (so ``oslo-config-generator`` writes a sample and ``oslo_config.sphinxext`` documents it):
 
 * ``imgsign.conf`` (namespace ``imgsign``, :mod:`imgsign.keymanager.config`): the key manager and trust;
-* ``boot.conf`` (namespace ``imgsign.boot``, :mod:`imgsign.conf.boot`): the boot hook and ``imgsign boot``;
+* ``boot.conf`` (namespace ``imgsign.boot``, :mod:`imgsign.compute.boot_config`): the boot hook and
+  ``imgsign boot``;
 * Glance's configuration (namespace ``imgsign.glance_import``, :mod:`imgsign.conf.glance_import`).
 
 oslo.config checks a value only when something reads it, and its message quotes the value (which
@@ -15,7 +16,7 @@ option, the file and what the option takes instead, never the value.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from oslo_config import cfg, types
@@ -49,18 +50,18 @@ class Seconds(types.Float):
 
 
 class Size(types.ConfigType):
-    """A positive number of bytes: digits with an optional binary unit (``20G`` = 20 GiB)."""
+    """A positive number of bytes, as ``parse`` reads it (``20G`` = 20 GiB): it raises
+    :class:`~imgsign.errors.InputError` for anything else."""
 
-    def __init__(self) -> None:
+    def __init__(self, parse: Callable[[str, str], int]) -> None:
         super().__init__(type_name="size in bytes (K, M, G, T: powers of 1024)")
+        self.parse = parse
 
     def __call__(self, value: Any) -> int:
-        from imgsign.compute.conversion_adoption import parse_size
-
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
         try:
-            return parse_size(str(value), "the size")
+            return self.parse(str(value), "the size")
         except InputError:
             raise ValueError("not a positive number of bytes") from None
 
@@ -94,8 +95,6 @@ def check_values(conf: cfg.ConfigOpts, path: str | None, groups: Iterable[str] |
     (``max_chain_depth = lots``) is an :class:`InputError` at start naming the option and the file, not
     an error (or nothing) later, when some command happens to read it.  ``raw`` (:func:`raw_sections`)
     lets the message say when the value holds a ``#`` (an inline comment, which oslo.config keeps)."""
-    from imgsign.keymanager.config import describe_error
-
     names = list(groups) if groups is not None else [name for name in conf if _is_group(conf, name)]
     for group in names:
         for name in list(conf[group]):
@@ -154,6 +153,19 @@ def _describe(kind: Any) -> str:
     elif regex is not None and getattr(regex, "pattern", None) == KEY_MANAGER_ID:
         takes = "key-manager ids (1-255 printable characters, no spaces)"
     return takes + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An oslo.config or keystoneauth error about a configuration, never quoting a line of it nor what
+    follows a ``$`` (oslo.config takes ``pa$sword`` for a reference to an option "sword")."""
+    from imgsign._internal import redact
+
+    if isinstance(exc, (cfg.ConfigFileParseError, cfg.ParseError)):
+        return redact.describe_parse_error(exc)
+    if isinstance(exc, (cfg.NoSuchOptError, cfg.NoSuchGroupError, cfg.TemplateSubstitutionError)):
+        return ("a value holds a '$' that does not name another option (oslo.config substitutes $name and "
+                "${name}; write $$ for a '$')")
+    return f"{type(exc).__name__}: {exc}"
 
 
 #: ``regex`` of the options that take an absolute path (with or without an empty value) or key-manager ids.

@@ -269,15 +269,10 @@ def parse(conf: cfg.ConfigOpts, path: str | None, *, use_env: bool = True) -> cf
 
 def describe_error(exc: BaseException) -> str:
     """An oslo.config or keystoneauth error about a configuration, never quoting a line of it nor what
-    follows a ``$`` (oslo.config takes ``pa$sword`` for a reference to an option "sword")."""
-    from oslo_config import cfg
+    follows a ``$`` (:func:`imgsign.conf.describe_error`)."""
+    from imgsign.conf import describe_error as describe
 
-    if isinstance(exc, (cfg.ConfigFileParseError, cfg.ParseError)):
-        return redact.describe_parse_error(exc)
-    if isinstance(exc, (cfg.NoSuchOptError, cfg.NoSuchGroupError, cfg.TemplateSubstitutionError)):
-        return ("a value holds a '$' that does not name another option (oslo.config substitutes $name and "
-                "${name}; write $$ for a '$')")
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)
 
 
 def backend_name(conf: cfg.ConfigOpts) -> str:
