@@ -10,8 +10,10 @@ Every error is an :class:`imgsign.errors.ImgsignError` subclass with a CLI exit 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+#: Not ``typing.TYPE_CHECKING``: importing :mod:`typing` (and :mod:`importlib`) costs milliseconds that
+#: every libvirt hook call pays (``imgsign-libvirt-hook`` imports this package first); type checkers
+#: treat any ``TYPE_CHECKING`` name as true.
+TYPE_CHECKING = False
 
 #: Public name -> module that defines it.  Loaded on first use (PEP 562), so a short CLI run
 #: imports only what it needs.
@@ -67,6 +69,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'imgsign' has no attribute {name!r}")
@@ -80,6 +84,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from imgsign.algorithms import HashMethod, KeyType
     from imgsign.certificates import certificate_public_key, check_signing_certificate, load_certificate
     from imgsign.chain import TrustAnchors, validate_chain
