@@ -10,10 +10,13 @@ Every error is an :class:`imgsign.errors.ImgsignError` subclass with a CLI exit 
 
 from __future__ import annotations
 
-#: Not ``typing.TYPE_CHECKING``: importing :mod:`typing` (and :mod:`importlib`) costs milliseconds that
-#: every libvirt hook call pays (``imgsign-libvirt-hook`` imports this package first); type checkers
-#: treat any ``TYPE_CHECKING`` name as true.
+import importlib
+
+#: ``typing.TYPE_CHECKING`` without importing typing: every process that imports imgsign (the boot hook
+#: on each call) would pay for it (mypy treats any name TYPE_CHECKING so).
 TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Public name -> module that defines it.  Loaded on first use (PEP 562), so a short CLI run
 #: imports only what it needs.
@@ -69,8 +72,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'imgsign' has no attribute {name!r}")
@@ -84,8 +85,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from imgsign.algorithms import HashMethod, KeyType
     from imgsign.certificates import certificate_public_key, check_signing_certificate, load_certificate
     from imgsign.chain import TrustAnchors, validate_chain
