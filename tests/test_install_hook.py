@@ -164,14 +164,32 @@ def test_old_libvirt_gets_hooks_qemu_unless_another_hook_is_there(tree: Tree) ->
     assert (tree.hooks / "qemu.d" / "imgsign").exists()
 
 
-def test_an_older_hand_installed_copy_in_hooks_qemu_is_replaced_by_qemu_d(tree: Tree) -> None:
-    """The old README's install (hooks/libvirt-qemu copied to hooks/qemu) would run the check twice."""
+def test_a_hand_installed_copy_of_imgsigns_hook_is_named_never_replaced(tree: Tree) -> None:
+    """The old README's install (hooks/libvirt-qemu copied to hooks/qemu): a copy may have been changed, so
+    it is another hook; install-hook says to remove it (in qemu.d, the check would run twice)."""
     tree.hooks.mkdir()
-    (tree.hooks / "qemu").write_text("#!/usr/bin/python3\n" + (REPO / "hooks" / "libvirt-qemu").read_text())
+    copy = tree.hooks / "qemu"
+    text = "#!/usr/bin/python3\n" + (REPO / "hooks" / "libvirt-qemu").read_text().split("\n", 1)[1]
+    copy.write_text(text)
     result = tree.install()
     assert result.code == 0, result
-    assert not (tree.hooks / "qemu").exists() and (tree.hooks / "qemu.d" / "imgsign").exists()
-    assert "removed the older imgsign hook" in result.stdout
+    assert copy.read_text() == text and (tree.hooks / "qemu.d" / "imgsign").exists()
+    assert f"next: remove {copy}: it is a copy of imgsign's hook installed by hand" in result.stdout, result
+    (tree.hooks / "qemu.d" / "imgsign").unlink()
+    (tree.hooks / "qemu.d").rmdir()
+    old = tree.install(version="6.4")
+    assert old.code == errors.InputError.exit_code, old
+    assert f"{copy} is a copy of imgsign's hook installed by hand: not replaced" in old.stderr, old
+    assert copy.read_text() == text
+    # The marker counts only where install-hook writes it, on the line after #!.
+    assert not hook_install.is_imgsign_hook(f"#!/bin/sh\necho '{hook_install.MARKER}'\n".encode())
+
+
+def test_paths_that_would_break_the_hook_script_are_refused(tree: Tree) -> None:
+    for python, config in (("/opt/imgsign/bin/python3", f"{tree.root}/boot\nimport os.conf"),
+                           ("/opt/x\n/python3", None), ("/" + "d" * 300 + "/python3", None), ("python3", None)):
+        with pytest.raises(errors.InputError):
+            hook_install.hook_script(python, "0", config)
 
 
 @pytest.mark.parametrize("breakage", ["nova-owns-instances", "nova-owns-parent", "no-base", "group-writable-base",

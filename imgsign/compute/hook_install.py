@@ -4,7 +4,8 @@ libvirt runs ``<libvirt dir>/hooks/qemu`` and, from libvirt 6.5 on (monolithic `
 modular ``virtqemud`` alike), every executable file in ``hooks/qemu.d/`` in name order; a start
 fails when any of them exits non-zero.  The hook goes into ``qemu.d/<name>`` when that directory
 exists or libvirt is new enough for it, else into ``hooks/qemu`` when no other hook is there.
-Another hook is never replaced; imgsign's own is replaced (atomically) only when it differs.
+Another hook is never replaced, not even a copy of imgsign's made by hand (it is named, for the operator
+to remove); the hook this command wrote (its marker line) is replaced, atomically, only when it differs.
 
 Before anything is written this checks what the hook will enforce, so that a host set up by this
 command does not refuse every boot: the path to ``$instances_path/_base`` (the hook's exit 63, see
@@ -40,8 +41,10 @@ DEFAULT_NAME = "imgsign"
 QEMU_D_SINCE = (6, 5)
 #: The line that marks a hook file as written by this command (and so replaceable by it).
 MARKER = "# imgsign-libvirt-hook: written by `imgsign boot install-hook`"
-#: Lines by which an imgsign hook installed by hand is recognised: a copy of ``hooks/libvirt-qemu``
-#: (older ones called ``libvirt_hook.main`` directly) or of the ``imgsign-libvirt-hook`` console script.
+#: Linux reads at most this much of a script's ``#!`` line (BINPRM_BUF_SIZE, 256 since Linux 5.1).
+_SHEBANG_MAX = 255
+#: Lines by which an imgsign hook installed by hand is recognised (to say so, never to replace it): a copy
+#: of ``hooks/libvirt-qemu`` (older ones called ``libvirt_hook.main`` directly) or of the console script.
 _OWN_CALLS = (b"from imgsign.compute.hook_entry import main", b"from imgsign.compute.libvirt_hook import main")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VERSION = re.compile(r"(\d+)\.(\d+)")
@@ -116,10 +119,15 @@ class Report:
 def hook_script(python: str, version: str, config: str | None = None) -> bytes:
     """The hook file's bytes: ``python`` runs :func:`imgsign.compute.hook_entry.main`; ``config``, when not
     the default ``boot.conf``, becomes ``IMGSIGN_BOOT_CONFIG`` (libvirt runs hooks with an empty environment)."""
-    if any(char.isspace() for char in python) or not os.path.isabs(python):
+    if any(char.isspace() for char in python) or not python.isprintable() or not os.path.isabs(python):
         raise InputError(f"the hook's interpreter must be an absolute path without spaces, not {python!r}")
+    if len(f"#!{python} -I") > _SHEBANG_MAX:
+        raise InputError(f"the hook's interpreter path {python} is too long for a #! line ({_SHEBANG_MAX} bytes): "
+                         "install imgsign into a venv with a shorter path")
     environment = ""
     if config is not None:
+        if not config.isprintable():
+            raise InputError(f"the hook's configuration path must be printable, not {config!r}")
         environment = ('import os\n\n'
                        f'os.environ.setdefault("IMGSIGN_BOOT_CONFIG", {config!r})  # libvirt passes no environment\n')
     return HOOK_SCRIPT.format(python=python, marker=MARKER, version=version, config=config or "/etc/imgsign/boot.conf",
@@ -127,9 +135,23 @@ def hook_script(python: str, version: str, config: str | None = None) -> bytes:
 
 
 def is_imgsign_hook(data: bytes) -> bool:
-    """Is this hook file imgsign's (written by this command, or a copy of ``hooks/libvirt-qemu`` or of the
-    console script made by hand)?"""
-    return MARKER.encode() in data or any(call in data for call in _OWN_CALLS)
+    """Was this hook file written by this command (its marker line), so that it may replace it?"""
+    lines = data.split(b"\n", 2)
+    return len(lines) > 1 and lines[1].startswith(MARKER.encode())  # the line after the #! line
+
+
+def looks_like_imgsign_hook(data: bytes) -> bool:
+    """Is this a copy of imgsign's hook made by hand (``hooks/libvirt-qemu``, the console script)?  Such a
+    file is named to the operator, never replaced: a copy may have been changed."""
+    return any(call in data for call in _OWN_CALLS)
+
+
+def _another_hook(path: str, data: bytes) -> str:
+    """The refusal's text for another hook at ``path``."""
+    if looks_like_imgsign_hook(data):
+        return (f"{path} is a copy of imgsign's hook installed by hand: not replaced (a copy may have been "
+                "changed); remove it and run this command again")
+    return f"another hook is installed as {path}: not replaced"
 
 
 def libvirt_version(explicit: str | None = None) -> tuple[int, int] | None:
@@ -335,7 +357,7 @@ def choose_target(hooks_dir: str, name: str, version: tuple[int, int] | None) ->
     if existing is not None and not is_imgsign_hook(existing):
         seen = "no libvirt daemon found here" if version is None else f"libvirt {version[0]}.{version[1]}"
         raise InputError(
-            f"another hook is installed as {legacy} and {qemu_d} does not exist ({seen}; libvirt reads qemu.d "
+            f"{_another_hook(legacy, existing)}, and {qemu_d} does not exist ({seen}; libvirt reads qemu.d "
             f"from 6.5 on): not replaced. With libvirt >= 6.5 pass --libvirt-version (or create {qemu_d}); "
             f"otherwise call imgsign-libvirt-hook from {legacy} yourself")
     return legacy, False
@@ -388,10 +410,10 @@ def install(*, libvirt_dir: str = DEFAULT_LIBVIRT_DIR, name: str = DEFAULT_NAME,
     script = hook_script(python, version, None if config_is_default else os.path.abspath(config_path))
     existing = _read_hook(target)
     if existing is not None and not is_imgsign_hook(existing):
-        raise InputError(f"another hook is installed as {target}: not replaced (give imgsign's another --name, "
-                         "or remove that hook)")
+        raise InputError(f"{_another_hook(target, existing)} (give imgsign's hook another --name, or remove "
+                         "that one)")
     legacy = os.path.join(hooks_dir, "qemu")
-    legacy_own = target != legacy and is_imgsign_hook(_read_hook(legacy) or b"")
+    legacy_copy = target != legacy and looks_like_imgsign_hook(_read_hook(legacy) or b"")
 
     # 2. The configuration directory and a template boot.conf.
     if not config_dir_exists:
@@ -426,10 +448,9 @@ def install(*, libvirt_dir: str = DEFAULT_LIBVIRT_DIR, name: str = DEFAULT_NAME,
         report.changed = True
         report.done.append(f"{'replaced imgsign hook' if existing is not None else 'installed'} {target} "
                            f"(root:root, 0755), running {python}")
-    if legacy_own:
-        os.unlink(legacy)
-        report.changed = True
-        report.done.append(f"removed the older imgsign hook {legacy} (it would run the same check twice)")
+    if legacy_copy:
+        report.next.append(f"remove {legacy}: it is a copy of imgsign's hook installed by hand, which libvirt runs "
+                           f"as well as {target} (the same check twice); this command does not remove it")
     if report.changed:
         report.next.append("restart libvirt so that it finds the hook: `systemctl restart libvirtd` (monolithic "
                            "daemon) or `systemctl restart virtqemud` (modular daemons); in a container, restart it "
