@@ -301,3 +301,32 @@ def test_entry_point_checks_nothing_for_other_operations(monkeypatch: pytest.Mon
             "assert main() == 0\n"
             "assert not [m for m in sys.modules if m.startswith('imgsign.compute.libvirt_hook') or m == 'typing']\n")
     subprocess.run([sys.executable, "-I", "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("breakage", ["world-writable", "group-writable", "not-root", "directory-writable"])
+def test_the_hook_refuses_a_boot_conf_others_could_change(tmp_path: Path, breakage: str) -> None:
+    """The sibling at run time: whoever can change boot.conf decides what boots (mode = warn), so the hook,
+    run as root, refuses (63) one that is not root's, that others may write, or that others may replace
+    (its directory); one others may only read is still used (as before; install-hook makes it 0600)."""
+    (tmp_path / "host").mkdir()
+    host = Host(tmp_path / "host")
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    xml = domain_xml(instance, image_id, [(disk, "qcow2")])
+    assert host.hook(instance, xml).returncode == 0  # root's, 0644
+    loose = tmp_path / "loose"
+    if breakage == "world-writable":
+        host.config.chmod(0o666)
+    elif breakage == "group-writable":
+        host.config.chmod(0o620)
+    elif breakage == "not-root":
+        os.chown(host.config, 4242, 4242)
+    else:
+        loose.mkdir()
+        loose.chmod(0o777)
+        moved = loose / "boot.conf"
+        host.config.rename(moved)
+        host.config = moved
+    refused = host.hook(instance, xml)
+    assert refused.returncode == errors.InsecureState.exit_code, refused
+    assert f"hook configuration {host.config}" in refused.stderr and "decides what boots" in refused.stderr

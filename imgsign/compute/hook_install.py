@@ -268,6 +268,9 @@ def check_private_file(path: str, what: str) -> bool:
         raise InsecureState(f"{what} {path} is owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}: "
                             "it can hold a Glance password and decides what boots, so it must be root's and 0600 "
                             f"(`chown root:root {path} && chmod 0600 {path}`)")
+    problem = protection.replaceable_by_others(path)
+    if problem is not None:
+        raise InsecureState(f"{what} {path}: {problem}; whoever can replace it decides what boots")
     return True
 
 
