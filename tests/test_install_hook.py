@@ -330,3 +330,22 @@ def test_the_hook_refuses_a_boot_conf_others_could_change(tmp_path: Path, breaka
     refused = host.hook(instance, xml)
     assert refused.returncode == errors.InsecureState.exit_code, refused
     assert f"hook configuration {host.config}" in refused.stderr and "decides what boots" in refused.stderr
+
+
+def test_an_installed_hook_whose_python_lost_imgsign_refuses_checked_starts_only(tmp_path: Path) -> None:
+    """A broken install (the venv gone or changed) refuses prepare/start with a message, exit 1; every other
+    call still exits 0 at once, importing nothing (a migration or a stop is not blocked by it)."""
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK) or subprocess.run([python, "-I", "-c", "import imgsign"],
+                                                           capture_output=True, check=False).returncode == 0:
+        pytest.skip(f"needs a {python} without imgsign")
+    hook = tmp_path / "imgsign"
+    hook.write_bytes(hook_install.hook_script(python, "0"))
+    hook.chmod(0o755)
+    env = {**LIBVIRT_ENV, "PYTHONPATH": str(REPO)}  # -I: not even this finds the checkout
+    refused = subprocess.run([str(hook), "vm", "prepare", "begin", "-"], input="", capture_output=True, text=True,
+                             env=env, timeout=60, check=False)
+    assert refused.returncode == 1 and "imgsign: refusing to start 'vm': cannot load imgsign" in refused.stderr, refused
+    quiet = subprocess.run([str(hook), "vm", "release", "end", "-"], input="", capture_output=True, text=True,
+                           env=env, timeout=60, check=False)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", ""), quiet
