@@ -357,10 +357,10 @@ def boot_install_hook(libvirt_dir: str, name: str, config_path: str | None, inst
     from imgsign.compute import hook_install
     from imgsign.compute.libvirt_hook import DEFAULT_CONFIG
 
-    configured = config_path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG
+    configured = os.path.abspath(config_path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG)
     report = hook_install.install(
         libvirt_dir=libvirt_dir, name=name, config_path=configured,
-        config_is_default=os.path.abspath(configured) == DEFAULT_CONFIG, instances_path=instances_path,
+        config_is_default=configured == DEFAULT_CONFIG, instances_path=instances_path,
         python=sys.executable, version=importlib.metadata.version("imgsign"),
         libvirt=hook_install.libvirt_version(libvirt_version), check_instances=not no_instances_check)
     for line in report.done:
