@@ -38,7 +38,7 @@ from imgsign import errors
 from imgsign.compute.trust_record import cache_name
 from tests.conftest import CERT_UUID, REPO, cert_of, key_of, run_cli
 from tests.test_boot_hook import domain_xml
-from tests.test_install_hook import LIBVIRT_ENV
+from tests.test_install_hook import libvirt_env
 from tests.test_real_images import qemu
 
 GUIDE = REPO / "doc" / "source" / "install" / "compute-host.md"
@@ -74,8 +74,7 @@ def run_guide(wheel_dir: Path, pairs: list[tuple[str, str]], etc_imgsign: Path) 
     lines = [line for block in guide_blocks(GUIDE.read_text()) for line in block.splitlines()
              if not line.startswith(NOT_RUN)]
     script = "set -eux\n" + substitute("\n".join(lines), pairs) + "\n"
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
+    env = libvirt_env(HOME=os.environ.get("HOME", "/root"), LC_ALL="C.UTF-8")
     proc = subprocess.run(["bash", "-c", script], cwd=wheel_dir, capture_output=True, text=True, env=env,
                           timeout=900, check=False)
     assert proc.returncode == 0, f"the guide's commands failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -120,7 +119,7 @@ class InstalledHost:
 
     def imgsign(self, *args: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(self.venv / "bin" / "imgsign"), *map(str, args)], capture_output=True, text=True,
-                              timeout=300, check=False, env={**LIBVIRT_ENV, "IMGSIGN_BOOT_CONFIG": str(self.config)})
+                              timeout=300, check=False, env=libvirt_env(IMGSIGN_BOOT_CONFIG=str(self.config)))
 
     def image(self, signed: bool = True) -> str:
         """A signed qcow2 (signed by this run's imgsign, as on a workstation) put into _base by the installed
@@ -156,7 +155,7 @@ class InstalledHost:
         instance, disk = self.instance(image_id)
         return subprocess.run([*command, f"instance-{instance[:8]}", operation, "begin", "-"], capture_output=True,
                               text=True, input=domain_xml(instance, image_id, [(disk, "qcow2")]),
-                              env=env or LIBVIRT_ENV, timeout=120, check=False)
+                              env=env or libvirt_env(), timeout=120, check=False)
 
 
 def test_the_guide_sets_up_a_compute_host_from_the_wheel(tmp_path: Path, wheel: Path, venv: Path) -> None:
@@ -183,7 +182,7 @@ def test_the_guide_sets_up_a_compute_host_from_the_wheel(tmp_path: Path, wheel: 
     assert "imgsign: refusing to start instance" in refused.stderr
     # The console script in the venv's bin/ is the same hook (it reads $IMGSIGN_BOOT_CONFIG like the CLI).
     console = [str(venv / "bin" / "imgsign-libvirt-hook")]
-    with_config = {**LIBVIRT_ENV, "IMGSIGN_BOOT_CONFIG": str(host.config)}
+    with_config = libvirt_env(IMGSIGN_BOOT_CONFIG=str(host.config))
     assert host.run_hook(console, signed, env=with_config).returncode == 0
     assert host.run_hook(console, unsigned, env=with_config).returncode == errors.UnsignedImage.exit_code
     assert host.log.exists() and '"allowed": true' in host.log.read_text()

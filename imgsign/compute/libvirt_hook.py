@@ -119,7 +119,6 @@ def load_config(path: str | None = None) -> HookConfig:
     parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
         with open(path) as handle:
-            _check_config_owner(path)
             parser.read_file(handle)
     except FileNotFoundError:
         raise InputError(f"hook configuration {path} does not exist") from None
@@ -168,17 +167,6 @@ def load_config(path: str | None = None) -> HookConfig:
         path=path,
         lock_timeout=lock_timeout,
     )
-
-
-def _check_config_owner(path: str) -> None:
-    """Run as root (as libvirt runs the hook), refuse (63) a configuration someone else could change or
-    replace: whoever can would decide what boots (``mode = warn``, ``allow_unverified``)."""
-    if os.geteuid() != 0:
-        return
-    problem = protection.replaceable_by_others(path)
-    if problem is not None:
-        raise InsecureState(f"hook configuration {path}: {problem}; whoever can change it decides what boots "
-                            f"(`chown root:root {path} && chmod 0600 {path}`, every directory above it root's)")
 
 
 def _list(text: str) -> tuple[str, ...]:
