@@ -107,7 +107,7 @@ def test_entry_points_resolve() -> None:
     for group, entries in project["entry-points"].items():
         targets |= {f"{group}:{name}": target for name, target in entries.items()}
     assert set(targets) == {
-        "imgsign", "castellan.drivers:imgsign", "glance.image_import.plugins:imgsign_verify",
+        "imgsign", "imgsign-libvirt-hook", "castellan.drivers:imgsign", "glance.image_import.plugins:imgsign_verify",
         "glance.image_import.plugins:imgsign_resign", "oslo.config.opts:imgsign.glance_import",
         "openstack.cli.extension:imgsign", "openstack.imgsign.v1:image_sign", "openstack.imgsign.v1:image_verify",
         "openstack.imgsign.v1:image_audit",

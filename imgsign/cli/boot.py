@@ -406,3 +406,43 @@ def boot_release(ctx: click.Context, bases_or_ids: tuple[str, ...], owner: str, 
         say(f"released {os.path.join(image_cache.base_dir(where), name)}"
             + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
                else " (no such file; its record is gone)"))
+
+
+@boot_group.command("install-hook")
+@click.option("--libvirt-dir", default="/etc/libvirt", show_default=True, type=click.Path(file_okay=False),
+              help="libvirt's configuration directory (the hook goes into its hooks/qemu.d/ or hooks/qemu).")
+@click.option("--name", default="imgsign", show_default=True, help="The hook's file name in hooks/qemu.d/.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="The hook's boot.conf, checked or created from a template [default: $IMGSIGN_BOOT_CONFIG, "
+                   "/etc/imgsign/boot.conf]; another path than the default is written into the hook.")
+@click.option("--instances-path", type=click.Path(file_okay=False),
+              help="Nova's instances path, for a new boot.conf [default: boot.conf's, /var/lib/nova/instances].")
+@click.option("--libvirt-version", metavar="X.Y",
+              help="libvirt's version (qemu.d/ is read from 6.5 on) [default: what virtqemud or libvirtd says].")
+@click.option("--no-instances-check", is_flag=True,
+              help="Do not check the instances path (a container image built before the path is mounted); "
+                   "run the command again where it is.")
+def boot_install_hook(libvirt_dir: str, name: str, config_path: str | None, instances_path: str | None,
+                      libvirt_version: str | None, no_instances_check: bool) -> None:
+    """Install the libvirt qemu hook (imgsign-libvirt-hook) for this Python, after checking the host.
+
+    Into LIBVIRT_DIR/hooks/qemu.d/NAME (libvirt >= 6.5, libvirtd or virtqemud), else hooks/qemu when no
+    other hook is there; another hook is never replaced.  Checks first, as the hook will (exit 63): the
+    instances path and its _base, boot.conf (root's, 0600), the Python and package the hook runs as root.
+    Creates the configuration directory (root, 0750) and a boot.conf template (root, 0600) if missing.
+    """
+    import importlib.metadata
+
+    from imgsign.compute import hook_install
+    from imgsign.compute.libvirt_hook import DEFAULT_CONFIG
+
+    configured = os.path.abspath(config_path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG)
+    report = hook_install.install(
+        libvirt_dir=libvirt_dir, name=name, config_path=configured,
+        config_is_default=configured == DEFAULT_CONFIG, instances_path=instances_path,
+        python=sys.executable, version=importlib.metadata.version("imgsign"),
+        libvirt=hook_install.libvirt_version(libvirt_version), check_instances=not no_instances_check)
+    for line in report.done:
+        say(line)
+    for line in report.next:
+        say(f"next: {line}")

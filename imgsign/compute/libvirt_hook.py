@@ -398,9 +398,8 @@ class _Decider:
     def protected(self, path: str) -> None:
         """Raise :class:`InsecureState` when someone other than root could change or replace the verified
         base ``path`` between this check and qemu's open (see :mod:`imgsign.compute.protection`)."""
-        fix = ("(doc/source/install/compute.md, 'Ownership of the instances path': instances_path, _base and every "
-               "directory above them "
-               "root's, e.g. `chown root:nova instances _base; chmod 1775 instances _base`)")
+        fix = ("(doc/source/install/compute-host.md, 'The instances path': instances_path, _base and every "
+               "directory above them root's, e.g. `chown root:nova instances _base; chmod 1775 instances _base`)")
         if self.config.policy.immutable_bases:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
