@@ -18,14 +18,13 @@ from imgsign.cli._common import (
     NON_EMPTY,
     effective_trusted_ids,
     is_quiet,
-    load_properties,
     load_properties_document,
     quiet_option,
     say,
     signing_certificate,
     trust_anchors,
 )
-from imgsign.compute import adoption, boot, image_cache
+from imgsign.compute import adoption, boot, image_cache, image_format
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE, Original, parse_size
 from imgsign.compute.trust_record import RecordStore, cache_name
@@ -84,7 +83,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
                trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, seal: str, lock_timeout: float,
                keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
-    properties = SignatureProperties.from_mapping(load_properties(properties_path))
+    document = load_properties_document(properties_path)
+    properties = SignatureProperties.from_mapping(properties_from_document(document))
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
@@ -96,6 +96,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format, immutable=seal == "immutable",
+            disk_format=image_format.disk_format_of(image_format.with_disk_format(
+                document, properties_from_document(document))),
         )
     click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
 
@@ -188,7 +190,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
     document = load_properties_document(properties_path)
     image_id, instances_path = _adopt_target(base_or_id, image_id, document, instances_path)
-    properties = properties_from_document(document)
+    properties = image_format.with_disk_format(document, properties_from_document(document))
     signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
     certificate = signing_certificate(ctx, cert_path, signed)
     anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)

@@ -10,6 +10,10 @@ before the first slash), one with a ``..`` component, one outside the image cach
 one whose format is not recorded (format probing lets a raw image pose as qcow2),
 or one reached through a symbolic link is refused, and so is a qcow2 external
 data file.  This is the layer-by-layer equivalent of ``qemu-img info --backing-chain``.
+
+:func:`probe` is the other use of ``qemu-img info``: Nova's cross-check that qemu sees the format
+``format_inspector`` detected (:mod:`imgsign.compute.image_format`, which runs first).  It probes
+the format, so it runs with Nova's limits and, under root, as ``nobody``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pwd
+import resource
 import shutil
 import stat
 import subprocess
@@ -50,17 +56,44 @@ def _qemu_img() -> str:
     return path
 
 
-def _info(path: str, fmt: str) -> dict[str, Any]:
+#: Nova's ``QEMU_IMG_LIMITS`` around ``qemu-img info``: 1 GiB of address space, 30 s of CPU.
+PROBE_ADDRESS_SPACE = 1 << 30
+PROBE_CPU_SECONDS = 30
+
+
+def _limit_probe() -> None:  # runs in the child, before exec
+    resource.setrlimit(resource.RLIMIT_AS, (PROBE_ADDRESS_SPACE, PROBE_ADDRESS_SPACE))
+    resource.setrlimit(resource.RLIMIT_CPU, (PROBE_CPU_SECONDS, PROBE_CPU_SECONDS))
+
+
+def _unprivileged() -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``nobody`` (no groups) when we are root, else nothing."""
+    if os.geteuid() != 0:
+        return {}
     try:
-        proc = subprocess.run(
-            [_qemu_img(), "info", "--output=json", "-U", "-f", fmt, path],
-            capture_output=True, text=True, errors="replace", timeout=60, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+    except KeyError:
+        uid = gid = 65534
+    return {"user": uid, "group": gid, "extra_groups": []}
+
+
+def _info(path: str, fmt: str | None, fd: int | None = None) -> dict[str, Any]:
+    """``qemu-img info`` of ``path`` read as ``fmt``; ``fmt=None`` probes the format (limited, unprivileged)
+    of the file behind our descriptor ``fd``, handed to the child (``path`` only names it in errors)."""
+    target = path if fd is None else f"/proc/self/fd/{fd}"
+    command = [_qemu_img(), "info", "--output=json", "-U"] + (["-f", fmt] if fmt else []) + [target]
+    extra: dict[str, Any] = {} if fmt else {"preexec_fn": _limit_probe, **_unprivileged()}
+    if fd is not None:
+        extra["pass_fds"] = (fd,)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=60, check=False,
+                              **extra)
+    except (OSError, subprocess.TimeoutExpired, subprocess.SubprocessError) as exc:
         raise BackendUnavailable(f"cannot run qemu-img: {exc}") from None
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise InputError(f"qemu-img cannot read {path} as {fmt}: {detail}")
+        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1].replace(target, path)
+        raise InputError(f"qemu-img cannot read {path}{' as ' + fmt if fmt else ''}: {detail}")
     try:
         info = json.loads(proc.stdout)
     except ValueError:
@@ -92,6 +125,33 @@ def inspect(path: str, fmt: str) -> Layer:
     return Layer(os.path.abspath(path), fmt, backing, _text(info, "backing-filename-format"),
                  _text(info, "full-backing-filename"),
                  size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probed:
+    """What ``qemu-img info`` (format probed) says of a file: its format, backing name and data file."""
+
+    format: str
+    backing: str | None
+    data_file: str | None
+    virtual_size: int | None
+
+
+def probe(fd: int, what: str) -> Probed:
+    """``qemu-img info`` without ``-f`` of the file behind ``fd``: the format qemu itself finds, as Nova's
+    ``fetch_to_raw`` asks it after format inspection.  Only for a file
+    :func:`imgsign.compute.image_format.check_format` accepted; under root the file must be readable by
+    others (the child runs as ``nobody``)."""
+    info = _info(what, None, fd)
+    specific = info.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    data_file = data.get("data-file") if isinstance(data, dict) else None
+    backing = _text(info, "backing-filename")
+    if backing is None and ("backing-filename" in info or "full-backing-filename" in info):
+        backing = _text(info, "full-backing-filename") or ""
+    size = info.get("virtual-size")
+    return Probed(_text(info, "format") or "?", backing, str(data_file) if data_file else None,
+                  size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
 
 
 def has_protocol(name: str) -> bool:
