@@ -302,30 +302,74 @@ def _split_base_path(path: str) -> tuple[str, str]:
 
 
 @boot_group.command("release")
-@click.argument("bases_or_ids", nargs=-1, required=True)
+@click.argument("bases_or_ids", nargs=-1)
+@click.option("--unused", is_flag=True,
+              help="Release every adopted base (one with a trust record) in --instances-path that no instance disk "
+                   "uses; keep the others.")
+@click.option("--force", is_flag=True,
+              help="Release a named base even while an instance disk uses it (with a warning).")
 @click.option("--owner", default="nova", show_default=True,
               help="User (and their group) to give each base to, so Nova's image cache manager can remove it.")
 @click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
 @_LOCK_TIMEOUT_OPTION
-def boot_release(bases_or_ids: tuple[str, ...], owner: str, instances_path: str, state_dir: str,
-                 lock_timeout: float) -> None:
-    """Unseal bases Nova may remove (image ids or _base/<sha1> paths): the flag, owner and record go.
+def boot_release(bases_or_ids: tuple[str, ...], unused: bool, force: bool, owner: str, instances_path: str,
+                 state_dir: str, lock_timeout: float) -> None:
+    """Unseal bases Nova may remove (image ids or _base/<sha1> paths, or --unused): the flag, owner and record go.
 
     A sealed base is immutable (README, "Sealed bases"), so Nova's image cache manager cannot remove it
     once no instance uses it; release it first.  Booting from a released base adopts or refuses it anew.
+    A base an instance disk still uses (its qcow2 chain names it) is not released (exit 66) unless
+    --force is given.
     """
     import pwd
 
+    from imgsign.compute import base_users
+
+    if unused == bool(bases_or_ids):
+        raise click.UsageError("give the bases to release (image ids or _base paths), or --unused")
+    if unused and force:
+        raise click.UsageError("--unused releases only bases no instance uses: --force does not go with it")
     try:
         user = pwd.getpwnam(owner)
     except KeyError:
         raise click.BadParameter(f"no user {owner!r} on this host", param_hint="--owner") from None
     records = RecordStore(state_dir, lock_timeout=lock_timeout)
-    for base_or_id in bases_or_ids:
-        where, name = _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path,
-                                                                                cache_name(base_or_id))
-        found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
-        say(f"released {os.path.join(image_cache.base_dir(where), name)}"
-            + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
-               else " (no such file; its record is gone)"))
+    targets = _adopted_bases(instances_path, records) if unused else [
+        _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path, cache_name(base_or_id))
+        for base_or_id in bases_or_ids]
+    if unused and not targets:
+        say(f"no adopted base in {image_cache.base_dir(instances_path)}")
+    busy = []
+    for where in dict.fromkeys(where for where, _ in targets):
+        names = [name for place, name in targets if place == where]
+        users = base_users.users_of(where, names)
+        for name in names:
+            path = os.path.join(image_cache.base_dir(where), name)
+            if users[name] and unused:
+                say(f"kept {path}: used by {', '.join(users[name])}")
+                continue
+            if users[name] and not force:
+                busy.append(f"{path} is used by {', '.join(users[name])}")
+                continue
+            if users[name]:
+                say(f"imgsign: WARNING: releasing {path} while {', '.join(users[name])} uses it: nova can now "
+                    "change it under the instance, whose next boot adopts or refuses it anew", err=True)
+            found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
+            say(f"released {path}" + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
+                                      else " (no such file; its record is gone)"))
+    if busy:
+        raise errors.BaseBusy(f"not released: {'; '.join(busy)} (an instance still uses it; give --force to "
+                              "release it anyway)")
+
+
+def _adopted_bases(instances_path: str, records: RecordStore) -> list[tuple[str, str]]:
+    """``(instances path, name)`` of every base in ``_base`` that has a trust record (``--unused``)."""
+    import re
+
+    cache = image_cache.base_dir(instances_path)
+    try:
+        names = sorted(name for name in os.listdir(cache) if re.fullmatch(r"[0-9a-f]{40}", name))
+    except OSError as exc:
+        raise errors.InputError(f"cannot list the image cache {cache}: {exc.strerror}") from None
+    return [(instances_path, name) for name in names if records.recorded(name)]
