@@ -184,7 +184,11 @@ def inspect_image(fd: int, what: str, disk_format: str | None = None, *, may_be_
     from imgsign.compute import qemu_img
 
     detected, qemu_format = check_format(fd, what, disk_format, may_be_converted=may_be_converted)
-    info = qemu_img.probe(fd, what)
+    try:
+        info = qemu_img.probe(fd, what)
+    except InputError as exc:  # format_inspector accepted what qemu cannot open: they disagree
+        raise UnsafeImage(f"{what}: format inspection says {detected} but {exc.message} "
+                          "(Nova refuses what qemu-img cannot read)") from None
     if info.format != qemu_format:
         raise UnsafeImage(f"{what}: format inspection says {detected} but qemu-img reads it as {info.format} "
                           "(Nova: 'Image content does not match disk_format')")
