@@ -105,14 +105,14 @@ def _chain_uses(top: str, cache_identity: tuple[int, int] | None, by_identity: d
             return [(name, f" (its header cannot be read, so it may use the base: {reason})") for name in names]
         if not backing:
             return []
-        try:
-            target = qemu_img.plain_path(backing, path, "backing file")
-        except ImgsignError:  # a protocol or JSON name: a use of every base it mentions
+        if qemu_img.has_protocol(backing):  # a protocol or JSON name: a use of every base it mentions
             return [(name, " (through a backing name that is not a plain file)") for name in names if name in backing]
+        # As qemu opens it: relative to the overlay's directory, '..' and links resolved by the kernel.
+        target = os.path.join(os.path.dirname(path), backing)
         identity = _identity(target)
         if identity in by_identity:
             return [(by_identity[identity], "")]
-        directory, base_name = os.path.split(target)
+        directory, base_name = os.path.split(os.path.normpath(target))
         if base_name in names and (_identity_of_dir(directory) == cache_identity or
                                    os.path.basename(directory) == qemu_img.CACHE):
             return [(base_name, "")]
