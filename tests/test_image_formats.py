@@ -347,3 +347,31 @@ def adoption_host():
     nova_writable_cache(host.instances)
     yield host
     shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_hook_refuses_a_base_read_as_another_format_than_it_was_verified_as(tmp_path):
+    """A qcow2 base kept as qcow2 (force_raw_images = False), under an overlay whose header says its
+    backing file is raw: qemu would parse the verified bytes as another format than imgsign inspected.
+    main allowed it (the record's format was never compared)."""
+    import uuid
+
+    from tests.conftest import CERT_UUID, cert_of, key_of, run_cli
+    from tests.test_boot_hook import Host
+
+    host = Host(tmp_path)
+    image_id = str(uuid.uuid4())
+    source = plain_qcow2(tmp_path / "kept.qcow2")
+    props = tmp_path / "kept.json"
+    signed = run_cli("sign", source, "--key", key_of("RSA-PSS"), "--cert-uuid", CERT_UUID)
+    assert signed.code == 0, signed
+    props.write_text(signed.stdout)
+    cached = run_cli("boot", "cache", source, "--image-id", image_id, "--properties", props, "--keep-format",
+                     "--cert", cert_of("RSA-PSS"), "--instances-path", host.instances, "--state-dir", host.state)
+    assert cached.code == 0, cached
+    instance, disk = host.instance(image_id)  # `qemu-img create -b <base> -F raw`
+    refused = host.boot(image_id, disk, instance)
+    assert refused.returncode == errors.UnsafeImage.exit_code, refused.stderr
+    assert "read by qemu as raw" in refused.stderr and "verified as qcow2" in refused.stderr, refused.stderr
+    disk.unlink()
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", host.base(image_id), "-F", "qcow2", disk)
+    assert host.boot(image_id, disk, instance).returncode == 0
