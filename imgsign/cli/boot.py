@@ -312,15 +312,18 @@ def _split_base_path(path: str) -> tuple[str, str]:
               help="User (and their group) to give each base to, so Nova's image cache manager can remove it.")
 @click.option("--instances-path", default=DEFAULT_INSTANCES, show_default=True, type=click.Path(file_okay=False))
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--libvirt-uri", default="qemu:///system", show_default=True,
+              help="libvirt to ask (read-only) which running domains use a base; '' to scan the instance "
+                   "directories only.")
 @_LOCK_TIMEOUT_OPTION
 def boot_release(bases_or_ids: tuple[str, ...], unused: bool, force: bool, owner: str, instances_path: str,
-                 state_dir: str, lock_timeout: float) -> None:
+                 state_dir: str, libvirt_uri: str, lock_timeout: float) -> None:
     """Unseal bases Nova may remove (image ids or _base/<sha1> paths, or --unused): the flag, owner and record go.
 
     A sealed base is immutable (README, "Sealed bases"), so Nova's image cache manager cannot remove it
     once no instance uses it; release it first.  Booting from a released base adopts or refuses it anew.
-    A base an instance disk still uses (its qcow2 chain names it) is not released (exit 66) unless
-    --force is given.
+    A base an instance disk still uses (its qcow2 chain names it, or a running domain's disk chain holds
+    it, as libvirt says) is not released (exit 66) unless --force is given.
     """
     import pwd
 
@@ -344,6 +347,14 @@ def boot_release(bases_or_ids: tuple[str, ...], unused: bool, force: bool, owner
     for where in dict.fromkeys(where for where, _ in targets):
         names = [name for place, name in targets if place == where]
         users = base_users.users_of(where, names)
+        if libvirt_uri:
+            try:
+                running = base_users.domain_users(libvirt_uri, where, names)
+            except OSError as exc:
+                say(f"imgsign: note: libvirt ({libvirt_uri}) was not asked which domains run ({exc}); only the "
+                    f"instance directories under {where} were looked at", err=True)
+            else:
+                users = {name: sorted(set(users[name] + running[name])) for name in names}
         for name in names:
             path = os.path.join(image_cache.base_dir(where), name)
             if users[name] and unused:

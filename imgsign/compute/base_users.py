@@ -15,13 +15,16 @@ read, or a backing name it cannot resolve that mentions a base, counts as a use:
 a base on a wrong "unused" is worse off than whoever keeps one.
 
 Running and stopped instances both count (a stopped instance boots from its base again), as for
-Nova's image cache manager.
+Nova's image cache manager.  :func:`domain_users` also asks libvirt, read-only (``virsh -r``), which
+running domains have a base in the chain libvirt resolved for their disks, wherever their disks lie.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Collection
 
 from imgsign.compute import qemu_img
@@ -121,3 +124,50 @@ def _chain_uses(top: str, cache_identity: tuple[int, int] | None, by_identity: d
         seen.add(target)
         path = target
     return []
+
+
+#: Seconds each ``virsh`` call may take (a libvirtd that does not answer is not waited for).
+VIRSH_TIMEOUT = 20
+
+
+def _virsh(uri: str, *args: str) -> str:
+    virsh = shutil.which("virsh")
+    if virsh is None:
+        raise OSError("virsh is not installed")
+    try:
+        proc = subprocess.run([virsh, "-r", "-q", "-c", uri, *args], capture_output=True, text=True,
+                              errors="replace", timeout=VIRSH_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise OSError(f"libvirt at {uri} did not answer within {VIRSH_TIMEOUT} s") from None
+    if proc.returncode != 0:
+        raise OSError((proc.stderr.strip().splitlines() or [f"virsh {args[0]} failed"])[-1])
+    return proc.stdout
+
+
+def domain_users(uri: str, instances_path: str, names: Collection[str]) -> dict[str, list[str]]:
+    """For each base of ``names``, the running libvirt domains (``domain NAME (disk TARGET)``) whose disk,
+    or a layer of the chain libvirt resolved for it (``<backingStore>``), is that base.  Raises
+    :class:`OSError` (with the reason) when libvirt cannot be asked."""
+    from imgsign.compute.libvirt_hook import parse_domain
+
+    cache = os.path.join(os.path.normpath(instances_path), qemu_img.CACHE)
+    by_identity = {identity: name for name in names
+                   if (identity := _identity(os.path.join(cache, name))) is not None}
+    cache_identity = _identity_of_dir(cache)
+    users: dict[str, list[str]] = {name: [] for name in names}
+    for domain_name in _virsh(uri, "list", "--name").split():
+        try:
+            domain = parse_domain(_virsh(uri, "dumpxml", domain_name))
+        except (OSError, ImgsignError):
+            continue  # gone since the list, or XML this parser refuses: the instance scan still looks
+        for disk in domain.disks:
+            for path in [disk.path, *(layer.path for layer in disk.backing_store or ())]:
+                identity = _identity(path) if os.path.isabs(path) else None
+                directory, base_name = os.path.split(os.path.normpath(path))
+                name = by_identity.get(identity) if identity is not None else None
+                if name is None and base_name in names and (_identity_of_dir(directory) == cache_identity or
+                                                            os.path.basename(directory) == qemu_img.CACHE):
+                    name = base_name
+                if name is not None:
+                    users[name].append(f"domain {domain_name} (disk {disk.target})")
+    return {name: sorted(set(found)) for name, found in users.items()}
