@@ -187,8 +187,8 @@ def test_a_vmdk_nova_would_keep_is_refused_as_not_raw_or_qcow2(tmp_path):
 
 
 def test_the_safety_checks_run_before_qemu_img_opens_the_file(tmp_path, monkeypatch):
-    """A qcow2 data file or VMDK extent is a host file qemu-img would open: format_inspector refuses
-    the header first, and qemu-img is never started for it."""
+    """A VMDK extent is a host file a probing ``qemu-img info`` opens (a qcow2 data file, one qemu opens
+    at boot): format_inspector refuses such a header first, and qemu-img is never started for it."""
     from imgsign.compute import qemu_img
 
     started = []
@@ -375,3 +375,34 @@ def test_the_hook_refuses_a_base_read_as_another_format_than_it_was_verified_as(
     disk.unlink()
     qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", host.base(image_id), "-F", "qcow2", disk)
     assert host.boot(image_id, disk, instance).returncode == 0
+
+
+def test_the_hook_reads_an_overlay_header_with_its_owners_rights_not_roots(adoption_host):
+    """The instance overlay is nova's (or the qemu user's): ``qemu-img info`` of it runs as its owner, so a
+    header crafted against qemu-img's parser gains nothing beyond its writer's rights; the sealed, root-owned
+    base is still read as root.  On main every qemu-img run of the hook was root's.  A wrapper records
+    the uid of each run (``IMGSIGN_QEMU_IMG``) and execs the real qemu-img."""
+    import shutil
+    import uuid
+
+    from tests.test_boot_hook import domain_xml
+    from tests.test_compute_hardening import NOBODY
+
+    image_id, _ = adoption_host.image()
+    record = adoption_host.tmp / "qemu-img-uids"
+    wrapper = adoption_host.tmp / "qemu-img"
+    wrapper.write_text(f"#!/bin/sh\necho \"$(id -u) $*\" >> {record}\nexec {shutil.which('qemu-img')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    record.touch()
+    record.chmod(0o666)
+    instance = str(uuid.uuid4())
+    disk = adoption_host.instances / instance / "disk"
+    disk.parent.mkdir(parents=True)
+    disk.parent.chmod(0o755)
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", adoption_host.base(image_id), "-F", "raw", disk)
+    os.chown(disk, NOBODY, NOBODY)
+    booted = adoption_host.hook(instance, domain_xml(instance, image_id, [(disk, "qcow2")]),
+                                env={**os.environ, "IMGSIGN_QEMU_IMG": str(wrapper)})
+    assert booted.returncode == 0, booted.stderr
+    runs = [line.split(" ", 1) for line in record.read_text().splitlines()]
+    assert [uid for uid, args in runs if args.endswith(str(disk))] == [str(NOBODY)], runs

@@ -11,6 +11,10 @@ one whose format is not recorded (format probing lets a raw image pose as qcow2)
 or one reached through a symbolic link is refused, and so is a qcow2 external
 data file.  This is the layer-by-layer equivalent of ``qemu-img info --backing-chain``.
 
+Under root, ``qemu-img info`` of a file someone else owns (the instance's overlay: nova's or the
+qemu user's) runs as that owner: a header crafted against qemu-img's parsers, or naming files
+qemu-img opens (VMDK extents), gains nothing beyond the rights of whoever wrote it.
+
 :func:`probe` is the other use of ``qemu-img info``: Nova's cross-check that qemu sees the format
 ``format_inspector`` detected (:mod:`imgsign.compute.image_format`, which runs first).  It probes
 the format, so it runs with Nova's limits and, under root, as ``nobody``.
@@ -78,12 +82,24 @@ def _unprivileged() -> dict[str, Any]:
     return {"user": uid, "group": gid, "extra_groups": []}
 
 
+def _as_owner(path: str) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as the owner of ``path`` (no groups) when we are root and
+    it is not: qemu-img parses what the owner (nova, the qemu user) wrote with the owner's rights."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return {}  # qemu-img reports the error
+    return {} if info.st_uid == 0 else {"user": info.st_uid, "group": info.st_gid, "extra_groups": []}
+
+
 def _info(path: str, fmt: str | None, fd: int | None = None) -> dict[str, Any]:
     """``qemu-img info`` of ``path`` read as ``fmt``; ``fmt=None`` probes the format (limited, unprivileged)
     of the file behind our descriptor ``fd``, handed to the child (``path`` only names it in errors)."""
     target = path if fd is None else f"/proc/self/fd/{fd}"
     command = [_qemu_img(), "info", "--output=json", "-U"] + (["-f", fmt] if fmt else []) + [target]
-    extra: dict[str, Any] = {} if fmt else {"preexec_fn": _limit_probe, **_unprivileged()}
+    extra: dict[str, Any] = _as_owner(path) if fmt else {"preexec_fn": _limit_probe, **_unprivileged()}
     if fd is not None:
         extra["pass_fds"] = (fd,)
     try:
