@@ -251,18 +251,23 @@ def seeds(tmp_path_factory) -> dict[str, bytes]:
 
 
 def _format_inspector_refuses(data: bytes, where: Path) -> bool:
-    """oslo.utils' own verdict (Glance's ``detect_file_format`` + ``safety_check``), with Nova's ISO+GPT rule."""
+    """oslo.utils' own verdict, independent of imgsign's reading loop: ``detect_file_format`` (Glance's
+    import plugin) and ``safety_check``; an ISO with a GPT in front is the ISO, as Nova and Glance's upload
+    path decide."""
     from oslo_utils.imageutils import format_inspector
 
     path = where / "fi"
     path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
     try:
-        image_format.detect(fd).safety_check()
+        inspector = format_inspector.detect_file_format(str(path))
+    except format_inspector.ImageFormatError as exc:
+        if str(exc) not in ("Multiple formats detected: iso,gpt", "Multiple formats detected: gpt,iso"):
+            return True
+        inspector = format_inspector.ISOInspector.from_file(str(path))
+    try:
+        inspector.safety_check()
     except (format_inspector.ImageFormatError, format_inspector.SafetyCheckFailed):
         return True
-    finally:
-        os.close(fd)
     return False
 
 
