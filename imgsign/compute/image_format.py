@@ -43,7 +43,6 @@ Where each check runs, per call site (``qemu-img`` only where only qemu can answ
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -95,6 +94,8 @@ def _format_inspector() -> Any:
                            "pip install 'oslo.utils>=7.3'") from None
     # Its warnings (which may quote an image's descriptor text) reach stderr through logging's last-resort
     # handler when nothing is configured; the refusal names the failed checks.
+    import logging
+
     log = logging.getLogger(format_inspector.__name__)
     if not any(isinstance(handler, logging.NullHandler) for handler in log.handlers):
         log.addHandler(logging.NullHandler())

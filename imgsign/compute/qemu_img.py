@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pwd
-import resource
 import shutil
 import stat
 import subprocess
@@ -66,6 +64,8 @@ PROBE_CPU_SECONDS = 30
 
 
 def _limit_probe() -> None:  # runs in the child, before exec
+    import resource
+
     resource.setrlimit(resource.RLIMIT_AS, (PROBE_ADDRESS_SPACE, PROBE_ADDRESS_SPACE))
     resource.setrlimit(resource.RLIMIT_CPU, (PROBE_CPU_SECONDS, PROBE_CPU_SECONDS))
 
@@ -74,6 +74,8 @@ def _unprivileged() -> dict[str, Any]:
     """``subprocess`` arguments that run a child as ``nobody`` (no groups) when we are root, else nothing."""
     if os.geteuid() != 0:
         return {}
+    import pwd  # not at the top: the hook's warm path has no use for it
+
     try:
         nobody = pwd.getpwnam("nobody")
         uid, gid = nobody.pw_uid, nobody.pw_gid
