@@ -28,9 +28,12 @@ import os
 import shutil
 import stat
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_CHAIN = 16
 FORMATS = ("raw", "qcow2")
@@ -63,11 +66,14 @@ PROBE_ADDRESS_SPACE = 1 << 30
 PROBE_CPU_SECONDS = 30
 
 
-def _limit_probe() -> None:  # runs in the child, before exec
+def _probe_limits() -> Callable[[], None]:
+    """The ``preexec_fn`` that sets the limits in the child (imported here: never import in the child)."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (PROBE_ADDRESS_SPACE, PROBE_ADDRESS_SPACE))
-    resource.setrlimit(resource.RLIMIT_CPU, (PROBE_CPU_SECONDS, PROBE_CPU_SECONDS))
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (PROBE_ADDRESS_SPACE, PROBE_ADDRESS_SPACE))
+        resource.setrlimit(resource.RLIMIT_CPU, (PROBE_CPU_SECONDS, PROBE_CPU_SECONDS))
+    return limit
 
 
 def _unprivileged() -> dict[str, Any]:
@@ -101,7 +107,7 @@ def _info(path: str, fmt: str | None, fd: int | None = None) -> dict[str, Any]:
     of the file behind our descriptor ``fd``, handed to the child (``path`` only names it in errors)."""
     target = path if fd is None else f"/proc/self/fd/{fd}"
     command = [_qemu_img(), "info", "--output=json", "-U"] + (["-f", fmt] if fmt else []) + [target]
-    extra: dict[str, Any] = _as_owner(path) if fmt else {"preexec_fn": _limit_probe, **_unprivileged()}
+    extra: dict[str, Any] = _as_owner(path) if fmt else {"preexec_fn": _probe_limits(), **_unprivileged()}
     if fd is not None:
         extra["pass_fds"] = (fd,)
     try:
