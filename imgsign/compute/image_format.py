@@ -162,6 +162,9 @@ def check_format(fd: int, what: str, disk_format: str | None = None, *, may_be_c
         raise UnsafeImage(f"{what}: its format cannot be told safely: {exc} (Nova refuses it)") from None
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}") from None
+    except Exception as exc:  # noqa: BLE001 - an inspector's parse error: Nova refuses the image then too
+        raise UnsafeImage(f"{what}: oslo.utils' format inspection failed ({type(exc).__name__}) "
+                          "(Nova: 'Image not in a supported format')") from None
     detected = str(inspector)
     if detected not in QEMU_FORMAT:
         raise UnsafeImage(f"{what} is a {detected} image: imgsign verifies only what qemu reads as raw or qcow2 "
@@ -180,8 +183,10 @@ def inspect_image(fd: int, what: str, disk_format: str | None = None, *, may_be_
     """All four steps of the module docstring on the file behind ``fd`` (``what`` names it in messages;
     ``disk_format``, ``may_be_converted``: as for :func:`check_format`).
 
-    Raises :class:`UnsafeImage` for whatever Nova's ``fetch_to_raw`` would refuse (and for formats other
-    than raw/GPT/ISO/qcow2), :class:`InputError` when the file cannot be read or qemu-img cannot read it."""
+    Raises :class:`UnsafeImage` for whatever Nova's ``fetch_to_raw`` would refuse (qemu-img failing to read
+    a file format_inspector accepted included) and for formats other than raw/GPT/ISO/qcow2,
+    :class:`InputError` when the file cannot be read, :class:`~imgsign.errors.BackendUnavailable` when
+    qemu-img cannot run."""
     from imgsign.compute import qemu_img
 
     detected, qemu_format = check_format(fd, what, disk_format, may_be_converted=may_be_converted)
