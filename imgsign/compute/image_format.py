@@ -15,7 +15,8 @@ disk on a base) and Glance 33 (the upload path in ``glance.location`` and the
 3. **agreement with Glance's ``disk_format``**: the detected format must be the one Glance names
    (a GPT disk registered as ``raw`` is allowed, ISO is used as raw by qemu);
 4. **qemu-img agrees**: ``qemu-img info`` (format probing, in a process with Nova's limits: 1 GiB
-   of address space, 30 s of CPU) must see the same format, no backing file and no data file.
+   of address space, 30 s of CPU), read with oslo.utils' ``imageutils.QemuImgInfo`` as Nova reads
+   it, must see the same format, no backing file and no data file.
 
 :func:`inspect_image` runs exactly these steps, with oslo.utils' own code for 1-3 (imgsign parses
 no image header itself), and maps Nova's refusals to :class:`~imgsign.errors.UnsafeImage`

@@ -102,9 +102,10 @@ def _as_owner(path: str) -> dict[str, Any]:
     return {} if info.st_uid == 0 else {"user": info.st_uid, "group": info.st_gid, "extra_groups": []}
 
 
-def _info(path: str, fmt: str | None, fd: int | None = None) -> dict[str, Any]:
-    """``qemu-img info`` of ``path`` read as ``fmt``; ``fmt=None`` probes the format (limited, unprivileged)
-    of the file behind our descriptor ``fd``, handed to the child (``path`` only names it in errors)."""
+def _run_info(path: str, fmt: str | None, fd: int | None = None) -> str:
+    """``qemu-img info``'s JSON for ``path`` read as ``fmt``; ``fmt=None`` probes the format (limited,
+    unprivileged) of the file behind our descriptor ``fd``, handed to the child (``path`` only names it
+    in errors)."""
     target = path if fd is None else f"/proc/self/fd/{fd}"
     command = [_qemu_img(), "info", "--output=json", "-U"] + (["-f", fmt] if fmt else []) + [target]
     extra: dict[str, Any] = _as_owner(path) if fmt else {"preexec_fn": _probe_limits(), **_unprivileged()}
@@ -118,8 +119,14 @@ def _info(path: str, fmt: str | None, fd: int | None = None) -> dict[str, Any]:
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1].replace(target, path)
         raise InputError(f"qemu-img cannot read {path}{' as ' + fmt if fmt else ''}: {detail}")
+    return str(proc.stdout)
+
+
+def _info(path: str, fmt: str) -> dict[str, Any]:
+    """``qemu-img info -f fmt`` of ``path``, parsed (as its owner: :func:`_as_owner`)."""
+    stdout = _run_info(path, fmt)
     try:
-        info = json.loads(proc.stdout)
+        info = json.loads(stdout)
     except ValueError:
         raise InputError(f"qemu-img printed no JSON for {path}") from None
     if not isinstance(info, dict):
@@ -166,15 +173,22 @@ def probe(fd: int, what: str) -> Probed:
     ``fetch_to_raw`` asks it after format inspection.  Only for a file
     :func:`imgsign.compute.image_format.check_format` accepted; under root the file must be readable by
     others (the child runs as ``nobody``)."""
-    info = _info(what, None, fd)
-    specific = info.get("format-specific")
-    data = specific.get("data") if isinstance(specific, dict) else None
-    data_file = data.get("data-file") if isinstance(data, dict) else None
-    backing = _text(info, "backing-filename")
-    if backing is None and ("backing-filename" in info or "full-backing-filename" in info):
-        backing = _text(info, "full-backing-filename") or ""
-    size = info.get("virtual-size")
-    return Probed(_text(info, "format") or "?", backing, str(data_file) if data_file else None,
+    # Read as Nova reads it: oslo.utils' QemuImgInfo (already loaded with format_inspector, which runs first).
+    from oslo_utils.imageutils import QemuImgInfo
+
+    stdout = _run_info(what, None, fd)
+    try:
+        info = QemuImgInfo(stdout, format="json")
+    except (ValueError, AttributeError):
+        raise InputError(f"qemu-img printed no JSON object for {what}") from None
+    try:
+        data_file = info.format_specific["data"]["data-file"]  # as nova.virt.images.fetch_to_raw looks it up
+    except (KeyError, TypeError, AttributeError):
+        data_file = None
+    size = info.virtual_size
+    return Probed(info.file_format if isinstance(info.file_format, str) else "?",
+                  None if info.backing_file is None else str(info.backing_file),
+                  None if data_file is None else str(data_file),
                   size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
 
 
