@@ -411,3 +411,21 @@ def test_the_hook_reads_an_overlay_header_with_its_owners_rights_not_roots(adopt
     assert booted.returncode == 0, booted.stderr
     runs = [line.split(" ", 1) for line in record.read_text().splitlines()]
     assert [uid for uid, args in runs if args.endswith(str(disk))] == [str(NOBODY)], runs
+
+
+def test_boot_adopt_all_checks_each_bases_disk_format_from_its_show_output(adoption_host):
+    """`boot adopt --all` with `openstack image show -f json` files: each document's disk_format (beside
+    its nested properties) is checked against its base; a raw base registered as iso is refused alone."""
+    import json
+
+    from tests.test_adoption_all import adopt_all, downloaded, show_directory
+
+    good = downloaded(adoption_host, "raw")[1]
+    lying_id, lying = downloaded(adoption_host, "raw", pattern="0x22")
+    lying["disk_format"] = "iso"
+    outcome = adopt_all(adoption_host, show_directory(adoption_host, good, lying), "--json")
+    bases = {base["image_id"]: base for base in json.loads(outcome.stdout)["bases"]}
+    assert outcome.code == errors.UnsafeImage.exit_code, outcome
+    assert bases[good["id"]]["status"] == "adopted", bases
+    assert bases[lying_id]["status"] == "refused" and "disk_format 'iso'" in bases[lying_id]["message"], bases
+    assert bases[lying_id]["exit_code"] == errors.UnsafeImage.exit_code, bases
