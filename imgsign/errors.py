@@ -293,7 +293,8 @@ class AdoptionIncomplete(ImgsignError):
 
 
 class BaseBusy(ImgsignError):
-    """Another imgsign run held the lock of a base longer than the bounded wait (``lock_timeout``)."""
+    """Another imgsign run held the lock of a base longer than the bounded wait (``lock_timeout``), or
+    ``boot release`` was asked to release a base an instance disk still uses (without ``--force``)."""
 
     exit_code = 66
     reason = "base-busy"

@@ -251,9 +251,14 @@ def test_release_gives_a_sealed_base_back_to_nova(host):
     instance, disk = host.instance(image_id)
     assert immutable(base)
     as_attacker(lambda: pytest.raises(PermissionError, os.unlink, base))
-    released = run_cli("boot", "release", image_id, "--owner", pwd.getpwuid(NOBODY).pw_name,
+    in_use = run_cli("boot", "release", image_id, "--owner", pwd.getpwuid(NOBODY).pw_name,
+                     "--instances-path", host.instances, "--state-dir", host.state)
+    assert in_use.code == errors.BaseBusy.exit_code and str(disk) in in_use.stderr, in_use
+    assert immutable(base), "a base an instance uses is not released without --force"
+    released = run_cli("boot", "release", image_id, "--force", "--owner", pwd.getpwuid(NOBODY).pw_name,
                        "--instances-path", host.instances, "--state-dir", host.state)
     assert released.code == 0 and "released" in released.stdout, released
+    assert "WARNING" in released.stderr and str(disk) in released.stderr, released
     assert not immutable(base) and base.stat().st_uid == NOBODY
     refused = host.boot(image_id, disk, instance)
     assert refused.returncode == errors.UnsignedImage.exit_code, refused.stderr  # no record any more

@@ -408,7 +408,7 @@ def test_release_and_boots_of_one_base_never_leave_a_record_for_a_writable_base(
         for _ in range(3):
             slow_forget = {"target": "imgsign.compute.verified_cache:VerifiedCache.forget", "when": "before",
                            "action": "sleep", "seconds": 0.5}  # on main: after the file was given back
-            batch = [child("release", image.name, ["cli", "boot", "release", image.image_id, "--owner", "nobody",
+            batch = [child("release", image.name, ["cli", "boot", "release", image.image_id, "--force", "--owner", "nobody",
                                                    "--instances-path", str(host.instances),
                                                    "--state-dir", str(host.state)], faults=(slow_forget,)),
                      adopt_run(host, image, "immutable"), hook_run(host, image), hook_run(host, image, adopt=True)]

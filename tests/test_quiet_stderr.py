@@ -88,8 +88,8 @@ def test_the_compute_host_commands_and_the_hook(env, tmp_path):
                            env={**os.environ, **env})
         assert booted.returncode == 0, booted.stderr
         assert booted.stderr == "", booted.stderr
-    ok("boot", "release", image_id, "--owner", "root", "--instances-path", host.instances, "--state-dir", host.state,
-       env=env)
+    ok("boot", "release", image_id, "--force", "--owner", "root", "--instances-path", host.instances,
+       "--state-dir", host.state, env=env)  # the instance still uses it: --force, and its warning is imgsign's own
     assert Path(base).exists()
 
 

@@ -18,7 +18,6 @@ from imgsign.cli._common import (
     NON_EMPTY,
     effective_trusted_ids,
     is_quiet,
-    load_properties,
     load_properties_document,
     quiet_option,
     say,
@@ -27,7 +26,7 @@ from imgsign.cli._common import (
 )
 from imgsign.cli._output import emit, format_option
 from imgsign.cli._signing import tsa_roots
-from imgsign.compute import adoption, boot, image_cache
+from imgsign.compute import adoption, boot, image_cache, image_format
 from imgsign.compute.boot_config import DEFAULT_PATH, ENV_PATH, BootSettings
 from imgsign.compute.conversion_adoption import Original, parse_size
 from imgsign.compute.trust_record import RecordStore, cache_name
@@ -143,8 +142,9 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
         _or_file(state_dir, settings, "state_dir")
     seal, lock_timeout = _or_file(seal, settings, "seal_bases"), _or_file(lock_timeout, settings, "lock_timeout")
-    document = load_properties(properties_path)
-    properties = SignatureProperties.from_mapping(document)
+    document = load_properties_document(properties_path)
+    signed_document = properties_from_document(document)
+    properties = SignatureProperties.from_mapping(signed_document)
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
@@ -155,8 +155,9 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             instances_path=instances_path,
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
-            force_raw=not keep_format, immutable=seal == "immutable", document=document,
+            force_raw=not keep_format, immutable=seal == "immutable", document=signed_document,
             tsa_roots=tsa_roots(ctx, ()),
+            disk_format=image_format.disk_format_of(image_format.with_disk_format(document, signed_document)),
         )
     emit(record.to_body()["cached_file"] | {"image_id": image_id}, fmt)
 
@@ -262,7 +263,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
     document = load_properties_document(properties_path)
     image_id, instances_path = _adopt_target(base_or_id, image_id, document, instances_path)
-    properties = properties_from_document(document)
+    properties = image_format.with_disk_format(document, properties_from_document(document))
     signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
     certificate = signing_certificate(ctx, cert_path, signed)
     anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
@@ -374,22 +375,39 @@ def _split_base_path(path: str) -> tuple[str, str]:
 
 
 @boot_group.command("release")
-@click.argument("bases_or_ids", nargs=-1, required=True)
+@click.argument("bases_or_ids", nargs=-1)
+@click.option("--unused", is_flag=True,
+              help="Release every adopted base (one with a trust record) in --instances-path that no instance disk "
+                   "uses; keep the others.")
+@click.option("--force", is_flag=True,
+              help="Release a named base even while an instance disk uses it (with a warning).")
 @click.option("--owner", default="nova", show_default=True,
               help="User (and their group) to give each base to, so Nova's image cache manager can remove it.")
 @_INSTANCES_OPTION
 @_STATE_DIR_OPTION
+@click.option("--libvirt-uri", default="qemu:///system", show_default=True,
+              help="libvirt to ask (read-only) which running domains use a base; '' to scan the instance "
+                   "directories only.")
 @_LOCK_TIMEOUT_OPTION
 @click.pass_context
-def boot_release(ctx: click.Context, bases_or_ids: tuple[str, ...], owner: str, instances_path: str | None,
-                 state_dir: str | None, lock_timeout: float | None) -> None:
-    """Unseal bases Nova may remove (image ids or _base/<sha1> paths): the flag, owner and record go.
+def boot_release(ctx: click.Context, bases_or_ids: tuple[str, ...], unused: bool, force: bool, owner: str,
+                 instances_path: str | None, state_dir: str | None, libvirt_uri: str,
+                 lock_timeout: float | None) -> None:
+    """Unseal bases Nova may remove (image ids or _base/<sha1> paths, or --unused): the flag, owner and record go.
 
     A sealed base is immutable, so Nova's image cache manager cannot remove it
     once no instance uses it; release it first.  Booting from a released base adopts or refuses it anew.
+    A base an instance disk still uses (its qcow2 chain names it, or a running domain's disk chain holds
+    it, as libvirt says) is not released (exit 66) unless --force is given.
     """
     import pwd
 
+    from imgsign.compute import base_users
+
+    if unused == bool(bases_or_ids):
+        raise click.UsageError("give the bases to release (image ids or _base paths), or --unused")
+    if unused and force:
+        raise click.UsageError("--unused releases only bases no instance uses: --force does not go with it")
     settings = boot_settings(ctx)
     instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
         _or_file(state_dir, settings, "state_dir")
@@ -399,13 +417,52 @@ def boot_release(ctx: click.Context, bases_or_ids: tuple[str, ...], owner: str, 
     except KeyError:
         raise click.BadParameter(f"no user {owner!r} on this host", param_hint="--owner") from None
     records = RecordStore(state_dir, lock_timeout=lock_timeout)
-    for base_or_id in bases_or_ids:
-        where, name = _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path,
-                                                                                cache_name(base_or_id))
-        found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
-        say(f"released {os.path.join(image_cache.base_dir(where), name)}"
-            + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
-               else " (no such file; its record is gone)"))
+    targets = _adopted_bases(instances_path, records) if unused else [
+        _split_base_path(base_or_id) if os.sep in base_or_id else (instances_path, cache_name(base_or_id))
+        for base_or_id in bases_or_ids]
+    if unused and not targets:
+        say(f"no adopted base in {image_cache.base_dir(instances_path)}")
+    busy = []
+    for where in dict.fromkeys(where for where, _ in targets):
+        names = [name for place, name in targets if place == where]
+        users = base_users.users_of(where, names)
+        if libvirt_uri:
+            try:
+                running = base_users.domain_users(libvirt_uri, where, names)
+            except OSError as exc:
+                say(f"imgsign: note: libvirt ({libvirt_uri}) was not asked which domains run ({exc}); only the "
+                    f"instance directories under {where} were looked at", err=True)
+            else:
+                users = {name: sorted(set(users[name] + running[name])) for name in names}
+        for name in names:
+            path = os.path.join(image_cache.base_dir(where), name)
+            if users[name] and unused:
+                say(f"kept {path}: used by {', '.join(users[name])}")
+                continue
+            if users[name] and not force:
+                busy.append(f"{path} is used by {', '.join(users[name])}")
+                continue
+            if users[name]:
+                say(f"imgsign: WARNING: releasing {path} while {', '.join(users[name])} uses it: nova can now "
+                    "change it under the instance, whose next boot adopts or refuses it anew", err=True)
+            found = image_cache.release(where, name, records, user.pw_uid, user.pw_gid)
+            say(f"released {path}" + (f" (owner {owner}, mode 0644, not immutable; its record is gone)" if found
+                                      else " (no such file; its record is gone)"))
+    if busy:
+        raise errors.BaseBusy(f"not released: {'; '.join(busy)} (an instance still uses it; give --force to "
+                              "release it anyway)")
+
+
+def _adopted_bases(instances_path: str, records: RecordStore) -> list[tuple[str, str]]:
+    """``(instances path, name)`` of every base in ``_base`` that has a trust record (``--unused``)."""
+    import re
+
+    cache = image_cache.base_dir(instances_path)
+    try:
+        names = sorted(name for name in os.listdir(cache) if re.fullmatch(r"[0-9a-f]{40}", name))
+    except OSError as exc:
+        raise errors.InputError(f"cannot list the image cache {cache}: {exc.strerror}") from None
+    return [(instances_path, name) for name in names if records.recorded(name)]
 
 
 @boot_group.command("install-hook")

@@ -230,14 +230,20 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
 
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
-                    cache: VerifiedCache | None = None, *, name: str | None = None) -> BootDecision:
+                    cache: VerifiedCache | None = None, *, name: str | None = None,
+                    fmt: str | None = None) -> BootDecision:
     """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError).
 
     With ``cache`` (the check seals the base) the base's lock is held throughout; a base another run
-    holds longer than the lock timeout is refused (:class:`~imgsign.errors.BaseBusy`)."""
+    holds longer than the lock timeout is refused (:class:`~imgsign.errors.BaseBusy`).  ``fmt``: the
+    format qemu will read the base as (the overlay's backing format); it must be the format the base
+    was inspected and verified as (:mod:`imgsign.compute.image_format`)."""
     try:
         with records.locks.hold(os.path.basename(path)) if cache is not None else contextlib.nullcontext():
             record = records.get_by_name(name or os.path.basename(path))
+            if record is not None and fmt is not None and fmt != record.cached_format:
+                raise UnsafeImage(f"base file {path} would be read by qemu as {fmt}, but image {record.image_id} "
+                                  f"was inspected and verified as {record.cached_format}")
             how = check_base(path, record, policy, cache, records)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)

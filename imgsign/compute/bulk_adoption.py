@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from cryptography import x509
 
 from imgsign.chain import TrustAnchors
-from imgsign.compute import adoption
+from imgsign.compute import adoption, image_format
 from imgsign.compute.image_cache import open_base_dir
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.errors import AdoptionIncomplete, ImgsignError, InputError, TrustRecordError
@@ -246,4 +246,4 @@ def _add_image(images: dict[str, Mapping[str, object]], image_id: object, value:
         raise InputError(f"{source}: the document is image {str(shown)[:80]!r}, not {image_id!r}")
     if image_id in images:
         raise InputError(f"{source}: image {image_id} is given twice")
-    images[image_id] = properties_from_document(value)
+    images[image_id] = image_format.with_disk_format(value, properties_from_document(value))

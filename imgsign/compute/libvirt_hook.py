@@ -377,16 +377,17 @@ class _Decider:
                 adopted, auxiliaries = ([], []) if self.records.recorded(name) else \
                     self.adopter.adopt(layer.path, image_id)
                 self.results += adopted
-                self.results.append(self.checked(layer.path, image_id))
+                self.results.append(self.checked(layer.path, image_id, layer.format))
         except ImgsignError as exc:  # the lock: busy, or its directory insecure
             self.failure(layer.path, exc)
             return
         for auxiliary, role in auxiliaries:  # each under its own lock, never nested in this one
             self.results += self.adopter.adopt_auxiliary(auxiliary, role)
 
-    def checked(self, path: str, image_id: str | None) -> Result:
-        """The decision for the base ``path`` (its lock held): its record, its content, who can change it."""
-        decision = verify_for_boot(path, self.records, self.config.policy, self.cache)
+    def checked(self, path: str, image_id: str | None, fmt: str | None = None) -> Result:
+        """The decision for the base ``path`` (its lock held) read as ``fmt``: its record and format, its
+        content, who can change it."""
+        decision = verify_for_boot(path, self.records, self.config.policy, self.cache, fmt=fmt)
         if decision.allowed and decision.code == 0:
             try:
                 self.protected(path)
