@@ -43,6 +43,15 @@ Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
     state_dir = /var/lib/imgsign/boot
     log_file = /var/log/imgsign/boot-hook.log
     allow_unverified =                   # e.g. block, network: Cinder volumes, allowed with a warning
+
+    [nova]                               # optional: the server's own trusted image certificates
+    auth_type = password                 # keystoneauth options, as [glance]; unset: no look-up
+    trusted_certs_fallback = refuse      # or host: Nova unreachable -> the host's policy alone
+    trusted_certs_timeout = 5            # seconds for the whole look-up of one hook call
+
+With ``[nova]`` the hook asks Nova for the booting server's ``trusted_image_certificates``
+(:mod:`imgsign.compute.server_trust`, :mod:`imgsign.compute.nova_client`) once per call; a server's
+own list narrows the host's ``trusted_certificate_ids``.
 """
 
 from __future__ import annotations
@@ -64,9 +73,18 @@ from imgsign._internal.untrusted import SafeStream, safe
 from imgsign.compute import protection, qemu_img
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
+from imgsign.compute.server_trust import SECTION, NovaSettings, load_settings
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
-from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
+from imgsign.errors import (
+    ImgsignError,
+    InputError,
+    InsecureState,
+    NovaUnavailable,
+    UnsafeImage,
+    UnsignedImage,
+    UnverifiableDevice,
+)
 from imgsign.policy import Policy
 
 #: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
@@ -113,6 +131,8 @@ class HookConfig:
     path: str | None = None
     #: Seconds to wait for another imgsign run on the same base before refusing (``[boot] lock_timeout``).
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    #: ``[nova]``: ask Nova for the server's own trusted certificates (None: off, the default).
+    nova: NovaSettings | None = None
 
     @property
     def cache_dir(self) -> str:
@@ -172,6 +192,7 @@ def load_config(path: str | None = None) -> HookConfig:
         allow_unverified=allow,
         path=path,
         lock_timeout=lock_timeout,
+        nova=load_settings(path, parser[SECTION] if parser.has_section(SECTION) else None),
     )
 
 
@@ -325,6 +346,8 @@ class _Decider:
         self.bases_seen: set[str] = set()
         self.names_seen: set[str] = set()
         self._adopter: SelfAdopter | None = None
+        #: The host's policy, narrowed by the server's own trusted certificates (:meth:`server_trust`).
+        self.policy = config.policy
 
     @property
     def adopter(self) -> SelfAdopter:
@@ -430,7 +453,7 @@ class _Decider:
 
     def checked(self, path: str, image_id: str | None) -> Result:
         """The decision for the base ``path`` (its lock held): its record, its content, who can change it."""
-        decision = verify_for_boot(path, self.records, self.config.policy, self.cache)
+        decision = verify_for_boot(path, self.records, self.policy, self.cache)
         if decision.allowed and decision.code == 0:
             try:
                 self.protected(path)
@@ -507,7 +530,7 @@ class _Decider:
                 continue  # another image's damaged record is reported when that image boots
             if record is None or record.cached_size != size:
                 continue
-            decision = verify_for_boot(path, self.records, self.config.policy,
+            decision = verify_for_boot(path, self.records, self.policy,
                                        self.cache if in_cache and name == own else None, name=name)
             if decision.allowed and decision.code == 0:
                 self.results.append((path, record.image_id, decision))
@@ -518,7 +541,38 @@ class _Decider:
             return
         raise UnsignedImage(f"{what} is not a verified image nor a byte-identical copy of one in {self.base}")
 
+    def server_trust(self) -> None:
+        """With ``[nova]``: narrow the policy to the server's own ``trusted_image_certificates`` (one
+        look-up per hook call); Nova unreachable follows ``[nova] trusted_certs_fallback``."""
+        settings = self.config.nova
+        if settings is None:
+            return
+        from imgsign.compute.nova_client import trusted_certificates
+
+        where = f"nova:servers/{self.domain.uuid}"
+        try:
+            ids = trusted_certificates(settings, self.config.state_dir, self.domain.uuid, owner=self.records.owner)
+        except NovaUnavailable as exc:
+            if settings.fallback == "host":
+                self.results.append((where, self.domain.image_id, BootDecision(
+                    True, exc.exit_code, exc.reason, f"{exc.message}; decided by the host's trusted certificates "
+                                                     "alone ([nova] trusted_certs_fallback = host)")))
+            else:
+                self.failure(where, NovaUnavailable(f"{exc.message}; refused ([nova] trusted_certs_fallback = "
+                                                    "refuse)"))
+            return
+        except ImgsignError as exc:
+            self.failure(where, exc)
+            return
+        if ids:
+            self.policy = dataclasses.replace(self.policy, server_certificate_ids=ids, server_id=self.domain.uuid)
+        listed = f"its own trusted image certificates: {', '.join(ids)}" if ids else \
+            "no trusted image certificates of its own: the host's policy alone"
+        self.results.append((where, self.domain.image_id, BootDecision(True, 0, "server-trust",
+                                                                       f"server {self.domain.uuid} has {listed}")))
+
     def run(self) -> list[Result]:
+        self.server_trust()
         for disk in self.domain.disks:
             self.disk(disk)
         for boot_file in self.domain.boot_files:

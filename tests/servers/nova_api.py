@@ -231,7 +231,8 @@ if __name__ == "__main__":  # manual use: python -m tests.servers.nova_api
     from tests.servers.keystone import keystone_server
 
     with tempfile.TemporaryDirectory() as scratch, keystone_server() as identity, \
-            glance_server(keystone=identity, keystore=Path(scratch) / "keystore.sqlite3", import_methods=()) as images, \
+            glance_server(keystone=identity, keystore=Path(scratch) / "keystore.sqlite3",
+                          import_methods=()) as images, \
             nova_api_server(keystone=identity, glance=images) as nova:
         print(nova.url, nova.workdir, identity.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

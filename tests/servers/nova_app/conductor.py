@@ -21,14 +21,12 @@ databases; only these state transitions are not made by the real services.
 import threading
 
 import oslo_messaging as messaging
-from oslo_config import cfg
-from oslo_utils import timeutils
-
 from nova import context as nova_context
-from nova import objects
-from nova import rpc
+from nova import objects, rpc
 from nova.compute import power_state, vm_states
 from nova.objects import base as objects_base
+from oslo_config import cfg
+from oslo_utils import timeutils
 
 HOST = "imgsign-compute"
 _LOCK = threading.Lock()

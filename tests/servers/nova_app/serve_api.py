@@ -45,7 +45,8 @@ def main():
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     wsgi_child.exit_with_parent(parent_pid)
     sys.argv = [sys.argv[0]]  # Nova's config parser reads sys.argv
-    from nova.wsgi import osapi_compute  # noqa: the application, as a WSGI server loads it
+    # Nova's WSGI module first: it applies Nova's monkey patching before anything else of Nova loads.
+    from nova.wsgi import osapi_compute  # noqa: I001 - the application, as a WSGI server loads it
 
     import conductor
 
