@@ -150,50 +150,56 @@ def _authenticate(settings: NovaSettings, deadline: Deadline) -> tuple[str, dict
 
 def _get(settings: NovaSettings, endpoint: str, headers: dict[str, str], server_id: str,
          deadline: Deadline) -> tuple[int, bytes]:
-    """``GET {endpoint}/servers/{id}`` at microversion 2.63: (status, body up to the cap + 1 byte)."""
-    import http.client
+    """``GET {endpoint}/servers/{id}`` at microversion 2.63 (HTTP/1.0, ``Connection: close``, on a plain
+    socket: http.client and its email parser would cost every hook call about 20 ms): (status, body)."""
+    import socket
     import urllib.parse
 
     parts = urllib.parse.urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise NovaUnavailable(f"the compute endpoint {endpoint[:200]!r} has an invalid port") from None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
         raise NovaUnavailable(f"the compute endpoint {endpoint[:200]!r} is not an http(s) URL")
     path = parts.path.rstrip("/")
     if "/v2" not in path:  # an unversioned endpoint_override: the API Nova serves at 2.63
         path += "/v2.1"
-    path += "/servers/" + urllib.parse.quote(server_id, safe="")
-    timeout = max(deadline.remaining(), 0.001)
+    path = urllib.parse.quote(path, safe="/%:@!$&'()*+,;=-._~") + "/servers/" + urllib.parse.quote(server_id, safe="")
+    lines = [f"GET {path} HTTP/1.0", f"Host: {parts.netloc.rpartition('@')[2]}", "Accept: application/json",
+             "Accept-Encoding: identity", f"OpenStack-API-Version: compute {server_trust.MICROVERSION}",
+             f"X-OpenStack-Nova-API-Version: {server_trust.MICROVERSION}", "User-Agent: imgsign-boot-hook",
+             "Connection: close", *(f"{name}: {value}" for name, value in headers.items())]
+    if any(not line.isprintable() or not line.isascii() for line in lines):
+        raise NovaUnavailable("the token or endpoint Keystone gave for [nova] holds characters that cannot go "
+                              "into an HTTP request")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    where = f"Nova at {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    sock = None
     try:
-        port = parts.port
-    except ValueError:
-        raise NovaUnavailable(f"the compute endpoint {endpoint[:200]!r} has an invalid port") from None
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.hostname, port, timeout=timeout, context=_tls(settings))
-    else:
-        connection = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
-    request_headers = {**headers, "Accept": "application/json", "Accept-Encoding": "identity",
-                       "OpenStack-API-Version": f"compute {server_trust.MICROVERSION}",
-                       "X-OpenStack-Nova-API-Version": server_trust.MICROVERSION, "User-Agent": "imgsign-boot-hook"}
-    try:
-        connection.request("GET", path, headers=request_headers)
-        response = connection.getresponse()
-        body = bytearray()
-        while len(body) <= server_trust.MAX_BODY:
+        # An ASCII name as bytes: the resolver then needs no IDNA codec (a few ms more per call).
+        address = host.encode("ascii") if host.isascii() else host
+        sock = socket.create_connection((address, port), timeout=max(deadline.remaining(), 0.001))  # type: ignore[arg-type]
+        if parts.scheme == "https":
+            sock = _tls(settings).wrap_socket(sock, server_hostname=host)
+        sock.sendall(request)
+        data = b""
+        while True:
+            sock.settimeout(max(deadline.remaining(), 0.001))
+            piece = sock.recv(65536)
+            data += piece
+            answer = server_trust.parse_response(data, eof=not piece)
+            if answer is not None:
+                return answer
             if deadline.expired:
                 raise TimeoutError
-            if connection.sock is not None:
-                connection.sock.settimeout(max(deadline.remaining(), 0.001))
-            piece = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
-            if not piece:
-                break
-            body += piece
-        return response.status, bytes(body)
-    except (OSError, http.client.HTTPException) as exc:
-        what = "did not answer" if isinstance(exc, TimeoutError) else f"could not be read ({type(exc).__name__})"
-        raise NovaUnavailable(f"Nova at {parts.scheme}://{parts.netloc} {what} for server {server_id} "
-                              f"{deadline.describe()}") from None
+    except (OSError, ValueError) as exc:
+        what = "did not answer" if isinstance(exc, TimeoutError) else f"could not be reached or read ({exc})"
+        raise NovaUnavailable(f"{where} {what} for server {server_id} {deadline.describe()}") from None
     finally:
-        connection.close()
+        if sock is not None:
+            sock.close()
 
 
 def _tls(settings: NovaSettings) -> Any:

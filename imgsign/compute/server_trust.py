@@ -45,9 +45,13 @@ MAX_IDS = 50
 MAX_ID_LENGTH = 1024
 #: Largest answer read from Nova (a server document is a few KiB).
 MAX_BODY = 1024 * 1024
+#: Largest header block of Nova's answer.
+MAX_HEADER = 64 * 1024
 #: Seconds for the whole look-up (Keystone and Nova) of one hook call.
 DEFAULT_TIMEOUT = 5.0
 FALLBACKS = ("refuse", "host")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: [^\r\n]*)?")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
@@ -131,6 +135,91 @@ def parse_answer(status: int, body: bytes, server_id: str) -> tuple[str, ...]:
         raise NovaAnswerInvalid(f"Nova's answer for server {server_id} has no trusted_image_certificates: it did not "
                                 f"answer at microversion {MICROVERSION} (Nova too old, or not Nova)")
     return _ids(server["trusted_image_certificates"], server_id)
+
+
+def parse_response(data: bytes, eof: bool, *, max_body: int = MAX_BODY) -> tuple[int, bytes] | None:
+    """An HTTP/1.x answer to a ``GET`` (as the hook sends it, HTTP/1.0 with ``Connection: close``) read so
+    far: ``(status, body)`` once complete, None while more is needed (``eof``: nothing more will come).
+
+    :class:`~imgsign.errors.NovaUnavailable` for anything that is not a well-formed answer within the caps
+    (headers past :data:`MAX_HEADER`, a body past ``max_body``, a truncated body, a compressed or
+    otherwise encoded one).  Body framing: ``Transfer-Encoding: chunked``, else ``Content-Length``, else
+    up to the end of the connection."""
+    end = data.find(b"\r\n\r\n", 0, MAX_HEADER + 4)
+    if end < 0:
+        if len(data) >= MAX_HEADER + 4:
+            raise NovaUnavailable(f"Nova's answer has a header block larger than {MAX_HEADER} bytes")
+        if eof:
+            raise NovaUnavailable("Nova's answer ended before its headers did" if data else "Nova sent no answer")
+        return None
+    lines = data[:end].split(b"\r\n")
+    status = _STATUS_LINE.fullmatch(lines[0])
+    if status is None:
+        raise NovaUnavailable("Nova's answer is not an HTTP/1.x response")
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise NovaUnavailable("Nova's answer has a malformed header line")
+        name, value = name.lower(), value.strip(b" \t")
+        if name in headers and name in (b"content-length", b"transfer-encoding") and headers[name] != value:
+            raise NovaUnavailable(f"Nova's answer has two different {name.decode()} headers")
+        headers[name] = value
+    if headers.get(b"content-encoding", b"identity").lower() != b"identity":
+        raise NovaUnavailable("Nova's answer is compressed (the hook asks for Accept-Encoding: identity)")
+    body = data[end + 4:]
+    encoding = headers.get(b"transfer-encoding")
+    if encoding is not None:
+        if encoding.lower() != b"chunked":
+            raise NovaUnavailable("Nova's answer has a transfer encoding other than chunked")
+        decoded = _dechunk(body, eof, max_body)
+        return None if decoded is None else (int(status.group(1)), decoded)
+    length_text = headers.get(b"content-length")
+    if length_text is not None:
+        if not length_text.isdigit() or len(length_text) > 12:
+            raise NovaUnavailable("Nova's answer has an invalid Content-Length")
+        length = int(length_text)
+        if length > max_body:
+            raise NovaUnavailable(f"Nova's answer announces {length} bytes, more than the {max_body} the hook reads")
+        if len(body) >= length:
+            return int(status.group(1)), body[:length]
+        if eof:
+            raise NovaUnavailable("Nova's answer ended before its Content-Length")
+        return None
+    if len(body) > max_body:
+        raise NovaUnavailable(f"Nova's answer is larger than {max_body} bytes")
+    return (int(status.group(1)), body) if eof else None
+
+
+def _dechunk(body: bytes, eof: bool, max_body: int) -> bytes | None:
+    """A chunked body (trailers ignored), None while incomplete."""
+    parts: list[bytes] = []
+    total = position = 0
+    while True:
+        line_end = body.find(b"\r\n", position, position + 1024)
+        if line_end < 0:
+            if len(body) - position >= 1024:
+                raise NovaUnavailable("Nova's answer has a malformed chunk size line")
+            break
+        size_text = body[position:line_end].split(b";", 1)[0].strip()
+        if not size_text or len(size_text) > 8 or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise NovaUnavailable("Nova's answer has a malformed chunk size line")
+        size = int(size_text, 16)
+        if size == 0:
+            return b"".join(parts)
+        total += size
+        if total > max_body:
+            raise NovaUnavailable(f"Nova's answer is larger than {max_body} bytes")
+        start = line_end + 2
+        if len(body) < start + size + 2:
+            break
+        if body[start + size:start + size + 2] != b"\r\n":
+            raise NovaUnavailable("Nova's answer has a chunk that does not end where its size says")
+        parts.append(body[start:start + size])
+        position = start + size + 2
+    if eof:
+        raise NovaUnavailable("Nova's answer ended in the middle of its chunked body")
+    return None
 
 
 def _ids(value: Any, server_id: str) -> tuple[str, ...]:
