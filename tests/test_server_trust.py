@@ -85,7 +85,8 @@ def test_any_server_document_ends_in_a_nova_error_or_a_list(value, server_id):
         ids = parse_answer(200, body, SERVER)
     except NOVA_ERRORS:
         return
-    assert server_id == SERVER and (value is None or (isinstance(value, list) and list(dict.fromkeys(value)) == list(ids)))
+    assert server_id == SERVER
+    assert value is None or (isinstance(value, list) and list(dict.fromkeys(value)) == list(ids))
 
 
 # --- HTTP framing ----------------------------------------------------------------------------------

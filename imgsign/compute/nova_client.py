@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 
+from imgsign._internal import redact
 from imgsign._internal.deadline import Deadline
 from imgsign.compute import server_trust
 from imgsign.compute.sealed import Damaged, SealedStore
@@ -104,6 +105,8 @@ def _kept(cache: SealedStore, settings: NovaSettings) -> tuple[str, dict[str, st
             not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()) or \
             not isinstance(expires, (int, float)) or time.time() > expires - EXPIRY_MARGIN:
         return None
+    for value in headers.values():  # the token: never in a message
+        redact.remember(value)
     return endpoint, headers
 
 
@@ -142,6 +145,8 @@ def _authenticate(settings: NovaSettings, deadline: Deadline) -> tuple[str, dict
                                   f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not endpoint:
         raise NovaUnavailable("Keystone's catalog has no compute endpoint for [nova] (set [nova] endpoint_override)")
+    for value in headers.values():  # the token: never in a message
+        redact.remember(str(value))
     auth_ref = getattr(auth, "auth_ref", None)
     expires = getattr(auth_ref, "expires", None)
     return str(endpoint), {str(k): str(v) for k, v in headers.items()}, \
