@@ -334,8 +334,19 @@ def test_a_hostile_nova_is_asked_with_the_microversion_and_never_followed(comput
 
 
 def test_a_domain_uuid_that_is_no_uuid_is_refused(compute, cloud):
-    result = compute.hook("x", domain_xml("not-a-uuid", None, []))
+    result = compute.start("not-a-uuid", cloud.signed("A"))
     assert result.returncode == errors.UnknownServer.exit_code, result.stderr
+
+
+def test_a_boot_with_no_image_does_not_ask_nova(compute, cloud, tmp_path):
+    """A volume-backed server (no base in _base) boots with Nova unreachable under ``refuse``: its boot has
+    nothing for a server's list to narrow."""
+    compute.configure(nova_url=closed_url() + "/v2.1", allow_unverified="block")
+    xml = domain_xml(SERVER, None, [], devices_extra='<disk type="block" device="disk"><driver name="qemu" '
+                                                     'type="raw"/><source dev="/dev/null"/><target dev="vda"/></disk>')
+    result = compute.hook(SERVER, xml)
+    assert result.returncode == 0, result.stderr
+    assert not [entry for entry in compute.log_entries() if entry["file"].startswith("nova:")]
 
 
 def test_the_base_check_still_runs_after_a_host_fallback(compute, cloud):

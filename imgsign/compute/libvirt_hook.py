@@ -348,6 +348,7 @@ class _Decider:
         self._adopter: SelfAdopter | None = None
         #: The host's policy, narrowed by the server's own trusted certificates (:meth:`server_trust`).
         self.policy = config.policy
+        self._server_asked = False
 
     @property
     def adopter(self) -> SelfAdopter:
@@ -436,6 +437,7 @@ class _Decider:
                     f"{layer.format}{' with a backing file' if layer.backing else ''}"))
             return
         self.names_seen.add(name)
+        self.server_trust()  # before the base's lock: Nova's answer may take up to its deadline
         image_id = self.image_id_of(name)
         try:
             # One lock across adoption, check, seal and the path check: no other run on this base between them.
@@ -522,6 +524,7 @@ class _Decider:
         except OSError as exc:
             raise InputError(f"cannot list the image cache {self.base}: {exc.strerror}") from None
         candidates = list(dict.fromkeys(([own] if in_cache else []) + names))
+        self.server_trust()
         failed: BootDecision | None = None
         for name in candidates:
             try:
@@ -542,11 +545,13 @@ class _Decider:
         raise UnsignedImage(f"{what} is not a verified image nor a byte-identical copy of one in {self.base}")
 
     def server_trust(self) -> None:
-        """With ``[nova]``: narrow the policy to the server's own ``trusted_image_certificates`` (one
-        look-up per hook call); Nova unreachable follows ``[nova] trusted_certs_fallback``."""
+        """With ``[nova]``: narrow the policy to the server's own ``trusted_image_certificates``, once per
+        hook call and only when an image is checked (a volume-backed server's boot never asks Nova); Nova
+        unreachable follows ``[nova] trusted_certs_fallback``."""
         settings = self.config.nova
-        if settings is None:
+        if settings is None or self._server_asked:
             return
+        self._server_asked = True
         from imgsign.compute.nova_client import trusted_certificates
 
         where = f"nova:servers/{self.domain.uuid}"
@@ -572,7 +577,6 @@ class _Decider:
                                                                        f"server {self.domain.uuid} has {listed}")))
 
     def run(self) -> list[Result]:
-        self.server_trust()
         for disk in self.domain.disks:
             self.disk(disk)
         for boot_file in self.domain.boot_files:
