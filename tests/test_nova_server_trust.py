@@ -115,10 +115,13 @@ class Compute(Host):
 
     def configure(self, mode: str = "enforce", trusted: str | None = None, allow_unverified: str = "", *,
                   nova_url: str | None = None, fallback: str = "refuse", nova: bool = True,
-                  timeout: float = ANSWERING) -> None:
+                  timeout: float = ANSWERING, key_manager: bool = False) -> None:
         trusted = f"{self.cloud.cert_a}, {self.cloud.cert_b}" if trusted is None else trusted
         text = (f"[boot]\nmode = {mode}\ntrusted_certificate_ids = {trusted}\ninstances_path = {self.instances}\n"
                 f"state_dir = {self.state}\nlog_file = {self.log}\nallow_unverified = {allow_unverified}\n")
+        if key_manager:  # self-adoption's key manager (no [glance]: nothing to adopt here)
+            text += (f"adopt = true\n\n[key_manager]\nbackend = imgsign\n\n"
+                     f"[imgsign_embedded]\npath = {self.cloud.keystore['IMGSIGN_KEYSTORE']}\n")
         if nova:
             text += (f"\n[nova]\n{self.cloud.hook_auth}endpoint_override = {nova_url or self.cloud.nova.compute_url}\n"
                      f"trusted_certs_fallback = {fallback}\ntrusted_certs_timeout = {timeout:g}\n")
@@ -216,6 +219,30 @@ def test_an_id_this_host_never_fetched_names_no_certificate(compute, cloud):
     refused = compute.start(server, a)
     assert refused.returncode == errors.UntrustedCertificate.exit_code
     assert f"never fetched from the key manager on this host, so naming no certificate here: {never}" in refused.stderr
+
+
+def test_an_id_never_fetched_is_fetched_when_the_hook_has_a_key_manager(compute, cloud):
+    """A host that cached A's image from a file (no id bound) and trusts any signer: the server's id of A
+    names nothing here until the hook, with self-adoption's key manager configured, fetches and binds it
+    (as adoption binds the trusted ids it fetches)."""
+    a, b = cloud.signed("A"), cloud.signed("B")
+    for image, cert in ((a, "RSA-PSS"), (b, "ECC_SECP384R1")):
+        cached = run_cli("boot", "cache", image.source, "--image-id", image.image_id, "--properties", image.props,
+                         "--cert", cert_of(cert), "--instances-path", compute.instances, "--state-dir", compute.state)
+        assert cached.code == 0, cached
+    compute.configure(trusted="")
+    server = cloud.nova.create_server(PROJECT, a.image_id, [cloud.cert_a])
+    refused = compute.start(server, a)
+    assert refused.returncode == errors.UntrustedCertificate.exit_code, refused.stderr
+    assert "never fetched from the key manager on this host" in refused.stderr
+    compute.configure(trusted="", key_manager=True)
+    booted = compute.start(server, a)
+    assert booted.returncode == 0, booted.stderr
+    assert compute.start(server, b).returncode == errors.UntrustedCertificate.exit_code
+    unknown = cloud.nova.create_server(PROJECT, a.image_id, [str(uuid.uuid4())])
+    refused = compute.start(unknown, a)  # the key manager has no such id: logged, then refused
+    assert refused.returncode == errors.UntrustedCertificate.exit_code, refused.stderr
+    assert "cannot fetch a trusted certificate of the server's list from the key manager" in refused.stderr
 
 
 def test_a_domain_nova_does_not_know_is_refused(compute, cloud):

@@ -570,11 +570,26 @@ class _Decider:
             self.failure(where, exc)
             return
         if ids:
+            self.bind_missing(where, ids)
             self.policy = dataclasses.replace(self.policy, server_certificate_ids=ids, server_id=self.domain.uuid)
         listed = f"its own trusted image certificates: {', '.join(ids)}" if ids else \
             "no trusted image certificates of its own: the host's policy alone"
         self.results.append((where, self.domain.image_id, BootDecision(True, 0, "server-trust",
                                                                        f"server {self.domain.uuid} has {listed}")))
+
+    def bind_missing(self, where: str, ids: tuple[str, ...]) -> None:
+        """Ids of the server's list this host never fetched: fetched from the key manager and bound, as
+        self-adoption does for the trusted ids (only when it is configured; otherwise they name no
+        certificate, which the check says).  A failure is logged; the check then decides without it."""
+        try:
+            missing = tuple(i for i in ids if self.records.anchors.fingerprint(i) is None)
+            failures = self.adopter.bind_certificates(missing) if missing else []
+        except ImgsignError as error:
+            failures = [error]
+        for failure in failures:
+            self.results.append((where, self.domain.image_id, BootDecision(
+                True, failure.exit_code, failure.reason, "cannot fetch a trusted certificate of the server's list "
+                                                         f"from the key manager: {failure.message}")))
 
     def run(self) -> list[Result]:
         for disk in self.domain.disks:
