@@ -238,3 +238,19 @@ def test_the_server_list_only_narrows(records, signer, anchors, host, server):
     except errors.UntrustedCertificate:
         accepted = False
     assert accepted == expected
+
+
+def test_the_default_configuration_loads_nothing_of_per_server_trust(tmp_path):
+    """No ``[nova]``: a hook call (cold and warm) imports neither module (tests/test_warm_boot.py keeps
+    the rest of the warm module set)."""
+    from tests.test_boot_hook import Host, domain_xml
+    from tests.test_warm_boot import _modules_of_hook
+
+    host = Host(tmp_path)
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    xml = domain_xml(instance, image_id, [(disk, "qcow2")])
+    for operation in ("prepare", "start"):
+        code, stderr, modules = _modules_of_hook(host, instance, xml, operation, tmp_path)
+        assert code == 0, stderr
+        assert not {"imgsign.compute.server_trust", "imgsign.compute.nova_client"} & set(modules)

@@ -73,7 +73,6 @@ from imgsign._internal.untrusted import SafeStream, safe
 from imgsign.compute import protection, qemu_img
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
-from imgsign.compute.server_trust import SECTION, NovaSettings, load_settings
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.errors import (
@@ -94,6 +93,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from imgsign.compute.self_adoption import SelfAdopter
+    from imgsign.compute.server_trust import NovaSettings
 
 DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -192,8 +192,17 @@ def load_config(path: str | None = None) -> HookConfig:
         allow_unverified=allow,
         path=path,
         lock_timeout=lock_timeout,
-        nova=load_settings(path, parser[SECTION] if parser.has_section(SECTION) else None),
+        nova=_nova_settings(path, parser),
     )
+
+
+def _nova_settings(path: str, parser: configparser.ConfigParser) -> NovaSettings | None:
+    """``[nova]`` (per-server trust), None when absent: its module loads only for a file that has one."""
+    if not parser.has_section("nova"):
+        return None
+    from imgsign.compute.server_trust import SECTION, load_settings
+
+    return load_settings(path, parser[SECTION])
 
 
 def _list(text: str) -> tuple[str, ...]:
