@@ -3,7 +3,8 @@
 Each class carries the CLI exit code it maps to (``exit_code``), so the
 command line, the libvirt hook and library callers agree on what failed.
 The codes are grouped by tens: 1x input, 2x certificate, 3x signature,
-4x crypto backend, 5x key manager.  ``0`` is success, ``1`` an internal
+4x crypto backend, 5x key manager, 6x the compute host's image cache,
+7x Glance, 8x Nova.  ``0`` is success, ``1`` an internal
 error (a bug), ``2`` a command-line usage error.
 """
 
@@ -344,6 +345,32 @@ class PolicyViolation(ImgsignError):
     reason = "policy-violation"
 
 
+# --- 8x: Nova (a server's own trusted certificates, on the compute side) -------------
+
+class NovaUnavailable(ImgsignError):
+    """Nova's API (or the identity service in front of it) is unreachable, too slow, refused the
+    credentials, or answered something that is not a server document; ``[nova] trusted_certs_fallback``
+    says whether the boot is then refused or decided by the host's trusted certificates alone."""
+
+    exit_code = 85
+    reason = "nova-unavailable"
+
+
+class NovaAnswerInvalid(ImgsignError):
+    """Nova answered a server document that cannot be the server's trusted certificate list (another
+    server's, a list that is not a list of ids, more ids than Nova allows): the boot is refused."""
+
+    exit_code = 86
+    reason = "nova-answer-invalid"
+
+
+class UnknownServer(ImgsignError):
+    """Nova has no server with the instance's uuid (or the hook's credentials cannot see it)."""
+
+    exit_code = 87
+    reason = "unknown-server"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -388,4 +415,7 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImportFailed,
     UploadInterrupted,
     PolicyViolation,
+    NovaUnavailable,
+    NovaAnswerInvalid,
+    UnknownServer,
 )

@@ -365,8 +365,8 @@ def test_the_glance_plugins_options_are_checked(tmp_path):
 
 
 def test_the_snapshot_holds_every_boot_option():
-    """A new [boot] option must reach the hook through the snapshot too."""
-    assert {option.dest for option in boot_config.boot_opts()} == set(boot_config._TYPES)
+    """A new [boot] option must reach the hook through the snapshot too (beside [nova], kept as written)."""
+    assert {option.dest for option in boot_config.boot_opts()} | {"nova"} == set(boot_config._TYPES)
 
 
 
@@ -381,3 +381,21 @@ def test_a_damaged_snapshot_is_ignored_never_an_error(values):
     assert result is None or isinstance(result, boot_config.BootSettings)
     if result is not None:
         assert all(0 <= value < float("inf") for value in (result.max_fast_path_age, result.lock_timeout))
+
+
+def test_the_nova_section_reaches_the_hook_through_the_snapshot(tmp_path, monkeypatch):
+    """[nova] (per-server trust) is checked when boot.conf is validated and kept in the snapshot, so a warm
+    call knows it without oslo.config; a bad value is refused at start, naming the option."""
+    from imgsign.compute import libvirt_hook
+
+    path = write(tmp_path / "boot.conf", "[boot]\nmode = enforce\n\n[nova]\nauth_type = password\n"
+                                         "trusted_certs_fallback = host\ntrusted_certs_timeout = 3\n")
+    monkeypatch.setenv("IMGSIGN_RUN_DIR", str(tmp_path / "run"))
+    first = libvirt_hook.load_config(str(path))
+    again = libvirt_hook.load_config(str(path))  # from the snapshot now
+    assert first.nova is not None and again.nova == first.nova
+    assert (again.nova.fallback, again.nova.timeout) == ("host", 3.0)
+    assert libvirt_hook.load_config(str(write(tmp_path / "plain.conf", "[boot]\n"))).nova is None
+    bad = write(tmp_path / "bad.conf", "[nova]\nauth_type = password\ntrusted_certs_fallback = maybe\n")
+    with pytest.raises(errors.InputError, match="trusted_certs_fallback"):
+        libvirt_hook.load_config(str(bad))

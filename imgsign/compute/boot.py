@@ -11,7 +11,11 @@ trust record written when the image was verified at download
    (:class:`~imgsign.compute.trust_record.AnchorStore`), and the recorded
    signer certificate, or a trusted certificate its chain was validated
    against, must be one of those certificates (by fingerprint; the
-   ``img_signature_certificate_uuid`` label is never trusted);
+   ``img_signature_certificate_uuid`` label is never trusted); when the server being
+   booted has its own ``trusted_image_certificates`` in Nova
+   (:mod:`imgsign.compute.server_trust`), the signer (or such a certificate) must
+   also be bound to one of the server's ids: the server's list only narrows what
+   the host allows, never widens it;
 3. the record's signed digest carries a valid signature of the recorded
    certificate (a record cannot be made up without the signer);
 4. the file is the one that was verified: same size and SHA-256 as recorded
@@ -74,10 +78,15 @@ class BootPolicy:
     which an unchanged, sealed base may be accepted without reading it again; ``immutable_bases``:
     seal verified bases immutable (``[boot] seal_bases = immutable``) rather than only root's and 0644
     (``owner``).  The seal has no default here: whoever builds a policy says which one it acts under,
-    so no step can fall back to ``immutable`` behind an operator's ``owner``."""
+    so no step can fall back to ``immutable`` behind an operator's ``owner``.
+    ``server_certificate_ids``: the booting server's own ``trusted_image_certificates`` from Nova
+    (empty: the server has none), checked on top of ``trusted_certificate_ids``; ``server_id`` names
+    that server in messages."""
 
     mode: Mode = Mode.ENFORCE
     trusted_certificate_ids: tuple[str, ...] = ()
+    server_certificate_ids: tuple[str, ...] = ()
+    server_id: str | None = None
     max_fast_path_age: float = DEFAULT_MAX_AGE
     immutable_bases: bool
 
@@ -103,20 +112,35 @@ _RECORD_POLICY = Policy(ignore_certificate_dates=True, allow_weak_keys=True)
 
 def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) -> None:
     """Raise unless the record's signer certificate, or a trusted certificate its chain was validated
-    against, is one of the certificates the policy's trusted ids are bound to."""
-    if not policy.trusted_certificate_ids:
-        return
-    trusted = {fp for i in policy.trusted_certificate_ids if (fp := records.anchors.fingerprint(i)) is not None}
-    if fingerprint(record.certificate_der) in trusted or trusted & set(record.anchor_fingerprints):
-        return
-    fetched = (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
-               else "given as a file, not fetched from the key manager under any id")
-    raise UntrustedCertificate(
-        f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
-        f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
-        f"(trust is decided on the certificate these ids were fetched as, not on the claimed id "
-        f"{record.properties.certificate_uuid}; the signing certificate was {fetched})"
-    )
+    against, is one of the certificates the policy's trusted ids are bound to; and, when the server has
+    its own trusted certificate ids, one of the certificates those are bound to as well."""
+    if policy.trusted_certificate_ids and not _bound_to_any(record, records, policy.trusted_certificate_ids):
+        raise UntrustedCertificate(
+            f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
+            f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
+            f"(trust is decided on the certificate these ids were fetched as, not on the claimed id "
+            f"{record.properties.certificate_uuid}; the signing certificate was {_fetched(record)})")
+    if policy.server_certificate_ids and not _bound_to_any(record, records, policy.server_certificate_ids):
+        unbound = [i for i in policy.server_certificate_ids if records.anchors.fingerprint(i) is None]
+        never = (f"; never fetched from the key manager on this host, so naming no certificate here: "
+                 f"{', '.join(unbound)}" if unbound else "")
+        raise UntrustedCertificate(
+            f"image {record.image_id} is signed by a certificate that is not among the trusted image certificates "
+            f"of server {policy.server_id or '?'} in Nova ({', '.join(policy.server_certificate_ids)}{never}) and "
+            f"was not validated against any of them at download (the server's own list narrows the host's; the "
+            f"signing certificate was {_fetched(record)})")
+
+
+def _bound_to_any(record: TrustRecord, records: RecordStore, ids: tuple[str, ...]) -> bool:
+    """Is the signer, or an anchor its chain was validated against, the certificate one of ``ids`` is
+    bound to (by fingerprint)?"""
+    trusted = {fp for i in ids if (fp := records.anchors.fingerprint(i)) is not None}
+    return fingerprint(record.certificate_der) in trusted or bool(trusted & set(record.anchor_fingerprints))
+
+
+def _fetched(record: TrustRecord) -> str:
+    return (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
+            else "given as a file, not fetched from the key manager under any id")
 
 
 def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
@@ -129,7 +153,7 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
     if record is None:
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
-    if policy.trusted_certificate_ids:
+    if policy.trusted_certificate_ids or policy.server_certificate_ids:
         if records is None:
             raise TypeError("check_base needs the RecordStore to check trusted certificate ids")
         check_signer(record, records, policy)

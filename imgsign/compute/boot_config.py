@@ -120,6 +120,10 @@ class BootSettings:
     adopt_by_conversion: bool
     adopt_conversion_max_size: int
     adopt_conversion_timeout: float
+    #: ``[nova]`` as written (name, value), for the per-server trust look-up
+    #: (:func:`imgsign.compute.server_trust.load_settings`, checked there when the file is validated); None
+    #: when the file has no such section.
+    nova: tuple[tuple[str, str], ...] | None = None
 
 
 def config_path(path: str | None = None) -> str:
@@ -247,7 +251,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "mode": (str,), "trusted_certificate_ids": (list,), "max_fast_path_age": (float, int), "seal_bases": (str,),
     "lock_timeout": (float, int), "instances_path": (str,), "state_dir": (str,), "log_file": (str, type(None)),
     "allow_unverified": (list,), "adopt": (bool,), "adopt_timeout": (float, int), "adopt_by_conversion": (bool,),
-    "adopt_conversion_max_size": (int,), "adopt_conversion_timeout": (float, int),
+    "adopt_conversion_max_size": (int,), "adopt_conversion_timeout": (float, int), "nova": (list, type(None)),
 }
 
 
@@ -258,10 +262,16 @@ def _settings_of(values: Any, path: str) -> BootSettings | None:
         value = values[name]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             return None
-        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        if name == "nova" and isinstance(value, list):
+            if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+                       for pair in value):
+                return None
+        elif isinstance(value, list) and not all(isinstance(item, str) for item in value):
             return None
     fields: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in values.items()}
+    if fields["nova"] is not None:
+        fields["nova"] = tuple((name, text) for name, text in fields["nova"])
     for name in ("max_fast_path_age", "lock_timeout", "adopt_timeout", "adopt_conversion_timeout"):
         fields[name] = float(fields[name])
         if not math.isfinite(fields[name]) or fields[name] < 0:
@@ -283,7 +293,8 @@ def _write_snapshot(snapshot: str, key: dict[str, Any], settings: BootSettings) 
         return  # not ours alone: never written into (and never read, see _read_snapshot)
     values = dataclasses.asdict(settings)
     del values["path"]
-    values = {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+    values = {name: [list(item) if isinstance(item, tuple) else item for item in value]
+              if isinstance(value, tuple) else value for name, value in values.items()}
     from imgsign._internal.files import atomic_write
 
     try:
@@ -422,4 +433,16 @@ def _settings_from(conf: cfg.ConfigOpts, path: str | None) -> BootSettings:
 
 def validate(path: str | None) -> BootSettings:
     """boot.conf at ``path`` (None: the defaults) checked in full (every section), without a snapshot."""
-    return _settings_from(load_options(path), path)
+    settings = _settings_from(load_options(path), path)
+    if path is None:
+        return settings
+    from imgsign.conf import raw_sections
+
+    found = {name.lower(): values for name, values in raw_sections(path).items()}.get("nova")
+    if found is None:
+        return settings
+    nova = tuple(sorted((name, values[-1]) for name, values in found.items()))
+    from imgsign.compute.server_trust import load_settings
+
+    load_settings(path, dict(nova))  # an invalid [nova] value is an error at start, as every other
+    return dataclasses.replace(settings, nova=nova)

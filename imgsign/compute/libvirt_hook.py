@@ -49,6 +49,18 @@ its type and default: ``doc/source/reference/configuration.md``, ``etc/imgsign/b
     state_dir = /var/lib/imgsign/boot
     # e.g. block, network: Cinder volumes, allowed with a warning
     allow_unverified =
+
+    [nova]
+    # optional: the server's own trusted image certificates; keystoneauth options as [glance]
+    auth_type = password
+    # or host: Nova unreachable -> the host's policy alone
+    trusted_certs_fallback = refuse
+    # seconds for the whole look-up of one hook call
+    trusted_certs_timeout = 5
+
+With ``[nova]`` the hook asks Nova for the booting server's ``trusted_image_certificates``
+(:mod:`imgsign.compute.server_trust`, :mod:`imgsign.compute.nova_client`) once per call; a server's
+own list narrows the host's ``trusted_certificate_ids``.
 """
 
 from __future__ import annotations
@@ -71,7 +83,15 @@ from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
-from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
+from imgsign.errors import (
+    ImgsignError,
+    InputError,
+    InsecureState,
+    NovaUnavailable,
+    UnsafeImage,
+    UnsignedImage,
+    UnverifiableDevice,
+)
 from imgsign.policy import Policy
 
 #: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
@@ -81,6 +101,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from imgsign.compute.self_adoption import SelfAdopter
+    from imgsign.compute.server_trust import NovaSettings
 
 DEFAULT_CONFIG = boot_config.DEFAULT_PATH
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
@@ -117,6 +138,8 @@ class HookConfig:
     path: str | None = None
     #: Seconds to wait for another imgsign run on the same base before refusing (``[boot] lock_timeout``).
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    #: ``[nova]``: ask Nova for the server's own trusted certificates (None: off, the default).
+    nova: NovaSettings | None = None
 
     @property
     def cache_dir(self) -> str:
@@ -132,7 +155,17 @@ def load_config(path: str | None = None) -> HookConfig:
                           max_fast_path_age=settings.max_fast_path_age,
                           immutable_bases=settings.seal_bases == "immutable"),
         instances_path=settings.instances_path, state_dir=settings.state_dir, log_file=settings.log_file,
-        allow_unverified=settings.allow_unverified, path=settings.path, lock_timeout=settings.lock_timeout)
+        allow_unverified=settings.allow_unverified, path=settings.path, lock_timeout=settings.lock_timeout,
+        nova=_nova_settings(settings))
+
+
+def _nova_settings(settings: boot_config.BootSettings) -> NovaSettings | None:
+    """``[nova]`` (per-server trust), None when absent: its module loads only for a file that has one."""
+    if settings.nova is None:
+        return None
+    from imgsign.compute.server_trust import load_settings
+
+    return load_settings(settings.path or boot_config.DEFAULT_PATH, dict(settings.nova))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +314,9 @@ class _Decider:
         self.bases_seen: set[str] = set()
         self.names_seen: set[str] = set()
         self._adopter: SelfAdopter | None = None
+        #: The host's policy, narrowed by the server's own trusted certificates (:meth:`server_trust`).
+        self.policy = config.policy
+        self._server_asked = False
 
     @property
     def adopter(self) -> SelfAdopter:
@@ -369,6 +405,7 @@ class _Decider:
                     f"{layer.format}{' with a backing file' if layer.backing else ''}"))
             return
         self.names_seen.add(name)
+        self.server_trust()  # before the base's lock: Nova's answer may take up to its deadline
         image_id = self.image_id_of(name)
         try:
             # One lock across adoption, check, seal and the path check: no other run on this base between them.
@@ -387,7 +424,7 @@ class _Decider:
     def checked(self, path: str, image_id: str | None, fmt: str | None = None) -> Result:
         """The decision for the base ``path`` (its lock held) read as ``fmt``: its record and format, its
         content, who can change it."""
-        decision = verify_for_boot(path, self.records, self.config.policy, self.cache, fmt=fmt)
+        decision = verify_for_boot(path, self.records, self.policy, self.cache, fmt=fmt)
         if decision.allowed and decision.code == 0:
             try:
                 self.protected(path)
@@ -456,6 +493,7 @@ class _Decider:
         except OSError as exc:
             raise InputError(f"cannot list the image cache {self.base}: {exc.strerror}") from None
         candidates = list(dict.fromkeys(([own] if in_cache else []) + names))
+        self.server_trust()
         failed: BootDecision | None = None
         for name in candidates:
             try:
@@ -464,7 +502,7 @@ class _Decider:
                 continue  # another image's damaged record is reported when that image boots
             if record is None or record.cached_size != size:
                 continue
-            decision = verify_for_boot(path, self.records, self.config.policy,
+            decision = verify_for_boot(path, self.records, self.policy,
                                        self.cache if in_cache and name == own else None, name=name)
             if decision.allowed and decision.code == 0:
                 self.results.append((path, record.image_id, decision))
@@ -474,6 +512,53 @@ class _Decider:
             self.results.append((path, None, failed))
             return
         raise UnsignedImage(f"{what} is not a verified image nor a byte-identical copy of one in {self.base}")
+
+    def server_trust(self) -> None:
+        """With ``[nova]``: narrow the policy to the server's own ``trusted_image_certificates``, once per
+        hook call and only when an image is checked (a volume-backed server's boot never asks Nova); Nova
+        unreachable follows ``[nova] trusted_certs_fallback``."""
+        settings = self.config.nova
+        if settings is None or self._server_asked:
+            return
+        self._server_asked = True
+        from imgsign.compute.nova_client import trusted_certificates
+
+        where = f"nova:servers/{self.domain.uuid}"
+        try:
+            ids = trusted_certificates(settings, self.config.state_dir, self.domain.uuid, owner=self.records.owner)
+        except NovaUnavailable as exc:
+            if settings.fallback == "host":
+                self.results.append((where, self.domain.image_id, BootDecision(
+                    True, exc.exit_code, exc.reason, f"{exc.message}; decided by the host's trusted certificates "
+                                                     "alone ([nova] trusted_certs_fallback = host)")))
+            else:
+                self.failure(where, NovaUnavailable(f"{exc.message}; refused ([nova] trusted_certs_fallback = "
+                                                    "refuse)"))
+            return
+        except ImgsignError as exc:
+            self.failure(where, exc)
+            return
+        if ids:
+            self.bind_missing(where, ids)
+            self.policy = dataclasses.replace(self.policy, server_certificate_ids=ids, server_id=self.domain.uuid)
+        listed = f"its own trusted image certificates: {', '.join(ids)}" if ids else \
+            "no trusted image certificates of its own: the host's policy alone"
+        self.results.append((where, self.domain.image_id, BootDecision(True, 0, "server-trust",
+                                                                       f"server {self.domain.uuid} has {listed}")))
+
+    def bind_missing(self, where: str, ids: tuple[str, ...]) -> None:
+        """Ids of the server's list this host never fetched: fetched from the key manager and bound, as
+        self-adoption does for the trusted ids (only when it is configured; otherwise they name no
+        certificate, which the check says).  A failure is logged; the check then decides without it."""
+        try:
+            missing = tuple(i for i in ids if self.records.anchors.fingerprint(i) is None)
+            failures = self.adopter.bind_certificates(missing) if missing else []
+        except ImgsignError as error:
+            failures = [error]
+        for failure in failures:
+            self.results.append((where, self.domain.image_id, BootDecision(
+                True, failure.exit_code, failure.reason, "cannot fetch a trusted certificate of the server's list "
+                                                         f"from the key manager: {failure.message}")))
 
     def run(self) -> list[Result]:
         for disk in self.domain.disks:

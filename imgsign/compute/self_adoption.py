@@ -198,6 +198,39 @@ class SelfAdopter:
             self._settings = _Settings.load(self.config_path)
         return self._settings
 
+    def bind_certificates(self, certificate_ids: tuple[str, ...]) -> list[ImgsignError]:
+        """Fetch each id's certificate from the key manager and bind it (id -> fingerprint), as adoption
+        binds the trusted ids it fetches (a server's own trusted certificate ids the host never fetched);
+        nothing when adoption is off.  Returns the failures (one per id), under ``adopt_timeout``."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        settings = self.settings()
+        if not settings.enabled or not certificate_ids:
+            return []
+
+        def work(stage: list[str], deadline: Deadline) -> list[tuple[str, x509.Certificate | ImgsignError]]:
+            from imgsign.keymanager import config as km_config
+            from imgsign.keymanager.anchors import fetch_certificate
+
+            stage[0] = "key manager"
+            fetched: list[tuple[str, x509.Certificate | ImgsignError]] = []
+            with netlimits.limited(deadline, KeyManagerError, "the key manager"):
+                store = km_config.open_store(settings.options)
+                for certificate_id in certificate_ids:
+                    try:
+                        fetched.append((certificate_id, fetch_certificate(store, certificate_id)))
+                    except ImgsignError as exc:
+                        fetched.append((certificate_id, exc))
+            return fetched
+
+        failures = []
+        for certificate_id, outcome in self._within_deadline(settings, work):
+            if isinstance(outcome, ImgsignError):
+                failures.append(outcome)
+            else:
+                self.records.anchors.bind(certificate_id, outcome.public_bytes(Encoding.DER))
+        return failures
+
     def _within_deadline(self, settings: _Settings, work: Callable[[list[str], Deadline], T]) -> T:
         """Run ``work`` on a daemon thread under this run's deadline (one budget for all images); the
         thread's sockets are cut at the deadline, and the hook stops waiting for it then in any case."""
