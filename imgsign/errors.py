@@ -315,6 +315,15 @@ class PolicyViolation(ImgsignError):
     reason = "policy-violation"
 
 
+# --- 9x: the compute host's signing gateway (imgsign gateway) -----------------------
+
+class ProvenanceError(ImgsignError):
+    """A provenance statement (``imgsign_provenance_v1_*``) is missing, malformed, forged or names another image."""
+
+    exit_code = 90
+    reason = "provenance-error"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -355,4 +364,5 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImportFailed,
     UploadInterrupted,
     PolicyViolation,
+    ProvenanceError,
 )
