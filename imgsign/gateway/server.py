@@ -156,8 +156,9 @@ def _upstream_error(request: web.Request, exc: BaseException) -> web.Response:
 
 def serve(config: GatewayConfig) -> None:
     """Run the gateway until interrupted (SIGINT/SIGTERM)."""
+    gateway = Gateway(config)  # first: without the extra, MissingExtra names it
+
     from aiohttp import web
 
-    gateway = Gateway(config)
     web.run_app(gateway.application(), host=config.listen_host, port=config.listen_port, print=None,
                 access_log=None, handle_signals=True)
