@@ -11,6 +11,25 @@
     # Seconds to connect to Glance, and the most a request may wait for Glance's next bytes.
     connect_timeout = 30
     read_timeout = 600
+
+    [signing]
+    # Without this section the gateway only forwards.  The host's key: a key file, a pkcs11: URI
+    # (a TPM through tpm2-pkcs11) or hashivault://NAME; its certificate (PEM) from the compute CA, and
+    # the key manager id under which that certificate is stored.
+    key = /etc/imgsign/host.key
+    certificate = /etc/imgsign/host.pem
+    certificate_id = 7c9e...
+    hash_method = SHA-256
+    # imgsign.conf: the key manager that holds base images' certificates (their fingerprints go into
+    # the provenance), and the pkcs11/transit sections for the key.
+    key_manager_config = /etc/imgsign/imgsign.conf
+    # This host's name as Nova knows it ([DEFAULT] host); default: the system's host name.
+    host = compute-1
+    # A queued snapshot whose instance is not defined on this host: pass (upload it unsigned) or refuse.
+    unmatched = pass
+    libvirt_uri = qemu:///system
+    # Seconds to wait for Glance to import (and check) a signed snapshot.
+    import_timeout = 3600
 """
 
 from __future__ import annotations
@@ -19,14 +38,33 @@ import configparser
 import dataclasses
 import ipaddress
 import os
+import socket
 import urllib.parse
 
 from imgsign._internal import redact
-from imgsign.errors import InputError
+from imgsign.algorithms import HashMethod
+from imgsign.errors import ImgsignError, InputError
 
 DEFAULT_CONFIG = "/etc/imgsign/gateway.conf"
 DEFAULT_PORT = 9293
 _OPTIONS = {"listen", "glance_url", "ca_file", "connect_timeout", "read_timeout"}
+_SIGNING_OPTIONS = {"key", "certificate", "certificate_id", "hash_method", "key_manager_config", "host", "unmatched",
+                    "libvirt_uri", "import_timeout"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningConfig:
+    """``[signing]``: the host's key and what the gateway signs."""
+
+    key: str
+    certificate: str
+    certificate_id: str
+    hash_method: HashMethod = HashMethod.SHA256
+    key_manager_config: str | None = None
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    refuse_unmatched: bool = False
+    libvirt_uri: str = "qemu:///system"
+    import_timeout: float = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +78,7 @@ class GatewayConfig:
     connect_timeout: float = 30.0
     read_timeout: float = 600.0
     path: str | None = None
+    signing: SigningConfig | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -59,9 +98,34 @@ def _seconds(path: str, section: configparser.SectionProxy, name: str, default: 
     except ValueError:
         value = -1.0
     if not 0 < value < 86400:
-        raise InputError(f"{path}: [gateway] {name} must be a number of seconds (more than 0, under a day), "
+        raise InputError(f"{path}: [{section.name}] {name} must be a number of seconds (more than 0, under a day), "
                          f"not {text[:40]!r}")
     return value
+
+
+def _signing(path: str, section: configparser.SectionProxy) -> SigningConfig:
+    unknown = sorted(set(section) - _SIGNING_OPTIONS)
+    if unknown:
+        raise InputError(f"{path}: unknown [signing] option(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(_SIGNING_OPTIONS))})")
+    values = {name: section.get(name, "").strip() for name in ("key", "certificate", "certificate_id")}
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise InputError(f"{path}: [signing] needs {', '.join(missing)}")
+    try:
+        hash_method = HashMethod.parse(section.get("hash_method", "SHA-256").strip())
+    except ImgsignError as exc:
+        raise InputError(f"{path}: [signing] hash_method: {exc}") from None
+    unmatched = section.get("unmatched", "pass").strip()
+    if unmatched not in ("pass", "refuse"):
+        raise InputError(f"{path}: [signing] unmatched must be pass or refuse, not {unmatched[:40]!r}")
+    key_manager = section.get("key_manager_config", "").strip() or None
+    if key_manager is not None and not os.path.isfile(key_manager):
+        raise InputError(f"{path}: [signing] key_manager_config {key_manager} is not a readable file")
+    host = section.get("host", "").strip() or socket.gethostname()
+    return SigningConfig(values["key"], values["certificate"], values["certificate_id"], hash_method, key_manager,
+                         host, unmatched == "refuse", section.get("libvirt_uri", "qemu:///system").strip(),
+                         _seconds(path, section, "import_timeout", 3600.0))
 
 
 def _listen(path: str, text: str) -> tuple[str, int]:
@@ -121,4 +185,5 @@ def load_config(path: str | None = None) -> GatewayConfig:
         glance_url=_glance_url(path, glance), listen_host=host, listen_port=port, ca_file=ca_file,
         connect_timeout=_seconds(path, section, "connect_timeout", 30.0),
         read_timeout=_seconds(path, section, "read_timeout", 600.0), path=path,
+        signing=_signing(path, parser["signing"]) if parser.has_section("signing") else None,
     )

@@ -14,49 +14,35 @@ JSON body naming the cause (never a token).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from imgsign.errors import MissingExtra
+from imgsign.gateway._http import (
+    CHUNK,
+    NOT_ADDED,
+    REQUEST_DROPPED,
+    RESPONSE_DROPPED,
+    error_response,
+    forwarded_headers,
+)
 from imgsign.gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession, web
 
+    from imgsign.gateway.domains import DomainLookup
+    from imgsign.gateway.host_key import CertificateSource, HostSigner
+
 LOG = logging.getLogger("imgsign.gateway")
-#: Bytes read and written at a time; also bounds what is buffered per direction and request.
-CHUNK = 256 * 1024
-
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-    "trailer", "transfer-encoding", "upgrade",
-})
-#: Request headers not forwarded besides the hop-by-hop ones.
-_REQUEST_DROPPED = frozenset({"host", "expect"})
-#: Response headers aiohttp's server computes itself for what it sends.
-_RESPONSE_DROPPED = frozenset({"content-length"})
-#: Headers aiohttp's client would add to a request that lacks them.
-_NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
 
 def _aiohttp() -> None:
     try:
         import aiohttp  # noqa: F401
     except ImportError:
         raise MissingExtra("imgsign gateway needs aiohttp: pip install 'imgsign[gateway]'") from None
-
-
-def forwarded_headers(headers: Iterable[tuple[str, str]],
-                      dropped: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """``headers`` without the hop-by-hop ones (those ``Connection`` names included) and ``dropped``."""
-    pairs = list(headers)
-    named = {token.strip().lower() for name, value in pairs if name.lower() == "connection"
-             for token in value.split(",") if token.strip()}
-    skip = HOP_BY_HOP | named | dropped
-    return [(name, value) for name, value in pairs if name.lower() not in skip]
 
 
 def ssl_context(config: GatewayConfig) -> ssl.SSLContext:
@@ -66,20 +52,21 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext:
     return context
 
 
-def _error(status: int, message: str) -> web.Response:
-    from aiohttp import web
-
-    body = json.dumps({"error": {"code": status, "message": message, "source": "imgsign gateway"}})
-    return web.Response(status=status, text=body, content_type="application/json")
-
-
 class Gateway:
     """The proxy: one client session to Glance, shared by every request."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, signer: HostSigner | None = None,
+                 domains: DomainLookup | None = None, certificates: CertificateSource | None = None) -> None:
+        """``signer``, ``domains`` and ``certificates`` together turn on signing; without ``signer`` the
+        gateway only forwards."""
         _aiohttp()
         self.config = config
         self._session: ClientSession | None = None
+        self.signer = signer
+        if signer is not None and (domains is None or certificates is None):
+            raise ValueError("signing needs a domain lookup and a certificate source")
+        self.domains = domains
+        self.certificates = certificates
 
     async def start(self, _app: object = None) -> None:
         import aiohttp
@@ -89,7 +76,7 @@ class Gateway:
                                         sock_read=self.config.read_timeout)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                               cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=CHUNK,
-                                              skip_auto_headers=_NOT_ADDED)
+                                              skip_auto_headers=NOT_ADDED)
 
     async def stop(self, _app: object = None) -> None:
         if self._session is not None:
@@ -106,23 +93,51 @@ class Gateway:
         app.router.add_route("*", "/{tail:.*}", self.forward)
         return app
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
-        """Send ``request`` to Glance as it came and stream Glance's answer back."""
-        import aiohttp
-        from aiohttp import web
-        from yarl import URL
-
+    @property
+    def session(self) -> ClientSession:
         if self._session is None:
             raise RuntimeError("the gateway's client session is not started")
-        target = URL(self.config.glance_url + request.raw_path, encoded=True)
-        headers = forwarded_headers(request.headers.items(), _REQUEST_DROPPED)
-        body = request.content.iter_chunked(CHUNK) if request.body_exists else None
+        return self._session
+
+    def url(self, path: str) -> Any:
+        from yarl import URL
+
+        return URL(self.config.glance_url + path, encoded=True)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        """Intercept what :mod:`imgsign.gateway.intercept` names; forward everything else."""
+        if self.signer is not None:
+            from imgsign.gateway import intercept
+
+            path = request.rel_url.raw_path
+            image_id = intercept.upload_target(request.method, path)
+            if image_id is not None:
+                from imgsign.gateway.signing import handle_upload
+
+                return await handle_upload(self, request, image_id)
+            image_id = intercept.location_target(request.method, path)
+            if image_id is not None:
+                from imgsign.gateway.signing import handle_location
+
+                return await handle_location(self, request, image_id)
+        return await self.proxy(request)
+
+    async def proxy(self, request: web.Request, body: AsyncIterator[bytes] | None = None) -> web.StreamResponse:
+        """Send ``request`` to Glance as it came (``body``: its body, if already partly read) and stream
+        Glance's answer back."""
+        import aiohttp
+        from aiohttp import web
+
+        target = self.url(request.raw_path)
+        headers = forwarded_headers(request.headers.items(), REQUEST_DROPPED)
+        if body is None and request.body_exists:
+            body = request.content.iter_chunked(CHUNK)
         response: web.StreamResponse | None = None
         try:
-            async with self._session.request(request.method, target, headers=headers, data=body,
+            async with self.session.request(request.method, target, headers=headers, data=body,
                                              allow_redirects=False, compress=None) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in forwarded_headers(upstream.headers.items(), _RESPONSE_DROPPED):
+                for name, value in forwarded_headers(upstream.headers.items(), RESPONSE_DROPPED):
                     response.headers.add(name, value)
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
@@ -145,18 +160,33 @@ def _upstream_error(request: web.Request, exc: BaseException) -> web.Response:
 
     if isinstance(exc, asyncio.TimeoutError):
         LOG.warning("%s %s: Glance did not answer in time", request.method, request.path)
-        return _error(504, "Glance did not answer in time")
+        return error_response(504, "Glance did not answer in time")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         LOG.error("%s %s: Glance's TLS certificate is not trusted: %s", request.method, request.path,
                   exc.certificate_error)
-        return _error(502, "Glance's TLS certificate is not trusted (see [gateway] ca_file)")
+        return error_response(502, "Glance's TLS certificate is not trusted (see [gateway] ca_file)")
     LOG.error("%s %s: cannot reach Glance: %s", request.method, request.path, type(exc).__name__)
-    return _error(502, f"cannot reach Glance ({type(exc).__name__})")
+    return error_response(502, f"cannot reach Glance ({type(exc).__name__})")
+
+
+def make_gateway(config: GatewayConfig) -> Gateway:
+    """The gateway ``config`` describes: forwarding only, or signing with the host key (``[signing]``)."""
+    _aiohttp()  # first: without the extra, MissingExtra names it
+    signing = config.signing
+    if signing is None:
+        return Gateway(config)
+    from imgsign.gateway.domains import VirshDomains
+    from imgsign.gateway.host_key import HostSigner, KeyManagerCertificates
+    from imgsign.keymanager.config import load
+
+    conf = load(signing.key_manager_config)
+    return Gateway(config, signer=HostSigner(signing, conf), domains=VirshDomains(signing.libvirt_uri),
+                   certificates=KeyManagerCertificates(conf))
 
 
 def serve(config: GatewayConfig) -> None:
     """Run the gateway until interrupted (SIGINT/SIGTERM)."""
-    gateway = Gateway(config)  # first: without the extra, MissingExtra names it
+    gateway = make_gateway(config)
 
     from aiohttp import web
 
