@@ -263,3 +263,18 @@ def test_a_location_added_to_a_snapshot_is_refused(glance, signing, base_id) -> 
         **_headers(glance), "Content-Type": "application/openstack-images-v2.1-json-patch"},
         json=[{"op": "add", "path": "/note", "value": "x"}])
     assert response.status_code == 200, response.text
+
+
+def test_a_large_patch_of_another_image_passes_whole(glance, signing) -> None:
+    """A PATCH longer than the gateway reads to look for locations is replayed to Glance in full."""
+    value = "v" * 100_000
+    answers = []
+    for url in (signing["url"], glance.url):
+        image_id = _create(glance.url, glance)
+        response = requests.patch(f"{url}/v2/images/{image_id}", timeout=60, headers={
+            **_headers(glance), "Content-Type": "application/openstack-images-v2.1-json-patch"},
+            json=[{"op": "add", "path": "/note", "value": value}])
+        answers.append(response.status_code)
+        if response.status_code == 200:
+            assert _image(glance, image_id)["note"] == value
+    assert answers[0] == answers[1], answers

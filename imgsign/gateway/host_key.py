@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,16 +30,20 @@ class HostSigner:
         self.certificate_sha256 = hashlib.sha256(certificate.public_bytes(Encoding.DER)).digest()
         self.key = open_signing_key(config.key, conf=conf)
         self._signer = Signer(self.key, config.certificate_id, config.hash_method, certificate=certificate)
+        # Concurrent uploads sign from worker threads; a token session is not to be shared between them.
+        self._lock = threading.Lock()
 
     @property
     def hash_method(self) -> Any:
         return self.config.hash_method
 
     def sign(self, digest: bytes) -> SignatureProperties:
-        return self._signer.sign_digest(digest)
+        with self._lock:
+            return self._signer.sign_digest(digest)
 
     def provenance_properties(self, signed: SignatureProperties, provenance: Provenance) -> dict[str, str]:
-        return sign_provenance(self.key, signed, self.certificate_sha256, provenance)
+        with self._lock:
+            return sign_provenance(self.key, signed, self.certificate_sha256, provenance)
 
     def close(self) -> None:
         self.key.close()

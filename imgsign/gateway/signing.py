@@ -63,6 +63,17 @@ def _auth_headers(request: web.Request) -> dict[str, str]:
             if name.lower() not in HOP_BY_HOP | _BODY_HEADERS | connection}
 
 
+async def read_up_to(stream: Any, limit: int) -> tuple[bytes, bool]:
+    """Read an aiohttp StreamReader to its end or to ``limit + 1`` bytes: (what was read, whether that is all)."""
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await stream.read(limit + 1 - len(data))
+        if not chunk:
+            return bytes(data), True
+        data += chunk
+    return bytes(data), False
+
+
 def _signer(gateway: Gateway) -> HostSigner:
     if gateway.signer is None:
         raise RuntimeError("the gateway has no signer")
@@ -78,8 +89,8 @@ async def _json_call(gateway: Gateway, method: str, path: str, headers: Mapping[
         call_headers["Content-Type"] = content_type
     async with gateway.session.request(method, gateway.url(path), headers=call_headers, data=data,
                                        allow_redirects=False) as response:
-        raw = await response.content.read(MAX_JSON + 1)
-        if len(raw) > MAX_JSON:
+        raw, complete = await read_up_to(response.content, MAX_JSON)
+        if not complete:
             raise Refused(502, f"Glance's answer to {method} {path} is too large")
         try:
             return response.status, json.loads(raw) if raw else None
@@ -109,8 +120,17 @@ async def handle_upload(gateway: Gateway, request: web.Request, image_id: str) -
         return await gateway.proxy(request)
     if decision.verdict is intercept.Verdict.REFUSE:
         return error_response(403, f"imgsign gateway refuses this upload: {decision.reason}")
+    import aiohttp
+
     try:
         await _sign_and_import(gateway, request, image, headers)
+    except asyncio.TimeoutError:
+        LOG.error("image %s: not signed: Glance did not answer in time", image_id)
+        return error_response(504, "imgsign gateway: Glance did not answer in time; nothing was signed")
+    except aiohttp.ClientError as exc:
+        LOG.error("image %s: not signed: Glance call failed: %s", image_id, type(exc).__name__)
+        return error_response(502, f"imgsign gateway: Glance call failed ({type(exc).__name__}); nothing was "
+                                   f"signed")
     except Refused as refused:
         LOG.error("image %s: not signed: %s", image_id, refused.message)
         return error_response(refused.status, refused.message)
@@ -250,10 +270,10 @@ async def _wait_active(gateway: Gateway, image_id: str, headers: Mapping[str, st
 
 async def handle_location(gateway: Gateway, request: web.Request, image_id: str) -> web.StreamResponse:
     """A location added to a snapshot or backup is refused (403); everything else is forwarded."""
-    body = b""
+    body, complete = b"", True
     if request.body_exists:
-        body = await request.content.read(intercept.MAX_PATCH + 1)
-    rest_pending = len(body) > intercept.MAX_PATCH
+        body, complete = await read_up_to(request.content, intercept.MAX_PATCH)
+    rest_pending = not complete
     adds = request.method == "POST" or rest_pending or intercept.patch_adds_location(body)
     if adds:
         status, image = await _json_call(gateway, "GET", f"/v2/images/{image_id}", _auth_headers(request))
