@@ -23,6 +23,4 @@ def serve_command(config_path: str | None) -> None:
 
     config = load_config(config_path)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="imgsign-gateway: %(levelname)s %(message)s")
-    logging.getLogger("imgsign.gateway").info("listening on %s:%d, forwarding to %s", config.listen_host,
-                                              config.listen_port, config.glance_url)
     serve(config)

@@ -186,9 +186,15 @@ def make_gateway(config: GatewayConfig) -> Gateway:
 
 def serve(config: GatewayConfig) -> None:
     """Run the gateway until interrupted (SIGINT/SIGTERM)."""
-    gateway = make_gateway(config)
+    gateway = make_gateway(config)  # every key and certificate check first: a failure stops the start
+
+    async def announce(_app: object) -> None:
+        LOG.info("listening on %s:%d, forwarding to %s%s", config.listen_host, config.listen_port, config.glance_url,
+                 "" if gateway.signer is None else f", signing as host {gateway.signer.config.host}")
 
     from aiohttp import web
 
-    web.run_app(gateway.application(), host=config.listen_host, port=config.listen_port, print=None,
+    app = gateway.application()
+    app.on_startup.append(announce)
+    web.run_app(app, host=config.listen_host, port=config.listen_port, print=None,
                 access_log=None, handle_signals=True)
