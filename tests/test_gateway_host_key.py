@@ -102,6 +102,7 @@ def _serve(conf: Path) -> subprocess.CompletedProcess[str]:
     (f"key = k\ncertificate = c\ncertificate_id = i\nhash_method = sha256\n", 10, "hash_method"),
     (f"key = k\ncertificate = c\ncertificate_id = i\nunmatched = sign\n", 10, "unmatched"),
     (f"key = k\ncertificate = c\ncertificate_id = i\npin = 1234\n", 10, "unknown [signing] option"),
+    (f"key = k\ncertificate = c\ncertificate_id = i\nhost = compute 1\n", 10, "is not a host name"),
     (f"key = /nonexistent.key\ncertificate = {cert_of('RSA-PSS')}\ncertificate_id = {CERT_ID}\n", 10,
      "/nonexistent.key"),
 ])

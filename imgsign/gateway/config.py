@@ -38,6 +38,7 @@ import configparser
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import urllib.parse
 
@@ -46,6 +47,8 @@ from imgsign.algorithms import HashMethod
 from imgsign.errors import ImgsignError, InputError
 
 DEFAULT_CONFIG = "/etc/imgsign/gateway.conf"
+#: A host name as the provenance states it (imgsign.gateway.provenance).
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 DEFAULT_PORT = 9293
 _OPTIONS = {"listen", "glance_url", "ca_file", "connect_timeout", "read_timeout"}
 _SIGNING_OPTIONS = {"key", "certificate", "certificate_id", "hash_method", "key_manager_config", "host", "unmatched",
@@ -123,6 +126,9 @@ def _signing(path: str, section: configparser.SectionProxy) -> SigningConfig:
     if key_manager is not None and not os.path.isfile(key_manager):
         raise InputError(f"{path}: [signing] key_manager_config {key_manager} is not a readable file")
     host = section.get("host", "").strip() or socket.gethostname()
+    if not _HOST.fullmatch(host):
+        raise InputError(f"{path}: [signing] host {host[:80]!r} is not a host name (letters, digits, '.', '_', '-'); "
+                         f"set it to Nova's [DEFAULT] host")
     return SigningConfig(values["key"], values["certificate"], values["certificate_id"], hash_method, key_manager,
                          host, unmatched == "refuse", section.get("libvirt_uri", "qemu:///system").strip(),
                          _seconds(path, section, "import_timeout", 3600.0))

@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("imgsign.gateway")
 JSON_PATCH = "application/openstack-images-v2.1-json-patch"
-#: Headers of Nova's request not sent with the gateway's own calls (they describe Nova's body).
-_BODY_HEADERS = frozenset({"host", "expect", "content-length", "content-type", "content-encoding", "content-md5"})
+#: Headers of Nova's request not sent with the gateway's own calls: they describe Nova's body, or what Nova
+#: accepts back (the gateway reads Glance's JSON itself, uncompressed).
+_BODY_HEADERS = frozenset({"host", "expect", "content-length", "content-type", "content-encoding", "content-md5",
+                           "accept", "accept-encoding", "range", "if-match", "if-none-match"})
 #: Longest JSON answer read from Glance (an image's JSON is a few KiB).
 MAX_JSON = 1024 * 1024
 
@@ -84,7 +86,7 @@ async def _json_call(gateway: Gateway, method: str, path: str, headers: Mapping[
                      body: object = None, content_type: str = "application/json") -> tuple[int, Any]:
     """Call Glance; (status, parsed JSON or the text of the answer)."""
     data = None if body is None else json.dumps(body).encode()
-    call_headers = dict(headers)
+    call_headers = {**headers, "Accept": "application/json", "Accept-Encoding": "identity"}
     if data is not None:
         call_headers["Content-Type"] = content_type
     async with gateway.session.request(method, gateway.url(path), headers=call_headers, data=data,
