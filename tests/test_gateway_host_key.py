@@ -55,7 +55,8 @@ def _provenance(digest: bytes, index: int = 0) -> Provenance:
 
 def _check(signer: HostSigner, cert: Path, data: bytes, index: int = 0) -> None:
     digest = hashlib.sha256(data).digest()
-    signed = signer.sign(digest)
+    signed = signer.sign(digest, CERT_ID)
+    assert signed.certificate_uuid == CERT_ID
     properties = {**signed.as_dict(), **signer.provenance_properties(signed, _provenance(digest, index))}
     certificate = load_certificate(cert.read_bytes())
     fingerprint = hashlib.sha256(certificate.public_bytes(Encoding.DER)).digest()
@@ -98,7 +99,7 @@ def _serve(conf: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("signing", "code", "message"), [
     (f"key = {key_of('ECC_SECP384R1')}\ncertificate = {cert_of('RSA-PSS')}\ncertificate_id = {CERT_ID}\n", 23,
      "does not belong"),
-    (f"key = {key_of('RSA-PSS')}\ncertificate = {cert_of('RSA-PSS')}\n", 10, "needs certificate_id"),
+    (f"key = {key_of('RSA-PSS')}\n", 10, "needs certificate"),
     (f"key = k\ncertificate = c\ncertificate_id = i\nhash_method = sha256\n", 10, "hash_method"),
     (f"key = k\ncertificate = c\ncertificate_id = i\nunmatched = sign\n", 10, "unmatched"),
     (f"key = k\ncertificate = c\ncertificate_id = i\npin = 1234\n", 10, "unknown [signing] option"),

@@ -70,7 +70,7 @@ def test_virsh_lookup(stack, tmp_path: Path) -> None:
 
 
 def test_a_snapshot_is_signed_on_libvirt_s_word(stack, tmp_path: Path) -> None:
-    from imgsign.gateway.host_key import HostSigner, KeyManagerCertificates
+    from imgsign.gateway.host_key import CastellanProjects, HostSigner
     from imgsign.gateway.server import Gateway
 
     libvirt, glance, env = stack
@@ -79,10 +79,10 @@ def test_a_snapshot_is_signed_on_libvirt_s_word(stack, tmp_path: Path) -> None:
     _define(libvirt, tmp_path, theirs, env.other_id)
     conf = load(str(env.conf))
     signing = SigningConfig(key=str(key_of(HOST_KEY_TYPE)), certificate=str(cert_of(HOST_KEY_TYPE)),
-                            certificate_id=env.host_cert_id, host="compute-test", libvirt_uri=libvirt.uri,
+                            host="compute-test", libvirt_uri=libvirt.uri,
                             import_timeout=120)
     gateway = Gateway(GatewayConfig(glance_url=glance.url), signer=HostSigner(signing, conf),
-                      domains=VirshDomains(libvirt.uri), certificates=KeyManagerCertificates(conf))
+                      domains=VirshDomains(libvirt.uri), keys=CastellanProjects(conf))
     with running(gateway) as url:
         data = b"snapshot on libvirt's word " * 10000
         image_id = _create(url, glance, image_type="snapshot", instance_uuid=mine)

@@ -26,7 +26,7 @@ from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.domains import DomainLookup
 from imgsign.gateway.intercept import DomainInfo
 from imgsign.gateway.provenance import PAYLOAD_TYPE, PREFIX, pae, verify_provenance
-from imgsign.keymanager.config import load
+from imgsign.keymanager.config import load, open_store
 from tests.conftest import cert_of, key_of, run_cli
 from tests.servers.glance import GlanceServer, glance_server
 from tests.servers.nova import upload_snapshot
@@ -82,9 +82,8 @@ class Env:
         self.conf = root / "owner.conf"
         self.conf.write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {self.keystore}\n\n"
                              f"[imgsign]\nproject_id = {self.project_id}\n")
-        # The host certificate copied into the owner's project, where Glance's check reads it.
-        self.host_cert_id = self._stored("cert", "store", cert_of(HOST_KEY_TYPE))
         self.base_cert_id = self._stored("cert", "store", cert_of(BASE_KEY_TYPE))
+        self.host_cert_ids: set[str] = set()
 
     def _stored(self, *args: object) -> str:
         result = run_cli("-c", self.conf, *args)
@@ -105,17 +104,18 @@ def glance(env: Env, keystone) -> Iterator[GlanceServer]:
 
 @pytest.fixture(scope="module")
 def signing(env: Env, glance: GlanceServer) -> Iterator[dict]:
-    from imgsign.gateway.host_key import HostSigner, KeyManagerCertificates
+    from imgsign.gateway.host_key import CastellanProjects, HostSigner
     from imgsign.gateway.server import Gateway
 
     config = GatewayConfig(glance_url=glance.url)
+    # No certificate_id: the gateway copies the host certificate into the owner's project when first needed.
     signing_config = SigningConfig(key=str(key_of(HOST_KEY_TYPE)), certificate=str(cert_of(HOST_KEY_TYPE)),
-                                   certificate_id=env.host_cert_id, host="compute-test", import_timeout=120)
+                                   host="compute-test", import_timeout=120)
     conf = load(str(env.conf))
     domains = FakeDomains({INSTANCE: DomainInfo(INSTANCE, "running", env.project_id),
                            FOREIGN_INSTANCE: DomainInfo(FOREIGN_INSTANCE, "running", env.other_id)})
     signer = HostSigner(signing_config, conf)
-    gateway = Gateway(config, signer=signer, domains=domains, certificates=KeyManagerCertificates(conf))
+    gateway = Gateway(config, signer=signer, domains=domains, keys=CastellanProjects(conf))
     with running(gateway) as url:
         yield {"url": url, "signer": signer}
 
@@ -172,7 +172,11 @@ def test_a_snapshot_comes_out_host_signed_and_checked_by_glance(env, glance, sig
     assert response.status_code == 204, response.text
     image = _image(glance, image_id)
     assert image["status"] == "active"
-    assert image["img_signature_certificate_uuid"] == env.host_cert_id
+    # The host certificate, stored in the owner's project (once: every snapshot names the same copy).
+    stored = open_store(load(str(env.conf))).get_certificate(image["img_signature_certificate_uuid"])
+    assert stored == load_certificate(cert_of(HOST_KEY_TYPE).read_bytes()).public_bytes(Encoding.DER)
+    env.host_cert_ids.add(image["img_signature_certificate_uuid"])
+    assert len(env.host_cert_ids) == 1
     assert image["img_signature_key_type"] == HOST_KEY_TYPE
     public, fingerprint = _host()
     provenance = verify_provenance(image, public, fingerprint, image_id=image_id)
@@ -233,12 +237,12 @@ def test_a_byte_changed_after_hashing_fails_the_import(glance, signing, base_id,
     real_sign = signer.sign
     image_id = _snapshot(signing["url"], glance, base_id)
 
-    def flip_then_sign(digest: bytes):
+    def flip_then_sign(digest: bytes, certificate_id: str):
         staged = glance.staging_dir / image_id
         content = bytearray(staged.read_bytes())
         content[100] ^= 1
         staged.write_bytes(bytes(content))
-        return real_sign(digest)
+        return real_sign(digest, certificate_id)
 
     monkeypatch.setattr(signer, "sign", flip_then_sign)
     response = _put(signing["url"], glance, image_id, b"x" * 100000)

@@ -14,11 +14,12 @@
 
     [signing]
     # Without this section the gateway only forwards.  The host's key: a key file, a pkcs11: URI
-    # (a TPM through tpm2-pkcs11) or hashivault://NAME; its certificate (PEM) from the compute CA, and
-    # the key manager id under which that certificate is stored.
+    # (a TPM through tpm2-pkcs11) or hashivault://NAME; its certificate (PEM) from the compute CA.
     key = /etc/imgsign/host.key
     certificate = /etc/imgsign/host.pem
-    certificate_id = 7c9e...
+    # Empty (the default): the certificate is stored in each image owner's project in the key manager
+    # when first needed, where Glance's and Nova's checks read it.  Set: this id is used as it is.
+    certificate_id =
     hash_method = SHA-256
     # imgsign.conf: the key manager that holds base images' certificates (their fingerprints go into
     # the provenance), and the pkcs11/transit sections for the key.
@@ -61,7 +62,7 @@ class SigningConfig:
 
     key: str
     certificate: str
-    certificate_id: str
+    certificate_id: str | None = None
     hash_method: HashMethod = HashMethod.SHA256
     key_manager_config: str | None = None
     host: str = dataclasses.field(default_factory=socket.gethostname)
@@ -111,7 +112,7 @@ def _signing(path: str, section: configparser.SectionProxy) -> SigningConfig:
     if unknown:
         raise InputError(f"{path}: unknown [signing] option(s) {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(_SIGNING_OPTIONS))})")
-    values = {name: section.get(name, "").strip() for name in ("key", "certificate", "certificate_id")}
+    values = {name: section.get(name, "").strip() for name in ("key", "certificate")}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise InputError(f"{path}: [signing] needs {', '.join(missing)}")
@@ -129,7 +130,8 @@ def _signing(path: str, section: configparser.SectionProxy) -> SigningConfig:
     if not _HOST.fullmatch(host):
         raise InputError(f"{path}: [signing] host {host[:80]!r} is not a host name (letters, digits, '.', '_', '-'); "
                          f"set it to Nova's [DEFAULT] host")
-    return SigningConfig(values["key"], values["certificate"], values["certificate_id"], hash_method, key_manager,
+    return SigningConfig(values["key"], values["certificate"], section.get("certificate_id", "").strip() or None,
+                         hash_method, key_manager,
                          host, unmatched == "refuse", section.get("libvirt_uri", "qemu:///system").strip(),
                          _seconds(path, section, "import_timeout", 3600.0))
 

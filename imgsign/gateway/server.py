@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from aiohttp import ClientSession, web
 
     from imgsign.gateway.domains import DomainLookup
-    from imgsign.gateway.host_key import CertificateSource, HostSigner
+    from imgsign.gateway.host_key import HostSigner, ProjectKeyManager
 
 LOG = logging.getLogger("imgsign.gateway")
 
@@ -56,17 +56,17 @@ class Gateway:
     """The proxy: one client session to Glance, shared by every request."""
 
     def __init__(self, config: GatewayConfig, *, signer: HostSigner | None = None,
-                 domains: DomainLookup | None = None, certificates: CertificateSource | None = None) -> None:
-        """``signer``, ``domains`` and ``certificates`` together turn on signing; without ``signer`` the
-        gateway only forwards."""
+                 domains: DomainLookup | None = None, keys: ProjectKeyManager | None = None) -> None:
+        """``signer``, ``domains`` and ``keys`` together turn on signing; without ``signer`` the gateway only
+        forwards."""
         _aiohttp()
         self.config = config
         self._session: ClientSession | None = None
         self.signer = signer
-        if signer is not None and (domains is None or certificates is None):
-            raise ValueError("signing needs a domain lookup and a certificate source")
+        if signer is not None and (domains is None or keys is None):
+            raise ValueError("signing needs a domain lookup and the key manager")
         self.domains = domains
-        self.certificates = certificates
+        self.keys = keys
 
     async def start(self, _app: object = None) -> None:
         import aiohttp
@@ -176,12 +176,12 @@ def make_gateway(config: GatewayConfig) -> Gateway:
     if signing is None:
         return Gateway(config)
     from imgsign.gateway.domains import VirshDomains
-    from imgsign.gateway.host_key import HostSigner, KeyManagerCertificates
+    from imgsign.gateway.host_key import CastellanProjects, HostSigner
     from imgsign.keymanager.config import load
 
     conf = load(signing.key_manager_config)
     return Gateway(config, signer=HostSigner(signing, conf), domains=VirshDomains(signing.libvirt_uri),
-                   certificates=KeyManagerCertificates(conf))
+                   keys=CastellanProjects(conf))
 
 
 def serve(config: GatewayConfig) -> None:

@@ -36,7 +36,7 @@ from imgsign.properties import SignatureProperties
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from imgsign.gateway.host_key import HostSigner
+    from imgsign.gateway.host_key import HostSigner, ProjectKeyManager
     from imgsign.gateway.server import Gateway
 
 LOG = logging.getLogger("imgsign.gateway")
@@ -197,8 +197,21 @@ def _check_head(head: bytes, state: _StageState) -> None:
         raise
 
 
+def _token(headers: Mapping[str, str]) -> str | None:
+    return next((value for name, value in headers.items() if name.lower() == "x-auth-token"), None)
+
+
+def _keys(gateway: Gateway) -> ProjectKeyManager:
+    if gateway.keys is None:
+        raise RuntimeError("signing without a key manager")
+    return gateway.keys
+
+
 async def _base(gateway: Gateway, image: Mapping[str, object], headers: Mapping[str, str]) -> BaseImage | None:
-    """What the provenance says of the base image: None if the instance's image was not signed."""
+    """What the provenance says of the base image: None if the instance's image was not signed.
+
+    Its certificate is read as the image owner reads it (their project, Nova's user token), as Nova did
+    when it verified the base for this instance."""
     reference = image.get("base_image_ref")
     if not isinstance(reference, str) or not reference:
         return None
@@ -210,9 +223,8 @@ async def _base(gateway: Gateway, image: Mapping[str, object], headers: Mapping[
     except ImgsignError as exc:
         LOG.warning("base image %s has unusable img_signature* properties (%s): stated as unsigned", reference, exc)
         return None
-    if gateway.certificates is None:
-        raise RuntimeError("signing without a certificate source")
-    certificate_sha256 = await gateway.certificates.sha256(signed.certificate_uuid, base)
+    certificate_sha256 = await _keys(gateway).certificate_sha256(str(image["owner"]), _token(headers),
+                                                                 signed.certificate_uuid)
     try:
         return BaseImage(reference, hashlib.sha256(signed.signature).digest(), certificate_sha256)
     except ValueError:
@@ -224,7 +236,9 @@ async def _sign_and_import(gateway: Gateway, request: web.Request, image: Mappin
     signer = _signer(gateway)
     image_id = str(image["id"])
     digest, size = await _stage(gateway, request, image_id, headers)
-    signed = await asyncio.to_thread(signer.sign, digest)
+    certificate_id = signer.config.certificate_id or await _keys(gateway).certificate_id(
+        str(image["owner"]), _token(headers), signer.certificate_der)
+    signed = await asyncio.to_thread(signer.sign, digest, certificate_id)
     base = await _base(gateway, image, headers)
     try:
         provenance = Provenance(image_id, signer.hash_method, digest, base, str(image["instance_uuid"]),
