@@ -29,7 +29,7 @@ from imgsign.gateway.provenance import PAYLOAD_TYPE, PREFIX, pae, verify_provena
 from imgsign.keymanager.config import load, open_store
 from tests.conftest import cert_of, key_of, run_cli
 from tests.servers.glance import GlanceServer, glance_server
-from tests.servers.nova import upload_snapshot
+from tests.servers.nova import fetch_to_raw, upload_snapshot
 
 pytest.importorskip("aiohttp")
 pytestmark = pytest.mark.servers
@@ -205,6 +205,20 @@ def test_nova_s_own_upload_code_through_the_gateway(env, glance, signing, base_i
     public, fingerprint = _host()
     assert verify_provenance(image, public, fingerprint, image_id=image_id).image_digest == \
         hashlib.sha256(data.read_bytes()).digest()
+
+
+def test_nova_s_download_code_accepts_a_host_signed_snapshot(env, glance, signing, base_id, tmp_path) -> None:
+    """Nova 34's fetch_to_raw with verify_glance_signatures (cursive, the certificate from the owner's project)."""
+    data = b"boot me " * 50000
+    image_id = _snapshot(signing["url"], glance, base_id)
+    assert _put(signing["url"], glance, image_id, data).status_code == 204
+    dest = tmp_path / "base"
+    nova = fetch_to_raw(tmp_path / "nova", glance_url=glance.url, token=_headers(glance)["X-Auth-Token"],
+                        project_id=env.project_id, image_id=image_id, dest=dest, force_raw_images=True,
+                        verify_glance_signatures=True, keystore=env.keystore)
+    assert nova.returncode == 0, nova.stderr[-3000:]
+    assert "Image signature verification succeeded" in nova.stderr, nova.stderr[-3000:]
+    assert dest.read_bytes() == data
 
 
 def test_an_instance_not_on_this_host_passes_unsigned(glance, signing, base_id) -> None:
