@@ -371,6 +371,15 @@ class UnknownServer(ImgsignError):
     reason = "unknown-server"
 
 
+# --- 9x: the compute host's signing gateway (imgsign gateway) -----------------------
+
+class ProvenanceError(ImgsignError):
+    """A provenance statement (``imgsign_provenance_v1_*``) is missing, malformed, forged or names another image."""
+
+    exit_code = 90
+    reason = "provenance-error"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -418,4 +427,5 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     NovaUnavailable,
     NovaAnswerInvalid,
     UnknownServer,
+    ProvenanceError,
 )

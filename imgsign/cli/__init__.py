@@ -1,7 +1,7 @@
 """The ``imgsign`` command line: a thin layer over the library.
 
 One module per command or command group (``sign``, ``verify``, ``keygen``,
-``cert``, ``key``, ``crl``, ``boot``, ``audit``), each imported only when its command
+``cert``, ``key``, ``crl``, ``boot``, ``audit``, ``gateway``), each imported only when its command
 runs, so a short run loads only what it needs; helpers they share are in
 :mod:`imgsign.cli._common`.  Every failure is one
 :class:`~imgsign.errors.ImgsignError` subclass and exits with that class's code
@@ -32,6 +32,7 @@ COMMANDS = {
     "crl": "imgsign.cli.crl:crl_group",
     "boot": "imgsign.cli.boot:boot_group",
     "audit": "imgsign.cli.audit:audit_command",
+    "gateway": "imgsign.cli.gateway:gateway_group",
 }
 
 

@@ -149,3 +149,23 @@ def verdicts(workdir: Path, cases: list[tuple[Path, str]], *, force_raw_images: 
         raise RuntimeError(f"Nova's inspection did not run: {proc.stderr[-2000:]}")
     result: list[dict[str, object]] = json.loads(proc.stdout)
     return result
+
+
+UPLOAD = Path(__file__).resolve().with_name("nova_app") / "upload.py"
+
+
+def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
+                    data: Path) -> subprocess.CompletedProcess[str]:
+    """Nova's ``nova.image.glance.API().update`` with ``data``, as nova-compute uploads a snapshot."""
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    env["NOVA_AUTH_TOKEN"] = token
+    return subprocess.run([str(python), str(UPLOAD), str(conf), project_id, image_id, str(data)], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
