@@ -76,7 +76,7 @@ def test_debug_shows_an_internal_errors_traceback_scrubbed(tmp_path, sample_imag
 def test_debug_log_never_carries_a_request_body():
     """keystoneauth logs a request as ``curl ... -d '<body>'``: Barbican's carries the key or certificate
     stored, which no scrubber knows, so the filter drops every body; remembered secrets go as everywhere."""
-    from imgsign._internal import redact
+    from imgsign._internal import debug_log, redact
 
     redact.forget()
     redact.remember("s3cret-passw0rd")
@@ -84,15 +84,15 @@ def test_debug_log_never_carries_a_request_body():
                                "REQ: curl -g -i -X POST %s -H \"X-Auth-Token: {SHA256}ab\" -d '%s'",
                                ("http://127.0.0.1:9311/v1/secrets",
                                 json.dumps({"payload": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0t", "name": "k"})), None)
-    assert redact.LogFilter().filter(record)
+    assert debug_log.LogFilter().filter(record)
     text = record.getMessage()
-    assert "LS0tLS1CRUdJTi" not in text and redact.OMITTED_BODY in text and "/v1/secrets" in text, text
+    assert "LS0tLS1CRUdJTi" not in text and debug_log.OMITTED_BODY in text and "/v1/secrets" in text, text
     body = logging.LogRecord("keystoneauth.session", logging.DEBUG, __file__, 1, "RESP BODY: %s",
                              ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n",), None)
-    redact.LogFilter().filter(body)
+    debug_log.LogFilter().filter(body)
     assert "MIIEvQ" not in body.getMessage() and body.getMessage().startswith("RESP BODY: <omitted"), body.msg
     quoted = logging.LogRecord("x", logging.DEBUG, __file__, 1, "password is %s", ("s3cret-passw0rd",), None)
-    redact.LogFilter().filter(quoted)
+    debug_log.LogFilter().filter(quoted)
     assert "s3cret" not in quoted.getMessage()
     redact.forget()
 
@@ -321,7 +321,7 @@ def test_debug_log_filter_leaves_no_body_and_no_secret_whatever_the_text():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from imgsign._internal import redact
+    from imgsign._internal import debug_log, redact
 
     @given(st.text(max_size=80), st.text(min_size=1, max_size=80), st.text(max_size=40),
            st.text(st.characters(blacklist_categories=("Cs",)), min_size=8, max_size=30))
@@ -331,15 +331,15 @@ def test_debug_log_filter_leaves_no_body_and_no_secret_whatever_the_text():
         redact.remember(secret)
         message = f"REQ: curl -g -i -X POST {before} -d '{body}{tail}'"
         record = logging.LogRecord("keystoneauth.session", logging.DEBUG, __file__, 1, "%s", (message,), None)
-        assert redact.LogFilter().filter(record)
+        assert debug_log.LogFilter().filter(record)
         text = record.getMessage()
         # the body is replaced; or the whole line is cut when it shows key material (a PEM mark, even in the URL)
         # (then scrubbed as every line: a secret may even span the " -d '" itself)
-        expected = {redact.scrub(f"REQ: curl -g -i -X POST {before} -d '{redact.OMITTED_BODY}'"),
+        expected = {redact.scrub(f"REQ: curl -g -i -X POST {before} -d '{debug_log.OMITTED_BODY}'"),
                     redact.scrub("REQ: <omitted by imgsign: it holds key material>")}
         assert text in expected, (text, expected)
         said = logging.LogRecord("x", logging.DEBUG, __file__, 1, "%s %s %s", (before, secret, tail), None)
-        redact.LogFilter().filter(said)
+        debug_log.LogFilter().filter(said)
         cleaned = said.getMessage().replace(redact.MARK, "\x00")
         size = min(redact.PIECE_LENGTH, len(secret))
         assert not {secret[i:i + size] for i in range(len(secret) - size + 1)} & {

@@ -128,3 +128,12 @@ def test_cold_hook_call_still_verifies_the_record(tmp_path):
     assert code == 0, stderr
     assert "imgsign.verifier" in modules and "cryptography.x509" in modules
     assert "read and verified in full" in host.log_entries()[-1]["message"]
+
+
+def test_the_modules_every_hook_call_loads_pay_for_no_logging_or_typing():
+    """Every hook call imports these (redact, the snapshot reader, the record stores): :mod:`logging` (the
+    ``--debug`` filter lives in debug_log) and :mod:`typing` would cost each call milliseconds."""
+    probe = subprocess.run([sys.executable, "-c", "import sys\nimport imgsign.compute.libvirt_hook\n"
+                            "print(sorted(m for m in ('logging', 'typing') if m in sys.modules))"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert probe.stdout.strip() == "[]", probe

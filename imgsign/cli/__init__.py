@@ -77,10 +77,10 @@ class _Group(click.Group):
 
 def enable_debug_logging() -> None:
     """``--debug``: every logger's records at DEBUG and above on stderr, through
-    :class:`imgsign._internal.redact.LogFilter` (no request bodies, no remembered secrets)."""
+    :class:`imgsign._internal.debug_log.LogFilter` (no request bodies, no remembered secrets)."""
     import logging
 
-    from imgsign._internal.redact import LogFilter
+    from imgsign._internal.debug_log import LogFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(LogFilter())

@@ -135,7 +135,7 @@ class _ImgsignCommand(command.Command):
 
 def _filter_debug_logging() -> None:
     """Under OSC's ``--debug``: imgsign's filter on every handler (no request bodies, no remembered secrets)."""
-    from imgsign._internal.redact import LogFilter
+    from imgsign._internal.debug_log import LogFilter
 
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, LogFilter) for f in handler.filters):
