@@ -71,12 +71,14 @@ def open_image(path: str) -> Iterator[tuple[BinaryIO, int]]:
             raise InputError(f"cannot read image {path}: {_reason(exc)}") from None
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644, *, replace: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, replace: bool = True,
+                 owner: tuple[int, int] | None = None, exists: str = "use --force to overwrite it") -> None:
     """Write ``data`` to ``path`` all or nothing: temp file in the same folder, fsync, rename.
 
-    The file has ``mode`` from its creation on (a private key is never briefly readable).
-    With ``replace=False`` an existing ``path`` is never replaced, even one that appears
-    while writing: the new file is hard-linked into place, which fails if the name exists.
+    The file has ``mode`` (and ``owner``, a uid and gid, when given) from its creation on (a private
+    key is never briefly readable). With ``replace=False`` an existing ``path`` is never replaced,
+    even one that appears while writing: the new file is hard-linked into place, which fails if the
+    name exists (the error then says ``exists``: what to do about it).
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -86,6 +88,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, replace: bool = T
     except OSError as exc:
         raise InputError(f"cannot write {path}: {_reason(exc)}") from None
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -97,7 +101,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, replace: bool = T
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise InputError(f"{path} exists; use --force to overwrite it") from None
+                raise InputError(f"{path} exists; {exists}") from None
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)

@@ -23,7 +23,6 @@ in isolated mode (``-I``: no ``PYTHON*`` variable, user site or script directory
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -31,6 +30,7 @@ import shutil
 import stat
 import subprocess
 
+from imgsign._internal.files import atomic_write
 from imgsign.compute import protection
 from imgsign.compute.sealed import writable_by_others
 from imgsign.errors import InputError, InsecureState
@@ -288,38 +288,8 @@ def _check_runtime(python: str) -> None:
 def _write(path: str, data: bytes, mode: int, *, replace: bool) -> None:
     """Write root's file ``path`` all at once (temporary file in its directory, fsync, rename); with
     ``replace=False`` a file that appeared meanwhile is never replaced."""
-    import tempfile
-
-    directory = os.path.dirname(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".imgsign-", dir=directory)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        os.fchown(fd, 0, 0)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise InputError(f"{path} appeared while it was being written: not replaced") from None
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(path, data, mode, replace=replace, owner=(0, 0),
+                 exists="it appeared while it was being written: not replaced")
 
 
 def _make_directory(path: str, mode: int) -> None:
