@@ -163,7 +163,12 @@ class SignImage(_ImgsignCommand, command.ShowOne):
         ctx = self._context()
         with ctx:
             values = click_values(ctx, sign_command, parsed_args, arguments=[parsed_args.file])
-            return _show(image_properties(ctx, parsed_args.file, quiet=ctx.obj["quiet"], **values))
+            from imgsign.cli._signing import timestamp_settings
+
+            stamp = timestamp_settings(ctx, values.pop("tsa_url"), values.pop("tsa_hash"), values.pop("tsa_ca_files"))
+            if values.get("ocsp_issuer") is not None and values.get("cert_path") is None:
+                raise click.UsageError("--ocsp-staple needs --cert (the certificate the responder is asked about)")
+            return _show(image_properties(ctx, parsed_args.file, quiet=ctx.obj["quiet"], stamp=stamp, **values))
 
 
 class VerifyImage(_ImgsignCommand, command.ShowOne):
