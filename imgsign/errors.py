@@ -3,8 +3,8 @@
 Each class carries the CLI exit code it maps to (``exit_code``), so the
 command line, the libvirt hook and library callers agree on what failed.
 The codes are grouped by tens: 1x input, 2x certificate, 3x signature,
-4x crypto backend, 5x key manager.  ``0`` is success, ``1`` an internal
-error (a bug), ``2`` a command-line usage error.
+4x crypto backend, 5x key manager, 6x compute cache, 7x Glance, 8x trust policy.
+``0`` is success, ``1`` an internal error (a bug), ``2`` a command-line usage error.
 """
 
 from __future__ import annotations
@@ -315,6 +315,23 @@ class PolicyViolation(ImgsignError):
     reason = "policy-violation"
 
 
+# --- 8x: trust policy ----------------------------------------------------------------
+
+class TrustPolicyError(ImgsignError):
+    """A trust policy file is unreadable or invalid (the message names the place in the file)."""
+
+    exit_code = 80
+    reason = "invalid-trust-policy"
+
+
+class PolicyRefused(ImgsignError):
+    """The trust policy refuses the image: no rule selects it, or the rule that does does not trust its
+    signer (identity, trust store, dates, revocation under that rule's level)."""
+
+    exit_code = 81
+    reason = "policy-refused"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -355,4 +372,6 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImportFailed,
     UploadInterrupted,
     PolicyViolation,
+    TrustPolicyError,
+    PolicyRefused,
 )

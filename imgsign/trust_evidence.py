@@ -1,0 +1,113 @@
+"""Gathering the evidence a trust policy rule is decided on (:mod:`imgsign.trust_policy`).
+
+Takes objects (the signing certificate, the rule's trust anchors), never paths or ids: callers load
+those at their edge.  The chain is built against the rule's CA stores at the evaluation time; when
+that fails, again at a moment inside the certificates' validity periods, so that a chain whose only
+fault is its dates is told apart from an untrusted one (the rule's ``expiry`` action decides).
+Revocation is checked at the evaluation time, against CRLs current then, unless the rule skips it.
+An RFC 3161 timestamp (:class:`~imgsign.trust_policy.TimestampEvidence`) and an OCSP answer are
+the caller's to verify and pass in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from imgsign.errors import ImgsignError, UntrustedCertificate
+from imgsign.policy import DEFAULT_POLICY, Policy
+from imgsign.trust_policy import Action, Check, Evidence, Rule, SignerIdentity, Status, TimestampEvidence
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgsign.chain import TrustAnchors
+
+#: Most extra moments a chain with dates problems is tried at.
+_MAX_TRIES = 16
+
+
+def signer_identity(certificate: x509.Certificate) -> SignerIdentity:
+    """The identity a rule's ``trustedIdentities`` are matched against."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.certificates import describe
+
+    uris: set[str] = set()
+    dns: set[str] = set()
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = {str(u) for u in names.get_values_for_type(x509.UniformResourceIdentifier)}
+        dns = {str(d).lower() for d in names.get_values_for_type(x509.DNSName)}
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: malformed; nothing in it can match then
+        pass
+    attributes = frozenset((a.oid.dotted_string, str(a.value)) for a in certificate.subject)
+    return SignerIdentity(describe(certificate), attributes, frozenset(uris), frozenset(dns),
+                          hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest())
+
+
+def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Rule,
+           policy: Policy = DEFAULT_POLICY, timestamp: TimestampEvidence | None = None) -> Evidence:
+    """The evidence for ``rule`` about ``certificate`` (the image's signing certificate).
+
+    ``anchors``: the rule's CA stores loaded (None, or a rule without CA stores: no chain is checked,
+    only the signing certificate's own dates, unless ``policy.ignore_certificate_dates``).
+    """
+    from imgsign.certificates import check_dates
+
+    now = policy.now()
+    identity = signer_identity(certificate)
+    if anchors is None or not rule.ca_stores:
+        dates = Check()
+        if not policy.ignore_certificate_dates:
+            dates = _attempt(lambda: check_dates(certificate, now))
+        return Evidence(True, identity, dates=dates, timestamp=timestamp)
+    from imgsign.certificates import describe
+    from imgsign.chain import build_path, check_revocation
+
+    try:
+        path = build_path(certificate, anchors, now)
+        dates = Check.passed()
+    except UntrustedCertificate as first:
+        found = _path_at_another_time(certificate, anchors, now, timestamp)
+        if found is None:
+            return Evidence(True, identity, chain=Check.failed(first), timestamp=timestamp)
+        path, dates = found, Check.failed(first)
+    revocation = Check()
+    if rule.actions["revocation"] is not Action.SKIP:
+        revocation = _attempt(lambda: check_revocation(path, anchors, now))
+    return Evidence(True, identity, Check.passed(), dates, revocation, timestamp,
+                    tuple(describe(c) for c in path))
+
+
+def _attempt(check: Callable[[], None]) -> Check:
+    try:
+        check()
+    except ImgsignError as exc:
+        return Check.failed(exc)
+    return Check.passed()
+
+
+def _path_at_another_time(certificate: x509.Certificate, anchors: TrustAnchors, now: datetime.datetime,
+                          timestamp: TimestampEvidence | None) -> list[x509.Certificate] | None:
+    """A path valid at some moment of the signer's validity other than ``now``: the timestamp's, else
+    the moments nearest ``now`` inside the validity of each certificate that could be on it."""
+    from imgsign.chain import build_path
+
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    moments: list[datetime.datetime] = []
+    if timestamp is not None and timestamp.signed_at is not None and timestamp.check.status is Status.PASSED:
+        moments.append(timestamp.signed_at)
+    for cert in (certificate, *anchors.trusted, *anchors.intermediates):
+        moment = min(max(now, cert.not_valid_before_utc, start), cert.not_valid_after_utc, end)
+        if moment not in moments and moment != now:
+            moments.append(moment)
+    for moment in moments[:_MAX_TRIES]:
+        try:
+            return build_path(certificate, anchors, moment)
+        except UntrustedCertificate:
+            continue
+    return None
