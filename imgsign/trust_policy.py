@@ -155,8 +155,9 @@ class Scope:
             return "every image (catch-all)"
         words = {"owner": "owner project", "visibility": "visibility", "image_type": "image_type",
                  "booting_project": "booting project"}
-        return "; ".join(f"{words[f]} in {', '.join(sorted(v))}" for f in self.FIELDS
-                         if (v := getattr(self, f)) is not None)
+        return "; ".join(f"{words[f]} in {', '.join(sorted(v))}".replace(f" in {OWNER}", " is the image's owner")
+                         .replace(f", {OWNER}", ", the image's owner")
+                         for f in self.FIELDS if (v := getattr(self, f)) is not None)
 
 
 @dataclasses.dataclass(frozen=True)

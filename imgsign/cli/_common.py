@@ -287,33 +287,10 @@ class TrustSetup:
         return self._anchors[rule.name]
 
     def _load(self, rule: trust_policy.Rule) -> chain.TrustAnchors | None:
-        import os
+        from imgsign.keymanager.anchors import rule_anchors
 
-        from imgsign import certificates
-        from imgsign import chain as chain_module
-        from imgsign.keymanager.anchors import fetch_trust_anchors
-
-        stores = rule.ca_stores
-        if not stores:
-            return None
-
-        def path(name: str) -> str:
-            return name if os.path.isabs(name) or self.base is None else os.path.join(self.base, name)
-
-        def certs(files: tuple[str, ...], what: str) -> list[x509.Certificate]:
-            return [c for name in files for c in certificates.load_certificates(read_small_file(path(name), what))]
-
-        depths = [s.max_chain_depth for s in stores if s.max_chain_depth is not None]
-        return fetch_trust_anchors(
-            open_store(self.ctx), [i for s in stores for i in s.key_manager_ids],
-            trusted=certs(tuple(f for s in stores for f in s.certificate_files), "trusted certificates"),
-            intermediates=certs((*(f for s in stores for f in s.intermediate_files), *self.intermediate_files),
-                                "intermediate certificates"),
-            crls=[chain_module.load_crl(read_small_file(path(name), "CRL"))
-                  for name in (*(f for s in stores for f in s.crl_files), *self.crl_files)],
-            require_crls=any(s.require_crls for s in stores),
-            max_depth=min(depths) if depths else None,
-        )
+        return rule_anchors(rule, self.base or ".", open_store(self.ctx) if rule.ca_stores else None,
+                            intermediate_files=self.intermediate_files, crl_files=self.crl_files)
 
 
 def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[str, ...],
@@ -325,13 +302,16 @@ def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[
 
     from imgsign import trust_policy
 
+    # --intermediate and --crl files are the command line's: relative to the working directory.
+    extra_intermediates = tuple(os.path.abspath(p) for p in intermediate_files)
+    extra_crls = tuple(os.path.abspath(p) for p in crl_files)
     if policy_path is not None:
         if trusted_ids or trusted_files or require_crl or max_chain_depth is not None:
             raise click.UsageError("--policy replaces --trusted, --trusted-file, --require-crl and "
                                    "--max-chain-depth (set them in the policy's trust stores)")
         policy = load_trust_policy(policy_path)
-        return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(policy_path)), None, intermediate_files,
-                          crl_files)
+        return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(policy_path)), None, extra_intermediates,
+                          extra_crls)
     settings = config(ctx).imgsign if has_config(ctx) else None
     configured = getattr(settings, "policy_file", None) if settings is not None else None
     if configured and not trusted_ids and not trusted_files:
@@ -342,8 +322,8 @@ def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[
             raise click.UsageError("--require-crl and --max-chain-depth do not apply under [imgsign] "
                                    "policy_file (set them in the policy's trust stores)")
         policy = load_trust_policy(configured)
-        return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(configured)), None, intermediate_files,
-                          crl_files)
+        return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(configured)), None, extra_intermediates,
+                          extra_crls)
     anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files, require_crl,
                             max_chain_depth)
     builtin = trust_policy.builtin_policy(anchors is not None, bool(anchors and anchors.require_crls))
