@@ -71,6 +71,9 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         raise click.UsageError("verifying a file needs --properties")
     if glance_image_id is not None and properties_path is not None:
         raise click.UsageError("--image takes the properties from the image record: leave out --properties")
+    if policy_path is not None and (trusted_ids or trusted_files or require_crl or max_chain_depth is not None):
+        raise click.UsageError("--policy replaces --trusted, --trusted-file, --require-crl and --max-chain-depth "
+                               "(set them in the policy's trust stores)")
     quiet = is_quiet(ctx, quiet)
     shown = image if image is not None else glance_image_id
     # Every key is always there (null until known), on success and on failure alike.
