@@ -80,7 +80,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
     if rule.actions["revocation"] is not Action.SKIP:
         revocation = _attempt(lambda: check_revocation(path, anchors, now))
     return Evidence(True, identity, Check.passed(), dates, revocation, timestamp,
-                    tuple(describe(c) for c in path))
+                    tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path))
 
 
 def _attempt(check: Callable[[], None]) -> Check:

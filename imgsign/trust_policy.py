@@ -678,6 +678,8 @@ class Evidence:
     timestamp: TimestampEvidence | None = None
     #: The subjects on the validated path, signer first (for reports).
     path: tuple[str, ...] = ()
+    #: The earliest notAfter on that path (for reports of certificates expiring soon).
+    not_after: datetime.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -731,7 +733,7 @@ class Decision:
     def verdict(self) -> str:
         if not self.allowed:
             return "refused"
-        if not self.verify_integrity:
+        if self.rule.level is Level.SKIP:
             return "skipped"
         return "trusted" if self.trusted else "allowed-with-warnings"
 
