@@ -70,19 +70,31 @@ def test_any_document_is_a_policy_or_the_one_error(document):
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(["rules", 0, 1, "scope", "trustStores", "a", "b", "level", "override",
-                                           "trustedIdentities", "name", "visibility", "certificates"]), DOCUMENTS),
-                min_size=1, max_size=4))
-def test_a_valid_policy_mutated_is_a_policy_or_the_one_error(edits):
+@given(st.data())
+def test_a_valid_policy_mutated_is_a_policy_or_the_one_error(data):
+    """Walk into the valid policy to a random place and replace, delete or add something there."""
     document = copy.deepcopy(VALID)
-    for key, value in edits:
+    for _ in range(data.draw(st.integers(1, 3))):
         target = document
-        for step in ("rules", 0) if isinstance(key, int) else ():
-            target = target[step] if isinstance(target, (dict, list)) else target
-        if isinstance(target, dict):
-            target[str(key)] = value
-        elif isinstance(target, list) and isinstance(key, int) and key < len(target):
-            target[key] = value
+        while True:
+            keys = list(target) if isinstance(target, dict) else list(range(len(target)))
+            if not keys:
+                break
+            key = data.draw(st.sampled_from(keys))
+            child = target[key]
+            if isinstance(child, (dict, list)) and child and data.draw(st.booleans()):
+                target = child
+                continue
+            change = data.draw(st.sampled_from(["replace", "delete", "add"]))
+            if change == "replace":
+                target[key] = data.draw(DOCUMENTS)
+            elif change == "delete":
+                del target[key]
+            elif isinstance(target, dict):
+                target[data.draw(st.sampled_from(KEYS))] = data.draw(DOCUMENTS)
+            else:
+                target.append(copy.deepcopy(target[0]) if data.draw(st.booleans()) else data.draw(DOCUMENTS))
+            break
     outcome(lambda: trust_policy.parse_policy(document, "fuzz"))
 
 
