@@ -271,3 +271,26 @@ def test_audit_policy_usage_errors(cloud, tmp_path):
     broken.write_text("version: 1\nrules: {}\n")
     refused = cloud.audit("--policy", broken)
     assert refused.returncode == errors.TrustPolicyError.exit_code and "rules: must be a list" in refused.stderr
+
+
+def test_verify_image_under_a_policy_takes_the_facts_from_the_image_record(cloud, tmp_path):
+    strict = _policy_file(tmp_path / "strict.yaml", [{"name": "everything", "scope": "*", "level": "strict"}])
+    lenient = _policy_file(tmp_path / "lenient.yaml", [
+        {"name": "demo-audit", "scope": {"owner": cloud.project(USER)}, "level": "audit"},
+        {"name": "everything", "scope": "*", "level": "strict"}])
+    untrusted = cloud.env.cli("bare", "verify", "--image", cloud.ids["untrusted"], "--policy", strict, "--json")
+    assert untrusted.returncode == errors.UntrustedCertificate.exit_code, untrusted.stderr
+    assert json.loads(untrusted.stdout)["policy"]["rule"] == "everything"
+    logged = cloud.env.cli("bare", "verify", "--image", cloud.ids["untrusted"], "--policy", lenient, "--json")
+    assert logged.returncode == 0, logged.stderr
+    assert json.loads(logged.stdout)["policy"]["verdict"] == "allowed-with-warnings"
+    assert "trust policy rule demo-audit (audit) logs: authenticity" in logged.stderr
+    unsigned = cloud.env.cli("bare", "verify", "--image", cloud.ids["unsigned"], "--policy", lenient)
+    assert unsigned.returncode == 0 and "allows it unsigned (audit)" in unsigned.stdout, unsigned
+    assert cloud.env.cli("bare", "verify", "--image", cloud.ids["unsigned"], "--policy", strict).returncode == \
+        errors.UnsignedImage.exit_code
+    tampered = cloud.env.cli("bare", "verify", "--image", cloud.ids["tampered"], "--policy", lenient)
+    assert tampered.returncode == errors.InvalidSignature.exit_code, tampered.stderr
+    explained = cloud.env.cli("bare", "policy", "explain", "--image", cloud.ids["other"], "--policy", lenient,
+                              "--json")
+    assert explained.returncode == 0 and json.loads(explained.stdout)["rule"]["name"] == "everything"
