@@ -18,7 +18,6 @@ from imgsign.cli._common import (
     NON_EMPTY,
     effective_trusted_ids,
     is_quiet,
-    load_properties,
     load_properties_document,
     quiet_option,
     say,
@@ -84,7 +83,13 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
                trusted_ids: tuple[str, ...], instances_path: str, state_dir: str, seal: str, lock_timeout: float,
                keep_format: bool) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
-    properties = SignatureProperties.from_mapping(load_properties(properties_path))
+    from imgsign.compute.boot_policy import facts_of
+    from imgsign.properties import properties_from_document
+
+    document = load_properties_document(properties_path)
+    properties = SignatureProperties.from_mapping(properties_from_document(document))
+    # `openstack image show -f json` output says the image's owner and visibility: recorded for a trust policy.
+    facts = facts_of(document) if isinstance(document, dict) and "owner" in document else None
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
@@ -95,7 +100,7 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             instances_path=instances_path,
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
-            force_raw=not keep_format, immutable=seal == "immutable",
+            force_raw=not keep_format, immutable=seal == "immutable", image_facts=facts,
         )
     click.echo(json.dumps(record.to_body()["cached_file"] | {"image_id": image_id}, indent=2))
 

@@ -34,6 +34,7 @@ import dataclasses
 import enum
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from imgsign import errors
 from imgsign.algorithms import HashMethod
@@ -60,6 +61,9 @@ from imgsign.policy import Policy
 from imgsign.stream import digests_of
 from imgsign.verifier import verify_digest
 
+if TYPE_CHECKING:
+    from imgsign.trust_policy import TrustPolicy
+
 
 class Mode(str, enum.Enum):
     ENFORCE = "enforce"
@@ -80,6 +84,10 @@ class BootPolicy:
     trusted_certificate_ids: tuple[str, ...] = ()
     max_fast_path_age: float = DEFAULT_MAX_AGE
     immutable_bases: bool
+    #: ``[boot] policy_file``: a trust policy deciding the signer instead of ``trusted_certificate_ids``
+    #: (:mod:`imgsign.compute.boot_policy`), its certificate files relative to ``trust_dir``.
+    trust: TrustPolicy | None = None
+    trust_dir: str = "/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +109,20 @@ class BootDecision:
 _RECORD_POLICY = Policy(ignore_certificate_dates=True, allow_weak_keys=True)
 
 
-def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) -> None:
+def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy,
+                 booting_project: str | None = None) -> str | None:
     """Raise unless the record's signer certificate, or a trusted certificate its chain was validated
-    against, is one of the certificates the policy's trusted ids are bound to."""
+    against, is one of the certificates the policy's trusted ids are bound to; under a trust policy,
+    unless the rule that applies trusts it.  Returns what the rule only logs, if anything."""
+    if policy.trust is not None:
+        from imgsign.compute.boot_policy import check_record
+
+        return check_record(record, records, policy.trust, policy.trust_dir, booting_project)
     if not policy.trusted_certificate_ids:
-        return
+        return None
     trusted = {fp for i in policy.trusted_certificate_ids if (fp := records.anchors.fingerprint(i)) is not None}
     if fingerprint(record.certificate_der) in trusted or trusted & set(record.anchor_fingerprints):
-        return
+        return None
     fetched = (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
                else "given as a file, not fetched from the key manager under any id")
     raise UntrustedCertificate(
@@ -120,7 +134,8 @@ def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) 
 
 
 def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
-               cache: VerifiedCache | None = None, records: RecordStore | None = None) -> str:
+               cache: VerifiedCache | None = None, records: RecordStore | None = None,
+               booting_project: str | None = None) -> str:
     """Raise unless ``path`` is exactly the verified file of ``record``; returns how it was checked.
 
     ``records`` (for the trusted-certificate bindings) is required when the policy names trusted
@@ -129,10 +144,16 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
     if record is None:
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
-    if policy.trusted_certificate_ids:
+    logged = None
+    if policy.trusted_certificate_ids or policy.trust is not None:
         if records is None:
             raise TypeError("check_base needs the RecordStore to check trusted certificate ids")
-        check_signer(record, records, policy)
+        logged = check_signer(record, records, policy, booting_project)
+    how = _check_file(path, record, policy, cache)
+    return how if logged is None else f"{how}; {logged}"
+
+
+def _check_file(path: str, record: TrustRecord, policy: BootPolicy, cache: VerifiedCache | None) -> str:
     key = certificate_public_key(load_certificate(record.certificate_der))
     verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
 
@@ -217,7 +238,8 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
 
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
-                    cache: VerifiedCache | None = None, *, name: str | None = None) -> BootDecision:
+                    cache: VerifiedCache | None = None, *, name: str | None = None,
+                    booting_project: str | None = None) -> BootDecision:
     """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError).
 
     With ``cache`` (the check seals the base) the base's lock is held throughout; a base another run
@@ -225,7 +247,7 @@ def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
     try:
         with records.locks.hold(os.path.basename(path)) if cache is not None else contextlib.nullcontext():
             record = records.get_by_name(name or os.path.basename(path))
-            how = check_base(path, record, policy, cache, records)
+            how = check_base(path, record, policy, cache, records, booting_project)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)
     image = record.image_id if record is not None else "?"

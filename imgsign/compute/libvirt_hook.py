@@ -36,6 +36,7 @@ Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
     [boot]
     mode = enforce                       # or warn
     trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
+    policy_file =                        # a trust policy instead (doc/source/user/trust-policy.md)
     max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
     seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see README)
     lock_timeout = 30                    # seconds to wait for another imgsign run on the same base
@@ -157,9 +158,19 @@ def load_config(path: str | None = None) -> HookConfig:
     seal_text = section.get("seal_bases", "immutable").strip()
     if seal_text not in ("immutable", "owner"):
         raise InputError(f"{path}: [boot] seal_bases must be immutable or owner, not {seal_text!r}")
+    trust, trust_dir = None, "/"
+    policy_file = section.get("policy_file", "").strip()
+    if policy_file:
+        if ids:
+            raise InputError(f"{path}: [boot] sets both policy_file and trusted_certificate_ids: set one")
+        from imgsign._internal.files import read_small_file
+        from imgsign.trust_policy import load_policy_text
+
+        trust = load_policy_text(read_small_file(policy_file, "trust policy"), policy_file)
+        trust_dir = os.path.dirname(os.path.abspath(policy_file))
     return HookConfig(
         policy=BootPolicy(mode=mode, trusted_certificate_ids=ids, max_fast_path_age=max_age,
-                          immutable_bases=seal_text == "immutable"),
+                          immutable_bases=seal_text == "immutable", trust=trust, trust_dir=trust_dir),
         instances_path=instances_path,
         state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
         log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
@@ -215,6 +226,8 @@ class Domain:
     filesystems: tuple[Source, ...] = ()
     #: Other devices that give the guest host storage or arbitrary qemu options (``type`` is the kind).
     others: tuple[Source, ...] = ()
+    #: The project booting the instance (``<nova:owner><nova:project uuid>``), for the trust policy.
+    project_id: str | None = None
 
 
 def _source(element: ET.Element | None, kind: str) -> str:
@@ -298,8 +311,13 @@ def parse_domain(xml: bytes | str) -> Domain:
                for memory in root.findall("./devices/memory") if memory.findtext("source/path")]
     others += [Source("qemu:commandline", " ".join(arg.get("value", "") for arg in element.iter(QEMU_NS + "arg")))
                for element in root.iter(QEMU_NS + "commandline")]
+    projects = {element.get("uuid") or None for element in root.iter()
+                if isinstance(element.tag, str) and element.tag.startswith("{" + NOVA_NS_PREFIX)
+                and element.tag.endswith("}project")}
+    if len(projects) > 1:
+        raise InputError(f"the domain XML names {len(projects)} different owner projects")
     return Domain(root.findtext("name", "?"), root.findtext("uuid", "?"), image_ids.pop() if image_ids else None,
-                  disks, tuple(boot_files), filesystems, tuple(others))
+                  disks, tuple(boot_files), filesystems, tuple(others), projects.pop() if projects else None)
 
 
 Result = tuple[str, "str | None", BootDecision]
@@ -320,7 +338,8 @@ class _Decider:
         self.names_seen: set[str] = set()
         self.adopter = SelfAdopter(config.path, config.instances_path, self.records, config.policy.mode,
                                    config.policy.trusted_certificate_ids, policy=Policy(),  # the hook has no opt-outs
-                                   immutable=config.policy.immutable_bases)
+                                   immutable=config.policy.immutable_bases, trust=config.policy.trust,
+                                   trust_dir=config.policy.trust_dir)
 
     def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
         allowed = allowed or self.config.policy.mode is Mode.WARN
@@ -412,7 +431,8 @@ class _Decider:
 
     def checked(self, path: str, image_id: str | None) -> Result:
         """The decision for the base ``path`` (its lock held): its record, its content, who can change it."""
-        decision = verify_for_boot(path, self.records, self.config.policy, self.cache)
+        decision = verify_for_boot(path, self.records, self.config.policy, self.cache,
+                                   booting_project=self.domain.project_id)
         if decision.allowed and decision.code == 0:
             try:
                 self.protected(path)
@@ -490,7 +510,8 @@ class _Decider:
             if record is None or record.cached_size != size:
                 continue
             decision = verify_for_boot(path, self.records, self.config.policy,
-                                       self.cache if in_cache and name == own else None, name=name)
+                                       self.cache if in_cache and name == own else None, name=name,
+                                       booting_project=self.domain.project_id)
             if decision.allowed and decision.code == 0:
                 self.results.append((path, record.image_id, decision))
                 return

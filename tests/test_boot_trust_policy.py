@@ -1,0 +1,145 @@
+"""The trust policy on the compute side: the boot hook chooses the rule by the image facts recorded at download
+and the booting project in the domain's Nova metadata (issue 22's third sentence, at boot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from imgsign import errors, load_certificate, load_private_key, sign
+from imgsign.algorithms import HashMethod
+from imgsign.chain import TrustAnchors
+from imgsign.compute.boot import BootPolicy, verify_for_boot
+from imgsign.compute.image_cache import add_to_cache
+from imgsign.compute.libvirt_hook import load_config, parse_domain
+from imgsign.compute.trust_record import RecordStore, cache_name
+from imgsign.policy import Policy
+from imgsign.trust_policy import load_policy_text
+from tests.conftest import CERT_UUID, cert_of, run_cli
+from tests.policy_pki import make_ca, make_leaf
+from tests.test_boot_hook import Host, domain_xml
+from tests.test_trust_policy_example import EXAMPLE, PROJECT_A, PROJECT_B, PROJECT_X
+
+DATA = os.urandom(1024 * 1024 + 5)
+SNAPSHOT_A = {"owner": PROJECT_A, "visibility": "private", "image_type": "snapshot"}
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    root = tmp_path_factory.mktemp("boot-example")
+    shutil.copyfile(EXAMPLE, root / "policy.yaml")
+    cas = {name: make_ca(f"CN={name} CA,O=Example") for name in ("image-team", "project-a", "compute-hosts")}
+    for name, ca in cas.items():
+        ca.write(root / "ca", name)
+    leaves = {"compute": make_leaf(cas["compute-hosts"], "CN=compute-7,O=Example"),
+              "outsider": make_leaf(make_ca("CN=Elsewhere CA"), "CN=someone")}
+    policy = load_policy_text((root / "policy.yaml").read_bytes(), str(root / "policy.yaml"))
+    return root, policy, cas, leaves
+
+
+def cache(tmp_path, example, leaf, image_id, facts, anchored=True):
+    root, _, cas, leaves = example
+    records = RecordStore(str(tmp_path / "state"))
+    props = sign([DATA], load_private_key(leaves[leaf].key_pem), CERT_UUID, HashMethod.SHA384)
+    anchors = TrustAnchors([ca.cert for ca in cas.values()]) if anchored else None  # every CA store of the policy
+    add_to_cache([DATA], image_id, props, leaves[leaf].cert, records, instances_path=str(tmp_path), anchors=anchors,
+                 policy=Policy(), immutable=False, image_facts=facts)
+    return records, str(tmp_path / "_base" / cache_name(image_id))
+
+
+def test_compute_signed_snapshot_boots_only_in_its_own_project(tmp_path, example):
+    root, policy, _, _ = example
+    records, base = cache(tmp_path, example, "compute", "snap-1", SNAPSHOT_A)
+    boot = BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root))
+    home = verify_for_boot(base, records, boot, booting_project=PROJECT_A)
+    assert home.allowed and home.code == 0, home
+    for other in (PROJECT_B, None):
+        away = verify_for_boot(base, records, boot, booting_project=other)
+        assert not away.allowed and away.code == errors.UntrustedCertificate.exit_code, away
+        assert "rule other-snapshots" in away.message
+
+
+def test_a_record_without_the_facts_is_refused(tmp_path, example):
+    root, policy, _, _ = example
+    records, base = cache(tmp_path, example, "compute", "snap-2", None)
+    decision = verify_for_boot(base, records, BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root)),
+                               booting_project=PROJECT_A)
+    assert not decision.allowed and decision.code == errors.PolicyRefused.exit_code
+    assert "does not say its image_type, owner, visibility" in decision.message
+
+
+def test_audit_mode_at_boot_logs_the_untrusted_signer(tmp_path, example):
+    root, policy, _, _ = example
+    records, base = cache(tmp_path, example, "outsider", "x-1",
+                          {"owner": PROJECT_X, "visibility": "private", "image_type": "image"}, anchored=False)
+    decision = verify_for_boot(base, records, BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root)),
+                               booting_project=PROJECT_X)
+    assert decision.allowed and decision.code == 0
+    assert "trust policy rule project-x-audit (audit) logs: authenticity" in decision.message
+    records_b, base_b = cache(tmp_path / "b", example, "outsider", "y-1",
+                              {"owner": PROJECT_B, "visibility": "private", "image_type": "image"}, anchored=False)
+    assert not verify_for_boot(base_b, records_b, BootPolicy(immutable_bases=False, trust=policy,
+                                                             trust_dir=str(root))).allowed
+
+
+def test_boot_conf_policy_file(tmp_path, example):
+    root, _, _, _ = example
+    conf = tmp_path / "boot.conf"
+    conf.write_text(f"[boot]\npolicy_file = {root / 'policy.yaml'}\n")
+    loaded = load_config(str(conf))
+    assert loaded.policy.trust is not None and loaded.policy.trust_dir == str(root)
+    conf.write_text(f"[boot]\npolicy_file = {root / 'policy.yaml'}\ntrusted_certificate_ids = a\n")
+    with pytest.raises(errors.InputError, match="both policy_file and trusted_certificate_ids"):
+        load_config(str(conf))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules: [{name: a, scope: '*', level: skip}]\n")
+    conf.write_text(f"[boot]\npolicy_file = {bad}\n")
+    with pytest.raises(errors.TrustPolicyError, match=r"rules\[0\].level"):
+        load_config(str(conf))
+
+
+def test_the_domain_names_the_booting_project():
+    xml = domain_xml("i-1", "img", [])
+    assert parse_domain(xml).project_id == "p"
+    two = xml.replace("</nova:owner>", '<nova:project uuid="q">x</nova:project></nova:owner>')
+    with pytest.raises(errors.InputError, match="2 different owner projects"):
+        parse_domain(two)
+
+
+def test_the_hook_applies_the_policy_by_the_booting_project(tmp_path):
+    """Through the real hook process: `boot cache` records the facts of an `openstack image show` document;
+    the rule trusting the signer applies only when the domain's project owns the image."""
+    host = Host(tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps({
+        "version": 1,
+        "trustStores": {"signer": {"certificates": [str(cert_of("RSA-PSS"))]},
+                        "nobody": {"certificates": [str(cert_of("ECC_SECP384R1"))]}},
+        "rules": [
+            {"name": "own-snapshots", "scope": {"imageType": "snapshot", "bootingProject": "owner"},
+             "level": "strict", "trustStores": ["signer"], "trustedIdentities": ["*"]},
+            {"name": "default", "scope": "*", "level": "strict", "trustStores": ["nobody"],
+             "trustedIdentities": ["*"]}]}))
+    host.configure("enforce")
+    host.config.write_text(host.config.read_text().replace("trusted_certificate_ids = \n",
+                                                           f"policy_file = {policy}\n"))
+    image_id, props = host.image(signed=False)
+    os.unlink(host.base(image_id))
+    shown = tmp_path / "show.json"
+    shown.write_text(json.dumps({"id": image_id, "owner": "p", "visibility": "private",
+                                 "properties": {**json.loads(props.read_text()), "image_type": "snapshot"}}))
+    source = tmp_path / f"{image_id}.qcow2"
+    cached = run_cli("boot", "cache", source, "--image-id", image_id, "--properties", shown, "--cert",
+                     cert_of("RSA-PSS"), "--instances-path", host.instances, "--state-dir", host.state)
+    assert cached.code == 0, cached
+    instance, disk = host.instance(image_id)
+    xml = domain_xml(instance, image_id, [(disk, "qcow2")])
+    home = host.hook(instance, xml)
+    assert home.returncode == 0, home.stderr
+    away = host.hook(instance, xml.replace('<nova:project uuid="p">', '<nova:project uuid="q">'))
+    assert away.returncode == errors.UntrustedCertificate.exit_code, away.stderr
+    assert "rule default" in away.stderr
+    assert load_certificate(cert_of("RSA-PSS").read_bytes())  # the signer the store names
