@@ -291,3 +291,42 @@ def test_verify_refuses_policy_with_flat_options(tmp_path, sample_image):
     policy.write_text(json.dumps(BASE))
     result = run_cli("verify", sample_image, "--properties", policy, "--policy", policy, "--trusted", "x")
     assert result.code == 2 and "--policy replaces" in result.stderr
+
+
+def _signed_file(tmp_path, leaf):
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"data" * 1000)
+    leaf.write(tmp_path / "signer", "leaf")
+    result = run_cli("sign", image, "--key", tmp_path / "signer" / "leaf.key", "--cert",
+                     tmp_path / "signer" / "leaf.pem", "--cert-uuid", "cert-1")
+    assert result.code == 0, result
+    props = tmp_path / "props.json"
+    props.write_text(result.stdout)
+    return image, props
+
+
+def test_verify_under_config_policy_file_and_a_skip_rule(tmp_path):
+    CA.write(tmp_path, "ca")
+    image, props = _signed_file(tmp_path, STRANGER)
+    policy = tmp_path / "p.yaml"
+    policy.write_text(json.dumps({"version": 1, "trustStores": {"team": {"certificates": ["ca.pem"]}},
+                                  "rules": [{"name": "lab", "scope": {"owner": "lab"}, "level": "skip"},
+                                            {"name": "all", "scope": "*", "level": "strict",
+                                             "trustStores": ["team"], "trustedIdentities": ["*"]}]}))
+    conf = tmp_path / "imgsign.conf"
+    conf.write_text(f"[imgsign]\npolicy_file = {policy}\n")
+    env = {"IMGSIGN_CONFIG": str(conf), "IMGSIGN_KEYSTORE": str(tmp_path / "ks.sqlite3")}
+    base = ("verify", image, "--properties", props, "--cert", tmp_path / "signer" / "leaf.pem")
+    refused = run_cli(*base, "--json", env=env)  # the stranger does not chain to the team CA
+    assert refused.code == errors.UntrustedCertificate.exit_code and refused.json()["policy"]["rule"] == "all"
+    skipped = run_cli(*base, "--owner", "lab", "--json", env=env)
+    assert skipped.code == 0 and skipped.json()["reason"] == "not-verified", skipped
+    assert skipped.json()["policy"]["verdict"] == "skipped" and not skipped.json()["valid"]
+    conf.write_text(f"[imgsign]\npolicy_file = {policy}\ntrusted_certificate_ids = x\n")
+    both = run_cli(*base, env=env)
+    assert both.code == errors.InputError.exit_code and "set one" in both.stderr, both
+    # --trusted-file replaces the configured policy (the flat options, as before).
+    conf.write_text(f"[imgsign]\npolicy_file = {policy}\n")
+    OTHER_CA.write(tmp_path, "other-ca")
+    flat = run_cli(*base, "--trusted-file", tmp_path / "other-ca.pem", "--json", env=env)
+    assert flat.code == 0 and flat.json()["policy"] is None, flat
