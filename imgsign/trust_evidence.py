@@ -49,12 +49,22 @@ def signer_identity(certificate: x509.Certificate) -> SignerIdentity:
                           hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest())
 
 
+#: An online revocation check of a validated path (signer first), e.g. OCSP: PASSED (nothing revoked),
+#: FAILED (revoked, or an answer that cannot be trusted: the error says which) or NOT_CHECKED (no
+#: responder, no stored response: the CRLs decide).
+RevocationCheck = Callable[["list[x509.Certificate]"], Check]
+
+
 def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Rule,
-           policy: Policy = DEFAULT_POLICY, timestamp: TimestampEvidence | None = None) -> Evidence:
+           policy: Policy = DEFAULT_POLICY, timestamp: TimestampEvidence | None = None,
+           online_revocation: RevocationCheck | None = None) -> Evidence:
     """The evidence for ``rule`` about ``certificate`` (the image's signing certificate).
 
     ``anchors``: the rule's CA stores loaded (None, or a rule without CA stores: no chain is checked,
-    only the signing certificate's own dates, unless ``policy.ignore_certificate_dates``).
+    only the signing certificate's own dates, unless ``policy.ignore_certificate_dates``);
+    ``timestamp``: an RFC 3161 timestamp the caller verified against :attr:`Rule.tsa_stores`;
+    ``online_revocation``: asked first for the validated path (not under a rule that skips
+    revocation); when it answers NOT_CHECKED the CRLs decide.
     """
     from imgsign.certificates import check_dates
 
@@ -78,7 +88,10 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
         path, dates = found, Check.failed(first)
     revocation = Check()
     if rule.actions["revocation"] is not Action.SKIP:
-        revocation = _attempt(lambda: check_revocation(path, anchors, now))
+        if online_revocation is not None:
+            revocation = online_revocation(path)
+        if revocation.status is Status.NOT_CHECKED:
+            revocation = _attempt(lambda: check_revocation(path, anchors, now))
     return Evidence(True, identity, Check.passed(), dates, revocation, timestamp,
                     tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path))
 

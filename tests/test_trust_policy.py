@@ -330,3 +330,19 @@ def test_verify_under_config_policy_file_and_a_skip_rule(tmp_path):
     OTHER_CA.write(tmp_path, "other-ca")
     flat = run_cli(*base, "--trusted-file", tmp_path / "other-ca.pem", "--json", env=env)
     assert flat.code == 0 and flat.json()["policy"] is None, flat
+
+
+def test_the_online_revocation_hook_answers_first_and_the_crls_decide_when_it_does_not():
+    rule = one_rule("strict").rules[0]
+    asked = []
+
+    def revoked(path):
+        asked.append([c.subject.rfc4514_string() for c in path])
+        return Check.failed(errors.CertificateRevoked("revoked by OCSP"))
+
+    evidence = trust_evidence.gather(LEAF.cert, ANCHORS, rule, online_revocation=revoked)
+    assert evidence.revocation.status is Status.FAILED and asked == [["CN=a,O=b", "CN=Team CA,O=T"]]
+    unknown = trust_evidence.gather(REVOKED.cert, CRL_ANCHORS, rule, online_revocation=lambda path: Check())
+    assert isinstance(unknown.revocation.error, errors.CertificateRevoked)  # fell back to the CRL
+    skipping = one_rule("strict", override={"revocation": "skip"}).rules[0]
+    trust_evidence.gather(LEAF.cert, ANCHORS, skipping, online_revocation=lambda path: pytest.fail("asked"))
