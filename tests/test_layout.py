@@ -141,6 +141,8 @@ def test_every_exception_has_its_own_documented_exit_code() -> None:
     assert len(codes) == len(set(codes)), "two exception classes share an exit code"
     assert errors.ImgsignError.exit_code == 1  # the base class only: "a bug"
     assert not {0, 1, 2} & {c.exit_code for c in errors.ALL_ERRORS if c is not errors.ImgsignError}
-    readme = (REPO / "README.md").read_text()
+    # The README's table, or (as the README moves into the Sphinx tree) a table in a page of doc/source/.
+    readme = "\n".join([(REPO / "README.md").read_text(),
+                        *(page.read_text() for page in sorted((REPO / "doc" / "source").rglob("*.md")))])
     for cls in errors.ALL_ERRORS:
         assert re.search(rf"^\| {cls.exit_code} \| `{cls.__name__}`", readme, re.M), cls.__name__
