@@ -14,12 +14,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from imgsign.errors import ImgsignError, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.trust_policy import Action, Check, Evidence, Rule, SignerIdentity, Status, TimestampEvidence
 
+#: ``typing.TYPE_CHECKING`` without importing typing (the boot hook imports this module).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cryptography import x509
 

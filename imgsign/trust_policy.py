@@ -40,9 +40,13 @@ import datetime
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from imgsign.errors import ImgsignError, PolicyRefused, TrustPolicyError, UnsignedImage
+
+#: ``typing.TYPE_CHECKING`` without importing typing (the boot hook imports this module).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The only document version understood.
 VERSION = 1

@@ -34,7 +34,6 @@ import dataclasses
 import enum
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from imgsign import errors
 from imgsign.algorithms import HashMethod
@@ -61,6 +60,8 @@ from imgsign.policy import Policy
 from imgsign.stream import digests_of
 from imgsign.verifier import verify_digest
 
+#: ``typing.TYPE_CHECKING`` without importing typing, which every hook call would pay for.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from imgsign.trust_policy import TrustPolicy
 
