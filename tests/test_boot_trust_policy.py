@@ -8,19 +8,25 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import example as case
+from hypothesis import strategies as st
 
 from imgsign import errors, load_certificate, load_private_key, sign
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors
 from imgsign.compute.boot import BootPolicy, verify_for_boot
+from imgsign.compute.boot_policy import check_record
 from imgsign.compute.image_cache import add_to_cache
 from imgsign.compute.libvirt_hook import load_config, parse_domain
-from imgsign.compute.trust_record import RecordStore, cache_name
+from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
+from imgsign.errors import ImgsignError
 from imgsign.policy import Policy
 from imgsign.trust_policy import load_policy_text
 from tests.conftest import CERT_UUID, cert_of, run_cli
 from tests.policy_pki import make_ca, make_leaf
 from tests.test_boot_hook import Host, domain_xml
+from tests.test_fuzz_state import VALID_BODY, json_values
 from tests.test_trust_policy_example import EXAMPLE, PROJECT_A, PROJECT_B, PROJECT_X
 
 DATA = os.urandom(1024 * 1024 + 5)
@@ -41,7 +47,7 @@ def example(tmp_path_factory):
 
 
 def cache(tmp_path, example, leaf, image_id, facts, anchored=True):
-    root, _, cas, leaves = example
+    _, _, cas, leaves = example
     records = RecordStore(str(tmp_path / "state"))
     props = sign([DATA], load_private_key(leaves[leaf].key_pem), CERT_UUID, HashMethod.SHA384)
     anchors = TrustAnchors([ca.cert for ca in cas.values()]) if anchored else None  # every CA store of the policy
@@ -143,3 +149,34 @@ def test_the_hook_applies_the_policy_by_the_booting_project(tmp_path):
     assert away.returncode == errors.UntrustedCertificate.exit_code, away.stderr
     assert "rule default" in away.stderr
     assert load_certificate(cert_of("RSA-PSS").read_bytes())  # the signer the store names
+
+
+# --- fuzzing the recorded facts and the boot decision -----------------------------------------------------
+
+FUZZ = settings(max_examples=int(os.environ.get("IMGSIGN_FUZZ_EXAMPLES", "200")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FACT = st.one_of(st.sampled_from([PROJECT_A, PROJECT_B, PROJECT_X, "private", "public", "shared", "snapshot", "image"]),
+                 st.text(max_size=8))
+
+
+@FUZZ
+@given(st.one_of(json_values, st.dictionaries(st.sampled_from(["owner", "visibility", "image_type"]), FACT)),
+       st.one_of(st.none(), st.sampled_from([PROJECT_A, PROJECT_B, PROJECT_X])),
+       st.lists(st.sampled_from(["ab" * 32, "cd" * 32]), max_size=2))
+@case({"owner": PROJECT_X, "visibility": "private", "image_type": "image"}, None, [])
+@case({"owner": PROJECT_A, "visibility": "private", "image_type": "snapshot"}, PROJECT_A, ["ab" * 32])
+def test_recorded_facts_give_a_decision_or_an_imgsign_error(tmp_path_factory, example, facts, booting, anchors):
+    root, policy, _, _ = example
+    body = {**VALID_BODY, "image": facts, "anchor_fingerprints": anchors}
+    try:
+        record = TrustRecord.from_body(body)
+    except ImgsignError:
+        return
+    records = RecordStore(str(tmp_path_factory.mktemp("fuzz-state")))
+    try:
+        logged = check_record(record, records, policy, str(root), booting)
+    except ImgsignError:
+        return
+    # Allowed: the rule is audit (logged), or one of its stores holds what the download validated against.
+    # The recorded signer (the test PKI's RSA leaf) and these anchors are in none of the example's stores.
+    assert logged is not None and "(audit) logs: authenticity" in logged, (facts, booting, logged)
