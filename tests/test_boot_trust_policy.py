@@ -107,6 +107,30 @@ def test_boot_conf_policy_file(tmp_path, example):
         load_config(str(conf))
 
 
+def test_the_hook_trusts_only_policy_and_store_files_no_one_but_root_can_change(tmp_path, example):
+    root, policy, _, _ = example
+    copy = tmp_path / "policy.yaml"
+    shutil.copyfile(root / "policy.yaml", copy)
+    conf = tmp_path / "boot.conf"
+    conf.write_text(f"[boot]\npolicy_file = {copy}\n")
+    assert load_config(str(conf)).policy.trust is not None
+    os.chmod(copy, 0o666)
+    with pytest.raises(errors.InsecureState, match="someone other than root"):
+        load_config(str(conf))
+    os.chmod(copy, 0o644)
+    os.chown(copy, 65534, 65534)  # nova's, say
+    with pytest.raises(errors.InsecureState):
+        load_config(str(conf))
+    # A trust store's certificate file the nova user could replace is refused at boot, too.
+    stores = tmp_path / "stores"
+    shutil.copytree(root / "ca", stores / "ca")
+    os.chown(stores / "ca" / "compute-hosts.pem", 65534, 65534)
+    records, base = cache(tmp_path, example, "compute", "snap-3", SNAPSHOT_A)
+    decision = verify_for_boot(base, records, BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(stores)),
+                               booting_project=PROJECT_A)
+    assert not decision.allowed and decision.code == errors.InsecureState.exit_code, decision
+
+
 def test_the_domain_names_the_booting_project():
     xml = domain_xml("i-1", "img", [])
     assert parse_domain(xml).project_id == "p"

@@ -33,6 +33,34 @@ from imgsign.trust_policy import (
 _FIELDS = {"owner": "owner", "visibility": "visibility", "image_type": "image_type"}
 
 
+def read_root_file(path: str, what: str) -> bytes:
+    """A file the hook trusts (the policy, a trust store's certificates): refused (InsecureState) unless it
+    and every directory above it are root's (or this process's owner's) and writable by no one else, as the
+    hook's threat model requires of what decides trust: the nova user must not be able to change them."""
+    from imgsign._internal.files import read_small_file
+    from imgsign.errors import InsecureState
+
+    owners = {0, os.geteuid()}
+    current = os.path.abspath(path)
+    while True:
+        try:
+            info = os.lstat(current)
+        except OSError as exc:
+            from imgsign.errors import InputError
+
+            raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+        sticky_dir = os.path.isdir(current) and info.st_mode & 0o1000
+        if info.st_uid not in owners or (info.st_mode & 0o022 and not sticky_dir) \
+                or (current == os.path.abspath(path) and os.path.islink(current)):
+            raise InsecureState(f"{what} {path}: {current} can be changed by someone other than root (owner uid "
+                                f"{info.st_uid}, mode {info.st_mode & 0o7777:04o}): the boot hook does not trust it")
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return read_small_file(path, what)
+
+
 def facts_of(image: object) -> dict[str, str]:
     """The facts to record from a Glance image record (what :class:`ImageFacts` reads from it)."""
     facts = ImageFacts.from_record(image if isinstance(image, dict) else {})
@@ -80,13 +108,12 @@ def _fingerprints(rule: Rule, records: RecordStore, base_dir: str) -> set[str]:
     """The SHA-256 fingerprints of the certificates of ``rule``'s CA stores known on this host."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from imgsign._internal.files import read_small_file
     from imgsign.certificates import load_certificates
 
     found: set[str] = set()
     for store in rule.ca_stores:
         for name in store.certificate_files:
-            data = read_small_file(os.path.join(base_dir, name), "trusted certificates")
+            data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
             found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))
         for cert_id in store.key_manager_ids:
             bound = records.anchors.fingerprint(cert_id)  # None: never fetched on this host

@@ -163,10 +163,10 @@ def load_config(path: str | None = None) -> HookConfig:
     if policy_file:
         if ids:
             raise InputError(f"{path}: [boot] sets both policy_file and trusted_certificate_ids: set one")
-        from imgsign._internal.files import read_small_file
+        from imgsign.compute.boot_policy import read_root_file
         from imgsign.trust_policy import load_policy_text
 
-        trust = load_policy_text(read_small_file(policy_file, "trust policy"), policy_file)
+        trust = load_policy_text(read_root_file(policy_file, "trust policy"), policy_file)
         trust_dir = os.path.dirname(os.path.abspath(policy_file))
     return HookConfig(
         policy=BootPolicy(mode=mode, trusted_certificate_ids=ids, max_fast_path_age=max_age,

@@ -208,12 +208,12 @@ class SelfAdopter:
         """The certificates of the trust policy's CA stores given as files."""
         if self.trust is None:
             return ()
-        from imgsign._internal.files import read_small_file
         from imgsign.certificates import load_certificates
+        from imgsign.compute.boot_policy import read_root_file
 
         files = dict.fromkeys(f for r in self.trust.rules for s in r.ca_stores for f in s.certificate_files)
         return tuple(c for f in files for c in load_certificates(
-            read_small_file(os.path.join(self.trust_dir, f), "trusted certificates")))
+            read_root_file(os.path.join(self.trust_dir, f), "trusted certificates")))
 
     def settings(self) -> _Settings:
         if self._settings is None:
