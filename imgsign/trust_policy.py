@@ -159,9 +159,16 @@ class Scope:
             return "every image (catch-all)"
         words = {"owner": "owner project", "visibility": "visibility", "image_type": "image_type",
                  "booting_project": "booting project"}
-        return "; ".join(f"{words[f]} in {', '.join(sorted(v))}".replace(f" in {OWNER}", " is the image's owner")
-                         .replace(f", {OWNER}", ", the image's owner")
-                         for f in self.FIELDS if (v := getattr(self, f)) is not None)
+        parts = []
+        for field in self.FIELDS:
+            values = getattr(self, field)
+            if values is None:
+                continue
+            named = sorted(v for v in values if not (field == "booting_project" and v == OWNER))
+            if field == "booting_project" and OWNER in values:
+                named.insert(0, "the image's owner")
+            parts.append(f"{words[field]} in {', '.join(named)}")
+        return "; ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)
