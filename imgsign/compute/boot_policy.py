@@ -96,7 +96,9 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
         chain = Check.failed(UntrustedCertificate(
             f"image {record.image_id} was not validated at download against any certificate of the trust stores "
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
-    evidence = Evidence(True, signer_identity(load_certificate(record.certificate_der)), chain)
+    # The signer's identity (X.509 parsing) only when the rule names trusted identities.
+    identity = None if rule.trusted_identities is None else signer_identity(load_certificate(record.certificate_der))
+    evidence = Evidence(True, identity, chain)
     decision = enforce(decide(selection, evidence))
     if not decision.warnings:
         return None
