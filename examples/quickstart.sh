@@ -29,7 +29,7 @@ path = $work/keystore.sqlite3
 CONF
 imgsign() { "$python" -m imgsign -c "$work/imgsign.conf" "$@"; }
 
-# A qcow2 image when qemu-img is there; its raw-digest statement (see the README) also needs
+# A qcow2 image when qemu-img is there; its raw-digest statement (doc/source/specs/raw-digest-statement.md) also needs
 # qemu-nbd and nbdcopy (Debian: qemu-utils, libnbd-bin), so without nbdcopy it is skipped.
 raw_digest=()
 if command -v qemu-img >/dev/null 2>&1; then
@@ -41,9 +41,12 @@ else
     image="$work/sample.img"
 fi
 
+# keygen encrypts the private key, as cosign and ssh-keygen do: on a terminal it asks for a passphrase;
+# this script is not interactive, so it makes a random one in a file that only you can read.
+(umask 077 && head -c 24 /dev/urandom | base64 > "$work/passphrase")
 imgsign keygen --key-type RSA-PSS --out-key "$work/signer.key" --out-cert "$work/signer.pem" \
-    --subject "CN=imgsign quickstart signer"
-imgsign sign "$image" --key "$work/signer.key" --cert "$work/signer.pem" --store-cert "${raw_digest[@]}" \
-    | tee "$work/properties.json"
+    --passphrase-file "$work/passphrase" --subject "CN=imgsign quickstart signer"
+imgsign sign "$image" --key "$work/signer.key" --passphrase-file "$work/passphrase" --cert "$work/signer.pem" \
+    --store-cert "${raw_digest[@]}" | tee "$work/properties.json"
 echo
 imgsign verify "$image" --properties "$work/properties.json"

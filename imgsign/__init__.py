@@ -11,7 +11,12 @@ Every error is an :class:`imgsign.errors.ImgsignError` subclass with a CLI exit 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+#: ``typing.TYPE_CHECKING`` without importing typing: every process that imports imgsign (the boot hook
+#: on each call) would pay for it (mypy treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Public name -> module that defines it.  Loaded on first use (PEP 562), so a short CLI run
 #: imports only what it needs.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from typing import TYPE_CHECKING
 
 from imgsign.errors import UnsupportedAlgorithm
 
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # cryptography loads only when a key or certificate is used, not to name a hash
     from cryptography.hazmat.primitives import hashes
 

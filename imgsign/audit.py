@@ -156,7 +156,7 @@ class ImageReport:
         return not self.failures
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form (README "Auditing a cloud" documents the keys)."""
+        """The JSON form (doc/source/specs/json-output.md documents the keys)."""
         return {
             "id": self.id, "name": self.name, "status": self.status, "owner": self.owner,
             "passed": self.passed, "failures": [p.as_dict() for p in self.failures],

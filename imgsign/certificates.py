@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
-from imgsign._internal import pyca_dsa
+from imgsign._internal import known_warnings, pyca_dsa
 from imgsign.errors import (
     CertificateError,
     CertificateExpired,
@@ -54,40 +53,39 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     return found
 
 
-#: The start of ``cryptography``'s warning (51) for a serial number that is zero or negative, in a certificate
-#: or in an extension such as authorityKeyIdentifier's authorityCertSerialNumber; a later release raises.
-_NON_POSITIVE_SERIAL = r"Parsed a serial number which wasn't positive"
 _SERIAL_FORBIDDEN = "its serial number is zero or negative, which RFC 5280 (4.1.2.2) forbids"
 
-@contextlib.contextmanager
-def refusing_non_positive_serials(what: str) -> Iterator[None]:
-    """Parse certificates or CRLs in the body; a serial number that is zero or negative anywhere in them is
-    a :class:`CertificateError` naming ``what`` (``cryptography`` only warns about it), never a warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=_NON_POSITIVE_SERIAL)
-        try:
-            yield
-        except Warning:
-            raise CertificateError(f"refusing {what}: it holds a serial number that is zero or negative, "
-                                   f"which RFC 5280 (4.1.2.2) forbids") from None
+
+def check_serials(parsed: x509.Certificate | x509.CertificateRevocationList, what: str) -> None:
+    """Raise :class:`CertificateError` naming ``what`` when a serial number RFC 5280 (4.1.2.2) forbids, zero or
+    negative, is in ``parsed``: a certificate's own, or authorityKeyIdentifier's authorityCertSerialNumber (in
+    a certificate or a CRL).  ``cryptography`` only warns about them (silenced by
+    :func:`imgsign._internal.known_warnings.quiet`, since they are refused here); a later release raises."""
+    serials = [parsed.serial_number] if isinstance(parsed, x509.Certificate) else []
+    with contextlib.suppress(x509.ExtensionNotFound):
+        identifier = parsed.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        if identifier.authority_cert_serial_number is not None:
+            serials.append(identifier.authority_cert_serial_number)
+    if any(serial <= 0 for serial in serials):
+        raise CertificateError(f"refusing {what}: it holds a serial number that is zero or negative, "
+                               f"which RFC 5280 (4.1.2.2) forbids")
 
 
 def _parse(parse: Callable[[], list[x509.Certificate]]) -> list[x509.Certificate]:
     """Run ``parse`` (a ``cryptography`` certificate loader) and parse every extension of what it loaded
     (``cryptography`` parses them lazily), so that a certificate whose extensions do not parse (malformed,
-    duplicated) or hold a non-positive serial number is refused when it is read, not wherever an
+    duplicated) or that holds a non-positive serial number is refused when it is read, not wherever an
     extension is first used (where ``DuplicateExtension``, say, is no ``ValueError``)."""
-    with refusing_non_positive_serials("a certificate"):
+    with known_warnings.quiet():
         loaded = parse()
         for cert in loaded:
             try:
                 for _ in cert.extensions:
                     pass
-            except Warning:
-                raise  # a non-positive serial number: refusing_non_positive_serials says so
             except Exception as exc:  # noqa: BLE001 - whatever cryptography raises for it, the certificate is refused
                 detail = " ".join(str(exc).split())[:160] or type(exc).__name__
                 raise CertificateError(f"certificate {describe(cert)} has malformed extensions ({detail})") from None
+            check_serials(cert, "a certificate")
         return loaded
 
 
@@ -155,7 +153,7 @@ def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_P
     """
     name = describe(cert)
     if not policy.ignore_certificate_dates:
-        check_dates(cert, policy.now())
+        check_dates(cert, policy.certificate_time())
     try:
         extensions = cert.extensions
     except ValueError as exc:

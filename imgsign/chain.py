@@ -29,14 +29,35 @@ import dataclasses
 import datetime
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.x509 import verification
 
-from imgsign._internal import pyca_dsa
-from imgsign.certificates import describe, refusing_non_positive_serials
-from imgsign.errors import CertificateError, CertificateRevoked, UntrustedCertificate
+from imgsign._internal import known_warnings, pyca_dsa
+from imgsign.certificates import check_serials, describe
+from imgsign.errors import (
+    CertificateError,
+    CertificateRevoked,
+    OCSPStatusUnknown,
+    OCSPUnavailable,
+    UntrustedCertificate,
+)
 from imgsign.policy import DEFAULT_POLICY, Policy
+
+if TYPE_CHECKING:
+    from imgsign.ocsp import OcspResult
+
+
+class OcspSource(Protocol):
+    """Where OCSP answers come from (:class:`imgsign._internal.ocsp_client.OcspClient`: a response stored
+    with the signature, or the responder the certificate names)."""
+
+    def status(self, cert: x509.Certificate, issuer: x509.Certificate,
+               now: datetime.datetime) -> OcspResult | None:
+        """The verified answer about ``cert``; None when there is none to have (no responder named, or
+        OCSP off); :class:`OCSPUnavailable` when a named responder cannot be reached;
+        :class:`OCSPStatusUnknown` for an unusable answer."""
 
 #: Most intermediate CA certificates allowed between the signing and the trusted certificate.
 DEFAULT_MAX_DEPTH = 8
@@ -46,7 +67,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     """A PEM or DER certificate revocation list."""
     try:
         pem = data.lstrip().startswith(b"-----BEGIN")
-        with refusing_non_positive_serials("a certificate revocation list"):
+        with known_warnings.quiet():
             crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
             crl.issuer.rfc4514_string()  # cryptography parses the issuer and extensions lazily: find bad ones now
             for _ in crl.extensions:
@@ -54,6 +75,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
             for entry in crl:
                 for _ in entry.extensions:
                     pass
+        check_serials(crl, "a certificate revocation list")
         return crl
     except ValueError as exc:
         raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None
@@ -67,7 +89,7 @@ class TrustAnchors:
     trusted certificate ids); ``intermediates``: untrusted helpers for path
     building; ``crls``: revocation lists; ``require_crls``: refuse when an issuer
     on the path has no CRL; ``max_depth``: most intermediates between the signing
-    and the trusted certificate.
+    and the trusted certificate; ``ocsp``: where OCSP answers come from (None: CRLs only).
     """
 
     trusted: Sequence[x509.Certificate]
@@ -75,6 +97,7 @@ class TrustAnchors:
     crls: Sequence[x509.CertificateRevocationList] = ()
     require_crls: bool = False
     max_depth: int = DEFAULT_MAX_DEPTH
+    ocsp: OcspSource | None = None
 
 
 def validate_chain(
@@ -82,14 +105,17 @@ def validate_chain(
 ) -> list[x509.Certificate]:
     """The validated path ``[certificate, ..., trusted]``, or raise.
 
+    Every certificate on the path must be valid at ``policy.certificate_time()``: now, or the genTime
+    of a verified timestamp (:mod:`imgsign.timestamp`, ``Policy.certificates_at``); CRLs and OCSP
+    answers must still be current now, and a revocation refuses whenever it happened.
+
     Raises :class:`UntrustedCertificate` when no valid path to a trusted
     certificate exists (the reason names what broke it),
     :class:`CertificateRevoked` for a revoked certificate on the path and
     :class:`CertificateError` for an unusable CRL.
     """
-    now = policy.now()
-    path = build_path(certificate, anchors, now)
-    check_revocation(path, anchors, now)
+    path = build_path(certificate, anchors, policy.certificate_time())
+    check_revocation(path, anchors, policy.now())
     return path
 
 
@@ -150,6 +176,7 @@ def check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: d
     if anchor.issuer != anchor.subject:  # a trusted intermediate: its issuer may have revoked it
         pairs += [(anchor, issuer) for issuer in _issuer_candidates(anchor, anchors)][:1]
     for cert, issuer in pairs:
+        unreachable = _check_ocsp(cert, issuer, anchors, now)
         complete = False
         incomplete: set[str] = set()
         for crl in _crls_of(issuer, anchors.crls, now):
@@ -166,12 +193,35 @@ def check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: d
                 )
             complete = complete or not gaps
             incomplete.update(gaps)
+        if unreachable is not None and not complete:
+            raise OCSPUnavailable(f"{unreachable.message}, and no complete CRL from {describe(issuer)} covers it")
         if anchors.require_crls and not complete:
             seen = f"; its CRLs here are not complete for it: {', '.join(sorted(incomplete))}" if incomplete else ""
             raise CertificateError(
                 f"no complete certificate revocation list from {describe(issuer)} covering {describe(cert)} "
                 f"(CRLs are required{seen})"
             )
+
+
+def _check_ocsp(cert: x509.Certificate, issuer: x509.Certificate, anchors: TrustAnchors,
+                now: datetime.datetime) -> OCSPUnavailable | None:
+    """Ask ``anchors.ocsp`` about ``cert``: raise for "revoked" and "unknown"; the error when its
+    responder could not be reached (then a complete CRL must cover it); None otherwise."""
+    if anchors.ocsp is None:
+        return None
+    try:
+        result = anchors.ocsp.status(cert, issuer, now)
+    except OCSPUnavailable as exc:
+        return exc
+    if result is None or result.status == "good":
+        return None
+    if result.status == "revoked":
+        when = f" on {result.revocation_time:%Y-%m-%d}" if result.revocation_time else ""
+        why = f" (reason: {result.revocation_reason})" if result.revocation_reason else ""
+        raise CertificateRevoked(f"certificate {describe(cert)} (serial {cert.serial_number:#x}) was revoked by "
+                                 f"{describe(issuer)}{when}{why}, says its OCSP responder ({result.source})")
+    raise OCSPStatusUnknown(f"the OCSP responder of {describe(issuer)} does not know certificate {describe(cert)} "
+                            f"(serial {cert.serial_number:#x}): status unknown")
 
 
 #: CRL extensions whose meaning :func:`crl_limits` takes into account (RFC 5280 §5.2).

@@ -3,7 +3,8 @@
 Each class carries the CLI exit code it maps to (``exit_code``), so the
 command line, the libvirt hook and library callers agree on what failed.
 The codes are grouped by tens: 1x input, 2x certificate, 3x signature,
-4x crypto backend, 5x key manager, 6x compute cache, 7x Glance, 8x trust policy.
+4x crypto backend, 5x key manager, 6x the compute host's image cache,
+7x Glance, 8x trust policy (80-84) and Nova (85-89), 9x the signing gateway.
 ``0`` is success, ``1`` an internal error (a bug), ``2`` a command-line usage error.
 """
 
@@ -116,10 +117,38 @@ class UntrustedCertificate(ImgsignError):
 
 
 class CertificateRevoked(ImgsignError):
-    """A certificate in the chain is revoked by a CRL."""
+    """A certificate in the chain is revoked (by a CRL or an OCSP response)."""
 
     exit_code = 25
     reason = "certificate-revoked"
+
+
+class TimestampError(ImgsignError):
+    """An RFC 3161 timestamp token is malformed, invalid, from an untrusted TSA, or not over this signature."""
+
+    exit_code = 26
+    reason = "timestamp-invalid"
+
+
+class TimestampUnavailable(ImgsignError):
+    """The time-stamping authority could not be reached, was too slow, or answered with no usable token."""
+
+    exit_code = 27
+    reason = "timestamp-unavailable"
+
+
+class OCSPUnavailable(ImgsignError):
+    """A certificate names an OCSP responder that could not be reached, and no complete CRL covers it."""
+
+    exit_code = 28
+    reason = "ocsp-unavailable"
+
+
+class OCSPStatusUnknown(ImgsignError):
+    """An OCSP responder answered "unknown", or its answer is stale, unsigned or not about this certificate."""
+
+    exit_code = 29
+    reason = "ocsp-status-unknown"
 
 
 # --- 3x: signature -------------------------------------------------------------
@@ -265,7 +294,8 @@ class AdoptionIncomplete(ImgsignError):
 
 
 class BaseBusy(ImgsignError):
-    """Another imgsign run held the lock of a base longer than the bounded wait (``lock_timeout``)."""
+    """Another imgsign run held the lock of a base longer than the bounded wait (``lock_timeout``), or
+    ``boot release`` was asked to release a base an instance disk still uses (without ``--force``)."""
 
     exit_code = 66
     reason = "base-busy"
@@ -315,7 +345,7 @@ class PolicyViolation(ImgsignError):
     reason = "policy-violation"
 
 
-# --- 8x: trust policy ----------------------------------------------------------------
+# --- 8x (80-84): trust policy ----------------------------------------------------------------
 
 class TrustPolicyError(ImgsignError):
     """A trust policy file is unreadable or invalid (the message names the place in the file)."""
@@ -332,6 +362,41 @@ class PolicyRefused(ImgsignError):
     reason = "policy-refused"
 
 
+# --- 8x (85-89): Nova (a server's own trusted certificates, on the compute side) -------------
+
+class NovaUnavailable(ImgsignError):
+    """Nova's API (or the identity service in front of it) is unreachable, too slow, refused the
+    credentials, or answered something that is not a server document; ``[nova] trusted_certs_fallback``
+    says whether the boot is then refused or decided by the host's trusted certificates alone."""
+
+    exit_code = 85
+    reason = "nova-unavailable"
+
+
+class NovaAnswerInvalid(ImgsignError):
+    """Nova answered a server document that cannot be the server's trusted certificate list (another
+    server's, a list that is not a list of ids, more ids than Nova allows): the boot is refused."""
+
+    exit_code = 86
+    reason = "nova-answer-invalid"
+
+
+class UnknownServer(ImgsignError):
+    """Nova has no server with the instance's uuid (or the hook's credentials cannot see it)."""
+
+    exit_code = 87
+    reason = "unknown-server"
+
+
+# --- 9x: the compute host's signing gateway (imgsign gateway) -----------------------
+
+class ProvenanceError(ImgsignError):
+    """A provenance statement (``imgsign_provenance_v1_*``) is missing, malformed, forged or names another image."""
+
+    exit_code = 90
+    reason = "provenance-error"
+
+
 ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImgsignError,
     InputError,
@@ -346,6 +411,10 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     CertificateKeyMismatch,
     UntrustedCertificate,
     CertificateRevoked,
+    TimestampError,
+    TimestampUnavailable,
+    OCSPUnavailable,
+    OCSPStatusUnknown,
     MalformedSignature,
     InvalidSignature,
     IncompleteVerification,
@@ -374,4 +443,8 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     PolicyViolation,
     TrustPolicyError,
     PolicyRefused,
+    NovaUnavailable,
+    NovaAnswerInvalid,
+    UnknownServer,
+    ProvenanceError,
 )

@@ -27,14 +27,22 @@ class Policy:
     ignore_certificate_dates: bool = False
     #: The moment certificates are checked at; None means "now".
     at: datetime.datetime | None = None
+    #: The moment the signing certificate and its chain are judged at instead, when a verified timestamp
+    #: says the signature was made then (:func:`imgsign.timestamp.check`'s ``judge_at``); CRLs and OCSP
+    #: answers are still judged at :meth:`now`.  None: at :meth:`now`.
+    certificates_at: datetime.datetime | None = None
 
     def now(self) -> datetime.datetime:
         """The evaluation time, timezone-aware UTC."""
-        if self.at is None:
-            return datetime.datetime.now(datetime.timezone.utc)
-        if self.at.tzinfo is None:
-            return self.at.replace(tzinfo=datetime.timezone.utc)
-        return self.at
+        return _utc(self.at) if self.at is not None else datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate_time(self) -> datetime.datetime:
+        """When certificate validity periods are judged: :attr:`certificates_at`, else :meth:`now`."""
+        return _utc(self.certificates_at) if self.certificates_at is not None else self.now()
+
+
+def _utc(moment: datetime.datetime) -> datetime.datetime:
+    return moment.replace(tzinfo=datetime.timezone.utc) if moment.tzinfo is None else moment
 
 
 DEFAULT_POLICY = Policy()

@@ -5,15 +5,16 @@ those at their edge.  The chain is built against the rule's CA stores at the eva
 that fails, again at a moment inside the certificates' validity periods, so that a chain whose only
 fault is its dates is told apart from an untrusted one (the rule's ``expiry`` action decides).
 Revocation is checked at the evaluation time, against CRLs current then, unless the rule skips it.
-An RFC 3161 timestamp (:class:`~imgsign.trust_policy.TimestampEvidence`) and an OCSP answer are
-the caller's to verify and pass in.
+An RFC 3161 timestamp (:class:`~imgsign.trust_policy.TimestampEvidence`, from :func:`timestamp_evidence`:
+:mod:`imgsign.timestamp` against the rule's TSA stores) and an OCSP answer (the anchors' ``ocsp``
+source, or ``online_revocation``) are the caller's to verify and pass in.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from imgsign.errors import ImgsignError, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
@@ -125,3 +126,23 @@ def _path_at_another_time(certificate: x509.Certificate, anchors: TrustAnchors, 
         except UntrustedCertificate:
             continue
     return None
+
+
+def timestamp_evidence(document: Mapping[str, object], signature: bytes, certificate: x509.Certificate,
+                       roots: Sequence[x509.Certificate], *,
+                       now: datetime.datetime) -> tuple[TimestampEvidence | None, dict[str, object]]:
+    """The image's RFC 3161 timestamp (``imgsign_tst_v1``) checked by :func:`imgsign.timestamp.check` against
+    ``roots`` (the rule's TSA stores), and its description for a result document: None when there is none,
+    or no TSA certificate to check it against; FAILED when it does not verify (the rule's ``timestamp``
+    action decides)."""
+    from imgsign import timestamp as rfc3161
+
+    try:
+        stamp = rfc3161.check(document, signature, certificate, roots, now=now)
+    except ImgsignError as exc:
+        return TimestampEvidence(Check.failed(exc)), {"status": "invalid", "reason": exc.reason,
+                                                      "message": exc.message}
+    if stamp.timestamp is None:
+        return None, stamp.as_dict()
+    within = rfc3161.signing_time(stamp.timestamp, certificate) is not None
+    return TimestampEvidence(Check.passed(), stamp.timestamp.gen_time, within), stamp.as_dict()

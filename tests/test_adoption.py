@@ -38,7 +38,7 @@ from tests.test_real_images import qemu
 @pytest.fixture
 def host():
     """A compute host whose ``_base`` belongs to nova (uid 65534), in a directory nova can reach: the
-    instances path is root's and sticky (README, "The path to each base"), ``_base`` nova's."""
+    instances path is root's and sticky (docs, "The path to each base"), ``_base`` nova's."""
     path = Path(tempfile.mkdtemp(prefix="imgsign-adopt-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
@@ -186,7 +186,7 @@ def test_a_base_nova_downloaded_again_is_adopted_again(host):
     assert adopt(host, image_id, props).code == 0
     with pytest.raises(subprocess.CalledProcessError):  # sealed: nova cannot remove it ...
         as_nova('rm -f "$1"', base)
-    release(base)  # ... until root clears the flag (README: letting Nova's cache manager remove a base)
+    release(base)  # ... until root clears the flag (docs: letting Nova's cache manager remove a base)
     as_nova('rm -f "$1"', base)
     nova_download(host, image_id, image)
     again = adopt(host, image_id, props)

@@ -69,6 +69,8 @@ class Host:
         self.state = tmp / "state"
         self.log = tmp / "hook.log"
         self.config = tmp / "boot.conf"
+        #: Where the hook keeps boot.conf's validated snapshot (root's /run/imgsign outside the tests).
+        self.run_dir = tmp / "run"
         self.configure(mode, trusted)
 
     def configure(self, mode: str, trusted: str = "", allow_unverified: str = "") -> None:
@@ -114,7 +116,8 @@ class Host:
         data = xml.encode() if isinstance(xml, str) else xml
         proc = subprocess.run([sys.executable, str(HOOK), f"instance-{instance[:8]}", operation, sub, "-"],
                               input=data, capture_output=True, timeout=120,
-                              env={**(os.environ if env is None else env), "IMGSIGN_BOOT_CONFIG": str(self.config)})
+                              env={**(os.environ if env is None else env), "IMGSIGN_BOOT_CONFIG": str(self.config),
+                                   "IMGSIGN_RUN_DIR": str(self.run_dir)})
         proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
         proc.elapsed = time.monotonic() - start  # type: ignore[attr-defined]
         assert "Traceback" not in proc.stderr, proc.stderr
@@ -381,7 +384,8 @@ def test_warm_boot_loads_nothing_the_fast_path_does_not_use(host, tmp_path):
         [sys.executable, "-c", "import io, sys\nfrom imgsign.compute.libvirt_hook import main\n"
          f"code = main(['vm', 'prepare', 'begin', '-'], open({str(xml)!r}, 'rb'))\n"
          f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "IMGSIGN_BOOT_CONFIG": str(host.config)})
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "IMGSIGN_BOOT_CONFIG": str(host.config), "IMGSIGN_RUN_DIR": str(host.run_dir)})
     assert probe.stdout.strip() == "0 []", probe
     assert "unchanged since its last verification" in host.log_entries()[-1]["message"]
 

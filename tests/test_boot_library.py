@@ -82,10 +82,11 @@ def test_cache_entry_is_bound_to_file_identity(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     identity = FileIdentity.of(str(path))
-    cache.store("f", identity, b"\x01" * 32)
-    assert cache.lookup("f", identity, DEFAULT_MAX_AGE) == b"\x01" * 32
+    cache.store("f", identity, b"\x01" * 32, "record-a")
+    assert cache.lookup("f", identity, DEFAULT_MAX_AGE, "record-a") == b"\x01" * 32
+    assert cache.lookup("f", identity, DEFAULT_MAX_AGE, "record-b") is None  # another record: read again
     os.chmod(path, 0o600)  # ctime moves
-    assert cache.lookup("f", FileIdentity.of(str(path)), DEFAULT_MAX_AGE) is None
+    assert cache.lookup("f", FileIdentity.of(str(path)), DEFAULT_MAX_AGE, "record-a") is None
 
 
 def test_record_binds_the_anchors_the_chain_reaches_each_on_its_own(tmp_path):

@@ -1,5 +1,5 @@
 """Between the hook's check and qemu's open: the second check at ``start begin``, sealed (immutable)
-bases, and the path to each base (README, "Between the check and qemu's open")."""
+bases, and the path to each base (docs, "Between the check and qemu's open")."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.test_real_images import qemu
 @pytest.fixture
 def host():
     """A host nova (uid 65534) can reach: instances path root's and sticky, ``_base`` root's and
-    writable by nova's group (README, "The path to each base")."""
+    writable by nova's group (docs, "The path to each base")."""
     path = Path(tempfile.mkdtemp(prefix="imgsign-race-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
@@ -207,7 +207,7 @@ def test_a_filesystem_without_the_immutable_flag_is_refused_unless_owner(host, m
 
 def test_seal_bases_must_be_known(host):
     host.config.write_text(host.config.read_text() + "seal_bases = sometimes\n")
-    with pytest.raises(errors.InputError, match="seal_bases must be immutable or owner"):
+    with pytest.raises(errors.InputError, match=r"\[boot\] seal_bases in .*: expected one of immutable, owner"):
         libvirt_hook.load_config(str(host.config))
 
 
@@ -251,9 +251,14 @@ def test_release_gives_a_sealed_base_back_to_nova(host):
     instance, disk = host.instance(image_id)
     assert immutable(base)
     as_attacker(lambda: pytest.raises(PermissionError, os.unlink, base))
-    released = run_cli("boot", "release", image_id, "--owner", pwd.getpwuid(NOBODY).pw_name,
+    in_use = run_cli("boot", "release", image_id, "--owner", pwd.getpwuid(NOBODY).pw_name,
+                     "--instances-path", host.instances, "--state-dir", host.state)
+    assert in_use.code == errors.BaseBusy.exit_code and str(disk) in in_use.stderr, in_use
+    assert immutable(base), "a base an instance uses is not released without --force"
+    released = run_cli("boot", "release", image_id, "--force", "--owner", pwd.getpwuid(NOBODY).pw_name,
                        "--instances-path", host.instances, "--state-dir", host.state)
     assert released.code == 0 and "released" in released.stdout, released
+    assert "WARNING" in released.stderr and str(disk) in released.stderr, released
     assert not immutable(base) and base.stat().st_uid == NOBODY
     refused = host.boot(image_id, disk, instance)
     assert refused.returncode == errors.UnsignedImage.exit_code, refused.stderr  # no record any more

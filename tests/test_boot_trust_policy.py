@@ -204,3 +204,28 @@ def test_recorded_facts_give_a_decision_or_an_imgsign_error(tmp_path_factory, ex
     # Allowed: the rule is audit (logged), or one of its stores holds what the download validated against.
     # The recorded signer (the test PKI's RSA leaf) and these anchors are in none of the example's stores.
     assert logged is not None and "(audit) logs: authenticity" in logged, (facts, booting, logged)
+
+
+def test_the_servers_own_certificates_narrow_what_the_policy_allows(tmp_path, example):
+    """Nova's per-server list and the trust policy compose: a base boots only if the policy's rule trusts its
+    signer AND the signer (or an anchor its chain was validated against) is one of the server's certificates."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    root, policy, cas, _ = example
+    records, base = cache(tmp_path, example, "compute", "snap-n", SNAPSHOT_A)
+    records.anchors.bind("compute-ca", cas["compute-hosts"].cert.public_bytes(Encoding.DER))
+    records.anchors.bind("team-ca", cas["image-team"].cert.public_bytes(Encoding.DER))
+
+    def boot(server_ids, project):
+        return verify_for_boot(base, records, BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root),
+                                                         server_certificate_ids=server_ids, server_id="srv-1"),
+                               booting_project=project)
+
+    allowed = boot(("compute-ca",), PROJECT_A)
+    assert allowed.allowed and allowed.code == 0, allowed
+    narrowed = boot(("team-ca",), PROJECT_A)  # the policy trusts it; the server's own list does not
+    assert not narrowed.allowed and narrowed.code == errors.UntrustedCertificate.exit_code, narrowed
+    assert "of server srv-1 in Nova" in narrowed.message
+    # The server's list cannot widen the policy: another project's boot stays refused by the rule.
+    widened = boot(("compute-ca",), PROJECT_B)
+    assert not widened.allowed and "rule other-snapshots" in widened.message, widened

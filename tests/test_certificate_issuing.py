@@ -279,7 +279,7 @@ def ca_signs(tmp_path, csr, name="issued.pem"):
 @pytest.mark.parametrize("key_type", ["RSA-PSS", "ECC_SECP521R1", "ECC_SECT409K1"])
 def test_keygen_csr_then_store_the_cas_certificate(tmp_path, env, key_type):
     key, csr = tmp_path / "signer.key", tmp_path / "signer.csr"
-    made = run_cli("keygen", "--key-type", key_type, "--out-key", key, "--csr", csr,
+    made = run_cli("keygen", "--no-encrypt", "--key-type", key_type, "--out-key", key, "--csr", csr,
                    "--subject", "CN=release signer,O=Example", *(["--bits", 2048] if key_type == "RSA-PSS" else []))
     assert made.code == 0, made
     assert "imgsign cert store" in made.stderr and (key.stat().st_mode & 0o777) == 0o600
@@ -310,9 +310,9 @@ def test_keygen_csr_then_store_the_cas_certificate(tmp_path, env, key_type):
 
 def test_cert_store_refuses_a_certificate_for_another_key(tmp_path, env):
     key, csr = tmp_path / "signer.key", tmp_path / "signer.csr"
-    assert run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", key, "--csr", csr).code == 0
+    assert run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", key, "--csr", csr).code == 0
     other_key, other_csr = tmp_path / "other.key", tmp_path / "other.csr"
-    assert run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", other_key, "--csr", other_csr,
+    assert run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", other_key, "--csr", other_csr,
                    "--subject", "CN=someone else").code == 0
     wrong = ca_signs(tmp_path, other_csr, "wrong.pem")
     refused = run_cli("cert", "store", wrong, "--key", key, env=env)
@@ -324,7 +324,7 @@ def test_cert_store_refuses_a_certificate_for_another_key(tmp_path, env):
 def test_cert_store_refuses_a_certificate_that_may_not_sign(tmp_path, env):
     """A CA that dropped the requested extensions for a non-signing profile: refused when the key is given."""
     key, csr = tmp_path / "signer.key", tmp_path / "signer.csr"
-    assert run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", key, "--csr", csr).code == 0
+    assert run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", key, "--csr", csr).code == 0
     ext = tmp_path / "tls.cnf"
     ext.write_text("[v3]\nkeyUsage = critical,keyEncipherment\nextendedKeyUsage = serverAuth\n")
     issued = tmp_path / "tls.pem"
@@ -344,7 +344,7 @@ def test_cert_store_refuses_a_certificate_that_may_not_sign(tmp_path, env):
 def test_keygen_csr_option_combinations(tmp_path, extra, message):
     names = {"R": tmp_path / "r.csr", "C": tmp_path / "c.pem", "CA": pki("intermediate-ca.pem"),
              "CAKEY": pki("intermediate-ca.key")}
-    result = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem",
+    result = run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem",
                      *(names.get(a, a) for a in extra))
     assert result.code == 2 and "Usage:" in result.stderr and message in result.stderr, result
     assert not (tmp_path / "k.pem").exists() and not (tmp_path / "r.csr").exists()
@@ -359,7 +359,7 @@ def test_keygen_ca_key_is_loaded_like_every_key(tmp_path):
     plain = serialization.load_pem_private_key(pki("ecdsa-intermediate-ca.key").read_bytes(), None)
     ca_key.write_bytes(plain.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.BestAvailableEncryption(b"ca secret")))
-    args = ("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem", "--out-cert",
+    args = ("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem", "--out-cert",
             tmp_path / "c.pem", "--ca-cert", pki("ecdsa-intermediate-ca.pem"), "--ca-key", ca_key)
     bad = tmp_path / "bad"
     bad.write_text("wrong\n")

@@ -158,3 +158,51 @@ def test_a_certificate_whose_extensions_do_not_parse_is_refused_when_loaded():
     for loader in (load_certificate, load_certificates):
         with pytest.raises(errors.CertificateError, match="has malformed extensions"):
             loader(pem(der))
+
+
+def test_refusals_hold_across_threads_and_leave_every_other_warning_alone():
+    """``audit --jobs`` loads certificates on several threads: each bad one is refused, each good one loads,
+    no serial warning escapes, a warning of another kind raised meanwhile on another thread is still
+    shown, and the filter list is as it was afterwards (a per-call ``catch_warnings`` restored it under
+    the other threads' feet)."""
+    import threading
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    bad, good = with_serial(0), with_serial(99)
+    LOADS = 40
+    before = list(warnings.filters)
+    failures: list[str] = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        start = threading.Barrier(6)
+
+        def loader() -> None:
+            start.wait()
+            for _ in range(LOADS):
+                try:
+                    load_certificate(bad)
+                    failures.append("a zero serial loaded")
+                except errors.CertificateError:
+                    pass
+                if load_certificate(good).serial_number != 99:
+                    failures.append("a good certificate changed")
+
+        def bystander() -> None:
+            start.wait()
+            for _ in range(40):
+                warnings.warn("a bystander's deprecation", CryptographyDeprecationWarning, stacklevel=1)
+
+        threads = [threading.Thread(target=loader) for _ in range(5)] + [threading.Thread(target=bystander)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        inside = list(warnings.filters)
+    assert failures == []
+    assert inside[1:] == before and inside[0][0] == "always"  # only the test's own filter: none left behind
+    messages = {str(w.message) for w in seen}
+    assert messages == {"a bystander's deprecation"}, messages
+    assert sum(str(w.message) == "a bystander's deprecation" for w in seen) == 40
+    assert warnings.filters == before

@@ -65,11 +65,12 @@ def test_verify_json(signed):
 
 
 VERIFY_JSON_KEYS = {"image", "valid", "reason", "message", "exit_code", "img_signature_hash_method",
-                    "img_signature_key_type", "img_signature_certificate_uuid", "certificate_subject", "chain"}
+                    "img_signature_key_type", "img_signature_certificate_uuid", "certificate_subject", "chain", "timestamp",
+                    "ocsp"}
 
 
 def test_verify_json_has_the_same_keys_on_success_and_failure(signed, tmp_path):
-    """The README's list of keys, exactly, whether the image verifies or not (null when not known)."""
+    """The documented list of keys, exactly, whether the image verifies or not (null when not known)."""
     _, image, props = signed
     ok = verify(image, props, None, "--json").json()
     assert set(ok) == VERIFY_JSON_KEYS and ok["message"] and ok["chain"] is None, ok
@@ -246,18 +247,18 @@ def test_usage_errors_exit_2(signed):
     ("sign", "IMAGE", "--key", "KEY", "--store-cert", "--cert", "CERT", "--cert-uuid", CERT_UUID),
     ("sign", "IMAGE", "--key", "KEY", "--cert-uuid", ""),
     ("sign", "IMAGE", "--key", "KEY", "--cert-uuid", "has space"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-cert", "CERT"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-key", "KEY"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-cert", "CERT"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-key", "KEY"),
     ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--ca-passphrase-file", "P"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "0"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "-5"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", ""),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", "no equals sign"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "100000000"),
-    ("keygen", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "512"),
-    ("keygen", "--key-type", "DSA", "--out-key", "K", "--out-cert", "C", "--bits", "2500"),
-    ("keygen", "--key-type", "ECC_SECP384R1", "--out-key", "K", "--out-cert", "C", "--bits", "3072"),
-    ("keygen", "--key-type", "ECC_SECT571R1", "--out-key", "K", "--out-cert", "C", "--bits", "571"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "0"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--days", "-5"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", ""),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--subject", "no equals sign"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "100000000"),
+    ("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", "K", "--out-cert", "C", "--bits", "512"),
+    ("keygen", "--no-encrypt", "--key-type", "DSA", "--out-key", "K", "--out-cert", "C", "--bits", "2500"),
+    ("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", "K", "--out-cert", "C", "--bits", "3072"),
+    ("keygen", "--no-encrypt", "--key-type", "ECC_SECT571R1", "--out-key", "K", "--out-cert", "C", "--bits", "571"),
     ("cert", "show", ""), ("cert", "delete", ""), ("key", "delete", ""), ("crl", "delete", ""),
     ("cert", "show", " "), ("cert", "show", "x" * 256),
     ("verify", "IMAGE", "--properties", "PROPS", "--trusted", ""),
@@ -276,12 +277,14 @@ def test_bad_option_values_and_combinations_are_usage_errors(signed, tmp_path, a
 
 
 def test_keygen_warns_below_the_verification_minimum(tmp_path):
-    result = run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 1024, "--out-key", tmp_path / "k.pem",
-                     "--out-cert", tmp_path / "c.pem")
+    passphrase = tmp_path / "pw"
+    passphrase.write_text("a passphrase\n")  # an encrypted key: no warning about that
+    result = run_cli("keygen", "--passphrase-file", passphrase, "--key-type", "RSA-PSS", "--bits", 1024, "--out-key",
+                     tmp_path / "k.pem", "--out-cert", tmp_path / "c.pem")
     assert result.code == 0, result
     assert "warning" in result.stderr and "--allow-weak-keys" in result.stderr
-    quiet = run_cli("keygen", "--key-type", "RSA-PSS", "--bits", 2048, "--out-key", tmp_path / "k2.pem",
-                    "--out-cert", tmp_path / "c2.pem")
+    quiet = run_cli("keygen", "--passphrase-file", passphrase, "--key-type", "RSA-PSS", "--bits", 2048, "--out-key",
+                    tmp_path / "k2.pem", "--out-cert", tmp_path / "c2.pem")
     assert quiet.code == 0 and "warning" not in quiet.stderr, quiet
 
 
@@ -289,13 +292,13 @@ def test_keygen_warns_below_the_verification_minimum(tmp_path):
 def test_keygen_self_signed_and_issued(tmp_path, key_type, signed):
     _, image, _ = signed
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    result = run_cli("keygen", "--key-type", key_type, "--out-key", key, "--out-cert", cert,
+    result = run_cli("keygen", "--no-encrypt", "--key-type", key_type, "--out-key", key, "--out-cert", cert,
                      "--ca-cert", pki("intermediate-ca.pem"), "--ca-key", pki("intermediate-ca.key"),
                      "--days", 30, "--subject", "CN=Image Signer/One,O=Example")
     assert result.code == 0, result
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert b"PRIVATE KEY" in key.read_bytes() and b"PRIVATE" not in (result.stdout + result.stderr).encode()
-    again = run_cli("keygen", "--key-type", key_type, "--out-key", key, "--out-cert", cert)
+    again = run_cli("keygen", "--no-encrypt", "--key-type", key_type, "--out-key", key, "--out-cert", cert)
     assert again.code == errors.InputError.exit_code and "--force" in again.stderr
     sig = run_cli("sign", image, "--key", key, "--cert", cert, "--cert-uuid", CERT_UUID)
     assert sig.code == 0, sig
@@ -317,7 +320,7 @@ def test_keygen_encrypted_key(tmp_path):
 
 
 def test_keygen_refuses_non_ca_issuer(tmp_path):
-    result = run_cli("keygen", "--key-type", "RSA-PSS", "--out-key", tmp_path / "k", "--out-cert", tmp_path / "c",
+    result = run_cli("keygen", "--no-encrypt", "--key-type", "RSA-PSS", "--out-key", tmp_path / "k", "--out-cert", tmp_path / "c",
                      "--ca-cert", pki("not-a-ca.pem"), "--ca-key", pki("not-a-ca.key"))
     assert result.code == errors.CertificateError.exit_code and "not a CA" in result.stderr, result
     assert not (tmp_path / "k").exists()
@@ -330,7 +333,8 @@ def test_keygen_of_the_largest_key_stops_on_ctrl_c(tmp_path):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "imgsign", "keygen", "--key-type", "RSA-PSS", "--bits", "16384",
+    proc = subprocess.Popen([sys.executable, "-m", "imgsign", "keygen", "--no-encrypt", "--key-type", "RSA-PSS",
+                             "--bits", "16384",
                              "--out-key", tmp_path / "k.pem", "--out-cert", tmp_path / "c.pem"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -391,7 +395,7 @@ def test_quiet_after_the_command_name_too(tmp_path):
     (tmp_path / "imgsign.conf").write_text(f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\n"
                                            f"path = {tmp_path / 'ks.sqlite3'}\n")
     for where, args in (("before", ("-q", "keygen")), ("after", ("keygen", "-q"))):
-        made = run_cli(*args, "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / f"{where}.key",
+        made = run_cli(*args, "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / f"{where}.key",
                        "--out-cert", tmp_path / f"{where}.pem", env=env)
         assert made.code == 0 and made.stderr == "", made
     image = tmp_path / "disk.img"
@@ -399,6 +403,7 @@ def test_quiet_after_the_command_name_too(tmp_path):
     signed = run_cli("sign", image, "--key", tmp_path / "after.key", "--cert", tmp_path / "after.pem",
                      "--store-cert", "-q", env=env)
     assert signed.code == 0 and signed.stderr == "", signed
-    loud = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "loud.key",
+    loud = run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "loud.key",
                    "--out-cert", tmp_path / "loud.pem", env=env)
-    assert loud.code == 0 and loud.stderr.startswith("wrote "), loud
+    assert loud.code == 0 and loud.stderr.startswith("imgsign: warning: "), loud  # -q: not even the warning
+    assert loud.stderr.splitlines()[1].startswith("wrote "), loud

@@ -121,7 +121,7 @@ def test_leaf_without_digital_signature(env, sample_image, tmp_path):
 def test_chain_options_need_a_trust_anchor(env, sample_image, tmp_path):
     props = sign(env, sample_image, "leaf-rsa-pss", tmp_path)
     result = verify(env, sample_image, props, "--crl", pki("intermediate-ca.crl.pem"))
-    # Options that do not go together are a usage error (exit 2, no JSON), as the README promises.
+    # Options that do not go together are a usage error (exit 2, no JSON), as the docs promise.
     assert result.code == 2 and "--trusted" in result.stderr, result
     assert result.stdout == ""
 

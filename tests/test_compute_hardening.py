@@ -1,4 +1,4 @@
-"""The compute side against its threat model (README "Threat model"): an attacker who can write what
+"""The compute side against its threat model (docs: security/threat-model.md): an attacker who can write what
 the ``nova`` user, a guest's qemu or a shared ``_base`` can write, racing imgsign, never root.
 
 The attacker runs as a real non-root process (a forked child that drops to uid 65534, the owner of
@@ -25,7 +25,7 @@ import pytest
 
 from imgsign import errors, load_certificate, load_private_key, sign
 from imgsign.algorithms import HashMethod
-from imgsign.compute import image_cache, qemu_img
+from imgsign.compute import image_cache, image_format, qemu_img
 from imgsign.compute.boot import BootPolicy, verify_for_boot
 from imgsign.compute.image_cache import add_to_cache
 from imgsign.compute.sealed import SealedStore
@@ -98,7 +98,7 @@ def as_attacker(action: Callable[[], None]) -> None:
 
 
 def nova_writable_cache(instances: Path) -> Path:
-    """The image cache as the README sets it up (\"The path to each base\"): instances path root's and
+    """The image cache as the install guide sets it up (\"The path to each base\"): instances path root's and
     sticky, ``_base`` root's, both writable by nova's group (nova here is uid/gid 65534)."""
     base = instances / "_base"
     base.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def _swap_everything_in(base: Path, evil: bytes) -> Callable[[], None]:
 
 @pytest.mark.parametrize("step", ["inspect", "convert", "link"])
 def test_swapping_the_download_during_boot_cache_gets_no_record_for_unverified_bytes(tmp_path, monkeypatch, step):
-    """At each step after the verification (qemu-img inspect, convert, placing the result), the
+    """At each step after the verification (format inspection, convert, placing the result), the
     attacker replaces every file in ``_base``: whatever is recorded and allowed is the verified image."""
     instances = tmp_path / "instances"
     base = nova_owned_base(instances)
@@ -175,7 +175,7 @@ def test_swapping_the_download_during_boot_cache_gets_no_record_for_unverified_b
         return wrapper
 
     if step == "inspect":
-        monkeypatch.setattr(qemu_img, "inspect", at_step(qemu_img.inspect, before=True))
+        monkeypatch.setattr(image_format, "inspect_image", at_step(image_format.inspect_image, before=True))
     elif step == "convert":
         monkeypatch.setattr(qemu_img, "convert_to_raw", at_step(qemu_img.convert_to_raw, before=False))
     else:  # between giving the result a temporary name in _base and renaming it into place

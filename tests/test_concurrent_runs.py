@@ -1,4 +1,4 @@
-"""Concurrent runs on one base (README, "Concurrent runs"): real processes, faults at every step, and
+"""Concurrent runs on one base (docs, "Concurrent runs"): real processes, faults at every step, and
 the nova user watching ``_base`` with inotify, trying to rewrite a base the instant a seal is undone.
 
 Every run that touches a base (the hook, ``boot adopt``/``cache``/``release``/``check``) holds the
@@ -94,12 +94,12 @@ while True:
 
 @pytest.fixture
 def host():
-    """A host nova (uid 65534) can reach, ``_base`` sticky and writable by nova's group (README, "The path to
+    """A host nova (uid 65534) can reach, ``_base`` sticky and writable by nova's group (docs, "The path to
     each base")."""
     path = Path(tempfile.mkdtemp(prefix="imgsign-concurrent-", dir="/tmp"))
     os.chmod(path, 0o755)
     host = Host(path)
-    os.chmod(nova_writable_cache(host.instances), 0o1775)  # sticky, as the README says: for seal_bases = owner
+    os.chmod(nova_writable_cache(host.instances), 0o1775)  # sticky, as the docs say: for seal_bases = owner
     yield host
     release_all(path)
     shutil.rmtree(path, ignore_errors=True)
@@ -408,7 +408,7 @@ def test_release_and_boots_of_one_base_never_leave_a_record_for_a_writable_base(
         for _ in range(3):
             slow_forget = {"target": "imgsign.compute.verified_cache:VerifiedCache.forget", "when": "before",
                            "action": "sleep", "seconds": 0.5}  # on main: after the file was given back
-            batch = [child("release", image.name, ["cli", "boot", "release", image.image_id, "--owner", "nobody",
+            batch = [child("release", image.name, ["cli", "boot", "release", image.image_id, "--force", "--owner", "nobody",
                                                    "--instances-path", str(host.instances),
                                                    "--state-dir", str(host.state)], faults=(slow_forget,)),
                      adopt_run(host, image, "immutable"), hook_run(host, image), hook_run(host, image, adopt=True)]

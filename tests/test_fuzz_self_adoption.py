@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from imgsign import errors
 from imgsign.compute.adoption import signature_properties
 from imgsign.compute.conversion_adoption import parse_size
-from imgsign.compute.self_adoption import _boot_options, _conversion_options, _converted_without_statement
+from imgsign.compute.self_adoption import _converted_without_statement
+from imgsign.compute.boot_config import validate
 from imgsign.properties import NAMES as SIGNATURE_NAMES
 from imgsign.raw_statement import NAMES as RAW_NAMES
 
@@ -54,10 +55,10 @@ def test_any_boot_options_parse_or_are_refused_with_an_imgsign_error(adopt, time
     text = f"[boot]\nadopt = {adopt}\nadopt_timeout = {timeout}\n".replace("\r", "")
     path.write_text(text + ("[glance]\nauth_type = password\n" if glance else ""), errors="surrogateescape")
     try:
-        enabled, seconds = _boot_options(str(path))
+        boot = validate(str(path))
     except errors.ImgsignError:
         return
-    assert isinstance(enabled, bool) and 0 < seconds < float("inf")
+    assert isinstance(boot.adopt, bool) and 0 < boot.adopt_timeout < float("inf")
 
 
 sizes = st.text(max_size=16) | st.from_regex(r"\s*[0-9]{1,22}\s*[kKmMgGtTxX]?(i?[bB])?\s*", fullmatch=True)
@@ -83,7 +84,8 @@ def test_any_conversion_options_parse_or_are_refused_with_an_imgsign_error(enabl
             f"adopt_conversion_timeout = {timeout}\n").replace("\r", "")
     path.write_text(text, errors="surrogateescape")
     try:
-        options = _conversion_options(str(path))
+        boot = validate(str(path))
     except errors.ImgsignError:
         return
-    assert isinstance(options.enabled, bool) and options.max_size > 0 and 0 < options.timeout < float("inf")
+    assert isinstance(boot.adopt_by_conversion, bool) and boot.adopt_conversion_max_size > 0
+    assert 0 < boot.adopt_conversion_timeout < float("inf")

@@ -109,14 +109,16 @@ def test_sealed_store_read_of_arbitrary_bytes(state, raw):
         handle.write(raw)
     with contextlib.suppress(ImgsignError):
         assert isinstance(store.read("x"), dict)
-    assert VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5), DEFAULT_MAX_AGE) is None
+    assert VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5), DEFAULT_MAX_AGE, "r") is None
 
 
 @FUZZ_IO
 @example({"id": "ca", "sha256": ["not", "hex"]})
 @example({"id": "ca", "sha256": "AB" * 32})
 @example({"identity": {"device": 1, "inode": 2, "size": 3, "mtime_ns": 4, "ctime_ns": 5}, "sha256": "00",
-          "verified_at": 1e308})
+          "record": "r", "verified_at": 1e308})
+@example({"identity": {"device": 1, "inode": 2, "size": 3, "mtime_ns": 4, "ctime_ns": 5}, "sha256": "00" * 32,
+          "record": "r", "verified_at": "now"})
 @given(st.dictionaries(st.text(max_size=12), json_values, max_size=5))
 def test_sealed_bodies_that_pass_their_seal(state, body):
     """What a root process sealed but an older or buggy imgsign wrote: parsed or refused, never a crash."""
@@ -128,6 +130,6 @@ def test_sealed_bodies_that_pass_their_seal(state, body):
     with contextlib.suppress(ImgsignError):
         found_anchor = AnchorStore(state).fingerprint("ca")
         assert found_anchor is None or len(found_anchor) == 64
-    found = VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5), DEFAULT_MAX_AGE)
+    found = VerifiedCache(state).lookup("x", FileIdentity(1, 2, 3, 4, 5), DEFAULT_MAX_AGE, "r")
     assert found is None or len(found) == 32
 

@@ -164,9 +164,17 @@ def test_upload_signs_imports_and_verifies(env, tmp_path, fmt, key_type):
     report = json.loads(uploaded.stdout)
     image_id = report["id"]
     assert report["status"] == "active" and report["import_method"] == "glance-direct", report
-    assert report["properties"]["img_signature_key_type"] == key_type
-    # sign's raw-digest statement for a qcow2, as `imgsign sign` emits it
-    assert any(name.startswith("imgsign_raw_v1_") for name in report["properties"]) == (fmt == "qcow2")
+    # The report shows the properties Glance holds after the import (issue 20: it showed those imgsign sent): a
+    # qcow2 was converted and re-signed by imgsign_resign with the service key, a raw image keeps the uploader's.
+    shown = env.api(env.direct, "GET", f"/images/{image_id}").json()
+    assert report["properties"] == {k: v for k, v in shown.items() if k.startswith(("img_signature", "imgsign_"))}
+    assert report["properties"]["img_signature_key_type"] == ("ECC_SECP384R1" if fmt == "qcow2" else key_type)
+    if fmt == "qcow2":
+        assert "img_signature" in report["changed_by_glance"], report
+        assert ("img_signature_key_type" in report["changed_by_glance"]) == (key_type != "ECC_SECP384R1"), report
+        assert "Glance holds other signature properties than imgsign sent" in uploaded.stderr, uploaded.stderr
+    else:
+        assert report["changed_by_glance"] == [] and "other signature properties" not in uploaded.stderr
     log = env.direct.glance_log_text()
     assert f"imgsign_verify: image {image_id}: signature by" in log
     assert f"Successfully verified signature for image {image_id}" in log  # Glance's own check when storing

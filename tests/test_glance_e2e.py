@@ -131,6 +131,8 @@ def _instance_settings(name: str, dep: Deployment) -> tuple[list[str], dict[str,
     if name == "policy":
         return ["imgsign_verify"], {"imgsign_import": {"policy_file": str(_import_policy(dep)),
                                                        "service_project_id": dep.service_project_id}}
+    if name == "invalid":
+        return ["imgsign_verify"], {"imgsign_import": {"require_signature": "sometimes"}}
     if name == "no-verify":
         return ["image_conversion", "imgsign_resign"], {"image_conversion": {"output_format": "raw"},
                                                         "imgsign_import": service}
@@ -466,6 +468,20 @@ def test_require_signature_refuses_unsigned_images(glance_instances, tmp_path):
     image_id, task = api.import_image(image)
     assert_refused_before_any_store(strict, api, image_id, task,
                                     f"imgsign_verify refused image {image_id}: {errors.UnsignedImage.reason}:")
+
+
+def test_an_invalid_plugin_option_refuses_every_import_naming_the_option(glance_instances, deployment, tmp_path):
+    """Every [imgsign_import] value is read when a task starts: on main ``require_signature = sometimes`` was never
+    read for a signed image (it passed) and failed as an internal error for an unsigned one."""
+    broken = glance_instances("invalid")
+    api = API(broken)
+    for signed in (True, False):
+        image = make_qcow2(tmp_path / f"disk-{signed}.qcow2")
+        image_id, task = api.import_image(image, sign(deployment, image) if signed else None)
+        assert_refused_before_any_store(
+            broken, api, image_id, task,
+            f"imgsign_verify refused image {image_id}: {errors.InputError.reason}: invalid value for "
+            "[imgsign_import] require_signature: expected boolean value")
 
 
 def test_resign_without_verify_refuses_signed_images(glance_instances, deployment, tmp_path):

@@ -2,7 +2,8 @@
 
 Clients: the Glance client (image record, image list with paging, image data), Keystone through
 keystoneauth (the token the Glance client asks for), castellan's Vault and Barbican backends through
-:class:`~imgsign.keymanager.castellan_store.CastellanStore`, the OpenBao transit client, and the boot
+:class:`~imgsign.keymanager.castellan_store.CastellanStore`, the OpenBao transit client, the POST the TSA
+and OCSP clients make (:mod:`imgsign._internal.binary_post`), and the boot
 hook's self-adoption (a real hook process: Glance's record, the key manager, the download of
 adoption by conversion).  For each misbehaviour the answer must be a refusal with the service's exit
 code, within the deadline (wall time measured, with slack), in bounded memory (``tracemalloc`` peak
@@ -106,6 +107,7 @@ def _routes(data: bytes, record: dict[str, Any], cert_der: bytes, cert_pem: byte
         json_route("GET", f"/glance/v2/images/{QCOW2_ID}", qcow2_record),
         Route("GET", f"/glance/v2/images/{QCOW2_ID}/file", 200, qcow2, {"Content-Type": "application/octet-stream"},
               "glance-data"),
+        Route("POST", "/binary", 200, BINARY_ANSWER, {"Content-Type": "application/timestamp-reply"}, "binary"),
     ]
 
 
@@ -226,6 +228,20 @@ def transit_key(url: str) -> object:
     return transit._key_from(client, "k", client.call("GET", "keys/k"))
 
 
+#: What the TSA and OCSP stand-in answers (the client only carries bytes; their parsers judge them).
+BINARY_ANSWER = b"\x30\x03\x02\x01\x00" * 40
+
+
+def binary_post(url: str) -> object:
+    """The one POST the TSA and OCSP clients make (imgsign._internal.binary_post)."""
+    from imgsign._internal.binary_post import post
+    from imgsign._internal.deadline import Deadline
+
+    return post(f"{url}/binary", b"request", content_type="application/timestamp-query",
+                accept="application/timestamp-reply", deadline=Deadline(DEADLINE, "the test's deadline"),
+                error=errors.TimestampUnavailable, service="the TSA", max_body=64 * 1024)
+
+
 #: client name -> (call, tag its behaviour applies to, exit codes of a refusal, behaviours it may survive)
 CLIENTS: dict[str, tuple[Callable[..., object], str, set[int], set[str]]] = {
     "glance-record": (glance_record, "glance", {70}, {"ok"}),
@@ -235,6 +251,7 @@ CLIENTS: dict[str, tuple[Callable[..., object], str, set[int], set[str]]] = {
     "vault": (vault_certificate, "vault", {50, 51}, {"ok", "other-image"}),
     "barbican": (barbican_certificate, "barbican", {50, 51}, {"ok", "other-image"}),
     "transit": (transit_key, "transit", {42, 43, 44, 45, 46}, {"ok", "other-image"}),
+    "tsa-ocsp": (binary_post, "binary", {27}, {"ok", "other-image", "escapes", "long-length"}),
 }
 
 
@@ -272,7 +289,8 @@ def test_every_client_refuses_every_misbehaviour_in_time_and_in_bounded_memory(h
     assert behaviour in survivable, (client, behaviour, "accepted", repr(outcome)[:200])
     if behaviour == "ok":
         expected = {"glance-record": hostile.record, "glance-list": [hostile.record], "keystone": hostile.record,
-                    "glance-data": len(hostile.data), "vault": hostile.cert_der, "barbican": hostile.cert_der}
+                    "glance-data": len(hostile.data), "vault": hostile.cert_der, "barbican": hostile.cert_der,
+                    "tsa-ocsp": BINARY_ANSWER}
         if client in expected:
             assert outcome == expected[client], client
     if client == "glance-data" and behaviour != "ok":

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from oslo_config import cfg
 from oslo_context import context as oslo_context
 
-from tests.conftest import HASHES, LEAVES, cert_of, key_of, run_cli
+from tests.conftest import HASHES, LEAVES, cert_of, key_of, pki, run_cli
 
 CURSIVE_KEY_TYPES = ["RSA-PSS", "DSA", "ECC_SECP384R1", "ECC_SECP521R1"]
 SECT = [k for k in LEAVES if k.startswith("ECC_SECT")]
@@ -138,7 +138,7 @@ def test_cursive_accepts_what_imgsign_refuses(cloud, tmp_path):
     props = imgsign_properties(cloud, "ECC_SECP384R1", "SHA-256")
     props["img_signature_key_type"] = "ECC_SECP521R1"
     [result] = run_cursive(cloud, [{"image": str(cloud["image"]), "properties": props}])
-    assert result == "ok"  # cursive's laxness, documented in the README
+    assert result == "ok"  # cursive's laxness, documented in specs/openstack-compatibility.md
     path = tmp_path / "p.json"
     path.write_text(json.dumps(props))
     refused = run_cli("verify", cloud["image"], "--properties", path, "--cert", cert_of("ECC_SECP384R1"))
@@ -159,3 +159,21 @@ def test_cursive_ignores_the_raw_statement_properties(cloud, tmp_path):
     assert "imgsign_raw_v1_signature" in props
     assert signature_utils.should_create_verifier(props)
     assert run_cursive(cloud, [{"image": str(image), "properties": props}]) == ["ok"]
+
+
+def test_cursive_ignores_the_timestamp_token_properties(cloud, tmp_path):
+    """An image signed with an RFC 3161 timestamp (imgsign_tst_v1_*): cursive verifies its signature as before."""
+    from cursive import signature_utils
+
+    from tests.servers.tsa import issue_tsa, tsa
+
+    tsa_key, tsa_cert = issue_tsa(tmp_path, "tsa", pki("root-ca.key"), pki("root-ca.pem"))
+    with tsa(tsa_key, tsa_cert, tmp_path / "tsa-run") as url:
+        signed = run_cli("sign", cloud["image"], "--key", key_of("RSA-PSS"), "--cert-uuid", cloud["uuids"]["RSA-PSS"],
+                         "--tsa", url, "--tsa-ca", pki("root-ca.pem"))
+    assert signed.code == 0, signed
+    props = signed.json()
+    assert any(name.startswith("imgsign_tst_v1") for name in props)
+    assert signature_utils.should_create_verifier(props)
+    assert run_cursive(cloud, [{"image": str(cloud["image"]), "properties": props},
+                               {"image": str(cloud["tampered"]), "properties": props}]) == ["ok", "InvalidSignature"]

@@ -91,7 +91,7 @@ def test_base_written_by_novas_own_download_is_adopted_and_boots(stack, force_ra
     qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x4f 0 3M", "-c", "write -P 0x21 40M 1M", source)
     image_id, shown = upload_signed(glance, conf, source)
 
-    # The image cache as the README sets it up; Nova's check reads the root-only key store, so with the
+    # The image cache as the install guide sets it up; Nova's check reads the root-only key store, so with the
     # check on Nova runs as root, with it off as the nova user (its base is then nova's, as on a host).
     base = nova_writable_cache(host.instances) / cache_name(image_id)
     nova_uid = 0 if verify else NOBODY

@@ -116,7 +116,7 @@ def _keygen(tmp_path, out_key, out_cert, *extra):
     ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
     shutil.copy(pki("intermediate-ca.key"), ca_key)
     shutil.copy(pki("intermediate-ca.pem"), ca_cert)
-    result = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", out_key, "--out-cert", out_cert,
+    result = run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", out_key, "--out-cert", out_cert,
                      "--ca-cert", ca_cert, "--ca-key", ca_key, *extra)
     return result, ca_key, ca_cert
 
@@ -136,7 +136,7 @@ def test_keygen_refuses_one_file_for_key_and_certificate(tmp_path):
     link = tmp_path / "also-k.pem"
     link.symlink_to(tmp_path / "k.pem")
     for out_cert in (tmp_path / "k.pem", link):
-        result = run_cli("keygen", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem",
+        result = run_cli("keygen", "--no-encrypt", "--key-type", "ECC_SECP384R1", "--out-key", tmp_path / "k.pem",
                          "--out-cert", out_cert)
         assert result.code == errors.InputError.exit_code and "same file" in result.stderr, result
         assert not (tmp_path / "k.pem").exists()

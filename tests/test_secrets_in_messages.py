@@ -243,21 +243,24 @@ CLI_CASES = {
 CLI_OPTIONS = ("root_token_id", "approle_secret_id")
 
 
-def _run_cli_conf(tmp: Path, case: str, option: str, secret: str) -> str:
+def _run_cli_conf(tmp: Path, case: str, option: str, secret: str, debug: bool = False) -> str:
     conf = tmp / "imgsign.conf"
     conf.write_text(CLI_CASES[case].format(url=_closed_url(), option=option, secret=secret))
-    result = run_cli("-c", conf, "cert", "list", env={"HOME": str(tmp)})
+    result = run_cli("-c", conf, "cert", "list", env={"HOME": str(tmp)}, debug=debug)
     assert result.code != 0, result
     return result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
-def test_no_piece_of_a_key_manager_secret_reaches_the_cli_output(tmp_path, case):
+def test_no_piece_of_a_key_manager_secret_reaches_the_cli_output(tmp_path, case, debug):
+    """Also under ``--debug`` (tracebacks and every library's debug log on stderr)."""
     @given(st.sampled_from(CLI_OPTIONS), secrets)
     @PROCESS_RUNS
     def check(option: str, secret: str) -> None:
-        output = _run_cli_conf(tmp_path, case, option, secret)
-        found = leaked(secret, output, lambda: _run_cli_conf(tmp_path, case, option, neutral(secret)), case)
+        output = _run_cli_conf(tmp_path, case, option, secret, debug)
+        found = leaked(secret, output, lambda: _run_cli_conf(tmp_path, case, option, neutral(secret), debug),
+                       case)
         assert not found, (case, option, secret, found, output)
 
     check()
@@ -276,22 +279,25 @@ CLOUDS_OPTIONS = {"password": "password", "application_credential_secret": "v3ap
                   "token": "token"}
 
 
-def _run_clouds(tmp: Path, case: str, option: str, secret: str) -> str:
+def _run_clouds(tmp: Path, case: str, option: str, secret: str, debug: bool = False) -> str:
     clouds = tmp / "clouds.yaml"
     clouds.write_text(CLOUDS_CASES[case].format(url=_closed_url(), option=option, secret=json.dumps(secret)[1:-1],
                                                 auth_type=CLOUDS_OPTIONS[option]))
-    result = run_cli("audit", "--os-cloud", "c", env={"HOME": str(tmp), "OS_CLIENT_CONFIG_FILE": str(clouds)})
+    result = run_cli("audit", "--os-cloud", "c", env={"HOME": str(tmp), "OS_CLIENT_CONFIG_FILE": str(clouds)},
+                     debug=debug)
     assert result.code != 0, result
     return result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
 @pytest.mark.parametrize("case", sorted(CLOUDS_CASES))
-def test_no_piece_of_a_clouds_yaml_secret_reaches_the_cli_output(tmp_path, case):
+def test_no_piece_of_a_clouds_yaml_secret_reaches_the_cli_output(tmp_path, case, debug):
+    """Also under ``--debug``: keystoneauth's and openstacksdk's debug logs included."""
     @given(st.sampled_from(sorted(CLOUDS_OPTIONS)), secrets)
     @PROCESS_RUNS
     def check(option: str, secret: str) -> None:
-        output = _run_clouds(tmp_path, case, option, secret)
-        found = leaked(secret, output, lambda: _run_clouds(tmp_path, case, option, neutral(secret)))
+        output = _run_clouds(tmp_path, case, option, secret, debug)
+        found = leaked(secret, output, lambda: _run_clouds(tmp_path, case, option, neutral(secret), debug))
         assert not found, (case, option, secret, found, output)
 
     check()
@@ -324,7 +330,8 @@ def test_no_piece_of_a_pkcs11_pin_value_reaches_the_cli_output(tmp_path, sample_
     check()
 
 
-def test_no_piece_of_a_passphrase_or_token_reaches_the_cli_output(tmp_path, sample_image):
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_no_piece_of_a_passphrase_or_token_reaches_the_cli_output(tmp_path, sample_image, debug):
     """A passphrase file's content (a wrong one, for an encrypted key) and a transit token (one with a space)
     are secrets: never in a message."""
     from cryptography.hazmat.primitives import serialization
@@ -338,11 +345,11 @@ def test_no_piece_of_a_passphrase_or_token_reaches_the_cli_output(tmp_path, samp
         passphrase = tmp_path / "passphrase"
         passphrase.write_text(secret + "\n")
         wrong = run_cli("sign", sample_image, "--key", encrypted, "--passphrase-file", passphrase,
-                        "--cert-uuid", "x" * 8, env={"HOME": str(tmp_path)})
+                        "--cert-uuid", "x" * 8, env={"HOME": str(tmp_path)}, debug=debug)
         assert wrong.code != 0, wrong
         transit = run_cli("sign", sample_image, "--key", "hashivault://k", "--cert-uuid", "x" * 8,
                           env={"HOME": str(tmp_path), "VAULT_ADDR": _closed_url(), "VAULT_TOKEN": f"{secret} x",
-                               "BAO_ADDR": "", "BAO_TOKEN": ""})
+                               "BAO_ADDR": "", "BAO_TOKEN": ""}, debug=debug)
         assert transit.code != 0, transit
         return wrong.stderr, transit.stderr
 

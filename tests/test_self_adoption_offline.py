@@ -85,14 +85,14 @@ def test_without_glance_credentials_nothing_is_adopted_and_nothing_network_is_lo
         [sys.executable, "-c", "import sys; from imgsign.compute.self_adoption import _Settings; "
          f"s = _Settings.load({str(host.config)!r}); "
          "print(s.enabled, sorted(m for m in ('keystoneauth1', 'oslo_config', 'castellan') if m in sys.modules))"],
-        capture_output=True, text=True, check=True)
+        capture_output=True, text=True, check=True, env={**os.environ, "IMGSIGN_RUN_DIR": str(host.run_dir)})
     assert probe.stdout.split("\n")[0] == "False []", probe
 
 
 def test_a_bad_adopt_setting_is_refused(host):
     result = unrecorded_boot(host, "adopt = maybe\n")
     assert result.returncode == errors.InputError.exit_code, result.stderr
-    assert "[boot] adopt must be true or false" in result.stderr
+    assert "invalid value for [boot] adopt in" in result.stderr and "expected boolean value" in result.stderr
 
 
 def test_a_glance_refusing_connections_refuses_the_boot(host):

@@ -7,9 +7,14 @@ import dataclasses
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
 from imgsign.errors import InputError
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 #: Refuse to read a "small" input (key, certificate, JSON) bigger than this.
 MAX_SMALL_FILE = 16 * 1024 * 1024

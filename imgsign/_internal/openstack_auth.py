@@ -63,7 +63,7 @@ def session_from_cloud(cloud: str | None, *, region_name: str | None = None, **o
             f"talking to Glance needs openstacksdk: pip install 'imgsign[{EXTRA}]'") from None
     if region_name is not None:
         options["region_name"] = region_name
-    _remember_secrets()
+    remember_secrets()
     named = f"cloud {cloud!r}" if cloud else "the OpenStack credentials (OS_CLOUD, OS_* or clouds.yaml)"
     try:
         config = openstack.config.OpenStackConfig()
@@ -84,7 +84,7 @@ def session_from_cloud(cloud: str | None, *, region_name: str | None = None, **o
                         region.get_region_name("image") or None)
 
 
-def _remember_secrets() -> None:
+def remember_secrets() -> None:
     """Every secret openstacksdk may read (clouds.yaml, secure.yaml, ``OS_*``), scrubbed from messages
     from now on (:mod:`imgsign._internal.redact`)."""
     import os

@@ -8,7 +8,8 @@ its message), exactly where it uses DSA on purpose:
 
 * the names of the ``dsa`` module are taken once, here, under :func:`quiet`;
 * the few calls that may load a DSA key (a private key file, a SubjectPublicKeyInfo,
-  a certificate's key) run under :func:`quiet`.
+  a certificate's key) run under :func:`quiet`, the one shared filter of
+  :mod:`imgsign._internal.known_warnings`.
 
 Any other warning, from ``cryptography`` or anyone, still reaches the user (and the
 drift check, ``.ci/latest``, turns it into a failing test).  When a ``cryptography``
@@ -18,55 +19,18 @@ release removes DSA, :data:`AVAILABLE` is False, the names are None, and
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from imgsign._internal.known_warnings import DSA_DEPRECATED as MESSAGE
+from imgsign._internal.known_warnings import quiet
 
 if TYPE_CHECKING:
     from typing import TypeGuard
 
     from cryptography.hazmat.primitives.asymmetric import dsa
 
-try:
-    from cryptography.utils import CryptographyDeprecationWarning as _Category
-except ImportError:  # pragma: no cover - every cryptography imgsign supports has it
-    _Category = UserWarning  # type: ignore[assignment,misc]
-
-#: The start of ``cryptography``'s DSA deprecation message (a regular expression, matched at the start).
-MESSAGE = r"DSA is deprecated"
-
-
-_lock = threading.Lock()
-_depth = 0
-_saved: warnings.catch_warnings | None = None
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Run the body with ``cryptography``'s DSA deprecation warning, and only it, silenced.
-
-    The filter goes first in the list, so it holds under any other filter (``-W error`` included).
-    ``warnings.catch_warnings`` is process-wide, so imgsign's threads (``audit --jobs``) share one:
-    the first to enter installs it, the last to leave restores the filters.
-    """
-    global _depth, _saved
-    with _lock:
-        if _depth == 0:
-            _saved = warnings.catch_warnings()
-            _saved.__enter__()
-            warnings.filterwarnings("ignore", message=MESSAGE, category=_Category)
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _saved is not None:
-                _saved.__exit__(None, None, None)
-                _saved = None
-
+__all__ = ["AVAILABLE", "MESSAGE", "generate_private_key", "is_private_key", "is_public_key", "quiet"]
 
 _public: tuple[type, ...] = ()
 _private: tuple[type, ...] = ()

@@ -15,7 +15,12 @@ text cleaned twice reads the same, and only imgsign's own newlines survive the s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO, TextIO
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, TextIO
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -1,12 +1,12 @@
 """The ``imgsign`` command line: a thin layer over the library.
 
 One module per command or command group (``sign``, ``verify``, ``keygen``,
-``cert``, ``key``, ``crl``, ``boot``, ``audit``), each imported only when its command
+``cert``, ``key``, ``crl``, ``boot``, ``audit``, ``gateway``), each imported only when its command
 runs, so a short run loads only what it needs; helpers they share are in
 :mod:`imgsign.cli._common`.  Every failure is one
 :class:`~imgsign.errors.ImgsignError` subclass and exits with that class's code
-(see README "Exit codes"); no traceback reaches the user unless
-``IMGSIGN_DEBUG=1``.
+(doc/source/specs/exit-codes.md); no traceback reaches the user unless ``--debug``
+(or ``IMGSIGN_DEBUG=1``) asks for one, with debug logging, for support.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from imgsign import errors
-from imgsign.cli._common import fail, say
+from imgsign.cli._common import debugging, fail, print_traceback, say
 
 #: Every command, as "module:attribute"; a module is imported only when its command runs.
 COMMANDS = {
@@ -33,6 +33,7 @@ COMMANDS = {
     "boot": "imgsign.cli.boot:boot_group",
     "audit": "imgsign.cli.audit:audit_command",
     "policy": "imgsign.cli.policy:policy_group",
+    "gateway": "imgsign.cli.gateway:gateway_group",
 }
 
 
@@ -60,18 +61,45 @@ class _Group(click.Group):
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except Exception as exc:
-            if os.environ.get("IMGSIGN_DEBUG"):
-                raise
+        except Exception as exc:  # noqa: BLE001 - an internal error: one line (--debug: its traceback too)
+            debug = debugging(ctx)
+            if debug:
+                print_traceback(exc)
             if type(exc).__module__.startswith("oslo_config"):  # a value of imgsign.conf, read where it is used
                 from imgsign.keymanager.config import describe_error
 
                 fail(errors.InputError(f"imgsign.conf is not usable: {describe_error(exc)}"))
             from imgsign._internal.untrusted import one_line
 
-            say(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)} (IMGSIGN_DEBUG=1 shows "
-                "details)", err=True)
+            say(f"imgsign: internal error: {type(exc).__name__}: {one_line(exc)}"
+                + ("" if debug else " (--debug shows details)"), err=True)
             sys.exit(1)
+
+
+def enable_debug_logging() -> None:
+    """``--debug``: every logger's records at DEBUG and above on stderr, through
+    :class:`imgsign._internal.redact.LogFilter` (no request bodies, no remembered secrets)."""
+    import logging
+
+    from imgsign._internal.redact import LogFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(LogFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
+    logging.getLogger(__name__).debug("imgsign %s, Python %s", _version(), sys.version.split()[0])
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("imgsign")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -103,13 +131,18 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show imgsign's, cryptography's and OpenSSL's versions and exit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no success messages.")
+@click.option("--debug", is_flag=True, envvar="IMGSIGN_DEBUG",
+              help="Debug logging and full tracebacks on stderr, for support (secrets are still never shown). "
+                   "Also $IMGSIGN_DEBUG=1.")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
               help="imgsign.conf (default: $IMGSIGN_CONFIG, /etc/imgsign/imgsign.conf, "
                    "~/.config/imgsign/imgsign.conf).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool, config_file: str | None) -> None:
+def cli(ctx: click.Context, quiet: bool, debug: bool, config_file: str | None) -> None:
     """Sign OpenStack VM images and verify them (img_signature* properties)."""
-    ctx.obj = {"quiet": quiet, "config_file": config_file}
+    ctx.obj = {"quiet": quiet, "config_file": config_file, "debug": debug}
+    if debug:
+        enable_debug_logging()
 
 
 def main() -> None:

@@ -47,9 +47,33 @@ def say(text: str, err: bool = False) -> None:
 
 
 def fail(exc: errors.ImgsignError) -> None:
-    """Print ``exc`` as one line and exit with its class's code."""
+    """Print ``exc`` as one line (under ``--debug`` after its traceback) and exit with its class's code."""
+    if debugging():
+        print_traceback(exc)
     say(f"imgsign: error: {exc.message}", err=True)
     sys.exit(exc.exit_code)
+
+
+def debugging(ctx: click.Context | None = None) -> bool:
+    """Was ``--debug`` given (or ``$IMGSIGN_DEBUG`` set, also before the root's options were read)?"""
+    import os
+
+    ctx = ctx or click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    if isinstance(obj, dict) and "debug" in obj:
+        return bool(obj["debug"])
+    return os.environ.get("IMGSIGN_DEBUG", "").lower() not in ("", "0", "false", "no", "off")
+
+
+def print_traceback(exc: BaseException) -> None:
+    """``exc`` with its traceback on stderr, scrubbed (as every line there is) before it is written."""
+    import traceback
+
+    from imgsign._internal.redact import scrub
+
+    if exc.__traceback__ is not None:
+        sys.stderr.write(scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+        sys.stderr.flush()
 
 
 def has_config(ctx: click.Context) -> bool:
@@ -150,14 +174,18 @@ def load_key(path: str, passphrase_file: str | None, what: str = "private key",
         return load_private_key(data, passphrase), passphrase
     except errors.PrivateKeyError as exc:
         if passphrase is None and "encrypted" in exc.message and sys.stdin.isatty():
-            passphrase = click.prompt(f"Passphrase for {path}", hide_input=True).encode()
+            passphrase = ask_secret(f"Passphrase for {path}").encode()
             return load_private_key(data, passphrase), passphrase
         raise
 
 
 def ask_secret(prompt: str) -> str:
-    """Ask for a PIN or passphrase on the terminal, without echo."""
-    return str(click.prompt(prompt, hide_input=True))
+    """Ask for a PIN or passphrase on the terminal, without echo; no message shows it from then on."""
+    from imgsign._internal import redact
+
+    secret = str(click.prompt(prompt, hide_input=True))
+    redact.remember(secret)
+    return secret
 
 
 def signing_certificate(ctx: click.Context, cert_path: str | None, properties: SignatureProperties) -> x509.Certificate:
@@ -285,6 +313,13 @@ class TrustSetup:
         if rule.name not in self._anchors:
             self._anchors[rule.name] = self._load(rule)
         return self._anchors[rule.name]
+
+    def tsa_roots_for(self, rule: trust_policy.Rule) -> list[x509.Certificate]:
+        """The certificates of the rule's ``tsa`` trust stores."""
+        from imgsign.keymanager.anchors import rule_tsa_roots
+
+        return rule_tsa_roots(rule, self.base or ".", open_store(self.ctx) if any(
+            s.key_manager_ids for s in rule.tsa_stores) else None)
 
     def _load(self, rule: trust_policy.Rule) -> chain.TrustAnchors | None:
         from imgsign.keymanager.anchors import rule_anchors

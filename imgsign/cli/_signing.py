@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -41,6 +42,74 @@ def signing_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def timestamp_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--tsa, --tsa-hash, --tsa-ca: the RFC 3161 timestamp added to a signature."""
+    for option in reversed([
+        click.option("--tsa", "tsa_url", metavar="URL",
+                     help="Add an RFC 3161 timestamp over the signature from this TSA (imgsign_tst_v1; "
+                          "default: [imgsign] tsa_url)."),
+        click.option("--tsa-hash", type=click.Choice(["SHA-256", "SHA-512"]),
+                     help="Hash of the signature sent to the TSA (default: [imgsign] tsa_hash, SHA-256)."),
+        click.option("--tsa-ca", "tsa_ca_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Trusted TSA certificates (PEM): the token is checked against them before anything "
+                          "is printed (default: [imgsign] tsa_ca_file)."),
+    ]):
+        func = option(func)
+    return func
+
+
+@dataclasses.dataclass(frozen=True)
+class TimestampSettings:
+    """Where and how to fetch a timestamp token when signing."""
+
+    url: str
+    hash_method: str
+    timeout: float
+    roots: tuple[Any, ...] = ()
+
+
+def timestamp_settings(ctx: click.Context, tsa_url: str | None, tsa_hash: str | None,
+                       tsa_ca_files: tuple[str, ...]) -> TimestampSettings | None:
+    """The TSA to ask (``--tsa``, else ``[imgsign] tsa_url``), or None for no timestamp."""
+    from imgsign._internal.binary_post import check_url
+    from imgsign.cli._common import config, has_config
+
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    url = tsa_url or (settings.tsa_url if settings is not None else None)
+    if not url:
+        if tsa_hash or tsa_ca_files:
+            raise click.UsageError("--tsa-hash and --tsa-ca need --tsa (or [imgsign] tsa_url)")
+        return None
+    if tsa_url:
+        try:
+            check_url(tsa_url, "--tsa", errors.InputError)
+        except errors.InputError as exc:
+            raise click.BadParameter(exc.message, param_hint="--tsa") from None
+    else:
+        check_url(url, "[imgsign] tsa_url", errors.InputError)
+    files = list(tsa_ca_files) or ([settings.tsa_ca_file] if settings is not None and settings.tsa_ca_file else [])
+    return TimestampSettings(url, tsa_hash or (settings.tsa_hash if settings is not None else "SHA-256"),
+                             settings.tsa_timeout if settings is not None else 30.0, tuple(load_tsa_roots(files)))
+
+
+def tsa_roots(ctx: click.Context, tsa_ca_files: tuple[str, ...]) -> list[Any]:
+    """The trusted TSA certificates for verifying: ``--tsa-ca``, else ``[imgsign] tsa_ca_file``."""
+    from imgsign.cli._common import config, has_config
+
+    if tsa_ca_files:
+        return load_tsa_roots(list(tsa_ca_files))
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    return load_tsa_roots([settings.tsa_ca_file]) if settings is not None and settings.tsa_ca_file else []
+
+
+def load_tsa_roots(paths: list[str]) -> list[Any]:
+    """The trusted TSA certificates in ``paths`` (PEM bundles)."""
+    from imgsign import certificates
+
+    return [cert for path in paths
+            for cert in certificates.load_certificates(read_small_file(path, "TSA certificates"))]
+
+
 def check_signing_usage(cert_path: str | None, cert_uuid: str | None, store_cert: bool) -> None:
     """The combinations of --cert, --cert-uuid and --store-cert that make sense."""
     if cert_path is None and cert_uuid is None:
@@ -78,11 +147,20 @@ def prepare_signer(ctx: click.Context, key_path: str, passphrase_file: str | Non
 
 
 def signed_properties(image: str, signer: Signer, key: PrivateKey, digest: bytes, handle: BinaryIO | None,
-                      head: bytes, raw_digest: bool, quiet: bool) -> dict[str, str]:
+                      head: bytes, raw_digest: bool, quiet: bool,
+                      timestamp: TimestampSettings | None = None) -> dict[str, str]:
     """The img_signature* properties for ``digest``, plus the raw-digest statement of a qcow2 image
-    (which reads the image again through ``handle``) unless ``raw_digest`` is False."""
+    (which reads the image again through ``handle``) unless ``raw_digest`` is False, plus the
+    timestamp token over the signature when ``timestamp`` names a TSA."""
     properties = signer.sign_digest(digest)
     emitted = properties.as_dict()
+    if timestamp is not None:
+        from imgsign import timestamp as tst
+        from imgsign._internal.tsa_client import fetch_token
+
+        token = fetch_token(timestamp.url, properties.signature, hash_method=timestamp.hash_method,
+                            timeout=timestamp.timeout, roots=timestamp.roots)
+        emitted |= tst.properties(token)
     if raw_digest and handle is not None:
         from imgsign.cli._raw_statement import raw_statement_properties
 
@@ -122,6 +200,6 @@ def _certificate_id(ctx: click.Context, certificate: Any, store: bool) -> str:
     if scope is not None and km_config.backend_name(conf) == km_config.EMBEDDED:
         say(f"imgsign: warning: the {km.description} is a file on this machine: Glance and Nova cannot "
             f"read the certificate from it unless their [key_manager] opens this same file; in a cloud, "
-            f"store it in the key manager they use ([key_manager] backend = barbican, see the README's "
-            f"\"Key manager topology\")", err=True)
+            f"store it in the key manager they use ([key_manager] backend = barbican, see "
+            f"doc/source/admin/key-manager.md)", err=True)
     return cert_id

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -26,6 +25,7 @@ from imgsign.cli._common import (
     trust_setup,
 )
 from imgsign.cli._glance import cloud_options, glance_client
+from imgsign.cli._output import emit, format_option
 
 if TYPE_CHECKING:
     from imgsign._internal.glance_api import GlanceClient
@@ -46,7 +46,7 @@ MAX_JOBS = 32
 @click.option("--jobs", type=click.IntRange(1, MAX_JOBS), default=DEFAULT_JOBS, show_default=True,
               help="Images downloaded at the same time with --download.")
 @click.option("--allow-unsigned", is_flag=True, help="Unsigned images pass (they are still reported).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON object on stdout.")
+@format_option()
 @trust_options
 @policy_option
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=False), metavar="OLD",
@@ -56,7 +56,7 @@ MAX_JOBS = 32
 @quiet_option
 @click.pass_context
 def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str | None, project_id: str | None,
-                  expiry_days: int, download: bool, jobs: int, allow_unsigned: bool, as_json: bool,
+                  expiry_days: int, download: bool, jobs: int, allow_unsigned: bool, fmt: str | None,
                   trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...], intermediate_files: tuple[str, ...],
                   crl_files: tuple[str, ...], require_crl: bool | None, max_chain_depth: int | None,
                   policy_path: str | None, compare_path: str | None,
@@ -66,16 +66,59 @@ def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str 
     Under a trust policy (--policy or [imgsign] policy_file) each image is judged by the rule that applies to it.
     Exit 0 when every image passes, 75 when any fails (the report says why).
     """
+    quiet = is_quiet(ctx, quiet)
+    trust = {"trusted_ids": trusted_ids, "trusted_files": trusted_files, "intermediate_files": intermediate_files,
+             "crl_files": crl_files, "require_crl": require_crl, "max_chain_depth": max_chain_depth}
+    reports, policy, before = _audit(ctx, project_id=project_id, expiry_days=expiry_days, download=download,
+                                     jobs=jobs, allow_unsigned=allow_unsigned, trust=trust,
+                                     allow_weak_keys=allow_weak_keys, ignore_cert_dates=ignore_cert_dates,
+                                     progress=not quiet, policy_path=policy_path, compare_path=compare_path)
+    if fmt is not None:
+        document = _document(reports, policy, download, project_id)
+        if before is not None:
+            document["compare"] = _comparison(reports, before, compare_path or "")
+        emit(document, fmt, rows=image_rows(reports), columns=ROW_COLUMNS)
+    elif not quiet:
+        click.echo(_table(reports, policy, download))
+        if before is not None:
+            click.echo(_comparison_text(reports, before, compare_path or ""))
+    failed = sum(not r.passed for r in reports)
+    if failed:
+        raise errors.PolicyViolation(f"{failed} of {len(reports)} image(s) fail the audit")
+
+
+def audit_reports(ctx: click.Context, *, project_id: str | None = None, expiry_days: int = DEFAULT_EXPIRY_DAYS,
+                  download: bool = False, jobs: int = DEFAULT_JOBS, allow_unsigned: bool = False,
+                  trust: Mapping[str, Any] | None = None, allow_weak_keys: bool = False,
+                  ignore_cert_dates: bool = False, progress: bool = False,
+                  policy_path: str | None = None) -> tuple[list[ImageReport], AuditPolicy]:
+    """Assess (and with ``download`` verify) every image the command's Glance client sees: a report per image,
+    in the listing's order, and the policy they were judged by. ``trust`` holds
+    :func:`~imgsign.cli._common.trust_anchors`' arguments by name; ``policy_path`` a trust policy file
+    (else ``[imgsign] policy_file``, else the flat options)."""
+    reports, policy, _before = _audit(ctx, project_id=project_id, expiry_days=expiry_days, download=download,
+                                      jobs=jobs, allow_unsigned=allow_unsigned, trust=trust,
+                                      allow_weak_keys=allow_weak_keys, ignore_cert_dates=ignore_cert_dates,
+                                      progress=progress, policy_path=policy_path)
+    return reports, policy
+
+
+def _audit(ctx: click.Context, *, project_id: str | None, expiry_days: int, download: bool, jobs: int,
+           allow_unsigned: bool, trust: Mapping[str, Any] | None, allow_weak_keys: bool, ignore_cert_dates: bool,
+           progress: bool, policy_path: str | None,
+           compare_path: str | None = None) -> tuple[list[ImageReport], AuditPolicy, list[ImageReport] | None]:
+    """:func:`audit_reports`, and with ``compare_path`` each image's report under that (OLD) policy file."""
     import os
 
     from imgsign.audit import AuditPolicy, assess
     from imgsign.cli._common import TrustSetup
     from imgsign.policy import Policy
 
-    quiet = is_quiet(ctx, quiet)
+    trust = dict(trust or {})
     now = datetime.datetime.now(datetime.timezone.utc)
-    setup = trust_setup(ctx, policy_path, trusted_ids, trusted_files, intermediate_files, crl_files, require_crl,
-                        max_chain_depth)
+    setup = trust_setup(ctx, policy_path, tuple(trust.get("trusted_ids") or ()),
+                        tuple(trust.get("trusted_files") or ()), tuple(trust.get("intermediate_files") or ()),
+                        tuple(trust.get("crl_files") or ()), trust.get("require_crl"), trust.get("max_chain_depth"))
     if compare_path is not None and setup.builtin:
         raise click.UsageError("--compare OLD needs a trust policy to compare it with (--policy NEW or "
                                "[imgsign] policy_file)")
@@ -93,10 +136,10 @@ def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str 
         _check_project_is_an_id(ctx, project_id)
     records = list(glance.iter_images(project_id))
     lookup = _certificate_lookup(ctx)
-    with _progress(len(records), "assessing", quiet) as step:
+    with _progress(len(records), "assessing", not progress) as step:
         assessments = [_step(assess(record, lookup, policy), step) for record in records]
     if download:
-        with _progress(len(records), "downloading", quiet) as step:
+        with _progress(len(records), "downloading", not progress) as step:
             reports = _verify_all(glance, assessments, jobs, step)
     else:
         reports = [a.report for a in assessments]
@@ -104,18 +147,27 @@ def audit_command(ctx: click.Context, os_cloud: str | None, os_region_name: str 
     if old_policy is not None:
         before = [_as_before(assess(record, lookup, old_policy).report, now_report)
                   for record, now_report in zip(records, reports, strict=True)]
-    if as_json:
-        document = _document(reports, policy, download, project_id)
-        if before is not None:
-            document["compare"] = _comparison(reports, before, compare_path or "")
-        click.echo(json.dumps(document, indent=2))
-    elif not quiet:
-        click.echo(_table(reports, policy, download))
-        if before is not None:
-            click.echo(_comparison_text(reports, before, compare_path or ""))
-    failed = sum(not r.passed for r in reports)
-    if failed:
-        raise errors.PolicyViolation(f"{failed} of {len(reports)} image(s) fail the audit")
+    return reports, policy, before
+
+
+#: The columns of :func:`image_rows` (``-f table``/``-f value``, and ``openstack image audit``).
+ROW_COLUMNS = ("id", "name", "signer", "not_after", "chain", "data", "result", "reasons")
+
+
+def image_rows(reports: Sequence[ImageReport]) -> list[dict[str, Any]]:
+    """One flat row per image, as the text table shows it: signer (certificate's common name), its notAfter
+    date, chain and data status, pass/FAIL, and the reasons it fails (space-separated)."""
+    rows = []
+    for r in reports:
+        cert = r.certificate
+        rows.append({
+            "id": r.id, "name": r.name,
+            "signer": ((cert.common_name or None) if cert is not None else None) if r.signed else "(unsigned)",
+            "not_after": f"{cert.not_after:%Y-%m-%d}" if cert is not None and cert.not_after is not None else None,
+            "chain": r.chain.status.value, "data": r.data.status.value, "result": "pass" if r.passed else "FAIL",
+            "reasons": " ".join(dict.fromkeys(p.reason for p in r.failures)) or None,
+        })
+    return rows
 
 
 def _as_before(old: ImageReport, new: ImageReport) -> ImageReport:
@@ -242,7 +294,7 @@ def _check_project_is_an_id(ctx: click.Context, project_id: str) -> None:
 
 def _document(reports: Sequence[ImageReport], policy: AuditPolicy, download: bool,
               project_id: str | None) -> dict[str, Any]:
-    """The ``--json`` document (README "Auditing a cloud" lists its keys)."""
+    """The ``-f json`` document (doc/source/specs/json-output.md lists its keys)."""
     from imgsign.audit import DataStatus
     from imgsign.certificates import describe
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,6 +23,7 @@ from imgsign.cli._common import (
     say,
     subject_option,
 )
+from imgsign.cli._output import emit, format_option
 
 if TYPE_CHECKING:
     from imgsign.keys import PrivateKey
@@ -41,9 +41,10 @@ def cert_group() -> None:
               help="Refuse CERT unless it is a signing certificate for this private key (e.g. the one a CA "
                    "returned for `keygen --csr`); from a PEM bundle, store the certificate for this key.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of --key.")
+@format_option(legacy_json=False)
 @click.pass_context
 def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: str | None,
-               passphrase_file: str | None) -> None:
+               passphrase_file: str | None, fmt: str | None) -> None:
     """Store CERT (PEM or DER) and print its UUID (an identical stored one is reused)."""
     if passphrase_file and not key_path:
         raise click.UsageError("--passphrase-file needs --key")
@@ -60,13 +61,21 @@ def cert_store(ctx: click.Context, cert_path: str, name: str | None, key_path: s
     existing = store.find_certificate(der)
     if existing is not None:
         say(f"identical certificate already stored in the {store.description}", err=True)
-        say(existing)
+        _print_id(existing, fmt)
         return
     cert_id = store.store_certificate(der, name or certificates.describe(cert))
     if not is_quiet(ctx, False):
         say(f"stored certificate {certificates.describe(cert)} as {cert_id} in the {store.description}",
             err=True)
-    say(cert_id)
+    _print_id(cert_id, fmt)
+
+
+def _print_id(object_id: str, fmt: str | None) -> None:
+    """The stored object's id: the line it always was, or with ``-f`` the object ``{"id": ...}``."""
+    if fmt is None:
+        say(object_id)
+    else:
+        emit({"id": object_id}, fmt)
 
 
 _KEY_HELP = "The key's private key (a file, or a reference to a key in a token or signing service)."
@@ -132,6 +141,10 @@ def cert_issue(ctx: click.Context, /, **opts: Any) -> None:
     say(f"wrote {opts['out_path']} ({by})", err=True)
 
 
+#: The keys of :func:`_summary`, in order.
+SUMMARY_COLUMNS = ("id", "subject", "issuer", "serial", "not_before", "not_after", "key", "sha256_fingerprint")
+
+
 def _summary(cert_id: str, cert: x509.Certificate) -> dict[str, Any]:
     try:
         key = certificates.certificate_public_key(cert)
@@ -151,19 +164,18 @@ def _summary(cert_id: str, cert: x509.Certificate) -> dict[str, Any]:
 
 
 @cert_group.command("list")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON array of objects: id, subject, issuer, serial, not_before, not_after, key, "
-                   "sha256_fingerprint.")
+@format_option()
 @click.pass_context
-def cert_list(ctx: click.Context, as_json: bool) -> None:
-    """List stored certificates: id, expiry date, subject (or --json)."""
+def cert_list(ctx: click.Context, fmt: str | None) -> None:
+    """List stored certificates: id, expiry date, subject (or -f: objects of id, subject, issuer, serial,
+    not_before, not_after, key, sha256_fingerprint)."""
     store = open_store(ctx)
     rows = []
     for item in store.list_objects("certificate"):
         cert = certificates.load_certificate(store.get_certificate(item.id))
         rows.append(_summary(item.id, cert))
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    if fmt is not None:
+        emit(rows, fmt, columns=SUMMARY_COLUMNS)
         return
     say(f"{'ID':36}  {'NOT AFTER':10}  SUBJECT")
     for row in rows:
@@ -173,14 +185,17 @@ def cert_list(ctx: click.Context, as_json: bool) -> None:
 @cert_group.command("show")
 @click.argument("cert_id", type=KEY_MANAGER_ID)
 @click.option("--pem", is_flag=True, help="Print the certificate as PEM instead.")
+@format_option(default="json", legacy_json=False)
 @click.pass_context
-def cert_show(ctx: click.Context, cert_id: str, pem: bool) -> None:
+def cert_show(ctx: click.Context, cert_id: str, pem: bool, fmt: str) -> None:
     """Show one stored certificate."""
+    if pem and ctx.get_parameter_source("fmt") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--pem and --format exclude each other")
     cert = certificates.load_certificate(open_store(ctx).get_certificate(cert_id))
     if pem:
         click.echo(cert.public_bytes(Encoding.PEM).decode(), nl=False)
     else:
-        click.echo(json.dumps(_summary(cert_id, cert), indent=2))
+        emit(_summary(cert_id, cert), fmt)
 
 
 @cert_group.command("delete")

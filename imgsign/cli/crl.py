@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -12,6 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imgsign import chain, errors
 from imgsign._internal.files import read_small_file
 from imgsign.cli._common import KEY_MANAGER_ID, is_quiet, open_store, say
+from imgsign.cli._output import emit, format_option
 
 
 @click.group("crl")
@@ -21,28 +21,31 @@ def crl_group() -> None:
 
 @crl_group.command("store")
 @click.argument("crl_path", metavar="CRL", type=click.Path(dir_okay=False))
+@format_option(legacy_json=False)
 @click.pass_context
-def crl_store(ctx: click.Context, crl_path: str) -> None:
+def crl_store(ctx: click.Context, crl_path: str, fmt: str | None) -> None:
     """Store CRL (PEM or DER) and print its UUID."""
     crl = chain.load_crl(read_small_file(crl_path, "CRL"))
     store = open_store(ctx)
     crl_id = store.store_crl(crl.public_bytes(Encoding.DER), crl.issuer.rfc4514_string())
     if not is_quiet(ctx, False):
         say(f"stored CRL of {crl.issuer.rfc4514_string()} as {crl_id} in the {store.description}", err=True)
-    say(crl_id)
+    if fmt is None:
+        say(crl_id)
+    else:
+        emit({"id": crl_id}, fmt)
 
 
 @crl_group.command("list")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON array of objects: id, issuer, last_update, next_update (null if none), "
-                   "crl_number (null if none), revoked (count), limits (what keeps it from being a complete "
-                   "CRL; empty: complete).")
+@format_option()
 @click.pass_context
-def crl_list(ctx: click.Context, as_json: bool) -> None:
-    """List stored CRLs: id, next update, issuer, number revoked, scope (or --json)."""
+def crl_list(ctx: click.Context, fmt: str | None) -> None:
+    """List stored CRLs: id, next update, issuer, number revoked, scope (or -f: objects of id, issuer,
+    last_update, next_update (null if none), crl_number (null if none), revoked (count), limits (what keeps
+    it from being a complete CRL; empty: complete))."""
     rows = [_summary(crl_id, chain.load_crl(der)) for crl_id, der in open_store(ctx).get_crls()]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    if fmt is not None:
+        emit(rows, fmt, columns=("id", "issuer", "last_update", "next_update", "crl_number", "revoked", "limits"))
         return
     say(f"{'ID':36}  {'NEXT UPDATE':11}  ISSUER  (REVOKED)  SCOPE")
     for row in rows:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from imgsign import errors
 from imgsign.cli._common import KEY_MANAGER_ID, is_quiet, load_key, open_store, say
+from imgsign.cli._output import emit, format_option
 
 
 @click.group("key")
@@ -19,8 +18,10 @@ def key_group() -> None:
 @click.argument("key_path", metavar="KEY", type=click.Path(dir_okay=False))
 @click.option("--name", help="A name for the key.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of an encrypted KEY.")
+@format_option(legacy_json=False)
 @click.pass_context
-def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_file: str | None) -> None:
+def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_file: str | None,
+              fmt: str | None) -> None:
     """Store a private key and print its UUID (the key is never printed)."""
     key, _ = load_key(key_path, passphrase_file, ctx=ctx)
     if key.key_type is None:
@@ -30,19 +31,22 @@ def key_store(ctx: click.Context, key_path: str, name: str | None, passphrase_fi
     key_id = store.store_private_key(key.export_pkcs8_der(), algorithm, key.key_size, name)
     if not is_quiet(ctx, False):
         say(f"stored private key as {key_id} in the {store.description}", err=True)
-    say(key_id)
+    if fmt is None:
+        say(key_id)
+    else:
+        emit({"id": key_id}, fmt)
 
 
 @key_group.command("list")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON array of objects: id, name, algorithm, bit_length, created (Unix time).")
+@format_option()
 @click.pass_context
-def key_list(ctx: click.Context, as_json: bool) -> None:
-    """List stored private keys, metadata only: id, algorithm-bits, name (or --json)."""
+def key_list(ctx: click.Context, fmt: str | None) -> None:
+    """List stored private keys, metadata only: id, algorithm-bits, name (or -f: objects of id, name, algorithm,
+    bit_length, created (Unix time))."""
     items = open_store(ctx).list_objects("private-key")
-    if as_json:
-        click.echo(json.dumps([{"id": i.id, "name": i.name, "algorithm": i.algorithm, "bit_length": i.bit_length,
-                                "created": i.created} for i in items], indent=2))
+    if fmt is not None:
+        emit([{"id": i.id, "name": i.name, "algorithm": i.algorithm, "bit_length": i.bit_length,
+               "created": i.created} for i in items], fmt, columns=("id", "name", "algorithm", "bit_length", "created"))
         return
     say(f"{'ID':36}  {'ALGORITHM':10}  NAME")
     for item in items:

@@ -37,7 +37,10 @@ from imgsign.policy import MIN_RSA_DSA_BITS
 @issuer_options
 @subject_option
 @click.option("--bits", type=int, help=f"RSA/DSA key size (default {keygen.DEFAULT_BITS}; not for curves).")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Encrypt the new key with this passphrase.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False),
+              help="Encrypt the new key with the passphrase in this file (default: asked for on a terminal).")
+@click.option("--no-encrypt", is_flag=True,
+              help="Write the private key unencrypted (a warning says so; anyone who can read the file can sign).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @quiet_option
 @click.pass_context
@@ -62,6 +65,12 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     if opts["key_reference"]:
         _keygen_in_backend(ctx, key_type, opts)
         return
+    if opts["no_encrypt"] and opts["passphrase_file"]:
+        raise click.UsageError("--no-encrypt and --passphrase-file exclude each other")
+    if not opts["no_encrypt"] and not opts["passphrase_file"] and not sys.stdin.isatty():
+        # As cosign and ssh-keygen do, the key is encrypted unless asked otherwise; nobody is here to ask.
+        raise click.UsageError("keygen encrypts the private key: give --passphrase-file FILE, run it on a terminal "
+                               "to be asked for a passphrase, or --no-encrypt to write the key unencrypted")
     out_key, out_cert = plan_outputs(
         [(opts["out_key"], "private key", 0o600),
          (opts["out_csr"], "certificate request", 0o644) if opts["out_csr"] else
@@ -74,6 +83,11 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     if passphrase == b"":
         raise errors.InputError(f"passphrase file {opts['passphrase_file']} holds an empty passphrase: "
                                 f"the key would not be encrypted")
+    if passphrase is None and not opts["no_encrypt"]:
+        passphrase = _ask_new_passphrase(opts["out_key"])
+    if passphrase is None and not is_quiet(ctx, opts["quiet"]):
+        say(f"imgsign: warning: {opts['out_key']} will hold the private key unencrypted (--no-encrypt): "
+            f"anyone who can read it can sign as you", err=True)
     bits = opts["bits"]
     if bits is not None and bits < MIN_RSA_DSA_BITS:
         say(f"imgsign: warning: a {bits}-bit {key_type.value} key is below the {MIN_RSA_DSA_BITS}-bit "
@@ -83,7 +97,7 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
         out_key.write(pending.key_pem)
         out_cert.write(pending.csr_pem)
         if not is_quiet(ctx, opts["quiet"]):
-            say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_csr']} (certificate request: "
+            say(f"wrote {opts['out_key']} ({_what(passphrase)}, mode 0600) and {opts['out_csr']} (certificate request: "
                 f"have your CA sign it, then: imgsign cert store CERT --key {opts['out_key']})", err=True)
         return
     identity = keygen.generate(
@@ -93,7 +107,22 @@ def keygen_command(ctx: click.Context, /, **opts: Any) -> None:
     out_key.write(identity.key_pem)
     out_cert.write(identity.cert_pem)
     if not is_quiet(ctx, opts["quiet"]):
-        say(f"wrote {opts['out_key']} (private key, mode 0600) and {opts['out_cert']}", err=True)
+        say(f"wrote {opts['out_key']} ({_what(passphrase)}, mode 0600) and {opts['out_cert']}", err=True)
+
+
+def _what(passphrase: bytes | None) -> str:
+    return "private key, encrypted" if passphrase else "private key, unencrypted"
+
+
+def _ask_new_passphrase(out_key: str) -> bytes:
+    """A passphrase for the new key, asked twice on the terminal (never echoed, never shown in a message)."""
+    from imgsign._internal import redact
+
+    text = str(click.prompt(f"Passphrase for the new key {out_key}", hide_input=True, confirmation_prompt=True))
+    if not text:
+        raise errors.InputError("an empty passphrase would leave the key unencrypted: give one, or --no-encrypt")
+    redact.remember(text)
+    return text.encode()
 
 
 def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, Any]) -> None:
@@ -104,8 +133,9 @@ def _keygen_in_backend(ctx: click.Context, key_type: KeyType, opts: dict[str, An
     from imgsign.cli._common import ask_secret, config, has_config
     from imgsign.keys.loading import generate_signing_key
 
-    if opts["passphrase_file"]:
-        raise click.UsageError(f"--passphrase-file applies to key files, not to {opts['key_reference'][:80]}")
+    for flag, given in (("--passphrase-file", opts["passphrase_file"]), ("--no-encrypt", opts["no_encrypt"])):
+        if given:
+            raise click.UsageError(f"{flag} applies to key files, not to {opts['key_reference'][:80]}")
     if key_type.is_binary_curve:  # refused before a key pair is left in the token without a certificate
         raise errors.UnsupportedAlgorithm(f"keygen cannot make {key_type.value} keys in a token or service; "
                                           f"generate one with the token's own tools and sign with --key")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -27,9 +26,14 @@ from imgsign.cli._common import (
     trust_setup,
 )
 from imgsign.cli._glance import cloud_options, glance_client
+from imgsign.cli._output import emit, format_option
 from imgsign.properties import SignatureProperties
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgsign._internal.ocsp_client import OcspClient
+    from imgsign.cli._common import TrustSetup
     from imgsign.verifier import Verifier
 
 
@@ -37,6 +41,21 @@ def _configured_policy(ctx: click.Context) -> bool:
     from imgsign.cli._common import config, has_config
 
     return has_config(ctx) and bool(getattr(config(ctx).imgsign, "policy_file", None))
+
+
+def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClient | None:
+    """OCSP for the chain, as ``[imgsign] ocsp`` says (None when off): the response stored with the
+    signature (imgsign_ocsp_v1) first, then the responders the certificates name."""
+    from imgsign import ocsp
+    from imgsign._internal.ocsp_client import OcspClient
+    from imgsign.cli._common import config, has_config
+
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    if settings is not None and settings.ocsp == "off":
+        return None
+    stored = ocsp.response_from_properties(document)
+    return OcspClient([stored] if stored else [], network=settings is None or settings.ocsp == "strict",
+                      timeout=settings.ocsp_timeout if settings is not None else 10.0)
 
 
 @click.command("verify")
@@ -50,9 +69,13 @@ def _configured_policy(ctx: click.Context) -> bool:
               help="Signing certificate, PEM or DER "
                    "(default: fetched from the key manager by img_signature_certificate_uuid).")
 @trust_options
+@click.option("--tsa-ca", "tsa_ca_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Trusted TSA certificates (PEM): a timestamp token (imgsign_tst_v1) whose TSA chains to one of "
+                   "them is checked, and lets a signature whose certificate has since expired verify if it was "
+                   "timestamped while the certificate was valid (default: [imgsign] tsa_ca_file).")
 @policy_option
 @facts_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as a JSON object on stdout.")
+@format_option()
 @cloud_options
 @policy_options
 @quiet_option
@@ -60,10 +83,10 @@ def _configured_policy(ctx: click.Context) -> bool:
 def verify_command(ctx: click.Context, image: str | None, glance_image_id: str | None, properties_path: str | None,
            cert_path: str | None, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
            intermediate_files: tuple[str, ...], crl_files: tuple[str, ...], require_crl: bool | None,
-           max_chain_depth: int | None, policy_path: str | None, owner: str | None, visibility: str | None,
-           image_type: str | None, booting_project: str | None, as_json: bool, os_cloud: str | None,
-           os_region_name: str | None,
-           allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> None:
+           max_chain_depth: int | None, tsa_ca_files: tuple[str, ...], policy_path: str | None, owner: str | None,
+           visibility: str | None, image_type: str | None, booting_project: str | None, fmt: str | None,
+           os_cloud: str | None, os_region_name: str | None, allow_weak_keys: bool, ignore_cert_dates: bool,
+           quiet: bool) -> None:
     """Verify IMAGE (or Glance image --image ID) against its img_signature* properties. Exit 0 only if valid."""
     if (image is None) == (glance_image_id is None):
         raise click.UsageError("give either IMAGE (a file) or --image ID (a Glance image)")
@@ -75,13 +98,46 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
         raise click.UsageError("--policy replaces --trusted, --trusted-file, --require-crl and --max-chain-depth "
                                "(set them in the policy's trust stores)")
     quiet = is_quiet(ctx, quiet)
+    trust = {"trusted_ids": trusted_ids, "trusted_files": trusted_files, "intermediate_files": intermediate_files,
+             "crl_files": crl_files, "require_crl": require_crl, "max_chain_depth": max_chain_depth}
+    result, error = verify_result(ctx, image=image, glance_image_id=glance_image_id, properties_path=properties_path,
+                                  cert_path=cert_path, trust=trust, tsa_ca_files=tsa_ca_files,
+                                  policy_path=policy_path,
+                                  facts={"owner": owner, "visibility": visibility, "image_type": image_type,
+                                         "booting_project": booting_project},
+                                  allow_weak_keys=allow_weak_keys,
+                                  ignore_cert_dates=ignore_cert_dates,
+                                  progress=not quiet and fmt is None)  # a document on stdout: no bar
+    if fmt is not None:
+        emit(result, fmt)
+    if error is not None:
+        fail(error)
+    if fmt is None and not quiet:
+        say(f"OK: {result['message']}")
+
+
+def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_id: str | None = None,
+                  properties_path: str | None = None, cert_path: str | None = None,
+                  trust: Mapping[str, Any] | None = None, tsa_ca_files: tuple[str, ...] = (),
+                  policy_path: str | None = None, facts: Mapping[str, str | None] | None = None,
+                  allow_weak_keys: bool = False,
+                  ignore_cert_dates: bool = False,
+                  progress: bool = False) -> tuple[dict[str, Any], errors.ImgsignError | None]:
+    """Verify a file against its properties file, or a Glance image against its record: the result document
+    (every key always there, null until known; JSON output schemas) and the error that made it invalid (None:
+    valid). ``trust`` holds :func:`~imgsign.cli._common.trust_anchors`' arguments by name; ``policy_path`` a
+    trust policy file (else ``[imgsign] policy_file``, else the flat options: the built-in policy); ``facts``
+    the image facts a policy selects by, given (``owner``, ``visibility``, ``image_type``, ``booting_project``).
+    Under a trust policy file the document has a ``policy`` key: the rule applied and its verdict."""
+    trust = dict(trust or {})
+    given = {k: v for k, v in (facts or {}).items() if v is not None}
     shown = image if image is not None else glance_image_id
-    # Every key is always there (null until known), on success and on failure alike.
     result: dict[str, Any] = {
         "image": shown, "valid": False, "reason": None, "message": None, "exit_code": None,
         "img_signature_hash_method": None, "img_signature_key_type": None, "img_signature_certificate_uuid": None,
-        "certificate_subject": None, "chain": None,
+        "certificate_subject": None, "chain": None, "timestamp": None, "ocsp": None,
     }
+    quiet = not progress
     # Under a trust policy file, "policy" (null until decided) says which rule applied and its verdict; the
     # built-in policy of the flat options adds no key, so their documents stay as they were.
     if policy_path is not None or _configured_policy(ctx):
@@ -89,59 +145,68 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
     skipped: list[str] = []
     policy_rule: list[str] = []
 
-    def check_signer(document: Any, properties: SignatureProperties | None) -> Verifier | None:
-        """Trust policy, certificate, chain and key checks: everything that needs no image data.
-        None: the trust policy's rule skips verification."""
-        from imgsign import certificates, trust_evidence, trust_policy
+    def check_signer(properties: SignatureProperties | None, document: Mapping[str, object],
+                     record: Any) -> Verifier | None:
+        """Trust policy, certificate, timestamp, chain and key checks: everything that needs no image data.
+        None: the trust policy's rule skips verification, or allows the image unsigned."""
+        import dataclasses
+
+        from imgsign import certificates, chain, timestamp
+        from imgsign.cli._signing import tsa_roots
         from imgsign.policy import Policy
         from imgsign.verifier import Verifier
 
-        def _note(decision: trust_policy.Decision) -> None:
-            if not setup.builtin:
-                result["policy"] = decision.as_dict()
-            policy_rule.append(decision.rule.name)
-
-        setup = trust_setup(ctx, policy_path, trusted_ids, trusted_files, intermediate_files, crl_files,
-                            require_crl, max_chain_depth)
-        facts = image_facts(document, owner, visibility, image_type, booting_project)
-        if glance_image_id is not None:
-            facts = dataclasses.replace(facts, image_id=glance_image_id)
-        selection = trust_policy.select(setup.policy, facts)
-        rule = selection.rule
-        if rule.level is trust_policy.Level.SKIP:
-            decision = trust_policy.decide(selection, trust_policy.Evidence())
-            _note(decision)
-            skipped.append(rule.name)
-            return None
-        if properties is None:
-            decision = trust_policy.decide(selection, trust_policy.Evidence(signed=False))
-            _note(decision)
-            trust_policy.enforce(decision)
-            say_warnings(decision)
-            return None
+        current = trust_setup(ctx, policy_path, tuple(trust.get("trusted_ids") or ()),
+                              tuple(trust.get("trusted_files") or ()), tuple(trust.get("intermediate_files") or ()),
+                              tuple(trust.get("crl_files") or ()), trust.get("require_crl"),
+                              trust.get("max_chain_depth"))
+        if not current.builtin:
+            return _check_under_policy(ctx, current, properties, document, record, result, given, skipped,
+                                       policy_rule, cert_path=cert_path, tsa_ca_files=tsa_ca_files,
+                                       glance_image_id=glance_image_id, allow_weak_keys=allow_weak_keys,
+                                       ignore_cert_dates=ignore_cert_dates, quiet=quiet)
+        if properties is None:  # [imgsign] policy_file named, but the flat options chosen: unsigned (60)
+            raise errors.UnsignedImage(f"Glance image {glance_image_id} is not signed: it has no "
+                                       f"img_signature* properties")
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
         certificate = signing_certificate(ctx, cert_path, properties)
         result["certificate_subject"] = certificates.describe(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-        evidence = trust_evidence.gather(certificate, setup.anchors_for(rule), rule, policy)
-        decision = trust_policy.decide(selection, evidence)
-        _note(decision)
-        result["chain"] = list(evidence.path) or None
-        trust_policy.enforce(decision)
-        say_warnings(decision)
-        # The certificate's dates were the policy's to judge (its expiry action); its usage is checked here.
-        return Verifier.for_certificate(properties, certificate,
-                                        policy=dataclasses.replace(policy, ignore_certificate_dates=True))
+        stamp = timestamp.check(document, properties.signature, certificate, tsa_roots(ctx, tsa_ca_files),
+                                now=policy.now())
+        result["timestamp"] = stamp.as_dict()
+        if stamp.status == "not-checked" and not quiet:
+            say("imgsign: warning: the image has a timestamp token but no TSA certificates are trusted "
+                "(--tsa-ca, [imgsign] tsa_ca_file): it was not checked", err=True)
+        if (stamp.timestamp is not None and stamp.judge_at is None and not ignore_cert_dates
+                and certificate.not_valid_after_utc < policy.now()):
+            raise errors.CertificateExpired(
+                f"certificate {certificates.describe(certificate)} expired on "
+                f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC and its timestamp "
+                f"({stamp.timestamp.gen_time:%Y-%m-%d %H:%M:%S} UTC) is not inside its validity")
+        policy = dataclasses.replace(policy, certificates_at=stamp.judge_at)
+        anchors = current.legacy
+        if anchors is not None:
+            client = ocsp_client(ctx, document)
+            anchors = dataclasses.replace(anchors, ocsp=client)
+            try:
+                path = chain.validate_chain(certificate, anchors, policy)
+            finally:
+                if client is not None:
+                    result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]
+            result["chain"] = [certificates.describe(c) for c in path]
+        return Verifier.for_certificate(properties, certificate, policy=policy)
 
     try:
         if image is not None and properties_path is not None:
             from imgsign.properties import properties_from_document
 
-            document = load_properties_document(properties_path)
-            properties = SignatureProperties.from_mapping(properties_from_document(document))
-            with image_digest(image, properties.hash_method, "verifying", quiet or as_json) as digest:
+            full = load_properties_document(properties_path)
+            document = properties_from_document(full)
+            properties = SignatureProperties.from_mapping(document)
+            with image_digest(image, properties.hash_method, "verifying", quiet) as digest:
                 # check_signer runs while the image is hashed on another core.
-                verifier = check_signer(document, properties)
+                verifier = check_signer(properties, document, full)
                 if verifier is not None:
                     verifier.verify_precomputed(digest())
         elif glance_image_id is not None:
@@ -151,34 +216,99 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
             record = glance.get_image(glance_image_id)
             document = properties_from_document(record)
             signed = is_signed(document)
-            verifier = check_signer(record, SignatureProperties.from_mapping(document) if signed else None)
+            if not signed and "policy" not in result:  # as audit and the hook say it: unsigned (60), not malformed
+                raise errors.UnsignedImage(f"Glance image {glance_image_id} is not signed: it has no "
+                                           f"img_signature* properties")
+            verifier = check_signer(SignatureProperties.from_mapping(document) if signed else None, document, record)
             if verifier is None and not skipped:  # unsigned, allowed with a warning (audit)
                 skipped.append("")
             if verifier is not None:
                 properties = verifier.properties
                 size = record.get("size")
-                with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet or as_json) as progress:
-                    verifier.verify_data(glance.iter_data(glance_image_id), progress)
+                with progress_bar(size if isinstance(size, int) else 0, "verifying", quiet) as bar:
+                    verifier.verify_data(glance.iter_data(glance_image_id), bar)
+        else:
+            raise click.UsageError("give either IMAGE (a file) with --properties or --image ID (a Glance image)")
     except errors.ImgsignError as exc:
-        if as_json:
-            result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
-            click.echo(json.dumps(result, indent=2))
-        fail(exc)
+        result.update({"reason": exc.reason, "message": exc.message, "exit_code": exc.exit_code})
+        return result, exc
     what = shown if image is not None else f"Glance image {shown}"
     if skipped:
         message = (f"{what} was not verified: trust policy rule {policy_rule[-1]} "
                    + ("skips verification" if skipped[0] else "allows it unsigned (audit)"))
         result.update({"valid": False, "reason": "not-verified", "message": message, "exit_code": 0})
-        if as_json:
-            click.echo(json.dumps(result, indent=2))
-        elif not quiet:
-            say(f"OK: {message}")
-        return
-    trust = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
+        return result, None
+    anchor = f", chain to trusted {result['chain'][-1]}" if result["chain"] else ""
     message = (f"{what} matches its signature ({properties.key_type.value}, {properties.hash_method.value}, "
-               f"certificate {result['certificate_subject']}{trust})")
+               f"certificate {result['certificate_subject']}{anchor})")
     result.update({"valid": True, "reason": "ok", "message": message, "exit_code": 0})
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    elif not quiet:
-        say(f"OK: {message}")
+    return result, None
+
+
+def _check_under_policy(ctx: click.Context, setup: TrustSetup, properties: SignatureProperties | None,
+                        document: Mapping[str, object], record: Any, result: dict[str, Any],
+                        given: Mapping[str, str], skipped: list[str], policy_rule: list[str], *,
+                        cert_path: str | None, tsa_ca_files: tuple[str, ...], glance_image_id: str | None,
+                        allow_weak_keys: bool, ignore_cert_dates: bool, quiet: bool) -> Verifier | None:
+    """The signer's checks under a trust policy file: the rule the image facts select, the evidence for it
+    (chain to its CA stores with OCSP as ``[imgsign] ocsp`` says, the timestamp against its TSA stores) and
+    its decision. None: the rule skips verification, or allows the image unsigned (audit)."""
+    import dataclasses
+
+    from imgsign import certificates, trust_evidence, trust_policy
+    from imgsign.policy import Policy
+    from imgsign.verifier import Verifier
+
+    def note(decision: trust_policy.Decision) -> None:
+        result["policy"] = decision.as_dict()
+        policy_rule.append(decision.rule.name)
+
+    facts = image_facts(record, **given)
+    if glance_image_id is not None:
+        facts = dataclasses.replace(facts, image_id=glance_image_id)
+    selection = trust_policy.select(setup.policy, facts)
+    rule = selection.rule
+    if rule.level is trust_policy.Level.SKIP:
+        note(trust_policy.decide(selection, trust_policy.Evidence()))
+        skipped.append(rule.name)
+        return None
+    if properties is None:
+        decision = trust_policy.decide(selection, trust_policy.Evidence(signed=False))
+        note(decision)
+        trust_policy.enforce(decision)
+        say_warnings(decision)
+        return None
+    result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
+    certificate = signing_certificate(ctx, cert_path, properties)
+    result["certificate_subject"] = certificates.describe(certificate)
+    policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
+    stamp, result["timestamp"] = trust_evidence.timestamp_evidence(
+        document, properties.signature, certificate, _tsa_roots_for(ctx, setup, rule, tsa_ca_files),
+        now=policy.now())
+    anchors = setup.anchors_for(rule)
+    client = ocsp_client(ctx, document) if anchors is not None else None
+    if anchors is not None and client is not None:
+        anchors = dataclasses.replace(anchors, ocsp=client)
+    try:
+        evidence = trust_evidence.gather(certificate, anchors, rule, policy, timestamp=stamp)
+    finally:
+        if client is not None:
+            result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]
+    decision = trust_policy.decide(selection, evidence)
+    note(decision)
+    result["chain"] = list(evidence.path) or None
+    trust_policy.enforce(decision)
+    say_warnings(decision)
+    # The certificate's dates were the policy's to judge (its expiry action); its usage is checked here.
+    return Verifier.for_certificate(properties, certificate,
+                                    policy=dataclasses.replace(policy, ignore_certificate_dates=True))
+
+
+def _tsa_roots_for(ctx: click.Context, setup: TrustSetup, rule: Any,
+                   tsa_ca_files: tuple[str, ...]) -> list[x509.Certificate]:
+    """The TSA certificates a rule trusts: its ``tsa`` trust stores, else ``--tsa-ca`` / ``[imgsign] tsa_ca_file``."""
+    from imgsign.cli._signing import tsa_roots
+
+    if rule.tsa_stores:
+        return setup.tsa_roots_for(rule)
+    return list(tsa_roots(ctx, tsa_ca_files))

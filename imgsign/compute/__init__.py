@@ -7,6 +7,8 @@
 * :mod:`~imgsign.compute.base_lock`: one lock per base, held by every run that checks or changes it;
 * :mod:`~imgsign.compute.boot`: the decision "may an instance boot from this base file?";
 * :mod:`~imgsign.compute.libvirt_hook`: the libvirt qemu hook's logic (``hooks/libvirt-qemu``);
+* :mod:`~imgsign.compute.hook_entry`: the hook's entry point (``imgsign-libvirt-hook``), and
+  :mod:`~imgsign.compute.hook_install`: ``imgsign boot install-hook`` (check the host, install the hook);
 * :mod:`~imgsign.compute.qemu_img` and :mod:`~imgsign.compute.sealed`: qemu-img inspection and
   conversion, and the sealed JSON files of the state directory (the I/O at this side's edge).
 """

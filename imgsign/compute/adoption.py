@@ -6,9 +6,12 @@ deleted).  :func:`adopt` establishes, once, the record :mod:`imgsign.compute.ima
 have written, from the image's properties and the signing certificate, so later boots are the
 O(1) check of :mod:`imgsign.compute.boot`:
 
-* the base starts with the qcow2 magic: it is the signed bytes themselves (``force_raw_images =
-  False``); it is inspected (no backing or external data file) and ``img_signature`` is verified
-  over it;
+* first, the base is inspected as Nova inspects a download and a base
+  (:mod:`imgsign.compute.image_format`: oslo.utils' ``format_inspector`` detection and safety
+  checks, agreement with Glance's ``disk_format`` when it is known, ``qemu-img`` must agree);
+  anything Nova would refuse is refused, and so is any format qemu does not read as raw or qcow2;
+* the base is qcow2: it is the signed bytes themselves (``force_raw_images = False``) and
+  ``img_signature`` is verified over it;
 * the base is raw and the properties carry a raw-digest statement (only qcow2 images get one, so
   the base can only be the conversion): the statement is verified
   (:func:`~imgsign.raw_statement.verify_raw_statement`: its signature, and ``img_signature`` over
@@ -19,7 +22,7 @@ O(1) check of :mod:`imgsign.compute.boot`:
   and converted again and must equal the base
   (:func:`~imgsign.compute.conversion_adoption.check_conversion`).
 
-Threat model (README "Threat model"): ``nova`` can write ``_base`` and may change the base while
+Threat model (doc/source/security/threat-model.md): ``nova`` can write ``_base`` and may change the base while
 it is adopted.  Everything uses ONE descriptor (``O_NOFOLLOW``, a regular file with one link).
 Before a byte is read the file is sealed through it: owned by imgsign's user, mode 0644 and
 immutable where the filesystem can (:mod:`imgsign.compute.protection`), so no other user can open
@@ -46,18 +49,15 @@ from cryptography import x509
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import certificate_public_key
 from imgsign.chain import TrustAnchors
-from imgsign.compute import protection, qemu_img
+from imgsign.compute import image_format, protection
 from imgsign.compute.boot import BootPolicy, check_base
 from imgsign.compute.conversion_adoption import Original, check_conversion
 from imgsign.compute.image_cache import (
     base_dir,
     bind_fetched,
-    fd_path,
-    format_of,
     is_named,
     new_record,
     open_base_dir,
-    qemu_step,
     trusted_anchors_of,
 )
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
@@ -68,7 +68,7 @@ from imgsign.compute.verified_cache import (
     shared_mappers,
     unsealed_reason,
 )
-from imgsign.errors import InputError, InvalidSignature, TrustRecordError, UnsafeImage, UnsignedImage
+from imgsign.errors import InputError, InvalidSignature, TrustRecordError, UnsignedImage
 from imgsign.policy import Policy
 from imgsign.properties import NAMES, SignatureProperties
 from imgsign.raw_statement import RawStatement, parse_raw_statement, verify_raw_statement
@@ -94,6 +94,8 @@ def adopt(
     immutable: bool,
     original: Original | None = None,
     image_facts: Mapping[str, str] | None = None,
+    tsa_roots: Sequence[x509.Certificate] = (),
+    disk_format: str | None = None,
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
 
@@ -102,20 +104,31 @@ def adopt(
     :func:`~imgsign.compute.image_cache.add_to_cache`; ``policy``: the certificate and key checks;
     ``immutable``: seal the base immutable (else only root's and 0644: ``--seal``, ``[boot] seal_bases``);
     ``original``: the signed qcow2, used (and only then read) when the base is raw and has no
-    statement: adoption by conversion.  A base whose current record is valid is left alone and its
+    statement: adoption by conversion.  ``disk_format``: Glance's (default: ``properties``'s
+    ``disk_format``, as in Glance's image document), checked against the base as Nova does.  A base
+    whose current record is valid is left alone and its
     record returned.  The base's lock (:mod:`imgsign.compute.base_lock`) is held throughout.
     """
     signed = signature_properties(image_id, properties)
+    if disk_format is None:
+        disk_format = image_format.disk_format_of(properties)
+
+    # ``tsa_roots``: an expired certificate whose timestamp token (imgsign_tst_v1) verifies against them and
+    # lies inside its validity is judged at the token's time (imgsign.timestamp.judged_policy).
+    from imgsign import timestamp
+
+    policy = timestamp.judged_policy(policy, properties, signed.signature, certificate, tsa_roots)
     records.prepare()  # an insecure state directory stops us before anything is touched
     with records.locks.hold(cache_name(image_id)):
         return _adopt_locked(instances_path, image_id, properties, signed, certificate, records, anchors,
-                             trusted_ids, certificate_id, policy, immutable, original, image_facts)
+                             trusted_ids, certificate_id, policy, immutable, original, disk_format, image_facts)
 
 
 def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, object], signed: SignatureProperties,
                   certificate: x509.Certificate, records: RecordStore, anchors: TrustAnchors | None,
                   trusted_ids: Sequence[str], certificate_id: str | None, policy: Policy, immutable: bool,
-                  original: Original | None, image_facts: Mapping[str, str] | None = None) -> TrustRecord:
+                  original: Original | None, disk_format: str | None,
+                  image_facts: Mapping[str, str] | None = None) -> TrustRecord:
     """:func:`adopt`, its base's lock held."""
     name = cache_name(image_id)
     cache = VerifiedCache(records.state_dir, owner=records.owner)
@@ -131,12 +144,7 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
     with open_base_dir(instances_path, create=False) as dir_fd, \
             _sealed(dir_fd, name, image_id, records, immutable) as seal:
         fd, identity = seal.fd, seal.identity
-        base_format = format_of(fd)
-        if base_format == "qcow2":
-            with qemu_step("inspect", image_id, fd):
-                layer = qemu_img.inspect(fd_path(fd), "qcow2")
-            if layer.backing is not None:
-                raise UnsafeImage(f"base file of image {image_id} names a backing file ({layer.backing}); refused")
+        base_format = image_format.inspect_image(fd, f"base file of image {image_id}", disk_format).format
         if base_format == "raw" and statement is not None:
             sha256, signed_digest, source_format = _check_statement(fd, identity, statement, image_id)
         elif base_format == "raw" and original is not None:
@@ -157,7 +165,7 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
         records.put(record)
         rememberable = seal.rememberable
     if rememberable:  # the fast-path conditions of imgsign.compute.verified_cache hold
-        cache.store(name, identity, sha256)
+        cache.store(name, identity, sha256, record.digest())
     return record
 
 

@@ -11,13 +11,20 @@ trust record written when the image was verified at download
    (:class:`~imgsign.compute.trust_record.AnchorStore`), and the recorded
    signer certificate, or a trusted certificate its chain was validated
    against, must be one of those certificates (by fingerprint; the
-   ``img_signature_certificate_uuid`` label is never trusted);
+   ``img_signature_certificate_uuid`` label is never trusted); when the server being
+   booted has its own ``trusted_image_certificates`` in Nova
+   (:mod:`imgsign.compute.server_trust`), the signer (or such a certificate) must
+   also be bound to one of the server's ids: the server's list only narrows what
+   the host allows, never widens it;
 3. the record's signed digest carries a valid signature of the recorded
-   certificate (microseconds; a record cannot be made up without the signer);
+   certificate (a record cannot be made up without the signer);
 4. the file is the one that was verified: same size and SHA-256 as recorded
    (and, when it was not converted, its digest is the signed digest itself).
-   The SHA-256 comes from the verified-digest cache only under the conditions
-   of :mod:`imgsign.compute.verified_cache`; otherwise the whole file is read.
+   Steps 3 and 4 are skipped together only on the fast path: under the
+   conditions of :mod:`imgsign.compute.verified_cache`, a sealed entry says this
+   file state and this very record (by digest) passed both in a full check;
+   otherwise the record's signature is verified and the whole file is read.
+   (So a warm boot never loads an X.509 or signature stack.)
    With a verified-digest cache (the hook, running as root) the file is first
    sealed through its descriptor (:func:`imgsign.compute.protection.seal`:
    root's, 0644, immutable where the filesystem can), and refused if another
@@ -37,7 +44,6 @@ import stat
 
 from imgsign import errors
 from imgsign.algorithms import HashMethod
-from imgsign.certificates import certificate_public_key, load_certificate
 from imgsign.compute import protection
 from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
 from imgsign.compute.verified_cache import (
@@ -57,8 +63,6 @@ from imgsign.errors import (
     UntrustedCertificate,
 )
 from imgsign.policy import Policy
-from imgsign.stream import digests_of
-from imgsign.verifier import verify_digest
 
 #: ``typing.TYPE_CHECKING`` without importing typing, which every hook call would pay for.
 TYPE_CHECKING = False
@@ -79,10 +83,15 @@ class BootPolicy:
     which an unchanged, sealed base may be accepted without reading it again; ``immutable_bases``:
     seal verified bases immutable (``[boot] seal_bases = immutable``) rather than only root's and 0644
     (``owner``).  The seal has no default here: whoever builds a policy says which one it acts under,
-    so no step can fall back to ``immutable`` behind an operator's ``owner``."""
+    so no step can fall back to ``immutable`` behind an operator's ``owner``.
+    ``server_certificate_ids``: the booting server's own ``trusted_image_certificates`` from Nova
+    (empty: the server has none), checked on top of ``trusted_certificate_ids``; ``server_id`` names
+    that server in messages."""
 
     mode: Mode = Mode.ENFORCE
     trusted_certificate_ids: tuple[str, ...] = ()
+    server_certificate_ids: tuple[str, ...] = ()
+    server_id: str | None = None
     max_fast_path_age: float = DEFAULT_MAX_AGE
     immutable_bases: bool
     #: ``[boot] policy_file``: a trust policy deciding the signer instead of ``trusted_certificate_ids``
@@ -113,25 +122,43 @@ _RECORD_POLICY = Policy(ignore_certificate_dates=True, allow_weak_keys=True)
 def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy,
                  booting_project: str | None = None) -> str | None:
     """Raise unless the record's signer certificate, or a trusted certificate its chain was validated
-    against, is one of the certificates the policy's trusted ids are bound to; under a trust policy,
-    unless the rule that applies trusts it.  Returns what the rule only logs, if anything."""
+    against, is one of the certificates the policy's trusted ids are bound to (under a trust policy:
+    unless the rule that applies trusts it); and, when the server has its own trusted certificate ids, one
+    of the certificates those are bound to as well: the server's list narrows whatever the host's trust
+    (ids or policy) allows.  Returns what the policy's rule only logs, if anything."""
+    logged = None
     if policy.trust is not None:
         from imgsign.compute.boot_policy import check_record
 
-        return check_record(record, records, policy.trust, policy.trust_dir, booting_project)
-    if not policy.trusted_certificate_ids:
-        return None
-    trusted = {fp for i in policy.trusted_certificate_ids if (fp := records.anchors.fingerprint(i)) is not None}
-    if fingerprint(record.certificate_der) in trusted or trusted & set(record.anchor_fingerprints):
-        return None
-    fetched = (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
-               else "given as a file, not fetched from the key manager under any id")
-    raise UntrustedCertificate(
-        f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
-        f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
-        f"(trust is decided on the certificate these ids were fetched as, not on the claimed id "
-        f"{record.properties.certificate_uuid}; the signing certificate was {fetched})"
-    )
+        logged = check_record(record, records, policy.trust, policy.trust_dir, booting_project)
+    elif policy.trusted_certificate_ids and not _bound_to_any(record, records, policy.trusted_certificate_ids):
+        raise UntrustedCertificate(
+            f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
+            f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
+            f"(trust is decided on the certificate these ids were fetched as, not on the claimed id "
+            f"{record.properties.certificate_uuid}; the signing certificate was {_fetched(record)})")
+    if policy.server_certificate_ids and not _bound_to_any(record, records, policy.server_certificate_ids):
+        unbound = [i for i in policy.server_certificate_ids if records.anchors.fingerprint(i) is None]
+        never = (f"; never fetched from the key manager on this host, so naming no certificate here: "
+                 f"{', '.join(unbound)}" if unbound else "")
+        raise UntrustedCertificate(
+            f"image {record.image_id} is signed by a certificate that is not among the trusted image certificates "
+            f"of server {policy.server_id or '?'} in Nova ({', '.join(policy.server_certificate_ids)}{never}) and "
+            f"was not validated against any of them at download (the server's own list narrows the host's; the "
+            f"signing certificate was {_fetched(record)})")
+    return logged
+
+
+def _bound_to_any(record: TrustRecord, records: RecordStore, ids: tuple[str, ...]) -> bool:
+    """Is the signer, or an anchor its chain was validated against, the certificate one of ``ids`` is
+    bound to (by fingerprint)?"""
+    trusted = {fp for i in ids if (fp := records.anchors.fingerprint(i)) is not None}
+    return fingerprint(record.certificate_der) in trusted or bool(trusted & set(record.anchor_fingerprints))
+
+
+def _fetched(record: TrustRecord) -> str:
+    return (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
+            else "given as a file, not fetched from the key manager under any id")
 
 
 def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
@@ -146,7 +173,7 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
     logged = None
-    if policy.trusted_certificate_ids or policy.trust is not None:
+    if policy.trusted_certificate_ids or policy.server_certificate_ids or policy.trust is not None:
         if records is None:
             raise TypeError("check_base needs the RecordStore to check trusted certificate ids")
         logged = check_signer(record, records, policy, booting_project)
@@ -155,8 +182,6 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
 
 
 def _check_file(path: str, record: TrustRecord, policy: BootPolicy, cache: VerifiedCache | None) -> str:
-    key = certificate_public_key(load_certificate(record.certificate_der))
-    verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -197,15 +222,28 @@ def _seal_for_boot(fd: int, path: str, info: os.stat_result, owner: int, policy:
     return os.fstat(fd)
 
 
+def check_record_signature(record: TrustRecord) -> None:
+    """Raise :class:`~imgsign.errors.InvalidSignature` unless the record's signed digest carries a
+    valid signature of its certificate (the signing stack loads here, not for a warm boot)."""
+    from imgsign.certificates import certificate_public_key, load_certificate
+    from imgsign.verifier import verify_digest
+
+    key = certificate_public_key(load_certificate(record.certificate_der))
+    verify_digest(record.properties, key, record.signed_digest, policy=_RECORD_POLICY)
+
+
 def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord, policy: BootPolicy,
                    cache: VerifiedCache | None) -> str:
-    """The file behind ``fd`` must be the verified one (size checked); returns how it was checked."""
+    """The file behind ``fd`` must be the verified one of a record with a valid signature (size
+    checked); returns how it was checked."""
     name = os.path.basename(path)
     identity = FileIdentity.from_stat(info)
     unsealed = unsealed_reason(info, cache.owner) if cache is not None else None
+    record_digest = record.digest()
     if cache is not None and unsealed is None and \
-            cache.lookup(name, identity, policy.max_fast_path_age) == record.cached_sha256:
+            cache.lookup(name, identity, policy.max_fast_path_age, record_digest) == record.cached_sha256:
         return "unchanged since its last verification"
+    check_record_signature(record)
     if cache is not None and unsealed is None:  # before the read: see imgsign.compute.verified_cache
         mappers = shared_mappers(info)
         if mappers is None:
@@ -217,6 +255,8 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
     methods = [HashMethod.SHA256]
     if not converted and record.properties.hash_method is not HashMethod.SHA256:
         methods.append(record.properties.hash_method)
+    from imgsign.stream import digests_of
+
     try:
         digests, _ = digests_of(fd, *methods)
     except OSError as exc:
@@ -232,7 +272,7 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
     if cache is None:
         return "read and verified in full"
     if unsealed is None and after == identity:
-        cache.store(name, identity, sha256)
+        cache.store(name, identity, sha256, record_digest)
         return "read and verified in full"
     cache.forget(name)
     return f"read and verified in full (not remembered: {unsealed or 'it changed while it was read'})"
@@ -240,14 +280,19 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
                     cache: VerifiedCache | None = None, *, name: str | None = None,
-                    booting_project: str | None = None) -> BootDecision:
+                    fmt: str | None = None, booting_project: str | None = None) -> BootDecision:
     """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError).
 
     With ``cache`` (the check seals the base) the base's lock is held throughout; a base another run
-    holds longer than the lock timeout is refused (:class:`~imgsign.errors.BaseBusy`)."""
+    holds longer than the lock timeout is refused (:class:`~imgsign.errors.BaseBusy`).  ``fmt``: the
+    format qemu will read the base as (the overlay's backing format); it must be the format the base
+    was inspected and verified as (:mod:`imgsign.compute.image_format`)."""
     try:
         with records.locks.hold(os.path.basename(path)) if cache is not None else contextlib.nullcontext():
             record = records.get_by_name(name or os.path.basename(path))
+            if record is not None and fmt is not None and fmt != record.cached_format:
+                raise UnsafeImage(f"base file {path} would be read by qemu as {fmt}, but image {record.image_id} "
+                                  f"was inspected and verified as {record.cached_format}")
             how = check_base(path, record, policy, cache, records, booting_project)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)

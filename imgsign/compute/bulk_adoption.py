@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from cryptography import x509
 
 from imgsign.chain import TrustAnchors
-from imgsign.compute import adoption
+from imgsign.compute import adoption, image_format
 from imgsign.compute.image_cache import open_base_dir
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.errors import AdoptionIncomplete, ImgsignError, InputError, TrustRecordError
@@ -112,6 +112,7 @@ def adopt_all(
     policy: Policy,
     report: Callable[[int, int, Outcome], None] | None = None,
     immutable: bool,
+    tsa_roots: Sequence[x509.Certificate] = (),
 ) -> list[Outcome]:
     """Adopt every base of ``instances_path`` that has no valid trust record; one :class:`Outcome` per file.
 
@@ -121,6 +122,7 @@ def adopt_all(
     ``img_signature_certificate_uuid`` (bound for the hook, as :func:`~imgsign.compute.adoption.adopt`
     does).  ``policy``, ``immutable``: the certificate checks and the seal (``--seal``) every base is
     checked and adopted under, no default.  Each base's lock is held while it is checked and adopted.
+    ``tsa_roots``: the TSAs whose timestamp tokens count (as for :func:`~imgsign.compute.adoption.adopt`).
     ``report(index, total, outcome)`` is called after each file.  An insecure state directory
     or an unreadable ``_base`` raises before any base is touched.
     """
@@ -139,7 +141,8 @@ def adopt_all(
             outcome = Outcome(name, SKIPPED, detail=what)
         else:
             outcome = _adopt_one(instances_path, name, by_name.get(name), images, certificate_for, records,
-                                 anchors, trusted_ids, certificate_ids_from_properties, policy, immutable)
+                                 anchors, trusted_ids, certificate_ids_from_properties, policy, immutable,
+                                 tsa_roots)
         outcomes.append(outcome)
         if report is not None:
             report(index, len(entries), outcome)
@@ -156,7 +159,7 @@ def _is_directory(dir_fd: int, name: str) -> bool:
 def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Mapping[str, Mapping[str, object]],
                certificate_for: Callable[[SignatureProperties], x509.Certificate], records: RecordStore,
                anchors: TrustAnchors | None, trusted_ids: Sequence[str], ids_from_properties: bool,
-               policy: Policy, immutable: bool) -> Outcome:
+               policy: Policy, immutable: bool, tsa_roots: Sequence[x509.Certificate] = ()) -> Outcome:
     try:
         with records.locks.hold(name):  # the check and the adoption, one run at a time
             if image_id is None:
@@ -174,7 +177,7 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
             record = adoption.adopt(instances_path, image_id, properties, certificate, records, anchors=anchors,
                                     trusted_ids=trusted_ids,
                                     certificate_id=signed.certificate_uuid if ids_from_properties else None,
-                                    policy=policy, immutable=immutable)
+                                    policy=policy, immutable=immutable, tsa_roots=tsa_roots)
     except ImgsignError as error:
         return Outcome(name, REFUSED, image_id, detail=error.message, reason=error.reason, exit_code=error.exit_code)
     return Outcome(name, ADOPTED, image_id, record=record)
@@ -243,4 +246,4 @@ def _add_image(images: dict[str, Mapping[str, object]], image_id: object, value:
         raise InputError(f"{source}: the document is image {str(shown)[:80]!r}, not {image_id!r}")
     if image_id in images:
         raise InputError(f"{source}: image {image_id} is given twice")
-    images[image_id] = properties_from_document(value)
+    images[image_id] = image_format.with_disk_format(value, properties_from_document(value))

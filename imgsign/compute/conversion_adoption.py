@@ -10,7 +10,8 @@ step of :func:`imgsign.compute.adoption.adopt`:
    :func:`~imgsign.compute.image_cache.add_to_cache` does) while ``img_signature`` is verified over
    it; at most :attr:`Original.max_size` bytes: the stream is stopped the moment it passes the cap
    (and an announced size over it is refused before a byte is read);
-2. only a verified qcow2 goes on: qemu-img inspects it (no backing or external data file), its
+2. only a verified qcow2 goes on: it is inspected as Nova inspects a download
+   (:mod:`imgsign.compute.image_format`: format_inspector's safety checks, then qemu-img), its
    virtual size must be the base's size, and it is converted to raw, as Nova's
    ``force_raw_images`` does, into a second private file;
 3. the conversion's size and SHA-256 must be the sealed base's (one read of the base).
@@ -29,9 +30,9 @@ from typing import cast
 
 from imgsign.algorithms import HashMethod
 from imgsign.compute import qemu_img
-from imgsign.compute.image_cache import fd_path, format_of, private_file, qemu_step, stream_verified
+from imgsign.compute.image_cache import fd_path, inspect_private, private_file, qemu_step, stream_verified
 from imgsign.compute.verified_cache import FileIdentity
-from imgsign.errors import InputError, InvalidSignature, UnsafeImage
+from imgsign.errors import InputError, InvalidSignature
 from imgsign.stream import ImageData, digests_of, iter_chunks
 from imgsign.verifier import Verifier
 
@@ -83,17 +84,14 @@ def check_conversion(dir_fd: int, fd: int, identity: FileIdentity, original: Ori
         except InvalidSignature:
             raise InvalidSignature(f"the original of image {image_id} given for adoption by conversion does not "
                                    "match img_signature; nothing was recorded") from None
-        if format_of(download) != "qcow2":
+        inspected = inspect_private(download, f"the original of image {image_id}", None, may_be_converted=False)
+        if inspected.format != "qcow2":
             raise InputError(f"the original of image {image_id} is not a qcow2 image: only a qcow2 Nova converted "
                              "to raw is adopted by conversion (a raw image is adopted by its own signature)")
-        with qemu_step("inspect", image_id, download):
-            layer = qemu_img.inspect(fd_path(download), "qcow2")
-        if layer.backing is not None:
-            raise UnsafeImage(f"the original of image {image_id} names a backing file ({layer.backing}); refused")
         mismatch = f"the base file of image {image_id} is not the raw conversion of its signed qcow2"
-        if layer.virtual_size is not None and layer.virtual_size != identity.size:
+        if inspected.virtual_size != identity.size:
             raise InvalidSignature(f"{mismatch}: it is {identity.size} bytes, the conversion "
-                                   f"{layer.virtual_size}; nothing was recorded")
+                                   f"{inspected.virtual_size}; nothing was recorded")
         with private_file(dir_fd) as converted:
             with qemu_step("convert", image_id, download):
                 qemu_img.convert_to_raw(fd_path(download), "qcow2", fd_path(converted), _time_left(original))

@@ -27,13 +27,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from imgsign._internal.raw_digest import QCOW2_MAGIC
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors, validate_chain
-from imgsign.compute import protection, qemu_img
+from imgsign.compute import image_format, protection, qemu_img
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name, fingerprint
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
-from imgsign.errors import ImgsignError, InputError, UnsafeImage, UntrustedCertificate
+from imgsign.errors import ImgsignError, InputError, UntrustedCertificate
 from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties
 from imgsign.stream import ImageData, digests_of, iter_chunks
@@ -93,9 +92,14 @@ def fd_path(fd: int) -> str:
     return f"/proc/{os.getpid()}/fd/{fd}"
 
 
-def format_of(fd: int) -> str:
-    """``qcow2`` or ``raw`` by the magic (Glance's disk_format should agree)."""
-    return "qcow2" if os.pread(fd, len(QCOW2_MAGIC), 0) == QCOW2_MAGIC else "raw"
+def inspect_private(fd: int, what: str, disk_format: str | None, *, may_be_converted: bool) -> image_format.Inspected:
+    """:func:`~imgsign.compute.image_format.inspect_image` of our private file ``fd`` (made 0644 first: the
+    qemu-img probe runs as ``nobody``; the verified image is no secret)."""
+    try:
+        os.fchmod(fd, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot prepare {what} for inspection: {exc.strerror}") from None
+    return image_format.inspect_image(fd, what, disk_format, may_be_converted=may_be_converted)
 
 
 def _place(dir_fd: int, fd: int, name: str) -> FileIdentity:
@@ -257,6 +261,9 @@ def add_to_cache(
     force_raw: bool = True,
     immutable: bool,
     image_facts: Mapping[str, str] | None = None,
+    document: Mapping[str, object] | None = None,
+    tsa_roots: Sequence[x509.Certificate] = (),
+    disk_format: str | None = None,
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
@@ -266,9 +273,17 @@ def add_to_cache(
     (:class:`~imgsign.compute.trust_record.AnchorStore`).  ``policy``: the certificate and key checks.
     ``immutable`` (``--seal``, ``[boot] seal_bases``; no default): the placed base is made immutable
     where the filesystem can (:mod:`imgsign.compute.protection`) and the verified-digest cache primed,
-    so the first boot does not read it again; else it is only root's and 0644.  The base's lock
+    so the first boot does not read it again; else it is only root's and 0644.  The verified download is
+    inspected as Nova's ``fetch_to_raw`` inspects one (:mod:`imgsign.compute.image_format`; ``disk_format``:
+    Glance's, when known) before qemu-img converts it.  The base's lock
     (:mod:`imgsign.compute.base_lock`) is held from the first change of the cache to the seal.
+    ``document``: all the image's properties, whose timestamp token (checked against ``tsa_roots``)
+    lets an expired certificate be judged at the token's time (:func:`imgsign.timestamp.judged_policy`).
     """
+    if document is not None:  # its timestamp token, checked against tsa_roots, may say when to judge the certificate
+        from imgsign import timestamp
+
+        policy = timestamp.judged_policy(policy, document, properties.signature, certificate, tsa_roots)
     records.prepare()  # an insecure state directory stops us before anything is written
     trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
     verifier = Verifier.for_certificate(properties, certificate, policy=policy)
@@ -277,11 +292,7 @@ def add_to_cache(
             contextlib.ExitStack() as stack:
         stream_verified(data, verifier, download, image_id)
         # From here on only the verified file, through its descriptor.
-        source_format = format_of(download)
-        with qemu_step("inspect", image_id, download):
-            layer = qemu_img.inspect(fd_path(download), source_format)
-        if layer.backing is not None:
-            raise UnsafeImage(f"image {image_id} names a backing file ({layer.backing}); refused")
+        source_format = inspect_private(download, f"image {image_id}", disk_format, may_be_converted=False).format
         cached, cached_format = download, source_format
         if force_raw and source_format != "raw":
             cached = stack.enter_context(private_file(dir_fd))
@@ -313,7 +324,7 @@ def add_to_cache(
         # flag changes ctime, so the fast-path entry is written for the sealed state.
         if immutable and protection.seal(cached, records.owner, immutable=True):
             cache = VerifiedCache(records.state_dir, owner=records.owner)
-            cache.store(name, FileIdentity.of(cached), sha256)
+            cache.store(name, FileIdentity.of(cached), sha256, record.digest())
     return record
 
 

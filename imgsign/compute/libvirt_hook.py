@@ -31,24 +31,42 @@ looks at every part of the guest that reads a host file:
   never allowed under ``enforce``.
 
 Policy comes from ``boot.conf`` (``$IMGSIGN_BOOT_CONFIG``, default
-``/etc/imgsign/boot.conf``)::
+``/etc/imgsign/boot.conf``), an oslo.config file (comments on lines of their own; every option,
+its type and default: ``doc/source/reference/configuration.md``, ``etc/imgsign/boot.conf.sample``)::
 
     [boot]
-    mode = enforce                       # or warn
-    trusted_certificate_ids = id1, id2   # empty: any signer with a valid record
-    policy_file =                        # a trust policy instead (doc/source/user/trust-policy.md)
-    max_fast_path_age = 86400            # seconds an unchanged sealed base is accepted unread
-    seal_bases = immutable               # or owner: root's and 0644 only (e.g. SELinux hosts, see README)
-    lock_timeout = 30                    # seconds to wait for another imgsign run on the same base
+    # enforce or warn
+    mode = enforce
+    # empty: any signer with a valid record
+    trusted_certificate_ids = id1, id2
+    # a trust policy instead of trusted_certificate_ids (doc/source/user/trust-policy.md)
+    policy_file =
+    # seconds an unchanged sealed base is accepted unread
+    max_fast_path_age = 86400
+    # or owner: root's and 0644 only (e.g. SELinux hosts, see the docs)
+    seal_bases = immutable
+    # seconds to wait for another imgsign run on the same base
+    lock_timeout = 30
     instances_path = /var/lib/nova/instances
     state_dir = /var/lib/imgsign/boot
-    log_file = /var/log/imgsign/boot-hook.log
-    allow_unverified =                   # e.g. block, network: Cinder volumes, allowed with a warning
+    # e.g. block, network: Cinder volumes, allowed with a warning
+    allow_unverified =
+
+    [nova]
+    # optional: the server's own trusted image certificates; keystoneauth options as [glance]
+    auth_type = password
+    # or host: Nova unreachable -> the host's policy alone
+    trusted_certs_fallback = refuse
+    # seconds for the whole look-up of one hook call
+    trusted_certs_timeout = 5
+
+With ``[nova]`` the hook asks Nova for the booting server's ``trusted_image_certificates``
+(:mod:`imgsign.compute.server_trust`, :mod:`imgsign.compute.nova_client`) once per call; a server's
+own list narrows the host's ``trusted_certificate_ids``.
 """
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import datetime
 import json
@@ -56,30 +74,44 @@ import os
 import re
 import sys
 import xml.etree.ElementTree as ET
-from typing import IO, Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from imgsign._internal import redact
 from imgsign._internal.untrusted import SafeStream, safe
-from imgsign.compute import protection, qemu_img
+from imgsign.compute import boot_config, protection, qemu_img
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
 from imgsign.compute.boot import BootDecision, BootPolicy, Mode, verify_for_boot
-from imgsign.compute.self_adoption import SelfAdopter
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
-from imgsign.errors import ImgsignError, InputError, InsecureState, UnsafeImage, UnsignedImage, UnverifiableDevice
+from imgsign.errors import (
+    ImgsignError,
+    InputError,
+    InsecureState,
+    NovaUnavailable,
+    UnsafeImage,
+    UnsignedImage,
+    UnverifiableDevice,
+)
 from imgsign.policy import Policy
 
-DEFAULT_CONFIG = "/etc/imgsign/boot.conf"
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from imgsign.compute.self_adoption import SelfAdopter
+    from imgsign.compute.server_trust import NovaSettings
+
+DEFAULT_CONFIG = boot_config.DEFAULT_PATH
 NOVA_NS_PREFIX = "http://openstack.org/xmlns/libvirt/nova/"
 #: Base files Nova makes itself (not images): ephemeral and swap disks.
 NOT_IMAGES = ("ephemeral_", "swap_")
 #: Kinds of guest storage the hook cannot verify (libvirt disk types, ``filesystem`` shares, SCSI ``hostdev``
 #: pass-through and file-backed ``memory`` devices such as vPMEM), which ``allow_unverified`` may allow.
-UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", "vhostvdpa", "filesystem",
-                      "hostdev", "memory")
+UNVERIFIABLE_KINDS = boot_config.UNVERIFIABLE_KINDS
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 #: Host files read at boot, by role: the ``<os>`` elements, ACPI tables and fw_cfg entries.
 BOOT_FILES = {"kernel": "<os><kernel>", "initrd": "<os><initrd>", "dtb": "<os><dtb>", "loader": "<os><loader>",
@@ -108,6 +140,8 @@ class HookConfig:
     path: str | None = None
     #: Seconds to wait for another imgsign run on the same base before refusing (``[boot] lock_timeout``).
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    #: ``[nova]``: ask Nova for the server's own trusted certificates (None: off, the default).
+    nova: NovaSettings | None = None
 
     @property
     def cache_dir(self) -> str:
@@ -115,73 +149,35 @@ class HookConfig:
 
 
 def load_config(path: str | None = None) -> HookConfig:
-    path = path or os.environ.get("IMGSIGN_BOOT_CONFIG") or DEFAULT_CONFIG
-    redact.remember_file(path)  # before anything parses it: no error may quote a secret in it
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
-    try:
-        with open(path) as handle:
-            parser.read_file(handle)
-    except FileNotFoundError:
-        raise InputError(f"hook configuration {path} does not exist") from None
-    except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read hook configuration {path}: {redact.describe_parse_error(exc)}") from None
-    section = parser["boot"] if parser.has_section("boot") else {}
-    mode_text = section.get("mode", "enforce").strip()
-    try:
-        mode = Mode(mode_text)
-    except ValueError:
-        raise InputError(f"{path}: [boot] mode must be enforce or warn, not {mode_text!r}") from None
-    ids = _list(section.get("trusted_certificate_ids", ""))
-    allow = _list(section.get("allow_unverified", ""))
-    unknown = [kind for kind in allow if kind not in UNVERIFIABLE_KINDS]
-    if unknown:
-        raise InputError(f"{path}: [boot] allow_unverified names {', '.join(unknown)}; "
-                         f"known kinds: {', '.join(UNVERIFIABLE_KINDS)}")
-    instances_path = section.get("instances_path", "/var/lib/nova/instances").strip()
-    if not os.path.isabs(instances_path):
-        raise InputError(f"{path}: [boot] instances_path must be an absolute path")
-    age_text = section.get("max_fast_path_age", str(BootPolicy.max_fast_path_age)).strip()
-    try:
-        max_age = float(age_text)
-        if not 0 <= max_age < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise InputError(f"{path}: [boot] max_fast_path_age must be a number of seconds, not {age_text!r}") from None
-    lock_text = section.get("lock_timeout", f"{DEFAULT_LOCK_TIMEOUT:g}").strip()
-    try:
-        lock_timeout = float(lock_text)
-        if not 0 < lock_timeout < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise InputError(f"{path}: [boot] lock_timeout must be a positive number of seconds, "
-                         f"not {lock_text!r}") from None
-    seal_text = section.get("seal_bases", "immutable").strip()
-    if seal_text not in ("immutable", "owner"):
-        raise InputError(f"{path}: [boot] seal_bases must be immutable or owner, not {seal_text!r}")
+    """boot.conf (``path``, ``$IMGSIGN_BOOT_CONFIG``, ``/etc/imgsign/boot.conf``), checked by oslo.config
+    or, when it is unchanged since, by its validated snapshot (:mod:`imgsign.compute.boot_config`).
+    ``[boot] policy_file`` (a trust policy) is read on every call: only then are its parser and YAML loaded."""
+    settings = boot_config.load(path)
     trust, trust_dir = None, "/"
-    policy_file = section.get("policy_file", "").strip()
-    if policy_file:
-        if ids:
-            raise InputError(f"{path}: [boot] sets both policy_file and trusted_certificate_ids: set one")
+    if settings.policy_file:
+        if settings.trusted_certificate_ids:
+            raise InputError(f"{settings.path}: [boot] sets both policy_file and trusted_certificate_ids: set one")
         from imgsign.compute.boot_policy import read_root_file
         from imgsign.trust_policy import load_policy_text
 
-        trust = load_policy_text(read_root_file(policy_file, "trust policy"), policy_file)
-        trust_dir = os.path.dirname(os.path.abspath(policy_file))
+        trust = load_policy_text(read_root_file(settings.policy_file, "trust policy"), settings.policy_file)
+        trust_dir = os.path.dirname(os.path.abspath(settings.policy_file))
     return HookConfig(
-        policy=BootPolicy(mode=mode, trusted_certificate_ids=ids, max_fast_path_age=max_age,
-                          immutable_bases=seal_text == "immutable", trust=trust, trust_dir=trust_dir),
-        instances_path=instances_path,
-        state_dir=section.get("state_dir", "/var/lib/imgsign/boot").strip(),
-        log_file=(section.get("log_file", "/var/log/imgsign/boot-hook.log").strip() or None),
-        allow_unverified=allow,
-        path=path,
-        lock_timeout=lock_timeout,
-    )
+        policy=BootPolicy(mode=Mode(settings.mode), trusted_certificate_ids=settings.trusted_certificate_ids,
+                          max_fast_path_age=settings.max_fast_path_age,
+                          immutable_bases=settings.seal_bases == "immutable", trust=trust, trust_dir=trust_dir),
+        instances_path=settings.instances_path, state_dir=settings.state_dir, log_file=settings.log_file,
+        allow_unverified=settings.allow_unverified, path=settings.path, lock_timeout=settings.lock_timeout,
+        nova=_nova_settings(settings))
 
 
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+def _nova_settings(settings: boot_config.BootSettings) -> NovaSettings | None:
+    """``[nova]`` (per-server trust), None when absent: its module loads only for a file that has one."""
+    if settings.nova is None:
+        return None
+    from imgsign.compute.server_trust import load_settings
+
+    return load_settings(settings.path or boot_config.DEFAULT_PATH, dict(settings.nova))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,10 +332,23 @@ class _Decider:
         self.results: list[Result] = []
         self.bases_seen: set[str] = set()
         self.names_seen: set[str] = set()
-        self.adopter = SelfAdopter(config.path, config.instances_path, self.records, config.policy.mode,
-                                   config.policy.trusted_certificate_ids, policy=Policy(),  # the hook has no opt-outs
-                                   immutable=config.policy.immutable_bases, trust=config.policy.trust,
-                                   trust_dir=config.policy.trust_dir)
+        self._adopter: SelfAdopter | None = None
+        #: The host's policy, narrowed by the server's own trusted certificates (:meth:`server_trust`).
+        self.policy = config.policy
+        self._server_asked = False
+
+    @property
+    def adopter(self) -> SelfAdopter:
+        """Made (and its module, with the network stack, imported) only when a base lacks a record."""
+        if self._adopter is None:
+            from imgsign.compute.self_adoption import SelfAdopter
+
+            self._adopter = SelfAdopter(self.config.path, self.config.instances_path, self.records,
+                                        self.config.policy.mode, self.config.policy.trusted_certificate_ids,
+                                        policy=Policy(),  # the hook has no opt-outs
+                                        immutable=self.config.policy.immutable_bases,
+                                        trust=self.config.policy.trust, trust_dir=self.config.policy.trust_dir)
+        return self._adopter
 
     def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
         allowed = allowed or self.config.policy.mode is Mode.WARN
@@ -416,22 +425,26 @@ class _Decider:
                     f"{layer.format}{' with a backing file' if layer.backing else ''}"))
             return
         self.names_seen.add(name)
+        self.server_trust()  # before the base's lock: Nova's answer may take up to its deadline
         image_id = self.image_id_of(name)
         try:
             # One lock across adoption, check, seal and the path check: no other run on this base between them.
             with self.records.locks.hold(name):
-                adopted, auxiliaries = self.adopter.adopt(layer.path, image_id)  # a base Nova downloaded itself
+                # A base Nova downloaded itself (a recorded one, even a damaged record, is only checked).
+                adopted, auxiliaries = ([], []) if self.records.recorded(name) else \
+                    self.adopter.adopt(layer.path, image_id)
                 self.results += adopted
-                self.results.append(self.checked(layer.path, image_id))
+                self.results.append(self.checked(layer.path, image_id, layer.format))
         except ImgsignError as exc:  # the lock: busy, or its directory insecure
             self.failure(layer.path, exc)
             return
         for auxiliary, role in auxiliaries:  # each under its own lock, never nested in this one
             self.results += self.adopter.adopt_auxiliary(auxiliary, role)
 
-    def checked(self, path: str, image_id: str | None) -> Result:
-        """The decision for the base ``path`` (its lock held): its record, its content, who can change it."""
-        decision = verify_for_boot(path, self.records, self.config.policy, self.cache,
+    def checked(self, path: str, image_id: str | None, fmt: str | None = None) -> Result:
+        """The decision for the base ``path`` (its lock held) read as ``fmt``: its record and format, its
+        content, who can change it."""
+        decision = verify_for_boot(path, self.records, self.policy, self.cache, fmt=fmt,
                                    booting_project=self.domain.project_id)
         if decision.allowed and decision.code == 0:
             try:
@@ -444,8 +457,8 @@ class _Decider:
     def protected(self, path: str) -> None:
         """Raise :class:`InsecureState` when someone other than root could change or replace the verified
         base ``path`` between this check and qemu's open (see :mod:`imgsign.compute.protection`)."""
-        fix = ("(README, 'The path to each base': instances_path, _base and every directory above them "
-               "root's, e.g. `chown root:nova instances _base; chmod 1775 instances _base`)")
+        fix = ("(doc/source/install/compute-host.md, 'The instances path': instances_path, _base and every "
+               "directory above them root's, e.g. `chown root:nova instances _base; chmod 1775 instances _base`)")
         if self.config.policy.immutable_bases:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -501,6 +514,7 @@ class _Decider:
         except OSError as exc:
             raise InputError(f"cannot list the image cache {self.base}: {exc.strerror}") from None
         candidates = list(dict.fromkeys(([own] if in_cache else []) + names))
+        self.server_trust()
         failed: BootDecision | None = None
         for name in candidates:
             try:
@@ -509,7 +523,7 @@ class _Decider:
                 continue  # another image's damaged record is reported when that image boots
             if record is None or record.cached_size != size:
                 continue
-            decision = verify_for_boot(path, self.records, self.config.policy,
+            decision = verify_for_boot(path, self.records, self.policy,
                                        self.cache if in_cache and name == own else None, name=name,
                                        booting_project=self.domain.project_id)
             if decision.allowed and decision.code == 0:
@@ -520,6 +534,53 @@ class _Decider:
             self.results.append((path, None, failed))
             return
         raise UnsignedImage(f"{what} is not a verified image nor a byte-identical copy of one in {self.base}")
+
+    def server_trust(self) -> None:
+        """With ``[nova]``: narrow the policy to the server's own ``trusted_image_certificates``, once per
+        hook call and only when an image is checked (a volume-backed server's boot never asks Nova); Nova
+        unreachable follows ``[nova] trusted_certs_fallback``."""
+        settings = self.config.nova
+        if settings is None or self._server_asked:
+            return
+        self._server_asked = True
+        from imgsign.compute.nova_client import trusted_certificates
+
+        where = f"nova:servers/{self.domain.uuid}"
+        try:
+            ids = trusted_certificates(settings, self.config.state_dir, self.domain.uuid, owner=self.records.owner)
+        except NovaUnavailable as exc:
+            if settings.fallback == "host":
+                self.results.append((where, self.domain.image_id, BootDecision(
+                    True, exc.exit_code, exc.reason, f"{exc.message}; decided by the host's trusted certificates "
+                                                     "alone ([nova] trusted_certs_fallback = host)")))
+            else:
+                self.failure(where, NovaUnavailable(f"{exc.message}; refused ([nova] trusted_certs_fallback = "
+                                                    "refuse)"))
+            return
+        except ImgsignError as exc:
+            self.failure(where, exc)
+            return
+        if ids:
+            self.bind_missing(where, ids)
+            self.policy = dataclasses.replace(self.policy, server_certificate_ids=ids, server_id=self.domain.uuid)
+        listed = f"its own trusted image certificates: {', '.join(ids)}" if ids else \
+            "no trusted image certificates of its own: the host's policy alone"
+        self.results.append((where, self.domain.image_id, BootDecision(True, 0, "server-trust",
+                                                                       f"server {self.domain.uuid} has {listed}")))
+
+    def bind_missing(self, where: str, ids: tuple[str, ...]) -> None:
+        """Ids of the server's list this host never fetched: fetched from the key manager and bound, as
+        self-adoption does for the trusted ids (only when it is configured; otherwise they name no
+        certificate, which the check says).  A failure is logged; the check then decides without it."""
+        try:
+            missing = tuple(i for i in ids if self.records.anchors.fingerprint(i) is None)
+            failures = self.adopter.bind_certificates(missing) if missing else []
+        except ImgsignError as error:
+            failures = [error]
+        for failure in failures:
+            self.results.append((where, self.domain.image_id, BootDecision(
+                True, failure.exit_code, failure.reason, "cannot fetch a trusted certificate of the server's list "
+                                                         f"from the key manager: {failure.message}")))
 
     def run(self) -> list[Result]:
         for disk in self.domain.disks:

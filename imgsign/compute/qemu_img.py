@@ -10,6 +10,14 @@ before the first slash), one with a ``..`` component, one outside the image cach
 one whose format is not recorded (format probing lets a raw image pose as qcow2),
 or one reached through a symbolic link is refused, and so is a qcow2 external
 data file.  This is the layer-by-layer equivalent of ``qemu-img info --backing-chain``.
+
+Under root, ``qemu-img info`` of a file someone else owns (the instance's overlay: nova's or the
+qemu user's) runs as that owner: a header crafted against qemu-img's parsers, or naming files
+qemu-img opens (VMDK extents), gains nothing beyond the rights of whoever wrote it.
+
+:func:`probe` is the other use of ``qemu-img info``: Nova's cross-check that qemu sees the format
+``format_inspector`` detected (:mod:`imgsign.compute.image_format`, which runs first).  It probes
+the format, so it runs with Nova's limits and, under root, as ``nobody``.
 """
 
 from __future__ import annotations
@@ -20,9 +28,15 @@ import os
 import shutil
 import stat
 import subprocess
-from typing import Any
 
 from imgsign.errors import BackendUnavailable, InputError, UnsafeImage
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 MAX_CHAIN = 16
 FORMATS = ("raw", "qcow2")
@@ -50,19 +64,72 @@ def _qemu_img() -> str:
     return path
 
 
-def _info(path: str, fmt: str) -> dict[str, Any]:
+#: Nova's ``QEMU_IMG_LIMITS`` around ``qemu-img info``: 1 GiB of address space, 30 s of CPU.
+PROBE_ADDRESS_SPACE = 1 << 30
+PROBE_CPU_SECONDS = 30
+
+
+def _probe_limits() -> Callable[[], None]:
+    """The ``preexec_fn`` that sets the limits in the child (imported here: never import in the child)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (PROBE_ADDRESS_SPACE, PROBE_ADDRESS_SPACE))
+        resource.setrlimit(resource.RLIMIT_CPU, (PROBE_CPU_SECONDS, PROBE_CPU_SECONDS))
+    return limit
+
+
+def _unprivileged() -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``nobody`` (no groups) when we are root, else nothing."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd  # not at the top: the hook's warm path has no use for it
+
     try:
-        proc = subprocess.run(
-            [_qemu_img(), "info", "--output=json", "-U", "-f", fmt, path],
-            capture_output=True, text=True, errors="replace", timeout=60, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+    except KeyError:
+        uid = gid = 65534
+    return {"user": uid, "group": gid, "extra_groups": []}
+
+
+def _as_owner(path: str) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as the owner of ``path`` (no groups) when we are root and
+    it is not: qemu-img parses what the owner (nova, the qemu user) wrote with the owner's rights."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return {}  # qemu-img reports the error
+    return {} if info.st_uid == 0 else {"user": info.st_uid, "group": info.st_gid, "extra_groups": []}
+
+
+def _run_info(path: str, fmt: str | None, fd: int | None = None) -> str:
+    """``qemu-img info``'s JSON for ``path`` read as ``fmt``; ``fmt=None`` probes the format (limited,
+    unprivileged) of the file behind our descriptor ``fd``, handed to the child (``path`` only names it
+    in errors)."""
+    target = path if fd is None else f"/proc/self/fd/{fd}"
+    command = [_qemu_img(), "info", "--output=json", "-U"] + (["-f", fmt] if fmt else []) + [target]
+    extra: dict[str, Any] = _as_owner(path) if fmt else {"preexec_fn": _probe_limits(), **_unprivileged()}
+    if fd is not None:
+        extra["pass_fds"] = (fd,)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=60, check=False,
+                              **extra)
+    except (OSError, subprocess.TimeoutExpired, subprocess.SubprocessError) as exc:
         raise BackendUnavailable(f"cannot run qemu-img: {exc}") from None
     if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise InputError(f"qemu-img cannot read {path} as {fmt}: {detail}")
+        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1].replace(target, path)
+        raise InputError(f"qemu-img cannot read {path}{' as ' + fmt if fmt else ''}: {detail}")
+    return str(proc.stdout)
+
+
+def _info(path: str, fmt: str) -> dict[str, Any]:
+    """``qemu-img info -f fmt`` of ``path``, parsed (as its owner: :func:`_as_owner`)."""
+    stdout = _run_info(path, fmt)
     try:
-        info = json.loads(proc.stdout)
+        info = json.loads(stdout)
     except ValueError:
         raise InputError(f"qemu-img printed no JSON for {path}") from None
     if not isinstance(info, dict):
@@ -92,6 +159,40 @@ def inspect(path: str, fmt: str) -> Layer:
     return Layer(os.path.abspath(path), fmt, backing, _text(info, "backing-filename-format"),
                  _text(info, "full-backing-filename"),
                  size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probed:
+    """What ``qemu-img info`` (format probed) says of a file: its format, backing name and data file."""
+
+    format: str
+    backing: str | None
+    data_file: str | None
+    virtual_size: int | None
+
+
+def probe(fd: int, what: str) -> Probed:
+    """``qemu-img info`` without ``-f`` of the file behind ``fd``: the format qemu itself finds, as Nova's
+    ``fetch_to_raw`` asks it after format inspection.  Only for a file
+    :func:`imgsign.compute.image_format.check_format` accepted; under root the file must be readable by
+    others (the child runs as ``nobody``)."""
+    # Read as Nova reads it: oslo.utils' QemuImgInfo (already loaded with format_inspector, which runs first).
+    from oslo_utils.imageutils import QemuImgInfo
+
+    stdout = _run_info(what, None, fd)
+    try:
+        info = QemuImgInfo(stdout, format="json")
+    except (ValueError, AttributeError):
+        raise InputError(f"qemu-img printed no JSON object for {what}") from None
+    try:
+        data_file = info.format_specific["data"]["data-file"]  # as nova.virt.images.fetch_to_raw looks it up
+    except (KeyError, TypeError, AttributeError):
+        data_file = None
+    size = info.virtual_size
+    return Probed(info.file_format if isinstance(info.file_format, str) else "?",
+                  None if info.backing_file is None else str(info.backing_file),
+                  None if data_file is None else str(data_file),
+                  size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
 
 
 def has_protocol(name: str) -> bool:

@@ -29,10 +29,15 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from typing import Any
 
 from imgsign._internal.files import atomic_write
 from imgsign.errors import InputError, InsecureState, TrustRecordError
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 KEY_FILE = "hmac.key"
 KEY_SIZE = 32

@@ -9,8 +9,8 @@ trusted certificates of ``[boot] trusted_certificate_ids``, with the stored CRLs
 manager, and hands them to :func:`imgsign.compute.adoption.adopt`, which verifies the base and
 writes its record; every later boot is the usual offline check, with no network call.
 
-Configuration (``boot.conf``, the hook's own file; ``[boot]`` is read as the hook reads it, the
-other sections with oslo.config as Nova reads ``nova.conf``):
+Configuration (``boot.conf``, the hook's own file, read with oslo.config as Nova reads ``nova.conf``;
+options: :mod:`imgsign.compute.boot_config`):
 
 * ``[glance]``: keystoneauth options (``keystoneauth1.loading``: ``auth_type`` and the plugin's
   options, session ``cafile``/``insecure``/``timeout``..., adapter ``endpoint_override``,
@@ -51,7 +51,6 @@ is capped (4 MiB for a record, a token or a secret; the image data at
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import os
 import stat
@@ -59,9 +58,9 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imgsign._internal import netlimits, redact
+from imgsign._internal import netlimits
 from imgsign._internal.deadline import Deadline
-from imgsign.compute import qemu_img
+from imgsign.compute import boot_config, qemu_img
 from imgsign.compute.boot import BootDecision, Mode
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.errors import (
@@ -83,16 +82,15 @@ if TYPE_CHECKING:
     from imgsign.trust_policy import TrustPolicy
 
 #: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = boot_config.DEFAULT_ADOPT_TIMEOUT
 #: Seconds for the download and conversion of one adoption by conversion.
-DEFAULT_CONVERSION_TIMEOUT = 600.0
-GLANCE_GROUP = "glance"
+DEFAULT_CONVERSION_TIMEOUT = boot_config.DEFAULT_CONVERSION_TIMEOUT
+GLANCE_GROUP = boot_config.GLANCE_GROUP
 #: Glance properties naming more images Nova downloads into ``_base`` for an instance.
 AUXILIARY_IMAGES = ("kernel_id", "ramdisk_id")
 #: The qcow2 magic (a base that starts with it is the downloaded qcow2 itself, not a conversion).
 _QCOW2_MAGIC = b"QFI\xfb"
 T = TypeVar("T")
-_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 #: (file, image id, decision): one line of the hook's log.
 Result = tuple[str, "str | None", BootDecision]
 
@@ -220,6 +218,39 @@ class SelfAdopter:
             self._settings = _Settings.load(self.config_path)
         return self._settings
 
+    def bind_certificates(self, certificate_ids: tuple[str, ...]) -> list[ImgsignError]:
+        """Fetch each id's certificate from the key manager and bind it (id -> fingerprint), as adoption
+        binds the trusted ids it fetches (a server's own trusted certificate ids the host never fetched);
+        nothing when adoption is off.  Returns the failures (one per id), under ``adopt_timeout``."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        settings = self.settings()
+        if not settings.enabled or not certificate_ids:
+            return []
+
+        def work(stage: list[str], deadline: Deadline) -> list[tuple[str, x509.Certificate | ImgsignError]]:
+            from imgsign.keymanager import config as km_config
+            from imgsign.keymanager.anchors import fetch_certificate
+
+            stage[0] = "key manager"
+            fetched: list[tuple[str, x509.Certificate | ImgsignError]] = []
+            with netlimits.limited(deadline, KeyManagerError, "the key manager"):
+                store = km_config.open_store(settings.options)
+                for certificate_id in certificate_ids:
+                    try:
+                        fetched.append((certificate_id, fetch_certificate(store, certificate_id)))
+                    except ImgsignError as exc:
+                        fetched.append((certificate_id, exc))
+            return fetched
+
+        failures = []
+        for certificate_id, outcome in self._within_deadline(settings, work):
+            if isinstance(outcome, ImgsignError):
+                failures.append(outcome)
+            else:
+                self.records.anchors.bind(certificate_id, outcome.public_bytes(Encoding.DER))
+        return failures
+
     def _within_deadline(self, settings: _Settings, work: Callable[[list[str], Deadline], T]) -> T:
         """Run ``work`` on a daemon thread under this run's deadline (one budget for all images); the
         thread's sockets are cut at the deadline, and the hook stops waiting for it then in any case."""
@@ -261,7 +292,19 @@ class SelfAdopter:
         return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
                               certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
-                              original=original, image_facts=facts_of(fetched.image))
+                              original=original, tsa_roots=self._tsa_roots(),
+                              image_facts=facts_of(fetched.image))
+
+    def _tsa_roots(self) -> list[x509.Certificate]:
+        """``[imgsign] tsa_ca_file`` of boot.conf: the TSAs whose timestamps count (none: tokens are not checked)."""
+        settings = self._settings
+        path = settings.options.imgsign.tsa_ca_file if settings is not None and settings.enabled else None
+        if not path:
+            return []
+        from imgsign._internal.files import read_small_file
+        from imgsign.certificates import load_certificates
+
+        return load_certificates(read_small_file(path, "TSA certificates ([imgsign] tsa_ca_file)"))
 
     def _original(self, image_id: str, image: Mapping[str, Any]) -> Original:
         """The image's data from Glance for adoption by conversion (streamed only when adoption reads it);
@@ -374,19 +417,12 @@ class _Settings:
         or not set and ``[glance] auth_type`` is."""
         if path is None:  # a HookConfig made in code, not read from a file
             return cls(None, DEFAULT_TIMEOUT)
-        adopt, timeout = _boot_options(path)
-        if not adopt:
-            return cls(None, timeout)
-        conversion = _conversion_options(path)
-        from keystoneauth1 import loading as ks_loading
-
-        from imgsign.keymanager import config as km_config
-
-        conf = km_config.load(path)
-        ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
-        ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
-        ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
-        return cls(conf, timeout, conversion)
+        boot = boot_config.load(path)  # checked in full, or its validated snapshot
+        if not boot.adopt:
+            return cls(None, boot.adopt_timeout)
+        conversion = ConversionOptions(boot.adopt_by_conversion, boot.adopt_conversion_max_size,
+                                       boot.adopt_conversion_timeout)
+        return cls(boot_config.load_options(path), boot.adopt_timeout, conversion)
 
     def glance(self) -> Any:
         """A Glance client with the ``[glance]`` credentials, every request limited to the timeout."""
@@ -410,57 +446,3 @@ class _Settings:
         return GlanceClient(session, endpoint_override=group.endpoint_override,
                             interface=interfaces[0] if interfaces else None, region_name=group.region_name,
                             timeout=(timeout, timeout))
-
-
-def _read_config(path: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
-    try:
-        with open(path) as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read hook configuration {path}: {redact.describe_parse_error(exc)}") from None
-    return parser
-
-
-def _boot_options(path: str) -> tuple[bool, float]:
-    """Whether to adopt and ``[boot] adopt_timeout``, read as the hook reads ``[boot]``: ``adopt``
-    defaults to on when ``[glance] auth_type`` is set (the hook has credentials of its own)."""
-    parser = _read_config(path)
-    section = parser["boot"] if parser.has_section("boot") else {}
-    glance = parser.has_section(GLANCE_GROUP) and bool(parser[GLANCE_GROUP].get("auth_type", "").strip())
-    return _boolean(path, section, "adopt", glance), _seconds(path, section, "adopt_timeout", DEFAULT_TIMEOUT)
-
-
-def _conversion_options(path: str) -> ConversionOptions:
-    """``[boot] adopt_by_conversion`` (default false), ``adopt_conversion_max_size`` and
-    ``adopt_conversion_timeout``, read as :func:`_boot_options` reads ``[boot]``."""
-    from imgsign.compute.conversion_adoption import parse_size
-
-    parser = _read_config(path)
-    section = parser["boot"] if parser.has_section("boot") else {}
-    defaults = ConversionOptions()
-    size_text = section.get("adopt_conversion_max_size", "").strip()
-    return ConversionOptions(
-        _boolean(path, section, "adopt_by_conversion", False),
-        parse_size(size_text, f"{path}: [boot] adopt_conversion_max_size") if size_text else defaults.max_size,
-        _seconds(path, section, "adopt_conversion_timeout", defaults.timeout))
-
-
-def _boolean(path: str, section: Mapping[str, str], name: str, default: bool) -> bool:
-    text = section.get(name, "").strip().lower()
-    if text in _BOOLEANS:
-        return _BOOLEANS[text]
-    if text:
-        raise InputError(f"{path}: [boot] {name} must be true or false, not {text!r}")
-    return default
-
-
-def _seconds(path: str, section: Mapping[str, str], name: str, default: float) -> float:
-    text = section.get(name, f"{default:g}").strip()
-    try:
-        seconds = float(text)
-        if not 0 < seconds < float("inf"):
-            raise ValueError
-    except ValueError:
-        raise InputError(f"{path}: [boot] {name} must be a positive number of seconds, not {text!r}") from None
-    return seconds

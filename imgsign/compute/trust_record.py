@@ -28,12 +28,18 @@ import base64
 import dataclasses
 import datetime
 import hashlib
-from typing import Any
+import json
 
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT, BaseLocks
 from imgsign.compute.sealed import Damaged, SealedStore
 from imgsign.errors import ImgsignError, InputError, TrustRecordError
 from imgsign.properties import SignatureProperties
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: 2: the signer certificate is bound to the id it was fetched under, chains by anchor fingerprint.
 VERSION = 2
@@ -95,6 +101,12 @@ class TrustRecord:
             "recorded_at": self.recorded_at,
             **({} if self.image_facts is None else {"image": dict(self.image_facts)}),
         }
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the record's canonical body: what a fast-path entry is bound to, so that an
+        entry stands only for the very record whose signature was verified when the entry was written."""
+        canonical = json.dumps(self.to_body(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod
     def from_body(cls, body: Any) -> TrustRecord:

@@ -15,12 +15,19 @@ entry is only written, and only used, for a base file:
   inode, size, mtime_ns, ctime_ns)`` did not change during that read: a mapping
   made afterwards needs a page fault to write, which moves ctime.
 
-After such a full read matched the record, the identity, SHA-256 and time are
-sealed into ``state_dir/verified/<name>.json``.  A later boot accepts the file
-without reading it when the entry is intact, its identity is the file's current
-one, the first condition still holds and the entry is not older than
-``max_age`` seconds; otherwise the whole file is read.  A damaged or forged
-entry is ignored: it can only cost a re-verification.
+After such a full read matched the record, the identity, SHA-256, the digest
+of the trust record it matched (:meth:`~imgsign.compute.trust_record.TrustRecord.digest`,
+whose signature was verified in the same check) and time are sealed into
+``state_dir/verified/<name>.json``.  A later boot accepts the file without
+reading it, and without verifying the record's signature again, when the entry
+is intact, its identity is the file's current one, its record digest is that of
+the current record, the first condition still holds and the entry is not older
+than ``max_age`` seconds; otherwise the record's signature is verified and the
+whole file is read.  A damaged or forged entry is ignored: it can only cost a
+re-verification.  (Entries and records are sealed with the same root-only key:
+whoever could forge an entry could forge a record too, so binding the entry to
+the record adds no assumption; re-verifying an unchanged record on every boot
+only cost every warm boot the load of an X.509 stack.)
 """
 
 from __future__ import annotations
@@ -32,9 +39,14 @@ import fcntl
 import os
 import stat
 import time
-from typing import Any
 
 from imgsign.compute.sealed import Damaged, SealedStore, writable_by_others
+
+#: ``typing.TYPE_CHECKING`` without importing typing, which the hook's every call would pay for (mypy
+#: treats any name TYPE_CHECKING so).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Default bound on the age of a fast-path entry (``[boot] max_fast_path_age``): one day.
 DEFAULT_MAX_AGE = 24 * 3600.0
@@ -133,16 +145,17 @@ class VerifiedCache:
     def owner(self) -> int:
         return self._sealed.owner
 
-    def lookup(self, name: str, identity: FileIdentity, max_age: float) -> bytes | None:
-        """The SHA-256 recorded for this exact file state within ``max_age`` seconds (the caller's
-        ``max_fast_path_age``, no default of its own), or None
-        (unknown, changed, too old or damaged).  An entry someone else could have written raises
-        :class:`~imgsign.errors.InsecureState`."""
+    def lookup(self, name: str, identity: FileIdentity, max_age: float, record: str) -> bytes | None:
+        """The SHA-256 recorded for this exact file state, checked against the trust record whose
+        :meth:`~imgsign.compute.trust_record.TrustRecord.digest` is ``record``, within ``max_age``
+        seconds (the caller's ``max_fast_path_age``, no default of its own), or None (unknown,
+        changed, another record, too old or damaged).  An entry someone else could have written
+        raises :class:`~imgsign.errors.InsecureState`."""
         try:
             body = self._sealed.read(name)
         except Damaged:
             return None
-        if body is None or body.get("identity") != dataclasses.asdict(identity):
+        if body is None or body.get("identity") != dataclasses.asdict(identity) or body.get("record") != record:
             return None
         try:
             verified_at = body["verified_at"]
@@ -153,9 +166,11 @@ class VerifiedCache:
             return None
         return sha256 if len(sha256) == 32 else None
 
-    def store(self, name: str, identity: FileIdentity, sha256: bytes) -> None:
+    def store(self, name: str, identity: FileIdentity, sha256: bytes, record: str) -> None:
+        """Remember that the file in state ``identity`` has ``sha256`` and matched the trust record
+        with digest ``record``, whose signature the caller verified."""
         body: dict[str, Any] = {"identity": dataclasses.asdict(identity), "sha256": sha256.hex(),
-                                "verified_at": time.time()}
+                                "record": record, "verified_at": time.time()}
         self._sealed.write(name, body)
 
     def forget(self, name: str) -> None:

@@ -100,10 +100,12 @@ from taskflow.types import failure
 
 from imgsign._internal import redact
 from imgsign._internal.untrusted import safe
+from imgsign.conf.glance_import import GROUP, OPTS, TRANSIT_GROUP, TRANSIT_OPTS
+from imgsign.conf.glance_import import check as check_options
+from imgsign.conf.glance_import import list_opts as list_opts
 from imgsign.errors import ImgsignError, KeyManagerError, ObjectNotFound, PropertiesError, UnsignedImage
 from imgsign.glance.pipeline import ORIGINAL_PREFIX, is_signed
 from imgsign.keymanager import CertificateStore
-from imgsign.keymanager.config import transit_opts
 from imgsign.properties import NAMES as SIGNATURE_PROPERTIES
 from imgsign.properties import SignatureProperties
 from imgsign.raw_statement import PREFIX as RAW_STATEMENT_PREFIX
@@ -111,54 +113,12 @@ from imgsign.raw_statement import PREFIX as RAW_STATEMENT_PREFIX
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
 
-GROUP = "imgsign_import"
 #: Name under which imgsign_verify hands its result to imgsign_resign in the flow.
 VERIFIED = "imgsign_verified"
 SERVICE_CERTIFICATE_NAME = "imgsign import service certificate"
 
-OPTS = [
-    cfg.ListOpt("trusted_certificate_ids", default=[],
-                help="Key-manager ids of trusted (CA) certificates. When set, imgsign_verify also requires the "
-                     "signing certificate to chain to one of them. Looked up with the importing user's context, "
-                     "then with the service context."),
-    cfg.StrOpt("policy_file",
-               help="Trust policy file (YAML or JSON; imgsign's doc/source/user/trust-policy.md). When set, the rule "
-                    "that applies to the image (by its owner, visibility and image_type) decides who may sign it, "
-                    "instead of trusted_certificate_ids and require_crls (set one or the other). Its key-manager "
-                    "ids are looked up as trusted_certificate_ids are."),
-    cfg.BoolOpt("require_signature", default=False,
-                help="Refuse images that have no img_signature* properties (default: they pass unchecked)."),
-    cfg.BoolOpt("require_crls", default=False,
-                help="With trusted_certificate_ids: refuse a chain when an issuer on it has no complete CRL "
-                     "in scope (RFC 5280: no delta, partitioned or indirect CRL) in the key manager."),
-    cfg.StrOpt("service_key_id",
-               help="imgsign_resign: key-manager id of the deployment's private signing key."),
-    cfg.StrOpt("service_key", secret=True,
-               help="imgsign_resign: instead of service_key_id, a key that never leaves a hardware token or a "
-                    "signing service: a PKCS#11 URI (pkcs11:token=LABEL;object=LABEL?module-path=/path/module.so&"
-                    "pin-source=file:/path/pin, the PIN file readable by Glance only) or an OpenBao/Vault transit "
-                    "key, hashivault://NAME (configured in [imgsign_transit])."),
-    cfg.StrOpt("service_certificate_id",
-               help="imgsign_resign: key-manager id of the certificate of service_key_id."),
-    cfg.StrOpt("service_project_id",
-               help="Project that owns service_key_id and service_certificate_id in the key manager (ignored when "
-                    "[key_manager] auth_type gives castellan service credentials)."),
-    cfg.BoolOpt("copy_certificate_to_project", default=True,
-                help="imgsign_resign: store a copy of the service certificate in the importing project and put that "
-                     "copy's id in img_signature_certificate_uuid, so checks made with the user's context (Glance, "
-                     "Nova) find it. False: use service_certificate_id as is (it must be readable by every project)."),
-]
-
 CONF.register_opts(OPTS, group=GROUP)
-#: imgsign.conf's ``[transit]`` options, for ``service_key = hashivault://NAME``.
-TRANSIT_GROUP = "imgsign_transit"
-TRANSIT_OPTS = transit_opts()
 CONF.register_opts(TRANSIT_OPTS, group=TRANSIT_GROUP)
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """The plugins' options, for documentation and oslo-config-generator."""
-    return [(GROUP, OPTS), (TRANSIT_GROUP, TRANSIT_OPTS)]
 
 
 class ImgsignImportRefused(glance_exception.UploadException):
@@ -311,6 +271,17 @@ def _stores_list(stores: Any) -> list[str]:
     return [store for store in (stores or []) if store]
 
 
+def _check_options(plugin: str, image_id: str) -> None:
+    """Every ``[imgsign_import]`` and ``[imgsign_transit]`` value read at the start of a task: an invalid one
+    refuses the import, naming the option (never its value), instead of failing later or passing."""
+    try:
+        check_options(CONF)
+    except ImgsignError as error:
+        refusal = _refusal(plugin, image_id, error)
+        LOG.error("%s", refusal.msg)
+        raise refusal from None
+
+
 def _refusal(plugin: str, image_id: str, error: ImgsignError) -> ImgsignImportRefused:
     return ImgsignImportRefused(f"{plugin} refused image {image_id}: {error.reason}: {error.message}", error.reason)
 
@@ -337,6 +308,7 @@ class _VerifyStaged(task.Task):
         from imgsign.glance.pipeline import verify_image
 
         self.staged_path = _local_path(file_path)
+        _check_options("imgsign_verify", self.image_id)
         with self.action_wrapper as action:
             properties = action.image_extra_properties
             facts = _image_facts(action, self.image_id)
@@ -503,6 +475,7 @@ class _ResignConverted(task.Task):
         return refusal
 
     def execute(self, file_path: str, imgsign_verified: dict[str, Any] | None = None) -> dict[str, str] | None:
+        _check_options("imgsign_resign", self.image_id)
         with self.action_wrapper as action:
             current = _signature_properties(action.image_extra_properties)
         verified = imgsign_verified

@@ -38,12 +38,31 @@ DEFAULT_IMPORT_TIMEOUT = 600.0
 HEAD_SIZE = 512
 
 
+#: The image properties that are imgsign's business: the signature and imgsign's own statements.
+SIGNATURE_PREFIXES = ("img_signature", "imgsign_")
+
+
 @dataclass(frozen=True)
 class UploadResult:
+    #: The image record as Glance returned it once the upload or import had ended (read again then).
     image: dict[str, Any]
     #: "glance-direct" (staged, hashed while sent, imported) or "file" (hashed, then PUT /file).
     method: str
+    #: The signature properties imgsign sent.
     properties: dict[str, str]
+
+    @property
+    def held(self) -> dict[str, Any]:
+        """The signature properties Glance holds after the import: what Nova and ``verify --image`` will read
+        (an import plugin such as ``imgsign_resign`` may have replaced what imgsign sent)."""
+        return {k: v for k, v in self.image.items() if k.startswith(SIGNATURE_PREFIXES)}
+
+    @property
+    def changed(self) -> list[str]:
+        """Names of the signature properties Glance holds differently from what imgsign sent (changed,
+        added or removed on import), sorted."""
+        held = self.held
+        return sorted(n for n in set(held) | set(self.properties) if held.get(n) != self.properties.get(n))
 
 
 class HashingChunks:

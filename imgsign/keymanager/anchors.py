@@ -81,3 +81,22 @@ def rule_anchors(rule: Rule, base_dir: str, store: CertificateStore | None, *,
                                   max_depth=min(depths) if depths else chain.DEFAULT_MAX_DEPTH)
     return fetch_trust_anchors(store, ids, trusted=trusted, intermediates=intermediates, crls=crls,
                                require_crls=require, max_depth=min(depths) if depths else None)
+
+
+def rule_tsa_roots(rule: Rule, base_dir: str, store: CertificateStore | None) -> list[x509.Certificate]:
+    """The certificates of a trust policy rule's ``tsa`` stores (files relative to ``base_dir``, the policy
+    file's directory, and key-manager ids): the timestamp authorities its RFC 3161 timestamps must chain to."""
+    import os
+
+    from imgsign import certificates
+    from imgsign._internal.files import read_small_file
+    from imgsign.errors import KeyManagerError
+
+    files = [f for s in rule.tsa_stores for f in s.certificate_files]
+    ids = [i for s in rule.tsa_stores for i in s.key_manager_ids]
+    roots = [c for name in files
+             for c in certificates.load_certificates(read_small_file(os.path.join(base_dir, name), "TSA certificates"))]
+    if ids and store is None:
+        raise KeyManagerError(f"trust policy rule {rule.name} names key-manager ids, and no key manager is "
+                              "configured here")
+    return roots + [fetch_certificate(store, i) for i in ids] if store is not None else roots

@@ -124,7 +124,7 @@ def _imgsign_opts() -> list[cfg.Opt]:
                         "the key manager. Default: the project of the command's Keystone session (clouds.yaml, "
                         "OS_*, --os-cloud) when it has one, else 'default'."),
         cfg.ListOpt("trusted_certificate_ids", default=[],
-                    help="Key-manager ids of trusted CA certificates: when set, `imgsign verify` requires the "
+                    help="Key-manager ids of trusted CA certificates: when set, imgsign verify requires the "
                          "signing certificate to chain to one of them (like Nova's "
                          "default_trusted_certificate_ids). --trusted replaces the list."),
         cfg.StrOpt("policy_file",
@@ -136,6 +136,25 @@ def _imgsign_opts() -> list[cfg.Opt]:
         cfg.BoolOpt("require_crls", default=False,
                     help="Refuse a chain when an issuer on it has no complete CRL in scope "
                          "(files or stored ones; delta, partitioned and indirect CRLs do not count)."),
+        cfg.StrOpt("tsa_url",
+                   help="RFC 3161 time-stamping authority (http:// or https:// URL): `imgsign sign` and "
+                        "`upload` add a timestamp token over the signature (imgsign_tst_v1). --tsa overrides it."),
+        cfg.StrOpt("tsa_hash", default="SHA-256", choices=["SHA-256", "SHA-512"],
+                   help="Hash of the signature sent to the TSA (the timestamp's message imprint)."),
+        cfg.FloatOpt("tsa_timeout", default=30.0, min=0.1,
+                     help="Seconds the whole exchange with the TSA may take when signing."),
+        cfg.StrOpt("tsa_ca_file",
+                   help="PEM file of trusted TSA certificates: `verify` honours a timestamp token only when its "
+                        "TSA chains to one of them (a signature whose certificate has since expired then "
+                        "verifies if it was timestamped while the certificate was valid); `sign` checks the "
+                        "token it gets against them. --tsa-ca overrides it."),
+        cfg.StrOpt("ocsp", default="strict", choices=["strict", "offline", "off"],
+                   help="OCSP for certificates that name a responder (authorityInfoAccess): strict uses the "
+                        "response stored with the signature when current, else asks the responder, and refuses "
+                        "when it cannot be reached and no complete CRL covers the certificate; offline is the "
+                        "same without the network (hosts with no route to the responder); off uses CRLs only."),
+        cfg.FloatOpt("ocsp_timeout", default=10.0, min=0.1,
+                     help="Seconds each exchange with an OCSP responder may take."),
     ]
 
 
@@ -185,61 +204,79 @@ def find_config_file(explicit: str | None = None) -> str | None:
     return None
 
 
-def load(config_file: str | None = None) -> cfg.ConfigOpts:
-    """Read the configuration into a private ConfigOpts (never the global one)."""
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """imgsign.conf's options (castellan's with the embedded backend as default), on ``conf``."""
     from castellan import options as castellan_options
     from castellan.common import utils as castellan_utils
-    from oslo_config import cfg
 
-    conf = cfg.ConfigOpts()
+    from imgsign.keymanager import embedded
+
     conf.register_opts(_imgsign_opts(), group="imgsign")
+    conf.register_opts(embedded.OPTS, group=embedded.GROUP)
     conf.register_opts(_pkcs11_opts(), group="pkcs11")
     conf.register_opts(transit_opts(), group="transit")
     castellan_options.set_defaults(conf, backend=EMBEDDED)
     conf.register_opts(castellan_utils.credential_opts, group="key_manager")  # [key_manager] auth_type...
-    path = find_config_file(config_file)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """imgsign.conf's sections, for oslo-config-generator (namespace ``imgsign``): imgsign's own, and
+    castellan's (``[key_manager]``, ``[barbican]``, ``[vault]``...) with imgsign's default backend."""
+    import copy
+
+    from castellan import options as castellan_options
+    from castellan.common import utils as castellan_utils
+
+    from imgsign.keymanager import embedded
+
+    listing: list[tuple[str, list[cfg.Opt]]] = [
+        ("imgsign", _imgsign_opts()), ("pkcs11", _pkcs11_opts()), ("transit", transit_opts()),
+        (embedded.GROUP, list(embedded.OPTS))]
+    for group, options in castellan_options.list_opts():
+        options = [copy.copy(option) for option in options]
+        for option in options:
+            if group == "key_manager" and option.dest == "backend":
+                option.default = EMBEDDED
+        listing.append((str(group), options))
+    listing.append(("key_manager", list(castellan_utils.credential_opts)))
+    return listing
+
+
+def load(config_file: str | None = None) -> cfg.ConfigOpts:
+    """Read the configuration into a private ConfigOpts (never the global one)."""
+    from oslo_config import cfg
+
+    conf = cfg.ConfigOpts()
+    register_opts(conf)
+    return parse(conf, find_config_file(config_file))
+
+
+def parse(conf: cfg.ConfigOpts, path: str | None, *, use_env: bool = True) -> cfg.ConfigOpts:
+    """Parse ``path`` (None: defaults only) into ``conf``, whose options are registered, and check every
+    value of every registered option (:func:`imgsign.conf.check_values`): an invalid one is an
+    :class:`InputError` naming the option and the file, never quoting the value."""
+    from oslo_config import cfg
+
+    from imgsign.conf import check_values, raw_sections
+
     redact.remember_file(path)  # before oslo.config parses it: no error may quote a secret in it
+    raw = raw_sections(path) if path else None
     try:
-        conf(args=[], project="imgsign", default_config_files=[path] if path else [], validate_default_values=True)
+        conf(args=[], project="imgsign", default_config_files=[path] if path else [],
+             validate_default_values=True, use_env=use_env)
     except cfg.Error as exc:
         raise InputError(f"cannot read configuration {path}: {describe_error(exc)}") from None
-    _check_values(conf, path, {"imgsign": _imgsign_opts(), "pkcs11": _pkcs11_opts(), "transit": transit_opts()})
+    check_values(conf, path, raw=raw)
     conf.imgsign_config_file = path  # type: ignore[attr-defined]
     return conf
 
 
-def _check_values(conf: cfg.ConfigOpts, path: str | None, groups: dict[str, list[cfg.Opt]]) -> None:
-    """Read every option of imgsign's own sections once, so an invalid value (``max_chain_depth = lots``)
-    is an error at start naming the option, not ignored until some command happens to read it.
-
-    oslo.config checks a value only when it is read; its message quotes the value, so imgsign's names
-    the option and what it takes instead."""
-    from oslo_config import cfg
-
-    for group, options in groups.items():
-        for option in options:
-            try:
-                conf[group][option.dest]
-            except (cfg.ConfigFileValueError, ValueError) as exc:
-                takes = getattr(option.type, "type_name", None) or type(option.type).__name__.lower()
-                bounds = [f"{word} {value}" for word, value in (("at least", getattr(option.type, "min", None)),
-                                                                ("at most", getattr(option.type, "max", None)))
-                          if value is not None]
-                raise InputError(f"invalid value for [{group}] {option.name} in {path}: it takes {takes}"
-                                 f"{' (' + ', '.join(bounds) + ')' if bounds else ''}") from exc
-
-
 def describe_error(exc: BaseException) -> str:
     """An oslo.config or keystoneauth error about a configuration, never quoting a line of it nor what
-    follows a ``$`` (oslo.config takes ``pa$sword`` for a reference to an option "sword")."""
-    from oslo_config import cfg
+    follows a ``$`` (:func:`imgsign.conf.describe_error`)."""
+    from imgsign.conf import describe_error as describe
 
-    if isinstance(exc, (cfg.ConfigFileParseError, cfg.ParseError)):
-        return redact.describe_parse_error(exc)
-    if isinstance(exc, (cfg.NoSuchOptError, cfg.TemplateSubstitutionError)):
-        return ("a value holds a '$' that does not name another option (oslo.config substitutes $name and "
-                "${name}; write $$ for a '$')")
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)
 
 
 def backend_name(conf: cfg.ConfigOpts) -> str:

@@ -56,7 +56,7 @@ ENV_PATH = "IMGSIGN_KEYSTORE"
 SYSTEM_PATH = "/var/lib/imgsign/keystore.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
 
-_OPTS: list[cfg.Opt] = [
+OPTS: list[cfg.Opt] = [
     cfg.StrOpt("path", help="SQLite file of the embedded key manager "
                             f"(default: ${ENV_PATH}, {SYSTEM_PATH} for root, else $XDG_DATA_HOME/imgsign/)."),
 ]
@@ -132,7 +132,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
 
     def __init__(self, configuration: cfg.ConfigOpts | None) -> None:
         self.conf = configuration if configuration is not None else cfg.CONF
-        self.conf.register_opts(_OPTS, group=GROUP)
+        self.conf.register_opts(OPTS, group=GROUP)
         configured = self.conf[GROUP].path
         self.path = os.path.abspath(os.path.expanduser(configured or default_path()))
         self._setting = f"[{GROUP}] path" if configured else (
@@ -140,7 +140,7 @@ class EmbeddedKeyManager(key_manager.KeyManager):
         self._ready = False
 
     def list_options_for_discovery(self) -> list[tuple[str | None, list[cfg.Opt]]]:
-        return [(GROUP, _OPTS)]
+        return [(GROUP, OPTS)]
 
     # --- storage ------------------------------------------------------------
 

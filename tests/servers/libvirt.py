@@ -13,7 +13,7 @@ What runs
     machine's own files alone. Clients reach the daemon through
     ``qemu:///system?socket=<scratch>/run/libvirt-sock``.
 
-    The hook is installed as the README says: ``hooks/libvirt-qemu`` copied to
+    The hook is installed as the install guide says: ``hooks/libvirt-qemu`` copied to
     ``/etc/libvirt/hooks/qemu`` with its first line pointing at the Python that has
     imgsign (this test run's), configured by ``/etc/imgsign/boot.conf``. libvirt
     runs hooks with ``LC_ALL=C``, ``PATH`` and ``HOME`` only, so nothing reaches it
@@ -66,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,7 +336,8 @@ def apparmor_unavailable() -> str | None:
 
 
 @contextlib.contextmanager
-def libvirt_daemon(workdir: Path | None = None, *, security_driver: str = "none") -> Iterator[Libvirt]:
+def libvirt_daemon(workdir: Path | None = None, *, security_driver: str = "none",
+                   install_hook: Callable[[Path, Path], None] | None = None) -> Iterator[Libvirt]:
     """Start virtlogd and libvirtd with private directories and imgsign's hook; stop and restore after.
 
     ``workdir`` (default: a new directory under /tmp, removed afterwards) must be
@@ -344,6 +345,9 @@ def libvirt_daemon(workdir: Path | None = None, *, security_driver: str = "none"
     ``security_driver = "apparmor"`` turns libvirt's sVirt AppArmor driver on: virt-aa-helper
     writes each guest's profile into a private copy of ``/etc/apparmor.d/libvirt`` (bound over
     it in the namespace) and loads it into the kernel, which unloads it when the guest stops.
+    ``install_hook(etc, imgsign_etc)``, when given, installs imgsign's hook and its boot.conf into the
+    directories the daemon sees as ``/etc/libvirt`` and ``/etc/imgsign`` (before it starts, with
+    ``hooks/qemu.d/`` and its observer in place) instead of the copy of ``hooks/libvirt-qemu`` above.
     """
     if security_driver not in ("none", "apparmor"):
         raise ValueError(f"unsupported security driver: {security_driver}")
@@ -367,15 +371,18 @@ def libvirt_daemon(workdir: Path | None = None, *, security_driver: str = "none"
         (dirs["etc"] / "qemu.conf").write_text(
             QEMU_CONF.replace('security_driver = "none"', f'security_driver = "{security_driver}"'))
         (dirs["etc"] / "virtlogd.conf").write_text("")
-        hook = dirs["etc"] / "hooks" / "qemu"
-        body = HOOK.read_text().split("\n", 1)[1]
-        hook.write_text(f"#!{sys.executable}\n{body}")
-        hook.chmod(0o755)
         observer = dirs["etc"] / "hooks" / "qemu.d" / "zz-observe"
         observer.write_text(OBSERVER.format(observed=workdir / "observed", actions=workdir / "actions"))
         observer.chmod(0o755)
         boot_config = dirs["imgsign-etc"] / "boot.conf"
-        boot_config.write_text("[boot]\n")
+        if install_hook is None:
+            hook = dirs["etc"] / "hooks" / "qemu"
+            body = HOOK.read_text().split("\n", 1)[1]
+            hook.write_text(f"#!{sys.executable}\n{body}")
+            hook.chmod(0o755)
+            boot_config.write_text("[boot]\n")
+        else:
+            install_hook(dirs["etc"], dirs["imgsign-etc"])
         binds = "\n".join(f"mount --bind '{dirs[name]}' {target}" for target, name in BINDS.items())
         binds += f"\nmount --bind '{caps}' {CAPS_CACHE}"
         if security_driver == "apparmor":

@@ -42,6 +42,7 @@ NOVA = "nova==34.0.0"
 REQUIREMENTS = (NOVA, "pyasn1", "pyasn1-modules", "click", "defusedxml")
 VENV_NAME = "nova-34.0.0-venv"
 FETCH = Path(__file__).resolve().with_name("nova_app") / "fetch.py"
+VERDICTS = Path(__file__).resolve().with_name("nova_app") / "verdicts.py"
 
 
 def nova_venv() -> Path:
@@ -124,5 +125,47 @@ lock_path = {workdir}
     if user is not None:
         command = _as_user(user, workdir, [python.parent.parent, Path(os.path.realpath(python)).parents[1]], command)
     return subprocess.run(command, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
+
+
+def verdicts(workdir: Path, cases: list[tuple[Path, str]], *, force_raw_images: bool = True) -> list[dict[str, object]]:
+    """Nova 34's ``fetch_to_raw`` verdict on each ``(file, Glance disk_format)``, after its download
+    (``nova_app/verdicts.py``: Glance is stood in for by the file itself): ``{"accepted", "error"}``."""
+    import json
+
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nforce_raw_images = {force_raw_images}\nstate_path = {workdir}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    proc = subprocess.run([str(python), str(VERDICTS), str(conf), str(workdir)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False, cwd=workdir,
+                          input=json.dumps([{"path": str(path), "disk_format": fmt} for path, fmt in cases]))
+    if proc.returncode != 0:
+        raise RuntimeError(f"Nova's inspection did not run: {proc.stderr[-2000:]}")
+    result: list[dict[str, object]] = json.loads(proc.stdout)
+    return result
+
+
+UPLOAD = Path(__file__).resolve().with_name("nova_app") / "upload.py"
+
+
+def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
+                    data: Path) -> subprocess.CompletedProcess[str]:
+    """Nova's ``nova.image.glance.API().update`` with ``data``, as nova-compute uploads a snapshot."""
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    env["NOVA_AUTH_TOKEN"] = token
+    return subprocess.run([str(python), str(UPLOAD), str(conf), project_id, image_id, str(data)], env=env,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
                           cwd=workdir)

@@ -3,7 +3,7 @@
 With ``IMGSIGN_WARNINGS_AS_ERRORS`` set, a deprecation warning that imgsign's own code triggers (the
 warning names an ``imgsign`` module as its place) raises instead of printing, in commands and the hook
 too; so the drift check shows a new deprecation as a failing test.  Warnings imgsign silences on purpose
-(``imgsign._internal.pyca_dsa.quiet``) stay silent: those filters are added later and come first.
+(``imgsign._internal.known_warnings.quiet``) stay silent: those filters are added later and come first.
 """
 
 import os
