@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from imgsign.chain import TrustAnchors
     from imgsign.keys import PublicKey
     from imgsign.stream import ImageData
+    from imgsign.trust_policy import Decision, Evidence, Rule, TrustPolicy
 
 #: Fetch a certificate (DER or PEM) by its key-manager id; raises an ImgsignError (ObjectNotFound...).
 CertificateLookup = Callable[[str], bytes]
@@ -144,6 +145,11 @@ class ImageReport:
     chain: ChainReport = ChainReport()
     data: DataReport = DataReport()
     failures: tuple[Problem, ...] = ()
+    #: Under a trust policy file: the rule that applied, its verdict (trusted, allowed-with-warnings,
+    #: skipped, refused) and the failures it only logs.
+    rule: str | None = None
+    verdict: str | None = None
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -158,6 +164,9 @@ class ImageReport:
             "hash_method": self.hash_method, "key_type": self.key_type,
             "certificate": self.certificate.as_dict() if self.certificate else None,
             "key_error": _dict(self.key_problem), "chain": self.chain.as_dict(), "data": self.data.as_dict(),
+            # Only under a trust policy file: the flat options' documents keep their keys.
+            **({} if self.rule is None and self.verdict is None else {
+                "rule": self.rule, "verdict": self.verdict, "warnings": [p.as_dict() for p in self.warnings]}),
         }
 
 
@@ -168,13 +177,17 @@ class AuditPolicy:
     ``anchors``: the trusted certificates (None: the chain is not checked, as ``imgsign verify``
     without ``--trusted``); ``policy``: key sizes, certificate dates and the evaluation time;
     ``expiry_days``: a certificate on the path expiring within this many days fails (0: never);
-    ``allow_unsigned``: an image without any img_signature* property passes.
+    ``allow_unsigned``: an image without any img_signature* property passes; ``trust``: a trust policy
+    (:mod:`imgsign.trust_policy`) deciding each image by the rule that applies to it instead of
+    ``anchors``, whose rules' anchors ``anchors_for`` loads (None for a rule without CA stores).
     """
 
     anchors: TrustAnchors | None = None
     policy: Policy = DEFAULT_POLICY
     expiry_days: int = DEFAULT_EXPIRY_DAYS
     allow_unsigned: bool = False
+    trust: TrustPolicy | None = None
+    anchors_for: Callable[[Rule], TrustAnchors | None] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.expiry_days <= MAX_EXPIRY_DAYS:
@@ -227,7 +240,8 @@ class Assessment:
 
     def _with_data(self, data: DataReport) -> ImageReport:
         failures = self.report.failures if data.problem is None else (*self.report.failures, data.problem)
-        return dataclasses.replace(self.report, data=data, failures=failures)
+        verdict = "refused" if failures and self.report.verdict is not None else self.report.verdict
+        return dataclasses.replace(self.report, data=data, failures=failures, verdict=verdict)
 
 
 def assess(record: Mapping[str, object], certificates: CertificateLookup,
@@ -239,6 +253,8 @@ def assess(record: Mapping[str, object], certificates: CertificateLookup,
     """
     base = ImageReport(_text(record.get("id")), _text(record.get("name")), _text(record.get("status")),
                        _text(record.get("owner")), signed=is_signed(record))
+    if policy.trust is not None:
+        return _assess_by_policy(record, base, certificates, policy, policy.trust)
     if not base.signed:
         unsigned = Problem.of(errors.UnsignedImage("the image has no img_signature* properties"))
         return Assessment(dataclasses.replace(base, failures=() if policy.allow_unsigned else (unsigned,)), policy)
@@ -255,6 +271,82 @@ def assess(record: Mapping[str, object], certificates: CertificateLookup,
     report = dataclasses.replace(base, certificate=cert_report, key_problem=key_problem, chain=chain,
                                  failures=failures + _expiry_failures(cert_report, chain, policy))
     return Assessment(report, policy, properties, public_key)
+
+
+def _assess_by_policy(record: Mapping[str, object], base: ImageReport, certificates: CertificateLookup,
+                      policy: AuditPolicy, trust: TrustPolicy) -> Assessment:
+    """:func:`assess` under a trust policy: the rule that applies to the image decides it."""
+    from imgsign import trust_evidence, trust_policy
+
+    facts = trust_policy.ImageFacts.from_record(record)
+    try:
+        selection = trust_policy.select(trust, facts)
+    except errors.PolicyRefused as exc:
+        return Assessment(dataclasses.replace(base, verdict="refused", failures=(Problem.of(exc),)), policy)
+    rule = selection.rule
+    base = dataclasses.replace(base, rule=rule.name)
+    if rule.level is trust_policy.Level.SKIP:
+        return Assessment(dataclasses.replace(base, verdict="skipped"), policy)
+    if not base.signed:
+        decision = trust_policy.decide(selection, trust_policy.Evidence(signed=False))
+        if policy.allow_unsigned:
+            decision = dataclasses.replace(decision, allowed=True, findings=(), error=None)
+        return Assessment(_decided(base, decision, ()), policy)
+    base = dataclasses.replace(base, hash_method=_text(record.get(HASH_METHOD)), key_type=_text(record.get(KEY_TYPE)))
+    try:
+        properties = SignatureProperties.from_mapping(record)
+    except errors.ImgsignError as exc:
+        problem = Problem.of(exc)
+        return Assessment(dataclasses.replace(base, properties_problem=problem, failures=(problem,),
+                                              verdict="refused"), policy)
+    # The certificate's dates are the rule's to judge (its expiry action): only its usage is checked here.
+    usage_only = dataclasses.replace(policy, policy=dataclasses.replace(policy.policy, ignore_certificate_dates=True))
+    certificate, cert_report = _certificate(properties.certificate_uuid, certificates, usage_only)
+    public_key, key_problem = _public_key(properties, certificate, policy.policy)
+    checked = tuple(p for p in (cert_report.problem, key_problem) if p is not None)
+    report = dataclasses.replace(base, certificate=cert_report, key_problem=key_problem)
+    if certificate is None:
+        return Assessment(dataclasses.replace(report, failures=checked, verdict="refused"), policy)
+    try:
+        anchors = policy.anchors_for(rule) if policy.anchors_for is not None else None
+    except errors.ImgsignError as exc:  # the rule's trust stores cannot be loaded: nothing it trusts
+        problem = Problem.of(exc)
+        return Assessment(dataclasses.replace(report, chain=ChainReport(ChainStatus.ERROR, problem=problem),
+                                              failures=(*checked, problem), verdict="refused"), policy)
+    evidence = trust_evidence.gather(certificate, anchors, rule, policy.policy)
+    decision = trust_policy.decide(selection, evidence)
+    chain = _chain_of(evidence, policy)
+    report = dataclasses.replace(report, chain=chain)
+    expiring = _expiry_failures(cert_report, chain, policy) \
+        if rule.actions["expiry"] is trust_policy.Action.ENFORCE else ()
+    return Assessment(_decided(report, decision, (*checked, *expiring)), policy, properties, public_key)
+
+
+def _decided(report: ImageReport, decision: Decision, other_failures: tuple[Problem, ...]) -> ImageReport:
+    from imgsign.trust_policy import Action
+
+    enforced = tuple(Problem.of(f.error) for f in decision.findings if f.action is Action.ENFORCE)
+    logged = tuple(Problem.of(f.error) for f in decision.findings if f.action is Action.LOG)
+    failures = (*other_failures, *enforced)
+    return dataclasses.replace(report, failures=failures, warnings=logged,
+                               verdict="refused" if failures else decision.verdict)
+
+
+def _chain_of(evidence: Evidence, policy: AuditPolicy) -> ChainReport:
+    """The chain report of a trust policy's evidence (:class:`imgsign.trust_policy.Evidence`)."""
+    from imgsign.trust_policy import Status
+
+    chain, revocation = evidence.chain, evidence.revocation
+    if chain.status is Status.NOT_CHECKED:
+        return ChainReport()
+    if chain.status is Status.FAILED:
+        return ChainReport(ChainStatus.UNTRUSTED, problem=Problem.of(chain.error) if chain.error else None)
+    if revocation.status is Status.FAILED and revocation.error is not None:
+        status = ChainStatus.REVOKED if isinstance(revocation.error, errors.CertificateRevoked) else ChainStatus.ERROR
+        return ChainReport(status, evidence.path, problem=Problem.of(revocation.error))
+    not_after = evidence.not_after
+    return ChainReport(ChainStatus.TRUSTED, evidence.path, not_after,
+                       not_after is not None and _expires_soon(not_after, policy))
 
 
 def _certificate(cert_id: str, certificates: CertificateLookup,

@@ -7,6 +7,7 @@ one answers "may this certificate's key sign images right now?".
 from __future__ import annotations
 
 import contextlib
+import datetime
 from collections.abc import Callable
 
 from cryptography import exceptions as crypto_exceptions
@@ -152,15 +153,7 @@ def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_P
     """
     name = describe(cert)
     if not policy.ignore_certificate_dates:
-        now = policy.certificate_time()
-        if now < cert.not_valid_before_utc:
-            raise CertificateNotYetValid(
-                f"certificate {name} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
-            )
-        if now > cert.not_valid_after_utc:
-            raise CertificateExpired(
-                f"certificate {name} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
-            )
+        check_dates(cert, policy.certificate_time())
     try:
         extensions = cert.extensions
     except ValueError as exc:
@@ -180,6 +173,18 @@ def check_signing_certificate(cert: x509.Certificate, policy: Policy = DEFAULT_P
         names = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in purposes)
         raise CertificateError(
             f"certificate {name} may not sign code: its extendedKeyUsage ({names}) lacks codeSigning"
+        )
+
+
+def check_dates(cert: x509.Certificate, now: datetime.datetime) -> None:
+    """Raise :class:`CertificateNotYetValid` or :class:`CertificateExpired` unless ``cert`` is valid at ``now``."""
+    if now < cert.not_valid_before_utc:
+        raise CertificateNotYetValid(
+            f"certificate {describe(cert)} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    if now > cert.not_valid_after_utc:
+        raise CertificateExpired(
+            f"certificate {describe(cert)} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
         )
 
 

@@ -114,15 +114,22 @@ def validate_chain(
     :class:`CertificateRevoked` for a revoked certificate on the path and
     :class:`CertificateError` for an unusable CRL.
     """
+    path = build_path(certificate, anchors, policy.certificate_time())
+    check_revocation(path, anchors, policy.now())
+    return path
+
+
+def build_path(certificate: x509.Certificate, anchors: TrustAnchors, at: datetime.datetime) -> list[x509.Certificate]:
+    """The path ``[certificate, ..., trusted]`` valid at ``at`` (every certificate on it within its
+    dates then), revocation not checked; :class:`UntrustedCertificate` when there is none."""
     if not anchors.trusted:
         raise UntrustedCertificate("no trusted certificates to validate the signing certificate against")
     if not 0 <= anchors.max_depth <= 255:
         raise CertificateError("the maximum chain depth must be between 0 and 255")
-    now = policy.now()
     builder = (
         verification.PolicyBuilder()
         .store(verification.Store(list(anchors.trusted)))
-        .time(policy.certificate_time())
+        .time(at)
         .max_chain_depth(anchors.max_depth)
         .extension_policies(
             ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
@@ -135,9 +142,7 @@ def validate_chain(
         verified = builder.build_client_verifier().verify(certificate, list(anchors.intermediates))
     except verification.VerificationError as exc:
         raise UntrustedCertificate(_explain(certificate, anchors, str(exc))) from None
-    path = list(verified.chain)
-    _check_revocation(path, anchors, now)
-    return path
+    return list(verified.chain)
 
 
 def _explain(certificate: x509.Certificate, anchors: TrustAnchors, detail: str) -> str:
@@ -162,7 +167,10 @@ def _issuer_candidates(cert: x509.Certificate, anchors: TrustAnchors) -> list[x5
     return [c for c in pool if c.subject == cert.issuer and c != cert]
 
 
-def _check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: datetime.datetime) -> None:
+def check_revocation(path: list[x509.Certificate], anchors: TrustAnchors, now: datetime.datetime) -> None:
+    """Raise :class:`CertificateRevoked` when the CRLs of ``anchors`` current at ``now`` revoke a
+    certificate on ``path`` (a trusted intermediate included), :class:`CertificateError` for an
+    unusable CRL, or a missing complete CRL under ``require_crls``."""
     pairs = list(itertools.pairwise(path))
     anchor = path[-1]
     if anchor.issuer != anchor.subject:  # a trusted intermediate: its issuer may have revoked it

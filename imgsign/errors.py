@@ -4,8 +4,8 @@ Each class carries the CLI exit code it maps to (``exit_code``), so the
 command line, the libvirt hook and library callers agree on what failed.
 The codes are grouped by tens: 1x input, 2x certificate, 3x signature,
 4x crypto backend, 5x key manager, 6x the compute host's image cache,
-7x Glance, 8x Nova.  ``0`` is success, ``1`` an internal
-error (a bug), ``2`` a command-line usage error.
+7x Glance, 8x trust policy (80-84) and Nova (85-89), 9x the signing gateway.
+``0`` is success, ``1`` an internal error (a bug), ``2`` a command-line usage error.
 """
 
 from __future__ import annotations
@@ -345,7 +345,24 @@ class PolicyViolation(ImgsignError):
     reason = "policy-violation"
 
 
-# --- 8x: Nova (a server's own trusted certificates, on the compute side) -------------
+# --- 8x (80-84): trust policy ----------------------------------------------------------------
+
+class TrustPolicyError(ImgsignError):
+    """A trust policy file is unreadable or invalid (the message names the place in the file)."""
+
+    exit_code = 80
+    reason = "invalid-trust-policy"
+
+
+class PolicyRefused(ImgsignError):
+    """The trust policy refuses the image: no rule selects it, or the rule that does does not trust its
+    signer (identity, trust store, dates, revocation under that rule's level)."""
+
+    exit_code = 81
+    reason = "policy-refused"
+
+
+# --- 8x (85-89): Nova (a server's own trusted certificates, on the compute side) -------------
 
 class NovaUnavailable(ImgsignError):
     """Nova's API (or the identity service in front of it) is unreachable, too slow, refused the
@@ -424,6 +441,8 @@ ALL_ERRORS: tuple[type[ImgsignError], ...] = (
     ImportFailed,
     UploadInterrupted,
     PolicyViolation,
+    TrustPolicyError,
+    PolicyRefused,
     NovaUnavailable,
     NovaAnswerInvalid,
     UnknownServer,

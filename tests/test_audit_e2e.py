@@ -214,3 +214,83 @@ def test_a_project_name_for_the_id_is_refused(cloud):
     refused = cloud.audit("--project", USER, "--json")
     assert refused.returncode == errors.InputError.exit_code and refused.stdout == "", refused.stderr
     assert f"project {USER} ({cloud.project(USER)})" in refused.stderr, refused.stderr
+
+
+# --- audit by trust policy (issue 22 item 5) ---------------------------------------------------------------
+
+
+def _policy_file(path: Path, rules: list[dict]) -> Path:
+    path.write_text(json.dumps({
+        "version": 1,
+        "trustStores": {"pki": {"certificates": [str(pki("root-ca.pem"))],
+                                "intermediates": [str(pki("intermediate-ca.pem"))]}},
+        "rules": [{"trustStores": ["pki"], "trustedIdentities": ["*"], **rule} for rule in rules]}))
+    return path
+
+
+def test_audit_by_policy_reports_the_rule_and_verdict_and_what_a_change_would_break(cloud, tmp_path):
+    strict = _policy_file(tmp_path / "strict.yaml", [{"name": "everything", "scope": "*", "level": "strict"}])
+    lenient = _policy_file(tmp_path / "lenient.yaml", [
+        {"name": "demo-audit", "scope": {"owner": cloud.project(USER)}, "level": "audit"},
+        {"name": "everything", "scope": "*", "level": "strict"}])
+
+    proc = cloud.audit("--json", "--download", "--policy", lenient, "--compare", strict)
+    assert proc.returncode == errors.PolicyViolation.exit_code, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["policy"] == str(lenient) and document["compare"]["policy"] == str(strict)
+    images = _by_kind(cloud, document)
+    assert {k: (v["rule"], v["verdict"]) for k, v in images.items()} == {
+        "valid": ("demo-audit", "trusted"),
+        "unsigned": ("demo-audit", "allowed-with-warnings"),
+        "expired": ("demo-audit", "allowed-with-warnings"),
+        "untrusted": ("demo-audit", "allowed-with-warnings"),
+        "tampered": ("demo-audit", "refused"),  # audit still enforces integrity
+        "other": ("everything", "refused"),
+    }
+    assert [w["reason"] for w in images["untrusted"]["warnings"]] == ["untrusted-certificate"]
+    assert _reasons(images["tampered"]) == ["invalid-signature"]
+    by_id = {v: k for k, v in cloud.ids.items()}
+    assert sorted(by_id[i] for i in document["compare"]["newly_passing"] if i in by_id) == \
+        ["expired", "unsigned", "untrusted"]
+    assert document["compare"]["newly_failing"] == []
+
+    # The other way round: tightening the policy breaks these three; the words say so.
+    tighter = cloud.audit("--policy", strict, "--compare", lenient, "--project", cloud.project(USER))
+    assert tighter.returncode == errors.PolicyViolation.exit_code, tighter.stderr
+    assert "RULE" in tighter.stdout.splitlines()[0] and "VERDICT" in tighter.stdout.splitlines()[0]
+    assert "3 image(s) pass under it and fail now, 0 fail under it and pass now" in tighter.stdout
+    for kind in ("unsigned", "expired", "untrusted"):
+        assert f"now FAILS: {cloud.ids[kind]} ({kind}): rule demo-audit -> everything" in tighter.stdout
+
+
+def test_audit_policy_usage_errors(cloud, tmp_path):
+    strict = _policy_file(tmp_path / "strict.yaml", [{"name": "everything", "scope": "*", "level": "strict"}])
+    assert cloud.audit("--compare", strict).returncode == 2  # nothing to compare it with
+    assert cloud.audit("--policy", strict, *TRUST).returncode == 2
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nrules: {}\n")
+    refused = cloud.audit("--policy", broken)
+    assert refused.returncode == errors.TrustPolicyError.exit_code and "rules: must be a list" in refused.stderr
+
+
+def test_verify_image_under_a_policy_takes_the_facts_from_the_image_record(cloud, tmp_path):
+    strict = _policy_file(tmp_path / "strict.yaml", [{"name": "everything", "scope": "*", "level": "strict"}])
+    lenient = _policy_file(tmp_path / "lenient.yaml", [
+        {"name": "demo-audit", "scope": {"owner": cloud.project(USER)}, "level": "audit"},
+        {"name": "everything", "scope": "*", "level": "strict"}])
+    untrusted = cloud.env.cli("bare", "verify", "--image", cloud.ids["untrusted"], "--policy", strict, "--json")
+    assert untrusted.returncode == errors.UntrustedCertificate.exit_code, untrusted.stderr
+    assert json.loads(untrusted.stdout)["policy"]["rule"] == "everything"
+    logged = cloud.env.cli("bare", "verify", "--image", cloud.ids["untrusted"], "--policy", lenient, "--json")
+    assert logged.returncode == 0, logged.stderr
+    assert json.loads(logged.stdout)["policy"]["verdict"] == "allowed-with-warnings"
+    assert "trust policy rule demo-audit (audit) logs: authenticity" in logged.stderr
+    unsigned = cloud.env.cli("bare", "verify", "--image", cloud.ids["unsigned"], "--policy", lenient)
+    assert unsigned.returncode == 0 and "allows it unsigned (audit)" in unsigned.stdout, unsigned
+    assert cloud.env.cli("bare", "verify", "--image", cloud.ids["unsigned"], "--policy", strict).returncode == \
+        errors.UnsignedImage.exit_code
+    tampered = cloud.env.cli("bare", "verify", "--image", cloud.ids["tampered"], "--policy", lenient)
+    assert tampered.returncode == errors.InvalidSignature.exit_code, tampered.stderr
+    explained = cloud.env.cli("bare", "policy", "explain", "--image", cloud.ids["other"], "--policy", lenient,
+                              "--json")
+    assert explained.returncode == 0 and json.loads(explained.stdout)["rule"]["name"] == "everything"

@@ -95,6 +95,22 @@ def deployment(tmp_path_factory, keystone) -> Deployment:
     )
 
 
+def _import_policy(dep: Deployment) -> Path:
+    """A trust policy for the import plugin: the intermediate CA by key-manager id (stored in the service project)
+    for every image; the user project's snapshots in audit mode."""
+    path = dep.root / "import-policy.yaml"
+    path.write_text(json.dumps({
+        "version": 1,
+        "trustStores": {"ca": {"keyManager": [dep.trusted_ca_id]}},
+        "rules": [
+            {"name": "user-snapshots", "scope": {"owner": dep.user_project_id, "imageType": "snapshot"},
+             "level": "audit", "trustStores": ["ca"], "trustedIdentities": ["*"]},
+            {"name": "everything", "scope": "*", "level": "strict", "trustStores": ["ca"],
+             "trustedIdentities": ["*"]},
+        ]}))
+    return path
+
+
 def _instance_settings(name: str, dep: Deployment) -> tuple[list[str], dict[str, dict[str, str]]]:
     service = {"service_key_id": dep.service_key_id, "service_certificate_id": dep.service_cert_id,
                "service_project_id": dep.service_project_id}
@@ -112,6 +128,9 @@ def _instance_settings(name: str, dep: Deployment) -> tuple[list[str], dict[str,
                  "imgsign_import": {"trusted_certificate_ids": dep.trusted_ca_id, **service}})
     if name == "strict":
         return ["imgsign_verify"], {"imgsign_import": {"require_signature": "True"}}
+    if name == "policy":
+        return ["imgsign_verify"], {"imgsign_import": {"policy_file": str(_import_policy(dep)),
+                                                       "service_project_id": dep.service_project_id}}
     if name == "invalid":
         return ["imgsign_verify"], {"imgsign_import": {"require_signature": "sometimes"}}
     if name == "no-verify":
@@ -498,3 +517,23 @@ def test_failed_store_upload_after_resigning_restores_the_original_signature(gla
     assert {name: shown.get(name) for name in properties} == properties  # the raw-digest statement too
     assert not [name for name in shown if name.startswith("imgsign_original_")], shown
     assert not list(server.images_dir.glob(f"{image_id}*"))
+
+
+def test_import_under_a_trust_policy_chooses_the_rule_by_owner_and_image_type(glance_instances, deployment, tmp_path):
+    server = glance_instances("policy")
+    api = API(server)
+    image = make_qcow2(tmp_path / "disk.qcow2")
+    untrusted = sign(deployment, image, "leaf-untrusted")
+    image_id, task = api.import_image(image, untrusted)  # rule everything: strict
+    assert_refused_before_any_store(server, api, image_id, task,
+                                    f"imgsign_verify refused image {image_id}: untrusted-certificate:")
+    image_id, task = api.import_image(image)  # unsigned, strict
+    assert_refused_before_any_store(server, api, image_id, task,
+                                    f"imgsign_verify refused image {image_id}: unsigned-image:")
+    snapshot, task = api.import_image(image, {**untrusted, "image_type": "snapshot"})  # rule user-snapshots: audit
+    assert task["status"] == "success", task
+    assert api.show(snapshot)["status"] == "active"
+    assert (f"imgsign_verify: image {snapshot}: trust policy rule user-snapshots (audit) logs: authenticity"
+            in server.glance_log_text())
+    trusted, task = api.import_image(image, sign(deployment, image))  # a signer under the intermediate CA
+    assert task["status"] == "success", task

@@ -480,3 +480,42 @@ def test_boot_adopt_honours_the_timestamp(world, tmp_path):
     conf.write_text(f"[imgsign]\ntsa_ca_file = {pki('root-ca.pem')}\n")
     adopted = run_cli(*args, env={**world["env"], "IMGSIGN_CONFIG": str(conf)})
     assert adopted.code == 0, adopted
+
+
+# --- under a trust policy: the rule's tsa stores feed timestamp verification ------------------------------------
+
+
+def _policy(tmp_path, *, tsa_store):
+    stores = {"ca": {"type": "ca", "certificates": [str(pki("root-ca.pem"))], "intermediates": [str(pki("intermediate-ca.pem"))]}}
+    if tsa_store:
+        stores["tsa"] = {"type": "tsa", "certificates": [str(pki("root-ca.pem"))]}
+    policy = {"version": 1, "trustStores": stores,
+              "rules": [{"name": "all", "scope": "*", "level": "strict", "trustStores": sorted(stores),
+                        "trustedIdentities": ["*"]}]}
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    return path
+
+
+def test_under_a_policy_the_rules_tsa_store_checks_the_timestamp(world, tmp_path):
+    """The rule's `tsa` trust store is what the token is checked against (no --tsa-ca): an expired signer
+    timestamped while valid is trusted by the rule; without the store the token is not checked and the expired
+    chain is refused; a token from a TSA outside the store fails the rule's timestamp check."""
+    wait_until_expired(world)
+    props = world["short_props"]
+    with_tsa = ("--policy", str(_policy(tmp_path, tsa_store=True)))
+    ok = verify(world, world["short"], world["image"], props, trust=with_tsa)
+    assert ok.code == 0, ok
+    assert ok.json()["timestamp"]["status"] == "valid"
+    assert ok.json()["policy"]["rule"] == "all" and ok.json()["policy"]["allowed"] is True
+    (tmp_path / "plain").mkdir()
+    without = ("--policy", str(_policy(tmp_path / "plain", tsa_store=False)))
+    refused = verify(world, world["short"], world["image"], props, trust=without)
+    assert refused.code != 0, refused
+    assert refused.json()["timestamp"]["status"] == "not-checked"
+    assert refused.json()["valid"] is False
+    rogue = sign(world, world["valid"], world["image"], "--tsa", world["rogue"])
+    forged = verify(world, world["valid"], world["image"], rogue, trust=with_tsa)
+    assert forged.code == errors.TimestampError.exit_code, forged
+    assert forged.json()["timestamp"]["status"] == "invalid"
+    assert forged.json()["policy"]["allowed"] is False

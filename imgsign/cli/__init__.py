@@ -32,6 +32,7 @@ COMMANDS = {
     "crl": "imgsign.cli.crl:crl_group",
     "boot": "imgsign.cli.boot:boot_group",
     "audit": "imgsign.cli.audit:audit_command",
+    "policy": "imgsign.cli.policy:policy_group",
     "gateway": "imgsign.cli.gateway:gateway_group",
 }
 

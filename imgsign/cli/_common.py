@@ -16,7 +16,7 @@ from imgsign._internal.files import open_image, read_secret_file, read_small_fil
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from imgsign import chain, keygen
+    from imgsign import chain, keygen, trust_policy
     from imgsign.algorithms import HashMethod
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
@@ -235,6 +235,134 @@ def trust_anchors(ctx: click.Context, trusted_ids: tuple[str, ...], trusted_file
         require_crls=require_crl if require_crl is not None else bool(settings and settings.require_crls),
         max_depth=max_chain_depth if max_chain_depth is not None else (settings.max_chain_depth if settings else None),
     )
+
+
+def policy_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--policy FILE``: a trust policy file instead of ``--trusted`` (and of ``[imgsign] policy_file``)."""
+    return click.option("--policy", "policy_path", type=click.Path(dir_okay=False), metavar="FILE",
+                        help="Trust policy file (YAML or JSON): which signers are trusted for which images "
+                             "(default: [imgsign] policy_file, else the flat --trusted options).")(func)
+
+
+def facts_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--owner``, ``--visibility``, ``--image-type``, ``--booting-project``: what a trust policy's scopes select
+    on, given (or replacing what the properties document says)."""
+    from imgsign.trust_policy import IMAGE_TYPES, VISIBILITIES
+
+    for option in reversed((
+        click.option("--owner", metavar="PROJECT_ID", help="The image's owner project (for the trust policy)."),
+        click.option("--visibility", type=click.Choice(VISIBILITIES), help="The image's visibility."),
+        click.option("--image-type", type=click.Choice(IMAGE_TYPES), help="The image's image_type."),
+        click.option("--booting-project", metavar="PROJECT_ID",
+                     help="The project booting the image (compute side; rules with bootingProject)."),
+    )):
+        func = option(func)
+    return func
+
+
+def image_facts(document: Any, owner: str | None = None, visibility: str | None = None,
+                image_type: str | None = None, booting_project: str | None = None) -> trust_policy.ImageFacts:
+    """What the trust policy selects on: from a Glance record or ``openstack image show -f json`` document,
+    each given value replacing the document's."""
+    import dataclasses
+
+    from imgsign.trust_policy import ImageFacts
+
+    facts = ImageFacts.from_record(document if isinstance(document, dict) else {})
+    given = {"owner": owner, "visibility": visibility, "image_type": image_type, "booting_project": booting_project}
+    return dataclasses.replace(facts, **{k: v for k, v in given.items() if v is not None})
+
+
+def say_warnings(decision: trust_policy.Decision) -> None:
+    """Each check the rule only logs, as a warning on stderr."""
+    for finding in decision.warnings:
+        say(f"imgsign: warning: trust policy rule {decision.rule.name} ({decision.rule.level.value}) logs: "
+            f"{finding.check}: {finding.message}", err=True)
+
+
+def load_trust_policy(path: str) -> trust_policy.TrustPolicy:
+    """The trust policy in the file at ``path`` (InputError when unreadable, TrustPolicyError when invalid)."""
+    from imgsign import trust_policy
+
+    return trust_policy.load_policy_text(read_small_file(path, "trust policy"), path)
+
+
+class TrustSetup:
+    """The trust policy a command verifies under, and the trust anchors of each of its rules, loaded on
+    first use (files relative to the policy file's directory; key-manager ids and stored CRLs from the
+    key manager)."""
+
+    def __init__(self, ctx: click.Context, policy: trust_policy.TrustPolicy, base: str | None,
+                 legacy: chain.TrustAnchors | None = None, intermediate_files: tuple[str, ...] = (),
+                 crl_files: tuple[str, ...] = ()) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.base = base
+        self.legacy = legacy
+        self.intermediate_files = intermediate_files
+        self.crl_files = crl_files
+        self._anchors: dict[str, chain.TrustAnchors | None] = {}
+
+    @property
+    def builtin(self) -> bool:
+        return self.base is None
+
+    def anchors_for(self, rule: trust_policy.Rule) -> chain.TrustAnchors | None:
+        if self.builtin:
+            return self.legacy
+        if rule.name not in self._anchors:
+            self._anchors[rule.name] = self._load(rule)
+        return self._anchors[rule.name]
+
+    def tsa_roots_for(self, rule: trust_policy.Rule) -> list[x509.Certificate]:
+        """The certificates of the rule's ``tsa`` trust stores."""
+        from imgsign.keymanager.anchors import rule_tsa_roots
+
+        return rule_tsa_roots(rule, self.base or ".", open_store(self.ctx) if any(
+            s.key_manager_ids for s in rule.tsa_stores) else None)
+
+    def _load(self, rule: trust_policy.Rule) -> chain.TrustAnchors | None:
+        from imgsign.keymanager.anchors import rule_anchors
+
+        return rule_anchors(rule, self.base or ".", open_store(self.ctx) if rule.ca_stores else None,
+                            intermediate_files=self.intermediate_files, crl_files=self.crl_files)
+
+
+def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[str, ...],
+                trusted_files: tuple[str, ...], intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
+                require_crl: bool | None, max_chain_depth: int | None) -> TrustSetup:
+    """The trust policy of ``--policy``, else of the flat options (``--trusted``, ``--trusted-file``), else of
+    ``[imgsign] policy_file``, else the built-in policy of ``[imgsign] trusted_certificate_ids``."""
+    import os
+
+    from imgsign import trust_policy
+
+    # --intermediate and --crl files are the command line's: relative to the working directory.
+    extra_intermediates = tuple(os.path.abspath(p) for p in intermediate_files)
+    extra_crls = tuple(os.path.abspath(p) for p in crl_files)
+    if policy_path is not None:
+        if trusted_ids or trusted_files or require_crl or max_chain_depth is not None:
+            raise click.UsageError("--policy replaces --trusted, --trusted-file, --require-crl and "
+                                   "--max-chain-depth (set them in the policy's trust stores)")
+        policy = load_trust_policy(policy_path)
+        return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(policy_path)), None, extra_intermediates,
+                          extra_crls)
+    settings = config(ctx).imgsign if has_config(ctx) else None
+    configured = getattr(settings, "policy_file", None) if settings is not None else None
+    if configured and not trusted_ids and not trusted_files:
+        if settings is not None and list(settings.trusted_certificate_ids):
+            raise errors.InputError("[imgsign] sets both policy_file and trusted_certificate_ids: set one "
+                                    "(a policy's trust stores name the trusted certificates)")
+        if require_crl or max_chain_depth is not None:
+            raise click.UsageError("--require-crl and --max-chain-depth do not apply under [imgsign] "
+                                   "policy_file (set them in the policy's trust stores)")
+        policy = load_trust_policy(configured)
+        return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(configured)), None, extra_intermediates,
+                          extra_crls)
+    anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files, require_crl,
+                            max_chain_depth)
+    builtin = trust_policy.builtin_policy(anchors is not None, bool(anchors and anchors.require_crls))
+    return TrustSetup(ctx, builtin, None, anchors)
 
 
 def load_properties(path: str) -> Any:

@@ -137,6 +137,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
                trusted_ids: tuple[str, ...], instances_path: str | None, state_dir: str | None, seal: str | None,
                lock_timeout: float | None, keep_format: bool, fmt: str) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
+    from imgsign.compute.boot_policy import facts_of
+
     settings = boot_settings(ctx)
     trusted_ids = trusted_ids or settings.trusted_certificate_ids
     instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
@@ -145,6 +147,8 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     document = load_properties_document(properties_path)
     signed_document = properties_from_document(document)
     properties = SignatureProperties.from_mapping(signed_document)
+    # `openstack image show -f json` output says the image's owner and visibility: recorded for a trust policy.
+    facts = facts_of(document) if isinstance(document, dict) and "owner" in document else None
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
@@ -156,7 +160,7 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format, immutable=seal == "immutable", document=signed_document,
-            tsa_roots=tsa_roots(ctx, ()),
+            tsa_roots=tsa_roots(ctx, ()), image_facts=facts,
             disk_format=image_format.disk_format_of(image_format.with_disk_format(document, signed_document)),
         )
     emit(record.to_body()["cached_file"] | {"image_id": image_id}, fmt)

@@ -93,6 +93,7 @@ def adopt(
     policy: Policy,
     immutable: bool,
     original: Original | None = None,
+    image_facts: Mapping[str, str] | None = None,
     tsa_roots: Sequence[x509.Certificate] = (),
     disk_format: str | None = None,
 ) -> TrustRecord:
@@ -120,13 +121,14 @@ def adopt(
     records.prepare()  # an insecure state directory stops us before anything is touched
     with records.locks.hold(cache_name(image_id)):
         return _adopt_locked(instances_path, image_id, properties, signed, certificate, records, anchors,
-                             trusted_ids, certificate_id, policy, immutable, original, disk_format)
+                             trusted_ids, certificate_id, policy, immutable, original, disk_format, image_facts)
 
 
 def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, object], signed: SignatureProperties,
                   certificate: x509.Certificate, records: RecordStore, anchors: TrustAnchors | None,
                   trusted_ids: Sequence[str], certificate_id: str | None, policy: Policy, immutable: bool,
-                  original: Original | None, disk_format: str | None) -> TrustRecord:
+                  original: Original | None, disk_format: str | None,
+                  image_facts: Mapping[str, str] | None = None) -> TrustRecord:
     """:func:`adopt`, its base's lock held."""
     name = cache_name(image_id)
     cache = VerifiedCache(records.state_dir, owner=records.owner)
@@ -159,7 +161,7 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
         cache.forget(name)
         record = new_record(image_id, signed, certificate, signed_digest, certificate_id, trusted,
                             cached_format=base_format, cached_sha256=sha256, cached_size=identity.size,
-                            source_format=source_format)
+                            source_format=source_format, image_facts=image_facts)
         records.put(record)
         rememberable = seal.rememberable
     if rememberable:  # the fast-path conditions of imgsign.compute.verified_cache hold

@@ -64,6 +64,11 @@ from imgsign.errors import (
 )
 from imgsign.policy import Policy
 
+#: ``typing.TYPE_CHECKING`` without importing typing, which every hook call would pay for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imgsign.trust_policy import TrustPolicy
+
 
 class Mode(str, enum.Enum):
     ENFORCE = "enforce"
@@ -89,6 +94,10 @@ class BootPolicy:
     server_id: str | None = None
     max_fast_path_age: float = DEFAULT_MAX_AGE
     immutable_bases: bool
+    #: ``[boot] policy_file``: a trust policy deciding the signer instead of ``trusted_certificate_ids``
+    #: (:mod:`imgsign.compute.boot_policy`), its certificate files relative to ``trust_dir``.
+    trust: TrustPolicy | None = None
+    trust_dir: str = "/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +119,19 @@ class BootDecision:
 _RECORD_POLICY = Policy(ignore_certificate_dates=True, allow_weak_keys=True)
 
 
-def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) -> None:
+def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy,
+                 booting_project: str | None = None) -> str | None:
     """Raise unless the record's signer certificate, or a trusted certificate its chain was validated
-    against, is one of the certificates the policy's trusted ids are bound to; and, when the server has
-    its own trusted certificate ids, one of the certificates those are bound to as well."""
-    if policy.trusted_certificate_ids and not _bound_to_any(record, records, policy.trusted_certificate_ids):
+    against, is one of the certificates the policy's trusted ids are bound to (under a trust policy:
+    unless the rule that applies trusts it); and, when the server has its own trusted certificate ids, one
+    of the certificates those are bound to as well: the server's list narrows whatever the host's trust
+    (ids or policy) allows.  Returns what the policy's rule only logs, if anything."""
+    logged = None
+    if policy.trust is not None:
+        from imgsign.compute.boot_policy import check_record
+
+        logged = check_record(record, records, policy.trust, policy.trust_dir, booting_project)
+    elif policy.trusted_certificate_ids and not _bound_to_any(record, records, policy.trusted_certificate_ids):
         raise UntrustedCertificate(
             f"image {record.image_id} is signed by a certificate that is not among the trusted certificate ids "
             f"({', '.join(policy.trusted_certificate_ids)}) and was not validated against any of them at download "
@@ -129,6 +146,7 @@ def check_signer(record: TrustRecord, records: RecordStore, policy: BootPolicy) 
             f"of server {policy.server_id or '?'} in Nova ({', '.join(policy.server_certificate_ids)}{never}) and "
             f"was not validated against any of them at download (the server's own list narrows the host's; the "
             f"signing certificate was {_fetched(record)})")
+    return logged
 
 
 def _bound_to_any(record: TrustRecord, records: RecordStore, ids: tuple[str, ...]) -> bool:
@@ -144,7 +162,8 @@ def _fetched(record: TrustRecord) -> str:
 
 
 def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
-               cache: VerifiedCache | None = None, records: RecordStore | None = None) -> str:
+               cache: VerifiedCache | None = None, records: RecordStore | None = None,
+               booting_project: str | None = None) -> str:
     """Raise unless ``path`` is exactly the verified file of ``record``; returns how it was checked.
 
     ``records`` (for the trusted-certificate bindings) is required when the policy names trusted
@@ -153,10 +172,16 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
     if record is None:
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
-    if policy.trusted_certificate_ids or policy.server_certificate_ids:
+    logged = None
+    if policy.trusted_certificate_ids or policy.server_certificate_ids or policy.trust is not None:
         if records is None:
             raise TypeError("check_base needs the RecordStore to check trusted certificate ids")
-        check_signer(record, records, policy)
+        logged = check_signer(record, records, policy, booting_project)
+    how = _check_file(path, record, policy, cache)
+    return how if logged is None else f"{how}; {logged}"
+
+
+def _check_file(path: str, record: TrustRecord, policy: BootPolicy, cache: VerifiedCache | None) -> str:
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -255,7 +280,7 @@ def _check_content(fd: int, path: str, info: os.stat_result, record: TrustRecord
 
 def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
                     cache: VerifiedCache | None = None, *, name: str | None = None,
-                    fmt: str | None = None) -> BootDecision:
+                    fmt: str | None = None, booting_project: str | None = None) -> BootDecision:
     """Decide whether an instance may boot from base file ``path`` (never raises an ImgsignError).
 
     With ``cache`` (the check seals the base) the base's lock is held throughout; a base another run
@@ -268,7 +293,7 @@ def verify_for_boot(path: str, records: RecordStore, policy: BootPolicy,
             if record is not None and fmt is not None and fmt != record.cached_format:
                 raise UnsafeImage(f"base file {path} would be read by qemu as {fmt}, but image {record.image_id} "
                                   f"was inspected and verified as {record.cached_format}")
-            how = check_base(path, record, policy, cache, records)
+            how = check_base(path, record, policy, cache, records, booting_project)
     except ImgsignError as exc:
         return BootDecision(policy.mode is Mode.WARN, exc.exit_code, exc.reason, exc.message)
     image = record.image_id if record is not None else "?"

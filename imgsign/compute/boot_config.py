@@ -124,6 +124,9 @@ class BootSettings:
     #: (:func:`imgsign.compute.server_trust.load_settings`, checked there when the file is validated); None
     #: when the file has no such section.
     nova: tuple[tuple[str, str], ...] | None = None
+    #: ``[boot] policy_file``: a trust policy deciding the signer instead of ``trusted_certificate_ids``
+    #: (read, with YAML, only when set: :func:`imgsign.compute.libvirt_hook.load_config`); None when not set.
+    policy_file: str | None = None
 
 
 def config_path(path: str | None = None) -> str:
@@ -252,6 +255,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "lock_timeout": (float, int), "instances_path": (str,), "state_dir": (str,), "log_file": (str, type(None)),
     "allow_unverified": (list,), "adopt": (bool,), "adopt_timeout": (float, int), "adopt_by_conversion": (bool,),
     "adopt_conversion_max_size": (int,), "adopt_conversion_timeout": (float, int), "nova": (list, type(None)),
+    "policy_file": (str, type(None)),
 }
 
 
@@ -325,6 +329,11 @@ def boot_opts() -> list[cfg.Opt]:
                          "certificate is one of them or chains to one of them (as bound by imgsign boot "
                          "cache/adopt or self-adoption). Empty: any signer with a valid trust record. "
                          "imgsign boot commands use it when --trusted is not given."),
+        cfg.StrOpt("policy_file", default="", regex=ABSOLUTE_PATH_OR_EMPTY,
+                   help="A trust policy file (doc/source/user/trust-policy.md) deciding which signers are trusted "
+                        "for which images (by the image's owner, visibility, image_type and the booting project) "
+                        "instead of trusted_certificate_ids (set one of them); root's and writable by no one "
+                        "else, as its trust stores' certificate files. Empty: no trust policy."),
         cfg.Opt("max_fast_path_age", type=Seconds(), default=BootPolicy.max_fast_path_age,
                 help="Seconds after a full read during which a sealed, unchanged base is accepted without "
                      "reading it again."),
@@ -420,6 +429,9 @@ def _check_names(path: str, sections: dict[str, dict[str, list[str]]]) -> None:
 def _settings_from(conf: cfg.ConfigOpts, path: str | None) -> BootSettings:
     """The ``[boot]`` values of a loaded boot.conf (``adopt`` resolved)."""
     boot = conf[GROUP]
+    if boot.policy_file and boot.trusted_certificate_ids:
+        raise InputError(f"{path or 'boot.conf'}: [boot] sets both policy_file and trusted_certificate_ids: set one "
+                         "(a trust policy's trust stores name the trusted certificates)")
     adopt = boot.adopt if boot.adopt is not None else bool(conf[GLANCE_GROUP].auth_type)
     return BootSettings(
         path=path, mode=boot.mode, trusted_certificate_ids=tuple(boot.trusted_certificate_ids),
@@ -428,7 +440,7 @@ def _settings_from(conf: cfg.ConfigOpts, path: str | None) -> BootSettings:
         log_file=boot.log_file or None, allow_unverified=tuple(boot.allow_unverified), adopt=bool(adopt),
         adopt_timeout=float(boot.adopt_timeout), adopt_by_conversion=bool(boot.adopt_by_conversion),
         adopt_conversion_max_size=int(boot.adopt_conversion_max_size),
-        adopt_conversion_timeout=float(boot.adopt_conversion_timeout))
+        adopt_conversion_timeout=float(boot.adopt_conversion_timeout), policy_file=boot.policy_file or None)
 
 
 def validate(path: str | None) -> BootSettings:

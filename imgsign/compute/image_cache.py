@@ -211,14 +211,15 @@ def bind_fetched(records: RecordStore, certificate: x509.Certificate, certificat
 
 def new_record(image_id: str, properties: SignatureProperties, certificate: x509.Certificate, signed_digest: bytes,
                certificate_id: str | None, trusted: Sequence[x509.Certificate], *, cached_format: str,
-               cached_sha256: bytes, cached_size: int, source_format: str) -> TrustRecord:
-    """The trust record of a verified base file."""
+               cached_sha256: bytes, cached_size: int, source_format: str,
+               image_facts: Mapping[str, str] | None = None) -> TrustRecord:
+    """The trust record of a verified base file (``image_facts``: owner, visibility, image_type from Glance)."""
     return TrustRecord(
         image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
         signed_digest=signed_digest, certificate_id=certificate_id,
         anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
         cached_format=cached_format, cached_sha256=cached_sha256, cached_size=cached_size,
-        source_format=source_format,
+        source_format=source_format, image_facts=None if image_facts is None else dict(image_facts),
     )
 
 
@@ -259,6 +260,7 @@ def add_to_cache(
     policy: Policy,
     force_raw: bool = True,
     immutable: bool,
+    image_facts: Mapping[str, str] | None = None,
     document: Mapping[str, object] | None = None,
     tsa_roots: Sequence[x509.Certificate] = (),
     disk_format: str | None = None,
@@ -309,6 +311,7 @@ def add_to_cache(
         identity = _place(dir_fd, cached, name)
         record = new_record(image_id, properties, certificate, verifier.verified_digest, certificate_id, trusted,
                             cached_format=cached_format, cached_sha256=sha256, cached_size=size,
+                            image_facts=image_facts,
                             source_format=source_format)
         try:
             records.put(record)

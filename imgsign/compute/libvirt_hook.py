@@ -39,6 +39,8 @@ its type and default: ``doc/source/reference/configuration.md``, ``etc/imgsign/b
     mode = enforce
     # empty: any signer with a valid record
     trusted_certificate_ids = id1, id2
+    # a trust policy instead of trusted_certificate_ids (doc/source/user/trust-policy.md)
+    policy_file =
     # seconds an unchanged sealed base is accepted unread
     max_fast_path_age = 86400
     # or owner: root's and 0644 only (e.g. SELinux hosts, see the docs)
@@ -148,12 +150,22 @@ class HookConfig:
 
 def load_config(path: str | None = None) -> HookConfig:
     """boot.conf (``path``, ``$IMGSIGN_BOOT_CONFIG``, ``/etc/imgsign/boot.conf``), checked by oslo.config
-    or, when it is unchanged since, by its validated snapshot (:mod:`imgsign.compute.boot_config`)."""
+    or, when it is unchanged since, by its validated snapshot (:mod:`imgsign.compute.boot_config`).
+    ``[boot] policy_file`` (a trust policy) is read on every call: only then are its parser and YAML loaded."""
     settings = boot_config.load(path)
+    trust, trust_dir = None, "/"
+    if settings.policy_file:
+        if settings.trusted_certificate_ids:
+            raise InputError(f"{settings.path}: [boot] sets both policy_file and trusted_certificate_ids: set one")
+        from imgsign.compute.boot_policy import read_root_file
+        from imgsign.trust_policy import load_policy_text
+
+        trust = load_policy_text(read_root_file(settings.policy_file, "trust policy"), settings.policy_file)
+        trust_dir = os.path.dirname(os.path.abspath(settings.policy_file))
     return HookConfig(
         policy=BootPolicy(mode=Mode(settings.mode), trusted_certificate_ids=settings.trusted_certificate_ids,
                           max_fast_path_age=settings.max_fast_path_age,
-                          immutable_bases=settings.seal_bases == "immutable"),
+                          immutable_bases=settings.seal_bases == "immutable", trust=trust, trust_dir=trust_dir),
         instances_path=settings.instances_path, state_dir=settings.state_dir, log_file=settings.log_file,
         allow_unverified=settings.allow_unverified, path=settings.path, lock_timeout=settings.lock_timeout,
         nova=_nova_settings(settings))
@@ -210,6 +222,8 @@ class Domain:
     filesystems: tuple[Source, ...] = ()
     #: Other devices that give the guest host storage or arbitrary qemu options (``type`` is the kind).
     others: tuple[Source, ...] = ()
+    #: The project booting the instance (``<nova:owner><nova:project uuid>``), for the trust policy.
+    project_id: str | None = None
 
 
 def _source(element: ET.Element | None, kind: str) -> str:
@@ -293,8 +307,13 @@ def parse_domain(xml: bytes | str) -> Domain:
                for memory in root.findall("./devices/memory") if memory.findtext("source/path")]
     others += [Source("qemu:commandline", " ".join(arg.get("value", "") for arg in element.iter(QEMU_NS + "arg")))
                for element in root.iter(QEMU_NS + "commandline")]
+    projects = {element.get("uuid") or None for element in root.iter()
+                if isinstance(element.tag, str) and element.tag.startswith("{" + NOVA_NS_PREFIX)
+                and element.tag.endswith("}project")}
+    if len(projects) > 1:
+        raise InputError(f"the domain XML names {len(projects)} different owner projects")
     return Domain(root.findtext("name", "?"), root.findtext("uuid", "?"), image_ids.pop() if image_ids else None,
-                  disks, tuple(boot_files), filesystems, tuple(others))
+                  disks, tuple(boot_files), filesystems, tuple(others), projects.pop() if projects else None)
 
 
 Result = tuple[str, "str | None", BootDecision]
@@ -327,7 +346,8 @@ class _Decider:
             self._adopter = SelfAdopter(self.config.path, self.config.instances_path, self.records,
                                         self.config.policy.mode, self.config.policy.trusted_certificate_ids,
                                         policy=Policy(),  # the hook has no opt-outs
-                                        immutable=self.config.policy.immutable_bases)
+                                        immutable=self.config.policy.immutable_bases,
+                                        trust=self.config.policy.trust, trust_dir=self.config.policy.trust_dir)
         return self._adopter
 
     def failure(self, path: str, exc: ImgsignError, allowed: bool = False) -> None:
@@ -424,7 +444,8 @@ class _Decider:
     def checked(self, path: str, image_id: str | None, fmt: str | None = None) -> Result:
         """The decision for the base ``path`` (its lock held) read as ``fmt``: its record and format, its
         content, who can change it."""
-        decision = verify_for_boot(path, self.records, self.policy, self.cache, fmt=fmt)
+        decision = verify_for_boot(path, self.records, self.policy, self.cache, fmt=fmt,
+                                   booting_project=self.domain.project_id)
         if decision.allowed and decision.code == 0:
             try:
                 self.protected(path)
@@ -503,7 +524,8 @@ class _Decider:
             if record is None or record.cached_size != size:
                 continue
             decision = verify_for_boot(path, self.records, self.policy,
-                                       self.cache if in_cache and name == own else None, name=name)
+                                       self.cache if in_cache and name == own else None, name=name,
+                                       booting_project=self.domain.project_id)
             if decision.allowed and decision.code == 0:
                 self.results.append((path, record.image_id, decision))
                 return

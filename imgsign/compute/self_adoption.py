@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from imgsign.chain import TrustAnchors
     from imgsign.compute.conversion_adoption import Original
     from imgsign.policy import Policy
+    from imgsign.trust_policy import TrustPolicy
 
 #: Seconds for all of one hook run's network calls together (Glance, Keystone, key manager).
 DEFAULT_TIMEOUT = boot_config.DEFAULT_ADOPT_TIMEOUT
@@ -120,8 +121,15 @@ class SelfAdopter:
     """
 
     def __init__(self, config_path: str | None, instances_path: str, records: RecordStore, mode: Mode,
-                 trusted_ids: tuple[str, ...], *, policy: Policy, immutable: bool) -> None:
+                 trusted_ids: tuple[str, ...], *, policy: Policy, immutable: bool, trust: TrustPolicy | None = None,
+                 trust_dir: str = "/") -> None:
         self.config_path = config_path
+        #: Under a trust policy (``[boot] policy_file``) the chain is validated against every CA store of it
+        #: (its key-manager ids, then its files), so the record names each trusted certificate it reaches.
+        self.trust = trust
+        self.trust_dir = trust_dir
+        if trust is not None:
+            trusted_ids = tuple(dict.fromkeys(i for r in trust.rules for s in r.ca_stores for i in s.key_manager_ids))
         self.policy = policy
         self.immutable = immutable
         self.base_dir = os.path.join(os.path.normpath(instances_path), qemu_img.CACHE)
@@ -182,7 +190,8 @@ class SelfAdopter:
             if not settings.enabled:
                 return [], None
             fetched = self._within_deadline(
-                settings, lambda stage, deadline: _fetch(settings, image_id, self.trusted_ids, stage, deadline))
+                settings, lambda stage, deadline: _fetch(settings, image_id, self.trusted_ids, stage, deadline,
+                                                         self._trusted_files()))
             record = self._adopt(image_id, fetched)
         except ImgsignError as exc:
             message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
@@ -192,6 +201,17 @@ class SelfAdopter:
                                               f"adopted the base Nova downloaded for {what} "
                                               f"({record.cached_format}{converted}; properties from Glance)"))], \
             fetched.image
+
+    def _trusted_files(self) -> tuple[x509.Certificate, ...]:
+        """The certificates of the trust policy's CA stores given as files."""
+        if self.trust is None:
+            return ()
+        from imgsign.certificates import load_certificates
+        from imgsign.compute.boot_policy import read_root_file
+
+        files = dict.fromkeys(f for r in self.trust.rules for s in r.ca_stores for f in s.certificate_files)
+        return tuple(c for f in files for c in load_certificates(
+            read_root_file(os.path.join(self.trust_dir, f), "trusted certificates")))
 
     def settings(self) -> _Settings:
         if self._settings is None:
@@ -267,10 +287,13 @@ class SelfAdopter:
         if _converted_without_statement(self._base_of(image_id), image_id, fetched.image):
             original = self._original(image_id, fetched.image)
         signed = adoption.signature_properties(image_id, fetched.image)
+        from imgsign.compute.boot_policy import facts_of
+
         return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
                               certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
-                              original=original, tsa_roots=self._tsa_roots())
+                              original=original, tsa_roots=self._tsa_roots(),
+                              image_facts=facts_of(fetched.image))
 
     def _tsa_roots(self) -> list[x509.Certificate]:
         """``[imgsign] tsa_ca_file`` of boot.conf: the TSAs whose timestamps count (none: tokens are not checked)."""
@@ -344,7 +367,7 @@ def _converted_without_statement(path: str, image_id: str, image: Mapping[str, A
 
 
 def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str],
-           deadline: Deadline) -> Fetched:
+           deadline: Deadline, trusted_files: tuple[x509.Certificate, ...] = ()) -> Fetched:
     """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are),
     each service as one network phase under ``deadline``."""
     from imgsign.compute.adoption import signature_properties
@@ -362,8 +385,9 @@ def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], sta
         store = km_config.open_store(conf)
         certificate = fetch_certificate(store, signed.certificate_uuid)
         anchors = None
-        if trusted_ids:
-            anchors = fetch_trust_anchors(store, trusted_ids, require_crls=conf.imgsign.require_crls,
+        if trusted_ids or trusted_files:
+            anchors = fetch_trust_anchors(store, trusted_ids, trusted=trusted_files,
+                                          require_crls=conf.imgsign.require_crls,
                                           max_depth=conf.imgsign.max_chain_depth)
     return Fetched(image, certificate, anchors)
 

@@ -82,6 +82,9 @@ class TrustRecord:
     recorded_at: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     )
+    #: What Glance said of the image when it was verified (owner, visibility, image_type: the facts a trust
+    #: policy's scopes select on); None when the record was made without Glance's record (a file).
+    image_facts: dict[str, str] | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class TrustRecord:
                             "sha256": self.cached_sha256.hex(), "size": self.cached_size},
             "source_format": self.source_format,
             "recorded_at": self.recorded_at,
+            **({} if self.image_facts is None else {"image": dict(self.image_facts)}),
         }
 
     def digest(self) -> str:
@@ -127,6 +131,7 @@ class TrustRecord:
                 cached_size=_int(cached["size"]),
                 source_format=_text(body["source_format"]),
                 recorded_at=_text(body["recorded_at"]),
+                image_facts=_facts(body.get("image")),
             )
             if cached["name"] != cache_name(record.image_id):
                 raise TrustRecordError("trust record names another image's cache file")
@@ -144,6 +149,18 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+#: The image facts a record may keep.
+FACT_KEYS = ("owner", "visibility", "image_type")
+
+
+def _facts(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= set(FACT_KEYS):
+        raise TypeError("the image facts must be a mapping of owner, visibility and image_type")
+    return {key: _text(text) for key, text in value.items()}
 
 
 def _int(value: Any) -> int:

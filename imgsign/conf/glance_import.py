@@ -20,6 +20,11 @@ OPTS = [
                 help="Key-manager ids of trusted (CA) certificates. When set, imgsign_verify also requires the "
                      "signing certificate to chain to one of them. Looked up with the importing user's context, "
                      "then with the service context."),
+    cfg.StrOpt("policy_file",
+               help="Trust policy file (YAML or JSON; imgsign's doc/source/user/trust-policy.md). When set, the rule "
+                    "that applies to the image (by its owner, visibility and image_type) decides who may sign it, "
+                    "instead of trusted_certificate_ids and require_crls (set one or the other). Its key-manager "
+                    "ids are looked up as trusted_certificate_ids are."),
     cfg.BoolOpt("require_signature", default=False,
                 help="Refuse images that have no img_signature* properties (default: they pass unchecked)."),
     cfg.BoolOpt("require_crls", default=False,

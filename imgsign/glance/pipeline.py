@@ -30,6 +30,7 @@ from imgsign.properties import SignatureProperties
 from imgsign.properties import is_signed as is_signed  # re-exported: pipelines ask it before verify_image
 from imgsign.signer import Signer
 from imgsign.stream import ImageData, iter_chunks
+from imgsign.trust_policy import Decision, Rule, Selection
 from imgsign.verifier import Verifier
 
 #: Prefix of the properties that keep the original signature after a re-signing.
@@ -46,6 +47,8 @@ class VerifiedImage:
     chain: tuple[x509.Certificate, ...]
     digest: bytes
     size: int
+    #: Under a trust policy: the decision of the rule that applied (its warnings are what it only logs).
+    decision: Decision | None = None
 
 
 def verify_image(
@@ -57,6 +60,8 @@ def verify_image(
     crls: Sequence[x509.CertificateRevocationList] = (),
     require_crls: bool = False,
     policy: Policy = DEFAULT_POLICY,
+    selection: Selection | None = None,
+    rule_anchors: Callable[[Rule], TrustAnchors | None] | None = None,
 ) -> VerifiedImage:
     """Verify ``data`` against its ``img_signature*`` properties; raise on any doubt.
 
@@ -66,12 +71,24 @@ def verify_image(
     that cannot list its CRLs raises :class:`~imgsign.errors.KeyManagerError`, never a chain
     validated without them; ``require_crls`` needs a complete CRL in scope from every issuer,
     see :func:`imgsign.chain.validate_chain`).
+    With ``selection`` (the trust policy rule that applies to the image, :func:`imgsign.trust_policy.select`)
+    the rule decides instead of ``trusted_ids``, against the anchors ``rule_anchors`` loads for it; a
+    ``skip`` rule is the caller's to honour (nothing to verify).
     All checks that need no data run before the first byte is read.
     """
     parsed = SignatureProperties.from_mapping(properties)
     certificate = load_certificate(certificates.get_certificate(parsed.certificate_uuid))
     path: tuple[x509.Certificate, ...] = ()
-    if trusted_ids:
+    decision = None
+    if selection is not None:
+        from imgsign import trust_evidence, trust_policy
+
+        rule = selection.rule
+        evidence = trust_evidence.gather(certificate, rule_anchors(rule) if rule_anchors else None, rule, policy)
+        decision = trust_policy.enforce(trust_policy.decide(selection, evidence))
+        # The certificate's dates were the rule's to judge (its expiry action); its usage is checked below.
+        policy = dataclasses.replace(policy, ignore_certificate_dates=True)
+    elif trusted_ids:
         trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
         all_crls = [*crls, *(load_crl(der) for _, der in certificates.get_crls())]
         path = tuple(validate_chain(certificate, TrustAnchors(trusted, (), all_crls, require_crls), policy))
@@ -81,7 +98,7 @@ def verify_image(
         verifier.update(chunk)
         size += len(chunk)
     verifier.verify()
-    return VerifiedImage(parsed, certificate, path, verifier.verified_digest, size)
+    return VerifiedImage(parsed, certificate, path, verifier.verified_digest, size, decision)
 
 
 def resign(

@@ -311,6 +311,30 @@ class _VerifyStaged(task.Task):
         _check_options("imgsign_verify", self.image_id)
         with self.action_wrapper as action:
             properties = action.image_extra_properties
+            facts = _image_facts(action, self.image_id)
+        selection = None
+        if CONF[GROUP].policy_file:
+            try:
+                selection = _select(facts)
+            except ImgsignError as error:
+                refused = _refusal("imgsign_verify", self.image_id, error)
+                LOG.error("%s", refused.msg)
+                raise refused from None
+            if selection.rule.level.value == "skip":
+                LOG.info("imgsign_verify: image %s: trust policy rule %s skips verification", self.image_id,
+                         selection.rule.name)
+                return {"image_id": self.image_id, "task_id": self.task_id, "signed": False, "skipped": True}
+        if selection is not None and not is_signed(properties):
+            from imgsign.trust_policy import Evidence, decide
+
+            decision = decide(selection, Evidence(signed=False))
+            if not decision.allowed and decision.error is not None:
+                unsigned = _refusal("imgsign_verify", self.image_id, decision.error)
+                LOG.error("%s", unsigned.msg)
+                raise unsigned
+            LOG.warning("imgsign_verify: image %s is not signed; trust policy rule %s (%s) allows it", self.image_id,
+                        selection.rule.name, selection.rule.level.value)
+            return {"image_id": self.image_id, "task_id": self.task_id, "signed": False}
         if not is_signed(properties):
             if CONF[GROUP].require_signature:
                 unsigned = _refusal("imgsign_verify", self.image_id, UnsignedImage(
@@ -324,8 +348,13 @@ class _VerifyStaged(task.Task):
             user, service = _stores(self.context)
             store = _FirstFound([user, service] if service is not None else [user])
             with open(self.staged_path, "rb") as data:
-                verified = verify_image(data, properties, store, trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
-                                        require_crls=CONF[GROUP].require_crls)
+                if selection is not None:
+                    verified = verify_image(data, properties, store, selection=selection,
+                                            rule_anchors=_rule_anchors_from(store))
+                else:
+                    verified = verify_image(data, properties, store,
+                                            trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
+                                            require_crls=CONF[GROUP].require_crls)
         except ImgsignError as error:
             refusal = _refusal("imgsign_verify", self.image_id, error)
         except OSError as error:
@@ -336,6 +365,11 @@ class _VerifyStaged(task.Task):
             raise refusal
         from imgsign.certificates import describe
 
+        if verified.decision is not None:
+            for finding in verified.decision.warnings:
+                LOG.warning("imgsign_verify: image %s: trust policy rule %s (%s) logs: %s: %s", self.image_id,
+                            verified.decision.rule.name, verified.decision.rule.level.value, finding.check,
+                            safe(finding.message))
         LOG.info("imgsign_verify: image %s: signature by %s verified over %d staged bytes%s", self.image_id,
                  describe(verified.certificate), verified.size,
                  f" (chain to {describe(verified.chain[-1])})" if verified.chain else "")
@@ -365,6 +399,44 @@ class _VerifyStaged(task.Task):
         except Exception as exc:  # noqa: BLE001 - revert must not mask the refusal
             LOG.warning("imgsign_verify: could not reset image %s after refusing it: %s", safe(self.image_id),
                         safe(redact.scrub(str(exc))))
+
+
+def _image_facts(action: Any, image_id: str) -> Any:
+    """The image's owner, visibility and image_type, as the trust policy's scopes select on them."""
+    from imgsign.trust_policy import ImageFacts
+
+    image = getattr(action, "_image", None)  # glance's _ImportActions keeps the image it wraps
+    owner = getattr(image, "owner", None)
+    visibility = getattr(image, "visibility", None)
+    extra = getattr(image, "extra_properties", None) or {}
+    image_type = extra.get("image_type") if hasattr(extra, "get") else None
+    return ImageFacts(owner if isinstance(owner, str) else None, visibility if isinstance(visibility, str) else None,
+                      image_type if isinstance(image_type, str) and image_type else "image", None, image_id)
+
+
+def _select(facts: Any) -> Any:
+    """The trust policy rule for ``facts`` (the policy file is read at each import: edits apply at once).
+
+    Refuses (never guesses) when Glance did not give the image's owner and visibility."""
+    from imgsign._internal.files import read_small_file
+    from imgsign.errors import InputError
+    from imgsign.trust_policy import load_policy_text, select
+
+    path = CONF[GROUP].policy_file
+    policy = load_policy_text(read_small_file(path, "trust policy"), path)
+    if facts.owner is None or facts.visibility is None:
+        raise InputError("cannot read the image's owner and visibility from Glance: the trust policy cannot "
+                         "choose its rule")
+    return select(policy, facts)
+
+
+def _rule_anchors_from(store: CertificateStore) -> Callable[[Any], Any]:
+    def load(rule: Any) -> Any:
+        from imgsign.keymanager.anchors import rule_anchors
+
+        return rule_anchors(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
+
+    return load
 
 
 def get_verify_flow(**kwargs: Any) -> linear_flow.Flow:
@@ -417,6 +489,9 @@ class _ResignConverted(task.Task):
         if verified.get("image_id") != self.image_id or verified.get("task_id") != self.task_id:
             raise self._refuse("the imgsign_verify result belongs to another image or import")
         if not verified.get("signed"):
+            if current and verified.get("skipped"):
+                raise self._refuse("the trust policy rule for this image skips verification, and imgsign_resign "
+                                   "re-signs only data whose signature was verified")
             if current:
                 raise self._refuse("img_signature* properties appeared after imgsign_verify passed the image as "
                                    "unsigned")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from imgsign.chain import TrustAnchors
     from imgsign.keymanager import CertificateStore
+    from imgsign.trust_policy import Rule
 
 
 def fetch_certificate(store: CertificateStore, cert_id: str) -> x509.Certificate:
@@ -40,3 +41,62 @@ def fetch_trust_anchors(
         [*fetched, *trusted], list(intermediates), [*crls, *stored_crls], require_crls=require_crls,
         max_depth=chain.DEFAULT_MAX_DEPTH if max_depth is None else max_depth,
     )
+
+
+def rule_anchors(rule: Rule, base_dir: str, store: CertificateStore | None, *,
+                 intermediate_files: Sequence[str] = (), crl_files: Sequence[str] = ()) -> TrustAnchors | None:
+    """The trust anchors of a trust policy rule's CA stores: their certificate files (relative to
+    ``base_dir``, the policy file's directory) and key-manager ids, their intermediates and CRLs, every
+    CRL stored in ``store``; None for a rule with no CA store.  ``store`` None: no key manager (a rule
+    naming key-manager ids is then an error)."""
+    import os
+
+    from imgsign import certificates, chain
+    from imgsign._internal.files import read_small_file
+    from imgsign.errors import KeyManagerError
+
+    stores = rule.ca_stores
+    if not stores:
+        return None
+
+    def path(name: str) -> str:
+        return os.path.join(base_dir, name)  # an absolute name stays as it is
+
+    def certs(files: Sequence[str], what: str) -> list[x509.Certificate]:
+        return [c for name in files for c in certificates.load_certificates(read_small_file(path(name), what))]
+
+    ids = [i for s in stores for i in s.key_manager_ids]
+    trusted = certs([f for s in stores for f in s.certificate_files], "trusted certificates")
+    intermediates = certs([*(f for s in stores for f in s.intermediate_files), *intermediate_files],
+                          "intermediate certificates")
+    crls = [chain.load_crl(read_small_file(path(name), "CRL"))
+            for name in (*(f for s in stores for f in s.crl_files), *crl_files)]
+    depths = [s.max_chain_depth for s in stores if s.max_chain_depth is not None]
+    require = any(s.require_crls for s in stores)
+    if store is None:
+        if ids:
+            raise KeyManagerError(f"trust policy rule {rule.name} names key-manager ids, and no key manager is "
+                                  "configured here")
+        return chain.TrustAnchors(trusted, intermediates, crls, require_crls=require,
+                                  max_depth=min(depths) if depths else chain.DEFAULT_MAX_DEPTH)
+    return fetch_trust_anchors(store, ids, trusted=trusted, intermediates=intermediates, crls=crls,
+                               require_crls=require, max_depth=min(depths) if depths else None)
+
+
+def rule_tsa_roots(rule: Rule, base_dir: str, store: CertificateStore | None) -> list[x509.Certificate]:
+    """The certificates of a trust policy rule's ``tsa`` stores (files relative to ``base_dir``, the policy
+    file's directory, and key-manager ids): the timestamp authorities its RFC 3161 timestamps must chain to."""
+    import os
+
+    from imgsign import certificates
+    from imgsign._internal.files import read_small_file
+    from imgsign.errors import KeyManagerError
+
+    files = [f for s in rule.tsa_stores for f in s.certificate_files]
+    ids = [i for s in rule.tsa_stores for i in s.key_manager_ids]
+    roots = [c for name in files
+             for c in certificates.load_certificates(read_small_file(os.path.join(base_dir, name), "TSA certificates"))]
+    if ids and store is None:
+        raise KeyManagerError(f"trust policy rule {rule.name} names key-manager ids, and no key manager is "
+                              "configured here")
+    return roots + [fetch_certificate(store, i) for i in ids] if store is not None else roots

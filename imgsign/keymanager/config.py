@@ -127,6 +127,10 @@ def _imgsign_opts() -> list[cfg.Opt]:
                     help="Key-manager ids of trusted CA certificates: when set, imgsign verify requires the "
                          "signing certificate to chain to one of them (like Nova's "
                          "default_trusted_certificate_ids). --trusted replaces the list."),
+        cfg.StrOpt("policy_file",
+                    help="Trust policy file (YAML or JSON; doc/source/user/trust-policy.md): which signers are "
+                         "trusted for which images. Replaces trusted_certificate_ids (set one or the other); "
+                         "--policy and --trusted replace it."),
         cfg.IntOpt("max_chain_depth", default=8, min=0, max=255,
                    help="Most intermediate CAs between the signing and a trusted certificate."),
         cfg.BoolOpt("require_crls", default=False,

@@ -191,7 +191,11 @@ class VerifyImage(_ImgsignCommand, command.ShowOne):
             values = click_values(ctx, verify_command, parsed_args, skip={"glance_image_id", "properties_path"})
             policy = {k: values.pop(k) for k in ("allow_weak_keys", "ignore_cert_dates")}
             cert_path = values.pop("cert_path")
-            result, error = verify_result(ctx, glance_image_id=image_id, cert_path=cert_path, trust=values, **policy)
+            tsa_ca_files = values.pop("tsa_ca_files")
+            policy_path = values.pop("policy_path")
+            facts = {k: values.pop(k) for k in ("owner", "visibility", "image_type", "booting_project")}
+            result, error = verify_result(ctx, glance_image_id=image_id, cert_path=cert_path, trust=values,
+                                          tsa_ca_files=tsa_ca_files, policy_path=policy_path, facts=facts, **policy)
         if error is not None:
             self._fail(error)
         return _show(result)
@@ -203,14 +207,15 @@ class AuditImages(_ImgsignCommand, command.Lister):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         from imgsign.cli.audit import audit_command
 
-        return add_options(super().get_parser(prog_name), audit_command)
+        # --compare reports two policies' verdicts side by side: `imgsign audit --compare` only.
+        return add_options(super().get_parser(prog_name), audit_command, skip={"compare_path"})
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Sequence[str], Iterable[Sequence[Any]]]:
         from imgsign.cli.audit import ROW_COLUMNS, audit_command, audit_reports, image_rows
 
         ctx = self._context()
         with ctx:
-            values = click_values(ctx, audit_command, parsed_args)
+            values = click_values(ctx, audit_command, parsed_args, skip={"compare_path"})
             trust = {k: values.pop(k) for k in ("trusted_ids", "trusted_files", "intermediate_files", "crl_files",
                                                 "require_crl", "max_chain_depth")}
             reports, _policy = audit_reports(ctx, trust=trust, **values)

@@ -1,0 +1,124 @@
+"""The trust policy at boot: may this booting project boot this recorded image, by the rule that applies?
+
+Offline, from the trust record (:mod:`imgsign.compute.trust_record`): the facts Glance gave when the
+image was verified (owner, visibility, image_type), the booting project from the domain's Nova
+metadata, the recorded signer certificate, and the trusted certificates its chain was validated
+against at download.  The rule's authenticity holds when its CA stores hold the signer or one of those
+certificates (by fingerprint: a store's files are read, its key-manager ids turned into the
+certificates they were fetched as through the sealed bindings); its trusted identities are matched
+against the signer.  Dates and revocation were checked at download and are not checked again here.
+
+A record that lacks a fact some rule's scope selects on is refused: the rule cannot be chosen.
+"""
+
+from __future__ import annotations
+
+import os
+
+from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint
+from imgsign.errors import PolicyRefused, UntrustedCertificate
+from imgsign.trust_policy import (
+    Check,
+    Evidence,
+    ImageFacts,
+    Level,
+    Rule,
+    TrustPolicy,
+    decide,
+    enforce,
+    select,
+)
+
+#: The scope field of each recorded fact.
+_FIELDS = {"owner": "owner", "visibility": "visibility", "image_type": "image_type"}
+
+
+def read_root_file(path: str, what: str) -> bytes:
+    """A file the hook trusts (the policy, a trust store's certificates): refused (InsecureState) unless it
+    and every directory above it are root's (or this process's owner's) and writable by no one else, as the
+    hook's threat model requires of what decides trust: the nova user must not be able to change them."""
+    from imgsign._internal.files import read_small_file
+    from imgsign.errors import InsecureState
+
+    owners = {0, os.geteuid()}
+    current = os.path.abspath(path)
+    while True:
+        try:
+            info = os.lstat(current)
+        except OSError as exc:
+            from imgsign.errors import InputError
+
+            raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+        sticky_dir = os.path.isdir(current) and info.st_mode & 0o1000
+        if info.st_uid not in owners or (info.st_mode & 0o022 and not sticky_dir) \
+                or (current == os.path.abspath(path) and os.path.islink(current)):
+            raise InsecureState(f"{what} {path}: {current} can be changed by someone other than root (owner uid "
+                                f"{info.st_uid}, mode {info.st_mode & 0o7777:04o}): the boot hook does not trust it")
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return read_small_file(path, what)
+
+
+def facts_of(image: object) -> dict[str, str]:
+    """The facts to record from a Glance image record (what :class:`ImageFacts` reads from it)."""
+    facts = ImageFacts.from_record(image if isinstance(image, dict) else {})
+    found = {"owner": facts.owner, "visibility": facts.visibility, "image_type": facts.image_type}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy, base_dir: str,
+                 booting_project: str | None) -> str | None:
+    """Raise unless the rule for ``record``'s image booted by ``booting_project`` allows it; what it
+    only logs (audit, permissive), as text, else None."""
+    known = record.image_facts or {}
+    needed = {f for rule in policy.rules for f in FACT_KEYS if getattr(rule.scope, _FIELDS[f]) is not None}
+    missing = sorted(f for f in needed if f not in known)
+    if missing:
+        raise PolicyRefused(f"the trust record of image {record.image_id} does not say its {', '.join(missing)} "
+                            "(it was verified without Glance's record of it), and the trust policy's rules are "
+                            "chosen by them: cache it again from Glance")
+    facts = ImageFacts(known.get("owner"), known.get("visibility"), known.get("image_type", "image"),
+                       booting_project, record.image_id)
+    selection = select(policy, facts)
+    rule = selection.rule
+    if rule.level is Level.SKIP:
+        return f"trust policy rule {rule.name} skips the signer check"
+    from imgsign.certificates import load_certificate
+    from imgsign.trust_evidence import signer_identity
+
+    stores = _fingerprints(rule, records, base_dir)
+    signer = fingerprint(record.certificate_der)
+    if signer in stores or stores & set(record.anchor_fingerprints):
+        chain = Check.passed()
+    else:
+        chain = Check.failed(UntrustedCertificate(
+            f"image {record.image_id} was not validated at download against any certificate of the trust stores "
+            f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
+    # The signer's identity (X.509 parsing) only when the rule names trusted identities.
+    identity = None if rule.trusted_identities is None else signer_identity(load_certificate(record.certificate_der))
+    evidence = Evidence(True, identity, chain)
+    decision = enforce(decide(selection, evidence))
+    if not decision.warnings:
+        return None
+    return "; ".join(f"trust policy rule {rule.name} ({rule.level.value}) logs: {f.check}: {f.message}"
+                     for f in decision.warnings)
+
+
+def _fingerprints(rule: Rule, records: RecordStore, base_dir: str) -> set[str]:
+    """The SHA-256 fingerprints of the certificates of ``rule``'s CA stores known on this host."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.certificates import load_certificates
+
+    found: set[str] = set()
+    for store in rule.ca_stores:
+        for name in store.certificate_files:
+            data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
+            found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))
+        for cert_id in store.key_manager_ids:
+            bound = records.anchors.fingerprint(cert_id)  # None: never fetched on this host
+            if bound is not None:
+                found.add(bound)
+    return found

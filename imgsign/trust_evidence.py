@@ -1,0 +1,148 @@
+"""Gathering the evidence a trust policy rule is decided on (:mod:`imgsign.trust_policy`).
+
+Takes objects (the signing certificate, the rule's trust anchors), never paths or ids: callers load
+those at their edge.  The chain is built against the rule's CA stores at the evaluation time; when
+that fails, again at a moment inside the certificates' validity periods, so that a chain whose only
+fault is its dates is told apart from an untrusted one (the rule's ``expiry`` action decides).
+Revocation is checked at the evaluation time, against CRLs current then, unless the rule skips it.
+An RFC 3161 timestamp (:class:`~imgsign.trust_policy.TimestampEvidence`, from :func:`timestamp_evidence`:
+:mod:`imgsign.timestamp` against the rule's TSA stores) and an OCSP answer (the anchors' ``ocsp``
+source, or ``online_revocation``) are the caller's to verify and pass in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+
+from imgsign.errors import ImgsignError, UntrustedCertificate
+from imgsign.policy import DEFAULT_POLICY, Policy
+from imgsign.trust_policy import Action, Check, Evidence, Rule, SignerIdentity, Status, TimestampEvidence
+
+#: ``typing.TYPE_CHECKING`` without importing typing (the boot hook imports this module).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from imgsign.chain import TrustAnchors
+
+#: Most extra moments a chain with dates problems is tried at.
+_MAX_TRIES = 16
+
+
+def signer_identity(certificate: x509.Certificate) -> SignerIdentity:
+    """The identity a rule's ``trustedIdentities`` are matched against."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.certificates import describe
+
+    uris: set[str] = set()
+    dns: set[str] = set()
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = {str(u) for u in names.get_values_for_type(x509.UniformResourceIdentifier)}
+        dns = {str(d).lower() for d in names.get_values_for_type(x509.DNSName)}
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: malformed; nothing in it can match then
+        pass
+    attributes = frozenset((a.oid.dotted_string, str(a.value)) for a in certificate.subject)
+    return SignerIdentity(describe(certificate), attributes, frozenset(uris), frozenset(dns),
+                          hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest())
+
+
+#: An online revocation check of a validated path (signer first), e.g. OCSP: PASSED (nothing revoked),
+#: FAILED (revoked, or an answer that cannot be trusted: the error says which) or NOT_CHECKED (no
+#: responder, no stored response: the CRLs decide).
+RevocationCheck = Callable[["list[x509.Certificate]"], Check]
+
+
+def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Rule,
+           policy: Policy = DEFAULT_POLICY, timestamp: TimestampEvidence | None = None,
+           online_revocation: RevocationCheck | None = None) -> Evidence:
+    """The evidence for ``rule`` about ``certificate`` (the image's signing certificate).
+
+    ``anchors``: the rule's CA stores loaded (None, or a rule without CA stores: no chain is checked,
+    only the signing certificate's own dates, unless ``policy.ignore_certificate_dates``);
+    ``timestamp``: an RFC 3161 timestamp the caller verified against :attr:`Rule.tsa_stores`;
+    ``online_revocation``: asked first for the validated path (not under a rule that skips
+    revocation); when it answers NOT_CHECKED the CRLs decide.
+    """
+    from imgsign.certificates import check_dates
+
+    now = policy.now()
+    identity = signer_identity(certificate)
+    if anchors is None or not rule.ca_stores:
+        dates = Check()
+        if not policy.ignore_certificate_dates:
+            dates = _attempt(lambda: check_dates(certificate, now))
+        return Evidence(True, identity, dates=dates, timestamp=timestamp)
+    from imgsign.certificates import describe
+    from imgsign.chain import build_path, check_revocation
+
+    try:
+        path = build_path(certificate, anchors, now)
+        dates = Check.passed()
+    except UntrustedCertificate as first:
+        found = _path_at_another_time(certificate, anchors, now, timestamp)
+        if found is None:
+            return Evidence(True, identity, chain=Check.failed(first), timestamp=timestamp)
+        path, dates = found, Check.failed(first)
+    revocation = Check()
+    if rule.actions["revocation"] is not Action.SKIP:
+        if online_revocation is not None:
+            revocation = online_revocation(path)
+        if revocation.status is Status.NOT_CHECKED:
+            revocation = _attempt(lambda: check_revocation(path, anchors, now))
+    return Evidence(True, identity, Check.passed(), dates, revocation, timestamp,
+                    tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path))
+
+
+def _attempt(check: Callable[[], None]) -> Check:
+    try:
+        check()
+    except ImgsignError as exc:
+        return Check.failed(exc)
+    return Check.passed()
+
+
+def _path_at_another_time(certificate: x509.Certificate, anchors: TrustAnchors, now: datetime.datetime,
+                          timestamp: TimestampEvidence | None) -> list[x509.Certificate] | None:
+    """A path valid at some moment of the signer's validity other than ``now``: the timestamp's, else
+    the moments nearest ``now`` inside the validity of each certificate that could be on it."""
+    from imgsign.chain import build_path
+
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    moments: list[datetime.datetime] = []
+    if timestamp is not None and timestamp.signed_at is not None and timestamp.check.status is Status.PASSED:
+        moments.append(timestamp.signed_at)
+    for cert in (certificate, *anchors.trusted, *anchors.intermediates):
+        moment = min(max(now, cert.not_valid_before_utc, start), cert.not_valid_after_utc, end)
+        if moment not in moments and moment != now:
+            moments.append(moment)
+    for moment in moments[:_MAX_TRIES]:
+        try:
+            return build_path(certificate, anchors, moment)
+        except UntrustedCertificate:
+            continue
+    return None
+
+
+def timestamp_evidence(document: Mapping[str, object], signature: bytes, certificate: x509.Certificate,
+                       roots: Sequence[x509.Certificate], *,
+                       now: datetime.datetime) -> tuple[TimestampEvidence | None, dict[str, object]]:
+    """The image's RFC 3161 timestamp (``imgsign_tst_v1``) checked by :func:`imgsign.timestamp.check` against
+    ``roots`` (the rule's TSA stores), and its description for a result document: None when there is none,
+    or no TSA certificate to check it against; FAILED when it does not verify (the rule's ``timestamp``
+    action decides)."""
+    from imgsign import timestamp as rfc3161
+
+    try:
+        stamp = rfc3161.check(document, signature, certificate, roots, now=now)
+    except ImgsignError as exc:
+        return TimestampEvidence(Check.failed(exc)), {"status": "invalid", "reason": exc.reason,
+                                                      "message": exc.message}
+    if stamp.timestamp is None:
+        return None, stamp.as_dict()
+    within = rfc3161.signing_time(stamp.timestamp, certificate) is not None
+    return TimestampEvidence(Check.passed(), stamp.timestamp.gen_time, within), stamp.as_dict()
