@@ -37,7 +37,10 @@ What is substituted (the deployment-specific parts the guide leaves to the opera
 * ``OS_CLOUD=mycloud`` names a clouds.yaml entry (``$OS_CLIENT_CONFIG_FILE``) for a member of project
   ``demo`` of the session's Keystone, with ``image_endpoint_override`` (this Keystone has no catalog
   entry for Glance);
-* "restart glance-api": glance-api is started once, after the configuration is complete.
+* "restart glance-api": glance-api is started once, after the configuration is complete;
+* the guide's closing claim (an unsigned or tampered import fails, the image stays ``queued``) is
+  checked with imports the test makes itself through Glance's API (a real token of ``demo``), the
+  tampered one signed by the workstation ``imgsign sign --store-cert`` and then changed by one byte.
 """
 
 from __future__ import annotations
