@@ -83,16 +83,20 @@ def run_guide(wheel_dir: Path, pairs: list[tuple[str, str]], etc_imgsign: Path) 
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel built from a copy of this tree, alone in its directory."""
-    source = tmp_path_factory.mktemp("source") / "imgsign"
+def build_wheel(scratch: Path, out: Path) -> Path:
+    """The wheel built from a copy of this tree (made under ``scratch``) into ``out``: its path."""
+    source = scratch / "imgsign"
     shutil.copytree(REPO, source, ignore=BUILD_IGNORE, symlinks=True)
-    out = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
                     str(source)], check=True, capture_output=True, timeout=300)
     [built] = out.glob("imgsign-*-py3-none-any.whl")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of this tree, alone in its directory."""
+    return build_wheel(tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")

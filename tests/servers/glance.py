@@ -185,7 +185,8 @@ def _ready(url: str, keystone: KeystoneServer) -> bool:
 def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keystore: Path, plugins: Sequence[str] = (),
                   import_options: Mapping[str, Mapping[str, str]] | None = None,
                   import_methods: Sequence[str] = ("glance-direct",),
-                  key_manager: str | None = None) -> Iterator[GlanceServer]:
+                  key_manager: str | None = None, config: Mapping[str, str] | None = None,
+                  python: Path | None = None) -> Iterator[GlanceServer]:
     """Install Glance (if needed) and run it on a free 127.0.0.1 port until the block ends.
 
     ``plugins`` is ``[image_import_opts] image_import_plugins``; ``import_options``
@@ -197,8 +198,16 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
     config-file text, e.g. :meth:`BarbicanServer.castellan_config`) replaces it. ``workdir``
     (default: a temporary directory, removed afterwards) holds the configuration
     (``etc/``), database, staging and store directories, ``HOME`` and the logs.
+
+    ``config`` (file name -> text, e.g. ``glance-api.conf`` and ``glance-image-import.conf``), when
+    given, is written into ``etc/`` as it is, instead of the files the options above make: it must use
+    ``workdir``'s layout (``images``, ``staging``, ``tasks``, ``glance-api.log``, ``glance.sqlite``).
+    ``python``, when given, is the interpreter of an environment that has Glance and an installed
+    imgsign (e.g. a wheel installed into a venv that borrows :func:`glance_venv`'s packages): it runs
+    ``glance-manage`` and the API, and this checkout is not put on ``PYTHONPATH``.
     """
-    python = glance_venv() / "bin" / "python"
+    installed = python is not None
+    python = Path(python) if installed else glance_venv() / "bin" / "python"
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgsign-glance-")))
@@ -206,22 +215,26 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
         etc, home = workdir / "etc", workdir / "home"
         for directory in (etc, home, workdir / "staging", workdir / "images", workdir / "tasks"):
             directory.mkdir(parents=True, exist_ok=True)
-        (etc / "glance-api.conf").write_text(_api_conf(workdir, keystore, import_methods, keystone, key_manager))
-        plugin_list = ", ".join(f"'{name}'" for name in plugins)
-        (etc / "glance-image-import.conf").write_text(_ini({
-            "image_import_opts": {"image_import_plugins": f"[{plugin_list}]"}, **(import_options or {})}))
+        if config is None:
+            plugin_list = ", ".join(f"'{name}'" for name in plugins)
+            import_opts = {"image_import_plugins": f"[{plugin_list}]"}
+            config = {"glance-api.conf": _api_conf(workdir, keystore, import_methods, keystone, key_manager),
+                      "glance-image-import.conf": _ini({"image_import_opts": import_opts, **(import_options or {})})}
+        for name, text in config.items():
+            (etc / name).write_text(text)
 
         env = clean_env(home, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
         env["OS_GLANCE_CONFIG_DIR"] = str(etc)
-        env["PYTHONPATH"] = str(imgsign_pylib(workdir / "pylib"))
+        if not installed:
+            env["PYTHONPATH"] = str(imgsign_pylib(workdir / "pylib"))
         env["PYTHONWARNINGS"] = "ignore"
         env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
 
         manage_log = workdir / "glance-manage.log"
         with open(manage_log, "wb") as out:
-            sync = subprocess.run([str(python.parent / "glance-manage"), "--config-file", str(etc / "glance-api.conf"),
-                                   "db_sync"], cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, timeout=300)
+            sync = subprocess.run([str(python), "-m", "glance.cmd.manage", "--config-file",
+                                   str(etc / "glance-api.conf"), "db_sync"], cwd=workdir, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=300)
         if sync.returncode != 0:
             raise ServerError(f"glance-manage db_sync failed ({sync.returncode})\n--- {manage_log} (tail) ---\n"
                               f"{tail(manage_log)}")
