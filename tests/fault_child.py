@@ -72,7 +72,8 @@ def _stand_in_fetch(fetch: dict[str, Any]) -> None:
     certificate = load_certificate(open(fetch["certificate"], "rb").read())  # noqa: SIM115 - a short-lived child
     images = fetch["properties"]
 
-    def fetched(settings: Any, image_id: str, trusted_ids: Any, stage: list[str], deadline: Any) -> Any:
+    def fetched(settings: Any, image_id: str, trusted_ids: Any, stage: list[str], deadline: Any,
+                trusted_files: Any = ()) -> Any:
         if image_id not in images:
             from imgsign.errors import ImageNotFound
 
