@@ -111,7 +111,7 @@ def test_entry_points_resolve() -> None:
         "glance.image_import.plugins:imgsign_resign", "oslo.config.opts:imgsign.glance_import",
         "openstack.cli.extension:imgsign", "openstack.imgsign.v1:image_sign", "openstack.imgsign.v1:image_verify",
         "openstack.imgsign.v1:image_audit",
-        "oslo.config.opts:imgsign", "oslo.config.opts:imgsign.boot",
+        "oslo.config.opts:imgsign", "oslo.config.opts:imgsign.boot", "oslo.config.opts:imgsign.gateway",
     }
     for name, target in targets.items():
         if ":" not in target:  # OSC's openstack.cli.extension names a module (the plugin's API_NAME, make_client)

@@ -1,4 +1,5 @@
-"""``gateway.conf``: the gateway's settings, in the hook's INI style (``/etc/imgsign/gateway.conf``)::
+"""``gateway.conf``: the gateway's settings, an oslo.config file like imgsign's others (typed options, a
+sample made by oslo-config-generator, namespace ``imgsign.gateway``; comments on lines of their own)::
 
     [gateway]
     # Where nova-compute reaches the gateway ([glance] endpoint_override = http://127.0.0.1:9293).
@@ -35,25 +36,22 @@
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import ipaddress
 import os
 import re
 import socket
 import urllib.parse
+from typing import Any
 
 from imgsign._internal import redact
 from imgsign.algorithms import HashMethod
-from imgsign.errors import ImgsignError, InputError
+from imgsign.errors import InputError
 
 DEFAULT_CONFIG = "/etc/imgsign/gateway.conf"
 #: A host name as the provenance states it (imgsign.gateway.provenance).
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 DEFAULT_PORT = 9293
-_OPTIONS = {"listen", "glance_url", "ca_file", "connect_timeout", "read_timeout"}
-_SIGNING_OPTIONS = {"key", "certificate", "certificate_id", "hash_method", "key_manager_config", "host", "unmatched",
-                    "libvirt_uri", "import_timeout"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,45 +93,76 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _seconds(path: str, section: configparser.SectionProxy, name: str, default: float) -> float:
-    text = section.get(name, f"{default:g}").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 86400:
-        raise InputError(f"{path}: [{section.name}] {name} must be a number of seconds (more than 0, under a day), "
-                         f"not {text[:40]!r}")
-    return value
+def gateway_opts() -> list[Any]:
+    """``[gateway]``."""
+    from oslo_config import cfg
+
+    from imgsign.conf import Seconds
+
+    return [
+        cfg.StrOpt("listen", default=f"127.0.0.1:{DEFAULT_PORT}",
+                   help="HOST:PORT where nova-compute reaches the gateway ([glance] endpoint_override); a loopback "
+                        "address only: the gateway forwards tokens and signs uploads for whoever reaches it."),
+        cfg.StrOpt("glance_url",
+                   help="The real Glance (required): https://HOST[:PORT][/PATH], or http only to a Glance on this "
+                        "host's loopback."),
+        cfg.StrOpt("ca_file", help="CA certificates (PEM) Glance's TLS certificate must chain to (default: the "
+                                   "system's)."),
+        cfg.Opt("connect_timeout", type=Seconds(positive=True, max=86400), default=30.0,
+                help="Seconds to connect to Glance."),
+        cfg.Opt("read_timeout", type=Seconds(positive=True, max=86400), default=600.0,
+                help="The most seconds a request may wait for Glance's next bytes."),
+    ]
 
 
-def _signing(path: str, section: configparser.SectionProxy) -> SigningConfig:
-    unknown = sorted(set(section) - _SIGNING_OPTIONS)
-    if unknown:
-        raise InputError(f"{path}: unknown [signing] option(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(_SIGNING_OPTIONS))})")
-    values = {name: section.get(name, "").strip() for name in ("key", "certificate")}
+def signing_opts() -> list[Any]:
+    """``[signing]`` (without it the gateway only forwards)."""
+    from oslo_config import cfg
+
+    from imgsign.conf import Seconds
+
+    return [
+        cfg.StrOpt("key", help="The host's key: a key file, a pkcs11: URI (a TPM through tpm2-pkcs11) or "
+                               "hashivault://NAME (required in [signing])."),
+        cfg.StrOpt("certificate", help="The host's certificate (PEM) from the compute CA (required in [signing])."),
+        cfg.StrOpt("certificate_id",
+                   help="Key-manager id of the host certificate; empty: it is stored in each image owner's project "
+                        "when first needed, where Glance's and Nova's checks read it."),
+        cfg.StrOpt("hash_method", default="SHA-256", choices=[m.value for m in HashMethod],
+                   help="img_signature_hash_method of the host's signatures."),
+        cfg.StrOpt("key_manager_config",
+                   help="imgsign.conf: the key manager that holds base images' certificates, and the pkcs11/transit "
+                        "sections for the key."),
+        cfg.StrOpt("host", help="This host's name as Nova knows it ([DEFAULT] host); default: the system's."),
+        cfg.StrOpt("unmatched", default="pass",
+                   choices=[("pass", "upload it unsigned"), ("refuse", "refuse the upload")],
+                   help="A queued snapshot whose instance is not defined on this host."),
+        cfg.StrOpt("libvirt_uri", default="qemu:///system", help="libvirt to ask (read-only) which domains exist."),
+        cfg.Opt("import_timeout", type=Seconds(positive=True, max=86400), default=3600.0,
+                help="Seconds to wait for Glance to import (and check) a signed snapshot."),
+    ]
+
+
+def list_opts() -> list[tuple[str, list[Any]]]:
+    """gateway.conf's sections, for oslo-config-generator (namespace ``imgsign.gateway``)."""
+    return [("gateway", gateway_opts()), ("signing", signing_opts())]
+
+
+def _signing(path: str, section: Any) -> SigningConfig:
+    values = {name: (section[name] or "").strip() for name in ("key", "certificate")}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise InputError(f"{path}: [signing] needs {', '.join(missing)}")
-    try:
-        hash_method = HashMethod.parse(section.get("hash_method", "SHA-256").strip())
-    except ImgsignError as exc:
-        raise InputError(f"{path}: [signing] hash_method: {exc}") from None
-    unmatched = section.get("unmatched", "pass").strip()
-    if unmatched not in ("pass", "refuse"):
-        raise InputError(f"{path}: [signing] unmatched must be pass or refuse, not {unmatched[:40]!r}")
-    key_manager = section.get("key_manager_config", "").strip() or None
+    key_manager = (section.key_manager_config or "").strip() or None
     if key_manager is not None and not os.path.isfile(key_manager):
         raise InputError(f"{path}: [signing] key_manager_config {key_manager} is not a readable file")
-    host = section.get("host", "").strip() or socket.gethostname()
+    host = (section.host or "").strip() or socket.gethostname()
     if not _HOST.fullmatch(host):
         raise InputError(f"{path}: [signing] host {host[:80]!r} is not a host name (letters, digits, '.', '_', '-'); "
                          f"set it to Nova's [DEFAULT] host")
-    return SigningConfig(values["key"], values["certificate"], section.get("certificate_id", "").strip() or None,
-                         hash_method, key_manager,
-                         host, unmatched == "refuse", section.get("libvirt_uri", "qemu:///system").strip(),
-                         _seconds(path, section, "import_timeout", 3600.0))
+    return SigningConfig(values["key"], values["certificate"], (section.certificate_id or "").strip() or None,
+                         HashMethod.parse(section.hash_method), key_manager, host, section.unmatched == "refuse",
+                         section.libvirt_uri.strip(), float(section.import_timeout))
 
 
 def _listen(path: str, text: str) -> tuple[str, int]:
@@ -164,34 +193,51 @@ def _glance_url(path: str, text: str) -> str:
 
 
 def load_config(path: str | None = None) -> GatewayConfig:
-    """Read and check ``gateway.conf`` (``$IMGSIGN_GATEWAY_CONFIG``, default ``/etc/imgsign/gateway.conf``)."""
+    """Read and check ``gateway.conf`` (``$IMGSIGN_GATEWAY_CONFIG``, default ``/etc/imgsign/gateway.conf``).
+
+    Every value is typed and checked by oslo.config at start (an invalid one names the option and the
+    file, never the value), a name that is no option is refused, then what types cannot say: a loopback
+    listen address, Glance's URL, the files named."""
+    from oslo_config import cfg
+
+    from imgsign.conf import check_values, raw_sections
+    from imgsign.keymanager.config import describe_error
+
     path = path or os.environ.get("IMGSIGN_GATEWAY_CONFIG") or DEFAULT_CONFIG
     redact.remember_file(path)
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
+    if not os.path.exists(path):
+        raise InputError(f"gateway configuration {path} does not exist")
     try:
-        with open(path) as handle:
-            parser.read_file(handle)
-    except FileNotFoundError:
-        raise InputError(f"gateway configuration {path} does not exist") from None
-    except (OSError, UnicodeError, configparser.Error) as exc:
-        raise InputError(f"cannot read gateway configuration {path}: {redact.describe_parse_error(exc)}") from None
-    if not parser.has_section("gateway"):
+        raw = raw_sections(path)
+    except InputError as exc:
+        raise InputError(f"cannot read gateway configuration {path}: {exc.message}") from None
+    sections = {name.lower(): values for name, values in raw.items()}
+    if "gateway" not in sections:
         raise InputError(f"{path} has no [gateway] section")
-    section = parser["gateway"]
-    unknown = sorted(set(section) - _OPTIONS)
-    if unknown:
-        raise InputError(f"{path}: unknown [gateway] option(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(_OPTIONS))})")
-    glance = section.get("glance_url", "").strip()
+    for group, options in list_opts():
+        known = {option.dest for option in options}
+        unknown = sorted(set(sections.get(group, {})) - known)
+        if unknown:
+            raise InputError(f"{path}: unknown [{group}] option(s) {', '.join(name[:60] for name in unknown[:5])} "
+                             f"(known: {', '.join(sorted(known))})")
+    conf = cfg.ConfigOpts()
+    for group, options in list_opts():
+        conf.register_opts(options, group=group)
+    try:
+        conf(args=[], project="imgsign", default_config_files=[path], use_env=False)
+    except cfg.Error as exc:
+        raise InputError(f"cannot read gateway configuration {path}: {describe_error(exc)}") from None
+    check_values(conf, path, ["gateway", "signing"], raw=raw)
+    gateway = conf.gateway
+    glance = (gateway.glance_url or "").strip()
     if not glance:
         raise InputError(f"{path}: [gateway] glance_url is required")
-    host, port = _listen(path, section.get("listen", f"127.0.0.1:{DEFAULT_PORT}").strip())
-    ca_file = section.get("ca_file", "").strip() or None
+    host, port = _listen(path, gateway.listen.strip())
+    ca_file = (gateway.ca_file or "").strip() or None
     if ca_file is not None and not os.path.isfile(ca_file):
         raise InputError(f"{path}: [gateway] ca_file {ca_file} is not a readable file")
     return GatewayConfig(
         glance_url=_glance_url(path, glance), listen_host=host, listen_port=port, ca_file=ca_file,
-        connect_timeout=_seconds(path, section, "connect_timeout", 30.0),
-        read_timeout=_seconds(path, section, "read_timeout", 600.0), path=path,
-        signing=_signing(path, parser["signing"]) if parser.has_section("signing") else None,
+        connect_timeout=float(gateway.connect_timeout), read_timeout=float(gateway.read_timeout), path=path,
+        signing=_signing(path, conf.signing) if "signing" in sections else None,
     )
