@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -64,14 +65,30 @@ def _check(signer: HostSigner, cert: Path, data: bytes, index: int = 0) -> None:
     assert found.image_digest == digest
 
 
-def test_a_token_key_signs_image_and_provenance_also_from_many_threads(token_key, monkeypatch) -> None:
-    monkeypatch.setenv("SOFTHSM2_CONF", token_key["env"]["SOFTHSM2_CONF"])
-    signer = HostSigner(SigningConfig(key=token_key["uri"], certificate=str(token_key["cert"]), certificate_id=CERT_ID))
+def _run_alone(body: str, token_key: dict) -> None:
+    """Run ``body(key)`` in a process of its own. A PKCS#11 module reads its configuration once per process
+    (SoftHSM2 at C_Initialize, and imgsign keeps each module loaded), so in a pytest worker that already
+    opened test_pkcs11's token (same label, another PIN) this token would never be seen."""
+    spec = json.dumps({"uri": token_key["uri"], "cert": str(token_key["cert"])})
+    proc = subprocess.run([sys.executable, "-c", "import json, sys\nfrom tests import test_gateway_host_key as t\n"
+                           f"t.{body}(json.loads(sys.argv[1]))", spec],
+                          env={**os.environ, **token_key["env"]}, cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _signs_from_many_threads(key: dict) -> None:
+    cert = Path(key["cert"])
+    signer = HostSigner(SigningConfig(key=key["uri"], certificate=str(cert), certificate_id=CERT_ID))
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: _check(signer, token_key["cert"], b"snapshot %d" % i, i), range(16)))
+            list(pool.map(lambda i: _check(signer, cert, b"snapshot %d" % i, i), range(16)))
     finally:
         signer.close()
+
+
+def test_a_token_key_signs_image_and_provenance_also_from_many_threads(token_key) -> None:
+    _run_alone("_signs_from_many_threads", token_key)
 
 
 def test_a_key_file_signs(tmp_path: Path) -> None:
@@ -80,15 +97,17 @@ def test_a_key_file_signs(tmp_path: Path) -> None:
     _check(signer, cert_of("RSA-PSS"), b"data")
 
 
-def test_a_wrong_pin_and_a_foreign_certificate_stop_the_start(token_key, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("SOFTHSM2_CONF", token_key["env"]["SOFTHSM2_CONF"])
-    wrong = token_key["uri"].split("&pin-source")[0] + "&pin-value=not-the-pin"
+def _wrong_pin_and_foreign_certificate(key: dict) -> None:
+    wrong = key["uri"].split("&pin-source")[0] + "&pin-value=not-the-pin"
     with pytest.raises(errors.SignerLoginError) as raised:
-        HostSigner(SigningConfig(key=wrong, certificate=str(token_key["cert"]), certificate_id=CERT_ID))
+        HostSigner(SigningConfig(key=wrong, certificate=key["cert"], certificate_id=CERT_ID))
     assert "not-the-pin" not in str(raised.value)
     with pytest.raises(errors.CertificateKeyMismatch):
-        HostSigner(SigningConfig(key=str(key_of("ECC_SECP384R1")), certificate=str(token_key["cert"]),
-                                 certificate_id=CERT_ID))
+        HostSigner(SigningConfig(key=str(key_of("ECC_SECP384R1")), certificate=key["cert"], certificate_id=CERT_ID))
+
+
+def test_a_wrong_pin_and_a_foreign_certificate_stop_the_start(token_key) -> None:
+    _run_alone("_wrong_pin_and_foreign_certificate", token_key)
 
 
 def _serve(conf: Path) -> subprocess.CompletedProcess[str]:
