@@ -89,8 +89,10 @@ def test_an_entry_that_names_no_record_is_not_a_fast_path(cached):
 def _modules_of_hook(host: Host, instance: str, xml: str, operation: str, tmp_path) -> tuple[int, str, list[str]]:
     """Run the hook as libvirt does; the modules it had loaded when it exited."""
     out = tmp_path / f"modules-{operation}.json"
+    # Only what the hook loads: an environment's sitecustomize (.ci/latest's strict warnings) loads its own.
     wrapper = ("import atexit, json, runpy, sys\n"
-               f"atexit.register(lambda: open({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
+               "before = set(sys.modules)\n"
+               f"atexit.register(lambda: open({str(out)!r}, 'w').write(json.dumps(sorted(set(sys.modules) - before))))\n"
                f"sys.argv = [{str(HOOK)!r}] + sys.argv[1:]\n"
                f"runpy.run_path({str(HOOK)!r}, run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", wrapper, f"instance-{instance[:8]}", operation, "begin", "-"],
@@ -133,7 +135,8 @@ def test_cold_hook_call_still_verifies_the_record(tmp_path):
 def test_the_modules_every_hook_call_loads_pay_for_no_logging_or_typing():
     """Every hook call imports these (redact, the snapshot reader, the record stores): :mod:`logging` (the
     ``--debug`` filter lives in debug_log) and :mod:`typing` would cost each call milliseconds."""
-    probe = subprocess.run([sys.executable, "-c", "import sys\nimport imgsign.compute.libvirt_hook\n"
-                            "print(sorted(m for m in ('logging', 'typing') if m in sys.modules))"],
+    probe = subprocess.run([sys.executable, "-c", "import sys\nbefore = set(sys.modules)\n"
+                            "import imgsign.compute.libvirt_hook\n"
+                            "print(sorted(m for m in ('logging', 'typing') if m in set(sys.modules) - before))"],
                            capture_output=True, text=True, timeout=60, check=True)
     assert probe.stdout.strip() == "[]", probe
