@@ -399,3 +399,22 @@ def test_the_nova_section_reaches_the_hook_through_the_snapshot(tmp_path, monkey
     bad = write(tmp_path / "bad.conf", "[nova]\nauth_type = password\ntrusted_certs_fallback = maybe\n")
     with pytest.raises(errors.InputError, match="trusted_certs_fallback"):
         libvirt_hook.load_config(str(bad))
+
+
+def test_the_snapshot_keeps_no_nova_credential_but_follows_its_changes(tmp_path, monkeypatch):
+    """[nova] holds keystoneauth's password: the snapshot in the run directory never does, yet the look-up's
+    settings digest (which keeps or drops a cached token) still changes when the password changes."""
+    from imgsign.compute import libvirt_hook
+
+    monkeypatch.setenv("IMGSIGN_RUN_DIR", str(tmp_path / "run"))
+    text = "[boot]\n\n[nova]\nauth_type = password\nusername = hook\npassword = {}\n"
+    path = write(tmp_path / "boot.conf", text.format("s3cret-nova-passw0rd"))
+    path.chmod(0o600)
+    first = libvirt_hook.load_config(str(path))
+    assert first.nova is not None
+    snapshots = list((tmp_path / "run").glob("*.json"))
+    for snapshot in snapshots:  # written only when run as root; then it must hold no credential
+        assert b"s3cret-nova-passw0rd" not in snapshot.read_bytes()
+    assert libvirt_hook.load_config(str(path)).nova == first.nova  # from the snapshot when there is one
+    write(path, text.format("another-passw0rd"))
+    assert libvirt_hook.load_config(str(path)).nova.digest != first.nova.digest

@@ -249,6 +249,11 @@ def _read_snapshot(snapshot: str, key: dict[str, Any], path: str) -> BootSetting
     return _settings_of(document.get("settings"), path)
 
 
+#: The ``[nova]`` options the per-server look-up reads on every call (:func:`imgsign.compute.server_trust.
+#: load_settings`); the others are keystoneauth's, read from boot.conf only when a token must be fetched.
+_NOVA_SNAPSHOT_OPTIONS = frozenset({"auth_type", "trusted_certs_fallback", "trusted_certs_timeout", "insecure",
+                                    "cafile", "certfile", "keyfile"})
+
 #: The JSON types of each field of :class:`BootSettings` in a snapshot.
 _TYPES: dict[str, tuple[type, ...]] = {
     "mode": (str,), "trusted_certificate_ids": (list,), "max_fast_path_age": (float, int), "seal_bases": (str,),
@@ -453,8 +458,14 @@ def validate(path: str | None) -> BootSettings:
     found = {name.lower(): values for name, values in raw_sections(path).items()}.get("nova")
     if found is None:
         return settings
-    nova = tuple(sorted((name, values[-1]) for name, values in found.items()))
     from imgsign.compute.server_trust import load_settings
 
-    load_settings(path, dict(nova))  # an invalid [nova] value is an error at start, as every other
-    return dataclasses.replace(settings, nova=nova)
+    section = {name: values[-1] for name, values in found.items()}
+    checked = load_settings(path, section)  # an invalid [nova] value is an error at start, as every other
+    # The snapshot keeps what the hook needs on every call, never a credential ([nova] holds keystoneauth's
+    # password): the look-up's own settings, and the digest of the whole section, so that a kept token is
+    # still dropped when any credential changes.
+    kept = {name: value for name, value in section.items() if name in _NOVA_SNAPSHOT_OPTIONS}
+    if checked is not None:
+        kept["section_sha256"] = checked.digest
+    return dataclasses.replace(settings, nova=tuple(sorted(kept.items())))
