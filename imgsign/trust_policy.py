@@ -41,7 +41,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-from imgsign.errors import ImgsignError, PolicyRefused, TrustPolicyError, UnsignedImage
+from imgsign.errors import ImgsignError, PolicyRefused, ProvenanceError, TrustPolicyError, UnsignedImage
 
 #: ``typing.TYPE_CHECKING`` without importing typing (the boot hook imports this module).
 TYPE_CHECKING = False
@@ -172,6 +172,30 @@ class Scope:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostSigned:
+    """A rule's ``hostSigned``: the image was made and signed by a compute host (``imgsign gateway``).
+
+    The image must carry a provenance statement (:mod:`imgsign.gateway.provenance`) that verifies with
+    the signer's key and names this image and its digest; the project it states must be the image's
+    owner and, at boot, the booting project; and it must name a base image whose signer chained, when
+    the snapshot was made, to one of ``base_trust_stores`` and is one of ``base_identities`` (None: any).
+    """
+
+    base_trust_stores: tuple[TrustStore, ...]
+    base_identities: tuple[Identity, ...] | None = None
+
+
+#: The URI SAN of a compute host's certificate: ``openstack://<cloud>/nova-compute/<host>``.  Such a
+#: certificate vouches only under a ``hostSigned`` rule, whatever CA stores another rule names.
+HOST_URI = re.compile(r"openstack://[^/]+/nova-compute/[^/]+")
+
+
+def is_host_certificate(signer: SignerIdentity | None) -> bool:
+    """The signer is a compute host (a ``openstack://<cloud>/nova-compute/<host>`` URI SAN)."""
+    return signer is not None and any(HOST_URI.fullmatch(uri) for uri in signer.san_uris)
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
     """One trust policy rule; ``actions`` holds the level's action per check after the overrides."""
 
@@ -184,6 +208,8 @@ class Rule:
     overrides: Mapping[str, Action] = dataclasses.field(default_factory=dict)
     #: Where the rule is (``rules[3]`` in a file, ``built-in`` for the flat options).
     origin: str = ""
+    #: Only images a compute host signed, with their provenance (``hostSigned``); None: any signer.
+    host_signed: HostSigned | None = None
 
     @property
     def actions(self) -> dict[str, Action]:
@@ -208,6 +234,10 @@ class Rule:
             "trust_stores": [s.name for s in self.trust_stores],
             "trusted_identities": None if self.trusted_identities is None
             else [i.describe() for i in self.trusted_identities],
+            "host_signed": None if self.host_signed is None else {
+                "base_trust_stores": [s.name for s in self.host_signed.base_trust_stores],
+                "base_identities": None if self.host_signed.base_identities is None
+                else [i.describe() for i in self.host_signed.base_identities]},
         }
 
 
@@ -367,7 +397,8 @@ def _scope(value: object, where: str) -> Scope:
 
 
 def _rule(value: object, where: str, stores: Mapping[str, TrustStore]) -> Rule:
-    body = _keys(value, where, ("name", "scope", "level"), ("trustStores", "trustedIdentities", "override"))
+    body = _keys(value, where, ("name", "scope", "level"),
+                 ("trustStores", "trustedIdentities", "override", "hostSigned"))
     name = _text(body["name"], f"{where}.name", _NAME, "a name (letters, digits, . _ -; at most 64)")
     scope = _scope(body["scope"], f"{where}.scope")
     level_text = _text(body["level"], f"{where}.level")
@@ -386,32 +417,48 @@ def _rule(value: object, where: str, stores: Mapping[str, TrustStore]) -> Rule:
         except ValueError:
             raise _Invalid(f"{where}.override.{key}", f"{action_text[:40]!r} is not enforce, log or skip") from None
     if level is Level.SKIP:
-        for key in ("trustStores", "trustedIdentities", "override"):
+        for key in ("trustStores", "trustedIdentities", "override", "hostSigned"):
             if key in body:
                 raise _Invalid(f"{where}.{key}", "means nothing under level skip (nothing is verified): remove it")
         return Rule(name, scope, level, origin=where)
     if "trustStores" not in body or "trustedIdentities" not in body:
         raise _Invalid(where, f"level {level.value} needs trustStores and trustedIdentities")
-    names = _texts(body["trustStores"], f"{where}.trustStores", _NAME, "a trust store name")
+    chosen = _store_list(body["trustStores"], f"{where}.trustStores", stores)
+    identities = _identities(body["trustedIdentities"], f"{where}.trustedIdentities")
+    host_signed = None
+    if "hostSigned" in body:
+        inner = f"{where}.hostSigned"
+        host = _keys(body["hostSigned"], inner, ("baseTrustStores",), ("baseIdentities",))
+        base_stores = _store_list(host["baseTrustStores"], f"{inner}.baseTrustStores", stores)
+        if any(s.type != "ca" for s in base_stores):
+            raise _Invalid(f"{inner}.baseTrustStores", "names a tsa store: the base image's signer chains to CAs")
+        host_signed = HostSigned(base_stores, _identities(host.get("baseIdentities", [CATCH_ALL]),
+                                                          f"{inner}.baseIdentities"))
+    return Rule(name, scope, level, chosen, identities, overrides, where, host_signed)
+
+
+def _store_list(value: object, where: str, stores: Mapping[str, TrustStore]) -> tuple[TrustStore, ...]:
+    names = _texts(value, where, _NAME, "a trust store name")
     for i, store in enumerate(names):
         if store not in stores:
-            raise _Invalid(f"{where}.trustStores[{i}]", f"no trust store is named {store!r}")
+            raise _Invalid(f"{where}[{i}]", f"no trust store is named {store!r}")
     chosen = tuple(stores[n] for n in names)
     if not any(s.type == "ca" for s in chosen):
-        raise _Invalid(f"{where}.trustStores", "names no trust store of type ca (the signers' CAs)")
-    raw_ids = body["trustedIdentities"]
-    identities: tuple[Identity, ...] | None
-    if raw_ids == [CATCH_ALL] or raw_ids == CATCH_ALL:
-        identities = None
-    else:
-        items = _list(raw_ids, f"{where}.trustedIdentities")
-        if not items:
-            raise _Invalid(f"{where}.trustedIdentities", "must not be empty (\"*\" trusts any identity the trust "
-                                                         "stores vouch for)")
-        identities = tuple(_identity(v, f"{where}.trustedIdentities[{i}]") for i, v in enumerate(items))
-        if len(set(identities)) != len(identities):
-            raise _Invalid(f"{where}.trustedIdentities", "lists an identity twice")
-    return Rule(name, scope, level, chosen, identities, overrides, where)
+        raise _Invalid(where, "names no trust store of type ca (the signers' CAs)")
+    return chosen
+
+
+def _identities(value: object, where: str) -> tuple[Identity, ...] | None:
+    """None for ``"*"`` (any identity the stores vouch for)."""
+    if value == [CATCH_ALL] or value == CATCH_ALL:
+        return None
+    items = _list(value, where)
+    if not items:
+        raise _Invalid(where, "must not be empty (\"*\" trusts any identity the trust stores vouch for)")
+    identities = tuple(_identity(v, f"{where}[{i}]") for i, v in enumerate(items))
+    if len(set(identities)) != len(identities):
+        raise _Invalid(where, "lists an identity twice")
+    return identities
 
 
 def parse_policy(document: object, source: str = "policy") -> TrustPolicy:
@@ -456,6 +503,7 @@ def _parse(document: object, source: str) -> TrustPolicy:
                 raise _Invalid(f"rules[{i}].scope", f"overlaps the scope of rules[{j}] ({other.name}): an image "
                                                     "could be selected by both and neither is more specific")
     used = {s.name for r in rules for s in r.trust_stores}
+    used |= {s.name for r in rules if r.host_signed for s in r.host_signed.base_trust_stores}
     for name in stores:
         if name not in used:
             raise _Invalid(f"trustStores.{name}", "is used by no rule (a misspelt name?)")
@@ -670,6 +718,26 @@ class TimestampEvidence:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProvenanceEvidence:
+    """A host-signed image's provenance statement, as the caller verified it (for a ``hostSigned`` rule).
+
+    ``check`` PASSED: the statement verifies with the signer's key and names this image and the digest
+    ``img_signature`` signs (:func:`imgsign.gateway.provenance.verify_provenance`); FAILED (with the
+    reason) or NOT_CHECKED (no statement).  ``project_id``, ``host``, ``base_image_id``: what it states
+    (None when it names no base).  ``base``: PASSED when the base's certificate is the one the statement
+    names and chained to the rule's ``baseTrustStores`` when the snapshot was made; ``base_signer`` that
+    certificate's identity (matched against ``baseIdentities`` here).
+    """
+
+    check: Check = Check()
+    project_id: str | None = None
+    host: str | None = None
+    base_image_id: str | None = None
+    base: Check = Check()
+    base_signer: SignerIdentity | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Evidence:
     """What the caller found for the selected rule.
 
@@ -691,6 +759,8 @@ class Evidence:
     path: tuple[str, ...] = ()
     #: The earliest notAfter on that path (for reports of certificates expiring soon).
     not_after: datetime.datetime | None = None
+    #: The provenance statement of a host-signed image (gathered for ``hostSigned`` rules only).
+    provenance: ProvenanceEvidence | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -799,6 +869,12 @@ def decide(selection: Selection, evidence: Evidence) -> Decision:
                        f"chain {evidence.chain.status.value}")
     else:
         reasons.append("no trust store: the signer's chain is not checked (flat options without --trusted)")
+    if rule.host_signed is not None:
+        _decide_host_signed(rule, rule.host_signed, selection.facts, evidence, reasons, failed)
+    elif evidence.signer is not None and is_host_certificate(evidence.signer):
+        failed("authenticity", PolicyRefused(
+            f"the signer {evidence.signer.subject} is a compute host (URI SAN openstack://.../nova-compute/...), and "
+            f"rule {rule.name} is no hostSigned rule: a host's signature vouches only under one"))
     timestamp_ok = False
     stamp = evidence.timestamp
     if stamp is not None and actions["timestamp"] is not Action.SKIP:
@@ -816,6 +892,45 @@ def decide(selection: Selection, evidence: Evidence) -> Decision:
     if actions["revocation"] is not Action.SKIP and evidence.revocation.status is Status.FAILED:
         failed("revocation", evidence.revocation.error or PolicyRefused("revocation could not be checked"))
     return _finish(rule, reasons, findings, integrity=True)
+
+
+def _decide_host_signed(rule: Rule, host: HostSigned, facts: ImageFacts, evidence: Evidence, reasons: list[str],
+                        failed: Callable[[str, ImgsignError], None]) -> None:
+    """The ``hostSigned`` checks: every failure is an authenticity failure."""
+    proof = evidence.provenance
+    if proof is None or proof.check.status is not Status.PASSED:
+        failed("authenticity", (proof.check.error if proof is not None else None) or ProvenanceError(
+            f"rule {rule.name} trusts only host-signed images with a verified provenance statement, and the "
+            "image's was not checked"))
+        return
+    if proof.project_id is None or facts.owner is None or proof.project_id != facts.owner:
+        failed("authenticity", ProvenanceError(
+            f"the provenance says project {proof.project_id} made the image, but its owner is "
+            f"{facts.owner or 'unknown'}: a host signature vouches only inside the project that made the image"))
+        return
+    if facts.booting_project is not None and facts.booting_project != proof.project_id:
+        failed("authenticity", ProvenanceError(
+            f"project {facts.booting_project} boots an image host-signed for project {proof.project_id}: a host "
+            "signature vouches only inside the project that made the image"))
+        return
+    if proof.base_image_id is None:
+        failed("authenticity", ProvenanceError(
+            f"the provenance names no signed base image: rule {rule.name} requires a snapshot's base to have been "
+            "trusted when it was made"))
+        return
+    if proof.base.status is not Status.PASSED:
+        failed("authenticity", proof.base.error or ProvenanceError(
+            f"the base image {proof.base_image_id} was not checked against rule {rule.name}'s baseTrustStores"))
+        return
+    if host.base_identities is not None and (proof.base_signer is None or not any(
+            identity_matches(i, proof.base_signer) for i in host.base_identities)):
+        failed("authenticity", ProvenanceError(
+            f"the base image {proof.base_image_id} was signed by "
+            f"{proof.base_signer.subject if proof.base_signer else '(unknown)'}, not one of the baseIdentities of "
+            f"rule {rule.name}"))
+        return
+    reasons.append(f"host-signed on {proof.host or 'an unnamed host'} for project {proof.project_id} from base "
+                   f"{proof.base_image_id} (its signer chained to {', '.join(s.name for s in host.base_trust_stores)})")
 
 
 def _finish(rule: Rule, reasons: list[str], findings: list[Finding], integrity: bool) -> Decision:
