@@ -25,8 +25,8 @@ from imgsign.certificates import certificate_public_key
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.domains import DomainLookup
 from imgsign.gateway.intercept import DomainInfo
-from imgsign.gateway.provenance import PAYLOAD_TYPE, PREFIX, pae, verify_provenance
 from imgsign.keymanager.config import load, open_store
+from imgsign.provenance import PAYLOAD_TYPE, PREFIX, pae, verify_provenance
 from tests.conftest import cert_of, key_of, run_cli
 from tests.servers.glance import GlanceServer, glance_server
 from tests.servers.nova import fetch_to_raw, upload_snapshot

@@ -49,7 +49,7 @@ from imgsign.algorithms import HashMethod
 from imgsign.errors import InputError
 
 DEFAULT_CONFIG = "/etc/imgsign/gateway.conf"
-#: A host name as the provenance states it (imgsign.gateway.provenance).
+#: A host name as the provenance states it (imgsign.provenance).
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 DEFAULT_PORT = 9293
 
