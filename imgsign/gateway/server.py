@@ -8,7 +8,9 @@ it names, ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding`
 Nothing is added: no default ``User-Agent``, ``Accept`` or ``Accept-Encoding``, and bodies pass
 compressed or not as Glance sent them.  Glance's TLS certificate is verified (``ca_file`` or the
 system's CAs).  Glance unreachable: 502; no answer within ``read_timeout``: 504; both with a one-line
-JSON body naming the cause (never a token).
+JSON body naming the cause (never a token).  One answer is changed: Glance's version document
+(``GET /``, ``GET /versions``), whose links are pointed at the gateway (:mod:`imgsign.gateway.discovery`),
+else keystoneauth's discovery would send nova-compute straight to Glance.
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ class Gateway:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Intercept what :mod:`imgsign.gateway.intercept` names; forward everything else."""
+        from imgsign.gateway.discovery import VERSION_PATHS
+
+        if request.method == "GET" and request.rel_url.raw_path in VERSION_PATHS:
+            return await self.versions(request)
         if self.signer is not None:
             from imgsign.gateway import intercept
 
@@ -153,6 +159,41 @@ class Gateway:
                 LOG.error("%s %s: Glance's answer broke off: %s", request.method, request.path, type(exc).__name__)
                 raise
             return _upstream_error(request, exc)
+
+
+    async def versions(self, request: web.Request) -> web.StreamResponse:
+        """Glance's version document with its links pointing at the gateway (asked for uncompressed)."""
+        import aiohttp
+        from aiohttp import web
+
+        from imgsign.gateway import discovery
+
+        headers = [(name, value) for name, value in forwarded_headers(request.headers.items(), REQUEST_DROPPED)
+                   if name.lower() != "accept-encoding"]
+        try:
+            async with self.session.get(self.url(request.raw_path), headers=headers, allow_redirects=False) as upstream:
+                body = await upstream.content.read(discovery.MAX_DOCUMENT + 1)
+                status, reason = upstream.status, upstream.reason
+                answer_headers = forwarded_headers(upstream.headers.items(), RESPONSE_DROPPED)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            return _upstream_error(request, exc)
+        if len(body) > discovery.MAX_DOCUMENT:
+            LOG.error("GET %s: Glance's version document is larger than %d bytes", request.path,
+                      discovery.MAX_DOCUMENT)
+            return error_response(502, "Glance's version document is too large")
+        encoded = [v for n, v in answer_headers if n.lower() == "content-encoding" and v.lower() != "identity"]
+        try:
+            if encoded:
+                raise discovery.NotRewritable(f"Glance sent it encoded ({encoded[0][:40]})")
+            body = discovery.rewrite_version_document(body, discovery.origin(self.config.listen_host,
+                                                                             self.config.listen_port))
+        except discovery.NotRewritable as exc:
+            LOG.error("GET %s: cannot point Glance's version document at the gateway: %s", request.path, exc)
+            return error_response(502, f"cannot point Glance's version document at the gateway: {exc}")
+        from multidict import CIMultiDict
+
+        kept = CIMultiDict((n, v) for n, v in answer_headers if n.lower() not in ("content-length", "content-encoding"))
+        return web.Response(status=status, reason=reason, body=body, headers=kept)
 
 
 def _upstream_error(request: web.Request, exc: BaseException) -> web.Response:
