@@ -30,6 +30,11 @@ trust record written when the image was verified at download
    root's, 0644, immutable where the filesystem can), and refused if another
    process still has it open for writing, so what was read is what qemu reads.
 
+Without a trust policy, an image a compute host signed (``imgsign gateway``: a certificate with the URI
+SAN ``openstack://<cloud>/nova-compute/<host>``) is refused: a host's signature vouches only under a
+policy's ``hostSigned`` rule (:mod:`imgsign.compute.boot_policy`).  Spotting one costs a byte search of
+the recorded certificate; only a certificate that may have such a SAN is parsed.
+
 Under ``enforce`` any failure refuses the boot; under ``warn`` it is allowed and
 the reason is reported as a warning.
 """
