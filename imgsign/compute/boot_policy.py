@@ -129,7 +129,7 @@ def provenance_evidence(record: TrustRecord, rule: Rule, host: HostSigned, recor
         return ProvenanceEvidence(Check.failed(ProvenanceError(
             f"rule {rule.name} trusts only host-signed images with a verified provenance statement, and the trust "
             f"record of image {record.image_id} has none: the image carries no statement, or this host had no "
-            "hostSigned rule when it recorded the image")))
+            "hostSigned rule when it recorded the image (`imgsign boot release` the base to adopt it again)")))
     if not found.verified:
         return ProvenanceEvidence(Check.failed(ProvenanceError(
             f"the provenance statement of image {record.image_id} did not verify when the image was adopted: "
