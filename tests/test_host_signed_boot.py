@@ -333,3 +333,28 @@ def test_a_recorded_provenance_parses_or_is_a_trust_record_error(value):
     except errors.TrustRecordError:
         return
     assert record.provenance is None or TrustRecord.from_body(record.to_body()) == record
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from([f"{PREFIX}0", f"{PREFIX}1", f"{PREFIX}x"]),
+                       st.one_of(st.text(max_size=300), json_values), min_size=1),
+       st.sampled_from(["payload", "sig", "keyid", None]))
+def test_any_provenance_property_is_recorded_as_unverified_never_a_traceback(pki, properties, mutate):
+    """Whatever Glance says the statement is: an unverified record with the reason (the base is never read)."""
+    genuine = snapshot(pki, "snap-fuzz", base=base_of(pki.base))
+    given_props = {k: v for k, v in genuine.items() if not k.startswith(PREFIX)}
+    if mutate is None:
+        given_props.update(properties)
+    else:  # the genuine envelope with one member replaced
+        document = json.loads(join_value(genuine, PREFIX))
+        target = document if mutate == "payload" else document["signatures"][0]
+        target[mutate] = next(iter(properties.values()))
+        given_props.update(split_value(PREFIX, json.dumps(document)))
+
+    def unreachable(*_args):
+        raise AssertionError("the base is read only for a verified statement")
+
+    record = host_signed.record_of("snap-fuzz", given_props, pki.host.cert, base_certificate=unreachable,
+                                   base_anchors=unreachable, policy=Policy())
+    assert not record.verified and record.error and record == ProvenanceRecord(False, record.error)
+    assert ProvenanceRecord.from_body(record.to_body()) == record
