@@ -9,21 +9,30 @@ certificates they were fetched as through the sealed bindings); its trusted iden
 against the signer.  Dates and revocation were checked at download and are not checked again here.
 
 A record that lacks a fact some rule's scope selects on is refused: the rule cannot be chosen.
+
+A ``hostSigned`` rule decides on the provenance adoption recorded (:mod:`imgsign.compute.host_signed`):
+the statement verified, the project it names owns the image and is the project booting it (a domain
+that names no project boots no host-signed image), and the base's signer chained, when the snapshot was
+made, to a certificate of the rule's ``baseTrustStores`` (by fingerprint, as for the signer) and is one of
+its ``baseIdentities``.  Under any other rule a compute host's certificate is refused (the engine's rule).
 """
 
 from __future__ import annotations
 
 import os
 
-from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint
-from imgsign.errors import PolicyRefused, UntrustedCertificate
+from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint, may_be_host_certificate
+from imgsign.errors import PolicyRefused, ProvenanceError, UntrustedCertificate
 from imgsign.trust_policy import (
     Check,
     Evidence,
+    HostSigned,
     ImageFacts,
     Level,
+    ProvenanceEvidence,
     Rule,
     TrustPolicy,
+    TrustStore,
     decide,
     enforce,
     select,
@@ -88,7 +97,7 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
     from imgsign.certificates import load_certificate
     from imgsign.trust_evidence import signer_identity
 
-    stores = _fingerprints(rule, records, base_dir)
+    stores = _fingerprints(rule.ca_stores, records, base_dir)
     signer = fingerprint(record.certificate_der)
     if signer in stores or stores & set(record.anchor_fingerprints):
         chain = Check.passed()
@@ -96,9 +105,15 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
         chain = Check.failed(UntrustedCertificate(
             f"image {record.image_id} was not validated at download against any certificate of the trust stores "
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
-    # The signer's identity (X.509 parsing) only when the rule names trusted identities.
-    identity = None if rule.trusted_identities is None else signer_identity(load_certificate(record.certificate_der))
-    evidence = Evidence(True, identity, chain)
+    # The signer's identity (X.509 parsing) only when the rule names trusted identities, or when the signer may be
+    # a compute host, whom only a hostSigned rule trusts (the engine refuses it under any other rule).
+    identity = None
+    if rule.trusted_identities is not None or (rule.host_signed is None
+                                               and may_be_host_certificate(record.certificate_der)):
+        identity = signer_identity(load_certificate(record.certificate_der))
+    provenance = None if rule.host_signed is None else \
+        provenance_evidence(record, rule, rule.host_signed, records, base_dir, booting_project)
+    evidence = Evidence(True, identity, chain, provenance=provenance)
     decision = enforce(decide(selection, evidence))
     if not decision.warnings:
         return None
@@ -106,14 +121,58 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
                      for f in decision.warnings)
 
 
-def _fingerprints(rule: Rule, records: RecordStore, base_dir: str) -> set[str]:
-    """The SHA-256 fingerprints of the certificates of ``rule``'s CA stores known on this host."""
+def provenance_evidence(record: TrustRecord, rule: Rule, host: HostSigned, records: RecordStore, base_dir: str,
+                        booting_project: str | None) -> ProvenanceEvidence:
+    """The evidence for ``rule``'s ``hostSigned`` checks from what adoption recorded of the image's provenance."""
+    found = record.provenance
+    if found is None:
+        return ProvenanceEvidence(Check.failed(ProvenanceError(
+            f"rule {rule.name} trusts only host-signed images with a verified provenance statement, and the trust "
+            f"record of image {record.image_id} has none: the image carries no statement, or this host had no "
+            "hostSigned rule when it recorded the image (`imgsign boot release` the base to adopt it again)")))
+    if not found.verified:
+        return ProvenanceEvidence(Check.failed(ProvenanceError(
+            f"the provenance statement of image {record.image_id} did not verify when the image was adopted: "
+            f"{found.error}")))
+    if booting_project is None:
+        return ProvenanceEvidence(Check.failed(ProvenanceError(
+            f"the domain names no Nova owner project, and image {record.image_id} is host-signed for project "
+            f"{found.project_id}: a host signature vouches only inside the project that made the image")))
+    if found.base_image_id is None:
+        return ProvenanceEvidence(Check.passed(), found.project_id, found.host)
+    base, signer = Check(), None
+    der = found.base_certificate_der
+    if der is None:
+        base = Check.failed(ProvenanceError(f"the base image {found.base_image_id} was not trusted when the snapshot "
+                                            f"was made: {found.base_error}"))
+    else:
+        stores = _fingerprints(host.base_trust_stores, records, base_dir)
+        if fingerprint(der) in stores or stores & set(found.base_anchor_fingerprints):
+            base = Check.passed()
+        else:
+            base = Check.failed(ProvenanceError(
+                f"the base image {found.base_image_id} was not signed, when the snapshot was made ({found.created_at}),"
+                f" by a certificate that chained to the baseTrustStores of rule {rule.name} "
+                f"({', '.join(s.name for s in host.base_trust_stores)})"
+                + (f": {found.base_error}" if found.base_error else "")))
+        if host.base_identities is not None:
+            from imgsign.certificates import load_certificate
+            from imgsign.trust_evidence import signer_identity
+
+            signer = signer_identity(load_certificate(der))
+    return ProvenanceEvidence(Check.passed(), found.project_id, found.host, found.base_image_id, base, signer)
+
+
+def _fingerprints(stores: tuple[TrustStore, ...], records: RecordStore, base_dir: str) -> set[str]:
+    """The SHA-256 fingerprints of the certificates of the CA ``stores`` known on this host."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from imgsign.certificates import load_certificates
 
     found: set[str] = set()
-    for store in rule.ca_stores:
+    for store in stores:
+        if store.type != "ca":
+            continue
         for name in store.certificate_files:
             data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
             found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.compute import image_format, protection, qemu_img
-from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name, fingerprint
+from imgsign.compute.host_signed import Found
+from imgsign.compute.trust_record import ProvenanceRecord, RecordStore, TrustRecord, cache_name, fingerprint
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UntrustedCertificate
 from imgsign.policy import Policy
@@ -212,14 +213,17 @@ def bind_fetched(records: RecordStore, certificate: x509.Certificate, certificat
 def new_record(image_id: str, properties: SignatureProperties, certificate: x509.Certificate, signed_digest: bytes,
                certificate_id: str | None, trusted: Sequence[x509.Certificate], *, cached_format: str,
                cached_sha256: bytes, cached_size: int, source_format: str,
-               image_facts: Mapping[str, str] | None = None) -> TrustRecord:
-    """The trust record of a verified base file (``image_facts``: owner, visibility, image_type from Glance)."""
+               image_facts: Mapping[str, str] | None = None,
+               provenance: ProvenanceRecord | None = None) -> TrustRecord:
+    """The trust record of a verified base file (``image_facts``: owner, visibility, image_type from Glance;
+    ``provenance``: a host-signed image's statement, :mod:`imgsign.compute.host_signed`)."""
     return TrustRecord(
         image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
         signed_digest=signed_digest, certificate_id=certificate_id,
         anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
         cached_format=cached_format, cached_sha256=cached_sha256, cached_size=cached_size,
         source_format=source_format, image_facts=None if image_facts is None else dict(image_facts),
+        provenance=provenance,
     )
 
 
@@ -264,6 +268,7 @@ def add_to_cache(
     document: Mapping[str, object] | None = None,
     tsa_roots: Sequence[x509.Certificate] = (),
     disk_format: str | None = None,
+    provenance: Found | None = None,
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
@@ -279,6 +284,7 @@ def add_to_cache(
     (:mod:`imgsign.compute.base_lock`) is held from the first change of the cache to the seal.
     ``document``: all the image's properties, whose timestamp token (checked against ``tsa_roots``)
     lets an expired certificate be judged at the token's time (:func:`imgsign.timestamp.judged_policy`).
+    ``provenance``: a host-signed image's statement (:func:`imgsign.compute.host_signed.fetch`), recorded.
     """
     if document is not None:  # its timestamp token, checked against tsa_roots, may say when to judge the certificate
         from imgsign import timestamp
@@ -307,11 +313,13 @@ def add_to_cache(
             raise InputError(f"cannot read back image {image_id} in the image cache: {exc.strerror}") from None
         stack.enter_context(records.locks.hold(name))
         bind_fetched(records, certificate, certificate_id, anchors, trusted_ids)
+        for base_store_id, der in provenance.fetched if provenance is not None else ():
+            records.anchors.bind(base_store_id, der)
         VerifiedCache(records.state_dir, owner=records.owner).forget(name)
         identity = _place(dir_fd, cached, name)
         record = new_record(image_id, properties, certificate, verifier.verified_digest, certificate_id, trusted,
                             cached_format=cached_format, cached_sha256=sha256, cached_size=size,
-                            image_facts=image_facts,
+                            image_facts=image_facts, provenance=None if provenance is None else provenance.record,
                             source_format=source_format)
         try:
             records.put(record)

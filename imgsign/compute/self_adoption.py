@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
     from imgsign.chain import TrustAnchors
     from imgsign.compute.conversion_adoption import Original
+    from imgsign.compute.host_signed import Found
     from imgsign.policy import Policy
     from imgsign.trust_policy import TrustPolicy
 
@@ -111,6 +112,9 @@ class Fetched:
     image: dict[str, Any]
     certificate: x509.Certificate
     anchors: TrustAnchors | None
+    #: A host-signed image's provenance, checked for the trust policy's ``hostSigned`` rules
+    #: (:mod:`imgsign.compute.host_signed`); None: no such rule, or no statement.
+    provenance: Found | None = None
 
 
 class SelfAdopter:
@@ -191,7 +195,7 @@ class SelfAdopter:
                 return [], None
             fetched = self._within_deadline(
                 settings, lambda stage, deadline: _fetch(settings, image_id, self.trusted_ids, stage, deadline,
-                                                         self._trusted_files()))
+                                                         self._trusted_files(), self._host_signed))
             record = self._adopt(image_id, fetched)
         except ImgsignError as exc:
             message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
@@ -201,6 +205,14 @@ class SelfAdopter:
                                               f"adopted the base Nova downloaded for {what} "
                                               f"({record.cached_format}{converted}; properties from Glance)"))], \
             fetched.image
+
+    def _host_signed(self, image: dict[str, Any], certificate: x509.Certificate, store: Any) -> Found | None:
+        """The provenance of a host-signed image for the trust policy's ``hostSigned`` rules (online)."""
+        if self.trust is None:
+            return None
+        from imgsign.compute import host_signed
+
+        return host_signed.fetch(str(image["id"]), image, certificate, store, self.trust, self.trust_dir, self.policy)
 
     def _trusted_files(self) -> tuple[x509.Certificate, ...]:
         """The certificates of the trust policy's CA stores given as files."""
@@ -293,7 +305,7 @@ class SelfAdopter:
                               anchors=fetched.anchors, trusted_ids=self.trusted_ids,
                               certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
                               original=original, tsa_roots=self._tsa_roots(),
-                              image_facts=facts_of(fetched.image))
+                              image_facts=facts_of(fetched.image), provenance=fetched.provenance)
 
     def _tsa_roots(self) -> list[x509.Certificate]:
         """``[imgsign] tsa_ca_file`` of boot.conf: the TSAs whose timestamps count (none: tokens are not checked)."""
@@ -367,9 +379,11 @@ def _converted_without_statement(path: str, image_id: str, image: Mapping[str, A
 
 
 def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str],
-           deadline: Deadline, trusted_files: tuple[x509.Certificate, ...] = ()) -> Fetched:
+           deadline: Deadline, trusted_files: tuple[x509.Certificate, ...] = (),
+           provenance: Callable[[dict[str, Any], x509.Certificate, Any], Found | None] | None = None) -> Fetched:
     """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are),
-    each service as one network phase under ``deadline``."""
+    each service as one network phase under ``deadline``; ``provenance(image, certificate, key manager)``: what
+    a host-signed image's statement needs from the key manager, in that phase."""
     from imgsign.compute.adoption import signature_properties
     from imgsign.keymanager import config as km_config
     from imgsign.keymanager.anchors import fetch_certificate, fetch_trust_anchors
@@ -389,7 +403,8 @@ def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], sta
             anchors = fetch_trust_anchors(store, trusted_ids, trusted=trusted_files,
                                           require_crls=conf.imgsign.require_crls,
                                           max_depth=conf.imgsign.max_chain_depth)
-    return Fetched(image, certificate, anchors)
+        found = provenance(image, certificate, store) if provenance is not None else None
+    return Fetched(image, certificate, anchors, found)
 
 
 @dataclasses.dataclass
