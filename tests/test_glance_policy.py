@@ -1,9 +1,10 @@
-"""Glance's ``upload_image`` policy denies ``PUT /file`` for snapshots and backups: a host without the gateway
-fails closed, and the gateway's stage + glance-direct import still works.
+"""Glance's policy denies ``PUT /file`` (``upload_image``) and added locations (``add_image_location``,
+``set_image_location``) for snapshots and backups: a host without the gateway fails closed, and the
+gateway's stage + glance-direct import still works.
 
 A real glance-api 33 behind the real Keystone (tests/servers/glance.py) runs with the rule that
 doc/source/admin/compute-signing.md ("Glance settings") documents, read from that page, so that the
-documented rule is the tested one.  Nova 34's own upload code (``nova.image.glance``) is what a host
+documented rules are the tested ones.  Nova 34's own upload code (``nova.image.glance``) is what a host
 without the gateway runs.  The gateway runs in this process with the libvirt lookup stood in for by
 :class:`tests.test_gateway_signing.FakeDomains` (instances of chosen projects "on this host" without
 booting guests; tests/test_gateway_libvirt.py checks the real lookup).
@@ -12,7 +13,9 @@ booting guests; tests/test_gateway_libvirt.py checks the real lookup).
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from imgsign.gateway.provenance import verify_provenance
 from imgsign.keymanager.config import load
 from tests.conftest import REPO, cert_of, key_of
 from tests.servers.glance import GlanceServer, glance_server
-from tests.servers.nova import upload_snapshot
+from tests.servers.nova import add_location, upload_snapshot
 from tests.test_gateway_signing import HOST_KEY_TYPE, FakeDomains, _host, running
 
 pytest.importorskip("aiohttp")
@@ -40,11 +43,19 @@ INSTANCE = "7c6b5a49-3827-4165-9483-a2b1c0d9e8f7"
 DOC = REPO / "doc" / "source" / "admin" / "compute-signing.md"
 
 
-def documented_rule() -> str:
-    """The ``upload_image`` check string of the "Glance settings" section."""
-    lines = [line.strip() for line in DOC.read_text().splitlines() if line.strip().startswith('"upload_image":')]
-    assert len(lines) == 1, f"{DOC} should show one upload_image rule, not {len(lines)}"
-    return str(yaml.safe_load(lines[0])["upload_image"])
+RULES = ("upload_image", "add_image_location", "set_image_location")
+
+
+def documented_rules() -> dict[str, str]:
+    """The rules of the "Glance settings" section's policy block (name -> check string)."""
+    text = DOC.read_text()
+    section = text[text.index("## Glance settings"):]
+    section = section[:section.index("\n## ")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, f"{DOC}: 'Glance settings' should show one yaml block, not {len(blocks)}"
+    rules = yaml.safe_load(textwrap.dedent(blocks[0]))
+    assert isinstance(rules, dict) and sorted(rules) == sorted(RULES), rules
+    return {str(name): str(check) for name, check in rules.items()}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +66,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def glance(root: Path, keystone) -> Iterator[GlanceServer]:
     with glance_server(root / "glance", keystone=keystone, keystore=root / "keystore.sqlite3",
-                       policy={"upload_image": documented_rule()}) as server:
+                       policy=documented_rules()) as server:
         yield server
 
 
@@ -69,10 +80,14 @@ def gateway(root: Path, glance: GlanceServer) -> Iterator[str]:
     conf = load(str(conf_path))
     signing = SigningConfig(key=str(key_of(HOST_KEY_TYPE)), certificate=str(cert_of(HOST_KEY_TYPE)),
                             host="compute-policy", import_timeout=120)
-    domains = FakeDomains({INSTANCE: DomainInfo(INSTANCE, "running", glance.project_id(PROJECT))})
+    domains = FakeDomains({INSTANCE: DomainInfo(INSTANCE, "running", _project_id(glance))})
     with running(Gateway(GatewayConfig(glance_url=glance.url), signer=HostSigner(signing, conf), domains=domains,
                          keys=CastellanProjects(conf))) as url:
         yield url
+
+
+def _project_id(glance: GlanceServer) -> str:
+    return glance.keystone.project_user(PROJECT).project_id
 
 
 def _headers(glance: GlanceServer, project: str = PROJECT) -> dict[str, str]:
@@ -118,7 +133,7 @@ def test_nova_s_own_upload_straight_to_glance_fails_closed(glance, tmp_path) -> 
     data.write_bytes(b"snapshot without the gateway " * 2000)
     image_id = _snapshot(glance)
     result = upload_snapshot(tmp_path / "nova", glance_url=glance.url, token=_headers(glance)["X-Auth-Token"],
-                             project_id=glance.project_id(PROJECT), image_id=image_id, data=data)
+                             project_id=_project_id(glance), image_id=image_id, data=data)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "ImageNotAuthorized" in result.stderr, result.stderr[-3000:]
     assert _image(glance, image_id)["status"] == "queued"
@@ -153,5 +168,47 @@ def test_the_gateway_still_signs_and_imports_under_the_rule(glance, gateway, kin
     public, fingerprint = _host()
     provenance = verify_provenance(image, public, fingerprint, image_id=image_id)
     assert provenance.image_digest == hashlib.sha256(data).digest()
-    assert provenance.project_id == glance.project_id(PROJECT)
+    assert provenance.project_id == _project_id(glance)
     assert f"Successfully verified signature for image {image_id}" in glance.glance_log_text()
+
+
+def _location_url(image_id: str) -> str:
+    return f"rbd://d4c1e7a2-0f3b-4c5d-8e9f-a0b1c2d3e4f5/images/{image_id}/snap"
+
+
+def test_a_location_added_to_a_snapshot_is_refused_by_the_rules(glance) -> None:
+    """Both location APIs, as an RBD direct snapshot would use them.  This Glance has no RBD or http store
+    and hides locations, so it refuses a plain image's location too, but later and for that reason: the
+    snapshot's refusal names the rule."""
+    answers = {}
+    for kind in ("snapshot", "plain"):
+        image_id = _snapshot(glance) if kind == "snapshot" else _create(glance)
+        post = requests.post(f"{glance.url}/v2/images/{image_id}/locations", headers=_headers(glance), timeout=60,
+                             json={"url": _location_url(image_id)})
+        patch = requests.patch(f"{glance.url}/v2/images/{image_id}", timeout=60, headers={
+            **_headers(glance), "Content-Type": "application/openstack-images-v2.1-json-patch"},
+            json=[{"op": "add", "path": "/locations/-", "value": {"url": _location_url(image_id), "metadata": {}}}])
+        answers[kind] = (post.status_code, post.text, patch.status_code, patch.text)
+        assert _image(glance, image_id)["status"] == "queued"
+    post_status, post_text, patch_status, patch_text = answers["snapshot"]
+    assert post_status == 403 and "add_image_location" in post_text, post_text
+    assert patch_status == 403 and "set_image_location" in patch_text, patch_text
+    _, plain_post, _, plain_patch = answers["plain"]
+    assert "add_image_location" not in plain_post and "set_image_location" not in plain_patch
+
+
+def test_nova_does_not_fall_back_to_an_upload_when_a_snapshot_s_location_is_refused(glance, gateway,
+                                                                                    tmp_path) -> None:
+    """Nova 34's own ``_add_location`` (what its RBD direct snapshot calls), refused by the gateway and by
+    Glance's rules: Nova raises ``ImageNotAuthorized``, which ``LibvirtDriver.snapshot()`` does not catch
+    (it falls back to the standard snapshot only after the classes its ``except`` clause names, read
+    from Nova's source): the snapshot fails closed, it is not uploaded and signed instead.  Documented
+    in compute-signing.md, "What remains"."""
+    for url in (gateway, glance.url):
+        image_id = _snapshot(glance)
+        result = add_location(tmp_path / f"nova-{image_id}", glance_url=url, token=_headers(glance)["X-Auth-Token"],
+                              project_id=_project_id(glance), image_id=image_id, url=_location_url(image_id))
+        assert result["error"] == "nova.exception.ImageNotAuthorized", result
+        assert result["fallback_on"] == ["NotImplementedError", "ImageUnacceptable", "Forbidden"], result
+        assert result["falls_back"] is False, result
+        assert _image(glance, image_id)["status"] == "queued"
