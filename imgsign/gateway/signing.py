@@ -208,7 +208,8 @@ def _keys(gateway: Gateway) -> ProjectKeyManager:
 
 
 async def _base(gateway: Gateway, image: Mapping[str, object], headers: Mapping[str, str]) -> BaseImage | None:
-    """What the provenance says of the base image: None if the instance's image was not signed.
+    """What the provenance says of the base image: None if the instance's image was not signed, or its
+    signature properties are unusable, or its certificate cannot be read.
 
     Its certificate is read as the image owner reads it (their project, Nova's user token), as Nova did
     when it verified the base for this instance."""
@@ -223,8 +224,16 @@ async def _base(gateway: Gateway, image: Mapping[str, object], headers: Mapping[
     except ImgsignError as exc:
         LOG.warning("base image %s has unusable img_signature* properties (%s): stated as unsigned", reference, exc)
         return None
-    certificate_sha256 = await _keys(gateway).certificate_sha256(str(image["owner"]), _token(headers),
-                                                                 signed.certificate_uuid)
+    try:
+        certificate_sha256 = await _keys(gateway).certificate_sha256(str(image["owner"]), _token(headers),
+                                                                     signed.certificate_uuid)
+    except ImgsignError as exc:
+        # E.g. a public base whose certificate is a secret of the operator's project, which the owner's
+        # token may not read: the base cannot be named, and a verifier that requires a trusted base refuses
+        # the snapshot. The snapshot itself is not refused (Nova's own upload would have no way around it).
+        LOG.warning("base image %s: its certificate %s cannot be read with the owner's token (%s): stated as "
+                    "unsigned", reference, signed.certificate_uuid, exc)
+        return None
     try:
         return BaseImage(reference, hashlib.sha256(signed.signature).digest(), certificate_sha256,
                          signed.certificate_uuid)

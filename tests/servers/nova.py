@@ -169,3 +169,32 @@ def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: s
     return subprocess.run([str(python), str(UPLOAD), str(conf), project_id, image_id, str(data)], env=env,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
                           cwd=workdir)
+
+
+ADD_LOCATION = Path(__file__).resolve().with_name("nova_app") / "add_location.py"
+
+
+def add_location(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
+                 url: str) -> dict[str, object]:
+    """Nova's ``nova.image.glance.API().update`` adding ``url`` as a location, as the libvirt driver's RBD
+    direct snapshot does: ``{"error": Nova's exception class or None, "message", "falls_back"}``
+    (``nova_app/add_location.py``; ``falls_back``: ``LibvirtDriver.snapshot()`` would then take the
+    standard snapshot path)."""
+    import json
+
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    env["NOVA_AUTH_TOKEN"] = token
+    proc = subprocess.run([str(python), str(ADD_LOCATION), str(conf), project_id, image_id, url], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"Nova's add_location did not run: {proc.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
