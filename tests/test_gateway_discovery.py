@@ -1,6 +1,8 @@
-"""The gateway's rewrite of Glance's version document (imgsign.gateway.discovery): unit and fuzz tests.
+"""What the gateway rewrites in Glance's answers: the version document's links (imgsign.gateway.discovery)
+and the image records' locations (imgsign.gateway.locations); unit and fuzz tests.
 
-tests/test_gateway_glance.py proves it against a real glance-api with keystoneauth's own discovery."""
+tests/test_gateway_glance.py and tests/test_gateway_signing.py prove them against a real glance-api with
+keystoneauth's discovery and Nova 34's own image API."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgsign.gateway.discovery import NotRewritable, origin, rewrite_version_document
+from imgsign.gateway.locations import NotRewritable as LocationsNotRewritable
+from imgsign.gateway.locations import hide_locations, is_image_read
 
 GATEWAY = "http://127.0.0.1:9293"
 GLANCE = {"versions": [
@@ -82,3 +86,47 @@ def test_fuzz_never_crashes_and_never_leaves_a_foreign_absolute_link(body: bytes
                 parts = urllib.parse.urlsplit(link["href"])
                 if parts.scheme or parts.netloc:
                     assert link["href"].startswith(GATEWAY), link
+
+
+# --- image records without their locations (imgsign.gateway.locations) ---------------------------------------
+
+
+
+def test_image_reads_are_the_record_and_the_list() -> None:
+    assert is_image_read("GET", "/v2/images/abc-1") and is_image_read("GET", "/v2/images")
+    for method, path in [("PATCH", "/v2/images/abc"), ("GET", "/v2/images/abc/file"), ("GET", "/v2/images/"),
+                         ("GET", "/v2/images/abc/locations"), ("HEAD", "/v2/images/abc")]:
+        assert not is_image_read(method, path), (method, path)
+
+
+def test_locations_and_direct_url_are_removed_from_records_and_lists() -> None:
+    record = {"id": "a", "locations": [{"url": "rbd://fsid/images/a/snap"}], "direct_url": "rbd://x", "size": 3}
+    assert json.loads(hide_locations(json.dumps(record).encode())) == {"id": "a", "size": 3}
+    listing = {"images": [record, {"id": "b", "direct_url": "rbd://y"}], "first": "/v2/images"}
+    assert json.loads(hide_locations(json.dumps(listing).encode())) == {
+        "images": [{"id": "a", "size": 3}, {"id": "b"}], "first": "/v2/images"}
+    escaped = b'{"id": "a", "locat\\u0069ons": [{"url": "rbd://z"}]}'  # the same key, spelt with an escape
+    assert json.loads(hide_locations(escaped)) == {"id": "a"}
+    for body in (b"not json", b"[1]", b'"text"'):
+        assert hide_locations(body) == body
+    with pytest.raises(LocationsNotRewritable):
+        hide_locations(b'{"images": {"id": "a", "locations": []}}')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values))
+def test_fuzz_no_record_keeps_a_location(body: bytes) -> None:
+    try:
+        out = hide_locations(body)
+    except LocationsNotRewritable:
+        return
+    try:
+        document = json.loads(out)
+    except ValueError:
+        assert out == body
+        return
+    if isinstance(document, dict):
+        images = document.get("images")
+        for record in [document, *(images if isinstance(images, list) else [])]:
+            if isinstance(record, dict):
+                assert "locations" not in record and "direct_url" not in record

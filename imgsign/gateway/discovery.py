@@ -20,7 +20,8 @@ MAX_DOCUMENT = 256 * 1024
 
 
 class NotRewritable(ValueError):
-    """The answer claims to be a version document but its links cannot be rewritten."""
+    """The answer claims to be a version document but its links cannot be rewritten (a ValueError: the
+    gateway answers 502 for it)."""
 
 
 def origin(host: str, port: int) -> str:

@@ -198,3 +198,29 @@ def add_location(workdir: Path, *, glance_url: str, token: str, project_id: str,
         raise RuntimeError(f"Nova's add_location did not run: {proc.stderr[-3000:]}")
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+IMAGE_LOCATIONS = Path(__file__).resolve().with_name("nova_app") / "image_locations.py"
+
+
+def image_locations(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str) -> list[str]:
+    """The locations Nova's ``nova.image.glance.API().get(include_locations=True)`` sees for ``image_id``, as
+    the libvirt driver's RBD clone and direct snapshot ask for them (``nova_app/image_locations.py``)."""
+    import json
+
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    env["NOVA_AUTH_TOKEN"] = token
+    proc = subprocess.run([str(python), str(IMAGE_LOCATIONS), str(conf), project_id, image_id], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"Nova's image get did not run: {proc.stderr[-3000:]}")
+    locations: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])["locations"]
+    return locations
