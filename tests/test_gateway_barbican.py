@@ -30,7 +30,7 @@ from imgsign import HashMethod, Signer, errors, load_certificate, load_private_k
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.host_key import HOST_CERTIFICATE_NAME
 from imgsign.gateway.intercept import DomainInfo
-from imgsign.gateway.provenance import verify_provenance
+from imgsign.provenance import verify_provenance
 from imgsign.keymanager.castellan_store import CastellanStore
 from imgsign.keymanager.config import load
 from tests.conftest import cert_of, key_of

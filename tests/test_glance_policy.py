@@ -25,7 +25,7 @@ import yaml
 
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.intercept import DomainInfo
-from imgsign.gateway.provenance import verify_provenance
+from imgsign.provenance import verify_provenance
 from imgsign.keymanager.config import load
 from tests.conftest import REPO, cert_of, key_of
 from tests.servers.glance import GlanceServer, glance_server
