@@ -22,7 +22,9 @@ Stand-ins, each because nova-compute's other machinery is not running here:
   the fields snapshot() reads: uuid = the libvirt domain's uuid, project and user ids of the Keystone
   user whose token the ``RequestContext`` carries, ``image_ref`` and the base image's record as
   system metadata (what nova-api stores at boot);
-- ``update_task_state`` records the task states instead of saving them on the instance (no DB);
+- ``update_task_state`` records the task states instead of saving them on the instance (no DB); the
+  driver is started with ``init_host()`` as nova-compute starts it, whose connection-event callback
+  cannot update the compute service's DB record (it logs a warning and carries on);
 - the ``VirtAPI`` is Nova's base class (snapshot() never calls it; the compute manager's needs a
   running manager);
 - the driver runs as root, not as the nova user, with its privsep daemon started directly
@@ -184,7 +186,9 @@ def _check_signed(stack, base: dict, image_id: str, instance: str, disk: Path, t
                                                                                      base["id"])
     assert image["owner"] == env.project_id
     assert image["disk_format"] == "qcow2"  # Nova's choice for a qcow2 disk (snapshot_image_format unset)
+    # Nova's create_image dropped the base's img_signature*; the gateway set the host's.
     assert image["img_signature_key_type"] == HOST_KEY_TYPE
+    assert image["img_signature"] != base["record"]["img_signature"]
     assert f"Successfully verified signature for image {image_id}" in glance.glance_log_text()
 
     data = requests.get(f"{glance.url}/v2/images/{image_id}/file", headers=headers, timeout=120).content

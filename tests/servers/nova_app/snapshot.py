@@ -20,16 +20,18 @@ What runs is Nova's code, as nova-api and nova-compute run it for ``openstack se
 
 Stand-ins (Nova's compute manager is not running): the ``VirtAPI`` is Nova's base class (snapshot never
 calls it); ``update_task_state`` records the task states (the manager saves them on the instance in
-its DB); the instance is an ``objects.Instance`` built in memory, never saved (no DB). ``init_host()``
-is not called: it starts the libvirt event loop and a connection-event callback that updates the
-compute service's record in Nova's DB; snapshot() needs neither (the ``Host`` connects on first use and
-logs that events are unavailable). Prints one JSON
-line ``{"image_id", "task_states", "live"}`` and exits 0; on failure prints Nova's exception (class and
-message) on stderr and exits 1.
+its DB); the instance is an ``objects.Instance`` built in memory, never saved (no DB). The driver is
+started as nova-compute starts it (``init_host``: libvirt events, version checks, the vTPM flag the
+live path reads); its connection-event callback then fails to update the compute service's record
+(there is no Nova DB: logged as a warning, as nova-compute logs it when its DB is unreachable).
+
+Prints one JSON line ``{"image_id", "task_states", "live"}`` and exits 0; on failure prints Nova's
+exception (class and message) on stderr and exits 1.
 """
 
 import json
 import logging
+import os
 import sys
 
 
@@ -43,7 +45,7 @@ def main(conf: str, request_path: str) -> int:
     from nova.image import glance
     from nova.virt import virtapi
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     nova.conf.CONF(["--config-file", conf], project="nova")
     objects.register_all()
     from nova.virt.libvirt import driver as libvirt_driver
@@ -69,6 +71,7 @@ def main(conf: str, request_path: str) -> int:
     try:
         image = compute_utils.create_image(ctx, instance, request["name"], "snapshot", image_api)
         driver = libvirt_driver.LibvirtDriver(virtapi.VirtAPI(), read_only=False)
+        driver.init_host(host="compute-test")  # as nova-compute does at start
         guest = driver._host.get_guest(instance)
         live = guest.get_power_state(driver._host) != power_state.SHUTDOWN
         driver.snapshot(ctx, instance, image["id"], update_task_state)
@@ -81,4 +84,9 @@ def main(conf: str, request_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    code = main(*sys.argv[1:3])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # init_host() started libvirt's event loop thread, which runs for the life of the process (a
+    # nova-compute service ends it by exiting): end the process rather than wait for it.
+    os._exit(code)
