@@ -197,19 +197,30 @@ def libvirt_python() -> Path:
 
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
+    log = root / "libvirt-python.install.log"
+
+    def have_libvirt_dev() -> bool:
+        return shutil.which("pkg-config") is not None and shutil.which("gcc") is not None and subprocess.run(
+            ["pkg-config", "--exists", "libvirt"], check=False).returncode == 0
+
+    if not have_libvirt_dev():
+        # The libvirt harness's apt lock: one apt-get at a time on the machine.
+        with open(root / ".libvirt-apt.lock", "w") as apt_lock, open(log, "ab") as out:
+            fcntl.flock(apt_lock, fcntl.LOCK_EX)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *LIBVIRT_PYTHON_BUILD]
+            for step in (install, ["apt-get", "update", "-q"], install):
+                if have_libvirt_dev():
+                    break
+                subprocess.run(step, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                               timeout=900, check=False)
     with open(root / ".libvirt-python.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        log = root / "libvirt-python.install.log"
-        with open(log, "ab") as out:
-            if shutil.which("pkg-config") is None or subprocess.run(
-                    ["pkg-config", "--exists", "libvirt"], check=False).returncode != 0:
-                subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *LIBVIRT_PYTHON_BUILD],
-                               env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdin=subprocess.DEVNULL,
-                               stdout=out, stderr=subprocess.STDOUT, timeout=900, check=False)
         version = subprocess.run(["pkg-config", "--modversion", "libvirt"], capture_output=True, text=True,
-                                 check=False).stdout.strip()
+                                 check=False).stdout.strip() if have_libvirt_dev() else ""
         if not version:
-            raise ServerError(f"libvirt-dev is missing and could not be installed:\n{tail(log)}")
+            raise ServerError(f"{', '.join(LIBVIRT_PYTHON_BUILD)} are missing and could not be installed:\n"
+                              f"{tail(log)}")
         python = nova_venv() / "bin" / "python"
         target = root / f"libvirt-python-{version}-{Path(os.path.realpath(python)).name}"
         if (target / ".complete").is_file():
