@@ -127,7 +127,8 @@ def base(stack) -> dict:
     record = requests.get(f"{glance.url}/v2/images/{image_id}", headers=headers, timeout=60).json()
     instances = libvirt.workdir / "instances"
     (instances / "_base").mkdir(parents=True, exist_ok=True)
-    path = instances / "_base" / hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest()  # Nova names _base files so
+    # Nova names a _base file after the SHA-1 of the image id.
+    path = instances / "_base" / hashlib.sha1(image_id.encode(), usedforsecurity=False).hexdigest()
     path.write_bytes(data)
     return {"id": image_id, "record": record, "path": path, "instances": instances}
 
