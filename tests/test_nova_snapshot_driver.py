@@ -16,6 +16,11 @@ with ``instance_uuid``/``base_image_ref``) and then ``LibvirtDriver(...).snapsho
 - **cold**: the guest is shut off (``power_state`` SHUTDOWN: what a shelve or a stopped server
   gives), so Nova extracts the disk itself with ``qemu-img convert``.
 
+The host certificate comes from a "compute image attestation" CA (tests/policy_pki.py, URI SAN
+``openstack://test-cloud/nova-compute/compute-test``); the CA's certificate, and another CA's, are
+stored in the owner's project, so that Nova 34's download (``fetch_to_raw`` with
+``enable_certificate_validation`` and ``default_trusted_certificate_ids``) can be run with either.
+
 Stand-ins, each because nova-compute's other machinery is not running here:
 
 - the instance is an ``objects.Instance`` built in memory (never saved: there is no Nova DB), with
@@ -31,7 +36,8 @@ Stand-ins, each because nova-compute's other machinery is not running here:
   (``[nova_sys_admin] helper_command``: no sudo/rootwrap on this machine); the live path's only
   privileged call is privsep's ``chown`` of the delta back to the driver's uid;
 - imgsign's boot hook is not installed in this libvirtd (booting under ``enforce`` is the hook's own
-  tests' business; the guests here have no operating system, a blank disk, and only need to run);
+  tests' business; the guests here have no operating system, nothing writes to their disk while they
+  run, so the disk read with ``qemu-img -U`` is what a snapshot must hold);
 - the domain XML is the one tests/test_libvirt_e2e.py writes as Nova 34 does, owned by the project.
 """
 
