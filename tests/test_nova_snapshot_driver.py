@@ -57,7 +57,7 @@ from imgsign import HashMethod, Signer, load_private_key
 from imgsign.certificates import certificate_public_key
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.domains import VirshDomains
-from imgsign.gateway.provenance import verify_provenance
+from imgsign.provenance import verify_provenance
 from imgsign.keymanager.config import load
 from tests.conftest import key_of
 from tests.policy_pki import make_ca, make_leaf
