@@ -350,7 +350,8 @@ class _VerifyStaged(task.Task):
             with open(self.staged_path, "rb") as data:
                 if selection is not None:
                     verified = verify_image(data, properties, store, selection=selection,
-                                            rule_anchors=_rule_anchors_from(store))
+                                            rule_anchors=_rule_anchors_from(store),
+                                            base_anchors=_base_anchors_from(store), image_id=self.image_id)
                 else:
                     verified = verify_image(data, properties, store,
                                             trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
@@ -435,6 +436,16 @@ def _rule_anchors_from(store: CertificateStore) -> Callable[[Any], Any]:
         from imgsign.keymanager.anchors import rule_anchors
 
         return rule_anchors(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
+
+    return load
+
+
+def _base_anchors_from(store: CertificateStore) -> Callable[[Any], Any]:
+    """A ``hostSigned`` rule's ``baseTrustStores`` (the snapshot's base was trusted when it was made)."""
+    def load(rule: Any) -> Any:
+        from imgsign.keymanager.anchors import base_anchors
+
+        return base_anchors(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
 
     return load
 
