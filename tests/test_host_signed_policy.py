@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from imgsign import errors, trust_evidence, trust_policy
 from imgsign.chain import TrustAnchors
@@ -283,3 +286,28 @@ def test_a_store_used_only_as_a_base_store_is_used():
     document["trustStores"]["bases"] = {"certificates": ["bases.pem"]}
     host_of(document)["baseTrustStores"] = ["bases"]
     assert [s.name for s in parse(document).rules[0].host_signed.base_trust_stores] == ["bases"]
+
+
+# --- untrusted properties ------------------------------------------------------------------------------------
+
+SNAPSHOT = snapshot()
+PROVENANCE_KEYS = sorted(k for k in SNAPSHOT if k.startswith("imgsign_provenance_v1_"))
+
+
+@settings(max_examples=int(os.environ.get("IMGSIGN_FUZZ_EXAMPLES", "200")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([*PROVENANCE_KEYS, "imgsign_provenance_v1_9", "img_signature"]),
+                          st.one_of(st.none(), st.text(max_size=300), st.integers(), st.binary(max_size=20))),
+                min_size=1, max_size=3))
+def test_any_change_to_the_statement_s_properties_is_refused_never_a_traceback(changes):
+    """Glance's properties are anyone's: each changed, removed or added provenance property gives a refusal
+    (the evidence path never raises), never a trusted image."""
+    properties: dict[str, object] = dict(SNAPSHOT)
+    for name, value in changes:
+        if value is None:
+            properties.pop(name, None)
+        else:
+            properties[name] = value
+    assume(properties != SNAPSHOT)
+    decision = decide(properties)  # type: ignore[arg-type]
+    assert not decision.allowed and decision.error is not None
