@@ -311,3 +311,36 @@ def test_any_change_to_the_statement_s_properties_is_refused_never_a_traceback(c
     assume(properties != SNAPSHOT)
     decision = decide(properties)  # type: ignore[arg-type]
     assert not decision.allowed and decision.error is not None
+
+
+# --- the pipeline library call (Glance's imgsign_verify) ------------------------------------------------------
+
+
+def test_the_pipeline_decides_by_the_host_signed_rule_at_ingest():
+    """No booting project at ingest: the owner's snapshot imports; another project's statement, or no
+    policy at all (the flat trusted ids), refuses it before a byte is read."""
+    from imgsign.glance.pipeline import verify_image
+    from tests.test_pipeline import DictStore
+
+    store = DictStore({"cert-host": HOST.pem, **{k: v.pem for k, v in BASE_CERTS.items()},
+                       "compute-ca": COMPUTE.pem})
+
+    def anchors(rule):
+        return TrustAnchors([c for s in rule.ca_stores for c in ANCHORS[s.name].trusted])
+
+    def base(rule):
+        return TrustAnchors([c for s in rule.host_signed.base_trust_stores for c in ANCHORS[s.name].trusted])
+
+    def ingest(properties, owner=OWNER):
+        selection = trust_policy.select(POLICY, ImageFacts(owner, "private", "snapshot", None, IMAGE))
+        return verify_image([DATA], properties, store, selection=selection, rule_anchors=anchors, base_anchors=base,
+                            image_id=IMAGE)
+
+    verified = ingest(snapshot())
+    assert verified.decision is not None and verified.decision.trusted and verified.size == len(DATA)
+    with pytest.raises(errors.ProvenanceError, match="a host signature vouches only inside the project"):
+        ingest(snapshot(), owner=OTHER)
+    with pytest.raises(errors.ProvenanceError, match="did not chain to the baseTrustStores"):
+        ingest(snapshot(base_cert="cert-stranger"))
+    with pytest.raises(errors.PolicyRefused, match="is a compute host"):
+        verify_image([DATA], snapshot(), store, trusted_ids=("compute-ca",))

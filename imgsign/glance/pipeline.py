@@ -81,12 +81,12 @@ def verify_image(
     ``selection`` a compute host's signature is refused (it vouches only under a ``hostSigned`` rule).
     All checks that need no data run before the first byte is read.
     """
+    from imgsign import trust_evidence
+
     parsed = SignatureProperties.from_mapping(properties)
     certificate = load_certificate(certificates.get_certificate(parsed.certificate_uuid))
     path: tuple[x509.Certificate, ...] = ()
     decision = None
-    from imgsign import trust_evidence
-
     if selection is not None:
         from imgsign import trust_policy
 
@@ -101,10 +101,10 @@ def verify_image(
         policy = dataclasses.replace(policy, ignore_certificate_dates=True)
     else:
         trust_evidence.refuse_host_certificate(certificate)
-    if selection is None and trusted_ids:
-        trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
-        all_crls = [*crls, *(load_crl(der) for _, der in certificates.get_crls())]
-        path = tuple(validate_chain(certificate, TrustAnchors(trusted, (), all_crls, require_crls), policy))
+        if trusted_ids:
+            trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
+            all_crls = [*crls, *(load_crl(der) for _, der in certificates.get_crls())]
+            path = tuple(validate_chain(certificate, TrustAnchors(trusted, (), all_crls, require_crls), policy))
     verifier = Verifier.for_certificate(parsed, certificate, policy=policy)
     size = 0
     for chunk in iter_chunks(data):
