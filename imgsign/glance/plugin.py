@@ -351,7 +351,8 @@ class _VerifyStaged(task.Task):
                 if selection is not None:
                     verified = verify_image(data, properties, store, selection=selection,
                                             rule_anchors=_rule_anchors_from(store),
-                                            base_anchors=_base_anchors_from(store), image_id=self.image_id)
+                                            base_anchors=_rule_anchors_from(store, base=True),
+                                            image_id=self.image_id)
                 else:
                     verified = verify_image(data, properties, store,
                                             trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
@@ -431,21 +432,14 @@ def _select(facts: Any) -> Any:
     return select(policy, facts)
 
 
-def _rule_anchors_from(store: CertificateStore) -> Callable[[Any], Any]:
+def _rule_anchors_from(store: CertificateStore, base: bool = False) -> Callable[[Any], Any]:
+    """The anchors of a rule's CA stores, or with ``base`` of a ``hostSigned`` rule's ``baseTrustStores`` (the
+    snapshot's base was trusted when it was made): files relative to the policy file, ids from ``store``."""
     def load(rule: Any) -> Any:
-        from imgsign.keymanager.anchors import rule_anchors
+        from imgsign.keymanager.anchors import base_anchors, rule_anchors
 
-        return rule_anchors(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
-
-    return load
-
-
-def _base_anchors_from(store: CertificateStore) -> Callable[[Any], Any]:
-    """A ``hostSigned`` rule's ``baseTrustStores`` (the snapshot's base was trusted when it was made)."""
-    def load(rule: Any) -> Any:
-        from imgsign.keymanager.anchors import base_anchors
-
-        return base_anchors(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
+        return (base_anchors if base else rule_anchors)(
+            rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
 
     return load
 
