@@ -173,6 +173,18 @@ def test_audit_by_policy_passes_the_owner_s_snapshot_and_fails_the_foreign_base(
     assert not foreign["passed"] and foreign["verdict"] == "refused"
     assert [f["reason"] for f in foreign["failures"]] == ["provenance-error"]
     assert images[cloud.ids["base"]]["passed"]
+    # --compare: under a policy that trusts the compute CA without hostSigned, the snapshot failed.
+    old = cloud.root / "old.yaml"
+    old.write_text(yaml.safe_dump({
+        "version": 1, "trustStores": {"all": {"certificates": ["ca/compute-hosts.pem", "ca/image-team.pem"]}},
+        "rules": [{"name": "everything", "scope": "*", "level": "strict", "trustStores": ["all"],
+                   "trustedIdentities": ["*"]}]}))
+    compared = cloud.cli("audit", "--policy", cloud.policy, "--compare", old, "--json")
+    comparison = json.loads(compared.stdout)["compare"]
+    assert cloud.ids["snapshot"] in comparison["newly_passing"], comparison
+    assert cloud.ids["foreign-base"] not in comparison["newly_passing"] + comparison["newly_failing"]
+    (before,) = [i for i in comparison["images"] if i["id"] == cloud.ids["snapshot"]]
+    assert before["old_rule"] == "everything" and [f["reason"] for f in before["old_failures"]] == ["policy-refused"]
     # Without a policy the host's signature fails the audit.
     flat = cloud.cli("audit", "--trusted-file", cloud.root / "ca" / "compute-hosts.pem", "--json")
     flat_images = {image["id"]: image for image in json.loads(flat.stdout)["images"]}
