@@ -17,7 +17,7 @@ import contextlib
 import json
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from tests.host_signing import base_image, host_signed, make_host, sign_image
 from tests.policy_pki import make_ca, make_leaf
 from tests.servers.glance import GlanceServer, glance_server
 from tests.test_glance_client_e2e import Env
-from tests.test_glance_e2e import API, USER
+from tests.test_glance_e2e import API, USER, make_qcow2
 
 pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
@@ -114,10 +114,11 @@ def cloud(tmp_path_factory, keystone) -> Cloud:
         base_properties = sign_image(BASE_DISK, release, ids["release"])
         base_id = _uploaded(api, root, "base", BASE_DISK, base_properties)
 
-        def snapshot(image_id: str, project: str = owner, foreign: bool = False) -> dict[str, str]:
+        def snapshot(image_id: str, project: str = owner, foreign: bool = False, data: bytes = DISK
+                     ) -> dict[str, str]:
             base_signer, base_cert_id = (stranger, ids["stranger"]) if foreign else (release, ids["release"])
             return {"image_type": "snapshot", "instance_uuid": "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d",
-                    **host_signed(DISK, host, ids["host"], image_id=image_id, project=project, host_name="compute-7",
+                    **host_signed(data, host, ids["host"], image_id=image_id, project=project, host_name="compute-7",
                                   base=base_image(base_id, base_signer, base_cert_id, base_properties))}
 
         snapshot_id, foreign_id = str(uuid.uuid4()), str(uuid.uuid4())
@@ -227,3 +228,36 @@ def test_glance_s_import_plugin_decides_by_the_policy_at_ingest(cloud):
         assert task["status"] == "failure" and "imgsign_verify refused image" in task["message"], task
         assert "provenance-error" in task["message"] and expected in task["message"], task
         assert cloud.api.show(refused)["status"] == "queued"
+
+
+@pytest.fixture(scope="module")
+def converting(cloud, keystone) -> Iterator[API]:
+    """A second Glance: imgsign_verify under the policy, image_conversion to raw, imgsign_resign (no service key:
+    it must refuse a host-signed image before it would need one)."""
+    with glance_server(cloud.root / "glance-converting", keystone=keystone, keystore=cloud.env.keystore,
+                       plugins=["imgsign_verify", "image_conversion", "imgsign_resign"],
+                       import_options={"image_conversion": {"output_format": "raw"},
+                                       "imgsign_import": {"policy_file": str(cloud.policy)}}) as server:
+        yield API(server)
+
+
+def test_imgsign_resign_never_re_signs_a_host_signed_snapshot(cloud, converting):
+    """A converted host-signed snapshot would be re-signed with the service key and trusted beyond its project:
+    refused; a snapshot that needs no conversion keeps the host's signature."""
+    qcow2 = make_qcow2(cloud.root / "snapshot.qcow2")
+    image_id = str(uuid.uuid4())
+    properties = cloud.snapshot_for(image_id, data=qcow2.read_bytes())
+    refused, task = converting.import_image(qcow2, {"id": image_id, **properties}, disk_format="qcow2")
+    assert task["status"] == "failure", task
+    assert f"imgsign_resign refused image {refused}: policy-refused: the image was signed by a compute host" \
+        in task["message"], task
+    assert converting.show(refused)["status"] != "active"
+    image_id = str(uuid.uuid4())
+    raw_properties = cloud.snapshot_for(image_id)
+    kept, task = converting.import_image(cloud.root / "snapshot.raw", {"id": image_id, **raw_properties},
+                                         disk_format="raw")
+    assert task["status"] == "success", task
+    shown = converting.show(kept)
+    assert shown["status"] == "active", shown
+    assert {name: shown.get(name) for name in raw_properties} == raw_properties  # the host's signature, as it was
+    assert not [name for name in shown if name.startswith("imgsign_original_")], shown

@@ -159,6 +159,11 @@ def resign(
     return new
 
 
+def data_digest(data: ImageData, method: HashMethod) -> bytes:
+    """``data``'s digest with ``method``, streamed in constant memory."""
+    return _digest_and_head(data, method)[0]
+
+
 def _digest_and_head(data: ImageData, method: HashMethod) -> tuple[bytes, bytes]:
     """``data``'s digest, and its first bytes (enough for the qcow2 magic), in one read."""
     hasher = method.new()
