@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from imgsign.algorithms import HashMethod
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
+    from imgsign.policy import Policy
     from imgsign.properties import SignatureProperties
     from imgsign.stream import BackgroundDigest
 
@@ -348,9 +349,9 @@ class TrustSetup:
             return certificates.load_certificate(read_small_file(self.base_certificate_file, "base certificate"))
         return fetch_certificate(open_store(self.ctx), cert_id)
 
-    def evidence(self, rule: trust_policy.Rule, certificate: x509.Certificate, properties: Any, *,
-                 image_id: str | None, policy: Any, timestamp: trust_policy.TimestampEvidence | None = None,
-                 ocsp: Any = None) -> trust_policy.Evidence:
+    def evidence(self, rule: trust_policy.Rule, certificate: x509.Certificate, properties: Mapping[str, object], *,
+                 image_id: str | None, policy: Policy, timestamp: trust_policy.TimestampEvidence | None = None,
+                 ocsp: chain.OcspSource | None = None) -> trust_policy.Evidence:
         """The evidence ``rule`` is decided on (:func:`imgsign.trust_evidence.evidence_for`), with its anchors
         (and ``ocsp``, an OCSP client, asked for its chain) and, for a ``hostSigned`` rule, its base anchors."""
         import dataclasses
