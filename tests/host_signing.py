@@ -15,17 +15,12 @@ import json
 from imgsign import HashMethod, Signer, load_private_key
 from imgsign._internal import chunked
 from imgsign.provenance import PREFIX, BaseImage, Provenance, sign_provenance
-from tests.policy_pki import Issued, make_leaf
+from tests.policy_pki import CLOUD, Issued, make_host
 
-CLOUD = "example-cloud"
+__all__ = ["CLOUD", "CREATED", "INSTANCE", "base_image", "edit_statement", "host_signed", "make_host", "sign_image"]
 #: When the test snapshots are made (inside policy_pki's default validity).
 CREATED = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 INSTANCE = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
-
-
-def make_host(ca: Issued, host: str, **dates: dt.datetime) -> Issued:
-    """A compute host's certificate: the host in the subject, URI SAN openstack://<cloud>/nova-compute/<host>."""
-    return make_leaf(ca, f"CN={host},O=Example Cloud", uris=(f"openstack://{CLOUD}/nova-compute/{host}",), **dates)
 
 
 def base_image(base_id: str, signer: Issued, certificate_id: str, base_properties: dict[str, str] | None = None,
