@@ -179,7 +179,10 @@ class AuditPolicy:
     ``expiry_days``: a certificate on the path expiring within this many days fails (0: never);
     ``allow_unsigned``: an image without any img_signature* property passes; ``trust``: a trust policy
     (:mod:`imgsign.trust_policy`) deciding each image by the rule that applies to it instead of
-    ``anchors``, whose rules' anchors ``anchors_for`` loads (None for a rule without CA stores).
+    ``anchors``, whose rules' anchors ``anchors_for`` loads (None for a rule without CA stores), and
+    ``base_anchors_for`` those of a ``hostSigned`` rule's ``baseTrustStores`` (a host-signed image's base
+    certificate comes from the audit's certificate lookup).  Without a trust policy a compute host's
+    signature fails (:func:`imgsign.trust_evidence.refuse_host_certificate`).
     """
 
     anchors: TrustAnchors | None = None
@@ -188,6 +191,7 @@ class AuditPolicy:
     allow_unsigned: bool = False
     trust: TrustPolicy | None = None
     anchors_for: Callable[[Rule], TrustAnchors | None] | None = None
+    base_anchors_for: Callable[[Rule], TrustAnchors | None] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.expiry_days <= MAX_EXPIRY_DAYS:
@@ -267,7 +271,8 @@ def assess(record: Mapping[str, object], certificates: CertificateLookup,
     certificate, cert_report = _certificate(properties.certificate_uuid, certificates, policy)
     public_key, key_problem = _public_key(properties, certificate, policy.policy)
     chain = _chain(certificate, policy)
-    failures = tuple(p for p in (cert_report.problem, key_problem, chain.problem) if p is not None)
+    failures = tuple(p for p in (cert_report.problem, key_problem, chain.problem, _host_problem(certificate))
+                     if p is not None)
     report = dataclasses.replace(base, certificate=cert_report, key_problem=key_problem, chain=chain,
                                  failures=failures + _expiry_failures(cert_report, chain, policy))
     return Assessment(report, policy, properties, public_key)
@@ -309,17 +314,38 @@ def _assess_by_policy(record: Mapping[str, object], base: ImageReport, certifica
         return Assessment(dataclasses.replace(report, failures=checked, verdict="refused"), policy)
     try:
         anchors = policy.anchors_for(rule) if policy.anchors_for is not None else None
+        base_anchors = policy.base_anchors_for(rule) if policy.base_anchors_for is not None else None
     except errors.ImgsignError as exc:  # the rule's trust stores cannot be loaded: nothing it trusts
         problem = Problem.of(exc)
         return Assessment(dataclasses.replace(report, chain=ChainReport(ChainStatus.ERROR, problem=problem),
                                               failures=(*checked, problem), verdict="refused"), policy)
-    evidence = trust_evidence.gather(certificate, anchors, rule, policy.policy)
+
+    def base_certificate(cert_id: str) -> x509.Certificate:
+        from imgsign.certificates import load_certificate
+
+        return load_certificate(certificates(cert_id))
+
+    evidence = trust_evidence.evidence_for(certificate, rule, record, anchors=anchors, base_anchors=base_anchors,
+                                           base_certificate=base_certificate, image_id=base.id, policy=policy.policy)
     decision = trust_policy.decide(selection, evidence)
     chain = _chain_of(evidence, policy)
     report = dataclasses.replace(report, chain=chain)
     expiring = _expiry_failures(cert_report, chain, policy) \
         if rule.actions["expiry"] is trust_policy.Action.ENFORCE else ()
     return Assessment(_decided(report, decision, (*checked, *expiring)), policy, properties, public_key)
+
+
+def _host_problem(certificate: x509.Certificate | None) -> Problem | None:
+    """A compute host's signature without a trust policy (:func:`imgsign.trust_evidence.refuse_host_certificate`)."""
+    from imgsign.trust_evidence import refuse_host_certificate
+
+    if certificate is None:
+        return None
+    try:
+        refuse_host_certificate(certificate)
+    except errors.ImgsignError as exc:
+        return Problem.of(exc)
+    return None
 
 
 def _decided(report: ImageReport, decision: Decision, other_failures: tuple[Problem, ...]) -> ImageReport:

@@ -14,11 +14,12 @@ fetched by the caller's ``base_certificate``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
-from imgsign.errors import ImgsignError, UntrustedCertificate
+from imgsign.errors import ImgsignError, PolicyRefused, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
 from imgsign.trust_policy import (
     Action,
@@ -29,6 +30,7 @@ from imgsign.trust_policy import (
     SignerIdentity,
     Status,
     TimestampEvidence,
+    is_host_certificate,
 )
 
 #: ``typing.TYPE_CHECKING`` without importing typing (the boot hook imports this module).
@@ -222,3 +224,34 @@ def provenance_evidence(properties: Mapping[str, object], certificate: x509.Cert
                                       f"baseTrustStores of rule {rule.name} when the snapshot was made "
                                       f"({statement.created_at:%Y-%m-%d %H:%M:%S} UTC): {exc.message}"), signer)
     return ProvenanceEvidence(found.check, found.project_id, found.host, found.base_image_id, Check.passed(), signer)
+
+
+def evidence_for(certificate: x509.Certificate, rule: Rule, properties: Mapping[str, object], *,
+                 anchors: TrustAnchors | None, base_anchors: TrustAnchors | None = None,
+                 base_certificate: BaseCertificate | None = None, image_id: str | None = None,
+                 policy: Policy = DEFAULT_POLICY, timestamp: TimestampEvidence | None = None,
+                 online_revocation: RevocationCheck | None = None) -> Evidence:
+    """All the evidence ``rule`` is decided on, for the image whose ``properties`` (its Glance properties)
+    ``certificate`` signed: :func:`gather` and, for a ``hostSigned`` rule, :func:`provenance_evidence`
+    (``base_anchors``: the rule's ``baseTrustStores`` loaded, :func:`imgsign.keymanager.anchors.base_anchors`;
+    ``base_certificate``: the base image's certificate by key-manager id; ``image_id``: the image the
+    statement must name, when known).  Every verifier (``imgsign verify``, ``audit``, ``policy explain``,
+    the Glance import plugin) builds its evidence here."""
+    evidence = gather(certificate, anchors, rule, policy, timestamp=timestamp, online_revocation=online_revocation)
+    if rule.host_signed is None:
+        return evidence
+    return dataclasses.replace(evidence, provenance=provenance_evidence(
+        properties, certificate, rule, image_id=image_id, base_certificate=base_certificate,
+        base_anchors=base_anchors, policy=policy))
+
+
+def refuse_host_certificate(certificate: x509.Certificate) -> None:
+    """Raise :class:`~imgsign.errors.PolicyRefused` for a compute host's certificate (a URI SAN
+    ``openstack://<cloud>/nova-compute/<host>``) where no trust policy rule applies (the flat options'
+    built-in policy): a host's signature vouches for an image only under a ``hostSigned`` rule."""
+    signer = signer_identity(certificate)
+    if is_host_certificate(signer):
+        raise PolicyRefused(f"the signer {signer.subject} is a compute host (URI SAN "
+                            "openstack://.../nova-compute/...): a host's signature vouches for an image only under a "
+                            "trust policy rule with hostSigned (--policy, [imgsign] policy_file), never under the flat "
+                            "trusted certificates")

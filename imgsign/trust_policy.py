@@ -870,7 +870,7 @@ def decide(selection: Selection, evidence: Evidence) -> Decision:
     else:
         reasons.append("no trust store: the signer's chain is not checked (flat options without --trusted)")
     if rule.host_signed is not None:
-        _decide_host_signed(rule, rule.host_signed, selection.facts, evidence, reasons, failed)
+        _decide_host_signed(rule, selection.facts, evidence, reasons, failed)
     elif evidence.signer is not None and is_host_certificate(evidence.signer):
         failed("authenticity", PolicyRefused(
             f"the signer {evidence.signer.subject} is a compute host (URI SAN openstack://.../nova-compute/...), and "
@@ -894,43 +894,55 @@ def decide(selection: Selection, evidence: Evidence) -> Decision:
     return _finish(rule, reasons, findings, integrity=True)
 
 
-def _decide_host_signed(rule: Rule, host: HostSigned, facts: ImageFacts, evidence: Evidence, reasons: list[str],
-                        failed: Callable[[str, ImgsignError], None]) -> None:
-    """The ``hostSigned`` checks: every failure is an authenticity failure."""
-    proof = evidence.provenance
+def check_host_signed(rule: Rule, facts: ImageFacts,
+                      proof: ProvenanceEvidence | None) -> tuple[ImgsignError | None, str]:
+    """The ``hostSigned`` checks of ``rule`` (a rule with ``host_signed``) on the provenance evidence: (the
+    error that refuses the image, or None; a sentence saying what was found).  :func:`decide` counts the
+    error as an authenticity failure; ``imgsign policy explain`` shows both."""
+    host = rule.host_signed
+    if host is None:
+        return None, f"rule {rule.name} is no hostSigned rule: a provenance statement is not needed"
     if proof is None or proof.check.status is not Status.PASSED:
-        failed("authenticity", (proof.check.error if proof is not None else None) or ProvenanceError(
+        error = (proof.check.error if proof is not None else None) or ProvenanceError(
             f"rule {rule.name} trusts only host-signed images with a verified provenance statement, and the "
-            "image's was not checked"))
-        return
+            "image's was not checked")
+        return error, f"provenance: {error.message}"
     if proof.project_id is None or facts.owner is None or proof.project_id != facts.owner:
-        failed("authenticity", ProvenanceError(
+        error = ProvenanceError(
             f"the provenance says project {proof.project_id} made the image, but its owner is "
-            f"{facts.owner or 'unknown'}: a host signature vouches only inside the project that made the image"))
-        return
-    if facts.booting_project is not None and facts.booting_project != proof.project_id:
-        failed("authenticity", ProvenanceError(
+            f"{facts.owner or 'unknown'}: a host signature vouches only inside the project that made the image")
+    elif facts.booting_project is not None and facts.booting_project != proof.project_id:
+        error = ProvenanceError(
             f"project {facts.booting_project} boots an image host-signed for project {proof.project_id}: a host "
-            "signature vouches only inside the project that made the image"))
-        return
-    if proof.base_image_id is None:
-        failed("authenticity", ProvenanceError(
+            "signature vouches only inside the project that made the image")
+    elif proof.base_image_id is None:
+        error = ProvenanceError(
             f"the provenance names no signed base image: rule {rule.name} requires a snapshot's base to have been "
-            "trusted when it was made"))
-        return
-    if proof.base.status is not Status.PASSED:
-        failed("authenticity", proof.base.error or ProvenanceError(
-            f"the base image {proof.base_image_id} was not checked against rule {rule.name}'s baseTrustStores"))
-        return
-    if host.base_identities is not None and (proof.base_signer is None or not any(
+            "trusted when it was made")
+    elif proof.base.status is not Status.PASSED:
+        error = proof.base.error or ProvenanceError(
+            f"the base image {proof.base_image_id} was not checked against rule {rule.name}'s baseTrustStores")
+    elif host.base_identities is not None and (proof.base_signer is None or not any(
             identity_matches(i, proof.base_signer) for i in host.base_identities)):
-        failed("authenticity", ProvenanceError(
+        error = ProvenanceError(
             f"the base image {proof.base_image_id} was signed by "
             f"{proof.base_signer.subject if proof.base_signer else '(unknown)'}, not one of the baseIdentities of "
-            f"rule {rule.name}"))
-        return
-    reasons.append(f"host-signed on {proof.host or 'an unnamed host'} for project {proof.project_id} from base "
-                   f"{proof.base_image_id} (its signer chained to {', '.join(s.name for s in host.base_trust_stores)})")
+            f"rule {rule.name}")
+    else:
+        return None, (f"host-signed on {proof.host or 'an unnamed host'} for project {proof.project_id} from base "
+                      f"{proof.base_image_id} (its signer chained to "
+                      f"{', '.join(s.name for s in host.base_trust_stores)})")
+    return error, f"provenance: {error.message}"
+
+
+def _decide_host_signed(rule: Rule, facts: ImageFacts, evidence: Evidence, reasons: list[str],
+                        failed: Callable[[str, ImgsignError], None]) -> None:
+    """The ``hostSigned`` checks: every failure is an authenticity failure."""
+    error, reason = check_host_signed(rule, facts, evidence.provenance)
+    if error is not None:
+        failed("authenticity", error)
+    else:
+        reasons.append(reason)
 
 
 def _finish(rule: Rule, reasons: list[str], findings: list[Finding], integrity: bool) -> Decision:

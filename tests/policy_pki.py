@@ -85,6 +85,18 @@ def make_leaf(ca: Issued, subject: str, *, uris: tuple[str, ...] = (), dns: tupl
     return Issued(builder.sign(ca.key, hashes.SHA384()), key)
 
 
+#: The cloud name in compute host certificates' URI SAN.
+CLOUD = "example-cloud"
+
+
+def make_host(ca: Issued, host: str, *, cloud: str = CLOUD, start: dt.datetime = START,
+              end: dt.datetime = END) -> Issued:
+    """A compute host's certificate (``imgsign gateway``): the host in the subject and the URI SAN
+    ``openstack://<cloud>/nova-compute/<host>`` that makes it a host certificate to a trust policy."""
+    return make_leaf(ca, f"CN={host},O=Example Cloud", uris=(f"openstack://{cloud}/nova-compute/{host}",),
+                     start=start, end=end)
+
+
 def make_crl(ca: Issued, revoked: list[Issued], next_update: dt.datetime = END) -> bytes:
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
                .last_update(START).next_update(next_update))

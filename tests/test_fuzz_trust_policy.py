@@ -1,5 +1,7 @@
 """Fuzzing the trust policy: any text or document gives a policy or the one error (TrustPolicyError, 80),
-never a traceback; and the engine never allows an image that no rule trusts.
+never a traceback; and the engine never allows an image that no rule trusts (``hostSigned`` rules and
+provenance evidence included: a host-signed image whose provenance fails is never allowed under a strict or
+permissive hostSigned rule, and a compute host's signature never under another rule).
 
 ``IMGSIGN_FUZZ_EXAMPLES`` sets the examples per test (default 200).
 """
@@ -22,6 +24,7 @@ from imgsign.trust_policy import (
     Evidence,
     ImageFacts,
     Level,
+    ProvenanceEvidence,
     SignerIdentity,
     Status,
     TimestampEvidence,
@@ -33,7 +36,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[Hea
 PROJECTS = ("p1", "p2", "p3")
 KEYS = ("version", "rules", "trustStores", "name", "scope", "level", "trustedIdentities", "override", "owner",
         "visibility", "imageType", "bootingProject", "certificates", "keyManager", "type", "subject", "sanUri",
-        "sanDns", "fingerprint", "expiry", "revocation", "timestamp", "requireCrls", "maxChainDepth", "*")
+        "sanDns", "fingerprint", "expiry", "revocation", "timestamp", "requireCrls", "maxChainDepth", "*",
+        "hostSigned", "baseTrustStores", "baseIdentities")
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2, 300), st.floats(allow_nan=True),
                     st.sampled_from([*KEYS, *PROJECTS, *VISIBILITIES, *IMAGE_TYPES, "strict", "audit", "skip",
                                      "permissive", "enforce", "log", "owner", "CN=a", "a" * 70, "\x00", "ü"]),
@@ -50,6 +54,8 @@ VALID = {
          "trustedIdentities": ["*"]},
         {"name": "all", "scope": "*", "level": "audit", "trustStores": ["a", "b"],
          "trustedIdentities": [{"subject": "CN=x"}]},
+        {"name": "snap", "scope": {"imageType": "snapshot"}, "level": "strict", "trustStores": ["a"],
+         "trustedIdentities": ["*"], "hostSigned": {"baseTrustStores": ["b"], "baseIdentities": [{"subject": "CN=y"}]}},
     ],
 }
 
@@ -130,17 +136,22 @@ def scopes():
 IDENTITIES = st.one_of(st.just(["*"]), st.lists(st.sampled_from([
     {"subject": "CN=good"}, {"subject": "CN=bad"}, {"sanDns": "good.example"}, {"sanUri": "spiffe://good"},
     {"fingerprint": "aa" * 32}, {"fingerprint": "bb" * 32}]), min_size=1, max_size=3, unique_by=json.dumps))
+HOST_SIGNED = st.fixed_dictionaries({
+    "baseTrustStores": st.lists(st.sampled_from(["a", "b", "base", "tsa"]), min_size=1, max_size=2, unique=True),
+}, optional={"baseIdentities": IDENTITIES})
 RULES = st.lists(st.fixed_dictionaries({
     "scope": scopes(), "level": st.sampled_from([lvl.value for lvl in Level]),
     "trustStores": st.lists(st.sampled_from(["a", "b", "tsa"]), min_size=1, max_size=3, unique=True),
     "trustedIdentities": IDENTITIES,
 }, optional={"override": st.fixed_dictionaries({}, optional={
-    k: st.sampled_from([a.value for a in Action]) for k in ("expiry", "revocation", "timestamp")})}),
+    k: st.sampled_from([a.value for a in Action]) for k in ("expiry", "revocation", "timestamp")}),
+    "hostSigned": HOST_SIGNED}),
     min_size=1, max_size=5)
 
 
 def policy_of(rules) -> trust_policy.TrustPolicy | None:
     document = {"version": 1, "trustStores": {"a": {"certificates": ["a.pem"]}, "b": {"keyManager": ["b"]},
+                                              "base": {"certificates": ["base.pem"]},
                                               "tsa": {"type": "tsa", "certificates": ["t.pem"]}},
                 "rules": []}
     for i, rule in enumerate(rules):
@@ -149,6 +160,7 @@ def policy_of(rules) -> trust_policy.TrustPolicy | None:
             rule = {k: v for k, v in rule.items() if k in ("name", "scope", "level")}
         document["rules"].append(rule)
     used = {s for r in document["rules"] for s in r.get("trustStores", ())}
+    used |= {s for r in document["rules"] for s in r.get("hostSigned", {}).get("baseTrustStores", ())}
     document["trustStores"] = {k: v for k, v in document["trustStores"].items() if k in used}
     try:
         return trust_policy.parse_policy(document, "generated")
@@ -166,20 +178,48 @@ FACTS = st.builds(ImageFacts, owner=st.one_of(st.none(), st.sampled_from(PROJECT
                   visibility=st.one_of(st.none(), st.sampled_from(VISIBILITIES)),
                   image_type=st.sampled_from(IMAGE_TYPES),
                   booting_project=st.one_of(st.none(), st.sampled_from(PROJECTS)))
+HOST_URI = "openstack://cloud/nova-compute/host-1"
 SIGNERS = st.one_of(st.none(), st.builds(
     SignerIdentity, st.sampled_from(["CN=good", "CN=bad"]),
     st.sampled_from([frozenset({("2.5.4.3", "good")}), frozenset({("2.5.4.3", "bad")})]),
-    st.sampled_from([frozenset(), frozenset({"spiffe://good"})]),
+    st.sampled_from([frozenset(), frozenset({"spiffe://good"}), frozenset({HOST_URI}),
+                     frozenset({"spiffe://good", HOST_URI})]),
     st.sampled_from([frozenset(), frozenset({"good.example"})]), st.sampled_from(["", "aa" * 32, "cc" * 32])))
+PROVENANCE = st.one_of(st.none(), st.builds(
+    ProvenanceEvidence, st.one_of(checks(), st.just(Check.failed(errors.ProvenanceError("edited")))),
+    st.one_of(st.none(), st.sampled_from(PROJECTS)), st.sampled_from([None, "host-1"]),
+    st.sampled_from([None, "base-1"]), st.one_of(checks(), st.just(Check.failed(errors.ProvenanceError("base")))),
+    SIGNERS))
 EVIDENCE = st.builds(Evidence, st.booleans(), SIGNERS, checks(), checks(), checks(),
-                     st.one_of(st.none(), st.builds(TimestampEvidence, checks(), st.none(), st.booleans())))
+                     st.one_of(st.none(), st.builds(TimestampEvidence, checks(), st.none(), st.booleans())),
+                     provenance=PROVENANCE)
 
 
-def trusted_by(rule: trust_policy.Rule, evidence: Evidence) -> bool:
-    """Does ``rule`` trust the image outright: signed, chained to its stores, a trusted identity, and
-    neither dates nor revocation failing where the rule enforces them (or a valid timestamp covers dates)?"""
+def provenance_passes(rule: trust_policy.Rule, facts: ImageFacts, evidence: Evidence) -> bool:
+    """Every hostSigned check, restated: a verified statement of the owner's project (the booting project's at
+    boot), a signed base that chained to the base stores when the snapshot was made, by a base identity."""
+    host, proof = rule.host_signed, evidence.provenance
+    assert host is not None
+    if proof is None or proof.check.status is not Status.PASSED or proof.project_id is None:
+        return False
+    if proof.project_id != facts.owner or facts.booting_project not in (None, proof.project_id):
+        return False
+    if proof.base_image_id is None or proof.base.status is not Status.PASSED:
+        return False
+    return host.base_identities is None or (proof.base_signer is not None and any(
+        trust_policy.identity_matches(i, proof.base_signer) for i in host.base_identities))
+
+
+def trusted_by(rule: trust_policy.Rule, evidence: Evidence, facts: ImageFacts) -> bool:
+    """Does ``rule`` trust the image outright: signed, chained to its stores, a trusted identity, a host's
+    signature only under a hostSigned rule whose provenance checks all pass, and neither dates nor
+    revocation failing where the rule enforces them (or a valid timestamp covers dates)?"""
     actions = rule.actions
     if not evidence.signed or evidence.chain.status is not Status.PASSED:
+        return False
+    if rule.host_signed is None and evidence.signer is not None and HOST_URI in evidence.signer.san_uris:
+        return False
+    if rule.host_signed is not None and not provenance_passes(rule, facts, evidence):
         return False
     if rule.trusted_identities is not None and (evidence.signer is None or not any(
             trust_policy.identity_matches(i, evidence.signer) for i in rule.trusted_identities)):
@@ -211,10 +251,16 @@ def test_the_engine_never_allows_an_image_no_rule_trusts(rules, facts, evidence)
     assert rule in matching and all(rule.scope.within(other.scope) for other in matching)
     decision = trust_policy.decide(selection, evidence)
     if decision.allowed:
-        assert rule.level in (Level.AUDIT, Level.SKIP) or trusted_by(rule, evidence), (rule, evidence, decision)
+        assert rule.level in (Level.AUDIT, Level.SKIP) or trusted_by(rule, evidence, facts), (rule, evidence, decision)
         assert rule.level is Level.SKIP or decision.verify_integrity or not evidence.signed
     else:
         assert decision.error is not None and decision.error in [f.error for f in decision.findings]
     assert decision.trusted == (decision.allowed and not decision.findings and rule.level is not Level.SKIP)
     if rule.level is Level.STRICT and decision.allowed:
-        assert trusted_by(rule, evidence) and decision.trusted == (not decision.findings)
+        assert trusted_by(rule, evidence, facts) and decision.trusted == (not decision.findings)
+    if rule.host_signed is not None and rule.level in (Level.STRICT, Level.PERMISSIVE) and evidence.signed \
+            and not provenance_passes(rule, facts, evidence):
+        assert not decision.allowed and any(f.check == "authenticity" and f.action is Action.ENFORCE
+                                            for f in decision.findings)
+    if decision.trusted and rule.host_signed is not None:
+        assert provenance_passes(rule, facts, evidence)

@@ -1,6 +1,8 @@
 """The issue's example sentences, as ONE policy file (doc/source/user/trust-policy.example.yaml, shown
 verbatim in the README), proven sentence by sentence: through the engine with the example file's own
-trust stores, and through ``imgsign verify --policy`` on signed files (sentence 5 with timestamps from a
+trust stores, and through ``imgsign verify --policy`` on signed files (sentence 3 with a real host-signed
+snapshot: a compute host's certificate with the URI SAN openstack://<cloud>/nova-compute/<host> and the
+provenance statement the gateway signs, from a base the image team signed; sentence 5 with timestamps from a
 real RFC 3161 TSA, ``openssl ts`` on 127.0.0.1)."""
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import time
 import pytest
 
 from imgsign import errors, trust_evidence, trust_policy
-from imgsign.keymanager.anchors import rule_anchors
+from imgsign.keymanager.anchors import base_anchors, rule_anchors
 from imgsign.trust_policy import ImageFacts
 from tests.conftest import REPO, pki, run_cli
+from tests.host_signing import base_image, host_signed, make_host, sign_image
 from tests.policy_pki import make_ca, make_leaf
 from tests.servers.tsa import issue_tsa, tsa
 
@@ -24,6 +27,9 @@ EXAMPLE = REPO / "doc" / "source" / "user" / "trust-policy.example.yaml"
 PROJECT_A = "8f3a1c0e5b7d4e2f9a6b1c3d5e7f9a0b"
 PROJECT_X = "c4e2a9b7d1f34a8e9b0c2d4f6a8b0c1e"
 PROJECT_B = "0b1c2d3e4f5a4b6c8d9e0f1a2b3c4d5e"
+SNAPSHOT_ID = "5f1c2a8e-3b4d-4e6f-8a9b-0c1d2e3f4a5b"
+BASE_ID = "1d2e3f4a-5b6c-4d7e-8f90-a1b2c3d4e5f6"
+DISK = b"an image of the example cloud\n" * 1000
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def world(tmp_path_factory):
     signers = {"release": make_leaf(cas["image-team"], "CN=Image Team Release Signing,O=Example Cloud"),
                "team-test": make_leaf(cas["image-team"], "CN=Image Team Test,O=Example Cloud"),
                "project-a": make_leaf(cas["project-a"], "CN=Project A builds,O=Project A"),
-               "compute": make_leaf(cas["compute-hosts"], "CN=compute-7.example.net,O=Example Cloud"),
+               "compute": make_host(cas["compute-hosts"], "compute-7.example.net"),
                "outsider": make_leaf(cas["outsider"], "CN=Image Team Release Signing,O=Example Cloud")}
     for name, leaf in signers.items():
         leaf.write(root / "signers", name)
@@ -49,11 +55,24 @@ def world(tmp_path_factory):
     return root, policy, signers
 
 
-def decide(world, signer: str, **facts) -> trust_policy.Decision:
+def snapshot(world, base: str = "release", project: str = PROJECT_A) -> dict[str, str]:
+    """What the gateway sets on project A's snapshot SNAPSHOT_ID of DISK: signed by compute host 7, with the
+    provenance naming the base image BASE_ID, signed by ``base`` (its certificate stored as cert-<base>)."""
+    _, _, signers = world
+    return host_signed(DISK, signers["compute"], "cert-compute", image_id=SNAPSHOT_ID, project=project,
+                       base=base_image(BASE_ID, signers[base], f"cert-{base}"), host_name="compute-7")
+
+
+def decide(world, signer: str, properties: dict[str, str] | None = None, **facts) -> trust_policy.Decision:
+    """The decision on an image signed by ``signer`` (``properties``: its Glance properties, for the
+    provenance; the base certificates come from the signers, by the id cert-<name>)."""
     root, policy, signers = world
     selection = trust_policy.select(policy, ImageFacts(**facts))
     rule = selection.rule
-    evidence = trust_evidence.gather(signers[signer].cert, rule_anchors(rule, str(root), None), rule)
+    evidence = trust_evidence.evidence_for(
+        signers[signer].cert, rule, properties or {}, anchors=rule_anchors(rule, str(root), None),
+        base_anchors=base_anchors(rule, str(root), None), image_id=facts.get("image_id"),
+        base_certificate=lambda cert_id: signers[cert_id.removeprefix("cert-")].cert)
     return trust_policy.decide(selection, evidence)
 
 
@@ -88,17 +107,52 @@ def test_sentence_2_a_projects_private_images_may_be_signed_by_its_own_ca(world)
 
 
 def test_sentence_3_compute_signed_snapshots_are_trusted_only_in_their_own_project(world):
-    home = decide(world, "compute", owner=PROJECT_A, visibility="private", image_type="snapshot",
-                  booting_project=PROJECT_A)
-    assert home.rule.name == "own-snapshots" and home.allowed and home.trusted
+    facts = {"owner": PROJECT_A, "visibility": "private", "image_type": "snapshot", "image_id": SNAPSHOT_ID}
+    home = decide(world, "compute", snapshot(world), **facts, booting_project=PROJECT_A)
+    assert home.rule.name == "own-snapshots" and home.rule.host_signed is not None
+    assert home.allowed and home.trusted, home
+    assert any(r.startswith(f"host-signed on compute-7 for project {PROJECT_A} from base {BASE_ID}")
+               for r in home.reasons)
     for booting in (PROJECT_B, None):  # another project boots it, or it is checked outside a boot
-        away = decide(world, "compute", owner=PROJECT_A, visibility="shared", image_type="snapshot",
-                      booting_project=booting)
+        away = decide(world, "compute", snapshot(world), **{**facts, "visibility": "shared"}, booting_project=booting)
         assert away.rule.name == "other-snapshots" and not away.allowed, away
         assert isinstance(away.error, errors.UntrustedCertificate)
-    # Image-team-signed snapshots stay trusted everywhere.
+        # ... and even were the compute hosts' CA trusted there, a host signature vouches under no other rule.
+        assert "is a compute host" in " ".join(f.message for f in away.findings)
+    # Booted by its owner but not host-signed for it: project B's snapshot claimed for A, a base signed outside
+    # the image team's CA, no statement at all: refused under own-snapshots, exit 90.
+    claimed = decide(world, "compute", snapshot(world, project=PROJECT_B), **facts, booting_project=PROJECT_A)
+    assert not claimed.allowed and isinstance(claimed.error, errors.ProvenanceError)
+    assert claimed.error.exit_code == 90 and "a host signature vouches only inside the project" in claimed.error.message
+    foreign_base = decide(world, "compute", snapshot(world, base="outsider"), **facts, booting_project=PROJECT_A)
+    assert not foreign_base.allowed and "did not chain to the baseTrustStores" in foreign_base.error.message
+    bare = decide(world, "compute", sign_image(DISK, world[2]["compute"], "cert-compute"), **facts,
+                  booting_project=PROJECT_A)
+    assert not bare.allowed and isinstance(bare.error, errors.ProvenanceError)
+    # A host-signed image under the public or the default rule: refused.
+    for other in ({"visibility": "public"}, {"owner": PROJECT_B, "image_type": "image"}):
+        elsewhere = decide(world, "compute", snapshot(world), **{**facts, **other}, booting_project=PROJECT_A)
+        assert elsewhere.rule.name in ("public-images", "default") and not elsewhere.allowed, elsewhere
+    # Image-team-signed snapshots stay trusted for other projects (other-snapshots); their owner boots only
+    # host-signed snapshots (own-snapshots is a hostSigned rule).
     assert decide(world, "release", owner=PROJECT_A, visibility="shared", image_type="snapshot",
                   booting_project=PROJECT_B).allowed
+    assert not decide(world, "release", owner=PROJECT_A, visibility="shared", image_type="snapshot",
+                      booting_project=PROJECT_A).allowed
+
+
+def test_sentence_3_a_host_signature_vouches_under_no_other_rule(world):
+    """The default rule with the compute hosts' CA added is still no hostSigned rule: a host's signature is
+    refused there, its provenance valid or not (81)."""
+    root, policy, signers = world
+    default = policy.catch_all
+    stores = (*default.trust_stores, next(s for s in policy.rules[2].trust_stores if s.name == "compute-hosts"))
+    widened = trust_policy.Rule("default", default.scope, default.level, stores, None)
+    evidence = trust_evidence.evidence_for(signers["compute"].cert, widened, snapshot(world),
+                                           anchors=rule_anchors(widened, str(root), None))
+    refused = trust_policy.decide(trust_policy.select(trust_policy.TrustPolicy((widened,)), ImageFacts()), evidence)
+    assert not refused.allowed and isinstance(refused.error, errors.PolicyRefused)
+    assert refused.error.exit_code == 81 and "is a compute host" in refused.error.message
 
 
 def test_sentence_4_project_x_is_in_audit_mode(world):
@@ -125,10 +179,11 @@ def test_the_catch_all_trusts_only_the_release_identity(world):
 def signed(world, tmp_path_factory):
     root, _, _ = world
     image = tmp_path_factory.mktemp("images") / "disk.img"
-    image.write_bytes(b"an image of the example cloud\n" * 1000)
+    image.write_bytes(DISK)
     env = {"IMGSIGN_KEYSTORE": str(root / "keystore.sqlite3"), "IMGSIGN_CONFIG": "", "HOME": str(root)}
-    props = {}
-    for name in ("release", "project-a", "compute", "outsider"):
+    props = {"compute": root / "compute.json"}
+    props["compute"].write_text(json.dumps(snapshot(world)))  # what the gateway sets: signature and provenance
+    for name in ("release", "project-a", "outsider"):
         result = run_cli("sign", image, "--key", root / "signers" / f"{name}.key", "--cert",
                          root / "signers" / f"{name}.pem", "--cert-uuid", f"cert-{name}", env=env)
         assert result.code == 0, result
@@ -141,7 +196,8 @@ def verify(world, signed, signer, *facts):
     root, _, _ = world
     image, props, env = signed
     return run_cli("verify", image, "--properties", props[signer], "--cert", root / "signers" / f"{signer}.pem",
-                   "--policy", root / "policy.yaml", "--json", *facts, env=env)
+                   "--base-certificate", root / "signers" / "release.pem", "--policy", root / "policy.yaml", "--json",
+                   *facts, env=env)
 
 
 def test_verify_cli_applies_each_sentence(world, signed):
@@ -153,9 +209,14 @@ def test_verify_cli_applies_each_sentence(world, signed):
     assert refused.json()["policy"]["verdict"] == "refused"
     assert verify(world, signed, "project-a", "--visibility", "private", "--owner", PROJECT_A).code == 0
     snapshot = ("--visibility", "private", "--owner", PROJECT_A, "--image-type", "snapshot")
-    assert verify(world, signed, "compute", *snapshot, "--booting-project", PROJECT_A).code == 0
+    home = verify(world, signed, "compute", *snapshot, "--booting-project", PROJECT_A)
+    assert home.code == 0 and home.json()["policy"]["verdict"] == "trusted", home
+    assert any("host-signed on compute-7" in r for r in home.json()["policy"]["reasons"])
     away = verify(world, signed, "compute", *snapshot, "--booting-project", PROJECT_B)
     assert away.code == errors.UntrustedCertificate.exit_code and away.json()["policy"]["rule"] == "other-snapshots"
+    public = verify(world, signed, "compute", "--visibility", "public", "--owner", PROJECT_A, "--image-type",
+                    "snapshot")
+    assert public.code != 0 and public.json()["policy"]["rule"] == "public-images", public
     audit = verify(world, signed, "outsider", "--visibility", "private", "--owner", PROJECT_X)
     assert audit.code == 0, audit
     assert "warning: trust policy rule project-x-audit (audit) logs: authenticity" in audit.stderr
@@ -165,16 +226,25 @@ def test_verify_cli_applies_each_sentence(world, signed):
 def test_verify_cli_takes_the_facts_from_the_image_show_document(world, signed):
     root, _, _ = world
     image, props, env = signed
-    document = {"id": "img-1", "owner": PROJECT_A, "visibility": "private",
+    document = {"id": SNAPSHOT_ID, "owner": PROJECT_A, "visibility": "private",
                 "properties": {**json.loads(props["compute"].read_text()), "image_type": "snapshot"}}
     shown = root / "show.json"
     shown.write_text(json.dumps(document))
     base = ("verify", image, "--properties", shown, "--cert", root / "signers" / "compute.pem",
-            "--policy", root / "policy.yaml", "--json")
+            "--base-certificate", root / "signers" / "release.pem", "--policy", root / "policy.yaml", "--json")
     away = run_cli(*base, env=env)
     assert away.code == errors.UntrustedCertificate.exit_code and away.json()["policy"]["rule"] == "other-snapshots"
     home = run_cli(*base, "--booting-project", PROJECT_A, env=env)
     assert home.code == 0 and home.json()["policy"]["rule"] == "own-snapshots", home
+    # The statement names image SNAPSHOT_ID: under another image's id it is refused.
+    shown.write_text(json.dumps({**document, "id": "img-1"}))
+    moved = run_cli(*base, "--booting-project", PROJECT_A, env=env)
+    assert moved.code == errors.ProvenanceError.exit_code and "belongs to another image" in moved.json()["message"]
+    # A base certificate that is not the one the statement names.
+    shown.write_text(json.dumps(document))
+    wrong = run_cli(*[root / "signers" / "outsider.pem" if a == root / "signers" / "release.pem" else a for a in base],
+                    "--booting-project", PROJECT_A, env=env)
+    assert wrong.code == errors.ProvenanceError.exit_code and "is not the one that signed" in wrong.json()["message"]
 
 
 def test_an_image_signed_with_a_valid_signature_still_must_match_its_data_under_audit(world, signed, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from imgsign.algorithms import HashMethod
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
+    from imgsign.policy import Policy
     from imgsign.properties import SignatureProperties
     from imgsign.stream import BackgroundDigest
 
@@ -244,6 +245,15 @@ def policy_option(func: Callable[..., Any]) -> Callable[..., Any]:
                              "(default: [imgsign] policy_file, else the flat --trusted options).")(func)
 
 
+def base_certificate_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--base-certificate FILE``: a host-signed image's base certificate, for checks without a key manager."""
+    return click.option("--base-certificate", "base_certificate_file", type=click.Path(dir_okay=False),
+                        metavar="FILE",
+                        help="Under a hostSigned trust policy rule: the certificate (PEM or DER) that signed the base "
+                             "image the provenance names (default: fetched from the key manager by the id the "
+                             "provenance names); it must be the one the provenance names by SHA-256.")(func)
+
+
 def facts_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--owner``, ``--visibility``, ``--image-type``, ``--booting-project``: what a trust policy's scopes select
     on, given (or replacing what the properties document says)."""
@@ -290,18 +300,22 @@ def load_trust_policy(path: str) -> trust_policy.TrustPolicy:
 class TrustSetup:
     """The trust policy a command verifies under, and the trust anchors of each of its rules, loaded on
     first use (files relative to the policy file's directory; key-manager ids and stored CRLs from the
-    key manager)."""
+    key manager); :meth:`evidence` gathers a rule's evidence with them.  ``base_certificate_file``:
+    ``--base-certificate``, the certificate a host-signed image's base was signed with (else the key
+    manager's, by the id its provenance names)."""
 
     def __init__(self, ctx: click.Context, policy: trust_policy.TrustPolicy, base: str | None,
                  legacy: chain.TrustAnchors | None = None, intermediate_files: tuple[str, ...] = (),
-                 crl_files: tuple[str, ...] = ()) -> None:
+                 crl_files: tuple[str, ...] = (), base_certificate_file: str | None = None) -> None:
         self.ctx = ctx
         self.policy = policy
         self.base = base
         self.legacy = legacy
         self.intermediate_files = intermediate_files
         self.crl_files = crl_files
+        self.base_certificate_file = base_certificate_file
         self._anchors: dict[str, chain.TrustAnchors | None] = {}
+        self._base_anchors: dict[str, chain.TrustAnchors | None] = {}
 
     @property
     def builtin(self) -> bool:
@@ -313,6 +327,44 @@ class TrustSetup:
         if rule.name not in self._anchors:
             self._anchors[rule.name] = self._load(rule)
         return self._anchors[rule.name]
+
+    def base_anchors_for(self, rule: trust_policy.Rule) -> chain.TrustAnchors | None:
+        """The anchors of a ``hostSigned`` rule's ``baseTrustStores`` (None for any other rule)."""
+        from imgsign.keymanager.anchors import base_anchors
+
+        if self.builtin or rule.host_signed is None:
+            return None
+        if rule.name not in self._base_anchors:
+            stores = rule.host_signed.base_trust_stores
+            self._base_anchors[rule.name] = base_anchors(rule, self.base or ".", open_store(self.ctx) if any(
+                s.key_manager_ids for s in stores) else None)
+        return self._base_anchors[rule.name]
+
+    def base_certificate(self, cert_id: str) -> x509.Certificate:
+        """A host-signed image's base certificate: ``--base-certificate``, else the key manager's ``cert_id``."""
+        from imgsign import certificates
+        from imgsign.keymanager.anchors import fetch_certificate
+
+        if self.base_certificate_file is not None:
+            return certificates.load_certificate(read_small_file(self.base_certificate_file, "base certificate"))
+        return fetch_certificate(open_store(self.ctx), cert_id)
+
+    def evidence(self, rule: trust_policy.Rule, certificate: x509.Certificate, properties: Mapping[str, object], *,
+                 image_id: str | None, policy: Policy, timestamp: trust_policy.TimestampEvidence | None = None,
+                 ocsp: chain.OcspSource | None = None) -> trust_policy.Evidence:
+        """The evidence ``rule`` is decided on (:func:`imgsign.trust_evidence.evidence_for`), with its anchors
+        (and ``ocsp``, an OCSP client, asked for its chain) and, for a ``hostSigned`` rule, its base anchors."""
+        import dataclasses
+
+        from imgsign import trust_evidence
+
+        anchors = self.anchors_for(rule)
+        if anchors is not None and ocsp is not None:
+            anchors = dataclasses.replace(anchors, ocsp=ocsp)
+        return trust_evidence.evidence_for(certificate, rule, properties, anchors=anchors,
+                                           base_anchors=self.base_anchors_for(rule),
+                                           base_certificate=self.base_certificate, image_id=image_id,
+                                           policy=policy, timestamp=timestamp)
 
     def tsa_roots_for(self, rule: trust_policy.Rule) -> list[x509.Certificate]:
         """The certificates of the rule's ``tsa`` trust stores."""
@@ -330,7 +382,8 @@ class TrustSetup:
 
 def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[str, ...],
                 trusted_files: tuple[str, ...], intermediate_files: tuple[str, ...], crl_files: tuple[str, ...],
-                require_crl: bool | None, max_chain_depth: int | None) -> TrustSetup:
+                require_crl: bool | None, max_chain_depth: int | None,
+                base_certificate_file: str | None = None) -> TrustSetup:
     """The trust policy of ``--policy``, else of the flat options (``--trusted``, ``--trusted-file``), else of
     ``[imgsign] policy_file``, else the built-in policy of ``[imgsign] trusted_certificate_ids``."""
     import os
@@ -346,7 +399,7 @@ def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[
                                    "--max-chain-depth (set them in the policy's trust stores)")
         policy = load_trust_policy(policy_path)
         return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(policy_path)), None, extra_intermediates,
-                          extra_crls)
+                          extra_crls, base_certificate_file)
     settings = config(ctx).imgsign if has_config(ctx) else None
     configured = getattr(settings, "policy_file", None) if settings is not None else None
     if configured and not trusted_ids and not trusted_files:
@@ -358,7 +411,7 @@ def trust_setup(ctx: click.Context, policy_path: str | None, trusted_ids: tuple[
                                    "policy_file (set them in the policy's trust stores)")
         policy = load_trust_policy(configured)
         return TrustSetup(ctx, policy, os.path.dirname(os.path.abspath(configured)), None, extra_intermediates,
-                          extra_crls)
+                          extra_crls, base_certificate_file)
     anchors = trust_anchors(ctx, trusted_ids, trusted_files, intermediate_files, crl_files, require_crl,
                             max_chain_depth)
     builtin = trust_policy.builtin_policy(anchors is not None, bool(anchors and anchors.require_crls))

@@ -126,11 +126,13 @@ def _audit(ctx: click.Context, *, project_id: str | None, expiry_days: int, down
     if setup.builtin:
         policy = AuditPolicy(setup.legacy, checks, expiry_days, allow_unsigned)
     else:
-        policy = AuditPolicy(None, checks, expiry_days, allow_unsigned, setup.policy, setup.anchors_for)
+        policy = AuditPolicy(None, checks, expiry_days, allow_unsigned, setup.policy, setup.anchors_for,
+                             setup.base_anchors_for)
     old_policy = None
     if compare_path is not None:
         old = TrustSetup(ctx, load_trust_policy(compare_path), os.path.dirname(os.path.abspath(compare_path)))
-        old_policy = AuditPolicy(None, checks, expiry_days, allow_unsigned, old.policy, old.anchors_for)
+        old_policy = AuditPolicy(None, checks, expiry_days, allow_unsigned, old.policy, old.anchors_for,
+                                 old.base_anchors_for)
     glance = glance_client(ctx)
     if project_id is not None:
         _check_project_is_an_id(ctx, project_id)

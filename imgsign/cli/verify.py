@@ -9,6 +9,7 @@ import click
 
 from imgsign import errors
 from imgsign.cli._common import (
+    base_certificate_option,
     facts_options,
     fail,
     image_digest,
@@ -74,6 +75,7 @@ def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClien
                    "them is checked, and lets a signature whose certificate has since expired verify if it was "
                    "timestamped while the certificate was valid (default: [imgsign] tsa_ca_file).")
 @policy_option
+@base_certificate_option
 @facts_options
 @format_option()
 @cloud_options
@@ -83,7 +85,8 @@ def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClien
 def verify_command(ctx: click.Context, image: str | None, glance_image_id: str | None, properties_path: str | None,
            cert_path: str | None, trusted_ids: tuple[str, ...], trusted_files: tuple[str, ...],
            intermediate_files: tuple[str, ...], crl_files: tuple[str, ...], require_crl: bool | None,
-           max_chain_depth: int | None, tsa_ca_files: tuple[str, ...], policy_path: str | None, owner: str | None,
+           max_chain_depth: int | None, tsa_ca_files: tuple[str, ...], policy_path: str | None,
+           base_certificate_file: str | None, owner: str | None,
            visibility: str | None, image_type: str | None, booting_project: str | None, fmt: str | None,
            os_cloud: str | None, os_region_name: str | None, allow_weak_keys: bool, ignore_cert_dates: bool,
            quiet: bool) -> None:
@@ -102,7 +105,7 @@ def verify_command(ctx: click.Context, image: str | None, glance_image_id: str |
              "crl_files": crl_files, "require_crl": require_crl, "max_chain_depth": max_chain_depth}
     result, error = verify_result(ctx, image=image, glance_image_id=glance_image_id, properties_path=properties_path,
                                   cert_path=cert_path, trust=trust, tsa_ca_files=tsa_ca_files,
-                                  policy_path=policy_path,
+                                  policy_path=policy_path, base_certificate_file=base_certificate_file,
                                   facts={"owner": owner, "visibility": visibility, "image_type": image_type,
                                          "booting_project": booting_project},
                                   allow_weak_keys=allow_weak_keys,
@@ -120,15 +123,17 @@ def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_
                   properties_path: str | None = None, cert_path: str | None = None,
                   trust: Mapping[str, Any] | None = None, tsa_ca_files: tuple[str, ...] = (),
                   policy_path: str | None = None, facts: Mapping[str, str | None] | None = None,
-                  allow_weak_keys: bool = False,
+                  base_certificate_file: str | None = None, allow_weak_keys: bool = False,
                   ignore_cert_dates: bool = False,
                   progress: bool = False) -> tuple[dict[str, Any], errors.ImgsignError | None]:
     """Verify a file against its properties file, or a Glance image against its record: the result document
     (every key always there, null until known; JSON output schemas) and the error that made it invalid (None:
     valid). ``trust`` holds :func:`~imgsign.cli._common.trust_anchors`' arguments by name; ``policy_path`` a
     trust policy file (else ``[imgsign] policy_file``, else the flat options: the built-in policy); ``facts``
-    the image facts a policy selects by, given (``owner``, ``visibility``, ``image_type``, ``booting_project``).
-    Under a trust policy file the document has a ``policy`` key: the rule applied and its verdict."""
+    the image facts a policy selects by, given (``owner``, ``visibility``, ``image_type``, ``booting_project``);
+    ``base_certificate_file`` a host-signed image's base certificate (``hostSigned`` rules; else the key
+    manager's). Under a trust policy file the document has a ``policy`` key: the rule applied and its verdict.
+    A compute host's signature (:func:`imgsign.trust_evidence.refuse_host_certificate`) is refused without one."""
     trust = dict(trust or {})
     given = {k: v for k, v in (facts or {}).items() if v is not None}
     shown = image if image is not None else glance_image_id
@@ -151,7 +156,7 @@ def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_
         None: the trust policy's rule skips verification, or allows the image unsigned."""
         import dataclasses
 
-        from imgsign import certificates, chain, timestamp
+        from imgsign import certificates, chain, timestamp, trust_evidence
         from imgsign.cli._signing import tsa_roots
         from imgsign.policy import Policy
         from imgsign.verifier import Verifier
@@ -159,7 +164,10 @@ def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_
         current = trust_setup(ctx, policy_path, tuple(trust.get("trusted_ids") or ()),
                               tuple(trust.get("trusted_files") or ()), tuple(trust.get("intermediate_files") or ()),
                               tuple(trust.get("crl_files") or ()), trust.get("require_crl"),
-                              trust.get("max_chain_depth"))
+                              trust.get("max_chain_depth"), base_certificate_file)
+        if current.builtin and base_certificate_file is not None:
+            raise click.UsageError("--base-certificate is for a trust policy's hostSigned rules (--policy or "
+                                   "[imgsign] policy_file)")
         if not current.builtin:
             return _check_under_policy(ctx, current, properties, document, record, result, given, skipped,
                                        policy_rule, cert_path=cert_path, tsa_ca_files=tsa_ca_files,
@@ -171,6 +179,7 @@ def verify_result(ctx: click.Context, *, image: str | None = None, glance_image_
         result.update({k: v for k, v in properties.as_dict().items() if k != "img_signature"})
         certificate = signing_certificate(ctx, cert_path, properties)
         result["certificate_subject"] = certificates.describe(certificate)
+        trust_evidence.refuse_host_certificate(certificate)
         policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
         stamp = timestamp.check(document, properties.signature, certificate, tsa_roots(ctx, tsa_ca_files),
                                 now=policy.now())
@@ -285,12 +294,10 @@ def _check_under_policy(ctx: click.Context, setup: TrustSetup, properties: Signa
     stamp, result["timestamp"] = trust_evidence.timestamp_evidence(
         document, properties.signature, certificate, _tsa_roots_for(ctx, setup, rule, tsa_ca_files),
         now=policy.now())
-    anchors = setup.anchors_for(rule)
-    client = ocsp_client(ctx, document) if anchors is not None else None
-    if anchors is not None and client is not None:
-        anchors = dataclasses.replace(anchors, ocsp=client)
+    client = ocsp_client(ctx, document) if setup.anchors_for(rule) is not None else None
     try:
-        evidence = trust_evidence.gather(certificate, anchors, rule, policy, timestamp=stamp)
+        evidence = setup.evidence(rule, certificate, document, image_id=facts.image_id, policy=policy,
+                                  timestamp=stamp, ocsp=client)
     finally:
         if client is not None:
             result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]

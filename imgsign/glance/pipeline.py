@@ -62,6 +62,8 @@ def verify_image(
     policy: Policy = DEFAULT_POLICY,
     selection: Selection | None = None,
     rule_anchors: Callable[[Rule], TrustAnchors | None] | None = None,
+    base_anchors: Callable[[Rule], TrustAnchors | None] | None = None,
+    image_id: str | None = None,
 ) -> VerifiedImage:
     """Verify ``data`` against its ``img_signature*`` properties; raise on any doubt.
 
@@ -72,26 +74,37 @@ def verify_image(
     validated without them; ``require_crls`` needs a complete CRL in scope from every issuer,
     see :func:`imgsign.chain.validate_chain`).
     With ``selection`` (the trust policy rule that applies to the image, :func:`imgsign.trust_policy.select`)
-    the rule decides instead of ``trusted_ids``, against the anchors ``rule_anchors`` loads for it; a
-    ``skip`` rule is the caller's to honour (nothing to verify).
+    the rule decides instead of ``trusted_ids``, against the anchors ``rule_anchors`` loads for it (and,
+    for a ``hostSigned`` rule, the image's provenance statement, which must name ``image_id``, with the
+    base image's certificate from ``certificates`` and the anchors ``base_anchors`` loads for its
+    ``baseTrustStores``); a ``skip`` rule is the caller's to honour (nothing to verify).  Without
+    ``selection`` a compute host's signature is refused (it vouches only under a ``hostSigned`` rule).
     All checks that need no data run before the first byte is read.
     """
+    from imgsign import trust_evidence
+
     parsed = SignatureProperties.from_mapping(properties)
     certificate = load_certificate(certificates.get_certificate(parsed.certificate_uuid))
     path: tuple[x509.Certificate, ...] = ()
     decision = None
     if selection is not None:
-        from imgsign import trust_evidence, trust_policy
+        from imgsign import trust_policy
 
         rule = selection.rule
-        evidence = trust_evidence.gather(certificate, rule_anchors(rule) if rule_anchors else None, rule, policy)
+        evidence = trust_evidence.evidence_for(
+            certificate, rule, properties, anchors=rule_anchors(rule) if rule_anchors else None,
+            base_anchors=base_anchors(rule) if base_anchors else None,
+            base_certificate=lambda cert_id: load_certificate(certificates.get_certificate(cert_id)),
+            image_id=image_id, policy=policy)
         decision = trust_policy.enforce(trust_policy.decide(selection, evidence))
         # The certificate's dates were the rule's to judge (its expiry action); its usage is checked below.
         policy = dataclasses.replace(policy, ignore_certificate_dates=True)
-    elif trusted_ids:
-        trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
-        all_crls = [*crls, *(load_crl(der) for _, der in certificates.get_crls())]
-        path = tuple(validate_chain(certificate, TrustAnchors(trusted, (), all_crls, require_crls), policy))
+    else:
+        trust_evidence.refuse_host_certificate(certificate)
+        if trusted_ids:
+            trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
+            all_crls = [*crls, *(load_crl(der) for _, der in certificates.get_crls())]
+            path = tuple(validate_chain(certificate, TrustAnchors(trusted, (), all_crls, require_crls), policy))
     verifier = Verifier.for_certificate(parsed, certificate, policy=policy)
     size = 0
     for chunk in iter_chunks(data):
@@ -144,6 +157,11 @@ def resign(
     for name, value in original.as_dict().items():
         new[ORIGINAL_PREFIX + name] = value
     return new
+
+
+def data_digest(data: ImageData, method: HashMethod) -> bytes:
+    """``data``'s digest with ``method``, streamed in constant memory."""
+    return _digest_and_head(data, method)[0]
 
 
 def _digest_and_head(data: ImageData, method: HashMethod) -> tuple[bytes, bytes]:

@@ -51,6 +51,10 @@ process.
     ``[imgsign_transit]``, imgsign.conf's ``[transit]`` options; ``VAULT_*`` or
     ``BAO_*`` in Glance's environment take precedence): only digests are sent.
 
+    A compute host's signature (``imgsign gateway``'s snapshots) is never re-signed: converted host-signed
+    data is refused (its signature vouches only inside the project that made it, under a hostSigned trust
+    policy rule; the service key's would vouch for it wherever the service certificate is trusted).
+
     It re-signs only data whose original signature ``imgsign_verify`` verified
     earlier in the same import flow, for the same image, with the
     ``img_signature*`` properties unchanged since: with no ``imgsign_verify`` result
@@ -350,7 +354,9 @@ class _VerifyStaged(task.Task):
             with open(self.staged_path, "rb") as data:
                 if selection is not None:
                     verified = verify_image(data, properties, store, selection=selection,
-                                            rule_anchors=_rule_anchors_from(store))
+                                            rule_anchors=_rule_anchors_from(store),
+                                            base_anchors=_rule_anchors_from(store, base=True),
+                                            image_id=self.image_id)
                 else:
                     verified = verify_image(data, properties, store,
                                             trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
@@ -364,6 +370,8 @@ class _VerifyStaged(task.Task):
             LOG.error("%s", refusal.msg)
             raise refusal
         from imgsign.certificates import describe
+        from imgsign.trust_evidence import signer_identity
+        from imgsign.trust_policy import is_host_certificate
 
         if verified.decision is not None:
             for finding in verified.decision.warnings:
@@ -382,6 +390,9 @@ class _VerifyStaged(task.Task):
             "digest": verified.digest.hex(),
             "size": verified.size,
             "signer": describe(verified.certificate),
+            # A compute host's signature (trusted only under a hostSigned rule): imgsign_resign never launders it.
+            "host_signed": bool(verified.decision is not None and verified.decision.rule.host_signed is not None)
+            or is_host_certificate(signer_identity(verified.certificate)),
         }
 
     def revert(self, result: Any = None, **kwargs: Any) -> None:
@@ -430,11 +441,14 @@ def _select(facts: Any) -> Any:
     return select(policy, facts)
 
 
-def _rule_anchors_from(store: CertificateStore) -> Callable[[Any], Any]:
+def _rule_anchors_from(store: CertificateStore, base: bool = False) -> Callable[[Any], Any]:
+    """The anchors of a rule's CA stores, or with ``base`` of a ``hostSigned`` rule's ``baseTrustStores`` (the
+    snapshot's base was trusted when it was made): files relative to the policy file, ids from ``store``."""
     def load(rule: Any) -> Any:
-        from imgsign.keymanager.anchors import rule_anchors
+        from imgsign.keymanager.anchors import base_anchors, rule_anchors
 
-        return rule_anchors(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
+        return (base_anchors if base else rule_anchors)(
+            rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
 
     return load
 
@@ -501,6 +515,9 @@ class _ResignConverted(task.Task):
             raise self._refuse("the img_signature* properties changed after imgsign_verify checked them")
 
         original = SignatureProperties.from_mapping(verified["properties"])
+        if verified.get("host_signed"):
+            self._keep_host_signature(_local_path(file_path), original, bytes.fromhex(verified["digest"]))
+            return None
         try:
             new = self._sign(_local_path(file_path), original, bytes.fromhex(verified["digest"]))
         except ImgsignError as error:
@@ -528,6 +545,27 @@ class _ResignConverted(task.Task):
                  "%s* properties", self.image_id, CONF[GROUP].service_certificate_id,
                  new["img_signature_certificate_uuid"], verified.get("signer"), ORIGINAL_PREFIX)
         return previous
+
+    def _keep_host_signature(self, path: str, original: SignatureProperties, verified_digest: bytes) -> None:
+        """A host-signed image (a snapshot ``imgsign gateway`` signed) is never re-signed: its signature vouches
+        only inside the project that made it, under a hostSigned rule, and the service key's would vouch for the
+        converted data everywhere the service certificate is trusted.  Unchanged data keeps the host's signature;
+        converted data is refused."""
+        from imgsign.glance.pipeline import data_digest
+
+        try:
+            with open(path, "rb") as data:
+                unchanged = data_digest(data, original.hash_method) == verified_digest
+        except OSError as error:
+            raise self._refuse(f"cannot read the converted data: {error.strerror or error}", "input-error") from None
+        if not unchanged:
+            raise self._refuse("the image was signed by a compute host, whose signature vouches only inside the "
+                               "project that made it (a hostSigned trust policy rule): its converted data is not "
+                               "re-signed with the service key, which would make it trusted beyond that project "
+                               "(import host-signed snapshots in the format image_conversion produces)",
+                               "policy-refused")
+        LOG.info("imgsign_resign: image %s: host-signed and unchanged since imgsign_verify; keeping its signature",
+                 self.image_id)
 
     def _sign(self, path: str, original: SignatureProperties, verified_digest: bytes) -> dict[str, str] | None:
         """New properties for the data at ``path``, or None if it is still exactly the verified data."""
