@@ -59,20 +59,17 @@ def cache(tmp_path, example, leaf, image_id, facts, anchored=True):
     return records, str(tmp_path / "_base" / cache_name(image_id))
 
 
-def test_the_booting_project_chooses_the_snapshot_rule(tmp_path, example):
-    """Booted by its owner a snapshot falls under own-snapshots (hostSigned: one the compute CA signed with
-    no provenance is refused, 90); booted by another project, or by none, under other-snapshots (the compute
-    CA is not trusted there at all).  A host-signed snapshot's own boots: tests/test_host_signed_boot.py."""
+def test_a_snapshot_without_provenance_is_refused_at_boot(tmp_path, example):
+    """A private snapshot falls under host-snapshots (hostSigned): one the compute CA signed with no provenance
+    is refused (90) for its owner and for any other project.  A host-signed snapshot's own boots:
+    tests/test_host_signed_boot.py and tests/test_host_signed_libvirt.py."""
     root, policy, _, _ = example
     records, base = cache(tmp_path, example, "compute", "snap-1", SNAPSHOT_A)
     boot = BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root))
-    home = verify_for_boot(base, records, boot, booting_project=PROJECT_A)
-    assert not home.allowed and home.code == errors.ProvenanceError.exit_code, home
-    assert "own-snapshots trusts only host-signed images" in home.message
-    for other in (PROJECT_B, None):
-        away = verify_for_boot(base, records, boot, booting_project=other)
-        assert not away.allowed and away.code == errors.UntrustedCertificate.exit_code, away
-        assert "rule other-snapshots" in away.message
+    for project in (PROJECT_A, PROJECT_B, None):
+        refused = verify_for_boot(base, records, boot, booting_project=project)
+        assert not refused.allowed and refused.code == errors.ProvenanceError.exit_code, refused
+        assert "host-snapshots trusts only host-signed images" in refused.message
 
 
 def test_a_record_without_the_facts_is_refused(tmp_path, example):

@@ -78,8 +78,8 @@ def decide(world, signer: str, properties: dict[str, str] | None = None, **facts
 
 def test_the_example_file_is_valid_and_every_rule_is_reachable(world):
     _, policy, _ = world
-    assert [r.name for r in policy.rules] == ["public-images", "project-a-private", "own-snapshots",
-                                              "other-snapshots", "project-x-audit", "default"]
+    assert [r.name for r in policy.rules] == ["public-images", "project-a-private", "host-snapshots",
+                                              "project-x-audit", "default"]
     assert policy.catch_all is not None and policy.catch_all.name == "default"
     assert run_cli("policy", "check", EXAMPLE).code == 0
 
@@ -108,19 +108,20 @@ def test_sentence_2_a_projects_private_images_may_be_signed_by_its_own_ca(world)
 
 def test_sentence_3_compute_signed_snapshots_are_trusted_only_in_their_own_project(world):
     facts = {"owner": PROJECT_A, "visibility": "private", "image_type": "snapshot", "image_id": SNAPSHOT_ID}
-    home = decide(world, "compute", snapshot(world), **facts, booting_project=PROJECT_A)
-    assert home.rule.name == "own-snapshots" and home.rule.host_signed is not None
-    assert home.allowed and home.trusted, home
-    assert any(r.startswith(f"host-signed on compute-7 for project {PROJECT_A} from base {BASE_ID}")
-               for r in home.reasons)
-    for booting in (PROJECT_B, None):  # another project boots it, or it is checked outside a boot
-        away = decide(world, "compute", snapshot(world), **{**facts, "visibility": "shared"}, booting_project=booting)
-        assert away.rule.name == "other-snapshots" and not away.allowed, away
-        assert isinstance(away.error, errors.UntrustedCertificate)
-        # ... and even were the compute hosts' CA trusted there, a host signature vouches under no other rule.
-        assert "is a compute host" in " ".join(f.message for f in away.findings)
-    # Booted by its owner but not host-signed for it: project B's snapshot claimed for A, a base signed outside
-    # the image team's CA, no statement at all: refused under own-snapshots, exit 90.
+    # Booted by its owner, or checked outside a boot (Glance's import, audit): trusted.
+    for booting in (PROJECT_A, None):
+        home = decide(world, "compute", snapshot(world), **facts, booting_project=booting)
+        assert home.rule.name == "host-snapshots" and home.rule.host_signed is not None
+        assert home.allowed and home.trusted, home
+        assert any(r.startswith(f"host-signed on compute-7 for project {PROJECT_A} from base {BASE_ID}")
+                   for r in home.reasons)
+    # Booted by another project: refused, exit 90.
+    away = decide(world, "compute", snapshot(world), **{**facts, "visibility": "shared"}, booting_project=PROJECT_B)
+    assert away.rule.name == "host-snapshots" and not away.allowed, away
+    assert isinstance(away.error, errors.ProvenanceError) and "boots an image host-signed for project" in \
+        away.error.message
+    # Not host-signed for its owner: project B's snapshot claimed for A, a base signed outside the image
+    # team's CA, no statement at all: refused, exit 90.
     claimed = decide(world, "compute", snapshot(world, project=PROJECT_B), **facts, booting_project=PROJECT_A)
     assert not claimed.allowed and isinstance(claimed.error, errors.ProvenanceError)
     assert claimed.error.exit_code == 90 and "a host signature vouches only inside the project" in claimed.error.message
@@ -133,12 +134,12 @@ def test_sentence_3_compute_signed_snapshots_are_trusted_only_in_their_own_proje
     for other in ({"visibility": "public"}, {"owner": PROJECT_B, "image_type": "image"}):
         elsewhere = decide(world, "compute", snapshot(world), **{**facts, **other}, booting_project=PROJECT_A)
         assert elsewhere.rule.name in ("public-images", "default") and not elsewhere.allowed, elsewhere
-    # Image-team-signed snapshots stay trusted for other projects (other-snapshots); their owner boots only
-    # host-signed snapshots (own-snapshots is a hostSigned rule).
-    assert decide(world, "release", owner=PROJECT_A, visibility="shared", image_type="snapshot",
-                  booting_project=PROJECT_B).allowed
+    # A private snapshot someone signed outside a compute host (the image team, say) has no provenance: refused;
+    # a public snapshot falls under public-images, where the image team's signature is what counts.
     assert not decide(world, "release", owner=PROJECT_A, visibility="shared", image_type="snapshot",
                       booting_project=PROJECT_A).allowed
+    assert decide(world, "release", owner=PROJECT_A, visibility="public", image_type="snapshot",
+                  booting_project=PROJECT_B).allowed
 
 
 def test_sentence_3_a_host_signature_vouches_under_no_other_rule(world):
@@ -213,7 +214,7 @@ def test_verify_cli_applies_each_sentence(world, signed):
     assert home.code == 0 and home.json()["policy"]["verdict"] == "trusted", home
     assert any("host-signed on compute-7" in r for r in home.json()["policy"]["reasons"])
     away = verify(world, signed, "compute", *snapshot, "--booting-project", PROJECT_B)
-    assert away.code == errors.UntrustedCertificate.exit_code and away.json()["policy"]["rule"] == "other-snapshots"
+    assert away.code == errors.ProvenanceError.exit_code and away.json()["policy"]["rule"] == "host-snapshots"
     public = verify(world, signed, "compute", "--visibility", "public", "--owner", PROJECT_A, "--image-type",
                     "snapshot")
     assert public.code != 0 and public.json()["policy"]["rule"] == "public-images", public
@@ -232,10 +233,12 @@ def test_verify_cli_takes_the_facts_from_the_image_show_document(world, signed):
     shown.write_text(json.dumps(document))
     base = ("verify", image, "--properties", shown, "--cert", root / "signers" / "compute.pem",
             "--base-certificate", root / "signers" / "release.pem", "--policy", root / "policy.yaml", "--json")
-    away = run_cli(*base, env=env)
-    assert away.code == errors.UntrustedCertificate.exit_code and away.json()["policy"]["rule"] == "other-snapshots"
+    unbooted = run_cli(*base, env=env)  # as Glance's import and audit see it: its owner made it
+    assert unbooted.code == 0 and unbooted.json()["policy"]["rule"] == "host-snapshots", unbooted
+    away = run_cli(*base, "--booting-project", PROJECT_B, env=env)
+    assert away.code == errors.ProvenanceError.exit_code and away.json()["policy"]["rule"] == "host-snapshots"
     home = run_cli(*base, "--booting-project", PROJECT_A, env=env)
-    assert home.code == 0 and home.json()["policy"]["rule"] == "own-snapshots", home
+    assert home.code == 0 and home.json()["policy"]["rule"] == "host-snapshots", home
     # The statement names image SNAPSHOT_ID: under another image's id it is refused.
     shown.write_text(json.dumps({**document, "id": "img-1"}))
     moved = run_cli(*base, "--booting-project", PROJECT_A, env=env)
