@@ -12,6 +12,7 @@ source, or ``online_revocation``) are the caller's to verify and pass in.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from imgsign.chain import TrustAnchors
+    from imgsign.chain import OcspSource, TrustAnchors
+    from imgsign.ocsp import OcspResult
 
 #: Most extra moments a chain with dates problems is tried at.
 _MAX_TRIES = 16
@@ -146,3 +148,40 @@ def timestamp_evidence(document: Mapping[str, object], signature: bytes, certifi
         return None, stamp.as_dict()
     within = rfc3161.signing_time(stamp.timestamp, certificate) is not None
     return TimestampEvidence(Check.passed(), stamp.timestamp.gen_time, within), stamp.as_dict()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEvidence:
+    """:func:`image_evidence`'s answer: the evidence, and for reports the timestamp's description
+    (:meth:`imgsign.timestamp.TimestampCheck.as_dict`, or ``invalid``) and the OCSP answers used."""
+
+    evidence: Evidence
+    timestamp: dict[str, object]
+    ocsp: tuple[tuple[str, OcspResult], ...] = ()
+
+    def ocsp_dicts(self) -> list[dict[str, object]]:
+        """The OCSP answers for a result document (``[{"certificate": ..., "status": ...}]``)."""
+        return [{"certificate": name, **answer.as_dict()} for name, answer in self.ocsp]
+
+
+def image_evidence(document: Mapping[str, object], signature: bytes, certificate: x509.Certificate,
+                   rule: Rule, anchors: TrustAnchors | None, tsa_roots: Sequence[x509.Certificate],
+                   policy: Policy = DEFAULT_POLICY, *, ocsp: OcspSource | None = None) -> ImageEvidence:
+    """The evidence for ``rule`` about a signed image: its RFC 3161 timestamp (``imgsign_tst_v1`` in
+    ``document``, the image's properties) checked against ``tsa_roots`` (the rule's ``tsa`` stores: the
+    built-in policy's are the flat ``tsa_ca_file``), and the signer's chain to ``anchors`` (the rule's CA
+    stores) with revocation by ``ocsp`` (:func:`imgsign._internal.ocsp_client.for_document`: the response
+    stapled in ``document``, then the responders) beside the CRLs.
+
+    The one path every verification point takes (``verify``, ``audit``, the Glance plugin, compute
+    adoption), so a timestamp or a stapled response counts the same way at each.  ``ocsp`` is asked
+    only when a chain is checked; its ``results`` (an :class:`~imgsign._internal.ocsp_client.OcspClient`'s)
+    are reported."""
+    stamp, described = timestamp_evidence(document, signature, certificate, tsa_roots, now=policy.now())
+    if anchors is not None and ocsp is not None:
+        anchors = dataclasses.replace(anchors, ocsp=ocsp)
+    try:
+        evidence = gather(certificate, anchors, rule, policy, timestamp=stamp)
+    finally:
+        answers = tuple(getattr(ocsp, "results", ()) or ())
+    return ImageEvidence(evidence, described, answers)
