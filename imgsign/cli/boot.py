@@ -119,6 +119,17 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _revocation(ctx: click.Context) -> dict[str, Any]:
+    """``[imgsign] ocsp`` and ``ocsp_timeout`` of imgsign.conf: how the image's stapled OCSP response and the
+    responders count when a record is made (as for ``verify``)."""
+    from imgsign.cli._common import config, has_config
+
+    if not has_config(ctx):
+        return {}
+    settings = config(ctx).imgsign
+    return {"ocsp": settings.ocsp, "ocsp_timeout": settings.ocsp_timeout}
+
+
 def _or_file(value: Any, settings: BootSettings, name: str) -> Any:
     """A flag's value, else boot.conf's ``[boot] name``."""
     return value if value is not None else getattr(settings, name)
@@ -160,7 +171,7 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
             anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format, immutable=seal == "immutable", document=signed_document,
-            tsa_roots=tsa_roots(ctx, ()), image_facts=facts,
+            tsa_roots=tsa_roots(ctx, ()), image_facts=facts, **_revocation(ctx),
             disk_format=image_format.disk_format_of(image_format.with_disk_format(document, signed_document)),
         )
     emit(record.to_body()["cached_file"] | {"image_id": image_id}, fmt)
@@ -281,7 +292,7 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             anchors=anchors,
             trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
             certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
-            immutable=seal == "immutable", original=original, tsa_roots=tsa_roots(ctx, ()),
+            immutable=seal == "immutable", original=original, tsa_roots=tsa_roots(ctx, ()), **_revocation(ctx),
         )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
     if fmt is not None:
@@ -312,7 +323,7 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         instances_path, images, certificate_for, records, anchors=anchors,
         trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
         certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
-        immutable=seal == "immutable", tsa_roots=tsa_roots(ctx, ()))
+        immutable=seal == "immutable", tsa_roots=tsa_roots(ctx, ()), **_revocation(ctx))
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
     if fmt is not None:

@@ -6,7 +6,9 @@ metadata, the recorded signer certificate, and the trusted certificates its chai
 against at download.  The rule's authenticity holds when its CA stores hold the signer or one of those
 certificates (by fingerprint: a store's files are read, its key-manager ids turned into the
 certificates they were fetched as through the sealed bindings); its trusted identities are matched
-against the signer.  Dates and revocation were checked at download and are not checked again here.
+against the signer.  Dates and revocation were checked at download (or adoption) and are not checked
+again here, except that a signer which had already expired then, accepted on the image's timestamp, counts
+only under a rule whose ``tsa`` stores hold a TSA the timestamp verified against (the record's ``checks``).
 
 A record that lacks a fact some rule's scope selects on is refused: the rule cannot be chosen.
 """
@@ -16,14 +18,16 @@ from __future__ import annotations
 import os
 
 from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint
-from imgsign.errors import PolicyRefused, UntrustedCertificate
+from imgsign.errors import CertificateExpired, PolicyRefused, UntrustedCertificate
 from imgsign.trust_policy import (
     Check,
     Evidence,
     ImageFacts,
     Level,
     Rule,
+    TimestampEvidence,
     TrustPolicy,
+    TrustStore,
     decide,
     enforce,
     select,
@@ -98,7 +102,8 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
     # The signer's identity (X.509 parsing) only when the rule names trusted identities.
     identity = None if rule.trusted_identities is None else signer_identity(load_certificate(record.certificate_der))
-    evidence = Evidence(True, identity, chain)
+    stamp, dates = _recorded_dates(record, rule, records, base_dir)
+    evidence = Evidence(True, identity, chain, dates=dates, timestamp=stamp)
     decision = enforce(decide(selection, evidence))
     if not decision.warnings:
         return None
@@ -106,14 +111,34 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
                      for f in decision.warnings)
 
 
-def _fingerprints(rule: Rule, records: RecordStore, base_dir: str) -> set[str]:
-    """The SHA-256 fingerprints of the certificates of ``rule``'s CA stores known on this host."""
+def _recorded_dates(record: TrustRecord, rule: Rule, records: RecordStore,
+                    base_dir: str) -> tuple[TimestampEvidence | None, Check]:
+    """The dates evidence of what was checked when the record was made (:mod:`imgsign.compute.trust_checks`).
+
+    A signer that had expired by then was accepted on the image's timestamp: that counts for ``rule`` only
+    when its ``tsa`` stores hold a TSA certificate the timestamp verified against; else the expiry stands
+    (the rule's ``expiry`` action decides).  Otherwise the dates were checked then and are not checked again."""
+    checks = record.checks
+    if checks is None or checks.judged_at is None:
+        return None, Check()
+    expired = (f"the signing certificate of image {record.image_id} had expired when the image was recorded and "
+               f"was judged at its timestamp ({checks.judged_at:%Y-%m-%d %H:%M:%S} UTC)")
+    if set(checks.tsa_fingerprints) & _fingerprints(rule, records, base_dir, rule.tsa_stores):
+        return TimestampEvidence(Check.passed(), checks.judged_at, True), Check.failed(CertificateExpired(expired))
+    return None, Check.failed(CertificateExpired(
+        f"{expired}, made by a TSA that is not in the tsa trust stores of rule {rule.name}"))
+
+
+def _fingerprints(rule: Rule, records: RecordStore, base_dir: str,
+                  stores: tuple[TrustStore, ...] | None = None) -> set[str]:
+    """The SHA-256 fingerprints of the certificates of ``stores`` (default: ``rule``'s CA stores) known on
+    this host."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from imgsign.certificates import load_certificates
 
     found: set[str] = set()
-    for store in rule.ca_stores:
+    for store in rule.ca_stores if stores is None else stores:
         for name in store.certificate_files:
             data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
             found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))

@@ -25,6 +25,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
 
@@ -113,6 +114,8 @@ def adopt_all(
     report: Callable[[int, int, Outcome], None] | None = None,
     immutable: bool,
     tsa_roots: Sequence[x509.Certificate] = (),
+    ocsp: str = "strict",
+    ocsp_timeout: float = 10.0,
 ) -> list[Outcome]:
     """Adopt every base of ``instances_path`` that has no valid trust record; one :class:`Outcome` per file.
 
@@ -122,7 +125,8 @@ def adopt_all(
     ``img_signature_certificate_uuid`` (bound for the hook, as :func:`~imgsign.compute.adoption.adopt`
     does).  ``policy``, ``immutable``: the certificate checks and the seal (``--seal``) every base is
     checked and adopted under, no default.  Each base's lock is held while it is checked and adopted.
-    ``tsa_roots``: the TSAs whose timestamp tokens count (as for :func:`~imgsign.compute.adoption.adopt`).
+    ``tsa_roots``: the TSAs whose timestamp tokens count, ``ocsp``, ``ocsp_timeout``: how the stapled OCSP
+    response and the responders count (as for :func:`~imgsign.compute.adoption.adopt`).
     ``report(index, total, outcome)`` is called after each file.  An insecure state directory
     or an unreadable ``_base`` raises before any base is touched.
     """
@@ -142,7 +146,7 @@ def adopt_all(
         else:
             outcome = _adopt_one(instances_path, name, by_name.get(name), images, certificate_for, records,
                                  anchors, trusted_ids, certificate_ids_from_properties, policy, immutable,
-                                 tsa_roots)
+                                 tsa_roots, {"ocsp": ocsp, "ocsp_timeout": ocsp_timeout})
         outcomes.append(outcome)
         if report is not None:
             report(index, len(entries), outcome)
@@ -159,7 +163,8 @@ def _is_directory(dir_fd: int, name: str) -> bool:
 def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Mapping[str, Mapping[str, object]],
                certificate_for: Callable[[SignatureProperties], x509.Certificate], records: RecordStore,
                anchors: TrustAnchors | None, trusted_ids: Sequence[str], ids_from_properties: bool,
-               policy: Policy, immutable: bool, tsa_roots: Sequence[x509.Certificate] = ()) -> Outcome:
+               policy: Policy, immutable: bool, tsa_roots: Sequence[x509.Certificate] = (),
+               revocation: Mapping[str, Any] | None = None) -> Outcome:
     try:
         with records.locks.hold(name):  # the check and the adoption, one run at a time
             if image_id is None:
@@ -177,7 +182,7 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
             record = adoption.adopt(instances_path, image_id, properties, certificate, records, anchors=anchors,
                                     trusted_ids=trusted_ids,
                                     certificate_id=signed.certificate_uuid if ids_from_properties else None,
-                                    policy=policy, immutable=immutable, tsa_roots=tsa_roots)
+                                    policy=policy, immutable=immutable, tsa_roots=tsa_roots, **(revocation or {}))
     except ImgsignError as error:
         return Outcome(name, REFUSED, image_id, detail=error.message, reason=error.reason, exit_code=error.exit_code)
     return Outcome(name, ADOPTED, image_id, record=record)

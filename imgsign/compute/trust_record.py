@@ -32,6 +32,7 @@ import json
 
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT, BaseLocks
 from imgsign.compute.sealed import Damaged, SealedStore
+from imgsign.compute.trust_checks import TrustChecks
 from imgsign.errors import ImgsignError, InputError, TrustRecordError
 from imgsign.properties import SignatureProperties
 
@@ -85,6 +86,9 @@ class TrustRecord:
     #: What Glance said of the image when it was verified (owner, visibility, image_type: the facts a trust
     #: policy's scopes select on); None when the record was made without Glance's record (a file).
     image_facts: dict[str, str] | None = None
+    #: The timestamp and OCSP answers checked when the record was made (:mod:`imgsign.compute.trust_checks`);
+    #: None when there were none.
+    checks: TrustChecks | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,7 @@ class TrustRecord:
             "source_format": self.source_format,
             "recorded_at": self.recorded_at,
             **({} if self.image_facts is None else {"image": dict(self.image_facts)}),
+            **({} if self.checks is None else {"checks": self.checks.to_body()}),
         }
 
     def digest(self) -> str:
@@ -132,6 +137,7 @@ class TrustRecord:
                 source_format=_text(body["source_format"]),
                 recorded_at=_text(body["recorded_at"]),
                 image_facts=_facts(body.get("image")),
+                checks=None if body.get("checks") is None else TrustChecks.from_body(body["checks"]),
             )
             if cached["name"] != cache_name(record.image_id):
                 raise TrustRecordError("trust record names another image's cache file")
