@@ -70,6 +70,13 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
     ``online_revocation``: asked first for the validated path (not under a rule that skips
     revocation); when it answers NOT_CHECKED the CRLs decide.
     """
+    return _gather(certificate, anchors, rule, policy, timestamp, online_revocation)[0]
+
+
+def _gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Rule, policy: Policy,
+            timestamp: TimestampEvidence | None, online_revocation: RevocationCheck | None = None
+            ) -> tuple[Evidence, list[x509.Certificate]]:
+    """:func:`gather`, and the path it built (signer first; empty when no chain was built)."""
     from imgsign.certificates import check_dates
 
     now = policy.now()
@@ -78,7 +85,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
         dates = Check()
         if not policy.ignore_certificate_dates:
             dates = _attempt(lambda: check_dates(certificate, now))
-        return Evidence(True, identity, dates=dates, timestamp=timestamp)
+        return Evidence(True, identity, dates=dates, timestamp=timestamp), []
     from imgsign.certificates import describe
     from imgsign.chain import build_path, check_revocation
 
@@ -88,7 +95,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
     except UntrustedCertificate as first:
         found = _path_at_another_time(certificate, anchors, now, timestamp)
         if found is None:
-            return Evidence(True, identity, chain=Check.failed(first), timestamp=timestamp)
+            return Evidence(True, identity, chain=Check.failed(first), timestamp=timestamp), []
         path, dates = found, Check.failed(first)
     revocation = Check()
     if rule.actions["revocation"] is not Action.SKIP:
@@ -97,7 +104,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
         if revocation.status is Status.NOT_CHECKED:
             revocation = _attempt(lambda: check_revocation(path, anchors, now))
     return Evidence(True, identity, Check.passed(), dates, revocation, timestamp,
-                    tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path))
+                    tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path)), path
 
 
 def _attempt(check: Callable[[], None]) -> Check:
@@ -158,6 +165,8 @@ class ImageEvidence:
     evidence: Evidence
     timestamp: dict[str, object]
     ocsp: tuple[tuple[str, OcspResult], ...] = ()
+    #: The validated path, signer first (empty when no chain was checked or none was found).
+    path: tuple[x509.Certificate, ...] = ()
 
     def ocsp_dicts(self) -> list[dict[str, object]]:
         """The OCSP answers for a result document (``[{"certificate": ..., "status": ...}]``)."""
@@ -180,8 +189,5 @@ def image_evidence(document: Mapping[str, object], signature: bytes, certificate
     stamp, described = timestamp_evidence(document, signature, certificate, tsa_roots, now=policy.now())
     if anchors is not None and ocsp is not None:
         anchors = dataclasses.replace(anchors, ocsp=ocsp)
-    try:
-        evidence = gather(certificate, anchors, rule, policy, timestamp=stamp)
-    finally:
-        answers = tuple(getattr(ocsp, "results", ()) or ())
-    return ImageEvidence(evidence, described, answers)
+    evidence, path = _gather(certificate, anchors, rule, policy, stamp)
+    return ImageEvidence(evidence, described, tuple(getattr(ocsp, "results", ()) or ()), tuple(path))

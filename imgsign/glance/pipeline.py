@@ -39,10 +39,10 @@ ORIGINAL_PREFIX = "imgsign_original_"
 
 @dataclasses.dataclass(frozen=True)
 class VerifiedImage:
-    """What was verified: the properties, the signer, the digest the signature covers and the number of
-    bytes read; the decision of the trust policy rule that applied (the built-in policy's for the flat
-    options), the subjects of the validated path (empty when no chain was checked), the timestamp's
-    description and the OCSP answers used."""
+    """What was verified: the properties, the signer, its validated chain (empty when no chain was checked),
+    the digest the signature covers and the number of bytes read; the decision of the trust policy rule
+    that applied (the built-in policy's for the flat options), the subjects of the validated path, the
+    timestamp's description and the OCSP answers used."""
 
     properties: SignatureProperties
     certificate: x509.Certificate
@@ -125,7 +125,7 @@ def verify_image(
         verifier.update(chunk)
         size += len(chunk)
     verifier.verify()
-    return VerifiedImage(parsed, certificate, (), verifier.verified_digest, size, decision,
+    return VerifiedImage(parsed, certificate, gathered.path, verifier.verified_digest, size, decision,
                          gathered.evidence.path, gathered.timestamp, tuple(gathered.ocsp_dicts()))
 
 
