@@ -13,6 +13,8 @@ key manager:
 * the SHA-256 fingerprints of the trusted certificates the signer's chain was
   validated against (trust is decided on certificates, never on ids: the hook
   maps its trusted ids to fingerprints through the sealed :class:`AnchorStore`);
+* what was checked of the signer beyond its chain (``checks``, :mod:`imgsign.compute.trust_checks`):
+  the RFC 3161 timestamp and the TSA certificates it verified against, and the OCSP answers used;
 * the cached file as written: its format and SHA-256.
   Nova converts qcow2 to raw (``force_raw_images``), so the cached file is not
   the signed bytes; the record binds "verified original -> converted file ->
