@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes
 
 from imgsign import audit, errors, ocsp
 from imgsign._internal import ocsp_client
+from imgsign.compute import trust_checks
 from imgsign.compute.trust_record import RecordStore
 from imgsign.trust_policy import load_policy_text
 from tests.conftest import pki, run_cli
@@ -237,3 +240,49 @@ def test_audit_by_policy_takes_the_rules_tsa_stores_and_ocsp(world, tmp_path):
     assert not refused.passed and refused.verdict == "refused", refused
     revoked = _assess(world, world["revoked_props"], world["revoked"], with_tsa)
     assert revoked.chain.status is audit.ChainStatus.REVOKED and revoked.verdict == "refused", revoked
+
+
+# --- the recorded checks: parsed strictly ------------------------------------------------------------------------
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=70),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner, max_size=5),
+                     max_leaves=20)
+_MOMENT = st.datetimes(timezones=st.just(datetime.timezone.utc)).map(lambda m: m.isoformat())
+_ANSWER = st.fixed_dictionaries({k: st.text(max_size=30) for k in trust_checks.OCSP_KEYS})
+_BODY = st.fixed_dictionaries({
+    "timestamp": st.none() | _MOMENT | _JSON, "judged_at": st.none() | _MOMENT | _JSON,
+    "tsa_fingerprints": st.lists(st.text("0123456789abcdef", min_size=64, max_size=64) | _JSON, max_size=3),
+    "ocsp": st.lists(_ANSWER | _JSON, max_size=3)})
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_BODY, _JSON))
+def test_fuzz_recorded_checks_parse_or_are_refused_and_round_trip(body):
+    try:
+        checks = trust_checks.TrustChecks.from_body(body)
+    except (TypeError, ValueError):
+        return
+    assert trust_checks.TrustChecks.from_body(checks.to_body()) == checks
+    assert all(len(f) == 64 for f in checks.tsa_fingerprints)
+    assert checks.judged_at is None or checks.judged_at.tzinfo is not None
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_BODY, _JSON))
+def test_fuzz_a_record_with_malformed_checks_is_damaged_never_trusted(body):
+    from imgsign.compute.image_cache import new_record
+    from imgsign.properties import SignatureProperties
+    from imgsign.errors import TrustRecordError
+    from imgsign.compute.trust_record import TrustRecord
+
+    signed = SignatureProperties.from_mapping({"img_signature": "AAAA", "img_signature_hash_method": "SHA-256",
+                                               "img_signature_key_type": "RSA-PSS",
+                                               "img_signature_certificate_uuid": "c0ffee"})
+    record = new_record("img", signed, load(CA), bytes(32), None, (), cached_format="raw", cached_sha256=bytes(32),
+                        cached_size=1, source_format="raw")
+    document = {**record.to_body(), "checks": body}
+    try:
+        parsed = TrustRecord.from_body(document)
+    except TrustRecordError:
+        return
+    assert parsed.checks is None or parsed.checks.to_body() == body
