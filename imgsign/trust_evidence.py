@@ -7,7 +7,9 @@ fault is its dates is told apart from an untrusted one (the rule's ``expiry`` ac
 Revocation is checked at the evaluation time, against CRLs current then, unless the rule skips it.
 An RFC 3161 timestamp (:class:`~imgsign.trust_policy.TimestampEvidence`, from :func:`timestamp_evidence`:
 :mod:`imgsign.timestamp` against the rule's TSA stores) and an OCSP answer (the anchors' ``ocsp``
-source, or ``online_revocation``) are the caller's to verify and pass in.
+source, or ``online_revocation``) are the caller's to verify and pass in.  So is a host-signed image's
+provenance (:func:`provenance_evidence`, for ``hostSigned`` rules), with the base image's certificate
+fetched by the caller's ``base_certificate``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 from imgsign.errors import ImgsignError, UntrustedCertificate
 from imgsign.policy import DEFAULT_POLICY, Policy
-from imgsign.trust_policy import Action, Check, Evidence, Rule, SignerIdentity, Status, TimestampEvidence
+from imgsign.trust_policy import (
+    Action,
+    Check,
+    Evidence,
+    ProvenanceEvidence,
+    Rule,
+    SignerIdentity,
+    Status,
+    TimestampEvidence,
+)
 
 #: ``typing.TYPE_CHECKING`` without importing typing (the boot hook imports this module).
 TYPE_CHECKING = False
@@ -191,3 +202,68 @@ def image_evidence(document: Mapping[str, object], signature: bytes, certificate
         anchors = dataclasses.replace(anchors, ocsp=ocsp)
     evidence, path = _gather(certificate, anchors, rule, policy, stamp)
     return ImageEvidence(evidence, described, tuple(getattr(ocsp, "results", ()) or ()), tuple(path))
+
+
+#: The base image's signing certificate by the key-manager id a provenance statement names (``certificateId``);
+#: raises an :class:`~imgsign.errors.ImgsignError` when it cannot be had.
+BaseCertificate = Callable[[str], "x509.Certificate"]
+
+
+def provenance_evidence(properties: Mapping[str, object], certificate: x509.Certificate, rule: Rule, *,
+                        image_id: str | None, base_certificate: BaseCertificate | None,
+                        base_anchors: TrustAnchors | None,
+                        policy: Policy = DEFAULT_POLICY) -> ProvenanceEvidence | None:
+    """The provenance evidence for a ``hostSigned`` rule (None for any other rule).
+
+    The statement in ``properties`` is checked with ``certificate`` (the image's signer) and bound to
+    ``image_id`` (:func:`imgsign.provenance.verify_provenance`).  The base it names is checked here: its
+    certificate (``base_certificate(certificateId)``) must be the one the statement names by SHA-256 and
+    chain to ``base_anchors`` (the rule's ``baseTrustStores``) at the statement's ``createdAt``: it was
+    trusted when the snapshot was made.  Its revocation is not checked (the CRLs of that moment are gone).
+    """
+    if rule.host_signed is None:
+        return None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.certificates import certificate_public_key
+    from imgsign.chain import build_path
+    from imgsign.errors import ProvenanceError
+    from imgsign.provenance import verify_provenance
+
+    try:
+        statement = verify_provenance(properties, certificate_public_key(certificate),
+                                      hashlib.sha256(certificate.public_bytes(Encoding.DER)).digest(),
+                                      image_id=image_id, policy=policy)
+    except ImgsignError as exc:
+        return ProvenanceEvidence(Check.failed(exc))
+    found = ProvenanceEvidence(Check.passed(), statement.project_id, statement.host)
+    base = statement.base
+    if base is None:
+        return found
+    found = ProvenanceEvidence(Check.passed(), statement.project_id, statement.host, base.image_id)
+
+    def failed(error: ImgsignError, signer: SignerIdentity | None = None) -> ProvenanceEvidence:
+        return ProvenanceEvidence(found.check, found.project_id, found.host, found.base_image_id,
+                                  Check.failed(error), signer)
+
+    if base_certificate is None or base_anchors is None:
+        return failed(ProvenanceError(f"the base image {base.image_id}'s certificate {base.certificate_id} cannot be "
+                                      f"checked here: no key manager to read it from, or rule {rule.name} has no "
+                                      "baseTrustStores loaded"))
+    try:
+        base_cert = base_certificate(base.certificate_id)
+    except ImgsignError as exc:
+        return failed(ProvenanceError(f"the base image {base.image_id}'s certificate {base.certificate_id} cannot be "
+                                      f"read: {exc.message}"))
+    if hashlib.sha256(base_cert.public_bytes(Encoding.DER)).digest() != base.certificate_sha256:
+        return failed(ProvenanceError(f"certificate {base.certificate_id} is not the one that signed the base image "
+                                      f"{base.image_id} (the provenance names SHA-256 "
+                                      f"{base.certificate_sha256.hex()})"))
+    signer = signer_identity(base_cert)
+    try:
+        build_path(base_cert, base_anchors, statement.created_at)
+    except ImgsignError as exc:
+        return failed(ProvenanceError(f"the base image {base.image_id}'s signer {signer.subject} did not chain to the "
+                                      f"baseTrustStores of rule {rule.name} when the snapshot was made "
+                                      f"({statement.created_at:%Y-%m-%d %H:%M:%S} UTC): {exc.message}"), signer)
+    return ProvenanceEvidence(found.check, found.project_id, found.host, found.base_image_id, Check.passed(), signer)

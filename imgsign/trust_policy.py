@@ -175,7 +175,7 @@ class Scope:
 class HostSigned:
     """A rule's ``hostSigned``: the image was made and signed by a compute host (``imgsign gateway``).
 
-    The image must carry a provenance statement (:mod:`imgsign.gateway.provenance`) that verifies with
+    The image must carry a provenance statement (:mod:`imgsign.provenance`) that verifies with
     the signer's key and names this image and its digest; the project it states must be the image's
     owner and, at boot, the booting project; and it must name a base image whose signer chained, when
     the snapshot was made, to one of ``base_trust_stores`` and is one of ``base_identities`` (None: any).
@@ -728,7 +728,7 @@ class ProvenanceEvidence:
     """A host-signed image's provenance statement, as the caller verified it (for a ``hostSigned`` rule).
 
     ``check`` PASSED: the statement verifies with the signer's key and names this image and the digest
-    ``img_signature`` signs (:func:`imgsign.gateway.provenance.verify_provenance`); FAILED (with the
+    ``img_signature`` signs (:func:`imgsign.provenance.verify_provenance`); FAILED (with the
     reason) or NOT_CHECKED (no statement).  ``project_id``, ``host``, ``base_image_id``: what it states
     (None when it names no base).  ``base``: PASSED when the base's certificate is the one the statement
     names and chained to the rule's ``baseTrustStores`` when the snapshot was made; ``base_signer`` that

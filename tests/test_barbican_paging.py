@@ -101,3 +101,44 @@ def test_listing_while_secrets_are_deleted_never_skips_one(store, monkeypatch):
         outcomes.append("complete")
     deleter.join()
     assert outcomes[-1] == "complete" and {i.id for i in store.list_objects("certificate")} == survivors
+
+
+def test_a_secret_private_to_another_user_is_passed_over_by_the_duplicate_check(barbican_server, tmp_path):
+    """Another member of the project made a certificate secret private (ACL ``project-access: false``):
+    the duplicate check (``--store-cert``, imgsign_resign's and the gateway's copy into a project) passes
+    over it, even when it holds the very certificate sought, instead of failing on its 403 (base commit
+    ddb8538: KeyManagerError "cannot list certificates", so no member could store a certificate any more).
+    A CRL the listing cannot read stays an error: a CRL is never skipped."""
+    import requests
+    from oslo_context import context as oslo_context
+
+    keystone = barbican_server.keystone
+    manager = key_manager.API(_load_conf(tmp_path / "castellan.conf", barbican_server.castellan_config()))
+    project = f"private-{uuid.uuid4().hex[:10]}"
+    alice = CastellanStore(manager, barbican_server.context(project), "barbican (alice)")
+    account = keystone.account(f"bob-of-{project}", project)
+    bob_token = keystone.token(account.user)
+    bob = CastellanStore(manager, oslo_context.RequestContext(auth_token=bob_token, project_id=account.project_id),
+                         "barbican (bob)")
+
+    def private(secret_id: str) -> None:
+        response = requests.put(f"{barbican_server.url}/v1/secrets/{secret_id}/acl", timeout=30,
+                                headers={"X-Auth-Token": bob_token}, json={"read": {"project-access": False}})
+        assert response.status_code == 200, response.text
+
+    sought, other = der(CERTIFICATES[0]), der(CERTIFICATES[1])
+    hidden = bob.store_certificate(sought, name="bob's own")
+    private(hidden)
+    with pytest.raises(errors.KeyManagerError, match=r"(?i)forbidden"):
+        alice.get_certificate(hidden)
+    assert bob.find_certificate(sought) == hidden
+    assert alice.find_certificate(sought) is None
+    readable = alice.store_certificate(other)
+    assert alice.find_certificate(other) == readable
+    copy = alice.store_certificate(sought)
+    assert alice.find_certificate(sought) == copy and copy != hidden
+
+    private(bob.store_crl(load_crl(pki("intermediate-ca.crl.pem").read_bytes()).public_bytes(Encoding.DER),
+                          "CN=imgsign test intermediate-ca"))
+    with pytest.raises(errors.KeyManagerError, match=r"(?i)forbidden"):
+        alice.get_crls()

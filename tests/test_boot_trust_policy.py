@@ -31,6 +31,8 @@ from tests.test_trust_policy_example import EXAMPLE, PROJECT_A, PROJECT_B, PROJE
 
 DATA = os.urandom(1024 * 1024 + 5)
 SNAPSHOT_A = {"owner": PROJECT_A, "visibility": "private", "image_type": "snapshot"}
+PRIVATE_A = {"owner": PROJECT_A, "visibility": "private", "image_type": "image"}
+OUTSIDER_CA = make_ca("CN=Elsewhere CA")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,8 @@ def example(tmp_path_factory):
     for name, ca in cas.items():
         ca.write(root / "ca", name)
     leaves = {"compute": make_leaf(cas["compute-hosts"], "CN=compute-7,O=Example"),
-              "outsider": make_leaf(make_ca("CN=Elsewhere CA"), "CN=someone")}
+              "project-a": make_leaf(cas["project-a"], "CN=Project A builds,O=Example"),
+              "outsider": make_leaf(OUTSIDER_CA, "CN=someone")}
     policy = load_policy_text((root / "policy.yaml").read_bytes(), str(root / "policy.yaml"))
     return root, policy, cas, leaves
 
@@ -56,12 +59,16 @@ def cache(tmp_path, example, leaf, image_id, facts, anchored=True):
     return records, str(tmp_path / "_base" / cache_name(image_id))
 
 
-def test_compute_signed_snapshot_boots_only_in_its_own_project(tmp_path, example):
+def test_the_booting_project_chooses_the_snapshot_rule(tmp_path, example):
+    """Booted by its owner a snapshot falls under own-snapshots (hostSigned: one the compute CA signed with
+    no provenance is refused, 90); booted by another project, or by none, under other-snapshots (the compute
+    CA is not trusted there at all).  A host-signed snapshot's own boots: tests/test_host_signed_boot.py."""
     root, policy, _, _ = example
     records, base = cache(tmp_path, example, "compute", "snap-1", SNAPSHOT_A)
     boot = BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root))
     home = verify_for_boot(base, records, boot, booting_project=PROJECT_A)
-    assert home.allowed and home.code == 0, home
+    assert not home.allowed and home.code == errors.ProvenanceError.exit_code, home
+    assert "own-snapshots trusts only host-signed images" in home.message
     for other in (PROJECT_B, None):
         away = verify_for_boot(base, records, boot, booting_project=other)
         assert not away.allowed and away.code == errors.UntrustedCertificate.exit_code, away
@@ -212,20 +219,22 @@ def test_the_servers_own_certificates_narrow_what_the_policy_allows(tmp_path, ex
     from cryptography.hazmat.primitives.serialization import Encoding
 
     root, policy, cas, _ = example
-    records, base = cache(tmp_path, example, "compute", "snap-n", SNAPSHOT_A)
-    records.anchors.bind("compute-ca", cas["compute-hosts"].cert.public_bytes(Encoding.DER))
+    records, base = cache(tmp_path, example, "project-a", "img-n", PRIVATE_A)
+    records.anchors.bind("project-a-ca", cas["project-a"].cert.public_bytes(Encoding.DER))
     records.anchors.bind("team-ca", cas["image-team"].cert.public_bytes(Encoding.DER))
 
-    def boot(server_ids, project):
+    def boot(records, base, server_ids, project):
         return verify_for_boot(base, records, BootPolicy(immutable_bases=False, trust=policy, trust_dir=str(root),
                                                          server_certificate_ids=server_ids, server_id="srv-1"),
                                booting_project=project)
 
-    allowed = boot(("compute-ca",), PROJECT_A)
+    allowed = boot(records, base, ("project-a-ca",), PROJECT_A)
     assert allowed.allowed and allowed.code == 0, allowed
-    narrowed = boot(("team-ca",), PROJECT_A)  # the policy trusts it; the server's own list does not
+    narrowed = boot(records, base, ("team-ca",), PROJECT_A)  # the policy trusts it; the server's own list does not
     assert not narrowed.allowed and narrowed.code == errors.UntrustedCertificate.exit_code, narrowed
     assert "of server srv-1 in Nova" in narrowed.message
-    # The server's list cannot widen the policy: another project's boot stays refused by the rule.
-    widened = boot(("compute-ca",), PROJECT_B)
-    assert not widened.allowed and "rule other-snapshots" in widened.message, widened
+    # The server's list cannot widen the policy: a signer the rule does not trust stays refused.
+    records_o, base_o = cache(tmp_path / "o", example, "outsider", "img-o", PRIVATE_A, anchored=False)
+    records_o.anchors.bind("outsider-ca", OUTSIDER_CA.cert.public_bytes(Encoding.DER))
+    widened = boot(records_o, base_o, ("outsider-ca",), PROJECT_A)
+    assert not widened.allowed and "rule project-a-private" in widened.message, widened

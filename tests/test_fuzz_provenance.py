@@ -19,8 +19,13 @@ from hypothesis import strategies as st
 from imgsign import HashMethod, Signer, errors, load_certificate, load_private_key
 from imgsign._internal import chunked
 from imgsign.certificates import certificate_public_key
-from imgsign.gateway.provenance import (
-    PREFIX, Provenance, parse_envelope, parse_statement, sign_provenance, verify_provenance,
+from imgsign.provenance import (
+    PREFIX,
+    Provenance,
+    parse_envelope,
+    parse_statement,
+    sign_provenance,
+    verify_provenance,
 )
 from tests.conftest import CERT_UUID, cert_of, key_of
 

@@ -120,3 +120,31 @@ def test_glance_refusals_come_back_as_glance_gave_them(glance: GlanceServer, gat
     assert unauthenticated.status_code == 401
     assert unauthenticated.headers.get("WWW-Authenticate") == \
         requests.get(f"{glance.url}/v2/images", timeout=60).headers.get("WWW-Authenticate")
+
+
+def test_discovery_through_the_gateway_leads_back_to_the_gateway(glance: GlanceServer,
+                                                                 gateway: GatewayProcess) -> None:
+    """A client that discovers Glance's versions (keystoneauth's version discovery, as openstacksdk does)
+    follows the ``href`` of Glance's version document: passed through as Glance wrote it, that link
+    would lead it around the gateway to Glance itself.  (Nova 34's glanceclient path uses
+    ``endpoint_override`` as it is, with no discovery; the rewrite keeps any other path honest too.)"""
+    from keystoneauth1 import adapter, noauth, session
+
+    direct = requests.get(glance.url + "/", timeout=60).json()
+    assert all(link["href"].startswith(glance.url) for v in direct["versions"] for link in v["links"])
+    for path in ("/", "/versions"):
+        answer = requests.get(gateway.url + path, timeout=60, headers={"Accept-Encoding": "gzip"})
+        assert answer.status_code in (200, 300), answer.text
+        hrefs = [link["href"] for v in answer.json()["versions"] for link in v["links"]]
+        assert hrefs and all(href.startswith(gateway.url + "/") for href in hrefs), hrefs
+        assert [v["id"] for v in answer.json()["versions"]] == [v["id"] for v in direct["versions"]]
+
+    def endpoint(override: str) -> str:
+        data = adapter.Adapter(session.Session(auth=noauth.NoAuth()), service_type="image",
+                               endpoint_override=override, min_version="2.0",
+                               max_version="2.latest").get_endpoint_data()
+        assert data is not None
+        return str(data.url)
+
+    assert endpoint(glance.url).startswith(glance.url + "/v2")
+    assert endpoint(gateway.url).startswith(gateway.url + "/v2"), endpoint(gateway.url)

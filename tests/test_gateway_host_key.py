@@ -19,7 +19,7 @@ from imgsign import HashMethod, errors, load_certificate
 from imgsign.certificates import certificate_public_key
 from imgsign.gateway.config import SigningConfig
 from imgsign.gateway.host_key import HostSigner
-from imgsign.gateway.provenance import Provenance, verify_provenance
+from imgsign.provenance import Provenance, verify_provenance
 from tests.conftest import cert_of, key_of, run_cli
 from tests.test_pkcs11 import TOKEN, module_path
 
@@ -119,10 +119,10 @@ def _serve(conf: Path) -> subprocess.CompletedProcess[str]:
     (f"key = {key_of('ECC_SECP384R1')}\ncertificate = {cert_of('RSA-PSS')}\ncertificate_id = {CERT_ID}\n", 23,
      "does not belong"),
     (f"key = {key_of('RSA-PSS')}\n", 10, "needs certificate"),
-    (f"key = k\ncertificate = c\ncertificate_id = i\nhash_method = sha256\n", 10, "hash_method"),
-    (f"key = k\ncertificate = c\ncertificate_id = i\nunmatched = sign\n", 10, "unmatched"),
-    (f"key = k\ncertificate = c\ncertificate_id = i\npin = 1234\n", 10, "unknown [signing] option"),
-    (f"key = k\ncertificate = c\ncertificate_id = i\nhost = compute 1\n", 10, "is not a host name"),
+    ("key = k\ncertificate = c\ncertificate_id = i\nhash_method = sha256\n", 10, "hash_method"),
+    ("key = k\ncertificate = c\ncertificate_id = i\nunmatched = sign\n", 10, "unmatched"),
+    ("key = k\ncertificate = c\ncertificate_id = i\npin = 1234\n", 10, "unknown [signing] option"),
+    ("key = k\ncertificate = c\ncertificate_id = i\nhost = compute 1\n", 10, "is not a host name"),
     (f"key = /nonexistent.key\ncertificate = {cert_of('RSA-PSS')}\ncertificate_id = {CERT_ID}\n", 10,
      "/nonexistent.key"),
 ])

@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from imgsign import errors
 from imgsign.gateway.domains import owner_project
 from imgsign.gateway.intercept import (
-    DomainInfo, Verdict, decide, location_target, patch_adds_location, upload_target,
+    DomainInfo,
+    Verdict,
+    decide,
+    location_target,
+    patch_adds_location,
+    upload_target,
 )
 
 EXAMPLES = int(os.environ.get("IMGSIGN_FUZZ_EXAMPLES", "200"))
@@ -101,7 +106,7 @@ def test_owner_project_from_nova_metadata() -> None:
 
 
 def test_two_owners_or_hostile_xml_are_errors() -> None:
-    doubled = NOVA_XML.replace("</nova:owner>", f'<nova:project uuid="other"/></nova:owner>')
+    doubled = NOVA_XML.replace("</nova:owner>", '<nova:project uuid="other"/></nova:owner>')
     with pytest.raises(errors.InputError):
         owner_project(doubled.encode())
     with pytest.raises(errors.InputError):

@@ -16,8 +16,8 @@ import pytest
 
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.domains import VirshDomains
-from imgsign.gateway.provenance import verify_provenance
 from imgsign.keymanager.config import load
+from imgsign.provenance import verify_provenance
 from tests.conftest import cert_of, key_of
 from tests.servers.glance import glance_server
 from tests.servers.libvirt import libvirt_daemon, unavailable

@@ -25,8 +25,8 @@ from imgsign.certificates import certificate_public_key
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.domains import DomainLookup
 from imgsign.gateway.intercept import DomainInfo
-from imgsign.gateway.provenance import PAYLOAD_TYPE, PREFIX, pae, verify_provenance
 from imgsign.keymanager.config import load, open_store
+from imgsign.provenance import PAYLOAD_TYPE, PREFIX, pae, verify_provenance
 from tests.conftest import cert_of, key_of, run_cli
 from tests.servers.glance import GlanceServer, glance_server
 from tests.servers.nova import fetch_to_raw, upload_snapshot
@@ -98,7 +98,8 @@ def env(tmp_path_factory, keystone) -> Env:
 
 @pytest.fixture(scope="module")
 def glance(env: Env, keystone) -> Iterator[GlanceServer]:
-    with glance_server(env.root / "glance", keystone=keystone, keystore=env.keystore) as server:
+    # show_image_direct_url: the records name their store location, as an RBD deployment's do.
+    with glance_server(env.root / "glance", keystone=keystone, keystore=env.keystore, show_direct_url=True) as server:
         yield server
 
 
@@ -296,3 +297,27 @@ def test_a_large_patch_of_another_image_passes_whole(glance, signing) -> None:
         if response.status_code == 200:
             assert _image(glance, image_id)["note"] == value
     assert answers[0] == answers[1], answers
+
+
+def test_nova_reads_no_location_through_the_gateway(env, glance, signing, base_id, tmp_path) -> None:
+    """Nova's RBD paths (``Rbd.clone`` to boot, ``direct_snapshot``'s parent pool to snapshot) read an image's
+    locations; with none, both fall back (download, verified by the hook; upload, signed here).  Glance
+    names its store location; Nova 34's own ``API().get(include_locations=True)`` through the gateway sees
+    none, and the records have neither ``locations`` nor ``direct_url``."""
+    from tests.servers.nova import image_locations
+
+    token = _headers(glance)["X-Auth-Token"]
+    direct = image_locations(tmp_path / "direct", glance_url=glance.url, token=token, project_id=env.project_id,
+                             image_id=base_id)
+    assert direct and all(url.startswith("file://") for url in direct), direct
+    through = image_locations(tmp_path / "through", glance_url=signing["url"], token=token,
+                              project_id=env.project_id, image_id=base_id)
+    assert through == []
+    record = requests.get(f"{signing['url']}/v2/images/{base_id}", headers=_headers(glance), timeout=60)
+    listed = requests.get(f"{signing['url']}/v2/images", headers=_headers(glance), timeout=60)
+    assert record.status_code == listed.status_code == 200
+    assert "direct_url" in requests.get(f"{glance.url}/v2/images/{base_id}", headers=_headers(glance),
+                                        timeout=60).json()
+    for image in (record.json(), *listed.json()["images"]):
+        assert "direct_url" not in image and "locations" not in image, image
+    assert record.json()["id"] == base_id and record.headers["Content-Type"].startswith("application/json")

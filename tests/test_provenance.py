@@ -18,15 +18,23 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from imgsign import HashMethod, Signer, errors, load_certificate, load_private_key
 from imgsign._internal import chunked
 from imgsign.certificates import certificate_public_key
-from imgsign.gateway.provenance import (
-    PAYLOAD_TYPE, PREFIX, BaseImage, Provenance, pae, parse_envelope, read_envelope, refuse_envelope_lookalike,
-    sign_provenance, verify_provenance,
+from imgsign.provenance import (
+    PAYLOAD_TYPE,
+    PREFIX,
+    BaseImage,
+    Provenance,
+    pae,
+    parse_envelope,
+    read_envelope,
+    refuse_envelope_lookalike,
+    sign_provenance,
+    verify_provenance,
 )
 from tests.conftest import CERT_UUID, HASHES, cert_of, key_of
 
 IMAGE_ID = "5f1c2a8e-3b4d-4e6f-8a9b-0c1d2e3f4a5b"
 BASE = BaseImage("1d2e3f4a-5b6c-4d7e-8f90-a1b2c3d4e5f6", hashlib.sha256(b"base signature").digest(),
-                 hashlib.sha256(b"base certificate").digest())
+                 hashlib.sha256(b"base certificate").digest(), "0c9e4f1a-2b3d-4e5f-8a6b-7c8d9e0f1a2b")
 WHEN = datetime.datetime(2026, 12, 6, 3, 0, 0, tzinfo=datetime.timezone.utc)
 
 
@@ -124,6 +132,7 @@ def test_a_base_that_was_not_signed_is_stated_as_null() -> None:
 EDITS = {
     "project": lambda s: s["predicate"].__setitem__("projectId", "another-project"),
     "base": lambda s: s["predicate"]["baseImage"].__setitem__("id", "another-base"),
+    "base certificate id": lambda s: s["predicate"]["baseImage"].__setitem__("certificateId", "another-cert"),
     "host": lambda s: s["predicate"].__setitem__("host", "compute-2"),
     "subject name": lambda s: s["subject"][0].__setitem__("name", "another-image"),
 }

@@ -1,19 +1,24 @@
-"""The issue's four example sentences, as ONE policy file (doc/source/user/trust-policy.example.yaml),
-proven sentence by sentence: through the engine with the example file's own trust stores, and through
-``imgsign verify --policy`` on signed files."""
+"""The issue's example sentences, as ONE policy file (doc/source/user/trust-policy.example.yaml, shown
+verbatim in the README), proven sentence by sentence: through the engine with the example file's own
+trust stores, and through ``imgsign verify --policy`` on signed files (sentence 5 with timestamps from a
+real RFC 3161 TSA, ``openssl ts`` on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import shutil
+import time
 
 import pytest
 
 from imgsign import errors, trust_evidence, trust_policy
 from imgsign.keymanager.anchors import rule_anchors
 from imgsign.trust_policy import ImageFacts
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, pki, run_cli
 from tests.policy_pki import make_ca, make_leaf
+from tests.servers.tsa import issue_tsa, tsa
 
 EXAMPLE = REPO / "doc" / "source" / "user" / "trust-policy.example.yaml"
 PROJECT_A = "8f3a1c0e5b7d4e2f9a6b1c3d5e7f9a0b"
@@ -32,6 +37,7 @@ def world(tmp_path_factory):
            "outsider": make_ca("CN=Someone Else CA,O=Elsewhere")}
     for name, ca in cas.items():
         ca.write(root / "ca", name)
+    shutil.copyfile(pki("root-ca.pem"), root / "ca" / "tsa.pem")  # our-tsa: the test PKI's root issues the TSA
     signers = {"release": make_leaf(cas["image-team"], "CN=Image Team Release Signing,O=Example Cloud"),
                "team-test": make_leaf(cas["image-team"], "CN=Image Team Test,O=Example Cloud"),
                "project-a": make_leaf(cas["project-a"], "CN=Project A builds,O=Project A"),
@@ -180,3 +186,55 @@ def test_an_image_signed_with_a_valid_signature_still_must_match_its_data_under_
                      root / "signers" / "outsider.pem", "--policy", root / "policy.yaml", "--owner", PROJECT_X,
                      "--visibility", "private", env=env)
     assert result.code == errors.InvalidSignature.exit_code, result
+
+
+def test_the_readme_shows_the_example_file_verbatim():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert EXAMPLE.read_text() in blocks, "README.md's trust policy must be doc/source/user/trust-policy.example.yaml"
+
+
+# --- sentence 5: "a signature made while the certificate was valid stays valid after it expires" --------
+
+#: Seconds the short-lived release certificate lives: long enough to sign with a timestamp, then it expires.
+SHORT_LIFE = 12
+
+
+def test_sentence_5_a_timestamped_signature_outlives_its_certificate(world, signed, tmp_path):
+    root, _, _ = world
+    image, _, env = signed
+    now = datetime.datetime.now(datetime.timezone.utc)
+    image_team = make_ca("CN=Image Team CA,O=Example Cloud")  # the same file the policy names, re-read below
+    image_team.write(tmp_path / "ca", "image-team")
+    policy_dir = tmp_path
+    shutil.copyfile(EXAMPLE, policy_dir / "policy.yaml")
+    shutil.copyfile(pki("root-ca.pem"), policy_dir / "ca" / "tsa.pem")
+    for name in ("project-a", "compute-hosts"):
+        shutil.copyfile(root / "ca" / f"{name}.pem", policy_dir / "ca" / f"{name}.pem")
+    short = make_leaf(image_team, "CN=Image Team Release Signing,O=Example Cloud",
+                      start=now - datetime.timedelta(minutes=1), end=now + datetime.timedelta(seconds=SHORT_LIFE))
+    cert, key = short.write(tmp_path / "signers", "short")
+    tsa_key, tsa_cert = issue_tsa(tmp_path, "tsa", pki("root-ca.key"), pki("root-ca.pem"))
+    with tsa(tsa_key, tsa_cert, tmp_path / "tsa-run") as url:
+        stamped = run_cli("sign", image, "--key", key, "--cert", cert, "--cert-uuid", "cert-short", "--tsa", url,
+                          env=env)
+        assert stamped.code == 0, stamped
+        bare = run_cli("sign", image, "--key", key, "--cert", cert, "--cert-uuid", "cert-short", env=env)
+        assert bare.code == 0, bare
+    (tmp_path / "stamped.json").write_text(stamped.stdout)
+    (tmp_path / "bare.json").write_text(bare.stdout)
+    assert datetime.datetime.now(datetime.timezone.utc) < short.cert.not_valid_after_utc, "signing took too long"
+    time.sleep(max(0.0, (short.cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc))
+                   .total_seconds()) + 1.5)
+
+    def check(props: str, *facts: str):
+        return run_cli("verify", image, "--properties", tmp_path / props, "--cert", cert, "--policy",
+                       policy_dir / "policy.yaml", "--json", *facts, env=env)
+
+    for facts in (("--visibility", "public"), ("--visibility", "private", "--owner", PROJECT_B)):
+        ok = check("stamped.json", *facts)
+        assert ok.code == 0, ok
+        assert ok.json()["policy"]["verdict"] == "trusted" and ok.json()["timestamp"]["status"] == "valid", ok
+        refused = check("bare.json", *facts)
+        assert refused.code != 0 and refused.json()["policy"]["verdict"] == "refused", refused
+        assert [f["check"] for f in refused.json()["policy"]["findings"]] == ["expiry"], refused

@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,8 @@ from imgsign.cli._common import (
     effective_trusted_ids,
     is_quiet,
     load_properties_document,
+    load_trust_policy,
+    open_store,
     quiet_option,
     say,
     signing_certificate,
@@ -33,6 +35,9 @@ from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties, properties_from_document
+
+if TYPE_CHECKING:
+    from imgsign import chain
 
 
 @click.group("boot")
@@ -119,15 +124,36 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _revocation(ctx: click.Context) -> dict[str, Any]:
-    """``[imgsign] ocsp`` and ``ocsp_timeout`` of imgsign.conf: how the image's stapled OCSP response and the
-    responders count when a record is made (as for ``verify``)."""
+def _record_evidence(ctx: click.Context, settings: BootSettings, records: RecordStore) -> dict[str, Any]:
+    """How a new record's timestamp and revocation are judged: the TSAs whose timestamps count (under
+    boot.conf's trust policy, ``[boot] policy_file``, every rule's ``tsa`` stores, as the hook's own adoption
+    takes them: files, and key-manager ids, each bound so that the boot check finds which rule's stores hold
+    the TSA; else ``[imgsign] tsa_ca_file``), and ``[imgsign] ocsp``, ``ocsp_timeout`` of imgsign.conf (the
+    stapled OCSP response and the responders, as for ``verify``)."""
     from imgsign.cli._common import config, has_config
 
-    if not has_config(ctx):
-        return {}
-    settings = config(ctx).imgsign
-    return {"ocsp": settings.ocsp, "ocsp_timeout": settings.ocsp_timeout}
+    found: dict[str, Any] = {"tsa_roots": tsa_roots(ctx, ())}
+    if settings.policy_file is not None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from imgsign.cli._signing import load_tsa_roots
+        from imgsign.keymanager.anchors import fetch_certificate
+
+        stores = [s for rule in load_trust_policy(settings.policy_file).rules for s in rule.tsa_stores]
+        roots = load_tsa_roots(list(dict.fromkeys(os.path.join(os.path.dirname(settings.policy_file), f)
+                                                  for s in stores for f in s.certificate_files)))
+        ids = tuple(dict.fromkeys(i for s in stores for i in s.key_manager_ids))
+        if ids:
+            records.prepare()
+        for tsa_id in ids:
+            certificate = fetch_certificate(open_store(ctx), tsa_id)
+            records.anchors.bind(tsa_id, certificate.public_bytes(Encoding.DER))
+            roots.append(certificate)
+        found["tsa_roots"] = roots
+    if has_config(ctx):
+        imgsign = config(ctx).imgsign
+        found.update(ocsp=imgsign.ocsp, ocsp_timeout=imgsign.ocsp_timeout)
+    return found
 
 
 def _or_file(value: Any, settings: BootSettings, name: str) -> Any:
@@ -148,8 +174,6 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
                trusted_ids: tuple[str, ...], instances_path: str | None, state_dir: str | None, seal: str | None,
                lock_timeout: float | None, keep_format: bool, fmt: str) -> None:
     """Verify IMAGE into Nova's image cache (_base/<sha1(image id)>) and record it for the boot hook."""
-    from imgsign.compute.boot_policy import facts_of
-
     settings = boot_settings(ctx)
     trusted_ids = trusted_ids or settings.trusted_certificate_ids
     instances_path, state_dir = _or_file(instances_path, settings, "instances_path"), \
@@ -159,20 +183,24 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     signed_document = properties_from_document(document)
     properties = SignatureProperties.from_mapping(signed_document)
     # `openstack image show -f json` output says the image's owner and visibility: recorded for a trust policy.
-    facts = facts_of(document) if isinstance(document, dict) and "owner" in document else None
+    facts = _facts_of_document(document)
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
-    anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    anchors, recorded_ids = _record_trust(ctx, trusted_ids, settings)
+    provenance = _host_signed_finder(ctx, settings)(image_id, signed_document, certificate)
+    records = RecordStore(state_dir, lock_timeout=lock_timeout)
+    evidence = _record_evidence(ctx, settings, records)
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
-            handle, image_id, properties, certificate, RecordStore(state_dir, lock_timeout=lock_timeout),
+            handle, image_id, properties, certificate, records,
             instances_path=instances_path,
-            anchors=anchors, trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+            anchors=anchors, trusted_ids=recorded_ids,
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format, immutable=seal == "immutable", document=signed_document,
-            tsa_roots=tsa_roots(ctx, ()), image_facts=facts, **_revocation(ctx),
+            image_facts=facts, **evidence,
             disk_format=image_format.disk_format_of(image_format.with_disk_format(document, signed_document)),
+            provenance=provenance,
         )
     emit(record.to_body()["cached_file"] | {"image_id": image_id}, fmt)
 
@@ -271,8 +299,9 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
         if by_conversion:
             raise click.UsageError("--by-conversion adopts one image: give BASE_OR_ID, not --all")
-        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, instances_path,
-                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, fmt)
+        _adopt_every_base(ctx, properties_path, cert_path, _record_trust(ctx, trusted_ids, settings), instances_path,
+                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, fmt,
+                          _host_signed_finder(ctx, settings))
         return
     if base_or_id is None:
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
@@ -281,18 +310,21 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     properties = image_format.with_disk_format(document, properties_from_document(document))
     signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
     certificate = signing_certificate(ctx, cert_path, signed)
-    anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    anchors, recorded_ids = _record_trust(ctx, trusted_ids, settings)
+    provenance = _host_signed_finder(ctx, settings)(image_id, properties, certificate)
+    records = RecordStore(state_dir, lock_timeout=lock_timeout)
+    evidence = _record_evidence(ctx, settings, records)
     with contextlib.ExitStack() as stack:
         original = None
         if original_path is not None:
             handle, size = stack.enter_context(open_image(original_path))
             original = Original(handle, max_size=max_size, announced_size=size)
         record = adoption.adopt(
-            instances_path, image_id, properties, certificate, RecordStore(state_dir, lock_timeout=lock_timeout),
-            anchors=anchors,
-            trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+            instances_path, image_id, properties, certificate, records,
+            anchors=anchors, trusted_ids=recorded_ids,
             certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
-            immutable=seal == "immutable", original=original, tsa_roots=tsa_roots(ctx, ()), **_revocation(ctx),
+            immutable=seal == "immutable", original=original,
+            image_facts=_facts_of_document(document), provenance=provenance, **evidence,
         )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
     if fmt is not None:
@@ -302,13 +334,59 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             f"({adoption.describe_adopted(image_id, record)})")
 
 
-def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
-                      instances_path: str, records: RecordStore, seal: str, fmt: str | None) -> None:
+def _record_trust(ctx: click.Context, trusted_ids: tuple[str, ...],
+                  settings: BootSettings) -> tuple[chain.TrustAnchors | None, tuple[str, ...]]:
+    """What a new record's chain is validated against, and the trusted ids it records: ``--trusted`` (else
+    ``[boot] trusted_certificate_ids``, else ``[imgsign]``'s); under boot.conf's trust policy
+    (``[boot] policy_file``) and no ``--trusted``, the certificates of its CA stores (files and key-manager
+    ids), as the hook's own adoption validates against them."""
+    if trusted_ids or settings.policy_file is None:
+        return trust_anchors(ctx, trusted_ids, (), (), (), None, None), \
+            tuple(effective_trusted_ids(ctx, trusted_ids, ()))
+    trust = load_trust_policy(settings.policy_file)
+    stores = [s for rule in trust.rules for s in rule.ca_stores]
+    files = tuple(dict.fromkeys(os.path.join(os.path.dirname(settings.policy_file), f)
+                                for s in stores for f in s.certificate_files))
+    ids = tuple(dict.fromkeys(i for s in stores for i in s.key_manager_ids))
+    return trust_anchors(ctx, ids, files, (), (), None, None), ids
+
+
+def _facts_of_document(document: object) -> dict[str, str] | None:
+    """The image facts a trust policy selects on, from `openstack image show -f json` output (None without an
+    owner: a bare properties file says nothing of the image)."""
+    from imgsign.compute.boot_policy import facts_of
+
+    return facts_of(document) if isinstance(document, dict) and "owner" in document else None
+
+
+def _host_signed_finder(ctx: click.Context, settings: BootSettings) -> Callable[[str, Any, Any], Any]:
+    """``find(image_id, properties, certificate)``: a host-signed image's provenance, checked online for the
+    ``hostSigned`` rules of boot.conf's trust policy (``[boot] policy_file``), as the hook's own adoption
+    records it; None when there is no such rule or the image carries no statement."""
+    from imgsign.compute import host_signed
+
+    if settings.policy_file is None:
+        return lambda *_args: None
+    trust = load_trust_policy(settings.policy_file)
+    base_dir = os.path.dirname(settings.policy_file)
+
+    def find(image_id: str, properties: Any, certificate: Any) -> Any:
+        if not host_signed.has_provenance(properties):
+            return None
+        return host_signed.fetch(image_id, properties, certificate, open_store(ctx), trust, base_dir, Policy())
+
+    return find
+
+
+def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None,
+                      trust: tuple[chain.TrustAnchors | None, tuple[str, ...]], instances_path: str,
+                      records: RecordStore, seal: str, fmt: str | None,
+                      find_provenance: Callable[[str, Any, Any], Any]) -> None:
     """``boot adopt --all``: a progress line per file on stderr, a summary on stdout, exit status as documented."""
     from imgsign.compute import bulk_adoption
 
     images = _images_of(properties_path)
-    anchors = trust_anchors(ctx, trusted_ids, (), (), (), None, None)
+    anchors, recorded_ids = trust
     fetched: dict[str, Any] = {}
 
     def certificate_for(signed: SignatureProperties) -> Any:
@@ -320,10 +398,10 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         say(f"imgsign: [{index}/{total}] _base/{outcome.name}: {outcome.describe()}", err=True)
 
     outcomes = bulk_adoption.adopt_all(
-        instances_path, images, certificate_for, records, anchors=anchors,
-        trusted_ids=tuple(effective_trusted_ids(ctx, trusted_ids, ())),
+        instances_path, images, certificate_for, records, anchors=anchors, trusted_ids=recorded_ids,
         certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
-        immutable=seal == "immutable", tsa_roots=tsa_roots(ctx, ()), **_revocation(ctx))
+        immutable=seal == "immutable", facts_for=_facts_of_document,
+        provenance_for=find_provenance, **_record_evidence(ctx, boot_settings(ctx), records))
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
     if fmt is not None:

@@ -53,6 +53,7 @@ from imgsign.chain import TrustAnchors
 from imgsign.compute import image_format, protection
 from imgsign.compute.boot import BootPolicy, check_base
 from imgsign.compute.conversion_adoption import Original, check_conversion
+from imgsign.compute.host_signed import Found
 from imgsign.compute.image_cache import (
     base_dir,
     bind_fetched,
@@ -99,6 +100,7 @@ def adopt(
     disk_format: str | None = None,
     ocsp: str = "strict",
     ocsp_timeout: float = 10.0,
+    provenance: Found | None = None,
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
 
@@ -113,6 +115,8 @@ def adopt(
     :func:`~imgsign.compute.image_cache.judge_signer` says (what was checked is recorded).  A base
     whose current record is valid is left alone and its
     record returned.  The base's lock (:mod:`imgsign.compute.base_lock`) is held throughout.
+    ``provenance``: a host-signed image's statement as :func:`imgsign.compute.host_signed.fetch` found it,
+    recorded with the base (and its base stores' id bindings sealed).
     """
     signed = signature_properties(image_id, properties)
     if disk_format is None:
@@ -122,7 +126,8 @@ def adopt(
     with records.locks.hold(cache_name(image_id)):
         return _adopt_locked(instances_path, image_id, properties, signed, certificate, records, anchors,
                              trusted_ids, certificate_id, policy, immutable, original, disk_format, image_facts,
-                             {"tsa_roots": tsa_roots, "ocsp": ocsp, "ocsp_timeout": ocsp_timeout})
+                             {"tsa_roots": tsa_roots, "ocsp": ocsp, "ocsp_timeout": ocsp_timeout},
+                             provenance=provenance)
 
 
 def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, object], signed: SignatureProperties,
@@ -130,7 +135,7 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
                   trusted_ids: Sequence[str], certificate_id: str | None, policy: Policy, immutable: bool,
                   original: Original | None, disk_format: str | None,
                   image_facts: Mapping[str, str] | None = None,
-                  judging: Mapping[str, Any] | None = None) -> TrustRecord:
+                  judging: Mapping[str, Any] | None = None, *, provenance: Found | None = None) -> TrustRecord:
     """:func:`adopt`, its base's lock held (``judging``: :func:`judge_signer`'s timestamp and OCSP settings)."""
     name = cache_name(image_id)
     cache = VerifiedCache(records.state_dir, owner=records.owner)
@@ -162,10 +167,13 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
             raise InvalidSignature(f"base file of image {image_id} changed while it was being adopted; "
                                    "nothing was recorded")
         bind_fetched(records, certificate, certificate_id, anchors, trusted_ids)
+        for base_store_id, der in provenance.fetched if provenance is not None else ():
+            records.anchors.bind(base_store_id, der)
         cache.forget(name)
         record = new_record(image_id, signed, certificate, signed_digest, certificate_id, trusted,
                             cached_format=base_format, cached_sha256=sha256, cached_size=identity.size,
-                            source_format=source_format, image_facts=image_facts, checks=judged.checks)
+                            source_format=source_format, image_facts=image_facts, checks=judged.checks,
+                            provenance=None if provenance is None else provenance.record)
         records.put(record)
         rememberable = seal.rememberable
     if rememberable:  # the fast-path conditions of imgsign.compute.verified_cache hold

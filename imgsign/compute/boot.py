@@ -30,6 +30,11 @@ trust record written when the image was verified at download
    root's, 0644, immutable where the filesystem can), and refused if another
    process still has it open for writing, so what was read is what qemu reads.
 
+Without a trust policy, an image a compute host signed (``imgsign gateway``: a certificate with the URI
+SAN ``openstack://<cloud>/nova-compute/<host>``) is refused: a host's signature vouches only under a
+policy's ``hostSigned`` rule (:mod:`imgsign.compute.boot_policy`).  Spotting one costs a byte search of
+the recorded certificate; only a certificate that may have such a SAN is parsed.
+
 Under ``enforce`` any failure refuses the boot; under ``warn`` it is allowed and
 the reason is reported as a warning.
 """
@@ -45,7 +50,7 @@ import stat
 from imgsign import errors
 from imgsign.algorithms import HashMethod
 from imgsign.compute import protection
-from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint
+from imgsign.compute.trust_record import RecordStore, TrustRecord, fingerprint, may_be_host_certificate
 from imgsign.compute.verified_cache import (
     DEFAULT_MAX_AGE,
     FileIdentity,
@@ -156,6 +161,22 @@ def _bound_to_any(record: TrustRecord, records: RecordStore, ids: tuple[str, ...
     return fingerprint(record.certificate_der) in trusted or bool(trusted & set(record.anchor_fingerprints))
 
 
+def refuse_host_signer(record: TrustRecord) -> None:
+    """Without a trust policy, refuse an image a compute host signed (``imgsign gateway``; its certificate's URI
+    SAN ``openstack://<cloud>/nova-compute/<host>``): a host's signature vouches only under a ``hostSigned`` rule,
+    which checks that the booting project made the image (:mod:`imgsign.compute.boot_policy`)."""
+    from imgsign.certificates import load_certificate
+    from imgsign.trust_evidence import signer_identity
+    from imgsign.trust_policy import is_host_certificate
+
+    signer = signer_identity(load_certificate(record.certificate_der))
+    if is_host_certificate(signer):
+        raise errors.PolicyRefused(
+            f"image {record.image_id} is signed by a compute host ({signer.subject}), and a host's signature vouches "
+            "only under a hostSigned rule of a trust policy ([boot] policy_file), which checks that the project "
+            "booting it made it")
+
+
 def _fetched(record: TrustRecord) -> str:
     return (f"fetched from the key manager as {record.certificate_id}" if record.certificate_id
             else "given as a file, not fetched from the key manager under any id")
@@ -173,6 +194,8 @@ def check_base(path: str, record: TrustRecord | None, policy: BootPolicy,
         raise UnsignedImage(f"base file {path} has no trust record: the image was not verified when it was "
                             "downloaded, or is not signed")
     logged = None
+    if policy.trust is None and may_be_host_certificate(record.certificate_der):
+        refuse_host_signer(record)
     if policy.trusted_certificate_ids or policy.server_certificate_ids or policy.trust is not None:
         if records is None:
             raise TypeError("check_base needs the RecordStore to check trusted certificate ids")

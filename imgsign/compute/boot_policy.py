@@ -11,19 +11,27 @@ again here, except that a signer which had already expired then, accepted on the
 only under a rule whose ``tsa`` stores hold a TSA the timestamp verified against (the record's ``checks``).
 
 A record that lacks a fact some rule's scope selects on is refused: the rule cannot be chosen.
+
+A ``hostSigned`` rule decides on the provenance adoption recorded (:mod:`imgsign.compute.host_signed`):
+the statement verified, the project it names owns the image and is the project booting it (a domain
+that names no project boots no host-signed image), and the base's signer chained, when the snapshot was
+made, to a certificate of the rule's ``baseTrustStores`` (by fingerprint, as for the signer) and is one of
+its ``baseIdentities``.  Under any other rule a compute host's certificate is refused (the engine's rule).
 """
 
 from __future__ import annotations
 
 import os
 
-from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint
-from imgsign.errors import CertificateExpired, PolicyRefused, UntrustedCertificate
+from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint, may_be_host_certificate
+from imgsign.errors import CertificateExpired, PolicyRefused, ProvenanceError, UntrustedCertificate
 from imgsign.trust_policy import (
     Check,
     Evidence,
+    HostSigned,
     ImageFacts,
     Level,
+    ProvenanceEvidence,
     Rule,
     TimestampEvidence,
     TrustPolicy,
@@ -92,7 +100,7 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
     from imgsign.certificates import load_certificate
     from imgsign.trust_evidence import signer_identity
 
-    stores = _fingerprints(rule, records, base_dir)
+    stores = _fingerprints(rule.ca_stores, records, base_dir)
     signer = fingerprint(record.certificate_der)
     if signer in stores or stores & set(record.anchor_fingerprints):
         chain = Check.passed()
@@ -100,10 +108,16 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
         chain = Check.failed(UntrustedCertificate(
             f"image {record.image_id} was not validated at download against any certificate of the trust stores "
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
-    # The signer's identity (X.509 parsing) only when the rule names trusted identities.
-    identity = None if rule.trusted_identities is None else signer_identity(load_certificate(record.certificate_der))
+    # The signer's identity (X.509 parsing) only when the rule names trusted identities, or when the signer may be
+    # a compute host, whom only a hostSigned rule trusts (the engine refuses it under any other rule).
+    identity = None
+    if rule.trusted_identities is not None or (rule.host_signed is None
+                                               and may_be_host_certificate(record.certificate_der)):
+        identity = signer_identity(load_certificate(record.certificate_der))
+    provenance = None if rule.host_signed is None else \
+        provenance_evidence(record, rule, rule.host_signed, records, base_dir, booting_project)
     stamp, dates = _recorded_dates(record, rule, records, base_dir)
-    evidence = Evidence(True, identity, chain, dates=dates, timestamp=stamp)
+    evidence = Evidence(True, identity, chain, dates=dates, timestamp=stamp, provenance=provenance)
     decision = enforce(decide(selection, evidence))
     if not decision.warnings:
         return None
@@ -123,22 +137,65 @@ def _recorded_dates(record: TrustRecord, rule: Rule, records: RecordStore,
         return None, Check()
     expired = (f"the signing certificate of image {record.image_id} had expired when the image was recorded and "
                f"was judged at its timestamp ({checks.judged_at:%Y-%m-%d %H:%M:%S} UTC)")
-    if set(checks.tsa_fingerprints) & _fingerprints(rule, records, base_dir, rule.tsa_stores):
+    if set(checks.tsa_fingerprints) & _fingerprints(rule.tsa_stores, records, base_dir, "tsa"):
         return TimestampEvidence(Check.passed(), checks.judged_at, True), Check.failed(CertificateExpired(expired))
     return None, Check.failed(CertificateExpired(
         f"{expired}, made by a TSA that is not in the tsa trust stores of rule {rule.name}"))
 
 
-def _fingerprints(rule: Rule, records: RecordStore, base_dir: str,
-                  stores: tuple[TrustStore, ...] | None = None) -> set[str]:
-    """The SHA-256 fingerprints of the certificates of ``stores`` (default: ``rule``'s CA stores) known on
-    this host."""
+def provenance_evidence(record: TrustRecord, rule: Rule, host: HostSigned, records: RecordStore, base_dir: str,
+                        booting_project: str | None) -> ProvenanceEvidence:
+    """The evidence for ``rule``'s ``hostSigned`` checks from what adoption recorded of the image's provenance."""
+    found = record.provenance
+    if found is None:
+        return ProvenanceEvidence(Check.failed(ProvenanceError(
+            f"rule {rule.name} trusts only host-signed images with a verified provenance statement, and the trust "
+            f"record of image {record.image_id} has none: the image carries no statement, or this host had no "
+            "hostSigned rule when it recorded the image (`imgsign boot release` the base to adopt it again)")))
+    if not found.verified:
+        return ProvenanceEvidence(Check.failed(ProvenanceError(
+            f"the provenance statement of image {record.image_id} did not verify when the image was adopted: "
+            f"{found.error}")))
+    if booting_project is None:
+        return ProvenanceEvidence(Check.failed(ProvenanceError(
+            f"the domain names no Nova owner project, and image {record.image_id} is host-signed for project "
+            f"{found.project_id}: a host signature vouches only inside the project that made the image")))
+    if found.base_image_id is None:
+        return ProvenanceEvidence(Check.passed(), found.project_id, found.host)
+    base, signer = Check(), None
+    der = found.base_certificate_der
+    if der is None:
+        base = Check.failed(ProvenanceError(f"the base image {found.base_image_id} was not trusted when the snapshot "
+                                            f"was made: {found.base_error}"))
+    else:
+        stores = _fingerprints(host.base_trust_stores, records, base_dir)
+        if fingerprint(der) in stores or stores & set(found.base_anchor_fingerprints):
+            base = Check.passed()
+        else:
+            base = Check.failed(ProvenanceError(
+                f"the base image {found.base_image_id} was not signed, when the snapshot was made ({found.created_at}),"
+                f" by a certificate that chained to the baseTrustStores of rule {rule.name} "
+                f"({', '.join(s.name for s in host.base_trust_stores)})"
+                + (f": {found.base_error}" if found.base_error else "")))
+        if host.base_identities is not None:
+            from imgsign.certificates import load_certificate
+            from imgsign.trust_evidence import signer_identity
+
+            signer = signer_identity(load_certificate(der))
+    return ProvenanceEvidence(Check.passed(), found.project_id, found.host, found.base_image_id, base, signer)
+
+
+def _fingerprints(stores: tuple[TrustStore, ...], records: RecordStore, base_dir: str, kind: str = "ca") -> set[str]:
+    """The SHA-256 fingerprints of the certificates of the ``kind`` (``ca`` or ``tsa``) ``stores`` known on this
+    host."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from imgsign.certificates import load_certificates
 
     found: set[str] = set()
-    for store in rule.ca_stores if stores is None else stores:
+    for store in stores:
+        if store.type != kind:
+            continue
         for name in store.certificate_files:
             data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
             found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))

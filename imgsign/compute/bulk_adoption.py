@@ -37,6 +37,10 @@ from imgsign.errors import AdoptionIncomplete, ImgsignError, InputError, TrustRe
 from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties, properties_from_document
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from imgsign.compute.host_signed import Found
+
 ADOPTED = "adopted"
 ALREADY_SEALED = "already-sealed"
 REFUSED = "refused"
@@ -116,6 +120,8 @@ def adopt_all(
     tsa_roots: Sequence[x509.Certificate] = (),
     ocsp: str = "strict",
     ocsp_timeout: float = 10.0,
+    facts_for: Callable[[Mapping[str, object]], Mapping[str, str] | None] | None = None,
+    provenance_for: Callable[[str, Mapping[str, object], x509.Certificate], Found | None] | None = None,
 ) -> list[Outcome]:
     """Adopt every base of ``instances_path`` that has no valid trust record; one :class:`Outcome` per file.
 
@@ -127,6 +133,9 @@ def adopt_all(
     checked and adopted under, no default.  Each base's lock is held while it is checked and adopted.
     ``tsa_roots``: the TSAs whose timestamp tokens count, ``ocsp``, ``ocsp_timeout``: how the stapled OCSP
     response and the responders count (as for :func:`~imgsign.compute.adoption.adopt`).
+    ``facts_for(properties)``: the image facts to record for a trust policy (from `openstack image show`
+    output); ``provenance_for(image_id, properties, certificate)``: a host-signed image's provenance
+    (:func:`imgsign.compute.host_signed.fetch`; its errors refuse that base only).
     ``report(index, total, outcome)`` is called after each file.  An insecure state directory
     or an unreadable ``_base`` raises before any base is touched.
     """
@@ -146,7 +155,7 @@ def adopt_all(
         else:
             outcome = _adopt_one(instances_path, name, by_name.get(name), images, certificate_for, records,
                                  anchors, trusted_ids, certificate_ids_from_properties, policy, immutable,
-                                 tsa_roots, {"ocsp": ocsp, "ocsp_timeout": ocsp_timeout})
+                                 tsa_roots, facts_for, provenance_for, {"ocsp": ocsp, "ocsp_timeout": ocsp_timeout})
         outcomes.append(outcome)
         if report is not None:
             report(index, len(entries), outcome)
@@ -164,6 +173,8 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
                certificate_for: Callable[[SignatureProperties], x509.Certificate], records: RecordStore,
                anchors: TrustAnchors | None, trusted_ids: Sequence[str], ids_from_properties: bool,
                policy: Policy, immutable: bool, tsa_roots: Sequence[x509.Certificate] = (),
+               facts_for: Callable[[Mapping[str, object]], Mapping[str, str] | None] | None = None,
+               provenance_for: Callable[[str, Mapping[str, object], x509.Certificate], Found | None] | None = None,
                revocation: Mapping[str, Any] | None = None) -> Outcome:
     try:
         with records.locks.hold(name):  # the check and the adoption, one run at a time
@@ -182,7 +193,10 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
             record = adoption.adopt(instances_path, image_id, properties, certificate, records, anchors=anchors,
                                     trusted_ids=trusted_ids,
                                     certificate_id=signed.certificate_uuid if ids_from_properties else None,
-                                    policy=policy, immutable=immutable, tsa_roots=tsa_roots, **(revocation or {}))
+                                    policy=policy, immutable=immutable, tsa_roots=tsa_roots,
+                                    image_facts=facts_for(properties) if facts_for else None,
+                                    provenance=provenance_for(image_id, properties, certificate)
+                                    if provenance_for else None, **(revocation or {}))
     except ImgsignError as error:
         return Outcome(name, REFUSED, image_id, detail=error.message, reason=error.reason, exit_code=error.exit_code)
     return Outcome(name, ADOPTED, image_id, record=record)
@@ -251,4 +265,10 @@ def _add_image(images: dict[str, Mapping[str, object]], image_id: object, value:
         raise InputError(f"{source}: the document is image {str(shown)[:80]!r}, not {image_id!r}")
     if image_id in images:
         raise InputError(f"{source}: image {image_id} is given twice")
-    images[image_id] = image_format.with_disk_format(value, properties_from_document(value))
+    properties = dict(image_format.with_disk_format(value, properties_from_document(value)))
+    # `openstack image show` output: its owner and visibility (beside the properties) are facts a trust
+    # policy selects on; Glance reserves both names, so no property can carry them.
+    for fact in ("owner", "visibility"):
+        if isinstance(value.get(fact), str) and fact not in properties:
+            properties[fact] = value[fact]
+    images[image_id] = properties

@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.compute import image_format, protection, qemu_img
+from imgsign.compute.host_signed import Found
 from imgsign.compute.trust_checks import TrustChecks
-from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name, fingerprint
+from imgsign.compute.trust_record import ProvenanceRecord, RecordStore, TrustRecord, cache_name, fingerprint
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UntrustedCertificate
 from imgsign.policy import Policy
@@ -279,15 +280,18 @@ def bind_fetched(records: RecordStore, certificate: x509.Certificate, certificat
 def new_record(image_id: str, properties: SignatureProperties, certificate: x509.Certificate, signed_digest: bytes,
                certificate_id: str | None, trusted: Sequence[x509.Certificate], *, cached_format: str,
                cached_sha256: bytes, cached_size: int, source_format: str,
-               image_facts: Mapping[str, str] | None = None, checks: TrustChecks | None = None) -> TrustRecord:
+               image_facts: Mapping[str, str] | None = None, checks: TrustChecks | None = None,
+               provenance: ProvenanceRecord | None = None) -> TrustRecord:
     """The trust record of a verified base file (``image_facts``: owner, visibility, image_type from Glance;
-    ``checks``: the timestamp and OCSP answers :func:`judge_signer` checked)."""
+    ``checks``: the timestamp and OCSP answers :func:`judge_signer` checked; ``provenance``: a host-signed
+    image's statement, :mod:`imgsign.compute.host_signed`)."""
     return TrustRecord(
         image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
         signed_digest=signed_digest, certificate_id=certificate_id,
         anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
         cached_format=cached_format, cached_sha256=cached_sha256, cached_size=cached_size,
         source_format=source_format, image_facts=None if image_facts is None else dict(image_facts), checks=checks,
+        provenance=provenance,
     )
 
 
@@ -334,6 +338,7 @@ def add_to_cache(
     disk_format: str | None = None,
     ocsp: str = "strict",
     ocsp_timeout: float = 10.0,
+    provenance: Found | None = None,
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
 
@@ -350,6 +355,7 @@ def add_to_cache(
     ``document``: all the image's properties, whose timestamp token (checked against ``tsa_roots``)
     lets an expired certificate be judged at the token's time, and whose stapled OCSP response counts
     as ``ocsp`` says (:func:`judge_signer`; what was checked is recorded).
+    ``provenance``: a host-signed image's statement (:func:`imgsign.compute.host_signed.fetch`), recorded.
     """
     records.prepare()  # an insecure state directory stops us before anything is written
     judged = judge_signer(certificate, properties.signature, anchors, trusted_ids, policy, document=document,
@@ -376,11 +382,14 @@ def add_to_cache(
             raise InputError(f"cannot read back image {image_id} in the image cache: {exc.strerror}") from None
         stack.enter_context(records.locks.hold(name))
         bind_fetched(records, certificate, certificate_id, anchors, trusted_ids)
+        for base_store_id, der in provenance.fetched if provenance is not None else ():
+            records.anchors.bind(base_store_id, der)
         VerifiedCache(records.state_dir, owner=records.owner).forget(name)
         identity = _place(dir_fd, cached, name)
         record = new_record(image_id, properties, certificate, verifier.verified_digest, certificate_id, trusted,
                             cached_format=cached_format, cached_sha256=sha256, cached_size=size,
                             image_facts=image_facts, checks=judged.checks,
+                            provenance=None if provenance is None else provenance.record,
                             source_format=source_format)
         try:
             records.put(record)

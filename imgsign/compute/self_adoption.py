@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
     from imgsign.chain import TrustAnchors
     from imgsign.compute.conversion_adoption import Original
+    from imgsign.compute.host_signed import Found
     from imgsign.policy import Policy
     from imgsign.trust_policy import TrustPolicy
 
@@ -111,6 +112,9 @@ class Fetched:
     image: dict[str, Any]
     certificate: x509.Certificate
     anchors: TrustAnchors | None
+    #: A host-signed image's provenance, checked for the trust policy's ``hostSigned`` rules
+    #: (:mod:`imgsign.compute.host_signed`); None: no such rule, or no statement.
+    provenance: Found | None = None
     #: The trust policy's TSA certificates named by key-manager id: (id, certificate).
     tsa: tuple[tuple[str, x509.Certificate], ...] = ()
 
@@ -193,7 +197,7 @@ class SelfAdopter:
                 return [], None
             fetched = self._within_deadline(
                 settings, lambda stage, deadline: _fetch(settings, image_id, self.trusted_ids, stage, deadline,
-                                                         self._trusted_files(), self._tsa_ids()))
+                                                         self._trusted_files(), self._host_signed, self._tsa_ids()))
             record = self._adopt(image_id, fetched)
         except ImgsignError as exc:
             message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
@@ -203,6 +207,14 @@ class SelfAdopter:
                                               f"adopted the base Nova downloaded for {what} "
                                               f"({record.cached_format}{converted}; properties from Glance)"))], \
             fetched.image
+
+    def _host_signed(self, image: dict[str, Any], certificate: x509.Certificate, store: Any) -> Found | None:
+        """The provenance of a host-signed image for the trust policy's ``hostSigned`` rules (online)."""
+        if self.trust is None:
+            return None
+        from imgsign.compute import host_signed
+
+        return host_signed.fetch(str(image["id"]), image, certificate, store, self.trust, self.trust_dir, self.policy)
 
     def _trusted_files(self) -> tuple[x509.Certificate, ...]:
         """The certificates of the trust policy's CA stores given as files."""
@@ -301,7 +313,7 @@ class SelfAdopter:
                                 anchors=fetched.anchors, trusted_ids=self.trusted_ids,
                                 certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
                                 original=original, tsa_roots=self._tsa_roots(fetched),
-                                image_facts=facts_of(fetched.image), **self._ocsp())
+                                image_facts=facts_of(fetched.image), provenance=fetched.provenance, **self._ocsp())
         if record.checks is not None and record.checks.tsa_fingerprints:
             from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -399,9 +411,11 @@ def _converted_without_statement(path: str, image_id: str, image: Mapping[str, A
 
 def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str],
            deadline: Deadline, trusted_files: tuple[x509.Certificate, ...] = (),
+           provenance: Callable[[dict[str, Any], x509.Certificate, Any], Found | None] | None = None,
            tsa_ids: tuple[str, ...] = ()) -> Fetched:
     """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are),
-    each service as one network phase under ``deadline``."""
+    each service as one network phase under ``deadline``; ``provenance(image, certificate, key manager)``: what
+    a host-signed image's statement needs from the key manager, in that phase."""
     from imgsign.compute.adoption import signature_properties
     from imgsign.keymanager import config as km_config
     from imgsign.keymanager.anchors import fetch_certificate, fetch_trust_anchors
@@ -421,9 +435,10 @@ def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], sta
             anchors = fetch_trust_anchors(store, trusted_ids, trusted=trusted_files,
                                           require_crls=conf.imgsign.require_crls,
                                           max_depth=conf.imgsign.max_chain_depth)
+        found = provenance(image, certificate, store) if provenance is not None else None
         tsa = tuple((i, fetch_certificate(store, i)) for i in tsa_ids) if any(
             name.startswith("imgsign_tst_v1") for name in image) else ()
-    return Fetched(image, certificate, anchors, tsa)
+    return Fetched(image, certificate, anchors, found, tsa)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,10 @@ key manager:
   maps its trusted ids to fingerprints through the sealed :class:`AnchorStore`);
 * what was checked of the signer beyond its chain (``checks``, :mod:`imgsign.compute.trust_checks`):
   the RFC 3161 timestamp and the TSA certificates it verified against, and the OCSP answers used;
+* for a host-signed image (``imgsign gateway``), what its provenance statement said and whether it
+  verified (:class:`ProvenanceRecord`): the project, host and base image it names, the base's
+  signing certificate and the fingerprints of the trusted certificates that certificate chained to
+  when the snapshot was made, so that a trust policy's ``hostSigned`` rules decide offline too;
 * the cached file as written: its format and SHA-256.
   Nova converts qcow2 to raw (``force_raw_images``), so the cached file is not
   the signed bytes; the record binds "verified original -> converted file ->
@@ -66,6 +70,83 @@ def fingerprint(certificate_der: bytes) -> str:
     return hashlib.sha256(certificate_der).hexdigest()
 
 
+#: Every compute host certificate's URI SAN (``openstack://<cloud>/nova-compute/<host>``,
+#: :data:`imgsign.trust_policy.HOST_URI`) holds these bytes: a URI SAN is an IA5String, kept verbatim in the DER.
+_HOST_URI_MARK = b"/nova-compute/"
+
+
+def may_be_host_certificate(certificate_der: bytes) -> bool:
+    """False when the certificate certainly has no compute host URI SAN (its DER lacks the bytes every such
+    URI holds); True when it may have one, which only parsing it tells (:func:`imgsign.trust_policy.
+    is_host_certificate`).  Lets a boot skip the X.509 stack for every other signer."""
+    return _HOST_URI_MARK in certificate_der
+
+
+@dataclasses.dataclass(frozen=True)
+class ProvenanceRecord:
+    """What adoption found of an image's provenance statement (:mod:`imgsign.provenance`).
+
+    ``verified``: the statement verified with the signer's key and names this image and the digest
+    ``img_signature`` signs; else ``error`` says why, and nothing else is kept.  ``project_id``,
+    ``host``, ``base_image_id``, ``created_at``: what it states (``base_image_id`` None: no signed
+    base).  ``base_certificate_der``: the base's signing certificate, read from the key manager by the
+    id the statement names and checked to be the one it names by SHA-256 (None, with ``base_error``,
+    when it was not); ``base_anchor_fingerprints``: the trusted certificates of the trust policy's
+    ``baseTrustStores`` it chained to, each on its own, at ``created_at`` (empty, with ``base_error``,
+    for none).  A boot decides on these by fingerprint, as on the signer's anchors.
+    """
+
+    verified: bool
+    error: str | None = None
+    project_id: str | None = None
+    host: str | None = None
+    base_image_id: str | None = None
+    created_at: str | None = None
+    base_certificate_der: bytes | None = None
+    base_anchor_fingerprints: tuple[str, ...] = ()
+    base_error: str | None = None
+
+    KEYS = ("verified", "error", "project_id", "host", "base_image_id", "created_at", "base_certificate_der",
+            "base_anchor_fingerprints", "base_error")
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "verified": self.verified, "error": self.error, "project_id": self.project_id, "host": self.host,
+            "base_image_id": self.base_image_id, "created_at": self.created_at,
+            "base_certificate_der": None if self.base_certificate_der is None
+            else base64.b64encode(self.base_certificate_der).decode(),
+            "base_anchor_fingerprints": list(self.base_anchor_fingerprints), "base_error": self.base_error,
+        }
+
+    @classmethod
+    def from_body(cls, value: Any) -> ProvenanceRecord:
+        """Parse (TypeError/ValueError for anything malformed: the caller makes it a TrustRecordError)."""
+        if not isinstance(value, dict) or set(value) != set(cls.KEYS):
+            raise TypeError(f"the provenance must be a mapping of exactly {', '.join(cls.KEYS)}")
+        verified = value["verified"]
+        if not isinstance(verified, bool):
+            raise TypeError("the provenance's verified must be true or false")
+        der = _optional(value["base_certificate_der"])
+        record = cls(
+            verified=verified, error=_optional(value["error"]), project_id=_optional(value["project_id"]),
+            host=_optional(value["host"]), base_image_id=_optional(value["base_image_id"]),
+            created_at=_optional(value["created_at"]),
+            base_certificate_der=None if der is None else base64.b64decode(der, validate=True),
+            base_anchor_fingerprints=tuple(_fingerprint(f) for f in _list(value["base_anchor_fingerprints"])),
+            base_error=_optional(value["base_error"]),
+        )
+        if verified == (record.error is not None) or (verified and record.project_id is None):
+            raise ValueError("a verified provenance states a project and has no error; an unverified one has an "
+                             "error")
+        if not verified and record != cls(False, record.error):
+            raise ValueError("an unverified provenance keeps only its error")
+        if record.base_image_id is None and (der is not None or record.base_anchor_fingerprints):
+            raise ValueError("a provenance without a base image records no base certificate")
+        if der is None and record.base_anchor_fingerprints:
+            raise ValueError("base anchors without a base certificate")
+        return record
+
+
 @dataclasses.dataclass(frozen=True)
 class TrustRecord:
     """One verified image in the cache."""
@@ -91,6 +172,9 @@ class TrustRecord:
     #: The timestamp and OCSP answers checked when the record was made (:mod:`imgsign.compute.trust_checks`);
     #: None when there were none.
     checks: TrustChecks | None = None
+    #: The image's provenance statement as adoption found it (a host-signed image); None: it carries none, or
+    #: nothing on this host needed it (no ``hostSigned`` rule) when it was recorded.
+    provenance: ProvenanceRecord | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -107,6 +191,7 @@ class TrustRecord:
             "recorded_at": self.recorded_at,
             **({} if self.image_facts is None else {"image": dict(self.image_facts)}),
             **({} if self.checks is None else {"checks": self.checks.to_body()}),
+            **({} if self.provenance is None else {"provenance": self.provenance.to_body()}),
         }
 
     def digest(self) -> str:
@@ -140,6 +225,7 @@ class TrustRecord:
                 recorded_at=_text(body["recorded_at"]),
                 image_facts=_facts(body.get("image")),
                 checks=None if body.get("checks") is None else TrustChecks.from_body(body["checks"]),
+                provenance=None if body.get("provenance") is None else ProvenanceRecord.from_body(body["provenance"]),
             )
             if cached["name"] != cache_name(record.image_id):
                 raise TrustRecordError("trust record names another image's cache file")
@@ -169,6 +255,10 @@ def _facts(value: Any) -> dict[str, str] | None:
     if not isinstance(value, dict) or not set(value) <= set(FACT_KEYS):
         raise TypeError("the image facts must be a mapping of owner, visibility and image_type")
     return {key: _text(text) for key, text in value.items()}
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _int(value: Any) -> int:

@@ -49,7 +49,7 @@ from imgsign.algorithms import HashMethod
 from imgsign.errors import InputError
 
 DEFAULT_CONFIG = "/etc/imgsign/gateway.conf"
-#: A host name as the provenance states it (imgsign.gateway.provenance).
+#: A host name as the provenance states it (imgsign.provenance).
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 DEFAULT_PORT = 9293
 
@@ -67,6 +67,9 @@ class SigningConfig:
     refuse_unmatched: bool = False
     libvirt_uri: str = "qemu:///system"
     import_timeout: float = 3600.0
+    #: Remove ``locations`` and ``direct_url`` from the image records nova-compute reads
+    #: (:mod:`imgsign.gateway.locations`).
+    hide_locations: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +143,10 @@ def signing_opts() -> list[Any]:
         cfg.StrOpt("libvirt_uri", default="qemu:///system", help="libvirt to ask (read-only) which domains exist."),
         cfg.Opt("import_timeout", type=Seconds(positive=True, max=86400), default=3600.0,
                 help="Seconds to wait for Glance to import (and check) a signed snapshot."),
+        cfg.BoolOpt("hide_locations", default=True,
+                    help="Remove locations and direct_url from the image records nova-compute reads, so that Nova "
+                         "on Ceph (RBD) downloads images (verified by the boot hook) instead of cloning them, and "
+                         "snapshots by uploading (signed here) instead of an RBD direct snapshot."),
     ]
 
 
@@ -162,7 +169,7 @@ def _signing(path: str, section: Any) -> SigningConfig:
                          f"set it to Nova's [DEFAULT] host")
     return SigningConfig(values["key"], values["certificate"], (section.certificate_id or "").strip() or None,
                          HashMethod.parse(section.hash_method), key_manager, host, section.unmatched == "refuse",
-                         section.libvirt_uri.strip(), float(section.import_timeout))
+                         section.libvirt_uri.strip(), float(section.import_timeout), bool(section.hide_locations))
 
 
 def _listen(path: str, text: str) -> tuple[str, int]:

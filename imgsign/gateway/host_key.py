@@ -9,8 +9,8 @@ import threading
 from typing import Any
 
 from imgsign.gateway.config import SigningConfig
-from imgsign.gateway.provenance import Provenance, sign_provenance
 from imgsign.properties import SignatureProperties
+from imgsign.provenance import Provenance, sign_provenance
 
 
 class HostSigner:

@@ -4,8 +4,9 @@
   names a domain defined on this host (running, paused, or shut off: shelve powers the instance off
   before its snapshot), owned by the image's project: staged, signed, imported.
 * A location added to a snapshot or backup (Nova's RBD direct snapshot, a JSON-patch ``add`` of
-  ``/locations/-`` or ``POST /v2/images/{id}/locations``): refused with 403, so that Nova falls back
-  to uploading the file, which the gateway signs.
+  ``/locations/-`` or ``POST /v2/images/{id}/locations``): refused with 403, so that it is never
+  stored unsigned.  Nova 34 does not fall back to uploading the file then: its snapshot fails
+  (``ImageNotAuthorized``; doc/source/admin/compute-signing.md, "What remains").
 * Everything else: passed through untouched.
 """
 

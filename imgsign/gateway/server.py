@@ -8,7 +8,9 @@ it names, ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding`
 Nothing is added: no default ``User-Agent``, ``Accept`` or ``Accept-Encoding``, and bodies pass
 compressed or not as Glance sent them.  Glance's TLS certificate is verified (``ca_file`` or the
 system's CAs).  Glance unreachable: 502; no answer within ``read_timeout``: 504; both with a one-line
-JSON body naming the cause (never a token).
+JSON body naming the cause (never a token).  One answer is changed: Glance's version document
+(``GET /``, ``GET /versions``), whose links are pointed at the gateway (:mod:`imgsign.gateway.discovery`),
+else keystoneauth's discovery would send nova-compute straight to Glance.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from imgsign.errors import MissingExtra
@@ -106,6 +108,15 @@ class Gateway:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Intercept what :mod:`imgsign.gateway.intercept` names; forward everything else."""
+        from imgsign.gateway.discovery import VERSION_PATHS
+
+        if request.method == "GET" and request.rel_url.raw_path in VERSION_PATHS:
+            return await self.versions(request)
+        if self.signer is not None and self.signer.config.hide_locations:
+            from imgsign.gateway.locations import is_image_read
+
+            if is_image_read(request.method, request.rel_url.raw_path):
+                return await self.without_locations(request)
         if self.signer is not None:
             from imgsign.gateway import intercept
 
@@ -153,6 +164,65 @@ class Gateway:
                 LOG.error("%s %s: Glance's answer broke off: %s", request.method, request.path, type(exc).__name__)
                 raise
             return _upstream_error(request, exc)
+
+
+    async def versions(self, request: web.Request) -> web.StreamResponse:
+        """Glance's version document with its links pointing at the gateway."""
+        from imgsign.gateway import discovery
+
+        gateway_origin = discovery.origin(self.config.listen_host, self.config.listen_port)
+        return await self.rewritten(request, lambda body: discovery.rewrite_version_document(body, gateway_origin),
+                                    discovery.MAX_DOCUMENT, "Glance's version document")
+
+    async def without_locations(self, request: web.Request) -> web.StreamResponse:
+        """An image record (or list) without locations and direct_url (:mod:`imgsign.gateway.locations`)."""
+        from imgsign.gateway import locations
+
+        return await self.rewritten(request, locations.hide_locations, locations.MAX_DOCUMENT, "the image record")
+
+    async def rewritten(self, request: web.Request, rewrite: Callable[[bytes], bytes], limit: int,
+                        what: str) -> web.StreamResponse:
+        """Glance's answer to a GET, asked for uncompressed, read whole (at most ``limit`` bytes) and passed
+        through ``rewrite``; 502 when it is larger, encoded anyway, or ``rewrite`` raises ValueError: such an
+        answer is never passed on as Glance gave it."""
+        import aiohttp
+        from aiohttp import web
+        from multidict import CIMultiDict
+
+        headers = [(name, value) for name, value in forwarded_headers(request.headers.items(), REQUEST_DROPPED)
+                   if name.lower() != "accept-encoding"]
+        try:
+            async with self.session.get(self.url(request.raw_path), headers=headers, allow_redirects=False) as upstream:
+                body = await _read_at_most(upstream.content, limit + 1)
+                status, reason = upstream.status, upstream.reason
+                answer_headers = forwarded_headers(upstream.headers.items(), RESPONSE_DROPPED)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            return _upstream_error(request, exc)
+        encoded = [v for n, v in answer_headers if n.lower() == "content-encoding" and v.lower() != "identity"]
+        try:
+            if len(body) > limit:
+                raise ValueError(f"it is larger than {limit} bytes")
+            if encoded:
+                raise ValueError(f"Glance sent it encoded ({encoded[0][:40]})")
+            body = rewrite(body)
+        except ValueError as exc:
+            LOG.error("GET %s: cannot rewrite %s: %s", request.path, what, exc)
+            return error_response(502, f"the gateway cannot rewrite {what}: {exc}")
+        kept = CIMultiDict((n, v) for n, v in answer_headers if n.lower() not in ("content-length", "content-encoding"))
+        return web.Response(status=status, reason=reason, body=body, headers=kept)
+
+
+async def _read_at_most(stream: Any, size: int) -> bytes:
+    """The body, whole, or its first ``size`` bytes (``StreamReader.read(n)`` returns what has arrived)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = await stream.read(min(CHUNK, size - got))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _upstream_error(request: web.Request, exc: BaseException) -> web.Response:

@@ -5,7 +5,7 @@ for Nova, with Nova's rights, and never with credentials of its own.  For a sign
 
 1. ``GET`` the image; :func:`~imgsign.gateway.intercept.decide` (and libvirt) say pass, refuse or sign;
 2. ``PUT /v2/images/{id}/stage`` with Nova's body, hashed in the same pass (image data that starts
-   like a DSSE PAE is refused, see :mod:`imgsign.gateway.provenance`);
+   like a DSSE PAE is refused, see :mod:`imgsign.provenance`);
 3. sign the digest with the host key; read the base image (``base_image_ref``) for the provenance;
 4. ``PATCH`` the ``img_signature*`` and ``imgsign_provenance_v1_*`` properties (any left from before
    are removed in the same patch);
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from imgsign.errors import ImgsignError
 from imgsign.gateway import intercept
 from imgsign.gateway._http import CHUNK, HOP_BY_HOP, error_response
-from imgsign.gateway.provenance import PAE_HEADER, PREFIX, BaseImage, Provenance, refuse_envelope_lookalike
 from imgsign.properties import NAMES as SIGNATURE_NAMES
 from imgsign.properties import SignatureProperties
+from imgsign.provenance import PAE_HEADER, PREFIX, BaseImage, Provenance, refuse_envelope_lookalike
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -208,7 +208,8 @@ def _keys(gateway: Gateway) -> ProjectKeyManager:
 
 
 async def _base(gateway: Gateway, image: Mapping[str, object], headers: Mapping[str, str]) -> BaseImage | None:
-    """What the provenance says of the base image: None if the instance's image was not signed.
+    """What the provenance says of the base image: None if the instance's image was not signed, or its
+    signature properties are unusable, or its certificate cannot be read.
 
     Its certificate is read as the image owner reads it (their project, Nova's user token), as Nova did
     when it verified the base for this instance."""
@@ -223,10 +224,19 @@ async def _base(gateway: Gateway, image: Mapping[str, object], headers: Mapping[
     except ImgsignError as exc:
         LOG.warning("base image %s has unusable img_signature* properties (%s): stated as unsigned", reference, exc)
         return None
-    certificate_sha256 = await _keys(gateway).certificate_sha256(str(image["owner"]), _token(headers),
-                                                                 signed.certificate_uuid)
     try:
-        return BaseImage(reference, hashlib.sha256(signed.signature).digest(), certificate_sha256)
+        certificate_sha256 = await _keys(gateway).certificate_sha256(str(image["owner"]), _token(headers),
+                                                                     signed.certificate_uuid)
+    except ImgsignError as exc:
+        # E.g. a public base whose certificate is a secret of the operator's project, which the owner's
+        # token may not read: the base cannot be named, and a verifier that requires a trusted base refuses
+        # the snapshot. The snapshot itself is not refused (Nova's own upload would have no way around it).
+        LOG.warning("base image %s: its certificate %s cannot be read with the owner's token (%s): stated as "
+                    "unsigned", reference, signed.certificate_uuid, exc)
+        return None
+    try:
+        return BaseImage(reference, hashlib.sha256(signed.signature).digest(), certificate_sha256,
+                         signed.certificate_uuid)
     except ValueError:
         return None
 

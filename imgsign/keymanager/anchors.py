@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from imgsign.chain import TrustAnchors
     from imgsign.keymanager import CertificateStore
-    from imgsign.trust_policy import Rule
+    from imgsign.trust_policy import Rule, TrustStore
 
 
 def fetch_certificate(store: CertificateStore, cert_id: str) -> x509.Certificate:
@@ -49,13 +49,28 @@ def rule_anchors(rule: Rule, base_dir: str, store: CertificateStore | None, *,
     ``base_dir``, the policy file's directory) and key-manager ids, their intermediates and CRLs, every
     CRL stored in ``store``; None for a rule with no CA store.  ``store`` None: no key manager (a rule
     naming key-manager ids is then an error)."""
+    return stores_anchors(rule.ca_stores, rule.name, base_dir, store, intermediate_files=intermediate_files,
+                          crl_files=crl_files)
+
+
+def base_anchors(rule: Rule, base_dir: str, store: CertificateStore | None) -> TrustAnchors | None:
+    """The trust anchors of a ``hostSigned`` rule's ``baseTrustStores`` (as :func:`rule_anchors`); None for
+    a rule that is not ``hostSigned``."""
+    if rule.host_signed is None:
+        return None
+    return stores_anchors(rule.host_signed.base_trust_stores, rule.name, base_dir, store)
+
+
+def stores_anchors(stores: Sequence[TrustStore], rule_name: str, base_dir: str, store: CertificateStore | None, *,
+                   intermediate_files: Sequence[str] = (), crl_files: Sequence[str] = ()) -> TrustAnchors | None:
+    """The trust anchors of trust stores of type ca (of rule ``rule_name``); None for none."""
     import os
 
     from imgsign import certificates, chain
     from imgsign._internal.files import read_small_file
     from imgsign.errors import KeyManagerError
 
-    stores = rule.ca_stores
+    stores = [s for s in stores if s.type == "ca"]
     if not stores:
         return None
 
@@ -75,7 +90,7 @@ def rule_anchors(rule: Rule, base_dir: str, store: CertificateStore | None, *,
     require = any(s.require_crls for s in stores)
     if store is None:
         if ids:
-            raise KeyManagerError(f"trust policy rule {rule.name} names key-manager ids, and no key manager is "
+            raise KeyManagerError(f"trust policy rule {rule_name} names key-manager ids, and no key manager is "
                                   "configured here")
         return chain.TrustAnchors(trusted, intermediates, crls, require_crls=require,
                                   max_depth=min(depths) if depths else chain.DEFAULT_MAX_DEPTH)

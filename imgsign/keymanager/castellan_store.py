@@ -85,9 +85,13 @@ class CastellanStore(CertificateStore):
             return str(self._manager.store(self._context, x_509.X509(der, name=name)))
 
     def find_certificate(self, der: bytes) -> str | None:
-        """The id of a stored certificate with exactly these DER bytes, if any."""
+        """The id of a stored certificate with exactly these DER bytes that this context can read, if any.
+
+        A certificate listed but not readable here (a Barbican secret that another user of the project
+        made private with its ACL) is passed over: its id could not be read with this token either, and
+        it must not make every look-up of the project fail."""
         with self._calling("list certificates", listing=True):
-            for obj in self._list(x_509.X509):
+            for obj in self._list(x_509.X509, skip_unreadable=True):
                 if bytes(obj.get_encoded()) == der:
                     return str(obj.id)
         return None
@@ -129,10 +133,11 @@ class CastellanStore(CertificateStore):
         with self._calling("delete", object_id):
             self._manager.delete(self._context, object_id)
 
-    def _list(self, object_type: type, metadata_only: bool = False) -> list[Any]:
-        """All objects of ``object_type`` (call inside :meth:`_calling`)."""
+    def _list(self, object_type: type, metadata_only: bool = False, skip_unreadable: bool = False) -> list[Any]:
+        """All objects of ``object_type`` (call inside :meth:`_calling`); ``skip_unreadable``: leave out the
+        Barbican secrets whose data this context is forbidden to read (else that is an error)."""
         if _is_barbican(self._manager):
-            return _barbican_list_all(self._manager, self._context, object_type, metadata_only)
+            return _barbican_list_all(self._manager, self._context, object_type, metadata_only, skip_unreadable)
         return list(self._manager.list(self._context, object_type=object_type, metadata_only=metadata_only))
 
 
@@ -142,7 +147,8 @@ def _is_barbican(manager: Any) -> bool:
     return module is not None and isinstance(manager, module.BarbicanKeyManager)
 
 
-def _barbican_list_all(manager: Any, context: Any, object_type: type, metadata_only: bool) -> list[Any]:
+def _barbican_list_all(manager: Any, context: Any, object_type: type, metadata_only: bool,
+                       skip_unreadable: bool = False) -> list[Any]:
     """Every page of a Barbican listing, as castellan objects.
 
     castellan's ``BarbicanKeyManager.list`` returns barbicanclient's first page (10 secrets) and
@@ -150,24 +156,41 @@ def _barbican_list_all(manager: Any, context: Any, object_type: type, metadata_o
     context (castellan's session, auth and endpoint) until an empty page, converts each secret
     with castellan's own conversion and lets any failure propagate.  Offset paging can skip a
     secret when another one is deleted meanwhile, so the listing must account for Barbican's
-    ``total`` before and after it, or it is repeated (then a KeyManagerError).
+    ``total`` before and after it, or it is repeated (then a KeyManagerError).  ``skip_unreadable``:
+    a secret listed whose data Barbican refuses to this context (403: its ACL makes it private to
+    another user) is left out instead of failing the listing.
     """
     client = manager._get_barbican_client(context)
     secret_type = manager._secret_type_dict[object_type]
     for _ in range(BARBICAN_LIST_ATTEMPTS):
         before = _barbican_total(client, secret_type)
         found: dict[str, Any] = {}
+        seen: set[str] = set()
         offset = 0
         while page := client.secrets.list(limit=BARBICAN_PAGE_SIZE, offset=offset, secret_type=secret_type,
                                           sort="created:asc"):
             for secret in page:
-                obj = manager._get_castellan_object(secret, metadata_only)
+                seen.add(str(manager._retrieve_secret_uuid(secret.secret_ref) if secret.secret_ref else None))
+                try:
+                    obj = manager._get_castellan_object(secret, metadata_only)
+                except Exception as exc:
+                    if skip_unreadable and _forbidden(exc):
+                        continue
+                    raise
                 found.setdefault(str(obj.id), obj)
             offset += len(page)
-        if len(found) == before == _barbican_total(client, secret_type):
+        if len(seen) == before == _barbican_total(client, secret_type):
             return list(found.values())
     raise KeyManagerError(f"the {secret_type} secrets kept changing while they were listed "
                           f"({BARBICAN_LIST_ATTEMPTS} attempts); try again")
+
+
+def _forbidden(exc: BaseException) -> bool:
+    """Is ``exc`` (or what it wraps) a 403 from Barbican (barbicanclient's ``HTTPClientError``, castellan's)?"""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, castellan_errors.Forbidden) or getattr(error, "status_code", None) == 403:
+            return True
+    return False
 
 
 def _barbican_total(client: Any, secret_type: str) -> int:

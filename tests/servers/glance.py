@@ -127,15 +127,17 @@ class GlanceServer:
 
 
 def _api_conf(workdir: Path, keystore: Path, import_methods: Sequence[str], keystone: KeystoneServer,
-              key_manager: str | None) -> str:
+              key_manager: str | None, policy_file: Path | None = None, show_direct_url: bool = False) -> str:
     # Multi-store configuration (the single-store [glance_store] stores/default_store options are
     # deprecated for removal): one file store "fs"; staging in Glance's reserved staging store.
+    policy = "" if policy_file is None else f"\n[oslo_policy]\npolicy_file = {policy_file}\n"
     return f"""\
 [DEFAULT]
 log_file = {workdir / "glance-api.log"}
 use_stderr = False
 enabled_backends = fs:file
 enabled_import_methods = [{", ".join(import_methods)}]
+show_image_direct_url = {show_direct_url}
 
 [database]
 connection = sqlite:///{workdir / "glance.sqlite"}
@@ -154,7 +156,7 @@ filesystem_store_datadir = {workdir / "tasks"}
 
 [paste_deploy]
 config_file = {APP_DIR / "glance-api-paste.ini"}
-
+{policy}
 {key_manager or _embedded_key_manager(keystore)}
 
 {keystone.authtoken_conf("glance")}"""
@@ -162,6 +164,14 @@ config_file = {APP_DIR / "glance-api-paste.ini"}
 
 def _embedded_key_manager(keystore: Path) -> str:
     return f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n"
+
+
+def policy_yaml(rules: Mapping[str, str]) -> str:
+    """An oslo.policy file overriding ``rules`` (name -> check string); every other rule keeps Glance's default."""
+    import json
+
+    # JSON strings are YAML strings: any quote, colon or ``%(...)s`` in a check string stays as it is.
+    return "".join(f"{json.dumps(name)}: {json.dumps(check)}\n" for name, check in rules.items())
 
 
 def _ini(sections: Mapping[str, Mapping[str, str]]) -> str:
@@ -186,7 +196,8 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
                   import_options: Mapping[str, Mapping[str, str]] | None = None,
                   import_methods: Sequence[str] = ("glance-direct",),
                   key_manager: str | None = None, config: Mapping[str, str] | None = None,
-                  python: Path | None = None) -> Iterator[GlanceServer]:
+                  python: Path | None = None, policy: Mapping[str, str] | None = None,
+                  show_direct_url: bool = False) -> Iterator[GlanceServer]:
     """Install Glance (if needed) and run it on a free 127.0.0.1 port until the block ends.
 
     ``plugins`` is ``[image_import_opts] image_import_plugins``; ``import_options``
@@ -205,6 +216,10 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
     ``python``, when given, is the interpreter of an environment that has Glance and an installed
     imgsign (e.g. a wheel installed into a venv that borrows :func:`glance_venv`'s packages): it runs
     ``glance-manage`` and the API, and this checkout is not put on ``PYTHONPATH``.
+    ``policy`` (oslo.policy rule name -> check string, e.g. ``upload_image``) overrides those rules of
+    Glance's policy: it is written to ``etc/policy.yaml``, which the generated glance-api.conf names
+    in ``[oslo_policy] policy_file`` (with ``config``, name it there yourself).  ``show_direct_url``: Glance's
+    ``show_image_direct_url`` (image records name their store location, as RBD deployments set it).
     """
     installed = python is not None
     python = Path(python) if installed else glance_venv() / "bin" / "python"
@@ -215,10 +230,15 @@ def glance_server(workdir: Path | None = None, *, keystone: KeystoneServer, keys
         etc, home = workdir / "etc", workdir / "home"
         for directory in (etc, home, workdir / "staging", workdir / "images", workdir / "tasks"):
             directory.mkdir(parents=True, exist_ok=True)
+        policy_file = None
+        if policy is not None:
+            policy_file = etc / "policy.yaml"
+            policy_file.write_text(policy_yaml(policy))
         if config is None:
             plugin_list = ", ".join(f"'{name}'" for name in plugins)
             import_opts = {"image_import_plugins": f"[{plugin_list}]"}
-            config = {"glance-api.conf": _api_conf(workdir, keystore, import_methods, keystone, key_manager),
+            config = {"glance-api.conf": _api_conf(workdir, keystore, import_methods, keystone, key_manager,
+                                                   policy_file, show_direct_url),
                       "glance-image-import.conf": _ini({"image_import_opts": import_opts, **(import_options or {})})}
         for name, text in config.items():
             (etc / name).write_text(text)

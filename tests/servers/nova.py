@@ -86,15 +86,21 @@ def _as_user(user: int, workdir: Path, trees: list[Path], command: list[str]) ->
 
 def fetch_to_raw(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str, dest: Path,
                  force_raw_images: bool = True, verify_glance_signatures: bool, keystore: Path | None = None,
-                 user: int | None = None, function: str = "fetch_to_raw") -> subprocess.CompletedProcess[str]:
+                 user: int | None = None, function: str = "fetch_to_raw",
+                 trusted_certificate_ids: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Nova's ``fetch_to_raw`` (or ``fetch_raw_image``) of ``image_id`` into ``dest``, as uid ``user`` (e.g. nova).
 
     ``token`` is a Keystone token of the image's user, ``project_id`` that token's project id.
+    ``trusted_certificate_ids`` (key manager ids of CA certificates) turns on Nova's certificate
+    validation: ``[glance] enable_certificate_validation`` with them as ``default_trusted_certificate_ids``.
     """
     if function not in ("fetch_to_raw", "fetch_raw_image"):
         raise ValueError(f"not a Nova download function: {function}")
-    if verify_glance_signatures and keystore is None:
+    if (verify_glance_signatures or trusted_certificate_ids) and keystore is None:
         raise ValueError("verify_glance_signatures needs the key store Nova's check reads")
+    validation = ("" if not trusted_certificate_ids else
+                  "enable_certificate_validation = True\n"
+                  f"default_trusted_certificate_ids = {','.join(trusted_certificate_ids)}\n")
     python = nova_venv() / "bin" / "python"
     workdir.mkdir(parents=True, exist_ok=True)
     key_manager = ("" if keystore is None
@@ -108,7 +114,7 @@ state_path = {workdir}
 [glance]
 api_servers = {glance_url}
 verify_glance_signatures = {verify_glance_signatures}
-
+{validation}
 {key_manager}
 [oslo_concurrency]
 lock_path = {workdir}
@@ -168,4 +174,166 @@ def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: s
     env["NOVA_AUTH_TOKEN"] = token
     return subprocess.run([str(python), str(UPLOAD), str(conf), project_id, image_id, str(data)], env=env,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
+
+
+ADD_LOCATION = Path(__file__).resolve().with_name("nova_app") / "add_location.py"
+
+
+def add_location(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
+                 url: str) -> dict[str, object]:
+    """Nova's ``nova.image.glance.API().update`` adding ``url`` as a location, as the libvirt driver's RBD
+    direct snapshot does: ``{"error": Nova's exception class or None, "message", "falls_back"}``
+    (``nova_app/add_location.py``; ``falls_back``: ``LibvirtDriver.snapshot()`` would then take the
+    standard snapshot path)."""
+    import json
+
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    env["NOVA_AUTH_TOKEN"] = token
+    proc = subprocess.run([str(python), str(ADD_LOCATION), str(conf), project_id, image_id, url], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"Nova's add_location did not run: {proc.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+IMAGE_LOCATIONS = Path(__file__).resolve().with_name("nova_app") / "image_locations.py"
+
+
+def image_locations(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str) -> list[str]:
+    """The locations Nova's ``nova.image.glance.API().get(include_locations=True)`` sees for ``image_id``, as
+    the libvirt driver's RBD clone and direct snapshot ask for them (``nova_app/image_locations.py``)."""
+    import json
+
+    python = nova_venv() / "bin" / "python"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
+                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
+    env["NOVA_AUTH_TOKEN"] = token
+    proc = subprocess.run([str(python), str(IMAGE_LOCATIONS), str(conf), project_id, image_id], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+                          cwd=workdir)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"Nova's image get did not run: {proc.stderr[-3000:]}")
+    locations: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])["locations"]
+    return locations
+
+
+SNAPSHOT = Path(__file__).resolve().with_name("nova_app") / "snapshot.py"
+#: libvirt's Python binding for Nova's libvirt driver, at the version of the machine's libvirt (9.0.0 on
+#: Debian 12): PyPI has only its source, built against libvirt-dev with pkg-config and a C compiler.
+LIBVIRT_PYTHON_BUILD = ("libvirt-dev", "pkg-config", "gcc")
+
+
+def libvirt_python() -> Path:
+    """A cached directory holding libvirt-python for Nova's venv (``pip install --target``), built on first use.
+
+    Kept out of the Nova venv itself so that the venv's other users do not rebuild it. The binding's
+    version is the machine's libvirt's (``pkg-config --modversion libvirt``); the build packages are
+    installed with ``apt-get`` when missing.
+    """
+    import fcntl
+    import shutil
+
+    from tests.servers.common import ServerError, cache_dir, tail
+
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "libvirt-python.install.log"
+
+    def have_libvirt_dev() -> bool:
+        return shutil.which("pkg-config") is not None and shutil.which("gcc") is not None and subprocess.run(
+            ["pkg-config", "--exists", "libvirt"], check=False).returncode == 0
+
+    if not have_libvirt_dev():
+        # The libvirt harness's apt lock: one apt-get at a time on the machine.
+        with open(root / ".libvirt-apt.lock", "w") as apt_lock, open(log, "ab") as out:
+            fcntl.flock(apt_lock, fcntl.LOCK_EX)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *LIBVIRT_PYTHON_BUILD]
+            for step in (install, ["apt-get", "update", "-q"], install):
+                if have_libvirt_dev():
+                    break
+                subprocess.run(step, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                               timeout=900, check=False)
+    with open(root / ".libvirt-python.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        version = subprocess.run(["pkg-config", "--modversion", "libvirt"], capture_output=True, text=True,
+                                 check=False).stdout.strip() if have_libvirt_dev() else ""
+        if not version:
+            raise ServerError(f"{', '.join(LIBVIRT_PYTHON_BUILD)} are missing and could not be installed:\n"
+                              f"{tail(log)}")
+        python = nova_venv() / "bin" / "python"
+        target = root / f"libvirt-python-{version}-{Path(os.path.realpath(python)).name}"
+        if (target / ".complete").is_file():
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        with open(log, "ab") as out:
+            code = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+                                   "--target", str(target), f"libvirt-python=={version}"],
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=900,
+                                  check=False).returncode
+        if code != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            raise ServerError(f"building libvirt-python {version} failed ({code}):\n{tail(log)}")
+        (target / ".complete").write_text(version + "\n")
+        return target
+
+
+def snapshot_instance(workdir: Path, *, libvirt_uri: str, glance_url: str, token: str, request: dict[str, object],
+                      snapshots_directory: Path, instances_path: Path) -> subprocess.CompletedProcess[str]:
+    """Nova's ``compute.utils.create_image``, then ``LibvirtDriver.snapshot()`` (``nova_app/snapshot.py``).
+
+    Runs as root with Nova's privsep daemon started directly (``[nova_sys_admin] helper_command``: no
+    sudo or rootwrap here), talking to the libvirtd at ``libvirt_uri`` and to Glance at ``glance_url``
+    (``[glance] endpoint_override``, as a host running the gateway configures it).
+    """
+    import json
+
+    python = nova_venv() / "bin" / "python"
+    binding = libvirt_python()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nova.conf"
+    conf.write_text(f"""\
+[DEFAULT]
+state_path = {workdir}
+instances_path = {instances_path}
+compute_driver = libvirt.LibvirtDriver
+
+[libvirt]
+connection_uri = {libvirt_uri}
+virt_type = qemu
+snapshots_directory = {snapshots_directory}
+
+[glance]
+endpoint_override = {glance_url}
+
+[nova_sys_admin]
+helper_command = {python.parent / "privsep-helper"} --config-file {conf}
+
+[oslo_concurrency]
+lock_path = {workdir}
+""")
+    request_file = workdir / "request.json"
+    request_file.write_text(json.dumps(request))
+    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON", "LIBVIRT_"))
+    env["PYTHONPATH"] = str(binding)
+    env["PYTHONWARNINGS"] = "ignore"
+    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+    env["NOVA_AUTH_TOKEN"] = token
+    return subprocess.run([str(python), str(SNAPSHOT), str(conf), str(request_file)], env=env,
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False,
                           cwd=workdir)

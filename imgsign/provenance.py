@@ -1,13 +1,16 @@
 """The provenance of a host-signed image: an in-toto Statement v1 in a DSSE envelope. Pure: no I/O.
 
-The statement says which image (its id and digest), made from which base image (its id, the SHA-256 of
-its decoded ``img_signature`` and of its signing certificate), by which instance of which project, on
-which host, when::
+``imgsign gateway`` makes it (:mod:`imgsign.gateway`); verifiers check it for a trust policy's
+``hostSigned`` rules (:mod:`imgsign.trust_evidence`).  The statement says which image (its id and
+digest), made from which base image (its id, the SHA-256 of its decoded ``img_signature``, the
+key-manager id of its signing certificate and that certificate's SHA-256), by which instance of which
+project, on which host, when::
 
     {"_type": "https://in-toto.io/Statement/v1",
      "subject": [{"name": "<image id>", "digest": {"sha256": "<hex>"}}],
      "predicateType": "urn:imgsign:compute-image-provenance:v1",
-     "predicate": {"baseImage": {"id": ..., "signatureSha256": ..., "certificateSha256": ...} | null,
+     "predicate": {"baseImage": {"id": ..., "signatureSha256": ..., "certificateId": ...,
+                                 "certificateSha256": ...} | null,
                    "instanceUuid": ..., "projectId": ..., "host": ..., "createdAt": "2026-12-06T03:00:00Z"}}
 
 The digest set holds exactly one digest, named after ``img_signature_hash_method`` as the in-toto
@@ -67,6 +70,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: A compute host's name as Nova knows it (``[DEFAULT] host``).
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _HEX = re.compile(r"[0-9a-f]+")
+#: A key-manager id (Barbican's uuids, the embedded store's, a Vault path): printable ASCII, no spaces.
+_KEY_MANAGER_ID = re.compile(r"[\x21-\x7e]{1,255}")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -79,6 +84,7 @@ class BaseImage:
     image_id: str
     signature_sha256: bytes  # SHA-256 of the base's decoded img_signature
     certificate_sha256: bytes  # SHA-256 (DER) of the certificate that signed the base
+    certificate_id: str  # the base's img_signature_certificate_uuid (a key-manager id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +112,8 @@ class Provenance:
             _check_identifier("base image id", self.base.image_id)
             if len(self.base.signature_sha256) != 32 or len(self.base.certificate_sha256) != 32:
                 raise ValueError("the base image's signature and certificate digests are SHA-256 (32 bytes)")
+            if not isinstance(self.base.certificate_id, str) or not _KEY_MANAGER_ID.fullmatch(self.base.certificate_id):
+                raise ValueError(f"base certificate id {str(self.base.certificate_id)[:80]!r} is not a key-manager id")
         when = self.created_at
         if when.tzinfo is None or when.utcoffset() != datetime.timedelta(0) or when.microsecond:
             raise ValueError("created_at must be an aware UTC time in whole seconds")
@@ -115,6 +123,7 @@ class Provenance:
         base: dict[str, str] | None = None
         if self.base is not None:
             base = {"id": self.base.image_id, "signatureSha256": self.base.signature_sha256.hex(),
+                    "certificateId": self.base.certificate_id,
                     "certificateSha256": self.base.certificate_sha256.hex()}
         return {
             "_type": STATEMENT_TYPE,
@@ -313,10 +322,11 @@ def parse_statement(payload: bytes, image_id: str | None = None) -> Provenance:
     base: BaseImage | None = None
     if predicate["baseImage"] is not None:
         base_doc = _object(predicate["baseImage"], "the predicate's baseImage",
-                           {"id", "signatureSha256", "certificateSha256"})
+                           {"id", "signatureSha256", "certificateId", "certificateSha256"})
         base = BaseImage(_string(base_doc["id"], "the base image id", _IDENTIFIER),
                          _hex(base_doc["signatureSha256"], "the base image's signatureSha256", 32),
-                         _hex(base_doc["certificateSha256"], "the base image's certificateSha256", 32))
+                         _hex(base_doc["certificateSha256"], "the base image's certificateSha256", 32),
+                         _string(base_doc["certificateId"], "the base image's certificateId", _KEY_MANAGER_ID))
     created_text = _string(predicate["createdAt"], "createdAt", _TIME)
     try:
         created = datetime.datetime.strptime(created_text, _TIME_FORMAT).replace(tzinfo=datetime.timezone.utc)
