@@ -286,3 +286,27 @@ def test_fuzz_a_record_with_malformed_checks_is_damaged_never_trusted(body):
     except TrustRecordError:
         return
     assert parsed.checks is None or parsed.checks.to_body() == body
+
+
+def test_boot_adopt_under_boot_confs_policy_takes_its_tsa_stores(world, tmp_path):
+    """`boot adopt` under boot.conf's trust policy (no --trusted): the chain against its CA stores and the
+    timestamp against its tsa stores, as the hook's own adoption; [imgsign] tsa_ca_file plays no part."""
+    host = Host(tmp_path)
+    base_conf = host.config.read_text().replace("trusted_certificate_ids = \n", "")
+    for name, with_tsa in (("with-tsa", True), ("without-tsa", False)):
+        host.config.write_text(base_conf + f"policy_file = {_boot_policy(tmp_path / name, tsa_store=with_tsa)}\n")
+        image_id = str(uuid.uuid4())
+        base = host.instances / "_base"
+        base.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(world["image"], base / hashlib.sha1(image_id.encode()).hexdigest())  # noqa: S324
+        props = host.tmp / f"{image_id}.json"
+        props.write_text(json.dumps(world["short_props"]))
+        result = run_cli("boot", "adopt", image_id, "--properties", props, "--cert", world["short"][1],
+                         "--instances-path", host.instances, "--state-dir", host.state,
+                         env={**world["env"], "IMGSIGN_BOOT_CONFIG": str(host.config)})
+        if with_tsa:
+            assert result.code == 0, result
+            record = RecordStore(str(host.state)).get(image_id)
+            assert record is not None and record.checks is not None and record.checks.judged_at is not None
+        else:
+            assert result.code == errors.UntrustedCertificate.exit_code, result
