@@ -89,9 +89,6 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
     rule = selection.rule
     if rule.level is Level.SKIP:
         return f"trust policy rule {rule.name} skips the signer check"
-    from imgsign.certificates import load_certificate
-    from imgsign.trust_evidence import signer_identity
-
     stores = _fingerprints(rule, records, base_dir)
     signer = fingerprint(record.certificate_der)
     if signer in stores or stores & set(record.anchor_fingerprints):
@@ -100,8 +97,13 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
         chain = Check.failed(UntrustedCertificate(
             f"image {record.image_id} was not validated at download against any certificate of the trust stores "
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
-    # The signer's identity (X.509 parsing) only when the rule names trusted identities.
-    identity = None if rule.trusted_identities is None else signer_identity(load_certificate(record.certificate_der))
+    # The signer's identity (X.509 parsing, loaded only then) only when the rule names trusted identities.
+    identity = None
+    if rule.trusted_identities is not None:
+        from imgsign.certificates import load_certificate
+        from imgsign.trust_evidence import signer_identity
+
+        identity = signer_identity(load_certificate(record.certificate_der))
     stamp, dates = _recorded_dates(record, rule, records, base_dir)
     evidence = Evidence(True, identity, chain, dates=dates, timestamp=stamp)
     decision = enforce(decide(selection, evidence))
@@ -132,16 +134,15 @@ def _recorded_dates(record: TrustRecord, rule: Rule, records: RecordStore,
 def _fingerprints(rule: Rule, records: RecordStore, base_dir: str,
                   stores: tuple[TrustStore, ...] | None = None) -> set[str]:
     """The SHA-256 fingerprints of the certificates of ``stores`` (default: ``rule``'s CA stores) known on
-    this host."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from imgsign.certificates import load_certificates
+    this host (a file's certificates parsed once per content: :func:`~imgsign.compute.boot_config.
+    certificate_fingerprints`, so a warm call loads no X.509)."""
+    from imgsign.compute.boot_config import certificate_fingerprints
 
     found: set[str] = set()
     for store in rule.ca_stores if stores is None else stores:
         for name in store.certificate_files:
-            data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
-            found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))
+            path = os.path.join(base_dir, name)
+            found.update(certificate_fingerprints(path, read_root_file(path, "trusted certificates")))
         for cert_id in store.key_manager_ids:
             bound = records.anchors.fingerprint(cert_id)  # None: never fetched on this host
             if bound is not None:
