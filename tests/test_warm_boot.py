@@ -142,10 +142,11 @@ def test_the_modules_every_hook_call_loads_pay_for_no_logging_or_typing():
     assert probe.stdout.strip() == "[]", probe
 
 
-def test_a_warm_hook_call_under_a_trust_policy_decodes_no_yaml(tmp_path):
-    """[boot] policy_file is validated at every call, but its YAML is decoded only for contents the hook has not
-    seen (boot_config.load_policy keeps the decoded document beside boot.conf's snapshot): a warm call loads no
-    PyYAML; an edit of the policy applies at the next call."""
+def test_a_warm_hook_call_under_a_trust_policy_decodes_no_yaml_and_parses_no_certificate(tmp_path):
+    """[boot] policy_file is validated at every call, but its YAML is decoded, and its trust stores' certificate
+    files parsed, only for contents the hook has not seen (boot_config.load_policy and certificate_fingerprints
+    keep them beside boot.conf's snapshot): a warm call loads neither PyYAML nor X.509; an edit of the policy
+    applies at the next call."""
     import shutil
 
     from tests.conftest import pki
@@ -169,6 +170,8 @@ def test_a_warm_hook_call_under_a_trust_policy_decodes_no_yaml(tmp_path):
         code, stderr, modules = _modules_of_hook(host, instance, xml, operation, tmp_path)
         assert code == 0, stderr
         assert "yaml" not in modules, f"{operation} begin decoded the unchanged policy's YAML again"
+        loaded = [name for name in modules if name.startswith(HEAVY)]
+        assert loaded == [], f"{operation} begin loaded {loaded[:8]} (the stores' certificates parsed again?)"
     policy.write_text(text.replace("LEVEL", "strict"))
     code, stderr, modules = _modules_of_hook(host, instance, xml, "prepare", tmp_path)
     assert code == errors.UntrustedCertificate.exit_code, stderr

@@ -37,7 +37,8 @@ equals its key before it (a file edited while being validated is validated again
 
 The same directory keeps, for ``[boot] policy_file``, the document its YAML decodes to
 (``policy-<sha256 of the path>.json``, keyed by the SHA-256 of the policy's bytes: :func:`load_policy`),
-so a warm call validates the policy without importing PyYAML.
+and the fingerprints of its trust stores' certificate files (``certs-...``:
+:func:`certificate_fingerprints`), so a warm call validates the policy without importing PyYAML or X.509.
 
 Why this is safe (threat model: the attacker is not root, controls what ``nova``, a guest's
 ``qemu`` or a shared ``_base`` can write, and races with us):
@@ -203,6 +204,32 @@ def _read(path: str) -> tuple[bytes, os.stat_result]:
     if len(data) > MAX_SIZE:
         raise InputError(f"hook configuration {path} is larger than {MAX_SIZE} bytes")
     return data, info
+
+
+def certificate_fingerprints(path: str, data: bytes) -> tuple[str, ...]:
+    """The SHA-256 fingerprints (of the DER) of the certificates in ``data``, a trust store's file at ``path``
+    (read by the caller as the hook trusts it), without X.509 on the warm path.
+
+    Parsing certificates loads cryptography's X.509 stack (about 50 ms of every hook call).  So the
+    fingerprints are kept beside boot.conf's snapshot (``certs-<sha256 of the path>.json``, same rules),
+    keyed by the SHA-256 of these very bytes and the module that parses them; a later call with the same
+    bytes takes them from there.  A file that does not parse raises as
+    :func:`imgsign.certificates.load_certificates` does, and is never kept."""
+    snapshot = _snapshot_path(path).replace("boot-conf-", "certs-")
+    key = {"format": FORMAT, "path": os.path.abspath(path), "sha256": hashlib.sha256(data).hexdigest(),
+           "definitions": _definitions(("certificates.py",))}
+    found = _read_json(snapshot)
+    kept = found.get("fingerprints") if found is not None and found.get("key") == key else None
+    if isinstance(kept, list) and kept and all(
+            isinstance(f, str) and len(f) == 64 and all(c in "0123456789abcdef" for c in f) for f in kept):
+        return tuple(kept)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.certificates import load_certificates
+
+    fingerprints = tuple(hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in load_certificates(data))
+    _write_json(snapshot, {"key": key, "fingerprints": list(fingerprints)})
+    return fingerprints
 
 
 def _key(path: str, data: bytes, info: os.stat_result) -> dict[str, Any]:

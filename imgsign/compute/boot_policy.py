@@ -97,9 +97,6 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
     rule = selection.rule
     if rule.level is Level.SKIP:
         return f"trust policy rule {rule.name} skips the signer check"
-    from imgsign.certificates import load_certificate
-    from imgsign.trust_evidence import signer_identity
-
     stores = _fingerprints(rule.ca_stores, records, base_dir)
     signer = fingerprint(record.certificate_der)
     if signer in stores or stores & set(record.anchor_fingerprints):
@@ -108,11 +105,15 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
         chain = Check.failed(UntrustedCertificate(
             f"image {record.image_id} was not validated at download against any certificate of the trust stores "
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
-    # The signer's identity (X.509 parsing) only when the rule names trusted identities, or when the signer may be
-    # a compute host, whom only a hostSigned rule trusts (the engine refuses it under any other rule).
+    # The signer's identity (X.509 parsing, loaded only then) only when the rule names trusted identities, or
+    # when the signer may be a compute host, whom only a hostSigned rule trusts (the engine refuses it under any
+    # other rule).
     identity = None
     if rule.trusted_identities is not None or (rule.host_signed is None
                                                and may_be_host_certificate(record.certificate_der)):
+        from imgsign.certificates import load_certificate
+        from imgsign.trust_evidence import signer_identity
+
         identity = signer_identity(load_certificate(record.certificate_der))
     provenance = None if rule.host_signed is None else \
         provenance_evidence(record, rule, rule.host_signed, records, base_dir, booting_project)
@@ -187,18 +188,17 @@ def provenance_evidence(record: TrustRecord, rule: Rule, host: HostSigned, recor
 
 def _fingerprints(stores: tuple[TrustStore, ...], records: RecordStore, base_dir: str, kind: str = "ca") -> set[str]:
     """The SHA-256 fingerprints of the certificates of the ``kind`` (``ca`` or ``tsa``) ``stores`` known on this
-    host."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from imgsign.certificates import load_certificates
+    host (a file's certificates parsed once per content: :func:`~imgsign.compute.boot_config.
+    certificate_fingerprints`, so a warm call loads no X.509)."""
+    from imgsign.compute.boot_config import certificate_fingerprints
 
     found: set[str] = set()
     for store in stores:
         if store.type != kind:
             continue
         for name in store.certificate_files:
-            data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
-            found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))
+            path = os.path.join(base_dir, name)
+            found.update(certificate_fingerprints(path, read_root_file(path, "trusted certificates")))
         for cert_id in store.key_manager_ids:
             bound = records.anchors.fingerprint(cert_id)  # None: never fetched on this host
             if bound is not None:
