@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imgsign import errors
@@ -26,7 +26,7 @@ from imgsign.properties import HASH_METHOD, KEY_TYPE, SignatureProperties, is_si
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from imgsign.chain import TrustAnchors
+    from imgsign.chain import OcspSource, TrustAnchors
     from imgsign.keys import PublicKey
     from imgsign.stream import ImageData
     from imgsign.trust_policy import Decision, Evidence, Rule, TrustPolicy
@@ -183,6 +183,10 @@ class AuditPolicy:
     ``base_anchors_for`` those of a ``hostSigned`` rule's ``baseTrustStores`` (a host-signed image's base
     certificate comes from the audit's certificate lookup).  Without a trust policy a compute host's
     signature fails (:func:`imgsign.trust_evidence.refuse_host_certificate`).
+    Timestamps and OCSP count as for ``imgsign verify``: an image's RFC 3161 timestamp is checked against
+    the rule's TSA certificates (``tsa_roots_for``; without a trust policy, ``tsa_roots``), and
+    ``ocsp_for(record)`` gives the OCSP source of an image (its stapled response, the responders:
+    :func:`imgsign._internal.ocsp_client.for_document`; None: CRLs only).
     """
 
     anchors: TrustAnchors | None = None
@@ -192,6 +196,9 @@ class AuditPolicy:
     trust: TrustPolicy | None = None
     anchors_for: Callable[[Rule], TrustAnchors | None] | None = None
     base_anchors_for: Callable[[Rule], TrustAnchors | None] | None = None
+    tsa_roots: Sequence[x509.Certificate] = ()
+    tsa_roots_for: Callable[[Rule], Sequence[x509.Certificate]] | None = None
+    ocsp_for: Callable[[Mapping[str, object]], OcspSource | None] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.expiry_days <= MAX_EXPIRY_DAYS:
@@ -268,11 +275,11 @@ def assess(record: Mapping[str, object], certificates: CertificateLookup,
     except errors.ImgsignError as exc:
         problem = Problem.of(exc)
         return Assessment(dataclasses.replace(base, properties_problem=problem, failures=(problem,)), policy)
-    certificate, cert_report = _certificate(properties.certificate_uuid, certificates, policy)
+    certificate, cert_report, checks, stamp_problem = _judged_certificate(record, properties, certificates, policy)
     public_key, key_problem = _public_key(properties, certificate, policy.policy)
-    chain = _chain(certificate, policy)
-    failures = tuple(p for p in (cert_report.problem, key_problem, chain.problem, _host_problem(certificate))
-                     if p is not None)
+    chain = _chain(certificate, policy, checks, record)
+    failures = tuple(p for p in (stamp_problem, cert_report.problem, key_problem, chain.problem,
+                                 _host_problem(certificate)) if p is not None)
     report = dataclasses.replace(base, certificate=cert_report, key_problem=key_problem, chain=chain,
                                  failures=failures + _expiry_failures(cert_report, chain, policy))
     return Assessment(report, policy, properties, public_key)
@@ -319,14 +326,22 @@ def _assess_by_policy(record: Mapping[str, object], base: ImageReport, certifica
         problem = Problem.of(exc)
         return Assessment(dataclasses.replace(report, chain=ChainReport(ChainStatus.ERROR, problem=problem),
                                               failures=(*checked, problem), verdict="refused"), policy)
+    try:
+        roots = policy.tsa_roots_for(rule) if policy.tsa_roots_for is not None else ()
+        ocsp = policy.ocsp_for(record) if policy.ocsp_for is not None and anchors is not None else None
+    except errors.ImgsignError as exc:  # the rule's TSA stores, or the stapled OCSP response, are unusable
+        problem = Problem.of(exc)
+        return Assessment(dataclasses.replace(report, chain=ChainReport(ChainStatus.ERROR, problem=problem),
+                                              failures=(*checked, problem), verdict="refused"), policy)
 
     def base_certificate(cert_id: str) -> x509.Certificate:
         from imgsign.certificates import load_certificate
 
         return load_certificate(certificates(cert_id))
 
-    evidence = trust_evidence.evidence_for(certificate, rule, record, anchors=anchors, base_anchors=base_anchors,
-                                           base_certificate=base_certificate, image_id=base.id, policy=policy.policy)
+    evidence = trust_evidence.image_evidence(record, properties.signature, certificate, rule, anchors, roots,
+                                             policy.policy, ocsp=ocsp, base_anchors=base_anchors,
+                                             base_certificate=base_certificate, image_id=base.id).evidence
     decision = trust_policy.decide(selection, evidence)
     chain = _chain_of(evidence, policy)
     report = dataclasses.replace(report, chain=chain)
@@ -375,23 +390,51 @@ def _chain_of(evidence: Evidence, policy: AuditPolicy) -> ChainReport:
                        not_after is not None and _expires_soon(not_after, policy))
 
 
+def _judged_certificate(record: Mapping[str, object], properties: SignatureProperties,
+                        certificates: CertificateLookup, policy: AuditPolicy
+                        ) -> tuple[x509.Certificate | None, CertificateReport, Policy, Problem | None]:
+    """The signer's certificate judged, without a trust policy, at the time the image's timestamp proves
+    when it has expired since (:func:`imgsign.timestamp.judged_policy`, against ``policy.tsa_roots``): the
+    certificate, its report, the checks to judge its chain by, and why the timestamp is unusable (if it is)."""
+    from imgsign import timestamp
+
+    certificate, report = _certificate(properties.certificate_uuid, certificates, policy)
+    if certificate is None:
+        return None, report, policy.policy, None
+    try:
+        checks = timestamp.judged_policy(policy.policy, record, properties.signature, certificate, policy.tsa_roots)
+    except errors.ImgsignError as exc:
+        return certificate, report, policy.policy, Problem.of(exc)
+    if checks is not policy.policy:
+        report = _certificate_report(properties.certificate_uuid, certificate, policy, checks)
+    return certificate, report, checks, None
+
+
 def _certificate(cert_id: str, certificates: CertificateLookup,
                  policy: AuditPolicy) -> tuple[x509.Certificate | None, CertificateReport]:
-    from imgsign.certificates import check_signing_certificate, describe, load_certificate
+    from imgsign.certificates import load_certificate
 
     try:
         certificate = load_certificate(certificates(cert_id))
     except errors.ImgsignError as exc:
         return None, CertificateReport(cert_id, problem=Problem.of(exc))
+    return certificate, _certificate_report(cert_id, certificate, policy, policy.policy)
+
+
+def _certificate_report(cert_id: str, certificate: x509.Certificate, policy: AuditPolicy,
+                        checks: Policy) -> CertificateReport:
+    """The certificate's report, its signing checks judged by ``checks``."""
+    from imgsign.certificates import check_signing_certificate, describe
+
     now = policy.policy.now()
     not_after = certificate.not_valid_after_utc
     days_left = (not_after - now) // datetime.timedelta(days=1)
     problem = None
     try:
-        check_signing_certificate(certificate, policy.policy)
+        check_signing_certificate(certificate, checks)
     except errors.ImgsignError as exc:
         problem = Problem.of(exc)
-    return certificate, CertificateReport(
+    return CertificateReport(
         cert_id, describe(certificate), _common_name(certificate), certificate.issuer.rfc4514_string(),
         f"{certificate.serial_number:#x}", not_after, days_left, _expires_soon(not_after, policy), problem)
 
@@ -412,14 +455,18 @@ def _public_key(properties: SignatureProperties, certificate: x509.Certificate |
     return key, None
 
 
-def _chain(certificate: x509.Certificate | None, policy: AuditPolicy) -> ChainReport:
+def _chain(certificate: x509.Certificate | None, policy: AuditPolicy, checks: Policy,
+           record: Mapping[str, object]) -> ChainReport:
+    """The chain to ``policy.anchors``, judged by ``checks``, revocation by CRLs and ``policy.ocsp_for(record)``."""
     from imgsign.certificates import describe
     from imgsign.chain import validate_chain
 
     if certificate is None or policy.anchors is None:
         return ChainReport()
     try:
-        path = validate_chain(certificate, policy.anchors, policy.policy)
+        ocsp = policy.ocsp_for(record) if policy.ocsp_for is not None else None
+        anchors = policy.anchors if ocsp is None else dataclasses.replace(policy.anchors, ocsp=ocsp)
+        path = validate_chain(certificate, anchors, checks)
     except errors.CertificateRevoked as exc:
         return ChainReport(ChainStatus.REVOKED, problem=Problem.of(exc))
     except errors.UntrustedCertificate as exc:

@@ -38,7 +38,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from imgsign.chain import TrustAnchors
+    from imgsign.chain import OcspSource, TrustAnchors
+    from imgsign.ocsp import OcspResult
 
 #: Most extra moments a chain with dates problems is tried at.
 _MAX_TRIES = 16
@@ -81,6 +82,13 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
     ``online_revocation``: asked first for the validated path (not under a rule that skips
     revocation); when it answers NOT_CHECKED the CRLs decide.
     """
+    return _gather(certificate, anchors, rule, policy, timestamp, online_revocation)[0]
+
+
+def _gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Rule, policy: Policy,
+            timestamp: TimestampEvidence | None, online_revocation: RevocationCheck | None = None
+            ) -> tuple[Evidence, list[x509.Certificate]]:
+    """:func:`gather`, and the path it built (signer first; empty when no chain was built)."""
     from imgsign.certificates import check_dates
 
     now = policy.now()
@@ -89,7 +97,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
         dates = Check()
         if not policy.ignore_certificate_dates:
             dates = _attempt(lambda: check_dates(certificate, now))
-        return Evidence(True, identity, dates=dates, timestamp=timestamp)
+        return Evidence(True, identity, dates=dates, timestamp=timestamp), []
     from imgsign.certificates import describe
     from imgsign.chain import build_path, check_revocation
 
@@ -99,7 +107,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
     except UntrustedCertificate as first:
         found = _path_at_another_time(certificate, anchors, now, timestamp)
         if found is None:
-            return Evidence(True, identity, chain=Check.failed(first), timestamp=timestamp)
+            return Evidence(True, identity, chain=Check.failed(first), timestamp=timestamp), []
         path, dates = found, Check.failed(first)
     revocation = Check()
     if rule.actions["revocation"] is not Action.SKIP:
@@ -108,7 +116,7 @@ def gather(certificate: x509.Certificate, anchors: TrustAnchors | None, rule: Ru
         if revocation.status is Status.NOT_CHECKED:
             revocation = _attempt(lambda: check_revocation(path, anchors, now))
     return Evidence(True, identity, Check.passed(), dates, revocation, timestamp,
-                    tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path))
+                    tuple(describe(c) for c in path), min(c.not_valid_after_utc for c in path)), path
 
 
 def _attempt(check: Callable[[], None]) -> Check:
@@ -159,6 +167,50 @@ def timestamp_evidence(document: Mapping[str, object], signature: bytes, certifi
         return None, stamp.as_dict()
     within = rfc3161.signing_time(stamp.timestamp, certificate) is not None
     return TimestampEvidence(Check.passed(), stamp.timestamp.gen_time, within), stamp.as_dict()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEvidence:
+    """:func:`image_evidence`'s answer: the evidence, and for reports the timestamp's description
+    (:meth:`imgsign.timestamp.TimestampCheck.as_dict`, or ``invalid``) and the OCSP answers used."""
+
+    evidence: Evidence
+    timestamp: dict[str, object]
+    ocsp: tuple[tuple[str, OcspResult], ...] = ()
+    #: The validated path, signer first (empty when no chain was checked or none was found).
+    path: tuple[x509.Certificate, ...] = ()
+
+    def ocsp_dicts(self) -> list[dict[str, object]]:
+        """The OCSP answers for a result document (``[{"certificate": ..., "status": ...}]``)."""
+        return [{"certificate": name, **answer.as_dict()} for name, answer in self.ocsp]
+
+
+def image_evidence(document: Mapping[str, object], signature: bytes, certificate: x509.Certificate,
+                   rule: Rule, anchors: TrustAnchors | None, tsa_roots: Sequence[x509.Certificate],
+                   policy: Policy = DEFAULT_POLICY, *, ocsp: OcspSource | None = None,
+                   base_anchors: TrustAnchors | None = None, base_certificate: BaseCertificate | None = None,
+                   image_id: str | None = None) -> ImageEvidence:
+    """The evidence for ``rule`` about a signed image: its RFC 3161 timestamp (``imgsign_tst_v1`` in
+    ``document``, the image's properties) checked against ``tsa_roots`` (the rule's ``tsa`` stores: the
+    built-in policy's are the flat ``tsa_ca_file``), and the signer's chain to ``anchors`` (the rule's CA
+    stores) with revocation by ``ocsp`` (:func:`imgsign._internal.ocsp_client.for_document`: the response
+    stapled in ``document``, then the responders) beside the CRLs.
+
+    The one path every verification point takes (``verify``, ``audit``, the Glance plugin, compute
+    adoption), so a timestamp or a stapled response counts the same way at each.  ``ocsp`` is asked
+    only when a chain is checked; its ``results`` (an :class:`~imgsign._internal.ocsp_client.OcspClient`'s)
+    are reported.  Under a ``hostSigned`` rule the provenance is checked too (:func:`provenance_evidence`:
+    ``base_anchors``, the rule's ``baseTrustStores`` loaded; ``base_certificate``, the base image's
+    certificate by key-manager id; ``image_id``, the image the statement must name, when known)."""
+    stamp, described = timestamp_evidence(document, signature, certificate, tsa_roots, now=policy.now())
+    if anchors is not None and ocsp is not None:
+        anchors = dataclasses.replace(anchors, ocsp=ocsp)
+    evidence, path = _gather(certificate, anchors, rule, policy, stamp)
+    if rule.host_signed is not None:
+        evidence = dataclasses.replace(evidence, provenance=provenance_evidence(
+            document, certificate, rule, image_id=image_id, base_certificate=base_certificate,
+            base_anchors=base_anchors, policy=policy))
+    return ImageEvidence(evidence, described, tuple(getattr(ocsp, "results", ()) or ()), tuple(path))
 
 
 #: The base image's signing certificate by the key-manager id a provenance statement names (``certificateId``);
@@ -224,25 +276,6 @@ def provenance_evidence(properties: Mapping[str, object], certificate: x509.Cert
                                       f"baseTrustStores of rule {rule.name} when the snapshot was made "
                                       f"({statement.created_at:%Y-%m-%d %H:%M:%S} UTC): {exc.message}"), signer)
     return ProvenanceEvidence(found.check, found.project_id, found.host, found.base_image_id, Check.passed(), signer)
-
-
-def evidence_for(certificate: x509.Certificate, rule: Rule, properties: Mapping[str, object], *,
-                 anchors: TrustAnchors | None, base_anchors: TrustAnchors | None = None,
-                 base_certificate: BaseCertificate | None = None, image_id: str | None = None,
-                 policy: Policy = DEFAULT_POLICY, timestamp: TimestampEvidence | None = None,
-                 online_revocation: RevocationCheck | None = None) -> Evidence:
-    """All the evidence ``rule`` is decided on, for the image whose ``properties`` (its Glance properties)
-    ``certificate`` signed: :func:`gather` and, for a ``hostSigned`` rule, :func:`provenance_evidence`
-    (``base_anchors``: the rule's ``baseTrustStores`` loaded, :func:`imgsign.keymanager.anchors.base_anchors`;
-    ``base_certificate``: the base image's certificate by key-manager id; ``image_id``: the image the
-    statement must name, when known).  Every verifier (``imgsign verify``, ``audit``, ``policy explain``,
-    the Glance import plugin) builds its evidence here."""
-    evidence = gather(certificate, anchors, rule, policy, timestamp=timestamp, online_revocation=online_revocation)
-    if rule.host_signed is None:
-        return evidence
-    return dataclasses.replace(evidence, provenance=provenance_evidence(
-        properties, certificate, rule, image_id=image_id, base_certificate=base_certificate,
-        base_anchors=base_anchors, policy=policy))
 
 
 def refuse_host_certificate(certificate: x509.Certificate) -> None:

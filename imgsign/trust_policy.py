@@ -552,6 +552,12 @@ def _mark(mark: Any) -> str:
 def load_policy_text(text: bytes | str, source: str = "policy") -> TrustPolicy:
     """Parse a policy document: YAML (PyYAML's safe loader, with duplicate keys and aliases refused),
     so JSON too."""
+    return parse_policy(decode_policy_text(text, source), source)
+
+
+def decode_policy_text(text: bytes | str, source: str = "policy") -> object:
+    """The document a policy file's text decodes to (YAML, so JSON too), not yet validated
+    (:func:`parse_policy` does that); :class:`TrustPolicyError` when it is not usable YAML."""
     import yaml
 
     if isinstance(text, bytes):
@@ -565,7 +571,7 @@ def load_policy_text(text: bytes | str, source: str = "policy") -> TrustPolicy:
         raise TrustPolicyError(f"trust policy {source} is not valid YAML: {str(exc)[:300]}") from None
     except (RecursionError, ValueError, OverflowError) as exc:
         raise TrustPolicyError(f"trust policy {source} is not usable YAML ({type(exc).__name__})") from None
-    return parse_policy(document, source)
+    return document
 
 
 # --- the built-in policy of the flat options ------------------------------------------------------------

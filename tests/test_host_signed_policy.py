@@ -4,6 +4,8 @@ certificates), gathered by the one evidence path every verifier uses (``trust_ev
 
 from __future__ import annotations
 
+import base64
+
 import copy
 import datetime as dt
 import os
@@ -83,9 +85,14 @@ def decide(properties: dict[str, str], *, owner: str | None = OWNER, booting: st
     base = None
     if rule.host_signed is not None:
         base = TrustAnchors([c for s in rule.host_signed.base_trust_stores for c in ANCHORS[s.name].trusted])
-    evidence = trust_evidence.evidence_for(signer.cert, rule, properties, anchors=anchors, base_anchors=base,
-                                           base_certificate=base_certificate, image_id=image_id)
+    evidence = trust_evidence.image_evidence(properties, signature_of(properties), signer.cert, rule, anchors, (),
+                                             base_anchors=base, base_certificate=base_certificate,
+                                             image_id=image_id).evidence
     return trust_policy.decide(selection, evidence)
+
+
+def signature_of(properties) -> bytes:
+    return base64.b64decode(properties.get("img_signature", ""))
 
 
 def refusal(decision: trust_policy.Decision, error=errors.ProvenanceError) -> str:

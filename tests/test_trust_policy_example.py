@@ -7,6 +7,8 @@ real RFC 3161 TSA, ``openssl ts`` on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import base64
+
 import datetime
 import json
 import re
@@ -69,10 +71,12 @@ def decide(world, signer: str, properties: dict[str, str] | None = None, **facts
     root, policy, signers = world
     selection = trust_policy.select(policy, ImageFacts(**facts))
     rule = selection.rule
-    evidence = trust_evidence.evidence_for(
-        signers[signer].cert, rule, properties or {}, anchors=rule_anchors(rule, str(root), None),
-        base_anchors=base_anchors(rule, str(root), None), image_id=facts.get("image_id"),
-        base_certificate=lambda cert_id: signers[cert_id.removeprefix("cert-")].cert)
+    properties = properties or {}
+    evidence = trust_evidence.image_evidence(
+        properties, base64.b64decode(properties.get("img_signature", "")), signers[signer].cert, rule,
+        rule_anchors(rule, str(root), None), (), base_anchors=base_anchors(rule, str(root), None),
+        image_id=facts.get("image_id"),
+        base_certificate=lambda cert_id: signers[cert_id.removeprefix("cert-")].cert).evidence
     return trust_policy.decide(selection, evidence)
 
 
@@ -149,8 +153,10 @@ def test_sentence_3_a_host_signature_vouches_under_no_other_rule(world):
     default = policy.catch_all
     stores = (*default.trust_stores, next(s for s in policy.rules[2].trust_stores if s.name == "compute-hosts"))
     widened = trust_policy.Rule("default", default.scope, default.level, stores, None)
-    evidence = trust_evidence.evidence_for(signers["compute"].cert, widened, snapshot(world),
-                                           anchors=rule_anchors(widened, str(root), None))
+    properties = snapshot(world)
+    evidence = trust_evidence.image_evidence(properties, base64.b64decode(properties["img_signature"]),
+                                             signers["compute"].cert, widened,
+                                             rule_anchors(widened, str(root), None), ()).evidence
     refused = trust_policy.decide(trust_policy.select(trust_policy.TrustPolicy((widened,)), ImageFacts()), evidence)
     assert not refused.allowed and isinstance(refused.error, errors.PolicyRefused)
     assert refused.error.exit_code == 81 and "is a compute host" in refused.error.message

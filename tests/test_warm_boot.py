@@ -140,3 +140,39 @@ def test_the_modules_every_hook_call_loads_pay_for_no_logging_or_typing():
                             "print(sorted(m for m in ('logging', 'typing') if m in set(sys.modules) - before))"],
                            capture_output=True, text=True, timeout=60, check=True)
     assert probe.stdout.strip() == "[]", probe
+
+
+def test_a_warm_hook_call_under_a_trust_policy_decodes_no_yaml_and_parses_no_certificate(tmp_path):
+    """[boot] policy_file is validated at every call, but its YAML is decoded, and its trust stores' certificate
+    files parsed, only for contents the hook has not seen (boot_config.load_policy and certificate_fingerprints
+    keep them beside boot.conf's snapshot): a warm call loads neither PyYAML nor X.509; an edit of the policy
+    applies at the next call."""
+    import shutil
+
+    from tests.conftest import pki
+
+    host = Host(tmp_path)
+    image_id, _ = host.image()
+    instance, disk = host.instance(image_id)
+    xml = domain_xml(instance, image_id, [(disk, "qcow2")])
+    trust = tmp_path / "trust"
+    trust.mkdir(mode=0o755)
+    shutil.copyfile(pki("intermediate-ca.pem"), trust / "ca.pem")
+    policy = trust / "policy.yaml"
+    text = ("version: 1\ntrustStores:\n  ca: {certificates: [ca.pem]}\nrules:\n"
+            "  - {name: all, scope: '*', level: LEVEL, trustStores: [ca], trustedIdentities: ['*']}\n")
+    policy.write_text(text.replace("LEVEL", "audit"))  # the record names no anchor of the store: logged only
+    host.config.write_text(host.config.read_text().replace("trusted_certificate_ids = \n", "")
+                           + f"policy_file = {policy}\n")
+    first = host.boot(image_id, disk, instance)
+    assert first.returncode == 0, first.stderr
+    for operation in ("prepare", "start"):
+        code, stderr, modules = _modules_of_hook(host, instance, xml, operation, tmp_path)
+        assert code == 0, stderr
+        assert "yaml" not in modules, f"{operation} begin decoded the unchanged policy's YAML again"
+        loaded = [name for name in modules if name.startswith(HEAVY)]
+        assert loaded == [], f"{operation} begin loaded {loaded[:8]} (the stores' certificates parsed again?)"
+    policy.write_text(text.replace("LEVEL", "strict"))
+    code, stderr, modules = _modules_of_hook(host, instance, xml, "prepare", tmp_path)
+    assert code == errors.UntrustedCertificate.exit_code, stderr
+    assert "yaml" in modules

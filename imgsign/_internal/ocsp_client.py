@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from imgsign import ocsp
 from imgsign._internal.binary_post import post
@@ -32,7 +33,11 @@ from imgsign.errors import OCSPStatusUnknown, OCSPUnavailable
 MAX_ANSWER = 64 * 1024
 #: Most responder URLs tried per certificate.
 MAX_URLS = 2
+#: Names a certificate in the per-client memo.
+_ID_HASH = hashes.SHA256()
 DEFAULT_TIMEOUT = 10.0
+#: ``[imgsign] ocsp`` (and ``[imgsign_import] ocsp``): ask responders, stored responses only, or CRLs only.
+MODES = ("strict", "offline", "off")
 
 
 def fetch(cert: x509.Certificate, issuer: x509.Certificate, *, timeout: float = DEFAULT_TIMEOUT,
@@ -65,8 +70,27 @@ def fetch(cert: x509.Certificate, issuer: x509.Certificate, *, timeout: float = 
     raise OCSPUnavailable(f"no OCSP responder of certificate {describe(cert)} could be asked: {'; '.join(failures)}")
 
 
+def for_document(document: Mapping[str, object], mode: str = "strict",
+                 timeout: float = DEFAULT_TIMEOUT) -> OcspClient | None:
+    """The OCSP source of one image, as ``mode`` (``[imgsign] ocsp``) says: None when ``off``; else the
+    response stored with its signature (``imgsign_ocsp_v1``, :class:`~imgsign.errors.OCSPStatusUnknown`
+    when malformed) first, then, under ``strict`` only, the responders the certificates name.
+
+    Every verification point (``verify``, ``audit``, the Glance plugin, compute adoption) makes its
+    source here, so a stapled response counts, or is refused, the same way everywhere."""
+    if mode not in MODES:
+        raise ValueError(f"OCSP mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "off":
+        return None
+    stored = ocsp.response_from_properties(document)
+    return OcspClient([stored] if stored else [], network=mode == "strict", timeout=timeout)
+
+
 class OcspClient:
-    """An :class:`imgsign.chain.OcspSource`: stored responses first, then (with ``network``) the responders."""
+    """An :class:`imgsign.chain.OcspSource`: stored responses first, then (with ``network``) the responders.
+
+    Each (certificate, issuer) is answered once per client: a path validated against several trusted
+    certificates in turn asks a responder once."""
 
     def __init__(self, stored: Sequence[bytes] = (), *, network: bool = True,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -75,9 +99,23 @@ class OcspClient:
         self.timeout = timeout
         #: Every answer used, in path order (for ``--json``).
         self.results: list[tuple[str, ocsp.OcspResult]] = []
+        self._answered: dict[tuple[bytes, bytes], ocsp.OcspResult | OCSPUnavailable | None] = {}
 
     def status(self, cert: x509.Certificate, issuer: x509.Certificate,
                now: datetime.datetime) -> ocsp.OcspResult | None:
+        key = (cert.fingerprint(_ID_HASH), issuer.fingerprint(_ID_HASH))
+        if key not in self._answered:
+            try:
+                self._answered[key] = self._status(cert, issuer, now)
+            except OCSPUnavailable as exc:  # not asked again (a dead responder costs one deadline)
+                self._answered[key] = exc
+        answer = self._answered[key]
+        if isinstance(answer, OCSPUnavailable):
+            raise OCSPUnavailable(answer.message)
+        return answer
+
+    def _status(self, cert: x509.Certificate, issuer: x509.Certificate,
+                now: datetime.datetime) -> ocsp.OcspResult | None:
         for der in self.stored:
             try:
                 result = ocsp.check_response(der, cert, issuer, now=now, stored=True)

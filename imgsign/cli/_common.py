@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
@@ -16,7 +16,7 @@ from imgsign._internal.files import open_image, read_secret_file, read_small_fil
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from imgsign import chain, keygen, trust_policy
+    from imgsign import chain, keygen, trust_evidence, trust_policy
     from imgsign.algorithms import HashMethod
     from imgsign.keymanager.castellan_store import CastellanStore
     from imgsign.keys import PrivateKey
@@ -349,22 +349,18 @@ class TrustSetup:
             return certificates.load_certificate(read_small_file(self.base_certificate_file, "base certificate"))
         return fetch_certificate(open_store(self.ctx), cert_id)
 
-    def evidence(self, rule: trust_policy.Rule, certificate: x509.Certificate, properties: Mapping[str, object], *,
-                 image_id: str | None, policy: Policy, timestamp: trust_policy.TimestampEvidence | None = None,
-                 ocsp: chain.OcspSource | None = None) -> trust_policy.Evidence:
-        """The evidence ``rule`` is decided on (:func:`imgsign.trust_evidence.evidence_for`), with its anchors
-        (and ``ocsp``, an OCSP client, asked for its chain) and, for a ``hostSigned`` rule, its base anchors."""
-        import dataclasses
-
+    def evidence(self, rule: trust_policy.Rule, certificate: x509.Certificate, document: Mapping[str, object],
+                 signature: bytes, *, image_id: str | None, policy: Policy,
+                 tsa_roots: Sequence[x509.Certificate] = (),
+                 ocsp: chain.OcspSource | None = None) -> trust_evidence.ImageEvidence:
+        """The evidence ``rule`` is decided on (:func:`imgsign.trust_evidence.image_evidence`): the image's
+        timestamp against ``tsa_roots``, its chain to the rule's anchors (``ocsp``, an OCSP client, asked for
+        it) and, for a ``hostSigned`` rule, its provenance with the base anchors."""
         from imgsign import trust_evidence
 
-        anchors = self.anchors_for(rule)
-        if anchors is not None and ocsp is not None:
-            anchors = dataclasses.replace(anchors, ocsp=ocsp)
-        return trust_evidence.evidence_for(certificate, rule, properties, anchors=anchors,
-                                           base_anchors=self.base_anchors_for(rule),
-                                           base_certificate=self.base_certificate, image_id=image_id,
-                                           policy=policy, timestamp=timestamp)
+        return trust_evidence.image_evidence(
+            document, signature, certificate, rule, self.anchors_for(rule), tsa_roots, policy, ocsp=ocsp,
+            base_anchors=self.base_anchors_for(rule), base_certificate=self.base_certificate, image_id=image_id)
 
     def tsa_roots_for(self, rule: trust_policy.Rule) -> list[x509.Certificate]:
         """The certificates of the rule's ``tsa`` trust stores."""

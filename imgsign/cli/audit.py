@@ -122,17 +122,26 @@ def _audit(ctx: click.Context, *, project_id: str | None, expiry_days: int, down
     if compare_path is not None and setup.builtin:
         raise click.UsageError("--compare OLD needs a trust policy to compare it with (--policy NEW or "
                                "[imgsign] policy_file)")
+    from imgsign.cli._signing import tsa_roots
+    from imgsign.cli.verify import ocsp_client
+
     checks = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates, at=now)
+    # As `verify`: timestamps against the rule's tsa stores ([imgsign] tsa_ca_file for the built-in policy),
+    # OCSP as [imgsign] ocsp says (the stapled response first).
+    def ocsp_for(record: Mapping[str, object]) -> Any:
+        return ocsp_client(ctx, record)
+
     if setup.builtin:
-        policy = AuditPolicy(setup.legacy, checks, expiry_days, allow_unsigned)
+        policy = AuditPolicy(setup.legacy, checks, expiry_days, allow_unsigned, tsa_roots=tsa_roots(ctx, ()),
+                             ocsp_for=ocsp_for)
     else:
         policy = AuditPolicy(None, checks, expiry_days, allow_unsigned, setup.policy, setup.anchors_for,
-                             setup.base_anchors_for)
+                             setup.base_anchors_for, tsa_roots_for=_tsa_roots_of(setup), ocsp_for=ocsp_for)
     old_policy = None
     if compare_path is not None:
         old = TrustSetup(ctx, load_trust_policy(compare_path), os.path.dirname(os.path.abspath(compare_path)))
         old_policy = AuditPolicy(None, checks, expiry_days, allow_unsigned, old.policy, old.anchors_for,
-                                 old.base_anchors_for)
+                                 old.base_anchors_for, tsa_roots_for=_tsa_roots_of(old), ocsp_for=ocsp_for)
     glance = glance_client(ctx)
     if project_id is not None:
         _check_project_is_an_id(ctx, project_id)
@@ -150,6 +159,18 @@ def _audit(ctx: click.Context, *, project_id: str | None, expiry_days: int, down
         before = [_as_before(assess(record, lookup, old_policy).report, now_report)
                   for record, now_report in zip(records, reports, strict=True)]
     return reports, policy, before
+
+
+def _tsa_roots_of(setup: Any) -> Callable[[Any], Any]:
+    """The certificates of each rule's ``tsa`` stores, loaded once per rule."""
+    loaded: dict[str, Any] = {}
+
+    def roots(rule: Any) -> Any:
+        if rule.name not in loaded:
+            loaded[rule.name] = setup.tsa_roots_for(rule) if rule.tsa_stores else []
+        return loaded[rule.name]
+
+    return roots
 
 
 #: The columns of :func:`image_rows` (``-f table``/``-f value``, and ``openstack image audit``).

@@ -124,6 +124,38 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _record_evidence(ctx: click.Context, settings: BootSettings, records: RecordStore) -> dict[str, Any]:
+    """How a new record's timestamp and revocation are judged: the TSAs whose timestamps count (under
+    boot.conf's trust policy, ``[boot] policy_file``, every rule's ``tsa`` stores, as the hook's own adoption
+    takes them: files, and key-manager ids, each bound so that the boot check finds which rule's stores hold
+    the TSA; else ``[imgsign] tsa_ca_file``), and ``[imgsign] ocsp``, ``ocsp_timeout`` of imgsign.conf (the
+    stapled OCSP response and the responders, as for ``verify``)."""
+    from imgsign.cli._common import config, has_config
+
+    found: dict[str, Any] = {"tsa_roots": tsa_roots(ctx, ())}
+    if settings.policy_file is not None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from imgsign.cli._signing import load_tsa_roots
+        from imgsign.keymanager.anchors import fetch_certificate
+
+        stores = [s for rule in load_trust_policy(settings.policy_file).rules for s in rule.tsa_stores]
+        roots = load_tsa_roots(list(dict.fromkeys(os.path.join(os.path.dirname(settings.policy_file), f)
+                                                  for s in stores for f in s.certificate_files)))
+        ids = tuple(dict.fromkeys(i for s in stores for i in s.key_manager_ids))
+        if ids:
+            records.prepare()
+        for tsa_id in ids:
+            certificate = fetch_certificate(open_store(ctx), tsa_id)
+            records.anchors.bind(tsa_id, certificate.public_bytes(Encoding.DER))
+            roots.append(certificate)
+        found["tsa_roots"] = roots
+    if has_config(ctx):
+        imgsign = config(ctx).imgsign
+        found.update(ocsp=imgsign.ocsp, ocsp_timeout=imgsign.ocsp_timeout)
+    return found
+
+
 def _or_file(value: Any, settings: BootSettings, name: str) -> Any:
     """A flag's value, else boot.conf's ``[boot] name``."""
     return value if value is not None else getattr(settings, name)
@@ -157,14 +189,16 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
     anchors, recorded_ids = _record_trust(ctx, trusted_ids, settings)
     provenance = _host_signed_finder(ctx, settings)(image_id, signed_document, certificate)
+    records = RecordStore(state_dir, lock_timeout=lock_timeout)
+    evidence = _record_evidence(ctx, settings, records)
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
-            handle, image_id, properties, certificate, RecordStore(state_dir, lock_timeout=lock_timeout),
+            handle, image_id, properties, certificate, records,
             instances_path=instances_path,
             anchors=anchors, trusted_ids=recorded_ids,
             certificate_id=None if cert_path is not None else properties.certificate_uuid, policy=Policy(),
             force_raw=not keep_format, immutable=seal == "immutable", document=signed_document,
-            tsa_roots=tsa_roots(ctx, ()), image_facts=facts,
+            image_facts=facts, **evidence,
             disk_format=image_format.disk_format_of(image_format.with_disk_format(document, signed_document)),
             provenance=provenance,
         )
@@ -278,17 +312,19 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     certificate = signing_certificate(ctx, cert_path, signed)
     anchors, recorded_ids = _record_trust(ctx, trusted_ids, settings)
     provenance = _host_signed_finder(ctx, settings)(image_id, properties, certificate)
+    records = RecordStore(state_dir, lock_timeout=lock_timeout)
+    evidence = _record_evidence(ctx, settings, records)
     with contextlib.ExitStack() as stack:
         original = None
         if original_path is not None:
             handle, size = stack.enter_context(open_image(original_path))
             original = Original(handle, max_size=max_size, announced_size=size)
         record = adoption.adopt(
-            instances_path, image_id, properties, certificate, RecordStore(state_dir, lock_timeout=lock_timeout),
+            instances_path, image_id, properties, certificate, records,
             anchors=anchors, trusted_ids=recorded_ids,
             certificate_id=None if cert_path is not None else signed.certificate_uuid, policy=Policy(),
-            immutable=seal == "immutable", original=original, tsa_roots=tsa_roots(ctx, ()),
-            image_facts=_facts_of_document(document), provenance=provenance,
+            immutable=seal == "immutable", original=original,
+            image_facts=_facts_of_document(document), provenance=provenance, **evidence,
         )
     result = record.to_body()["cached_file"] | {"image_id": image_id, "source_format": record.source_format}
     if fmt is not None:
@@ -364,8 +400,8 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
     outcomes = bulk_adoption.adopt_all(
         instances_path, images, certificate_for, records, anchors=anchors, trusted_ids=recorded_ids,
         certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
-        immutable=seal == "immutable", tsa_roots=tsa_roots(ctx, ()), facts_for=_facts_of_document,
-        provenance_for=find_provenance)
+        immutable=seal == "immutable", facts_for=_facts_of_document,
+        provenance_for=find_provenance, **_record_evidence(ctx, boot_settings(ctx), records))
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
     if fmt is not None:

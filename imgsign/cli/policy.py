@@ -144,8 +144,10 @@ def _provenance(setup: Any, rule: Any, facts: Any, document: Any, cert_path: str
     if not is_signed(properties):
         return {"verdict": "not-signed", "message": "the image is not signed: a hostSigned rule refuses it",
                 "reason": "unsigned-image", "project": None, "host": None, "base_image": None}
-    certificate = signing_certificate(setup.ctx, cert_path, SignatureProperties.from_mapping(properties))
-    evidence = setup.evidence(rule, certificate, properties, image_id=facts.image_id, policy=Policy())
+    signed = SignatureProperties.from_mapping(properties)
+    certificate = signing_certificate(setup.ctx, cert_path, signed)
+    evidence = setup.evidence(rule, certificate, properties, signed.signature, image_id=facts.image_id,
+                              policy=Policy()).evidence
     proof = evidence.provenance
     error, reason = trust_policy.check_host_signed(rule, facts, proof)
     return {"verdict": "refused" if error is not None else "passed",

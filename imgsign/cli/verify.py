@@ -47,16 +47,13 @@ def _configured_policy(ctx: click.Context) -> bool:
 def ocsp_client(ctx: click.Context, document: Mapping[str, object]) -> OcspClient | None:
     """OCSP for the chain, as ``[imgsign] ocsp`` says (None when off): the response stored with the
     signature (imgsign_ocsp_v1) first, then the responders the certificates name."""
-    from imgsign import ocsp
-    from imgsign._internal.ocsp_client import OcspClient
+    from imgsign._internal.ocsp_client import DEFAULT_TIMEOUT, for_document
     from imgsign.cli._common import config, has_config
 
     settings = config(ctx).imgsign if has_config(ctx) else None
-    if settings is not None and settings.ocsp == "off":
-        return None
-    stored = ocsp.response_from_properties(document)
-    return OcspClient([stored] if stored else [], network=settings is None or settings.ocsp == "strict",
-                      timeout=settings.ocsp_timeout if settings is not None else 10.0)
+    if settings is None:
+        return for_document(document)
+    return for_document(document, settings.ocsp, settings.ocsp_timeout or DEFAULT_TIMEOUT)
 
 
 @click.command("verify")
@@ -264,7 +261,7 @@ def _check_under_policy(ctx: click.Context, setup: TrustSetup, properties: Signa
     its decision. None: the rule skips verification, or allows the image unsigned (audit)."""
     import dataclasses
 
-    from imgsign import certificates, trust_evidence, trust_policy
+    from imgsign import certificates, trust_policy
     from imgsign.policy import Policy
     from imgsign.verifier import Verifier
 
@@ -291,16 +288,14 @@ def _check_under_policy(ctx: click.Context, setup: TrustSetup, properties: Signa
     certificate = signing_certificate(ctx, cert_path, properties)
     result["certificate_subject"] = certificates.describe(certificate)
     policy = Policy(allow_weak_keys=allow_weak_keys, ignore_certificate_dates=ignore_cert_dates)
-    stamp, result["timestamp"] = trust_evidence.timestamp_evidence(
-        document, properties.signature, certificate, _tsa_roots_for(ctx, setup, rule, tsa_ca_files),
-        now=policy.now())
-    client = ocsp_client(ctx, document) if setup.anchors_for(rule) is not None else None
-    try:
-        evidence = setup.evidence(rule, certificate, document, image_id=facts.image_id, policy=policy,
-                                  timestamp=stamp, ocsp=client)
-    finally:
-        if client is not None:
-            result["ocsp"] = [{"certificate": name, **answer.as_dict()} for name, answer in client.results]
+    anchors = setup.anchors_for(rule)
+    client = ocsp_client(ctx, document) if anchors is not None else None
+    gathered = setup.evidence(rule, certificate, document, properties.signature, image_id=facts.image_id,
+                              policy=policy, tsa_roots=_tsa_roots_for(ctx, setup, rule, tsa_ca_files), ocsp=client)
+    result["timestamp"] = gathered.timestamp
+    if client is not None:
+        result["ocsp"] = gathered.ocsp_dicts()
+    evidence = gathered.evidence
     decision = trust_policy.decide(selection, evidence)
     note(decision)
     result["chain"] = list(evidence.path) or None
@@ -313,9 +308,10 @@ def _check_under_policy(ctx: click.Context, setup: TrustSetup, properties: Signa
 
 def _tsa_roots_for(ctx: click.Context, setup: TrustSetup, rule: Any,
                    tsa_ca_files: tuple[str, ...]) -> list[x509.Certificate]:
-    """The TSA certificates a rule trusts: its ``tsa`` trust stores, else ``--tsa-ca`` / ``[imgsign] tsa_ca_file``."""
+    """The TSA certificates a rule trusts: its ``tsa`` trust stores, and those of ``--tsa-ca`` given on the
+    command line.  ``[imgsign] tsa_ca_file`` is the built-in policy's TSA store: not used under a policy
+    file (as at every other verification point)."""
     from imgsign.cli._signing import tsa_roots
 
-    if rule.tsa_stores:
-        return setup.tsa_roots_for(rule)
-    return list(tsa_roots(ctx, tsa_ca_files))
+    return [*(setup.tsa_roots_for(rule) if rule.tsa_stores else ()),
+            *(tsa_roots(ctx, tsa_ca_files) if tsa_ca_files else ())]

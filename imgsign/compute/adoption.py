@@ -43,6 +43,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
 
@@ -57,9 +58,9 @@ from imgsign.compute.image_cache import (
     base_dir,
     bind_fetched,
     is_named,
+    judge_signer,
     new_record,
     open_base_dir,
-    trusted_anchors_of,
 )
 from imgsign.compute.trust_record import RecordStore, TrustRecord, cache_name
 from imgsign.compute.verified_cache import (
@@ -97,6 +98,8 @@ def adopt(
     image_facts: Mapping[str, str] | None = None,
     tsa_roots: Sequence[x509.Certificate] = (),
     disk_format: str | None = None,
+    ocsp: str = "strict",
+    ocsp_timeout: float = 10.0,
     provenance: Found | None = None,
 ) -> TrustRecord:
     """Verify the base file Nova made for ``image_id`` and record it; raise (recording nothing) on failure.
@@ -107,7 +110,9 @@ def adopt(
     ``immutable``: seal the base immutable (else only root's and 0644: ``--seal``, ``[boot] seal_bases``);
     ``original``: the signed qcow2, used (and only then read) when the base is raw and has no
     statement: adoption by conversion.  ``disk_format``: Glance's (default: ``properties``'s
-    ``disk_format``, as in Glance's image document), checked against the base as Nova does.  A base
+    ``disk_format``, as in Glance's image document), checked against the base as Nova does.  ``tsa_roots``, ``ocsp``,
+    ``ocsp_timeout``: the image's timestamp and stapled OCSP response count as
+    :func:`~imgsign.compute.image_cache.judge_signer` says (what was checked is recorded).  A base
     whose current record is valid is left alone and its
     record returned.  The base's lock (:mod:`imgsign.compute.base_lock`) is held throughout.
     ``provenance``: a host-signed image's statement as :func:`imgsign.compute.host_signed.fetch` found it,
@@ -117,15 +122,11 @@ def adopt(
     if disk_format is None:
         disk_format = image_format.disk_format_of(properties)
 
-    # ``tsa_roots``: an expired certificate whose timestamp token (imgsign_tst_v1) verifies against them and
-    # lies inside its validity is judged at the token's time (imgsign.timestamp.judged_policy).
-    from imgsign import timestamp
-
-    policy = timestamp.judged_policy(policy, properties, signed.signature, certificate, tsa_roots)
     records.prepare()  # an insecure state directory stops us before anything is touched
     with records.locks.hold(cache_name(image_id)):
         return _adopt_locked(instances_path, image_id, properties, signed, certificate, records, anchors,
                              trusted_ids, certificate_id, policy, immutable, original, disk_format, image_facts,
+                             {"tsa_roots": tsa_roots, "ocsp": ocsp, "ocsp_timeout": ocsp_timeout},
                              provenance=provenance)
 
 
@@ -133,15 +134,18 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
                   certificate: x509.Certificate, records: RecordStore, anchors: TrustAnchors | None,
                   trusted_ids: Sequence[str], certificate_id: str | None, policy: Policy, immutable: bool,
                   original: Original | None, disk_format: str | None,
-                  image_facts: Mapping[str, str] | None = None, *, provenance: Found | None = None) -> TrustRecord:
-    """:func:`adopt`, its base's lock held."""
+                  image_facts: Mapping[str, str] | None = None,
+                  judging: Mapping[str, Any] | None = None, *, provenance: Found | None = None) -> TrustRecord:
+    """:func:`adopt`, its base's lock held (``judging``: :func:`judge_signer`'s timestamp and OCSP settings)."""
     name = cache_name(image_id)
     cache = VerifiedCache(records.state_dir, owner=records.owner)
     existing = current_record(instances_path, image_id, records, immutable=immutable, cache=cache)
     if existing is not None:
         return existing
-    # Everything that needs no data first: certificate, chain, key, statement.
-    trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
+    # Everything that needs no data first: timestamp, certificate, chain and revocation, key, statement.
+    judged = judge_signer(certificate, signed.signature, anchors, trusted_ids, policy, document=properties,
+                          **(judging or {}))
+    policy, trusted = judged.policy, judged.trusted
     verifier = Verifier.for_certificate(signed, certificate, policy=policy)
     statement = parse_raw_statement(properties)
     if statement is not None:
@@ -168,7 +172,7 @@ def _adopt_locked(instances_path: str, image_id: str, properties: Mapping[str, o
         cache.forget(name)
         record = new_record(image_id, signed, certificate, signed_digest, certificate_id, trusted,
                             cached_format=base_format, cached_sha256=sha256, cached_size=identity.size,
-                            source_format=source_format, image_facts=image_facts,
+                            source_format=source_format, image_facts=image_facts, checks=judged.checks,
                             provenance=None if provenance is None else provenance.record)
         records.put(record)
         rememberable = seal.rememberable

@@ -35,6 +35,11 @@ makes two writes within one tick of the file-system clock (same size, same times
 case) harmless as well.  The snapshot is written only when the file's key after the full check
 equals its key before it (a file edited while being validated is validated again next time).
 
+The same directory keeps, for ``[boot] policy_file``, the document its YAML decodes to
+(``policy-<sha256 of the path>.json``, keyed by the SHA-256 of the policy's bytes: :func:`load_policy`),
+and the fingerprints of its trust stores' certificate files (``certs-...``:
+:func:`certificate_fingerprints`), so a warm call validates the policy without importing PyYAML or X.509.
+
 Why this is safe (threat model: the attacker is not root, controls what ``nova``, a guest's
 ``qemu`` or a shared ``_base`` can write, and races with us):
 
@@ -73,6 +78,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from oslo_config import cfg
+
+    from imgsign.trust_policy import TrustPolicy
 
 DEFAULT_PATH = "/etc/imgsign/boot.conf"
 #: Environment variable naming boot.conf (the hook's and ``imgsign boot``'s).
@@ -199,19 +206,50 @@ def _read(path: str) -> tuple[bytes, os.stat_result]:
     return data, info
 
 
+def certificate_fingerprints(path: str, data: bytes) -> tuple[str, ...]:
+    """The SHA-256 fingerprints (of the DER) of the certificates in ``data``, a trust store's file at ``path``
+    (read by the caller as the hook trusts it), without X.509 on the warm path.
+
+    Parsing certificates loads cryptography's X.509 stack (about 50 ms of every hook call).  So the
+    fingerprints are kept beside boot.conf's snapshot (``certs-<sha256 of the path>.json``, same rules),
+    keyed by the SHA-256 of these very bytes and the module that parses them; a later call with the same
+    bytes takes them from there.  A file that does not parse raises as
+    :func:`imgsign.certificates.load_certificates` does, and is never kept."""
+    snapshot = _snapshot_path(path).replace("boot-conf-", "certs-")
+    key = {"format": FORMAT, "path": os.path.abspath(path), "sha256": hashlib.sha256(data).hexdigest(),
+           "definitions": _definitions(("certificates.py",))}
+    found = _read_json(snapshot)
+    kept = found.get("fingerprints") if found is not None and found.get("key") == key else None
+    if isinstance(kept, list) and kept and all(
+            isinstance(f, str) and len(f) == 64 and all(c in "0123456789abcdef" for c in f) for f in kept):
+        return tuple(kept)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from imgsign.certificates import load_certificates
+
+    fingerprints = tuple(hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in load_certificates(data))
+    _write_json(snapshot, {"key": key, "fingerprints": list(fingerprints)})
+    return fingerprints
+
+
 def _key(path: str, data: bytes, info: os.stat_result) -> dict[str, Any]:
+    return {"format": FORMAT, "path": os.path.abspath(path),
+            "stat": [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                     info.st_uid, info.st_gid, info.st_mode],
+            "sha256": hashlib.sha256(data).hexdigest(), "definitions": _definitions(_DEFINITIONS)}
+
+
+def _definitions(names: tuple[str, ...]) -> list[list[Any]]:
+    """Size, times and inode of imgsign's modules ``names``: an upgrade changes them."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    definitions = []
-    for name in _DEFINITIONS:
+    definitions: list[list[Any]] = []
+    for name in names:
         try:
             module = os.stat(os.path.join(here, name))
             definitions.append([name, module.st_size, module.st_mtime_ns, module.st_ctime_ns, module.st_ino])
         except OSError:
             definitions.append([name, None])
-    return {"format": FORMAT, "path": os.path.abspath(path),
-            "stat": [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
-                     info.st_uid, info.st_gid, info.st_mode],
-            "sha256": hashlib.sha256(data).hexdigest(), "definitions": definitions}
+    return definitions
 
 
 def _snapshot_path(path: str) -> str:
@@ -221,6 +259,15 @@ def _snapshot_path(path: str) -> str:
 
 def _read_snapshot(snapshot: str, key: dict[str, Any], path: str) -> BootSettings | None:
     """The settings in ``snapshot`` if only root can have written it and its key is ``key``; else None."""
+    document = _read_json(snapshot)
+    if document is None or document.get("key") != key:
+        return None
+    return _settings_of(document.get("settings"), path)
+
+
+def _read_json(snapshot: str) -> dict[str, Any] | None:
+    """The JSON object in ``snapshot`` if only root can have written it (root's, 0600, a regular file in
+    directories only root can change); else None."""
     if os.geteuid() != 0:
         return None
     try:
@@ -242,11 +289,9 @@ def _read_snapshot(snapshot: str, key: dict[str, Any], path: str) -> BootSetting
         return None
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(document, dict) or document.get("key") != key:
-        return None
-    return _settings_of(document.get("settings"), path)
+    return document if isinstance(document, dict) else None
 
 
 #: The ``[nova]`` options the per-server look-up reads on every call (:func:`imgsign.compute.server_trust.
@@ -290,6 +335,16 @@ def _settings_of(values: Any, path: str) -> BootSettings | None:
 
 def _write_snapshot(snapshot: str, key: dict[str, Any], settings: BootSettings) -> None:
     """Keep ``settings`` for ``key`` (best effort: without a usable directory every call validates in full)."""
+    values = dataclasses.asdict(settings)
+    del values["path"]
+    values = {name: [list(item) if isinstance(item, tuple) else item for item in value]
+              if isinstance(value, tuple) else value for name, value in values.items()}
+    _write_json(snapshot, {"key": key, "settings": values})
+
+
+def _write_json(snapshot: str, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``snapshot`` all or nothing, root's and 0600 (best effort: nothing when the
+    directory is not root's alone)."""
     if os.geteuid() != 0:
         return
     directory = os.path.dirname(snapshot)
@@ -299,17 +354,45 @@ def _write_snapshot(snapshot: str, key: dict[str, Any], settings: BootSettings) 
     except OSError:
         return
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-        return  # not ours alone: never written into (and never read, see _read_snapshot)
-    values = dataclasses.asdict(settings)
-    del values["path"]
-    values = {name: [list(item) if isinstance(item, tuple) else item for item in value]
-              if isinstance(value, tuple) else value for name, value in values.items()}
+        return  # not ours alone: never written into (and never read, see _read_json)
     from imgsign._internal.files import atomic_write
 
     try:
-        atomic_write(snapshot, json.dumps({"key": key, "settings": values}, sort_keys=True).encode(), 0o600)
-    except InputError:
+        atomic_write(snapshot, json.dumps(document, sort_keys=True).encode(), 0o600)
+    except (InputError, TypeError, ValueError):
         return
+
+
+# --- the trust policy's decoded document -------------------------------------------------------------
+
+
+def load_policy(path: str, data: bytes) -> TrustPolicy:
+    """The trust policy of ``[boot] policy_file`` (``data``: its bytes, read by the caller as the hook trusts
+    them), without PyYAML on the warm path.
+
+    Decoding YAML (importing PyYAML) costs about 10 ms of each hook call, twice per boot.  So the document it
+    decodes to is kept beside boot.conf's snapshot (``policy-<sha256 of the path>.json``, same directory, same
+    rules: root's alone, written all or nothing), keyed by the SHA-256 of these very bytes and the size and
+    times of the module that decodes them; a later call with the same bytes takes the document from there.
+    :func:`imgsign.trust_policy.parse_policy` validates it in full at every call either way, so a kept
+    document can only ever stand for the bytes it was decoded from."""
+    from imgsign import trust_policy
+
+    snapshot = _snapshot_path(path).replace("boot-conf-", "policy-")
+    key = {"format": FORMAT, "path": os.path.abspath(path), "sha256": hashlib.sha256(data).hexdigest(),
+           "definitions": _definitions(("trust_policy.py",))}
+    found = _read_json(snapshot)
+    if found is not None and found.get("key") == key and "document" in found:
+        return trust_policy.parse_policy(found["document"], path)
+    document = trust_policy.decode_policy_text(data, path)
+    policy = trust_policy.parse_policy(document, path)
+    try:
+        same = json.loads(json.dumps(document)) == document  # only a plain JSON document is kept
+    except (TypeError, ValueError, RecursionError):
+        same = False
+    if same:
+        _write_json(snapshot, {"key": key, "document": document})
+    return policy
 
 
 # --- the options (oslo.config, imported only here) ----------------------------------------------------

@@ -6,7 +6,9 @@ metadata, the recorded signer certificate, and the trusted certificates its chai
 against at download.  The rule's authenticity holds when its CA stores hold the signer or one of those
 certificates (by fingerprint: a store's files are read, its key-manager ids turned into the
 certificates they were fetched as through the sealed bindings); its trusted identities are matched
-against the signer.  Dates and revocation were checked at download and are not checked again here.
+against the signer.  Dates and revocation were checked at download (or adoption) and are not checked
+again here, except that a signer which had already expired then, accepted on the image's timestamp, counts
+only under a rule whose ``tsa`` stores hold a TSA the timestamp verified against (the record's ``checks``).
 
 A record that lacks a fact some rule's scope selects on is refused: the rule cannot be chosen.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import os
 
 from imgsign.compute.trust_record import FACT_KEYS, RecordStore, TrustRecord, fingerprint, may_be_host_certificate
-from imgsign.errors import PolicyRefused, ProvenanceError, UntrustedCertificate
+from imgsign.errors import CertificateExpired, PolicyRefused, ProvenanceError, UntrustedCertificate
 from imgsign.trust_policy import (
     Check,
     Evidence,
@@ -31,6 +33,7 @@ from imgsign.trust_policy import (
     Level,
     ProvenanceEvidence,
     Rule,
+    TimestampEvidence,
     TrustPolicy,
     TrustStore,
     decide,
@@ -94,9 +97,6 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
     rule = selection.rule
     if rule.level is Level.SKIP:
         return f"trust policy rule {rule.name} skips the signer check"
-    from imgsign.certificates import load_certificate
-    from imgsign.trust_evidence import signer_identity
-
     stores = _fingerprints(rule.ca_stores, records, base_dir)
     signer = fingerprint(record.certificate_der)
     if signer in stores or stores & set(record.anchor_fingerprints):
@@ -105,20 +105,43 @@ def check_record(record: TrustRecord, records: RecordStore, policy: TrustPolicy,
         chain = Check.failed(UntrustedCertificate(
             f"image {record.image_id} was not validated at download against any certificate of the trust stores "
             f"of rule {rule.name} ({', '.join(s.name for s in rule.ca_stores)})"))
-    # The signer's identity (X.509 parsing) only when the rule names trusted identities, or when the signer may be
-    # a compute host, whom only a hostSigned rule trusts (the engine refuses it under any other rule).
+    # The signer's identity (X.509 parsing, loaded only then) only when the rule names trusted identities, or
+    # when the signer may be a compute host, whom only a hostSigned rule trusts (the engine refuses it under any
+    # other rule).
     identity = None
     if rule.trusted_identities is not None or (rule.host_signed is None
                                                and may_be_host_certificate(record.certificate_der)):
+        from imgsign.certificates import load_certificate
+        from imgsign.trust_evidence import signer_identity
+
         identity = signer_identity(load_certificate(record.certificate_der))
     provenance = None if rule.host_signed is None else \
         provenance_evidence(record, rule, rule.host_signed, records, base_dir, booting_project)
-    evidence = Evidence(True, identity, chain, provenance=provenance)
+    stamp, dates = _recorded_dates(record, rule, records, base_dir)
+    evidence = Evidence(True, identity, chain, dates=dates, timestamp=stamp, provenance=provenance)
     decision = enforce(decide(selection, evidence))
     if not decision.warnings:
         return None
     return "; ".join(f"trust policy rule {rule.name} ({rule.level.value}) logs: {f.check}: {f.message}"
                      for f in decision.warnings)
+
+
+def _recorded_dates(record: TrustRecord, rule: Rule, records: RecordStore,
+                    base_dir: str) -> tuple[TimestampEvidence | None, Check]:
+    """The dates evidence of what was checked when the record was made (:mod:`imgsign.compute.trust_checks`).
+
+    A signer that had expired by then was accepted on the image's timestamp: that counts for ``rule`` only
+    when its ``tsa`` stores hold a TSA certificate the timestamp verified against; else the expiry stands
+    (the rule's ``expiry`` action decides).  Otherwise the dates were checked then and are not checked again."""
+    checks = record.checks
+    if checks is None or checks.judged_at is None:
+        return None, Check()
+    expired = (f"the signing certificate of image {record.image_id} had expired when the image was recorded and "
+               f"was judged at its timestamp ({checks.judged_at:%Y-%m-%d %H:%M:%S} UTC)")
+    if set(checks.tsa_fingerprints) & _fingerprints(rule.tsa_stores, records, base_dir, "tsa"):
+        return TimestampEvidence(Check.passed(), checks.judged_at, True), Check.failed(CertificateExpired(expired))
+    return None, Check.failed(CertificateExpired(
+        f"{expired}, made by a TSA that is not in the tsa trust stores of rule {rule.name}"))
 
 
 def provenance_evidence(record: TrustRecord, rule: Rule, host: HostSigned, records: RecordStore, base_dir: str,
@@ -163,19 +186,19 @@ def provenance_evidence(record: TrustRecord, rule: Rule, host: HostSigned, recor
     return ProvenanceEvidence(Check.passed(), found.project_id, found.host, found.base_image_id, base, signer)
 
 
-def _fingerprints(stores: tuple[TrustStore, ...], records: RecordStore, base_dir: str) -> set[str]:
-    """The SHA-256 fingerprints of the certificates of the CA ``stores`` known on this host."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from imgsign.certificates import load_certificates
+def _fingerprints(stores: tuple[TrustStore, ...], records: RecordStore, base_dir: str, kind: str = "ca") -> set[str]:
+    """The SHA-256 fingerprints of the certificates of the ``kind`` (``ca`` or ``tsa``) ``stores`` known on this
+    host (a file's certificates parsed once per content: :func:`~imgsign.compute.boot_config.
+    certificate_fingerprints`, so a warm call loads no X.509)."""
+    from imgsign.compute.boot_config import certificate_fingerprints
 
     found: set[str] = set()
     for store in stores:
-        if store.type != "ca":
+        if store.type != kind:
             continue
         for name in store.certificate_files:
-            data = read_root_file(os.path.join(base_dir, name), "trusted certificates")
-            found.update(fingerprint(c.public_bytes(Encoding.DER)) for c in load_certificates(data))
+            path = os.path.join(base_dir, name)
+            found.update(certificate_fingerprints(path, read_root_file(path, "trusted certificates")))
         for cert_id in store.key_manager_ids:
             bound = records.anchors.fingerprint(cert_id)  # None: never fetched on this host
             if bound is not None:

@@ -25,6 +25,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
 
@@ -117,6 +118,8 @@ def adopt_all(
     report: Callable[[int, int, Outcome], None] | None = None,
     immutable: bool,
     tsa_roots: Sequence[x509.Certificate] = (),
+    ocsp: str = "strict",
+    ocsp_timeout: float = 10.0,
     facts_for: Callable[[Mapping[str, object]], Mapping[str, str] | None] | None = None,
     provenance_for: Callable[[str, Mapping[str, object], x509.Certificate], Found | None] | None = None,
 ) -> list[Outcome]:
@@ -128,7 +131,8 @@ def adopt_all(
     ``img_signature_certificate_uuid`` (bound for the hook, as :func:`~imgsign.compute.adoption.adopt`
     does).  ``policy``, ``immutable``: the certificate checks and the seal (``--seal``) every base is
     checked and adopted under, no default.  Each base's lock is held while it is checked and adopted.
-    ``tsa_roots``: the TSAs whose timestamp tokens count (as for :func:`~imgsign.compute.adoption.adopt`).
+    ``tsa_roots``: the TSAs whose timestamp tokens count, ``ocsp``, ``ocsp_timeout``: how the stapled OCSP
+    response and the responders count (as for :func:`~imgsign.compute.adoption.adopt`).
     ``facts_for(properties)``: the image facts to record for a trust policy (from `openstack image show`
     output); ``provenance_for(image_id, properties, certificate)``: a host-signed image's provenance
     (:func:`imgsign.compute.host_signed.fetch`; its errors refuse that base only).
@@ -151,7 +155,7 @@ def adopt_all(
         else:
             outcome = _adopt_one(instances_path, name, by_name.get(name), images, certificate_for, records,
                                  anchors, trusted_ids, certificate_ids_from_properties, policy, immutable,
-                                 tsa_roots, facts_for, provenance_for)
+                                 tsa_roots, facts_for, provenance_for, {"ocsp": ocsp, "ocsp_timeout": ocsp_timeout})
         outcomes.append(outcome)
         if report is not None:
             report(index, len(entries), outcome)
@@ -171,7 +175,7 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
                policy: Policy, immutable: bool, tsa_roots: Sequence[x509.Certificate] = (),
                facts_for: Callable[[Mapping[str, object]], Mapping[str, str] | None] | None = None,
                provenance_for: Callable[[str, Mapping[str, object], x509.Certificate], Found | None] | None = None,
-               ) -> Outcome:
+               revocation: Mapping[str, Any] | None = None) -> Outcome:
     try:
         with records.locks.hold(name):  # the check and the adoption, one run at a time
             if image_id is None:
@@ -192,7 +196,7 @@ def _adopt_one(instances_path: str, name: str, image_id: str | None, images: Map
                                     policy=policy, immutable=immutable, tsa_roots=tsa_roots,
                                     image_facts=facts_for(properties) if facts_for else None,
                                     provenance=provenance_for(image_id, properties, certificate)
-                                    if provenance_for else None)
+                                    if provenance_for else None, **(revocation or {}))
     except ImgsignError as error:
         return Outcome(name, REFUSED, image_id, detail=error.message, reason=error.reason, exit_code=error.exit_code)
     return Outcome(name, ADOPTED, image_id, record=record)

@@ -31,6 +31,7 @@ from imgsign.algorithms import HashMethod
 from imgsign.chain import TrustAnchors, validate_chain
 from imgsign.compute import image_format, protection, qemu_img
 from imgsign.compute.host_signed import Found
+from imgsign.compute.trust_checks import TrustChecks
 from imgsign.compute.trust_record import ProvenanceRecord, RecordStore, TrustRecord, cache_name, fingerprint
 from imgsign.compute.verified_cache import FileIdentity, VerifiedCache
 from imgsign.errors import ImgsignError, InputError, UntrustedCertificate
@@ -199,6 +200,72 @@ def trusted_anchors_of(certificate: x509.Certificate, anchors: TrustAnchors | No
     return validated_anchors(certificate, anchors, policy)
 
 
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    """:func:`judge_signer`'s answer: the checks to verify the signature with (the certificate judged at
+    the timestamp when it has expired since), the trusted certificates the chain was validated against,
+    and what to record of the timestamp and OCSP answers (None: nothing)."""
+
+    policy: Policy
+    trusted: tuple[x509.Certificate, ...]
+    checks: TrustChecks | None
+
+
+def judge_signer(certificate: x509.Certificate, signature: bytes, anchors: TrustAnchors | None,
+                 trusted_ids: Sequence[str], policy: Policy, *, document: Mapping[str, object] | None,
+                 tsa_roots: Sequence[x509.Certificate] = (), ocsp: str = "strict",
+                 ocsp_timeout: float = 10.0) -> Judged:
+    """Everything about the signer a record is made on (``boot cache``, ``boot adopt``, the hook's adoption),
+    before any data is read, as every verification point judges it:
+
+    * the image's RFC 3161 timestamp (``imgsign_tst_v1`` in ``document``, the image's properties) against
+      ``tsa_roots`` (:func:`imgsign.timestamp.check`): a certificate that has expired since is judged at the
+      timestamp when it was valid then; a token that does not verify refuses
+      (:class:`~imgsign.errors.TimestampError`);
+    * the chain to ``anchors`` (:func:`trusted_anchors_of`), revocation by CRLs and by OCSP as ``ocsp`` says
+      (:func:`imgsign._internal.ocsp_client.for_document`: ``strict`` the response stapled in ``document``
+      first, then the responders, each exchange within ``ocsp_timeout``; ``offline`` the stapled response
+      only, so an air-gapped host needs no network; ``off`` CRLs only).
+
+    What was checked is returned for the record (:mod:`imgsign.compute.trust_checks`), so the boot hook can
+    decide offline."""
+    from imgsign import timestamp
+    from imgsign._internal.ocsp_client import for_document
+    from imgsign.compute import trust_checks
+
+    stamp = timestamp.check(document, signature, certificate, tsa_roots, now=policy.now()) \
+        if document is not None else timestamp.TimestampCheck("absent")
+    if stamp.judge_at is not None:
+        policy = dataclasses.replace(policy, certificates_at=stamp.judge_at)
+    client = for_document(document, ocsp, ocsp_timeout) if document is not None and anchors is not None else None
+    if client is not None and anchors is not None:
+        anchors = dataclasses.replace(anchors, ocsp=client)
+    trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
+    answers = [{"certificate": name, **answer.as_dict()} for name, answer in (client.results if client else [])]
+    fingerprints: tuple[str, ...] = ()
+    if stamp.timestamp is not None and document is not None:
+        fingerprints = _tsa_fingerprints(document, signature, tsa_roots, policy)
+    checks = trust_checks.made(stamp.timestamp.gen_time if stamp.timestamp else None, fingerprints, stamp.judge_at,
+                               answers)
+    return Judged(policy, trusted, None if checks.empty else checks)
+
+
+def _tsa_fingerprints(document: Mapping[str, object], signature: bytes, roots: Sequence[x509.Certificate],
+                      policy: Policy) -> tuple[str, ...]:
+    """The fingerprints of the TSA certificates the (verified) token verifies against, each on its own."""
+    from imgsign import timestamp
+
+    token = timestamp.token_from_properties(document)
+    found = []
+    for root in roots:
+        if token is None:
+            break
+        with contextlib.suppress(ImgsignError):
+            timestamp.verify(token, signature, [root], now=policy.now())
+            found.append(fingerprint(root.public_bytes(Encoding.DER)))
+    return tuple(dict.fromkeys(found))
+
+
 def bind_fetched(records: RecordStore, certificate: x509.Certificate, certificate_id: str | None,
                  anchors: TrustAnchors | None, trusted_ids: Sequence[str]) -> None:
     """Seal id -> fingerprint for every certificate fetched from the key manager by id: the first
@@ -213,16 +280,17 @@ def bind_fetched(records: RecordStore, certificate: x509.Certificate, certificat
 def new_record(image_id: str, properties: SignatureProperties, certificate: x509.Certificate, signed_digest: bytes,
                certificate_id: str | None, trusted: Sequence[x509.Certificate], *, cached_format: str,
                cached_sha256: bytes, cached_size: int, source_format: str,
-               image_facts: Mapping[str, str] | None = None,
+               image_facts: Mapping[str, str] | None = None, checks: TrustChecks | None = None,
                provenance: ProvenanceRecord | None = None) -> TrustRecord:
     """The trust record of a verified base file (``image_facts``: owner, visibility, image_type from Glance;
-    ``provenance``: a host-signed image's statement, :mod:`imgsign.compute.host_signed`)."""
+    ``checks``: the timestamp and OCSP answers :func:`judge_signer` checked; ``provenance``: a host-signed
+    image's statement, :mod:`imgsign.compute.host_signed`)."""
     return TrustRecord(
         image_id=image_id, properties=properties, certificate_der=certificate.public_bytes(Encoding.DER),
         signed_digest=signed_digest, certificate_id=certificate_id,
         anchor_fingerprints=tuple(fingerprint(c.public_bytes(Encoding.DER)) for c in trusted),
         cached_format=cached_format, cached_sha256=cached_sha256, cached_size=cached_size,
-        source_format=source_format, image_facts=None if image_facts is None else dict(image_facts),
+        source_format=source_format, image_facts=None if image_facts is None else dict(image_facts), checks=checks,
         provenance=provenance,
     )
 
@@ -268,6 +336,8 @@ def add_to_cache(
     document: Mapping[str, object] | None = None,
     tsa_roots: Sequence[x509.Certificate] = (),
     disk_format: str | None = None,
+    ocsp: str = "strict",
+    ocsp_timeout: float = 10.0,
     provenance: Found | None = None,
 ) -> TrustRecord:
     """Verify ``data`` into ``_base/<sha1(image_id)>`` and record it; raise (recording nothing) on failure.
@@ -283,15 +353,14 @@ def add_to_cache(
     Glance's, when known) before qemu-img converts it.  The base's lock
     (:mod:`imgsign.compute.base_lock`) is held from the first change of the cache to the seal.
     ``document``: all the image's properties, whose timestamp token (checked against ``tsa_roots``)
-    lets an expired certificate be judged at the token's time (:func:`imgsign.timestamp.judged_policy`).
+    lets an expired certificate be judged at the token's time, and whose stapled OCSP response counts
+    as ``ocsp`` says (:func:`judge_signer`; what was checked is recorded).
     ``provenance``: a host-signed image's statement (:func:`imgsign.compute.host_signed.fetch`), recorded.
     """
-    if document is not None:  # its timestamp token, checked against tsa_roots, may say when to judge the certificate
-        from imgsign import timestamp
-
-        policy = timestamp.judged_policy(policy, document, properties.signature, certificate, tsa_roots)
     records.prepare()  # an insecure state directory stops us before anything is written
-    trusted = trusted_anchors_of(certificate, anchors, trusted_ids, policy)
+    judged = judge_signer(certificate, properties.signature, anchors, trusted_ids, policy, document=document,
+                          tsa_roots=tsa_roots, ocsp=ocsp, ocsp_timeout=ocsp_timeout)
+    policy, trusted = judged.policy, judged.trusted
     verifier = Verifier.for_certificate(properties, certificate, policy=policy)
     name = cache_name(image_id)
     with open_base_dir(instances_path) as dir_fd, private_file(dir_fd) as download, \
@@ -319,7 +388,8 @@ def add_to_cache(
         identity = _place(dir_fd, cached, name)
         record = new_record(image_id, properties, certificate, verifier.verified_digest, certificate_id, trusted,
                             cached_format=cached_format, cached_sha256=sha256, cached_size=size,
-                            image_facts=image_facts, provenance=None if provenance is None else provenance.record,
+                            image_facts=image_facts, checks=judged.checks,
+                            provenance=None if provenance is None else provenance.record,
                             source_format=source_format)
         try:
             records.put(record)

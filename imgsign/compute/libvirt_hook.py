@@ -151,16 +151,17 @@ class HookConfig:
 def load_config(path: str | None = None) -> HookConfig:
     """boot.conf (``path``, ``$IMGSIGN_BOOT_CONFIG``, ``/etc/imgsign/boot.conf``), checked by oslo.config
     or, when it is unchanged since, by its validated snapshot (:mod:`imgsign.compute.boot_config`).
-    ``[boot] policy_file`` (a trust policy) is read on every call: only then are its parser and YAML loaded."""
+    ``[boot] policy_file`` (a trust policy) is read and validated on every call; YAML is decoded only for
+    contents not seen before (:func:`imgsign.compute.boot_config.load_policy`)."""
     settings = boot_config.load(path)
     trust, trust_dir = None, "/"
     if settings.policy_file:
         if settings.trusted_certificate_ids:
             raise InputError(f"{settings.path}: [boot] sets both policy_file and trusted_certificate_ids: set one")
         from imgsign.compute.boot_policy import read_root_file
-        from imgsign.trust_policy import load_policy_text
 
-        trust = load_policy_text(read_root_file(settings.policy_file, "trust policy"), settings.policy_file)
+        # Decoded once per content (boot_config.load_policy keeps the document): the warm path loads no YAML.
+        trust = boot_config.load_policy(settings.policy_file, read_root_file(settings.policy_file, "trust policy"))
         trust_dir = os.path.dirname(os.path.abspath(settings.policy_file))
     return HookConfig(
         policy=BootPolicy(mode=Mode(settings.mode), trusted_certificate_ids=settings.trusted_certificate_ids,

@@ -115,6 +115,8 @@ class Fetched:
     #: A host-signed image's provenance, checked for the trust policy's ``hostSigned`` rules
     #: (:mod:`imgsign.compute.host_signed`); None: no such rule, or no statement.
     provenance: Found | None = None
+    #: The trust policy's TSA certificates named by key-manager id: (id, certificate).
+    tsa: tuple[tuple[str, x509.Certificate], ...] = ()
 
 
 class SelfAdopter:
@@ -195,7 +197,7 @@ class SelfAdopter:
                 return [], None
             fetched = self._within_deadline(
                 settings, lambda stage, deadline: _fetch(settings, image_id, self.trusted_ids, stage, deadline,
-                                                         self._trusted_files(), self._host_signed))
+                                                         self._trusted_files(), self._host_signed, self._tsa_ids()))
             record = self._adopt(image_id, fetched)
         except ImgsignError as exc:
             message = f"cannot adopt the base Nova downloaded for {what}: {exc.message}"
@@ -224,6 +226,12 @@ class SelfAdopter:
         files = dict.fromkeys(f for r in self.trust.rules for s in r.ca_stores for f in s.certificate_files)
         return tuple(c for f in files for c in load_certificates(
             read_root_file(os.path.join(self.trust_dir, f), "trusted certificates")))
+
+    def _tsa_ids(self) -> tuple[str, ...]:
+        """The key-manager ids of the trust policy's ``tsa`` stores."""
+        if self.trust is None:
+            return ()
+        return tuple(dict.fromkeys(i for r in self.trust.rules for s in r.tsa_stores for i in s.key_manager_ids))
 
     def settings(self) -> _Settings:
         if self._settings is None:
@@ -301,22 +309,45 @@ class SelfAdopter:
         signed = adoption.signature_properties(image_id, fetched.image)
         from imgsign.compute.boot_policy import facts_of
 
-        return adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
-                              anchors=fetched.anchors, trusted_ids=self.trusted_ids,
-                              certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
-                              original=original, tsa_roots=self._tsa_roots(),
-                              image_facts=facts_of(fetched.image), provenance=fetched.provenance)
+        record = adoption.adopt(self.instances_path, image_id, fetched.image, fetched.certificate, self.records,
+                                anchors=fetched.anchors, trusted_ids=self.trusted_ids,
+                                certificate_id=signed.certificate_uuid, policy=self.policy, immutable=self.immutable,
+                                original=original, tsa_roots=self._tsa_roots(fetched),
+                                image_facts=facts_of(fetched.image), provenance=fetched.provenance, **self._ocsp())
+        if record.checks is not None and record.checks.tsa_fingerprints:
+            from cryptography.hazmat.primitives.serialization import Encoding
 
-    def _tsa_roots(self) -> list[x509.Certificate]:
-        """``[imgsign] tsa_ca_file`` of boot.conf: the TSAs whose timestamps count (none: tokens are not checked)."""
+            for tsa_id, tsa_certificate in fetched.tsa:  # the boot check maps the rule's ids to these
+                self.records.anchors.bind(tsa_id, tsa_certificate.public_bytes(Encoding.DER))
+        return record
+
+    def _tsa_roots(self, fetched: Fetched) -> list[x509.Certificate]:
+        """The TSAs whose timestamps count (none: tokens are not checked): under a trust policy every rule's
+        ``tsa`` stores (the boot check then asks which rule's hold the one the token verified against);
+        else ``[imgsign] tsa_ca_file`` of boot.conf, the built-in policy's TSA store."""
+        from imgsign.certificates import load_certificates
+
+        if self.trust is not None:
+            from imgsign.compute.boot_policy import read_root_file
+
+            files = dict.fromkeys(f for r in self.trust.rules for s in r.tsa_stores for f in s.certificate_files)
+            return [*(c for f in files for c in load_certificates(
+                read_root_file(os.path.join(self.trust_dir, f), "TSA certificates"))), *(c for _, c in fetched.tsa)]
         settings = self._settings
         path = settings.options.imgsign.tsa_ca_file if settings is not None and settings.enabled else None
         if not path:
             return []
         from imgsign._internal.files import read_small_file
-        from imgsign.certificates import load_certificates
 
         return load_certificates(read_small_file(path, "TSA certificates ([imgsign] tsa_ca_file)"))
+
+    def _ocsp(self) -> dict[str, Any]:
+        """``[imgsign] ocsp`` of boot.conf (strict, offline, off): the image's stapled response first, so an
+        air-gapped host checks revocation with no network (``offline`` never uses it); an exchange with a
+        responder is bounded by ``ocsp_timeout`` and by what is left of ``[boot] adopt_timeout``."""
+        options = self.settings().options.imgsign
+        left = self._deadline.remaining() if self._deadline is not None else options.ocsp_timeout
+        return {"ocsp": options.ocsp, "ocsp_timeout": max(0.1, min(options.ocsp_timeout, left))}
 
     def _original(self, image_id: str, image: Mapping[str, Any]) -> Original:
         """The image's data from Glance for adoption by conversion (streamed only when adoption reads it);
@@ -380,7 +411,8 @@ def _converted_without_statement(path: str, image_id: str, image: Mapping[str, A
 
 def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], stage: list[str],
            deadline: Deadline, trusted_files: tuple[x509.Certificate, ...] = (),
-           provenance: Callable[[dict[str, Any], x509.Certificate, Any], Found | None] | None = None) -> Fetched:
+           provenance: Callable[[dict[str, Any], x509.Certificate, Any], Found | None] | None = None,
+           tsa_ids: tuple[str, ...] = ()) -> Fetched:
     """Glance's record of the image, then the signing and trusted certificates (``stage`` says where we are),
     each service as one network phase under ``deadline``; ``provenance(image, certificate, key manager)``: what
     a host-signed image's statement needs from the key manager, in that phase."""
@@ -404,7 +436,9 @@ def _fetch(settings: _Settings, image_id: str, trusted_ids: tuple[str, ...], sta
                                           require_crls=conf.imgsign.require_crls,
                                           max_depth=conf.imgsign.max_chain_depth)
         found = provenance(image, certificate, store) if provenance is not None else None
-    return Fetched(image, certificate, anchors, found)
+        tsa = tuple((i, fetch_certificate(store, i)) for i in tsa_ids) if any(
+            name.startswith("imgsign_tst_v1") for name in image) else ()
+    return Fetched(image, certificate, anchors, found, tsa)
 
 
 @dataclasses.dataclass

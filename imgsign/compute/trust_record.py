@@ -13,6 +13,8 @@ key manager:
 * the SHA-256 fingerprints of the trusted certificates the signer's chain was
   validated against (trust is decided on certificates, never on ids: the hook
   maps its trusted ids to fingerprints through the sealed :class:`AnchorStore`);
+* what was checked of the signer beyond its chain (``checks``, :mod:`imgsign.compute.trust_checks`):
+  the RFC 3161 timestamp and the TSA certificates it verified against, and the OCSP answers used;
 * for a host-signed image (``imgsign gateway``), what its provenance statement said and whether it
   verified (:class:`ProvenanceRecord`): the project, host and base image it names, the base's
   signing certificate and the fingerprints of the trusted certificates that certificate chained to
@@ -36,6 +38,7 @@ import json
 
 from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT, BaseLocks
 from imgsign.compute.sealed import Damaged, SealedStore
+from imgsign.compute.trust_checks import TrustChecks
 from imgsign.errors import ImgsignError, InputError, TrustRecordError
 from imgsign.properties import SignatureProperties
 
@@ -166,6 +169,9 @@ class TrustRecord:
     #: What Glance said of the image when it was verified (owner, visibility, image_type: the facts a trust
     #: policy's scopes select on); None when the record was made without Glance's record (a file).
     image_facts: dict[str, str] | None = None
+    #: The timestamp and OCSP answers checked when the record was made (:mod:`imgsign.compute.trust_checks`);
+    #: None when there were none.
+    checks: TrustChecks | None = None
     #: The image's provenance statement as adoption found it (a host-signed image); None: it carries none, or
     #: nothing on this host needed it (no ``hostSigned`` rule) when it was recorded.
     provenance: ProvenanceRecord | None = None
@@ -184,6 +190,7 @@ class TrustRecord:
             "source_format": self.source_format,
             "recorded_at": self.recorded_at,
             **({} if self.image_facts is None else {"image": dict(self.image_facts)}),
+            **({} if self.checks is None else {"checks": self.checks.to_body()}),
             **({} if self.provenance is None else {"provenance": self.provenance.to_body()}),
         }
 
@@ -217,6 +224,7 @@ class TrustRecord:
                 source_format=_text(body["source_format"]),
                 recorded_at=_text(body["recorded_at"]),
                 image_facts=_facts(body.get("image")),
+                checks=None if body.get("checks") is None else TrustChecks.from_body(body["checks"]),
                 provenance=None if body.get("provenance") is None else ProvenanceRecord.from_body(body["provenance"]),
             )
             if cached["name"] != cache_name(record.image_id):

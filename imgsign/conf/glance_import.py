@@ -30,6 +30,17 @@ OPTS = [
     cfg.BoolOpt("require_crls", default=False,
                 help="With trusted_certificate_ids: refuse a chain when an issuer on it has no complete CRL "
                      "in scope (RFC 5280: no delta, partitioned or indirect CRL) in the key manager."),
+    cfg.StrOpt("tsa_ca_file",
+               help="Trusted TSA certificates (PEM) of the built-in policy (without policy_file): an RFC 3161 "
+                    "timestamp token (imgsign_tst_v1) whose TSA chains to one of them is checked, and lets a "
+                    "signature whose certificate has since expired pass if it was timestamped while the "
+                    "certificate was valid. Under policy_file the rule's tsa trust stores are used instead."),
+    cfg.StrOpt("ocsp", default="strict", choices=["strict", "offline", "off"],
+               help="OCSP beside CRLs: strict asks the responder a certificate names (after the response stapled "
+                    "with the signature, imgsign_ocsp_v1); offline uses only the stapled response (a certificate "
+                    "naming a responder then needs a complete CRL); off: CRLs only."),
+    cfg.FloatOpt("ocsp_timeout", default=10.0, min=0.1,
+                 help="Seconds for one exchange with an OCSP responder."),
     cfg.StrOpt("service_key_id",
                help="imgsign_resign: key-manager id of the deployment's private signing key."),
     cfg.StrOpt("service_key", secret=True,

@@ -21,7 +21,7 @@ from cryptography import x509
 from imgsign._internal.raw_digest import QCOW2_MAGIC
 from imgsign.algorithms import HashMethod
 from imgsign.certificates import load_certificate
-from imgsign.chain import TrustAnchors, load_crl, validate_chain
+from imgsign.chain import TrustAnchors, load_crl
 from imgsign.errors import InputError, PropertiesError
 from imgsign.keymanager import CertificateStore
 from imgsign.keys import PrivateKey
@@ -39,16 +39,21 @@ ORIGINAL_PREFIX = "imgsign_original_"
 
 @dataclasses.dataclass(frozen=True)
 class VerifiedImage:
-    """What was verified: the properties, the signer, its validated chain (empty without trust ids),
-    the digest the signature covers and the number of bytes read."""
+    """What was verified: the properties, the signer, its validated chain (empty when no chain was checked),
+    the digest the signature covers and the number of bytes read; the decision of the trust policy rule
+    that applied (the built-in policy's for the flat options), the subjects of the validated path, the
+    timestamp's description and the OCSP answers used."""
 
     properties: SignatureProperties
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     digest: bytes
     size: int
-    #: Under a trust policy: the decision of the rule that applied (its warnings are what it only logs).
+    #: The decision of the rule that applied (its warnings are what it only logs).
     decision: Decision | None = None
+    path: tuple[str, ...] = ()
+    timestamp: Mapping[str, object] | None = None
+    ocsp: tuple[Mapping[str, object], ...] = ()
 
 
 def verify_image(
@@ -64,54 +69,72 @@ def verify_image(
     rule_anchors: Callable[[Rule], TrustAnchors | None] | None = None,
     base_anchors: Callable[[Rule], TrustAnchors | None] | None = None,
     image_id: str | None = None,
+    tsa_roots: Sequence[x509.Certificate] = (),
+    rule_tsa_roots: Callable[[Rule], Sequence[x509.Certificate]] | None = None,
+    ocsp: str = "strict",
+    ocsp_timeout: float = 10.0,
 ) -> VerifiedImage:
     """Verify ``data`` against its ``img_signature*`` properties; raise on any doubt.
 
-    The signer's certificate is fetched from ``certificates`` by
-    ``img_signature_certificate_uuid``.  With ``trusted_ids`` it must chain to
-    one of those certificates (CRLs from ``crls`` and every CRL the store holds are checked; a store
-    that cannot list its CRLs raises :class:`~imgsign.errors.KeyManagerError`, never a chain
-    validated without them; ``require_crls`` needs a complete CRL in scope from every issuer,
-    see :func:`imgsign.chain.validate_chain`).
-    With ``selection`` (the trust policy rule that applies to the image, :func:`imgsign.trust_policy.select`)
-    the rule decides instead of ``trusted_ids``, against the anchors ``rule_anchors`` loads for it (and,
-    for a ``hostSigned`` rule, the image's provenance statement, which must name ``image_id``, with the
-    base image's certificate from ``certificates`` and the anchors ``base_anchors`` loads for its
-    ``baseTrustStores``); a ``skip`` rule is the caller's to honour (nothing to verify).  Without
-    ``selection`` a compute host's signature is refused (it vouches only under a ``hostSigned`` rule).
+    The signer's certificate is fetched from ``certificates`` by ``img_signature_certificate_uuid``.
+    Who may sign is a trust policy rule's to decide (:mod:`imgsign.trust_policy`):
+
+    * ``selection``: the rule that applies to the image (:func:`imgsign.trust_policy.select`), against the
+      anchors ``rule_anchors`` loads for it and the TSA certificates of its ``tsa`` stores that
+      ``rule_tsa_roots`` loads (a ``skip`` rule is the caller's to honour: nothing to verify); for a
+      ``hostSigned`` rule, the image's provenance statement too, which must name ``image_id``, with the
+      base image's certificate from ``certificates`` and the anchors ``base_anchors`` loads for its
+      ``baseTrustStores``;
+    * else the built-in policy of the flat options: with ``trusted_ids`` the signer must chain to one of
+      those certificates (CRLs from ``crls`` and every CRL the store holds; a store that cannot list its
+      CRLs raises :class:`~imgsign.errors.KeyManagerError`; ``require_crls`` needs a complete CRL in
+      scope from every issuer), and ``tsa_roots`` are its TSA store; a compute host's signature is
+      refused there (it vouches only under a ``hostSigned`` rule).
+
+    Either way the evidence is :func:`imgsign.trust_evidence.image_evidence`'s, as for ``imgsign verify``:
+    an RFC 3161 timestamp (``imgsign_tst_v1``) verified against the TSA certificates lets a certificate
+    that has expired since count when it was valid at the timestamp; revocation is checked by OCSP beside
+    the CRLs, as ``ocsp`` says (``strict``: the response stapled in ``properties``, then the responders;
+    ``offline``: the stapled response only; ``off``: CRLs only; ``ocsp_timeout`` per exchange).
     All checks that need no data run before the first byte is read.
     """
-    from imgsign import trust_evidence
+    from imgsign import trust_evidence, trust_policy
+    from imgsign._internal.ocsp_client import for_document
 
     parsed = SignatureProperties.from_mapping(properties)
     certificate = load_certificate(certificates.get_certificate(parsed.certificate_uuid))
-    path: tuple[x509.Certificate, ...] = ()
-    decision = None
-    if selection is not None:
-        from imgsign import trust_policy
+    if selection is None:
+        selection = trust_policy.select(trust_policy.builtin_policy(bool(trusted_ids), require_crls),
+                                        trust_policy.ImageFacts())
+        flat_trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
 
-        rule = selection.rule
-        evidence = trust_evidence.evidence_for(
-            certificate, rule, properties, anchors=rule_anchors(rule) if rule_anchors else None,
-            base_anchors=base_anchors(rule) if base_anchors else None,
-            base_certificate=lambda cert_id: load_certificate(certificates.get_certificate(cert_id)),
-            image_id=image_id, policy=policy)
-        decision = trust_policy.enforce(trust_policy.decide(selection, evidence))
-        # The certificate's dates were the rule's to judge (its expiry action); its usage is checked below.
-        policy = dataclasses.replace(policy, ignore_certificate_dates=True)
+        def flat_anchors(rule: Rule) -> TrustAnchors | None:
+            if not flat_trusted:
+                return None
+            return TrustAnchors(flat_trusted, (), [*crls, *(load_crl(der) for _, der in certificates.get_crls())],
+                                require_crls)
+
+        rule_anchors, roots = flat_anchors, list(tsa_roots)
     else:
-        trust_evidence.refuse_host_certificate(certificate)
-        if trusted_ids:
-            trusted = [load_certificate(certificates.get_certificate(i)) for i in trusted_ids]
-            all_crls = [*crls, *(load_crl(der) for _, der in certificates.get_crls())]
-            path = tuple(validate_chain(certificate, TrustAnchors(trusted, (), all_crls, require_crls), policy))
-    verifier = Verifier.for_certificate(parsed, certificate, policy=policy)
+        roots = list(rule_tsa_roots(selection.rule)) if rule_tsa_roots is not None else []
+    rule = selection.rule
+    anchors = rule_anchors(rule) if rule_anchors is not None else None
+    gathered = trust_evidence.image_evidence(
+        properties, parsed.signature, certificate, rule, anchors, roots, policy,
+        ocsp=for_document(properties, ocsp, ocsp_timeout) if anchors is not None else None,
+        base_anchors=base_anchors(rule) if base_anchors is not None and rule.host_signed is not None else None,
+        base_certificate=lambda cert_id: load_certificate(certificates.get_certificate(cert_id)), image_id=image_id)
+    decision = trust_policy.enforce(trust_policy.decide(selection, gathered.evidence))
+    # The certificate's dates were the rule's to judge (its expiry action); its usage is checked below.
+    verifier = Verifier.for_certificate(parsed, certificate,
+                                        policy=dataclasses.replace(policy, ignore_certificate_dates=True))
     size = 0
     for chunk in iter_chunks(data):
         verifier.update(chunk)
         size += len(chunk)
     verifier.verify()
-    return VerifiedImage(parsed, certificate, path, verifier.verified_digest, size, decision)
+    return VerifiedImage(parsed, certificate, gathered.path, verifier.verified_digest, size, decision,
+                         gathered.evidence.path, gathered.timestamp, tuple(gathered.ocsp_dicts()))
 
 
 def resign(

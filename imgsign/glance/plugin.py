@@ -21,7 +21,12 @@ process.
     ``vault``) needs no further configuration.  With
     ``[imgsign_import] trusted_certificate_ids`` the signer's certificate must also
     chain to one of those certificates (imgsign's path validation, CRLs from the
-    key manager).  An unsigned image passes unless ``require_signature = True``;
+    key manager); with ``policy_file`` the trust policy rule that applies decides.
+    As ``imgsign verify`` does, an RFC 3161 timestamp (``imgsign_tst_v1``) verified
+    against the rule's ``tsa`` stores (``tsa_ca_file`` without a policy) lets a
+    certificate that has expired since count, and revocation is checked by OCSP
+    beside CRLs (the stapled ``imgsign_ocsp_v1`` first; ``ocsp``, ``ocsp_timeout``).
+    An unsigned image passes unless ``require_signature = True``;
     an image with only some of the four properties never passes.  On failure the
     import task fails with a message ``imgsign_verify refused image <id>:
     <reason>: <detail>`` (visible in the image's task list, ``GET
@@ -352,15 +357,18 @@ class _VerifyStaged(task.Task):
             user, service = _stores(self.context)
             store = _FirstFound([user, service] if service is not None else [user])
             with open(self.staged_path, "rb") as data:
+                revocation = {"ocsp": CONF[GROUP].ocsp, "ocsp_timeout": CONF[GROUP].ocsp_timeout}
                 if selection is not None:
                     verified = verify_image(data, properties, store, selection=selection,
                                             rule_anchors=_rule_anchors_from(store),
                                             base_anchors=_rule_anchors_from(store, base=True),
-                                            image_id=self.image_id)
+                                            image_id=self.image_id, rule_tsa_roots=_rule_tsa_roots_from(store),
+                                            **revocation)
                 else:
                     verified = verify_image(data, properties, store,
                                             trusted_ids=tuple(CONF[GROUP].trusted_certificate_ids),
-                                            require_crls=CONF[GROUP].require_crls)
+                                            require_crls=CONF[GROUP].require_crls, tsa_roots=_flat_tsa_roots(),
+                                            **revocation)
         except ImgsignError as error:
             refusal = _refusal("imgsign_verify", self.image_id, error)
         except OSError as error:
@@ -378,9 +386,13 @@ class _VerifyStaged(task.Task):
                 LOG.warning("imgsign_verify: image %s: trust policy rule %s (%s) logs: %s: %s", self.image_id,
                             verified.decision.rule.name, verified.decision.rule.level.value, finding.check,
                             safe(finding.message))
-        LOG.info("imgsign_verify: image %s: signature by %s verified over %d staged bytes%s", self.image_id,
+        stamp = verified.timestamp or {}
+        LOG.info("imgsign_verify: image %s: signature by %s verified over %d staged bytes%s%s%s", self.image_id,
                  describe(verified.certificate), verified.size,
-                 f" (chain to {describe(verified.chain[-1])})" if verified.chain else "")
+                 f" (chain to {safe(verified.path[-1])})" if verified.path else "",
+                 f"; timestamped {stamp.get('gen_time')}" if stamp.get("status") == "valid" else "",
+                 "; OCSP: " + ", ".join(f"{safe(str(a.get('certificate')))} {a.get('status')} ({a.get('source')})"
+                                        for a in verified.ocsp) if verified.ocsp else "")
         return {
             "image_id": self.image_id,
             "task_id": self.task_id,
@@ -451,6 +463,25 @@ def _rule_anchors_from(store: CertificateStore, base: bool = False) -> Callable[
             rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
 
     return load
+
+
+def _rule_tsa_roots_from(store: CertificateStore) -> Callable[[Any], Any]:
+    """The certificates of a rule's ``tsa`` trust stores (files relative to the policy file, key-manager ids)."""
+    def load(rule: Any) -> Any:
+        from imgsign.keymanager.anchors import rule_tsa_roots
+
+        return rule_tsa_roots(rule, os.path.dirname(os.path.abspath(CONF[GROUP].policy_file)), store)
+
+    return load
+
+
+def _flat_tsa_roots() -> list[Any]:
+    """``[imgsign_import] tsa_ca_file``: the built-in policy's TSA store (none: tokens are not checked)."""
+    from imgsign._internal.files import read_small_file
+    from imgsign.certificates import load_certificates
+
+    path = CONF[GROUP].tsa_ca_file
+    return load_certificates(read_small_file(path, f"TSA certificates ([{GROUP}] tsa_ca_file)")) if path else []
 
 
 def get_verify_flow(**kwargs: Any) -> linear_flow.Flow:

@@ -47,7 +47,7 @@ from tests.servers.keystone import KeystoneServer
 
 GLANCE = "glance==33.0.0"
 #: imgsign's runtime dependencies that Glance does not already bring.
-IMGSIGN_DEPENDENCIES = ("pyasn1", "pyasn1-modules", "click")
+IMGSIGN_DEPENDENCIES = ("pyasn1", "pyasn1-modules", "click", "rfc3161-client")
 VENV_NAME = "glance-33.0.0-venv"
 APP_DIR = Path(__file__).resolve().with_name("glance_app")
 CONSTRAINTS = APP_DIR / "constraints.txt"
@@ -61,7 +61,7 @@ def glance_venv() -> Path:
     """The cached venv holding Glance, built on first use."""
     return ensure_venv(VENV_NAME, [GLANCE, *IMGSIGN_DEPENDENCIES], constraints=CONSTRAINTS,
                        check="import glance.common.wsgi_app, glance.async_.flows.api_image_import, taskflow, cursive, "
-                             "castellan, pyasn1_modules, click")
+                             "castellan, pyasn1_modules, click, rfc3161_client")
 
 
 def imgsign_pylib(target: Path) -> Path:
