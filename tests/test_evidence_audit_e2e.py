@@ -18,8 +18,9 @@ import pytest
 
 from imgsign import errors
 from tests.conftest import assert_no_python_warning, pki
-from tests.servers.ocsp import free_port, index_line, responder
-from tests.servers.tsa import issue, issue_tsa, tsa
+from tests.servers.ocsp import responder
+from tests.evidence_pki import CA, CA_KEY, evidence_pki
+from tests.servers.tsa import tsa
 from tests.test_audit_e2e import _image
 from tests.test_glance_client_e2e import Env
 from tests.test_glance_e2e import USER
@@ -28,7 +29,6 @@ pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
     pytest.skip("Glance 33 needs Python 3.11 or later", allow_module_level=True)
 
-CA_KEY, CA = pki("intermediate-ca.key"), pki("intermediate-ca.pem")
 SHORT_LIFE = 20
 TRUST = ("--trusted-file", pki("root-ca.pem"), "--intermediate", CA)
 
@@ -38,14 +38,9 @@ def cloud(tmp_path_factory, keystone):
     """Images in project demo: signed by a short-lived signer with and without its timestamp (the signer has
     expired when the tests run), and by a signer its OCSP responder says is revoked."""
     root = tmp_path_factory.mktemp("audit-evidence")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    tsa_key, tsa_cert = issue_tsa(root, "tsa", pki("root-ca.key"), pki("root-ca.pem"))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    short = issue(root, "short-lived", CA_KEY, CA, not_after=now + datetime.timedelta(seconds=SHORT_LIFE))
-    revoked = issue(root, "ocsp-revoked", CA_KEY, CA, ocsp_url=url)
-    index = root / "index.txt"
-    index.write_text(index_line(revoked[1], now - datetime.timedelta(hours=1)))
+    made = evidence_pki(root, SHORT_LIFE)
+    port, tsa_key, tsa_cert, index = made.port, made.tsa_key, made.tsa_cert, made.index
+    short, revoked = made.short, made.revoked
     data = root / "disk.raw"
     data.write_bytes(os.urandom(1024 * 1024 + 7))
     with contextlib.ExitStack() as stack:

@@ -29,11 +29,11 @@ from imgsign.compute import trust_checks
 from imgsign.compute.trust_record import RecordStore
 from imgsign.trust_policy import load_policy_text
 from tests.conftest import pki, run_cli
-from tests.servers.ocsp import free_port, index_line, responder
-from tests.servers.tsa import issue, issue_tsa, tsa
+from tests.servers.ocsp import responder
+from tests.evidence_pki import CA, CA_KEY, evidence_pki
+from tests.servers.tsa import tsa
 from tests.test_boot_hook import Host, domain_xml
 
-CA_KEY, CA = pki("intermediate-ca.key"), pki("intermediate-ca.pem")
 #: Seconds the short-lived signer is valid after the module starts: signed (and timestamped), then expired.
 SHORT_LIFE = 20
 
@@ -51,16 +51,9 @@ def world(tmp_path_factory):
     """The TSA, the responder (signing its answers with the CA's own key), and signers: one short-lived
     (timestamped while valid), one revoked per OCSP, one good with a stapled response."""
     work = tmp_path_factory.mktemp("evidence")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    tsa_key, tsa_cert = issue_tsa(work, "tsa", pki("root-ca.key"), pki("root-ca.pem"))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    short = issue(work, "short-lived", CA_KEY, CA, not_after=now + datetime.timedelta(seconds=SHORT_LIFE))
-    revoked = issue(work, "ocsp-revoked", CA_KEY, CA, ocsp_url=url)
-    stapled = issue(work, "ocsp-stapled", CA_KEY, CA, ocsp_url=url)
-    index = work / "index.txt"
-    index.write_text(index_line(stapled[1]) + index_line(revoked[1], now - datetime.timedelta(hours=1),
-                                                         "keyCompromise"))
+    made = evidence_pki(work, SHORT_LIFE, good_name="ocsp-stapled", revocation_reason="keyCompromise")
+    port, tsa_key, tsa_cert, index = made.port, made.tsa_key, made.tsa_cert, made.index
+    short, revoked, stapled = made.short, made.revoked, made.good
     image = work / "disk.img"
     image.write_bytes(os.urandom(300_000))
     env = {"IMGSIGN_KEYSTORE": str(work / "keystore.sqlite3"), "IMGSIGN_CONFIG": "", "HOME": str(work)}

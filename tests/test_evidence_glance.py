@@ -21,15 +21,15 @@ from cryptography import x509
 from imgsign import ocsp
 from tests.conftest import pki, run_cli
 from tests.servers.glance import glance_server
-from tests.servers.ocsp import free_port, index_line, responder
-from tests.servers.tsa import issue, issue_tsa, tsa
+from tests.servers.ocsp import responder
+from tests.evidence_pki import CA, CA_KEY, evidence_pki
+from tests.servers.tsa import tsa
 from tests.test_glance_e2e import API, assert_refused_before_any_store, deployment, make_qcow2  # noqa: F401
 
 pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
     pytest.skip("Glance 33 needs Python 3.11 or later", allow_module_level=True)
 
-CA_KEY, CA = pki("intermediate-ca.key"), pki("intermediate-ca.pem")
 SHORT_LIFE = 20
 
 
@@ -38,15 +38,9 @@ def world(tmp_path_factory, deployment):  # noqa: F811 - the fixture imported ab
     """Signers under the intermediate CA (the deployment's trusted CA), their certificates in project demo:
     a short-lived one timestamped while valid, one revoked per OCSP, one with a stapled good response."""
     work = tmp_path_factory.mktemp("glance-evidence")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    tsa_key, tsa_cert = issue_tsa(work, "tsa", pki("root-ca.key"), pki("root-ca.pem"))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    short = issue(work, "short-lived", CA_KEY, CA, not_after=now + datetime.timedelta(seconds=SHORT_LIFE))
-    revoked = issue(work, "ocsp-revoked", CA_KEY, CA, ocsp_url=url)
-    stapled = issue(work, "ocsp-stapled", CA_KEY, CA, ocsp_url=url)
-    index = work / "index.txt"
-    index.write_text(index_line(stapled[1]) + index_line(revoked[1], now - datetime.timedelta(hours=1)))
+    made = evidence_pki(work, SHORT_LIFE, good_name="ocsp-stapled")
+    port, tsa_key, tsa_cert, index = made.port, made.tsa_key, made.tsa_cert, made.index
+    short, revoked, stapled = made.short, made.revoked, made.good
     image = make_qcow2(work / "disk.qcow2")
 
     def sign(signer, *args):

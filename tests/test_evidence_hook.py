@@ -23,8 +23,9 @@ from cryptography import x509
 from imgsign import errors, ocsp
 from imgsign._internal import ocsp_client
 from tests.conftest import pki, run_cli
-from tests.servers.ocsp import free_port, index_line, responder
-from tests.servers.tsa import issue, issue_tsa, tsa
+from tests.servers.ocsp import responder
+from tests.evidence_pki import CA, CA_KEY, evidence_pki
+from tests.servers.tsa import tsa
 from tests.test_hook_self_adoption import Compute, cloud, compute  # noqa: F401 - fixtures
 from tests.test_real_images import qemu
 
@@ -32,7 +33,6 @@ pytestmark = pytest.mark.servers
 if sys.version_info < (3, 11):
     pytest.skip("Glance 33 needs Python 3.11 or later", allow_module_level=True)
 
-CA_KEY, CA = pki("intermediate-ca.key"), pki("intermediate-ca.pem")
 SHORT_LIFE = 25
 
 
@@ -46,15 +46,9 @@ def images(tmp_path_factory, cloud):  # noqa: F811
     ``stamped`` and ``bare`` (its token removed) by a short-lived signer that has expired when the tests run;
     ``revoked`` (a stapled "revoked" answer) and ``good`` (a stapled "good" one) by signers naming a responder."""
     work = tmp_path_factory.mktemp("hook-evidence")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    tsa_key, tsa_cert = issue_tsa(work, "tsa", pki("root-ca.key"), pki("root-ca.pem"))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    short = issue(work, "short-lived", CA_KEY, CA, not_after=now + datetime.timedelta(seconds=SHORT_LIFE))
-    revoked = issue(work, "ocsp-revoked", CA_KEY, CA, ocsp_url=url)
-    good = issue(work, "ocsp-good", CA_KEY, CA, ocsp_url=url)
-    index = work / "index.txt"
-    index.write_text(index_line(good[1]) + index_line(revoked[1], now - datetime.timedelta(hours=1)))
+    made = evidence_pki(work, SHORT_LIFE)
+    port, tsa_key, tsa_cert, index = made.port, made.tsa_key, made.tsa_cert, made.index
+    short, revoked, good = made.short, made.revoked, made.good
     path = work / "disk.raw"
     qemu("qemu-img", "create", "-q", "-f", "raw", path, "16M")
     qemu("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 2M", path)

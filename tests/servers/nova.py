@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.servers.common import clean_env, ensure_venv
 from tests.servers.glance import imgsign_pylib
@@ -158,11 +159,14 @@ def verdicts(workdir: Path, cases: list[tuple[Path, str]], *, force_raw_images: 
 
 
 UPLOAD = Path(__file__).resolve().with_name("nova_app") / "upload.py"
+ADD_LOCATION = Path(__file__).resolve().with_name("nova_app") / "add_location.py"
+IMAGE_LOCATIONS = Path(__file__).resolve().with_name("nova_app") / "image_locations.py"
 
 
-def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
-                    data: Path) -> subprocess.CompletedProcess[str]:
-    """Nova's ``nova.image.glance.API().update`` with ``data``, as nova-compute uploads a snapshot."""
+def _image_api_script(script: Path, workdir: Path, glance_url: str, token: str,
+                      *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (under nova_app/) in Nova's venv with a nova.conf naming ``glance_url`` and the user's
+    ``token`` (``NOVA_AUTH_TOKEN``): ``script NOVA_CONF ARGS...``."""
     python = nova_venv() / "bin" / "python"
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nova.conf"
@@ -172,12 +176,22 @@ def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: s
     env["PYTHONWARNINGS"] = "ignore"
     env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
     env["NOVA_AUTH_TOKEN"] = token
-    return subprocess.run([str(python), str(UPLOAD), str(conf), project_id, image_id, str(data)], env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
-                          cwd=workdir)
+    return subprocess.run([str(python), str(script), str(conf), *args], env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, check=False, cwd=workdir)
 
 
-ADD_LOCATION = Path(__file__).resolve().with_name("nova_app") / "add_location.py"
+def _last_json_line(proc: subprocess.CompletedProcess[str], what: str) -> Any:
+    import json
+
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"Nova's {what} did not run: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def upload_snapshot(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
+                    data: Path) -> subprocess.CompletedProcess[str]:
+    """Nova's ``nova.image.glance.API().update`` with ``data``, as nova-compute uploads a snapshot."""
+    return _image_api_script(UPLOAD, workdir, glance_url, token, project_id, image_id, str(data))
 
 
 def add_location(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str,
@@ -186,49 +200,16 @@ def add_location(workdir: Path, *, glance_url: str, token: str, project_id: str,
     direct snapshot does: ``{"error": Nova's exception class or None, "message", "falls_back"}``
     (``nova_app/add_location.py``; ``falls_back``: ``LibvirtDriver.snapshot()`` would then take the
     standard snapshot path)."""
-    import json
-
-    python = nova_venv() / "bin" / "python"
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nova.conf"
-    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
-                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
-    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
-    env["PYTHONWARNINGS"] = "ignore"
-    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
-    env["NOVA_AUTH_TOKEN"] = token
-    proc = subprocess.run([str(python), str(ADD_LOCATION), str(conf), project_id, image_id, url], env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
-                          cwd=workdir)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"Nova's add_location did not run: {proc.stderr[-3000:]}")
-    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = _last_json_line(
+        _image_api_script(ADD_LOCATION, workdir, glance_url, token, project_id, image_id, url), "add_location")
     return result
-
-
-IMAGE_LOCATIONS = Path(__file__).resolve().with_name("nova_app") / "image_locations.py"
 
 
 def image_locations(workdir: Path, *, glance_url: str, token: str, project_id: str, image_id: str) -> list[str]:
     """The locations Nova's ``nova.image.glance.API().get(include_locations=True)`` sees for ``image_id``, as
     the libvirt driver's RBD clone and direct snapshot ask for them (``nova_app/image_locations.py``)."""
-    import json
-
-    python = nova_venv() / "bin" / "python"
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nova.conf"
-    conf.write_text(f"[DEFAULT]\nstate_path = {workdir}\n\n[glance]\napi_servers = {glance_url}\n\n"
-                    f"[oslo_concurrency]\nlock_path = {workdir}\n")
-    env = clean_env(workdir, drop_prefixes=("OS_", "IMGSIGN_", "PYTHON"))
-    env["PYTHONWARNINGS"] = "ignore"
-    env["PATH"] = f"{python.parent}:/usr/local/bin:/usr/bin:/bin"
-    env["NOVA_AUTH_TOKEN"] = token
-    proc = subprocess.run([str(python), str(IMAGE_LOCATIONS), str(conf), project_id, image_id], env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
-                          cwd=workdir)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"Nova's image get did not run: {proc.stderr[-3000:]}")
-    locations: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])["locations"]
+    locations: list[str] = _last_json_line(
+        _image_api_script(IMAGE_LOCATIONS, workdir, glance_url, token, project_id, image_id), "image get")["locations"]
     return locations
 
 
