@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from imgsign import errors
 from imgsign.compute.adoption import signature_properties
-from imgsign.compute.conversion_adoption import parse_size
+from imgsign._internal.sizes import parse_size
 from imgsign.compute.self_adoption import _converted_without_statement
 from imgsign.compute.boot_config import validate
 from imgsign.properties import NAMES as SIGNATURE_NAMES

@@ -13,6 +13,7 @@ import click
 
 from imgsign import errors
 from imgsign._internal.files import open_image
+from imgsign._internal.sizes import parse_size
 from imgsign.cli._common import (
     KEY_MANAGER_ID,
     NON_EMPTY,
@@ -30,7 +31,7 @@ from imgsign.cli._output import emit, format_option
 from imgsign.cli._signing import tsa_roots
 from imgsign.compute import adoption, boot, image_cache, image_format
 from imgsign.compute.boot_config import DEFAULT_PATH, ENV_PATH, BootSettings
-from imgsign.compute.conversion_adoption import Original, parse_size
+from imgsign.compute.conversion_adoption import Original
 from imgsign.compute.trust_record import RecordStore, cache_name
 from imgsign.compute.verified_cache import VerifiedCache
 from imgsign.policy import Policy

@@ -97,6 +97,8 @@ UNVERIFIABLE_KINDS = ("block", "network", "volume", "dir", "nvme", "vhostuser", 
 DEFAULT_ADOPT_TIMEOUT = 10.0
 #: Seconds for the download and conversion of one adoption by conversion.
 DEFAULT_CONVERSION_TIMEOUT = 600.0
+#: Bytes a signed original may have at most for adoption by conversion (20 GiB).
+DEFAULT_CONVERSION_MAX_SIZE = 20 * 1024 ** 3
 GROUP = "boot"
 GLANCE_GROUP = "glance"
 #: A boot.conf larger than this is refused (it is a few hundred bytes).
@@ -402,9 +404,9 @@ def boot_opts() -> list[cfg.Opt]:
     """[boot]."""
     from oslo_config import cfg, types
 
+    from imgsign._internal.sizes import parse_size
     from imgsign.compute.base_lock import DEFAULT_LOCK_TIMEOUT
-    from imgsign.compute.boot import BootPolicy
-    from imgsign.compute.conversion_adoption import DEFAULT_MAX_SIZE, parse_size
+    from imgsign.compute.verified_cache import DEFAULT_MAX_AGE
     from imgsign.conf import ABSOLUTE_PATH, ABSOLUTE_PATH_OR_EMPTY, KEY_MANAGER_ID, Seconds, Size
 
     return [
@@ -422,7 +424,7 @@ def boot_opts() -> list[cfg.Opt]:
                         "for which images (by the image's owner, visibility, image_type and the booting project) "
                         "instead of trusted_certificate_ids (set one of them); root's and writable by no one "
                         "else, as its trust stores' certificate files. Empty: no trust policy."),
-        cfg.Opt("max_fast_path_age", type=Seconds(), default=BootPolicy.max_fast_path_age,
+        cfg.Opt("max_fast_path_age", type=Seconds(), default=DEFAULT_MAX_AGE,
                 help="Seconds after a full read during which a sealed, unchanged base is accepted without "
                      "reading it again."),
         cfg.StrOpt("seal_bases", default="immutable",
@@ -453,7 +455,7 @@ def boot_opts() -> list[cfg.Opt]:
         cfg.BoolOpt("adopt_by_conversion", default=False,
                     help="Adopt a base Nova converted from a qcow2 without raw-digest statement by downloading "
                          "the qcow2 from Glance and converting it again."),
-        cfg.Opt("adopt_conversion_max_size", type=Size(parse_size), default=DEFAULT_MAX_SIZE,
+        cfg.Opt("adopt_conversion_max_size", type=Size(parse_size), default=DEFAULT_CONVERSION_MAX_SIZE,
                 help="Most bytes the image adopted by conversion may have (Glance's size and the bytes "
                      "streamed); K, M, G, T are powers of 1024. Also imgsign boot adopt --max-size."),
         cfg.Opt("adopt_conversion_timeout", type=Seconds(positive=True), default=DEFAULT_CONVERSION_TIMEOUT,

@@ -23,25 +23,23 @@ nothing is recorded; the private files have no name (or one never used again) an
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Generator, Iterator
 from typing import cast
 
 from imgsign.algorithms import HashMethod
 from imgsign.compute import qemu_img
+from imgsign.compute.boot_config import DEFAULT_CONVERSION_MAX_SIZE
 from imgsign.compute.image_cache import fd_path, inspect_private, private_file, qemu_step, stream_verified
 from imgsign.compute.verified_cache import FileIdentity
 from imgsign.errors import InputError, InvalidSignature
 from imgsign.stream import ImageData, digests_of, iter_chunks
 from imgsign.verifier import Verifier
 
-#: Default cap on the original's size (20 GiB).
-DEFAULT_MAX_SIZE = 20 * 1024 ** 3
+#: Default cap on the original's size (20 GiB; ``[boot] adopt_conversion_max_size``).
+DEFAULT_MAX_SIZE = DEFAULT_CONVERSION_MAX_SIZE
 #: Seconds qemu-img may take to convert when no deadline is given.
 DEFAULT_CONVERT_TIMEOUT = 3600.0
-_SIZE = re.compile(r"([0-9]{1,20})\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +56,6 @@ class Original:
     max_size: int = DEFAULT_MAX_SIZE
     announced_size: int | None = None
     deadline: float | None = None
-
-
-def parse_size(text: str, what: str) -> int:
-    """A positive number of bytes: digits with an optional binary unit (``K``, ``M``, ``G``, ``T``,
-    also written ``GiB``/``GB``, all powers of 1024); :class:`InputError` naming ``what`` otherwise."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise InputError(f"{what} must be a positive number of bytes (e.g. 21474836480 or 20G), not {text!r}")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
 def check_conversion(dir_fd: int, fd: int, identity: FileIdentity, original: Original, verifier: Verifier,
