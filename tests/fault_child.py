@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import types
 from typing import Any
 
 
@@ -73,7 +74,7 @@ def _stand_in_fetch(fetch: dict[str, Any]) -> None:
     images = fetch["properties"]
 
     def fetched(settings: Any, image_id: str, trusted_ids: Any, stage: list[str], deadline: Any,
-                trusted_files: Any = ()) -> Any:
+                *_more: Any) -> Any:  # trusted files, host-signed provenance, TSA ids: none here
         if image_id not in images:
             from imgsign.errors import ImageNotFound
 
@@ -81,7 +82,9 @@ def _stand_in_fetch(fetch: dict[str, Any]) -> None:
         return self_adoption.Fetched({"id": image_id, **images[image_id]}, certificate, None)
 
     self_adoption._fetch = fetched
-    self_adoption.SelfAdopter.settings = lambda self: self_adoption._Settings(object(), 10.0)  # type: ignore
+    # boot.conf's options as adoption reads them: no TSA file, OCSP off (no responder in these tests).
+    options = types.SimpleNamespace(imgsign=types.SimpleNamespace(tsa_ca_file=None, ocsp="off", ocsp_timeout=10.0))
+    self_adoption.SelfAdopter.settings = lambda self: self_adoption._Settings(options, 10.0)  # type: ignore
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ certificates), gathered by the one evidence path every verifier uses (``trust_ev
 
 from __future__ import annotations
 
-import base64
 
 import copy
 import datetime as dt
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from imgsign import errors, trust_evidence, trust_policy
 from imgsign.chain import TrustAnchors
+from imgsign.properties import SignatureProperties
 from imgsign.trust_policy import ImageFacts, Status
 from tests.host_signing import CREATED, base_image, edit_statement, host_signed, make_host, sign_image
 from tests.policy_pki import make_ca, make_leaf
@@ -92,7 +92,11 @@ def decide(properties: dict[str, str], *, owner: str | None = OWNER, booting: st
 
 
 def signature_of(properties) -> bytes:
-    return base64.b64decode(properties.get("img_signature", ""))
+    """The decoded img_signature (empty when the properties have none that parses: the engine then refuses)."""
+    try:
+        return SignatureProperties.from_mapping(properties).signature
+    except errors.ImgsignError:
+        return b""
 
 
 def refusal(decision: trust_policy.Decision, error=errors.ProvenanceError) -> str:

@@ -202,8 +202,10 @@ def test_the_guide_sets_up_a_glance_host_from_the_wheel(tmp_path: Path, keystone
                 for option in re.findall(r"\bfor (\w+)", comment):
                     printed[option] = out.strip()
     installed = re.findall(r"^Successfully installed (.+)$", "".join(outputs), re.M)
-    assert [sorted(re.sub(r"-[^-]+$", "", name) for name in line.split()) for line in installed] == [
-        ["imgsign", "rfc3161-client"]], installed  # nothing of Glance's changed
+    # Nothing of Glance's changed: imgsign and, of its dependencies, only rfc3161-client, which Glance lacks
+    # (unless the harness's shared Glance venv already holds it: the import-plugin tests need it there).
+    names = [{re.sub(r"-[^-]+$", "", name) for name in line.split()} for line in installed]
+    assert len(names) == 1 and "imgsign" in names[0] and names[0] <= {"imgsign", "rfc3161-client"}, installed
     assert sorted(os.listdir(shared_site)) == shared_before, "the shared Glance venv was changed"
     assert "No broken requirements found." in "".join(outputs), outputs
     where = subprocess.run([str(glance_env / "bin" / "python"), "-I", "-c",
