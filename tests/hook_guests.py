@@ -13,7 +13,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from tests.servers.glance import GlanceServer
 from tests.servers.libvirt import Libvirt
+from tests.test_boot_hook import Host
 from tests.test_libvirt_e2e import nova_domain_xml
 from tests.test_real_images import qemu
 
@@ -55,8 +57,8 @@ def write_host_signed_policy(path: Path, *, compute_ca: Path, image_ca: Path, ho
     return path
 
 
-def configure_adopting_hook(libvirt: Libvirt, host, *, policy: Path, glance, keystore: Path, project: str,
-                            project_id: str, extra: str = "") -> None:
+def configure_adopting_hook(libvirt: Libvirt, host: Host, *, policy: Path, glance: GlanceServer, keystore: Path,
+                            project: str, project_id: str, extra: str = "") -> None:
     """The hook's boot.conf: ``enforce`` under ``policy``, the layout of ``host`` (tests/test_boot_hook.py's
     ``Host``: instances path, state directory, log), adoption from ``glance`` as an admin user of
     ``project`` (Keystone name) and from the embedded key manager at ``keystore`` (``project_id``).
