@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -30,6 +29,7 @@ from imgsign.compute.trust_record import RecordStore
 from imgsign.gateway.config import GatewayConfig, SigningConfig
 from imgsign.gateway.domains import VirshDomains
 from imgsign.keymanager.config import load, open_store
+from tests.hook_guests import boot_guest, configure_adopting_hook, define_guest, new_disk, write_host_signed_policy
 from tests.policy_pki import make_ca, make_leaf
 from tests.servers.glance import GlanceServer, glance_server
 from tests.servers.libvirt import libvirt_daemon, unavailable
@@ -37,7 +37,6 @@ from tests.servers.nova import fetch_to_raw
 from tests.test_boot_hook import Host
 from tests.test_compute_hardening import NOBODY, nova_writable_cache
 from tests.test_gateway_signing import running
-from tests.test_libvirt_e2e import nova_domain_xml
 from tests.test_real_images import qemu
 
 pytest.importorskip("aiohttp")
@@ -49,39 +48,7 @@ OWNER = "host-signed-owner"
 OTHER = "host-signed-other"
 HOST = "compute-test"
 HOST_URI = f"openstack://test-cloud/nova-compute/{HOST}"
-#: The project uuid nova_domain_xml writes into <nova:owner>.
-XML_PROJECT = "0b0c1a4b1f0d4f7a8c5e2d3f4a5b6c7d"
 TIMEOUT = 60
-POLICY = """\
-version: 1
-trustStores:
-  compute-hosts: {{certificates: [{root}/compute-ca.pem]}}
-  image-team: {{certificates: [{root}/image-ca.pem]}}
-rules:
-  - name: own-host-signed-snapshots
-    scope: {{imageType: [snapshot, backup]}}
-    level: strict
-    trustStores: [compute-hosts]
-    trustedIdentities: [{{sanUri: "{uri}"}}]
-    hostSigned:
-      baseTrustStores: [image-team]
-      baseIdentities: [{{subject: "CN=image team,O=Example"}}]
-  - name: default
-    scope: "*"
-    level: strict
-    trustStores: [image-team]
-    trustedIdentities: ["*"]
-"""
-
-
-def _domain(libvirt, instance_dir: Path, image_id: str, project: str) -> str:
-    """Define a domain of ``project`` (Nova's XML) over a new qcow2 overlay of the image's base; its name."""
-    name = f"instance-{uuid.uuid4().hex[:8]}"
-    xml = nova_domain_xml(name, instance_dir.name, image_id, instance_dir / "disk")
-    assert f'uuid="{XML_PROJECT}"' in xml
-    (instance_dir / "libvirt.xml").write_text(xml.replace(f'uuid="{XML_PROJECT}"', f'uuid="{project}"'))
-    libvirt.virsh("define", str(instance_dir / "libvirt.xml"))
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +108,8 @@ def test_a_host_signed_snapshot_boots_for_its_owner_and_not_for_another_project(
 
     # The instance runs here (defined in libvirt) for the owner; its snapshot goes through the gateway.
     host = Host(root)
-    instance = root / "instances" / str(uuid.uuid4())
-    instance.mkdir(parents=True)
-    qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", base_raw, "-F", "raw", instance / "disk")
-    source = _domain(libvirt, instance, base_id, owner_id)
+    disk = new_disk(host.instances, base_raw)
+    source = define_guest(libvirt, disk, base_id, owner_id)
     signing = SigningConfig(key=str(host_key), certificate=str(host_cert), host=HOST, libvirt_uri=libvirt.uri,
                             import_timeout=120)
     keys = load(str(conf))
@@ -154,7 +119,7 @@ def test_a_host_signed_snapshot_boots_for_its_owner_and_not_for_another_project(
         headers = glance.headers(OWNER)
         created = requests.post(f"{url}/v2/images", headers=headers, timeout=TIMEOUT, json={
             "name": "snapshot", "disk_format": "raw", "container_format": "bare", "image_type": "snapshot",
-            "instance_uuid": instance.name, "base_image_ref": base_id})
+            "instance_uuid": disk.parent.name, "base_image_ref": base_id})
         assert created.status_code == 201, created.text
         snapshot_id = str(created.json()["id"])
         with open(snapshot, "rb") as data:
@@ -175,22 +140,14 @@ def test_a_host_signed_snapshot_boots_for_its_owner_and_not_for_another_project(
     assert base.read_bytes() == snapshot.read_bytes()
 
     # The hook: this policy, adoption from Glance (a user of the owner's project) and the key manager.
-    policy = root / "policy.yaml"
-    policy.write_text(POLICY.format(root=root, uri=HOST_URI))
-    hook_user = glance.keystone.project_user(OWNER, ("admin", "member")).user
-    libvirt.boot_config.write_text(
-        f"[boot]\nmode = enforce\npolicy_file = {policy}\ninstances_path = {host.instances}\n"
-        f"state_dir = {host.state}\nlog_file = {host.log}\nadopt_timeout = 30\n"
-        f"\n[glance]\nendpoint_override = {glance.url}\n{glance.keystone.keystoneauth_options(hook_user)}\n"
-        f"[key_manager]\nbackend = imgsign\n\n[imgsign_embedded]\npath = {keystore}\n\n"
-        f"[imgsign]\nproject_id = {owner_id}\n")
+    policy = write_host_signed_policy(root / "policy.yaml", compute_ca=root / "compute-ca.pem",
+                                      image_ca=root / "image-ca.pem", host_uri=HOST_URI,
+                                      base_subject="CN=image team,O=Example")
+    configure_adopting_hook(libvirt, host, policy=policy, glance=glance, keystore=keystore, project=OWNER,
+                            project_id=owner_id)
 
     def boot(project: str):
-        directory = host.instances / str(uuid.uuid4())
-        directory.mkdir()
-        qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", directory / "disk")
-        name = _domain(libvirt, directory, snapshot_id, project)
-        return name, libvirt.virsh("start", name, check=False)
+        return boot_guest(libvirt, host.instances, base, snapshot_id, project)
 
     mine, started = boot(owner_id)
     assert started.returncode == 0, started.stderr
