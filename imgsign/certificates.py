@@ -34,7 +34,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
     loader = x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate
     try:
         return check_names(_parse(lambda: [loader(data)])[0])
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion (not v1-v3) is no ValueError
         first = str(exc).splitlines()[0][:160] if str(exc) else "parse error"
         raise CertificateError(f"not a readable {'PEM' if pem else 'DER'} X.509 certificate ({first})") from None
 
@@ -48,7 +48,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             found = _parse(lambda: [x509.load_der_x509_certificate(data)])
         for cert in found:
             check_names(cert)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateError(f"not a readable certificate or PEM bundle ({str(exc)[:120]})") from None
     return found
 

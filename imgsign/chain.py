@@ -77,7 +77,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
                     pass
         check_serials(crl, "a certificate revocation list")
         return crl
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion (a version RFC 5280 lacks) is no ValueError
         raise CertificateError(f"not a readable certificate revocation list ({str(exc)[:120]})") from None
 
 

@@ -133,7 +133,7 @@ def _check(der: bytes, cert: x509.Certificate, issuer: x509.Certificate, name: s
            nonce: bytes | None, stored: bool) -> OcspResult:
     try:
         response = ocsp.load_der_ocsp_response(der)
-    except (ValueError, Warning) as exc:
+    except (ValueError, Warning, x509.InvalidVersion) as exc:
         raise OCSPStatusUnknown(f"the OCSP response for {name} is not well formed ({str(exc)[:100]})") from None
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OCSPStatusUnknown(f"the OCSP responder for {name} answered {response.response_status.name.lower()}")
