@@ -121,3 +121,22 @@ def test_without_a_host_signed_rule_nothing_is_fetched(world, pki, tmp_path):  #
     assert result.code == 0, result
     record = RecordStore(str(host.state)).get(image_id)
     assert record is not None and record.provenance is None
+
+
+def test_a_policy_or_store_file_others_can_change_is_refused_as_the_hook_refuses_it(world, pki, tmp_path):  # noqa: F811
+    """The commands read boot.conf's policy as the hook does: a policy or trust-store file someone other than
+    root could change is refused before anything is recorded."""
+    host, image_id = world["host"], str(uuid.uuid4())
+    shown = tmp_path / "shown.json"
+    shown.write_text(json.dumps(show(world, pki, image_id)))
+    nova_download(host, image_id, world["image"])
+    for path in (world["policy"], world["policy"].parent / "ca" / "compute.pem"):
+        path.chmod(0o666)
+        try:
+            result = run_cli("boot", "--boot-config", world["boot_conf"], "adopt", image_id, "--properties", shown,
+                             *common(world), env=world["env"])
+        finally:
+            path.chmod(0o644)
+        assert result.code == errors.InsecureState.exit_code, result
+        assert "can be changed by someone other than root" in result.stderr
+        assert RecordStore(str(host.state)).get(image_id) is None

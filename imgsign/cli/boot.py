@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
@@ -20,7 +21,6 @@ from imgsign.cli._common import (
     effective_trusted_ids,
     is_quiet,
     load_properties_document,
-    load_trust_policy,
     open_store,
     quiet_option,
     say,
@@ -38,7 +38,7 @@ from imgsign.policy import Policy
 from imgsign.properties import SignatureProperties, properties_from_document
 
 if TYPE_CHECKING:
-    from imgsign import chain
+    from imgsign import chain, trust_policy
 
 
 @click.group("boot")
@@ -125,7 +125,34 @@ def _trust_record_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _record_evidence(ctx: click.Context, settings: BootSettings, records: RecordStore) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _BootTrust:
+    """boot.conf's trust policy (``[boot] policy_file``) and the directory its files are relative to."""
+
+    policy: trust_policy.TrustPolicy
+    base_dir: str
+
+
+def _boot_trust(settings: BootSettings) -> _BootTrust | None:
+    """boot.conf's trust policy, read once per command as the hook reads it: the file, and every certificate
+    file its stores name, must be root's and writable by no one else (the hook refuses them otherwise, so a
+    record made from files the nova user could change would only be refused at boot)."""
+    if settings.policy_file is None:
+        return None
+    from imgsign.compute.boot_policy import read_root_file
+    from imgsign.trust_policy import load_policy_text
+
+    path = settings.policy_file
+    policy = load_policy_text(read_root_file(path, "trust policy"), path)
+    base_dir = os.path.dirname(path)
+    stores = {s for rule in policy.rules
+              for s in (*rule.trust_stores, *(rule.host_signed.base_trust_stores if rule.host_signed else ()))}
+    for name in sorted({f for s in stores for f in s.certificate_files}):
+        read_root_file(os.path.join(base_dir, name), "trusted certificates")
+    return _BootTrust(policy, base_dir)
+
+
+def _record_evidence(ctx: click.Context, trust: _BootTrust | None, records: RecordStore) -> dict[str, Any]:
     """How a new record's timestamp and revocation are judged: the TSAs whose timestamps count (under
     boot.conf's trust policy, ``[boot] policy_file``, every rule's ``tsa`` stores, as the hook's own adoption
     takes them: files, and key-manager ids, each bound so that the boot check finds which rule's stores hold
@@ -134,14 +161,14 @@ def _record_evidence(ctx: click.Context, settings: BootSettings, records: Record
     from imgsign.cli._common import config, has_config
 
     found: dict[str, Any] = {"tsa_roots": tsa_roots(ctx, ())}
-    if settings.policy_file is not None:
+    if trust is not None:
         from cryptography.hazmat.primitives.serialization import Encoding
 
         from imgsign.cli._signing import load_tsa_roots
         from imgsign.keymanager.anchors import fetch_certificate
 
-        stores = [s for rule in load_trust_policy(settings.policy_file).rules for s in rule.tsa_stores]
-        roots = load_tsa_roots(list(dict.fromkeys(os.path.join(os.path.dirname(settings.policy_file), f)
+        stores = [s for rule in trust.policy.rules for s in rule.tsa_stores]
+        roots = load_tsa_roots(list(dict.fromkeys(os.path.join(trust.base_dir, f)
                                                   for s in stores for f in s.certificate_files)))
         ids = tuple(dict.fromkeys(i for s in stores for i in s.key_manager_ids))
         if ids:
@@ -188,10 +215,11 @@ def boot_cache(ctx: click.Context, image: str, image_id: str, properties_path: s
     certificate = signing_certificate(ctx, cert_path, properties)
     # trust_anchors fetches the effective ids' certificates in this order (no --trusted-file here),
     # so add_to_cache can seal each id -> the certificate the key manager returned for it.
-    anchors, recorded_ids = _record_trust(ctx, trusted_ids, settings)
-    provenance = _host_signed_finder(ctx, settings)(image_id, signed_document, certificate)
+    trust = _boot_trust(settings)
+    anchors, recorded_ids = _record_trust(ctx, trusted_ids, trust)
+    provenance = _host_signed_finder(ctx, trust)(image_id, signed_document, certificate)
     records = RecordStore(state_dir, lock_timeout=lock_timeout)
-    evidence = _record_evidence(ctx, settings, records)
+    evidence = _record_evidence(ctx, trust, records)
     with open_image(image) as (handle, _size):
         record = image_cache.add_to_cache(
             handle, image_id, properties, certificate, records,
@@ -300,9 +328,9 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
             raise click.UsageError("--all adopts every base: give no BASE_OR_ID and no --image-id")
         if by_conversion:
             raise click.UsageError("--by-conversion adopts one image: give BASE_OR_ID, not --all")
-        _adopt_every_base(ctx, properties_path, cert_path, _record_trust(ctx, trusted_ids, settings), instances_path,
-                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, fmt,
-                          _host_signed_finder(ctx, settings))
+        trust = _boot_trust(settings)
+        _adopt_every_base(ctx, properties_path, cert_path, trusted_ids, trust, instances_path,
+                          RecordStore(state_dir, lock_timeout=lock_timeout), seal, fmt)
         return
     if base_or_id is None:
         raise click.UsageError("give BASE_OR_ID (an image id or a base file), or --all")
@@ -311,10 +339,11 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
     properties = image_format.with_disk_format(document, properties_from_document(document))
     signed = adoption.signature_properties(image_id, properties)  # unsigned: refused before any fetch
     certificate = signing_certificate(ctx, cert_path, signed)
-    anchors, recorded_ids = _record_trust(ctx, trusted_ids, settings)
-    provenance = _host_signed_finder(ctx, settings)(image_id, properties, certificate)
+    trust = _boot_trust(settings)
+    anchors, recorded_ids = _record_trust(ctx, trusted_ids, trust)
+    provenance = _host_signed_finder(ctx, trust)(image_id, properties, certificate)
     records = RecordStore(state_dir, lock_timeout=lock_timeout)
-    evidence = _record_evidence(ctx, settings, records)
+    evidence = _record_evidence(ctx, trust, records)
     with contextlib.ExitStack() as stack:
         original = None
         if original_path is not None:
@@ -336,18 +365,16 @@ def boot_adopt(ctx: click.Context, base_or_id: str | None, adopt_all: bool, prop
 
 
 def _record_trust(ctx: click.Context, trusted_ids: tuple[str, ...],
-                  settings: BootSettings) -> tuple[chain.TrustAnchors | None, tuple[str, ...]]:
+                  trust: _BootTrust | None) -> tuple[chain.TrustAnchors | None, tuple[str, ...]]:
     """What a new record's chain is validated against, and the trusted ids it records: ``--trusted`` (else
     ``[boot] trusted_certificate_ids``, else ``[imgsign]``'s); under boot.conf's trust policy
     (``[boot] policy_file``) and no ``--trusted``, the certificates of its CA stores (files and key-manager
     ids), as the hook's own adoption validates against them."""
-    if trusted_ids or settings.policy_file is None:
+    if trusted_ids or trust is None:
         return trust_anchors(ctx, trusted_ids, (), (), (), None, None), \
             tuple(effective_trusted_ids(ctx, trusted_ids, ()))
-    trust = load_trust_policy(settings.policy_file)
-    stores = [s for rule in trust.rules for s in rule.ca_stores]
-    files = tuple(dict.fromkeys(os.path.join(os.path.dirname(settings.policy_file), f)
-                                for s in stores for f in s.certificate_files))
+    stores = [s for rule in trust.policy.rules for s in rule.ca_stores]
+    files = tuple(dict.fromkeys(os.path.join(trust.base_dir, f) for s in stores for f in s.certificate_files))
     ids = tuple(dict.fromkeys(i for s in stores for i in s.key_manager_ids))
     return trust_anchors(ctx, ids, files, (), (), None, None), ids
 
@@ -360,34 +387,32 @@ def _facts_of_document(document: object) -> dict[str, str] | None:
     return facts_of(document) if isinstance(document, dict) and "owner" in document else None
 
 
-def _host_signed_finder(ctx: click.Context, settings: BootSettings) -> Callable[[str, Any, Any], Any]:
+def _host_signed_finder(ctx: click.Context, trust: _BootTrust | None) -> Callable[[str, Any, Any], Any]:
     """``find(image_id, properties, certificate)``: a host-signed image's provenance, checked online for the
     ``hostSigned`` rules of boot.conf's trust policy (``[boot] policy_file``), as the hook's own adoption
     records it; None when there is no such rule or the image carries no statement."""
     from imgsign.compute import host_signed
 
-    if settings.policy_file is None:
+    if trust is None:
         return lambda *_args: None
-    trust = load_trust_policy(settings.policy_file)
-    base_dir = os.path.dirname(settings.policy_file)
 
     def find(image_id: str, properties: Any, certificate: Any) -> Any:
         if not host_signed.has_provenance(properties):
             return None
-        return host_signed.fetch(image_id, properties, certificate, open_store(ctx), trust, base_dir, Policy())
+        return host_signed.fetch(image_id, properties, certificate, open_store(ctx), trust.policy, trust.base_dir,
+                                 Policy())
 
     return find
 
 
-def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None,
-                      trust: tuple[chain.TrustAnchors | None, tuple[str, ...]], instances_path: str,
-                      records: RecordStore, seal: str, fmt: str | None,
-                      find_provenance: Callable[[str, Any, Any], Any]) -> None:
+def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str | None, trusted_ids: tuple[str, ...],
+                      trust: _BootTrust | None, instances_path: str, records: RecordStore, seal: str,
+                      fmt: str | None) -> None:
     """``boot adopt --all``: a progress line per file on stderr, a summary on stdout, exit status as documented."""
     from imgsign.compute import bulk_adoption
 
     images = _images_of(properties_path)
-    anchors, recorded_ids = trust
+    anchors, recorded_ids = _record_trust(ctx, trusted_ids, trust)
     fetched: dict[str, Any] = {}
 
     def certificate_for(signed: SignatureProperties) -> Any:
@@ -402,7 +427,7 @@ def _adopt_every_base(ctx: click.Context, properties_path: str, cert_path: str |
         instances_path, images, certificate_for, records, anchors=anchors, trusted_ids=recorded_ids,
         certificate_ids_from_properties=cert_path is None, policy=Policy(), report=report,
         immutable=seal == "immutable", facts_for=_facts_of_document,
-        provenance_for=find_provenance, **_record_evidence(ctx, boot_settings(ctx), records))
+        provenance_for=_host_signed_finder(ctx, trust), **_record_evidence(ctx, trust, records))
     totals = bulk_adoption.totals(outcomes)
     code = bulk_adoption.exit_code(outcomes)
     if fmt is not None:
