@@ -164,6 +164,19 @@ def test_glance_unreachable_is_a_502_naming_the_cause(tmp_path: Path) -> None:
     assert "secret-token" not in log
 
 
+def test_a_request_path_cannot_forge_a_log_line() -> None:
+    """The path is logged as the client sent it, percent-decoded: a carriage return (which overwrites the
+    line on a terminal) and escape sequences are shown as escapes, never written as they are.  (A decoded
+    line feed never reaches a log: aiohttp's router answers such a path 404 itself.)"""
+    with gateway_process("http://127.0.0.1:9") as gateway:
+        response = _request(gateway.url, "GET", "/v2/images/x%0Dimgsign-gateway:%20ERROR%20forged%1B[31m", {})
+        log = gateway.log_text()
+    assert response.status == 502
+    assert "cannot reach Glance" in log
+    assert "\r" not in log and "\x1b" not in log, repr(log)
+    assert not [line for line in log.splitlines() if line.startswith("imgsign-gateway: ERROR forged")], log
+
+
 # --- TLS to Glance ---------------------------------------------------------------------------------------
 
 def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool, san: str | None = None):
@@ -252,3 +265,18 @@ def test_without_the_extra_the_error_names_it(tmp_path: Path) -> None:
     result = _serve(conf, "import sys", "sys.modules['aiohttp'] = None")
     assert result.returncode == 41, result.stderr
     assert "imgsign[gateway]" in result.stderr
+
+
+def test_a_foreign_line_feed_cannot_forge_a_log_line() -> None:
+    """What Glance or an image property puts in a message (Glance's answer, ``base_image_ref``) stays on the
+    message's line: its line feeds are shown as spaces and escapes, not written."""
+    import logging
+
+    from imgsign.cli.gateway import _OneLineFormatter
+
+    record = logging.LogRecord("imgsign.gateway", logging.WARNING, __file__, 1,
+                               "base image %s has unusable img_signature* properties", ("x\nimgsign-gateway: ERROR "
+                                                                                         "forged\x1b[31m",), None)
+    text = _OneLineFormatter("imgsign-gateway: %(levelname)s %(message)s").format(record)
+    assert "\n" not in text and "\x1b" not in text, repr(text)
+    assert text.startswith("imgsign-gateway: WARNING base image x imgsign-gateway: ERROR forged")

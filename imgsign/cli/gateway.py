@@ -22,5 +22,18 @@ def serve_command(config_path: str | None) -> None:
     from imgsign.gateway.server import serve
 
     config = load_config(config_path)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="imgsign-gateway: %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("imgsign-gateway: %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     serve(config)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Each message on one line, its foreign parts (request paths, Glance's answers, image properties) made
+    safe for a terminal and a log reader: no line break can forge a log line (a traceback still follows)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from imgsign._internal.untrusted import one_line
+
+        record.message = one_line(record.message, limit=4000)
+        return super().formatMessage(record)
